@@ -1,0 +1,318 @@
+"""Configuration: dataclasses with documented fields, YAML presets and dotted overrides.
+
+Every field carries a ``help`` string (shown by ``onerec <verb> --help-config``). A config is
+built from, in order: the dataclass defaults, a named preset (``presets/<name>.yaml``), a YAML
+file, then ``key=value`` overrides such as ``train.lr=3e-4``. An unknown key is an error that
+names the nearest valid key. The resolved config is written into every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from onerec.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str, **extra: Any) -> Any:
+    """A config field with a default and a help string (lists/dicts are copied per instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def section(cls: type[T], help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class SimConfig:
+    """The simulated short-video world (``onerec.data.simulator``)."""
+
+    n_users: int = opt(3000, "number of simulated users")
+    n_items: int = opt(2000, "number of simulated videos")
+    n_events: int = opt(300_000, "total exposures logged, over both policies")
+    n_topics: int = opt(24, "number of content topics")
+    n_authors: int = opt(300, "number of video authors")
+    random_share: float = opt(0.2, "share of exposures logged under uniform random exposure; the rest come from the production policy")
+    taste_known: float = opt(0.5, "share of each user's taste (interest weight) the production policy knows")
+    days: int = opt(30, "length of the logged period in days")
+    seed: int = opt(0, "random seed; the same seed gives the same world and logs")
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to load or simulate, and how to split it."""
+
+    source: str = opt("simulate", "simulate | amazon2014 | lcrec | recbole | kuairand | kuairec | parquet",
+                      choices=["simulate", "amazon2014", "lcrec", "recbole", "kuairand", "kuairec", "parquet"])
+    path: str | None = opt(None, "folder of the raw dataset (not used by 'simulate')")
+    name: str | None = opt(None, "dataset name inside the folder, e.g. Beauty for amazon2014, Scientific for lcrec, ml-100k for recbole")
+    split: str = opt("loo", "loo: leave-one-out (TIGER protocol) | time: global time split", choices=["loo", "time"])
+    valid_frac: float = opt(0.1, "time split: share of the timeline held out for validation")
+    test_frac: float = opt(0.1, "time split: share of the timeline held out for test")
+    positive: str = opt("auto", "which events count as positive behaviour: auto | all | a '|'-joined list of signal columns, e.g. 'long_view|like|follow'")
+    min_positives: int = opt(3, "users with fewer positive events are left out of the split (leave-one-out needs 3)")
+    sim: SimConfig = section(SimConfig, "simulated world settings (source=simulate)")
+
+
+# -------------------------------------------------------------------------- content
+@dataclass
+class ContentConfig:
+    """Item content vectors (``onerec.content``)."""
+
+    backend: str = opt("tfidf", "content backend; 'tfidf' needs no downloaded weights", choices=["tfidf"])
+    dim: int = opt(64, "dimension of the item vectors")
+    max_features: int = opt(50_000, "tfidf: vocabulary size cap")
+    text_fields: list[str] = opt(["title", "text", "tags", "category", "brand"], "item table columns joined into the text that is embedded (missing ones are skipped)")
+    seed: int = opt(0, "random seed of the SVD")
+    cache: bool = opt(True, "reuse vectors cached in the dataset folder when data and settings are unchanged")
+
+
+# ------------------------------------------------------------------------ tokenizer
+@dataclass
+class TokenizerConfig:
+    """Semantic IDs by residual k-means (``onerec.tokenizer``)."""
+
+    levels: int = opt(3, "number of residual k-means levels L")
+    codebook_size: int = opt(64, "codes per level K (OneRec uses 8192 at scale)")
+    balanced: bool = opt(False, "use OneRec V1's balanced k-means (Algorithm 1): every code gets N/K items")
+    iters: int = opt(25, "k-means iterations per level")
+    unique_level: bool = opt(True, "append an extra level that makes every item's code unique")
+    normalize: bool = opt(True, "L2-normalise item vectors before quantising")
+    seed: int = opt(0, "random seed of the k-means initialisation")
+
+
+# ---------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    """Generator v0: encoder over the user's history, decoder over semantic-ID tokens."""
+
+    preset: str | None = opt(None, "named size preset (tiny | small | base); explicit fields below override it")
+    d_model: int = opt(128, "hidden size")
+    n_heads: int = opt(4, "attention heads")
+    enc_layers: int = opt(2, "encoder layers")
+    dec_layers: int = opt(2, "decoder layers")
+    ffn_mult: float = opt(4.0, "feed-forward hidden size as a multiple of d_model")
+    dropout: float = opt(0.1, "dropout rate")
+    max_history: int = opt(50, "most recent positive behaviours fed to the encoder (OneRec V1 uses 256)")
+
+
+# ---------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    """Next-token pretraining (``onerec.train``)."""
+
+    epochs: int = opt(10, "passes over the training examples")
+    max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = opt(256, "examples per optimizer step")
+    lr: float = opt(2e-3, "peak AdamW learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    warmup_steps: int = opt(100, "linear warm-up steps before cosine decay")
+    grad_clip: float = opt(1.0, "max gradient norm (0 disables)")
+    checkpoint_every: int = opt(500, "save a resumable checkpoint every N steps (and at the end)")
+    log_every: int = opt(20, "record the training loss every N steps")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    threads: int | None = opt(None, "torch CPU threads (default: torch's choice)")
+    seed: int = opt(0, "random seed of initialisation and shuffling")
+
+
+# ------------------------------------------------------------------------- generate
+@dataclass
+class GenerateConfig:
+    """Constrained beam search (``onerec.generate``)."""
+
+    beam_size: int = opt(32, "beams kept per user at each decoding step")
+    top_k: int = opt(50, "distinct items returned per user")
+    batch_size: int = opt(256, "users decoded together")
+
+
+# ----------------------------------------------------------------------------- eval
+@dataclass
+class SasrecConfig:
+    """SASRec baseline (Kang & McAuley 2018)."""
+
+    loss: str = opt("ce", "ce: full-softmax cross-entropy | bce: binary cross-entropy with one sampled negative", choices=["ce", "bce"])
+    d_model: int = opt(64, "hidden size")
+    n_layers: int = opt(2, "self-attention blocks")
+    n_heads: int = opt(1, "attention heads")
+    dropout: float = opt(0.2, "dropout rate")
+    max_len: int = opt(50, "most recent items in the input sequence")
+    epochs: int = opt(30, "training epochs")
+    batch_size: int = opt(256, "sequences per step")
+    lr: float = opt(1e-3, "Adam learning rate")
+    seed: int = opt(0, "random seed")
+
+
+@dataclass
+class EvalConfig:
+    """Offline evaluation protocol (``onerec.eval``)."""
+
+    ks: list[int] = opt([1, 5, 10, 20, 50], "cut-offs K for Recall@K and NDCG@K")
+    split: str = opt("test", "which held-out split to score: valid | test", choices=["valid", "test"])
+    baselines: list[str] = opt(["popular", "sasrec"], "baselines scored in the same harness: popular, sasrec, sasrec_bce, sasrec_ce")
+    sasrec: SasrecConfig = section(SasrecConfig, "SASRec baseline settings")
+
+
+# ------------------------------------------------------------------------------ run
+@dataclass
+class RunConfig:
+    """Everything one pipeline run needs; each CLI verb reads the sections it uses."""
+
+    data: DataConfig = section(DataConfig, "dataset and split")
+    content: ContentConfig = section(ContentConfig, "item content vectors")
+    tokenizer: TokenizerConfig = section(TokenizerConfig, "semantic-ID tokenizer")
+    model: ModelConfig = section(ModelConfig, "generator architecture")
+    train: TrainConfig = section(TrainConfig, "training loop")
+    generate: GenerateConfig = section(GenerateConfig, "beam search")
+    eval: EvalConfig = section(EvalConfig, "evaluation")
+
+
+# ------------------------------------------------------------------ load and override
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _nearest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.0)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, inner, key) for v in value]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' is a section; give a mapping, or set '{key}.<field>=...'")
+        return from_dict(tp, value, prefix=key + ".")
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("true", "1", "yes", "on"):
+                    return True
+                if low in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key '{key}': cannot read {value!r} as {tp.__name__}") from None
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
+    """Build ``cls`` from a (possibly partial) mapping; unknown keys are errors."""
+    cfg = cls()
+    _update(cfg, data, prefix)
+    return cfg
+
+
+def _update(cfg: Any, data: dict[str, Any], prefix: str) -> None:
+    types_ = _field_types(type(cfg))
+    for key, value in (data or {}).items():
+        if key not in types_:
+            near = _nearest(key, list(types_)).replace("mean '", f"mean '{prefix}")
+            raise ConfigError(f"unknown config key '{prefix}{key}'.{near}")
+        tp = types_[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            _update(getattr(cfg, key), value, prefix + key + ".")
+        else:
+            setattr(cfg, key, _coerce(value, tp, prefix + key))
+        _check_choice(cfg, key, prefix)
+
+
+def _check_choice(cfg: Any, key: str, prefix: str) -> None:
+    f = {f.name: f for f in dataclasses.fields(cfg)}[key]
+    choices = f.metadata.get("choices")
+    value = getattr(cfg, key)
+    if choices and value not in choices:
+        raise ConfigError(f"config key '{prefix}{key}' = {value!r} is not one of {choices}")
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Apply ``a.b=value`` strings in place (values parsed as YAML scalars) and return cfg."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        nested: dict[str, Any] = {}
+        cur = nested
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        try:
+            parsed = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            parsed = raw
+        cur[parts[-1]] = parsed
+        _update(cfg, nested, "")
+    return cfg
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(preset: str | None = None, file: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults <- preset <- YAML file <- overrides."""
+    cfg = RunConfig()
+    if preset:
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.exists():
+            raise ConfigError(f"unknown preset '{preset}'.{_nearest(preset, preset_names())} "
+                              f"Presets: {', '.join(preset_names())}")
+        _update(cfg, yaml.safe_load(path.read_text()) or {}, "")
+    if file:
+        from onerec.io import read_yaml
+
+        _update(cfg, read_yaml(file) or {}, "")
+    apply_overrides(cfg, list(overrides))
+    return cfg
+
+
+def describe(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every leaf field, for ``--help-config``."""
+    rows: list[tuple[str, str, str]] = []
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(inst, f.name)
+        if dataclasses.is_dataclass(value):
+            rows.extend(describe(type(value), prefix + f.name + "."))
+        else:
+            rows.append((prefix + f.name, repr(value), f.metadata.get("help", "")))
+    return rows

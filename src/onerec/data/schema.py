@@ -1,0 +1,306 @@
+"""The canonical tables every stage reads: interactions, items, users.
+
+A dataset is a folder holding three Parquet files and a ``dataset.json``::
+
+    interactions.parquet   one row per exposure or interaction, sorted by (user_id, timestamp)
+    items.parquet          one row per item, item_id = 0..n_items-1
+    users.parquet          one row per user, user_id = 0..n_users-1
+    dataset.json           name, source, counts, schema_version
+
+Ids are dense integers (the adapters map each source's raw ids to 0..N-1 and keep the raw
+id as ``raw_id``), so later stages index arrays directly.
+
+interactions (required: user_id, item_id, timestamp)
+
+    =================  ========  =========================================================
+    user_id            int64     dense user index
+    item_id            int64     dense item index
+    timestamp          int64     Unix seconds; sources without time use the event's
+                                 position in the user's sequence (order is what matters)
+    click ... hate     int8      optional 0/1 feedback signals, see ``SIGNALS``
+    watch_time_ms      int64     optional play time of the exposure
+    rating             float32   optional explicit rating
+    policy             string    optional: which policy logged the exposure
+                                 ("random", "production")
+    =================  ========  =========================================================
+
+items (required: item_id, raw_id; all text columns optional)
+
+    =================  ==============  ===================================================
+    item_id            int64           dense item index
+    raw_id             string          the source's id
+    title              string          short title
+    text               string          caption / description
+    tags               list<string>    tags or keywords
+    category           string          category (a path joined by " > " where nested)
+    brand              string          brand
+    author_id          int64           author / uploader
+    duration_ms        int64           video length
+    =================  ==============  ===================================================
+
+users (required: user_id, raw_id; any other columns are user features)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from onerec.errors import DataError
+from onerec.io import read_json, read_parquet, write_json, write_parquet
+
+SCHEMA_VERSION = 1
+
+#: Feedback signals, in the order of the bits of :func:`signal_flags`.
+SIGNALS: tuple[str, ...] = (
+    "click", "long_view", "complete_play", "like", "follow",
+    "comment", "forward", "hate", "profile_enter",
+)
+#: Signals that make an event "positive" under ``positive="auto"`` when the table has them
+#: (OneRec V1 trains on the positive-behaviour history). Hate vetoes positivity.
+AUTO_POSITIVE: tuple[str, ...] = ("long_view", "like", "follow", "comment", "forward")
+
+INTERACTION_TYPES: dict[str, pa.DataType] = {
+    "user_id": pa.int64(), "item_id": pa.int64(), "timestamp": pa.int64(),
+    **{s: pa.int8() for s in SIGNALS},
+    "watch_time_ms": pa.int64(), "rating": pa.float32(), "policy": pa.string(),
+}
+ITEM_TYPES: dict[str, pa.DataType] = {
+    "item_id": pa.int64(), "raw_id": pa.string(), "title": pa.string(), "text": pa.string(),
+    "tags": pa.list_(pa.string()), "category": pa.string(), "brand": pa.string(),
+    "author_id": pa.int64(), "duration_ms": pa.int64(),
+}
+USER_TYPES: dict[str, pa.DataType] = {"user_id": pa.int64(), "raw_id": pa.string()}
+
+REQUIRED = {
+    "interactions": ("user_id", "item_id", "timestamp"),
+    "items": ("item_id", "raw_id"),
+    "users": ("user_id", "raw_id"),
+}
+FILES = {"interactions": "interactions.parquet", "items": "items.parquet", "users": "users.parquet"}
+
+
+def conform(table: pa.Table, kind: str, *, path: str) -> pa.Table:
+    """Check required columns and cast known columns to their canonical types."""
+    known = {"interactions": INTERACTION_TYPES, "items": ITEM_TYPES, "users": USER_TYPES}[kind]
+    if table.num_rows == 0:
+        raise DataError(f"the {kind} table is empty", path=path,
+                        fix="check the source file; a dataset needs at least one row")
+    for col in REQUIRED[kind]:
+        if col not in table.column_names:
+            raise DataError(f"missing required column '{col}' (has: {', '.join(table.column_names)})",
+                            path=path, column=col, fix=f"add the column or map the source's column to '{col}'")
+    for col in REQUIRED[kind]:
+        nulls = table[col].null_count
+        if nulls:
+            row = int(np.flatnonzero(table[col].is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{nulls} missing values in a required column", path=path, row=row,
+                            column=col, fix="drop or fill those rows")
+    cols = []
+    for name in table.column_names:
+        col = table[name]
+        want = known.get(name)
+        if want is not None and col.type != want:
+            try:
+                col = col.cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise DataError(f"cannot read as {want} ({e})", path=path, column=name,
+                                fix=f"make '{name}' a {want} column") from None
+        cols.append(col)
+    return pa.table(cols, names=table.column_names)
+
+
+def _check_dense_ids(table: pa.Table, col: str, path: str) -> int:
+    ids = table[col].to_numpy()
+    n = len(ids)
+    uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if len(uniq) != n:
+        dup = uniq[counts > 1][0]
+        rows = np.flatnonzero(ids == dup)[:2]
+        raise DataError(f"duplicate id {dup} (rows {rows[0]} and {rows[1]})", path=path, column=col,
+                        fix="each id must appear once; deduplicate the table")
+    if n and (uniq[0] != 0 or uniq[-1] != n - 1):
+        raise DataError(f"ids must be 0..{n - 1} (dense); found range {uniq[0]}..{uniq[-1]}", path=path,
+                        column=col, fix="build the tables with onerec.data.schema.make_dataset, which densifies raw ids")
+    if not np.array_equal(ids, np.arange(n)):
+        raise DataError("rows must be sorted by id", path=path, column=col, fix="sort the table by its id column")
+    return n
+
+
+@dataclass
+class Dataset:
+    """The three canonical tables plus metadata. ``interactions`` is sorted by (user_id, timestamp)."""
+
+    interactions: pa.Table
+    items: pa.Table
+    users: pa.Table
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return self.users.num_rows
+
+    @property
+    def n_items(self) -> int:
+        return self.items.num_rows
+
+    def validate(self, root: str | Path = "<memory>") -> Dataset:
+        """Check the contracts above; raise :class:`DataError` naming the file and problem."""
+        root = Path(root)
+        paths = {k: str(root / f) for k, f in FILES.items()}
+        self.interactions = conform(self.interactions, "interactions", path=paths["interactions"])
+        self.items = conform(self.items, "items", path=paths["items"])
+        self.users = conform(self.users, "users", path=paths["users"])
+        n_items = _check_dense_ids(self.items, "item_id", paths["items"])
+        n_users = _check_dense_ids(self.users, "user_id", paths["users"])
+        for col, n, kind in (("user_id", n_users, "users"), ("item_id", n_items, "items")):
+            ids = self.interactions[col].to_numpy()
+            bad = np.flatnonzero((ids < 0) | (ids >= n))
+            if len(bad):
+                raise DataError(f"unknown id {ids[bad[0]]}: not in {kind}.parquet ({n} rows)",
+                                path=paths["interactions"], row=int(bad[0]), column=col,
+                                fix=f"every {col} must exist in the {kind} table")
+        return self
+
+    def save(self, root: str | Path) -> Path:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        for kind, fname in FILES.items():
+            write_parquet(root / fname, getattr(self, kind))
+        meta = {
+            **self.meta,
+            "schema_version": SCHEMA_VERSION,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "n_interactions": self.interactions.num_rows,
+        }
+        meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        write_json(root / "dataset.json", meta)
+        self.meta = meta
+        return root
+
+    @classmethod
+    def load(cls, root: str | Path, *, validate: bool = True) -> Dataset:
+        root = Path(root)
+        if not (root / "dataset.json").exists():
+            raise DataError("not a dataset folder (no dataset.json)", path=str(root),
+                            fix="point at a folder written by `onerec data` (a run directory's data/ folder)")
+        meta = read_json(root / "dataset.json")
+        tables = {k: read_parquet(root / f) for k, f in FILES.items()}
+        ds = cls(meta=meta, **tables)
+        return ds.validate(root) if validate else ds
+
+
+def make_dataset(
+    *,
+    name: str,
+    source: str,
+    interactions: pa.Table,
+    items: pa.Table | None = None,
+    users: pa.Table | None = None,
+    path: str = "<memory>",
+    meta: dict[str, Any] | None = None,
+) -> Dataset:
+    """Build a canonical :class:`Dataset` from tables keyed by the source's raw ids.
+
+    ``interactions`` needs ``user_id``, ``item_id`` (raw ids of any type) and ``timestamp``.
+    ``items`` / ``users``, when given, need ``raw_id`` (same values as the raw ids in the
+    interactions) and any feature columns; ids that appear only in ``interactions`` are an
+    error when the side table is given (unknown ids), and get a bare row when it is not.
+    Rows keep their log order among equal timestamps.
+    """
+    for col in ("user_id", "item_id", "timestamp"):
+        if col not in interactions.column_names:
+            raise DataError(f"missing required column '{col}' (has: {', '.join(interactions.column_names)})",
+                            path=path, column=col, fix=f"map the source's column to '{col}'")
+    if interactions.num_rows == 0:
+        raise DataError("no interactions", path=path, fix="check the source file")
+    user_raw = interactions["user_id"].cast(pa.string())
+    item_raw = interactions["item_id"].cast(pa.string())
+    users_t = _side_table(users, user_raw, "user_id", path)
+    items_t = _side_table(items, item_raw, "item_id", path)
+    uid = pc.index_in(user_raw, value_set=users_t["raw_id"]).to_numpy(zero_copy_only=False)
+    iid = pc.index_in(item_raw, value_set=items_t["raw_id"]).to_numpy(zero_copy_only=False)
+    for col, ids, kind in (("user_id", uid, "users"), ("item_id", iid, "items")):
+        bad = np.flatnonzero(np.isnan(ids)) if ids.dtype.kind == "f" else np.array([], dtype=int)
+        if len(bad):
+            raw = (user_raw if col == "user_id" else item_raw)[int(bad[0])].as_py()
+            raise DataError(f"unknown id '{raw}' not in the {kind} table", path=path, row=int(bad[0]),
+                            column=col, fix=f"add it to the {kind} table or drop those interactions")
+    uid = uid.astype(np.int64)
+    iid = iid.astype(np.int64)
+    ts = interactions["timestamp"]
+    try:
+        ts_np = ts.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError("timestamps must be integers (Unix seconds)", path=path, column="timestamp",
+                        fix="convert the timestamps to Unix seconds") from None
+    order = np.lexsort((np.arange(len(uid)), ts_np, uid))
+    rest = [c for c in interactions.column_names if c not in ("user_id", "item_id", "timestamp")]
+    inter = pa.table(
+        {"user_id": uid[order], "item_id": iid[order], "timestamp": ts_np[order],
+         **{c: interactions[c].take(pa.array(order)) for c in rest}}
+    )
+    ds = Dataset(inter, items_t, users_t, meta={"name": name, "source": source, **(meta or {})})
+    return ds.validate(path)
+
+
+def _side_table(side: pa.Table | None, raw_ids: pa.ChunkedArray, id_col: str, path: str) -> pa.Table:
+    if side is None:
+        uniq = pc.unique(raw_ids)
+        uniq = uniq.take(pc.sort_indices(uniq))
+        return pa.table({id_col: np.arange(len(uniq), dtype=np.int64), "raw_id": uniq})
+    if "raw_id" not in side.column_names:
+        raise DataError("side table needs a 'raw_id' column", path=path, column="raw_id",
+                        fix="name the source's id column raw_id")
+    raw = side["raw_id"].cast(pa.string())
+    if pc.count_distinct(raw).as_py() != side.num_rows:
+        vals = raw.to_numpy(zero_copy_only=False)
+        _, first, counts = np.unique(vals, return_index=True, return_counts=True)
+        dup = vals[first[counts > 1][0]]
+        raise DataError(f"duplicate id '{dup}'", path=path, column="raw_id",
+                        fix="each id must appear once in the side table")
+    cols = {id_col: np.arange(side.num_rows, dtype=np.int64), "raw_id": raw}
+    cols.update({c: side[c] for c in side.column_names if c not in ("raw_id", id_col)})
+    return pa.table(cols)
+
+
+def signal_flags(interactions: pa.Table) -> np.ndarray:
+    """Bitmask (int16) of the SIGNALS present per row; 0 where the table has no signals."""
+    flags = np.zeros(interactions.num_rows, dtype=np.int16)
+    for bit, s in enumerate(SIGNALS):
+        if s in interactions.column_names:
+            flags |= (interactions[s].fill_null(0).to_numpy().astype(np.int16) & 1) << bit
+    return flags
+
+
+def positive_mask(interactions: pa.Table, rule: str = "auto") -> np.ndarray:
+    """Which rows are positive behaviour.
+
+    ``all``: every row (implicit-feedback datasets such as Amazon reviews).
+    ``auto``: any of AUTO_POSITIVE present in the table and not ``hate``; ``all`` when the
+    table has none of those columns. Otherwise a '|'-joined list of signal columns.
+    """
+    cols = interactions.column_names
+    if rule == "all":
+        return np.ones(interactions.num_rows, dtype=bool)
+    names = [s for s in AUTO_POSITIVE if s in cols] if rule == "auto" else [s for s in rule.split("|") if s]
+    if not names:
+        return np.ones(interactions.num_rows, dtype=bool)
+    for s in names:
+        if s not in cols:
+            raise DataError(f"positive rule names '{s}', which the interactions table lacks "
+                            f"(has: {', '.join(cols)})", column=s,
+                            fix="use data.positive=auto, all, or signals the table has")
+    mask = np.zeros(interactions.num_rows, dtype=bool)
+    for s in names:
+        mask |= interactions[s].fill_null(0).to_numpy().astype(bool)
+    if rule == "auto" and "hate" in cols:
+        mask &= ~interactions["hate"].fill_null(0).to_numpy().astype(bool)
+    return mask

@@ -1,0 +1,105 @@
+"""File I/O shared by every stage: atomic writes, Parquet, JSON and YAML.
+
+Every writer goes through :func:`atomic_path`, which writes to a temporary file in the
+same folder and renames it over the target only once the write succeeded, so an
+interrupted run never leaves a half-written file in place of a good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from onerec.errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    On an exception the temporary file is removed and ``path`` keeps its old content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", path=str(path), fix="check the path or run the stage that writes it")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON at line {e.lineno}: {e.msg}", path=str(path),
+                        fix="repair or regenerate the file") from None
+
+
+def write_yaml(path: str | os.PathLike[str], obj: Any) -> None:
+    write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", path=str(path), fix="check the path")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DataError(f"invalid YAML: {e}", path=str(path), fix="repair the file") from None
+
+
+def write_parquet(path: str | os.PathLike[str], table: pa.Table, *, row_group_size: int = 1 << 20) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+
+
+def read_parquet(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file, turning a missing or truncated file into a :class:`DataError`."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found", path=str(path),
+                        fix="check the path, or run the stage that writes it (e.g. `onerec data`)")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"not a readable Parquet file ({e})", path=str(path),
+                        fix="the file is truncated or not Parquet; regenerate it") from None

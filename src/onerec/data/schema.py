@@ -119,7 +119,7 @@ def conform(table: pa.Table, kind: str, *, path: str) -> pa.Table:
 def _check_dense_ids(table: pa.Table, col: str, path: str) -> int:
     ids = table[col].to_numpy()
     n = len(ids)
-    uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    uniq, counts = np.unique(ids, return_counts=True)
     if len(uniq) != n:
         dup = uniq[counts > 1][0]
         rows = np.flatnonzero(ids == dup)[:2]

@@ -1,0 +1,113 @@
+"""Shared transformer primitives: every model in onerec imports these, none copies them.
+
+Shapes: B = batch, T = query length, S = key/value length, D = d_model, H = heads.
+Blocks are pre-norm with RMSNorm, as in the OneRec Technical Report's encoder ("pre-RMSNorm").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich 2019): x / rms(x) * weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def ffn_hidden(d_model: int, mult: float, multiple_of: int = 32) -> int:
+    """SwiGLU hidden width: (2/3) * mult * d rounded up to ``multiple_of`` (the Technical Report
+    rounds (2/3)*4*d to 128; small models use 32 so tiny presets stay tiny)."""
+    h = int(2 * mult * d_model / 3)
+    return multiple_of * math.ceil(h / multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward (Shazeer 2020): W2(silu(W1 x) * W3 x). The Technical Report's experts use it."""
+
+    def __init__(self, d_model: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d_model, hidden, bias=False)
+        self.w3 = nn.Linear(d_model, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d_model, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head attention over ``F.scaled_dot_product_attention`` (self- or cross-).
+
+    Args:
+        x: queries [B, T, D]. kv: keys/values source [B, S, D] (defaults to x).
+        mask: bool [B, 1 or T, S] or [B, 1, 1, S]-broadcastable, True = may attend.
+        causal: apply a causal mask (self-attention only, T == S).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.h, self.dk = n_heads, d_model // n_heads
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.o = nn.Linear(d_model, d_model, bias=False)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, kv: Tensor | None = None, *, mask: Tensor | None = None,
+                causal: bool = False) -> Tensor:
+        b, t, d = x.shape
+        src = x if kv is None else kv
+        q = self.q(x).view(b, t, self.h, self.dk).transpose(1, 2)
+        k, v = self.kv(src).view(b, src.shape[1], 2, self.h, self.dk).permute(2, 0, 3, 1, 4)
+        if mask is not None and mask.dim() == 3:
+            mask = mask.unsqueeze(1)  # [B, 1, T|1, S]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal and mask is None,
+        )
+        return self.o(out.transpose(1, 2).reshape(b, t, d))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm block: x + SelfAttn(norm x); x + FFN(norm x)."""
+
+    def __init__(self, d_model: int, n_heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.n1, self.n2 = RMSNorm(d_model), RMSNorm(d_model)
+        self.attn = Attention(d_model, n_heads, dropout)
+        self.ffn = SwiGLU(d_model, ffn, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.n1(x), mask=mask))
+        return x + self.ffn(self.n2(x))
+
+
+class DecoderBlock(nn.Module):
+    """OneRec decoder layer: causal self-attn -> cross-attn over the encoder -> FFN (Technical
+    Report Sec. 2; the FFN becomes a mixture of experts in the full model)."""
+
+    def __init__(self, d_model: int, n_heads: int, ffn: nn.Module | int, dropout: float) -> None:
+        super().__init__()
+        self.n1, self.n2, self.n3 = RMSNorm(d_model), RMSNorm(d_model), RMSNorm(d_model)
+        self.self_attn = Attention(d_model, n_heads, dropout)
+        self.cross_attn = Attention(d_model, n_heads, dropout)
+        self.ffn = SwiGLU(d_model, ffn, dropout) if isinstance(ffn, int) else ffn
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.self_attn(self.n1(x), causal=True))
+        x = x + self.drop(self.cross_attn(self.n2(x), memory, mask=memory_mask))
+        return x + self.ffn(self.n3(x))

@@ -1,0 +1,126 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else. Nothing is ever pickled.
+
+A model folder holds ``model.safetensors`` and ``model.json`` (the model config and the
+semantic-ID vocabulary sizes). A resumable training checkpoint adds ``optim.safetensors``
+(AdamW moments, the torch RNG state) and ``state.json`` (step, loss history).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from onerec.config import ModelConfig, from_dict, to_dict
+from onerec.errors import CheckpointError
+from onerec.io import atomic_path, read_json, write_json
+
+
+def save_model(folder: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json(folder / "model.json", meta)
+
+
+def load_state(folder: str | Path, model: torch.nn.Module) -> None:
+    """Load ``model.safetensors`` into ``model``, naming the first mismatching key on error."""
+    path = Path(folder) / "model.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"{path}: no weights found. Fix: train first (`onerec train RUN`) or check the path.")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"{path}: unreadable weights ({e}). Fix: the file is truncated; retrain or "
+                              "restore it.") from None
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: key '{key}' missing; the checkpoint was made for another config. "
+                                  "Fix: use the config saved beside it (model.json) or retrain.")
+        if state[key].shape != value.shape:
+            raise CheckpointError(f"{path}: key '{key}' has shape {tuple(state[key].shape)} but the model expects "
+                                  f"{tuple(value.shape)}; the checkpoint was made for another config. Fix: use the "
+                                  "config saved beside it (model.json) or retrain.")
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise CheckpointError(f"{path}: unexpected key '{extra[0]}'; the checkpoint was made for another model.")
+    model.load_state_dict(state)
+
+
+def model_meta(cfg: ModelConfig, codebook_sizes: list[int], **extra: Any) -> dict[str, Any]:
+    return {"model": to_dict(cfg), "codebook_sizes": list(codebook_sizes), **extra}
+
+
+def read_model_meta(folder: str | Path) -> tuple[ModelConfig, list[int], dict[str, Any]]:
+    meta = read_json(Path(folder) / "model.json")
+    try:
+        return from_dict(ModelConfig, meta["model"]), list(meta["codebook_sizes"]), meta
+    except KeyError as e:
+        raise CheckpointError(f"{Path(folder) / 'model.json'}: missing key {e}. Fix: regenerate the model folder.")
+
+
+# ------------------------------------------------------------------ optimizer state
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten an optimizer state_dict into tensors (safetensors) and JSON-able groups."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            t = val if torch.is_tensor(val) else torch.tensor(val)
+            tensors[f"state.{idx}.{name}"] = t.detach().contiguous().cpu()
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: dict[str, Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, val in tensors.items():
+        if key.startswith("state."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = val
+    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+
+
+def save_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                             meta: dict[str, Any], state: dict[str, Any]) -> None:
+    """Write a resumable checkpoint into ``folder`` (a temp folder renamed into place)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_model(tmp, model, meta)
+    tensors, groups = optimizer_tensors(opt)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, str(tmp / "optim.safetensors"))
+    write_json(tmp / "state.json", {**state, "optimizer": groups})
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def load_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    load_state(folder, model)
+    state = read_json(folder / "state.json")
+    tensors = load_file(str(folder / "optim.safetensors"))
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    cuda_rng = tensors.pop("rng.cuda", None)
+    if cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda_rng)
+    restore_optimizer(opt, tensors, state.pop("optimizer"))
+    return state
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    ckpts = sorted(p for p in (root / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return ckpts[-1] if ckpts else None
+
+
+def config_fingerprint(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, sort_keys=True)

@@ -1,0 +1,169 @@
+"""Next-token pretraining of the generator: AdamW, warm-up + cosine, resumable checkpoints.
+
+The order of examples is a pure function of (seed, epoch), and every checkpoint stores the
+optimizer moments and the torch RNG state, so a run resumed from a checkpoint reproduces the
+loss curve of the uninterrupted run step for step (see tests/train/test_resume.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from onerec.config import TrainConfig, to_dict
+from onerec.errors import CheckpointError
+from onerec.features.history import EvalExamples, TrainExamples
+from onerec.io import write_json
+from onerec.model.generator import Generator
+from onerec.train.checkpoint import (
+    latest_checkpoint,
+    load_training_checkpoint,
+    save_model,
+    save_training_checkpoint,
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to 10% of it."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@dataclass
+class TrainResult:
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    valid: list[dict[str, float]] = field(default_factory=list)  # {"step", "epoch", "loss"}
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "loss": self.loss, "valid": self.valid, "seconds": self.seconds}
+
+
+@torch.no_grad()
+def validation_loss(model: Generator, examples: EvalExamples, device: torch.device, *, batch_size: int = 512,
+                    limit: int = 2000) -> float:
+    model.eval()
+    n = min(len(examples), limit)
+    total, count = 0.0, 0
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(n, start + batch_size))
+        loss = model(to_device(examples.batch(idx, with_target=True), device))
+        total += float(loss) * len(idx)
+        count += len(idx)
+    model.train()
+    return total / max(count, 1)
+
+
+def train_generator(
+    model: Generator,
+    train: TrainExamples,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    meta: dict[str, Any],
+    valid: EvalExamples | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``train`` and write ``out_dir/{model.safetensors, model.json, history.json}``.
+
+    Args:
+        meta: written to model.json (model config, codebook sizes); a resumed checkpoint must match it.
+        resume: continue from the latest checkpoint in ``out_dir/checkpoints``.
+        stop_at: stop after this global step (used to test resuming); the run is left resumable.
+    """
+    out_dir = Path(out_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    n = len(train)
+    if n == 0:
+        raise CheckpointError("no training examples: every user has a single positive event in the train split. "
+                              "Fix: use more data or a looser data.positive rule.")
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    result, step = TrainResult(), 0
+    if resume:
+        ckpt = latest_checkpoint(out_dir)
+        if ckpt is None:
+            raise CheckpointError(f"{out_dir / 'checkpoints'}: nothing to resume. Fix: train without --resume.")
+        state = load_training_checkpoint(ckpt, model, opt)
+        if state["meta"] != meta:
+            raise CheckpointError(f"{ckpt}: checkpoint was made for another model config or tokenizer. Fix: resume "
+                                  "with the same config, or train from scratch in a new run directory.")
+        step = state["step"]
+        result = TrainResult(state["steps"], state["loss"], state["valid"], state["seconds"])
+    t0 = time.perf_counter() - result.seconds
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    order, order_epoch = None, -1
+    while step < total:
+        epoch, pos = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+            order_epoch = epoch
+        idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, cfg)
+        loss = model(to_device(train.batch(idx), device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        result.steps.append(step)
+        result.loss.append(float(loss.detach()))
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            bar.set_postfix(loss=f"{np.mean(result.loss[-cfg.log_every:]):.3f}")
+        if valid is not None and (step % steps_per_epoch == 0 or step == total):
+            result.valid.append({"step": step, "epoch": step / steps_per_epoch,
+                                 "loss": validation_loss(model, valid, device)})
+        done = step == total or (stop_at is not None and step >= stop_at)
+        if step % cfg.checkpoint_every == 0 or done:
+            result.seconds = time.perf_counter() - t0
+            _checkpoint(out_dir, model, opt, meta, step, result)
+        if stop_at is not None and step >= stop_at:
+            break
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    if step == total:
+        save_model(out_dir, model, {**meta, "train": to_dict(cfg), "steps": step})
+        write_json(out_dir / "history.json", result.to_dict())
+    return result
+
+
+def _checkpoint(out_dir: Path, model: Generator, opt: torch.optim.Optimizer, meta: dict[str, Any], step: int,
+                result: TrainResult) -> None:
+    folder = out_dir / "checkpoints" / f"step-{step:07d}"
+    state = {"step": step, "meta": meta, **result.to_dict()}
+    save_training_checkpoint(folder, model, opt, meta, state)
+    # keep the two most recent checkpoints
+    import shutil
+
+    for old in sorted((out_dir / "checkpoints").glob("step-*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -113,9 +113,11 @@ class EvalExamples:
         self.seqs = Ragged.from_table(table, "history", "history_ts", "history_flags")
         self.f = featurizer
         self.request_ts = table["target_ts"].to_numpy().astype(np.int64)
-        tg = table["targets"].combine_chunks()
-        offs = tg.offsets.to_numpy() - tg.offsets[0].as_py()
-        self.first_target = tg.flatten().to_numpy()[offs[:-1]]  # first target, for validation loss
+        self.first_target = None  # first target of each row, for the validation loss
+        if "targets" in table.column_names:
+            tg = table["targets"].combine_chunks()
+            offs = tg.offsets.to_numpy() - tg.offsets[0].as_py()
+            self.first_target = tg.flatten().to_numpy()[offs[:-1]]
 
     def __len__(self) -> int:
         return len(self.request_ts)
@@ -123,5 +125,7 @@ class EvalExamples:
     def batch(self, idx: np.ndarray, with_target: bool = False) -> dict:
         out = self.f.histories(self.seqs, idx, self.seqs.offsets[idx + 1], self.request_ts[idx])
         if with_target:
+            if self.first_target is None:
+                raise ValueError("this examples table has no 'targets' column")
             out["target"] = torch.from_numpy(self.f.codes[self.first_target[idx]])
         return out

@@ -107,6 +107,10 @@ def train_generator(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     result, step = TrainResult(), 0
+    if not resume and (out_dir / "checkpoints").exists():
+        import shutil
+
+        shutil.rmtree(out_dir / "checkpoints")  # a fresh run must not mix with an older run's checkpoints
     if resume:
         ckpt = latest_checkpoint(out_dir)
         if ckpt is None:

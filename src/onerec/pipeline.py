@@ -1,0 +1,272 @@
+"""The pipeline's stages over one run directory, each callable alone (the CLI verbs) or in a row
+(``onerec quickstart``).
+
+Run directory layout::
+
+    RUN/config.yaml               the resolved config (every stage rewrites it with its overrides)
+    RUN/data/                     canonical tables (interactions/items/users.parquet, dataset.json),
+                                  split/{train,valid,test}.parquet, summary.json, world/ (simulator)
+    RUN/tokenizer/                codebooks + tokenizer.json, codes.parquet (item_id -> semantic ID),
+                                  item_vectors.safetensors, metrics.json
+    RUN/train/                    model.safetensors + model.json, history.json, checkpoints/
+    RUN/eval/                     metrics.json, recommendations.parquet (onerec's top-K per user)
+    RUN/metrics.json              {"models": {"onerec": {...}, "popular": {...}, ...}, ...}
+    RUN/report.md, RUN/plots/     the human report
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from onerec.config import RunConfig, load_config, to_dict
+from onerec.data.schema import Dataset, positive_mask
+from onerec.data.splits import load_splits, make_splits, save_splits
+from onerec.errors import DataError
+from onerec.io import read_json, read_parquet, write_json, write_parquet, write_yaml
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_config(run: Path, preset: str | None = None, file: str | None = None,
+               overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
+    """Config of a run: its saved config.yaml (if any) or a preset/file, then ``overrides``."""
+    saved = run / "config.yaml"
+    if saved.exists() and not preset and not file:
+        return load_config(file=saved, overrides=overrides)
+    return load_config(preset=preset, file=file, overrides=overrides)
+
+
+def save_config(run: Path, cfg: RunConfig) -> None:
+    write_yaml(run / "config.yaml", to_dict(cfg))
+
+
+def _require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{path.name} not found", path=str(path.parent),
+                        fix=f"run `onerec {stage} {path.parent.parent}` first")
+    return path
+
+
+# ------------------------------------------------------------------------------ data
+def stage_data(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Simulate or load the dataset, split it, write RUN/data."""
+    dc = cfg.data
+    out = run / "data"
+    t0 = time.perf_counter()
+    if dc.source == "simulate":
+        from onerec.data.simulator import simulate
+
+        ds, world = simulate(dc.sim)
+        world.save(out / "world")
+    else:
+        if not dc.path:
+            raise DataError(f"data.source={dc.source} needs data.path", fix="pass data.path=/path/to/the/dataset")
+        from onerec.data.adapters import load
+
+        ds = load(dc.source, dc.path, dc.name)
+    ds.save(out)
+    splits = make_splits(ds, protocol=dc.split, positive=dc.positive, min_positives=dc.min_positives,
+                         valid_frac=dc.valid_frac, test_frac=dc.test_frac)
+    save_splits(splits, out / "split")
+    summary = dataset_summary(ds, splits, dc.positive)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json(out / "summary.json", summary)
+    save_config(run, cfg)
+    return summary
+
+
+def dataset_summary(ds: Dataset, splits: dict[str, pa.Table], rule: str) -> dict[str, Any]:
+    pos = positive_mask(ds.interactions, rule)
+    s: dict[str, Any] = {
+        "name": ds.meta.get("name"), "source": ds.meta.get("source"),
+        "users": ds.n_users, "items": ds.n_items, "interactions": ds.interactions.num_rows,
+        "positives": int(pos.sum()),
+        **{f"{k}_examples": v.num_rows for k, v in splits.items()},
+    }
+    inter = ds.interactions
+    if "policy" in inter.column_names and "click" in inter.column_names:
+        policy = np.asarray(inter["policy"].to_pylist())
+        for name in np.unique(policy):
+            sel = policy == name
+            for sig in ("click", "long_view", "complete_play"):
+                s[f"{name}_{sig}_rate"] = round(float(inter[sig].to_numpy()[sel].mean()), 4)
+    return s
+
+
+# -------------------------------------------------------------------------- tokenize
+def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Content vectors (cached per dataset) -> residual k-means semantic IDs -> RUN/tokenizer."""
+    from onerec.content import item_vectors, save_vectors
+    from onerec.tokenizer import ResidualKMeansTokenizer
+
+    data = run / "data"
+    ds_items = read_parquet(_require(data / "items.parquet", "data"))
+    out = run / "tokenizer"
+    t0 = time.perf_counter()
+    vectors = item_vectors(ds_items, cfg.content, cache_dir=data / "cache")
+    save_vectors(out / "item_vectors.safetensors", vectors, backend=cfg.content.backend)
+    tc = cfg.tokenizer
+    if tc.codebook_size > len(vectors):
+        raise DataError(f"tokenizer.codebook_size={tc.codebook_size} exceeds the {len(vectors)} items",
+                        fix=f"set tokenizer.codebook_size={max(2, len(vectors) // 8)} or lower")
+    tok = ResidualKMeansTokenizer(tc)
+    codes = tok.fit(vectors).numpy()
+    tok.save(out)
+    write_parquet(out / "codes.parquet", pa.table({
+        "item_id": np.arange(len(codes), dtype=np.int64),
+        "sid": pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), codes.shape[1]),
+    }))
+    metrics = {**tok.metrics, "codebook_sizes": tok.codebook_sizes, "seconds": round(time.perf_counter() - t0, 2)}
+    write_json(out / "metrics.json", metrics)
+    save_config(run, cfg)
+    return metrics
+
+
+def load_codes(run: Path) -> np.ndarray:
+    table = read_parquet(_require(run / "tokenizer" / "codes.parquet", "tokenize"))
+    sid = table["sid"].combine_chunks()
+    return sid.flatten().to_numpy().reshape(len(sid), -1).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- train
+def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Next-token training of the generator -> RUN/train."""
+    from onerec.features import EvalExamples, HistoryFeaturizer, TrainExamples
+    from onerec.model.generator import Generator
+    from onerec.train import train_generator
+    from onerec.train.checkpoint import model_meta
+
+    codes = load_codes(run)
+    splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
+    sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
+    feat = HistoryFeaturizer(codes, cfg.model.max_history)
+    train_ex = TrainExamples(splits["train"], feat)
+    valid_ex = EvalExamples(splits["valid"], feat)
+    torch.manual_seed(cfg.train.seed)
+    model = Generator(cfg.model, sizes)
+    meta = model_meta(cfg.model, sizes, n_items=len(codes))
+    save_config(run, cfg)
+    result = train_generator(model, train_ex, cfg.train, run / "train", meta=meta, valid=valid_ex, resume=resume,
+                             progress=progress)
+    summary = {
+        "parameters": model.num_parameters(), "examples": len(train_ex), "steps": len(result.loss),
+        "final_loss": float(np.mean(result.loss[-50:])),
+        "valid_loss": result.valid[-1]["loss"] if result.valid else None,
+        "seconds": round(result.seconds, 1),
+    }
+    write_json(run / "train" / "metrics.json", summary)
+    return summary
+
+
+def load_generator(run: Path, device: str = "cpu"):
+    from onerec.model.generator import Generator
+    from onerec.train.checkpoint import load_state, read_model_meta
+
+    folder = _require(run / "train" / "model.json", "train").parent
+    mcfg, sizes, _ = read_model_meta(folder)
+    model = Generator(mcfg, sizes)
+    load_state(folder, model)
+    return model.to(device).eval()
+
+
+# ------------------------------------------------------------------------------ eval
+def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Score the generator and the baselines on the held-out split; write metrics + report."""
+    from onerec.baselines import build_baseline
+    from onerec.eval.harness import evaluate
+    from onerec.eval.report import write_report
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.train.loop import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    codes = load_codes(run)
+    splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
+    examples = splits[cfg.eval.split]
+    ks = sorted(cfg.eval.ks)
+    models: dict[str, dict[str, float]] = {}
+    curves: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    gen = GenerativeRecommender(load_generator(run, str(device)), codes, beam_size=cfg.generate.beam_size,
+                                batch_size=cfg.generate.batch_size, device=device)
+    models["onerec"] = evaluate(gen, examples, ks=ks, batch_size=cfg.generate.batch_size, progress=progress)
+    seconds["onerec"] = round(time.perf_counter() - t0, 1)
+    for name in cfg.eval.baselines:
+        t0 = time.perf_counter()
+        rec = build_baseline(name, cfg.eval.sasrec, device=device)
+        log(f"fitting baseline {name}")
+        rec.fit(splits["train"], n_items=len(codes), valid=splits["valid"])
+        models[name] = evaluate(rec, examples, ks=ks, progress=progress)
+        if getattr(rec, "losses", None):
+            curves[name] = rec.losses
+        seconds[name] = round(time.perf_counter() - t0, 1)
+
+    recs = gen.recommend(examples.slice(0, min(examples.num_rows, 1000)), min(ks[-1], 50))
+    write_parquet(run / "eval" / "recommendations.parquet", pa.table({
+        "user_id": examples["user_id"].slice(0, len(recs)),
+        "items": pa.array(list(recs), type=pa.list_(pa.int64())),
+    }))
+    dataset = read_json(run / "data" / "summary.json")
+    tokenizer = read_json(run / "tokenizer" / "metrics.json")
+    train = read_json(run / "train" / "metrics.json") if (run / "train" / "metrics.json").exists() else {}
+    metrics = {
+        "models": models, "split": cfg.eval.split, "protocol": cfg.data.split, "seconds": seconds,
+        "dataset": dataset,
+        "tokenizer": {k: v for k, v in tokenizer.items() if not isinstance(v, (list, dict))},
+        "train": train,
+    }
+    write_json(run / "eval" / "metrics.json", metrics)
+    write_json(run / "metrics.json", metrics)
+    history = read_json(run / "train" / "history.json") if (run / "train" / "history.json").exists() else {}
+    write_report(run, metrics, history, curves, ks)
+    save_config(run, cfg)
+    return metrics
+
+
+# -------------------------------------------------------------------------- generate
+def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int) -> dict[str, list[tuple[int, str]]]:
+    """Top-``k`` (item_id, title) for users given by raw id, from their whole positive history."""
+    from onerec.data.splits import Sequences
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.train.loop import resolve_device
+
+    ds = Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
+    raw = ds.users["raw_id"].to_pylist()
+    index = {r: i for i, r in enumerate(raw)}
+    missing = [u for u in raw_user_ids if u not in index]
+    if missing:
+        raise DataError(f"unknown user id '{missing[0]}'", path=str(run / "data" / "users.parquet"),
+                        column="raw_id", fix=f"use a raw_id from users.parquet, e.g. {raw[0]!r}")
+    seq = Sequences.from_interactions(ds.interactions, ds.n_users, cfg.data.positive)
+    uids = np.array([index[u] for u in raw_user_ids], dtype=np.int64)
+    rows = []
+    for u in uids:
+        s, e = seq.offsets[u], seq.offsets[u + 1]
+        rows.append({"user_id": int(u), "history": seq.items[s:e].tolist(), "history_ts": seq.ts[s:e].tolist(),
+                     "history_flags": seq.flags[s:e].astype(int).tolist(),
+                     "target_ts": int(seq.ts[e - 1]) + 1 if e > s else 0})
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("user_id", pa.int64()), ("history", pa.list_(pa.int64())), ("history_ts", pa.list_(pa.int64())),
+        ("history_flags", pa.list_(pa.int16())), ("target_ts", pa.int64())]))
+    device = resolve_device(cfg.train.device)
+    gen = GenerativeRecommender(load_generator(run, str(device)), load_codes(run),
+                                beam_size=max(cfg.generate.beam_size, k), device=device)
+    recs = gen.recommend(table, k)
+    titles = _item_titles(ds.items)
+    return {u: [(int(i), titles[i]) for i in r if i >= 0] for u, r in zip(raw_user_ids, recs)}
+
+
+def _item_titles(items: pa.Table) -> list[str]:
+    for col in ("title", "text", "raw_id"):
+        if col in items.column_names:
+            return [("" if t is None else str(t))[:80] for t in items[col].to_pylist()]
+    return [""] * items.num_rows

@@ -45,9 +45,20 @@ class SimConfig:
     n_events: int = opt(300_000, "total exposures logged, over both policies")
     n_topics: int = opt(24, "number of content topics")
     n_authors: int = opt(300, "number of video authors")
-    random_share: float = opt(0.2, "share of exposures logged under uniform random exposure; the rest come from the production policy")
+    random_share: float = opt(0.2, "share of exposures logged under uniform random exposure; "
+                                   "the rest come from the production policy")
     taste_known: float = opt(0.5, "share of each user's taste (interest weight) the production policy knows")
     days: int = opt(30, "length of the logged period in days")
+    start_date: str = opt("2022-04-08", "first day of the logged period (UTC, YYYY-MM-DD), as in KuaiRand")
+    session_len: float = opt(12.0, "mean exposures per session")
+    interest_stay: float = opt(0.75, "probability that a user's current interest carries over to the next "
+                                     "session (else it is redrawn from the user's interests)")
+    drift_boost: float = opt(2.0, "logit boost of videos in the user's current interest: the signal a "
+                                  "sequential recommender can pick up from recent history")
+    min_exposures: int = opt(10, "exposures every user gets before the heavy-tailed activity shares out the rest")
+    activity_sigma: float = opt(1.0, "log-normal sigma of user activity (larger: heavier tail of very active users)")
+    calib_pairs: int = opt(200_000, "random (user, video) pairs over which the response biases are solved "
+                                    "to hit the KuaiRand random-exposure rates")
     seed: int = opt(0, "random seed; the same seed gives the same world and logs")
 
 
@@ -58,11 +69,15 @@ class DataConfig:
     source: str = opt("simulate", "simulate | amazon2014 | lcrec | recbole | kuairand | kuairec | parquet",
                       choices=["simulate", "amazon2014", "lcrec", "recbole", "kuairand", "kuairec", "parquet"])
     path: str | None = opt(None, "folder of the raw dataset (not used by 'simulate')")
-    name: str | None = opt(None, "dataset name inside the folder, e.g. Beauty for amazon2014, Scientific for lcrec, ml-100k for recbole")
+    name: str | None = opt(None, "dataset name inside the folder, e.g. Beauty for amazon2014, Scientific for lcrec, "
+                                 "ml-100k for recbole")
     split: str = opt("loo", "loo: leave-one-out (TIGER protocol) | time: global time split", choices=["loo", "time"])
     valid_frac: float = opt(0.1, "time split: share of the timeline held out for validation")
     test_frac: float = opt(0.1, "time split: share of the timeline held out for test")
-    positive: str = opt("auto", "which events count as positive behaviour: auto | all | a '|'-joined list of signal columns, e.g. 'long_view|like|follow'")
+    positive: str = opt("auto", "which events count as positive behaviour: auto | all | a '|'-joined list of "
+                                "signal columns, e.g. 'long_view|like|follow'")
+    options: dict[str, Any] = opt({}, "adapter options, e.g. data.options.text_path=DIR (amazon2014 titles), "
+                                  "data.options.matrix=big (kuairec), data.options.logs=random (kuairand)")
     min_positives: int = opt(3, "users with fewer positive events are left out of the split (leave-one-out needs 3)")
     sim: SimConfig = section(SimConfig, "simulated world settings (source=simulate)")
 
@@ -75,7 +90,8 @@ class ContentConfig:
     backend: str = opt("tfidf", "content backend; 'tfidf' needs no downloaded weights", choices=["tfidf"])
     dim: int = opt(64, "dimension of the item vectors")
     max_features: int = opt(50_000, "tfidf: vocabulary size cap")
-    text_fields: list[str] = opt(["title", "text", "tags", "category", "brand"], "item table columns joined into the text that is embedded (missing ones are skipped)")
+    text_fields: list[str] = opt(["title", "text", "tags", "category", "brand"],
+                                 "item table columns joined into the text that is embedded (missing ones are skipped)")
     seed: int = opt(0, "random seed of the SVD")
     cache: bool = opt(True, "reuse vectors cached in the dataset folder when data and settings are unchanged")
 
@@ -143,7 +159,8 @@ class GenerateConfig:
 class SasrecConfig:
     """SASRec baseline (Kang & McAuley 2018)."""
 
-    loss: str = opt("ce", "ce: full-softmax cross-entropy | bce: binary cross-entropy with one sampled negative", choices=["ce", "bce"])
+    loss: str = opt("ce", "ce: full-softmax cross-entropy | bce: binary cross-entropy with one sampled negative",
+                    choices=["ce", "bce"])
     d_model: int = opt(64, "hidden size")
     n_layers: int = opt(2, "self-attention blocks")
     n_heads: int = opt(1, "attention heads")
@@ -152,7 +169,14 @@ class SasrecConfig:
     epochs: int = opt(30, "training epochs")
     batch_size: int = opt(256, "sequences per step")
     lr: float = opt(1e-3, "Adam learning rate")
-    seed: int = opt(0, "random seed")
+    weight_decay: float = opt(0.0, "Adam L2 weight decay (the original SASRec uses none)")
+    seed: int = opt(0, "random seed of initialisation, shuffling, dropout and negative sampling")
+    eval_every: int = opt(1, "score the valid split every N epochs for early stopping (when a valid split is given)")
+    patience: int = opt(5, "stop after this many valid evaluations without improvement; the best weights are kept")
+    early_stop_metric: str = opt("ndcg@10", "valid metric that picks the best epoch", choices=["ndcg@10", "recall@10"])
+    exclude_history: bool = opt(False, "never recommend items already in the user's history")
+    eval_batch_size: int = opt(1024, "users scored at once when recommending")
+    time_budget_s: float | None = opt(None, "stop training after this many seconds (None: no limit)")
 
 
 @dataclass
@@ -161,7 +185,8 @@ class EvalConfig:
 
     ks: list[int] = opt([1, 5, 10, 20, 50], "cut-offs K for Recall@K and NDCG@K")
     split: str = opt("test", "which held-out split to score: valid | test", choices=["valid", "test"])
-    baselines: list[str] = opt(["popular", "sasrec"], "baselines scored in the same harness: popular, sasrec, sasrec_bce, sasrec_ce")
+    baselines: list[str] = opt(["popular", "sasrec"],
+                               "baselines scored in the same harness: popular, sasrec, sasrec_bce, sasrec_ce")
     sasrec: SasrecConfig = section(SasrecConfig, "SASRec baseline settings")
 
 
@@ -207,6 +232,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             value = [value]
         return [_coerce(v, inner, key) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' is a mapping; set '{key}.<name>=...'")
+        return dict(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' is a section; give a mapping, or set '{key}.<field>=...'")
@@ -250,6 +279,8 @@ def _update(cfg: Any, data: dict[str, Any], prefix: str) -> None:
         tp = types_[key]
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             _update(getattr(cfg, key), value, prefix + key + ".")
+        elif typing.get_origin(tp) is dict and isinstance(value, dict):
+            getattr(cfg, key).update(value)  # dotted overrides add keys to a mapping field
         else:
             setattr(cfg, key, _coerce(value, tp, prefix + key))
         _check_choice(cfg, key, prefix)

@@ -71,7 +71,7 @@ def stage_data(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
             raise DataError(f"data.source={dc.source} needs data.path", fix="pass data.path=/path/to/the/dataset")
         from onerec.data.adapters import load
 
-        ds = load(dc.source, dc.path, dc.name)
+        ds = load(dc.source, dc.path, dc.name, **dc.options)
     ds.save(out)
     splits = make_splits(ds, protocol=dc.split, positive=dc.positive, min_positives=dc.min_positives,
                          valid_frac=dc.valid_frac, test_frac=dc.test_frac)

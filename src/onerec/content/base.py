@@ -36,11 +36,16 @@ class ContentBackend(Protocol):
         ...
 
 
-_BACKENDS: dict[str, Callable[[ContentConfig], ContentBackend]] = {}
 
 
-def register(name: str) -> Callable[[Callable[[ContentConfig], ContentBackend]], Callable[[ContentConfig], ContentBackend]]:
-    def deco(factory: Callable[[ContentConfig], ContentBackend]) -> Callable[[ContentConfig], ContentBackend]:
+Factory = Callable[[ContentConfig], ContentBackend]
+_BACKENDS: dict[str, Factory] = {}
+
+
+def register(name: str) -> Callable[[Factory], Factory]:
+    """Class decorator registering a backend factory under ``name`` (``content.backend=name``)."""
+
+    def deco(factory: Factory) -> Factory:
         _BACKENDS[name] = factory
         return factory
 

@@ -127,7 +127,7 @@ def _check_dense_ids(table: pa.Table, col: str, path: str) -> int:
                         fix="each id must appear once; deduplicate the table")
     if n and (uniq[0] != 0 or uniq[-1] != n - 1):
         raise DataError(f"ids must be 0..{n - 1} (dense); found range {uniq[0]}..{uniq[-1]}", path=path,
-                        column=col, fix="build the tables with onerec.data.schema.make_dataset, which densifies raw ids")
+                        column=col, fix="build the tables with onerec.data.schema.make_dataset (it densifies ids)")
     if not np.array_equal(ids, np.arange(n)):
         raise DataError("rows must be sorted by id", path=path, column=col, fix="sort the table by its id column")
     return n
@@ -150,10 +150,13 @@ class Dataset:
     def n_items(self) -> int:
         return self.items.num_rows
 
-    def validate(self, root: str | Path = "<memory>") -> Dataset:
-        """Check the contracts above; raise :class:`DataError` naming the file and problem."""
+    def validate(self, root: str | Path = "<memory>", *, source: str | None = None) -> Dataset:
+        """Check the contracts above; raise :class:`DataError` naming the file and problem.
+
+        ``root`` is the dataset folder; ``source`` (an adapter's input file) replaces the file
+        names in messages when the tables were built from a raw source rather than read."""
         root = Path(root)
-        paths = {k: str(root / f) for k, f in FILES.items()}
+        paths = {k: source or str(root / f) for k, f in FILES.items()}
         self.interactions = conform(self.interactions, "interactions", path=paths["interactions"])
         self.items = conform(self.items, "items", path=paths["items"])
         self.users = conform(self.users, "users", path=paths["users"])
@@ -248,7 +251,7 @@ def make_dataset(
          **{c: interactions[c].take(pa.array(order)) for c in rest}}
     )
     ds = Dataset(inter, items_t, users_t, meta={"name": name, "source": source, **(meta or {})})
-    return ds.validate(path)
+    return ds.validate(source=path)
 
 
 def _side_table(side: pa.Table | None, raw_ids: pa.ChunkedArray, id_col: str, path: str) -> pa.Table:
@@ -260,11 +263,16 @@ def _side_table(side: pa.Table | None, raw_ids: pa.ChunkedArray, id_col: str, pa
         raise DataError("side table needs a 'raw_id' column", path=path, column="raw_id",
                         fix="name the source's id column raw_id")
     raw = side["raw_id"].cast(pa.string())
+    if raw.null_count:
+        row = int(np.flatnonzero(raw.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError("missing id", path=path, row=row, column="raw_id",
+                        fix="every row of the side table needs an id")
     if pc.count_distinct(raw).as_py() != side.num_rows:
         vals = raw.to_numpy(zero_copy_only=False)
         _, first, counts = np.unique(vals, return_index=True, return_counts=True)
         dup = vals[first[counts > 1][0]]
-        raise DataError(f"duplicate id '{dup}'", path=path, column="raw_id",
+        rows = np.flatnonzero(vals == dup)[:2]
+        raise DataError(f"duplicate id '{dup}' (rows {rows[0]} and {rows[1]})", path=path, column="raw_id",
                         fix="each id must appear once in the side table")
     cols = {id_col: np.arange(side.num_rows, dtype=np.int64), "raw_id": raw}
     cols.update({c: side[c] for c in side.column_names if c not in ("raw_id", id_col)})

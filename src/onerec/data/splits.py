@@ -126,7 +126,7 @@ def leave_one_out(seq: Sequences, *, min_positives: int = 3) -> dict[str, pa.Tab
 def time_split(seq: Sequences, *, valid_frac: float = 0.1, test_frac: float = 0.1,
                min_positives: int = 1) -> dict[str, pa.Table]:
     """Global time split at two timestamp quantiles (see module docstring)."""
-    if not (0 < valid_frac and 0 < test_frac and valid_frac + test_frac < 1):
+    if not (valid_frac > 0 and test_frac > 0 and valid_frac + test_frac < 1):
         raise DataError(f"valid_frac={valid_frac} and test_frac={test_frac} must be > 0 and sum below 1",
                         fix="set data.valid_frac / data.test_frac, e.g. 0.1 each")
     t1, t2 = np.quantile(seq.ts, [1 - valid_frac - test_frac, 1 - test_frac]).astype(np.int64)

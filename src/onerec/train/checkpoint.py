@@ -62,7 +62,8 @@ def read_model_meta(folder: str | Path) -> tuple[ModelConfig, list[int], dict[st
     try:
         return from_dict(ModelConfig, meta["model"]), list(meta["codebook_sizes"]), meta
     except KeyError as e:
-        raise CheckpointError(f"{Path(folder) / 'model.json'}: missing key {e}. Fix: regenerate the model folder.")
+        path = Path(folder) / "model.json"
+        raise CheckpointError(f"{path}: missing key {e}. Fix: regenerate the model folder.") from None
 
 
 # ------------------------------------------------------------------ optimizer state

@@ -1,0 +1,38 @@
+import pytest
+
+from onerec.config import RunConfig, apply_overrides, describe, load_config, preset_names
+from onerec.errors import ConfigError
+
+
+def test_overrides_parse_types():
+    cfg = load_config(overrides=["train.lr=3e-4", "data.sim.n_users=10", "eval.ks=[1,5]", "train.max_steps=none",
+                                 "tokenizer.balanced=true", "data.options.matrix=big"])
+    assert cfg.train.lr == 3e-4 and cfg.data.sim.n_users == 10 and cfg.eval.ks == [1, 5]
+    assert cfg.train.max_steps is None and cfg.tokenizer.balanced is True
+    assert cfg.data.options == {"matrix": "big"}
+
+
+@pytest.mark.parametrize(("override", "near"), [("train.lrr=1", "train.lr"), ("data.sim.n_usr=3", "data.sim.n_users"),
+                                                ("tokeniser.levels=2", "tokenizer")])
+def test_unknown_key_names_nearest(override, near):
+    with pytest.raises(ConfigError, match=f"Did you mean '{near}'"):
+        apply_overrides(RunConfig(), [override])
+
+
+def test_bad_values_are_errors():
+    with pytest.raises(ConfigError, match="not one of"):
+        apply_overrides(RunConfig(), ["data.split=random"])
+    with pytest.raises(ConfigError, match="cannot read"):
+        apply_overrides(RunConfig(), ["train.epochs=lots"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(RunConfig(), ["train.epochs"])
+
+
+def test_presets_load_and_every_field_documented():
+    assert {"quickstart", "tiny"} <= set(preset_names())
+    for name in preset_names():
+        load_config(preset=name)
+    for key, _, help_ in describe():
+        assert help_, f"config key {key} has no help text"
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(preset="quickstrat")

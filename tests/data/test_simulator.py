@@ -184,7 +184,7 @@ def test_simulate_to_dir_matches_simulate(small, tmp_path):
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["n_interactions"] == SMALL.n_events and meta["schema_version"] == 1
     assert not list(out.glob(".*tmp"))  # no temporary files left behind
-    w2 = World.load(out)
+    w2 = World.load(out / "world")
     np.testing.assert_array_equal(w2.current_topic, world.current_topic)  # the post-log state
 
 

@@ -89,7 +89,8 @@ def dataset_summary(ds: Dataset, splits: dict[str, pa.Table], rule: str) -> dict
         "name": ds.meta.get("name"), "source": ds.meta.get("source"),
         "users": ds.n_users, "items": ds.n_items, "interactions": ds.interactions.num_rows,
         "positives": int(pos.sum()),
-        **{f"{k}_examples": v.num_rows for k, v in splits.items()},
+        "train_users": splits["train"].num_rows,
+        "valid_examples": splits["valid"].num_rows, "test_examples": splits["test"].num_rows,
     }
     inter = ds.interactions
     if "policy" in inter.column_names and "click" in inter.column_names:

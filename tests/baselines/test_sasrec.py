@@ -57,7 +57,14 @@ def test_learns_successor_pattern(loss: str, successor_splits: dict[str, pa.Tabl
         assert m["recall@1"] >= 0.9, m
     assert len(rec.losses) == len(rec.train_log) >= rec.best_epoch >= 1
     assert rec.losses[-1] < rec.losses[0]
-    assert "valid_ndcg@10" in rec.train_log[rec.best_epoch - 1]
+    best_logged = rec.train_log[rec.best_epoch - 1]["valid_ndcg@10"]
+    assert evaluate(rec, successor_splits["valid"], ks=(10,))["ndcg@10"] == pytest.approx(best_logged)  # best kept
+
+
+def test_time_budget_stops_and_validates_last_epoch(successor_splits: dict[str, pa.Table]) -> None:
+    rec = SASRecRecommender(dataclasses.replace(SMALL, time_budget_s=0.0, eval_every=5))
+    rec.fit(successor_splits["train"], n_items=N_ITEMS, valid=successor_splits["valid"])
+    assert len(rec.train_log) == 1 and rec.best_epoch == 1 and "valid_ndcg@10" in rec.train_log[0]
 
 
 def test_save_load_round_trip_and_seeding(tmp_path, successor_splits: dict[str, pa.Table]) -> None:

@@ -1,0 +1,33 @@
+"""Reference recommenders scored in the same harness as the generator: most-popular and SASRec."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from onerec.baselines.base import Recommender
+from onerec.baselines.popular import MostPopular
+from onerec.baselines.sasrec import SASRec, SASRecRecommender
+from onerec.config import SasrecConfig
+
+BASELINE_NAMES: tuple[str, ...] = ("popular", "sasrec", "sasrec_bce", "sasrec_ce")
+
+
+def build_baseline(name: str, sasrec: SasrecConfig | None = None,
+                   device: str | torch.device = "cpu") -> Recommender:
+    """An unfitted baseline by name (``EvalConfig.baselines``).
+
+    ``sasrec`` uses ``sasrec.loss``; ``sasrec_bce`` / ``sasrec_ce`` force that loss.
+    """
+    if name == "popular":
+        return MostPopular()
+    if name in ("sasrec", "sasrec_bce", "sasrec_ce"):
+        cfg = sasrec or SasrecConfig()
+        if name != "sasrec":
+            cfg = dataclasses.replace(cfg, loss=name.split("_")[1])
+        return SASRecRecommender(cfg, device=device, name=name)
+    raise ValueError(f"unknown baseline '{name}'; choose from {', '.join(BASELINE_NAMES)}")
+
+
+__all__ = ["BASELINE_NAMES", "MostPopular", "Recommender", "SASRec", "SASRecRecommender", "build_baseline"]

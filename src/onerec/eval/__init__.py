@@ -1,0 +1,23 @@
+"""Offline evaluation: full-ranking Recall@K / NDCG@K and a harness that scores any recommender."""
+
+from onerec.eval.harness import evaluate, evaluate_many, format_table
+from onerec.eval.metrics import (
+    DEFAULT_KS,
+    compute_metrics,
+    hit_matrix,
+    metric_names,
+    per_user_metrics,
+    topk_from_scores,
+)
+
+__all__ = [
+    "DEFAULT_KS",
+    "compute_metrics",
+    "evaluate",
+    "evaluate_many",
+    "format_table",
+    "hit_matrix",
+    "metric_names",
+    "per_user_metrics",
+    "topk_from_scores",
+]

@@ -3,7 +3,6 @@
 import re
 
 from conftest import REPO
-
 from onerec.config import describe
 
 

@@ -41,5 +41,5 @@ def test_cjk_text_uses_character_ngrams():
 
 def test_no_text_fields_is_a_clear_error():
     items = pa.table({"item_id": np.arange(3), "raw_id": list("abc")})
-    with pytest.raises(DataError, match="content.text_fields"):
+    with pytest.raises(DataError, match=r"content\.text_fields"):
         item_vectors(items, ContentConfig(), cache_dir=None)

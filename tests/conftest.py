@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from onerec.data.schema import make_dataset
 from onerec.data.splits import make_splits
@@ -47,3 +49,14 @@ def cyclic_dataset(n_users: int = 60, n_items: int = 40, length: int = 12, seed:
 def cyclic():
     ds = cyclic_dataset()
     return ds, make_splits(ds, protocol="loo")
+
+
+def random_codes(sizes: list[int], n: int, seed: int) -> torch.Tensor:
+    """n distinct codes drawn uniformly from the product of the codebooks, in random item order."""
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randperm(math.prod(sizes), generator=g)[:n]
+    digits = []
+    for v in reversed(sizes):
+        digits.append(flat % v)
+        flat = flat // v
+    return torch.stack(digits[::-1], dim=1)

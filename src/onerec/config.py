@@ -115,7 +115,6 @@ class TokenizerConfig:
 class ModelConfig:
     """Generator v0: encoder over the user's history, decoder over semantic-ID tokens."""
 
-    preset: str | None = opt(None, "named size preset (tiny | small | base); explicit fields below override it")
     d_model: int = opt(128, "hidden size")
     n_heads: int = opt(4, "attention heads")
     enc_layers: int = opt(2, "encoder layers")

@@ -10,21 +10,13 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from conftest import random_codes
 from onerec.generate import PrefixTable, beam_search, beam_search_reference, expand_to_beams
 
 MODES = ("auto", "dense", "sparse")
 Cache = namedtuple("Cache", "keys user")
 
 
-def random_codes(sizes: list[int], n: int, seed: int) -> torch.Tensor:
-    """n distinct codes drawn uniformly from the product of the codebooks, in random item order."""
-    g = torch.Generator().manual_seed(seed)
-    flat = torch.randperm(math.prod(sizes), generator=g)[:n]
-    digits = []
-    for v in reversed(sizes):
-        digits.append(flat % v)
-        flat = flat // v
-    return torch.stack(digits[::-1], dim=1)
 
 
 class RandomLM:

@@ -9,20 +9,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import random_codes
 from onerec.tokenizer.constraints import PrefixTable
 
 HAND_CODES = torch.tensor([[2, 1], [0, 0], [2, 0], [0, 1]])
 
 
-def random_codes(sizes: list[int], n: int, seed: int) -> torch.Tensor:
-    """n distinct codes drawn uniformly from the product of the codebooks, in random item order."""
-    g = torch.Generator().manual_seed(seed)
-    flat = torch.randperm(math.prod(sizes), generator=g)[:n]
-    digits = []
-    for v in reversed(sizes):
-        digits.append(flat % v)
-        flat = flat // v
-    return torch.stack(digits[::-1], dim=1)
 
 
 def python_children(codes: torch.Tensor) -> dict[tuple[int, ...], set[int]]:

@@ -28,6 +28,14 @@ def _smooth(y: list[float], window: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(y, kernel, mode="valid")])
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def plot_training(path: Path, history: dict[str, Any], baseline_curves: dict[str, list[float]]) -> Path:
     """Generator loss per step (raw and smoothed) with validation loss; baselines' loss per epoch."""
     plt = _plt()
@@ -50,11 +58,7 @@ def plot_training(path: Path, history: dict[str, Any], baseline_curves: dict[str
         ax.set(title="Baselines: training loss", xlabel="epoch", ylabel="loss")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_metrics(path: Path, models: dict[str, dict[str, float]], ks: list[int]) -> Path:
@@ -72,11 +76,7 @@ def plot_metrics(path: Path, models: dict[str, dict[str, float]], ks: list[int])
         ax.set(title=f"{metric.upper() if metric == 'ndcg' else 'Recall'}@K (full ranking)", ylabel=metric)
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def metrics_table(models: dict[str, dict[str, float]], ks: list[int]) -> str:

@@ -53,10 +53,10 @@ class GenerativeRecommender:
         batch = {key: v.to(self.device) for key, v in batch.items()}
         b = batch["hist_codes"].shape[0]
         beam = max(self.beam_size, k)
-        memory = self.model.encode(batch["hist_codes"], batch["hist_flags"], batch["hist_age"], batch["hist_mask"])
+        memory, memory_mask = self.model.encode_batch(batch)
         state = {
             "memory": memory.repeat_interleave(beam, dim=0),
-            "mask": batch["hist_mask"].repeat_interleave(beam, dim=0),
+            "mask": memory_mask.repeat_interleave(beam, dim=0),
         }
 
         def step_fn(tokens: torch.Tensor, step: int, st: dict[str, torch.Tensor]):

@@ -90,6 +90,13 @@ class Generator(nn.Module):
             x = block(x, mask)
         return self.enc_norm(x)
 
+    def encode_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The one entry point from a featurized batch (see :mod:`onerec.features`) to the
+        encoder: -> (memory [B, S, E], memory_mask bool [B, S], True = real token). Training,
+        generation, serving and alignment all call this, so new encoder inputs only change here."""
+        return self.encode(batch["hist_codes"], batch["hist_flags"], batch["hist_age"], batch["hist_mask"]), \
+            batch["hist_mask"]
+
     # ------------------------------------------------------------------ decoder
     def decoder_inputs(self, prefix: Tensor) -> Tensor:
         """[BOS] + embedded prefix codes: prefix [B, t] -> [B, t+1, E]."""
@@ -113,9 +120,9 @@ class Generator(nn.Module):
 
         Each position has its own vocabulary (level t's codebook), so the loss is computed per
         level rather than over one padded [B, D, max V] logits tensor."""
-        memory = self.encode(batch["hist_codes"], batch["hist_flags"], batch["hist_age"], batch["hist_mask"])
+        memory, memory_mask = self.encode_batch(batch)
         target = batch["target"]
-        hidden = self.decode(target[:, :-1], memory, batch["hist_mask"])
+        hidden = self.decode(target[:, :-1], memory, memory_mask)
         losses = [F.cross_entropy(self.heads[t](hidden[:, t]), target[:, t]) for t in range(target.shape[1])]
         return torch.stack(losses).mean()
 

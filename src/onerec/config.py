@@ -122,6 +122,31 @@ class ModelConfig:
     ffn_mult: float = opt(4.0, "feed-forward hidden size as a multiple of d_model")
     dropout: float = opt(0.1, "dropout rate")
     max_history: int = opt(50, "most recent positive behaviours fed to the encoder (OneRec V1 uses 256)")
+    # --- the Technical Report's model (arXiv 2506.13695); defaults keep the simple v0 model
+    ffn_hidden: int | None = opt(None, "dense SwiGLU hidden width (None: (2/3)*ffn_mult*d_model rounded up to 32)")
+    moe_experts: int = opt(0, "experts per MoE feed-forward (0: dense feed-forward everywhere)")
+    moe_top_k: int = opt(2, "experts each token is routed to")
+    moe_hidden: int | None = opt(None, "each expert's SwiGLU hidden width (None: the dense width)")
+    moe_where: str = opt("decoder", "which stacks use MoE feed-forwards", choices=["decoder", "both"])
+    moe_bias_step: float = opt(1e-3, "loss-free load balancing: per-step change of an expert's routing bias")
+    moe_impl: str = opt("grouped", "grouped: batched matmuls (fast) | loop: reference loop over experts",
+                        choices=["grouped", "loop"])
+    pathways: list[str] = opt(["positive"], "encoder pathways, any of: static (user id + user features), "
+                                            "short (last short_len behaviours of any kind), positive (last "
+                                            "max_history positives), lifelong (compressed long log + QFormer)")
+    behaviour_features: list[str] = opt(["sid", "label", "time"],
+                                        "features summed into each behaviour token, any of: sid, item, author, "
+                                        "tag, time, play, duration, label (missing data -> padding)")
+    sparse_buckets: int = opt(0, "rows of each hashed id table (item, author, user id); 0 = no id tables")
+    pathway_mlp: bool = opt(False, "project each pathway's tokens with Dense -> LeakyReLU -> Dense (Technical Report)")
+    short_len: int = opt(20, "behaviours in the short-term pathway")
+    lifelong_max: int = opt(2000, "most recent behaviours the lifelong pathway compresses")
+    lifelong_reps: int = opt(64, "representatives kept after hierarchical clustering (the report: ~2000)")
+    qformer_queries: int = opt(16, "learnable QFormer queries summarising the lifelong pathway (the report: 128)")
+    qformer_layers: int = opt(2, "QFormer blocks (cross-attention -> RMSNorm -> FFN)")
+    tie_code_embeddings: bool = opt(False, "share each semantic-ID level's input embedding with its output head")
+    session_len: int = opt(1, "items generated per sample: 1 = point-wise (Technical Report), m > 1 = OneRec V1's "
+                              "session-wise training (the next m positives as one target sequence)")
 
 
 # ---------------------------------------------------------------------------- train

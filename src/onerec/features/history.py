@@ -13,6 +13,21 @@ H-1 is the most recent behaviour and padding sits on the left::
     hist_age   [B, H]    int64   bucket of log2(1 + seconds between behaviour and request)
     hist_mask  [B, H]    bool    True on real behaviours
     target     [B, D]    int64   semantic ID of the item to predict (training / validation)
+
+The Technical Report's other pathways (arXiv 2506.13695, Sec. 2) add keys when the featurizer is
+given a :class:`~onerec.model` config asking for them (``model.pathways``); ``X`` below is
+``hist`` (positive), ``short`` or ``life``::
+
+    X_item, X_author, X_tag, X_play, X_dur [B, T] int64   behaviour features (0 = padding/unknown)
+    short_codes/flags/age/mask                            last ``short_len`` behaviours of any kind
+    life_codes/flags/age/mask, life_count                 ``lifelong_reps`` representatives of the last
+                                                          ``lifelong_max`` behaviours (+ cluster sizes)
+    user_id [B], user_cats [B, C], user_act [B]           static pathway (C user feature columns)
+    session [B, m, D], session_mask [B, m]                the next m positives (``session_len`` > 1)
+
+Short-term and lifelong behaviours come from the full interaction log (exposures included, only
+events strictly before the request time) when :class:`~onerec.features.side.SideInfo` carries one,
+else from the positive sequence itself.
 """
 
 from __future__ import annotations
@@ -22,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import torch
+
+from onerec.features.side import N_LOG_BUCKETS, SideInfo, log_bucket
 
 N_AGE_BUCKETS = 40
 
@@ -60,28 +77,128 @@ class HistoryFeaturizer:
     Args:
         codes: [N_items, D] semantic IDs of every item.
         max_history: H, most recent behaviours kept.
+        side: item/user/log side information (optional; missing features are padding).
+        cfg: the model config (a :class:`onerec.config.ModelConfig`); decides which pathways are built.
     """
 
-    def __init__(self, codes: np.ndarray, max_history: int) -> None:
+    def __init__(self, codes: np.ndarray, max_history: int, *, side: SideInfo | None = None, cfg=None) -> None:
         self.codes = np.asarray(codes, dtype=np.int64)
         self.h = max_history
+        self.side = side
+        self.pathways = set(cfg.pathways) if cfg is not None else {"positive"}
+        self.short_len = cfg.short_len if cfg is not None else 20
+        self.life_max = cfg.lifelong_max if cfg is not None else 2000
+        self.life_reps = cfg.lifelong_reps if cfg is not None else 64
+        self.session_len = cfg.session_len if cfg is not None else 1
 
-    def histories(self, seqs: Ragged, rows: np.ndarray, ends: np.ndarray, request_ts: np.ndarray) -> dict:
+    # ------------------------------------------------------------------ helpers
+    def _tokens(self, prefix: str, items: np.ndarray, ts: np.ndarray, flags: np.ndarray, play: np.ndarray,
+                mask: np.ndarray, request_ts: np.ndarray) -> dict:
+        """Right-aligned behaviour arrays [B, T] (valid where mask) -> the pathway's tensors."""
+        it = np.where(mask, items, 0)
+        codes = np.where(mask[..., None], self.codes[it], -1)
+        age = np.where(mask, age_bucket(request_ts[:, None] - ts), 0)
+        t = torch.from_numpy
+        out = {f"{prefix}_codes": t(codes), f"{prefix}_flags": t(np.where(mask, flags, 0).astype(np.int64)),
+               f"{prefix}_age": t(age), f"{prefix}_mask": t(mask),
+               f"{prefix}_item": t(np.where(mask, it + 1, 0)), f"{prefix}_play": t(np.where(mask, play, 0))}
+        s = self.side
+        for name, arr in (("author", None if s is None else s.item_author), ("tag", None if s is None else s.item_tag),
+                          ("dur", None if s is None else s.item_dur)):
+            out[f"{prefix}_{name}"] = t(np.where(mask, arr[it], 0) if arr is not None else np.zeros_like(it))
+        return out
+
+    @staticmethod
+    def _window(starts: np.ndarray, ends: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Absolute indexes [B, length] of the last ``length`` events in [starts, ends), right-aligned."""
+        pos = ends[:, None] - length + np.arange(length)[None, :]
+        mask = pos >= starts[:, None]
+        return np.where(mask, pos, 0), mask
+
+    def _log(self, seqs: Ragged, rows: np.ndarray, ends: np.ndarray, request_ts: np.ndarray,
+             users: np.ndarray | None):
+        """(starts, ends, items, ts, flags, play) of the behaviour log the long pathways read."""
+        s = self.side
+        if s is not None and s.log_offsets is not None:
+            if users is None:
+                raise ValueError("the short-term/lifelong pathways need user ids with a full log")
+            return (s.log_offsets[users], s.log_end(users, request_ts), s.log_items, s.log_ts, s.log_flags,
+                    s.log_play)
+        return seqs.offsets[rows], ends, seqs.items, seqs.ts, seqs.flags, np.zeros_like(seqs.items)
+
+    def _compress(self, codes: np.ndarray, n_reps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Hierarchical clustering of one user's behaviours (chronological) into <= n_reps groups.
+
+        The semantic IDs *are* a hierarchical (residual) k-means of the item embeddings, so a
+        behaviour's SID prefix of length l names its cluster at level l. We take the deepest level
+        whose clusters number at most ``n_reps`` (at level 1 with too many clusters, the largest
+        ``n_reps``); each cluster is represented by its most recent behaviour and its size.
+        Deviation from the report (per-user k-means on item embeddings): the clusters come from the
+        tokenizer's shared k-means hierarchy, which costs one ``np.unique`` per level.
+        Returns (indexes of representatives in chronological order, cluster sizes).
+        """
+        n = len(codes)
+        if n <= n_reps:
+            return np.arange(n), np.ones(n, dtype=np.int64)
+        rev = codes[::-1]  # so np.unique's first occurrence is the most recent
+        best = None
+        key = np.zeros(n, dtype=np.int64)
+        for level in range(codes.shape[1]):
+            key = key * (int(codes[:, level].max()) + 2) + rev[:, level] + 1
+            uniq, first, counts = np.unique(key, return_index=True, return_counts=True)
+            if len(uniq) > n_reps and best is not None:
+                break
+            best = (first, counts)
+            if len(uniq) > n_reps:
+                break
+        first, counts = best
+        if len(first) > n_reps:
+            keep = np.lexsort((first, -counts))[:n_reps]  # biggest clusters, ties: most recent
+            first, counts = first[keep], counts[keep]
+        idx = n - 1 - first
+        order = np.argsort(idx)
+        return idx[order], counts[order]
+
+    # ------------------------------------------------------------------ main
+    def histories(self, seqs: Ragged, rows: np.ndarray, ends: np.ndarray, request_ts: np.ndarray,
+                  users: np.ndarray | None = None) -> dict:
         """Histories made of events ``[offsets[row], ends)`` of each chosen row (absolute indexes)."""
         starts = seqs.offsets[rows]
-        pos = ends[:, None] - self.h + np.arange(self.h)[None, :]  # [B, H] absolute event index
-        mask = pos >= starts[:, None]
-        idx = np.where(mask, pos, 0)
-        items = np.where(mask, seqs.items[idx], -1)
-        codes = np.where(mask[..., None], self.codes[np.maximum(items, 0)], -1)
-        age = age_bucket(request_ts[:, None] - seqs.ts[idx])
-        return {
-            "hist_codes": torch.from_numpy(codes),
-            "hist_flags": torch.from_numpy(np.where(mask, seqs.flags[idx], 0)),
-            "hist_age": torch.from_numpy(np.where(mask, age, 0)),
-            "hist_mask": torch.from_numpy(mask),
-        }
+        idx, mask = self._window(starts, ends, self.h)
+        out = self._tokens("hist", seqs.items[idx], seqs.ts[idx], seqs.flags[idx], np.zeros_like(idx), mask,
+                           request_ts)
+        if self.pathways & {"short", "lifelong", "static"}:
+            l_start, l_end, l_items, l_ts, l_flags, l_play = self._log(seqs, rows, ends, request_ts, users)
+            if "short" in self.pathways:
+                i, m = self._window(l_start, l_end, self.short_len)
+                out.update(self._tokens("short", l_items[i], l_ts[i], l_flags[i], l_play[i], m, request_ts))
+            if "lifelong" in self.pathways:
+                out.update(self._lifelong(l_start, l_end, l_items, l_ts, l_flags, l_play, request_ts))
+            if "static" in self.pathways:
+                uid = users if users is not None else rows
+                cats = (self.side.user_cats[uid] if self.side is not None
+                        else np.zeros((len(rows), 0), dtype=np.int64))
+                out["user_id"] = torch.from_numpy(uid.astype(np.int64) + 1)
+                out["user_cats"] = torch.from_numpy(cats.astype(np.int64))
+                out["user_act"] = torch.from_numpy(log_bucket(l_end - l_start))
+        return out
 
+    def _lifelong(self, starts, ends, items, ts, flags, play, request_ts) -> dict:
+        b, r = len(starts), self.life_reps
+        pos = np.zeros((b, r), dtype=np.int64)
+        mask = np.zeros((b, r), dtype=bool)
+        count = np.zeros((b, r), dtype=np.int64)
+        for j in range(b):
+            lo = max(starts[j], ends[j] - self.life_max)
+            ev = np.arange(lo, ends[j])
+            if len(ev) == 0:
+                continue
+            rep, size = self._compress(self.codes[items[ev]], r)
+            k = len(rep)
+            pos[j, r - k:], mask[j, r - k:], count[j, r - k:] = ev[rep], True, size
+        out = self._tokens("life", items[pos], ts[pos], flags[pos], play[pos], mask, request_ts)
+        out["life_count"] = torch.from_numpy(np.where(mask, np.minimum(log_bucket(count), N_LOG_BUCKETS - 1), 0))
+        return out
 
 class TrainExamples:
     """Every next-item example of the train split: predict ``items[t]`` from ``items[:t]``, t >= 1."""
@@ -95,14 +212,22 @@ class TrainExamples:
         is_first[self.seqs.offsets[:-1][lens > 0]] = True
         self.target_idx = np.flatnonzero(~is_first)  # every event but each user's first is a target
         self.rows = row_of_event[self.target_idx]
+        self.users = train["user_id"].to_numpy().astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def batch(self, idx: np.ndarray) -> dict:
         rows, tgt = self.rows[idx], self.target_idx[idx]
-        out = self.f.histories(self.seqs, rows, tgt, self.seqs.ts[tgt])
+        out = self.f.histories(self.seqs, rows, tgt, self.seqs.ts[tgt], self.users[rows])
         out["target"] = torch.from_numpy(self.f.codes[self.seqs.items[tgt]])
+        m = self.f.session_len
+        if m > 1:  # OneRec V1 session-wise target: this positive and the next m-1 of the same user
+            pos = tgt[:, None] + np.arange(m)[None, :]
+            ok = pos < self.seqs.offsets[rows + 1][:, None]
+            items = self.seqs.items[np.where(ok, pos, 0)]
+            out["session"] = torch.from_numpy(np.where(ok[..., None], self.f.codes[items], -1))
+            out["session_mask"] = torch.from_numpy(ok)
         return out
 
 
@@ -113,6 +238,7 @@ class EvalExamples:
         self.seqs = Ragged.from_table(table, "history", "history_ts", "history_flags")
         self.f = featurizer
         self.request_ts = table["target_ts"].to_numpy().astype(np.int64)
+        self.users = table["user_id"].to_numpy().astype(np.int64)
         self.first_target = None  # first target of each row, for the validation loss
         if "targets" in table.column_names:
             tg = table["targets"].combine_chunks()
@@ -123,7 +249,7 @@ class EvalExamples:
         return len(self.request_ts)
 
     def batch(self, idx: np.ndarray, with_target: bool = False) -> dict:
-        out = self.f.histories(self.seqs, idx, self.seqs.offsets[idx + 1], self.request_ts[idx])
+        out = self.f.histories(self.seqs, idx, self.seqs.offsets[idx + 1], self.request_ts[idx], self.users[idx])
         if with_target:
             if self.first_target is None:
                 raise ValueError("this examples table has no 'targets' column")

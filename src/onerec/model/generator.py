@@ -3,8 +3,14 @@
 This is the T5-style encoder-decoder of OneRec V1 (arXiv 2502.18965, Sec. 3.2) at its
 simplest: the encoder reads the behaviour tokens with full self-attention; the decoder reads
 ``[BOS] s_1 .. s_{D-1}`` and predicts ``s_1 .. s_D`` of the next item with causal
-self-attention and cross-attention to the encoder (next-token cross-entropy). The full
-Technical Report model (four pathways, MoE decoder) builds on the same blocks.
+self-attention and cross-attention to the encoder (next-token cross-entropy).
+
+The same class is the Technical Report's model (arXiv 2506.13695) when its config asks for it:
+four encoder pathways (``model.pathways``, see :mod:`onerec.model.pathways`), decoder (and
+optionally encoder) feed-forwards that are mixtures of SwiGLU experts with loss-free load
+balancing (``model.moe_*``, :mod:`onerec.model.moe`), and the paper's sizes as presets
+(``presets/onerec-*.yaml``). ``model.session_len = m > 1`` trains OneRec V1's session-wise
+target (the next m positives as one token sequence) instead of the point-wise next item.
 
 Shapes: B = batch, H = history length, D = semantic-ID length (levels incl. the collision
 level), V_t = codebook size of level t, E = d_model.
@@ -17,9 +23,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onerec.config import ModelConfig
-from onerec.data.schema import SIGNALS
-from onerec.features.history import N_AGE_BUCKETS
+from onerec.features.side import N_LOG_BUCKETS
 from onerec.model.layers import DecoderBlock, EncoderBlock, RMSNorm, ffn_hidden
+from onerec.model.moe import MoE
+from onerec.model.pathways import (
+    PATHWAYS,
+    PREFIX,
+    BehaviourEmbedding,
+    QFormer,
+    StaticEmbedding,
+    projection,
+)
 
 
 class CodeEmbedding(nn.Module):
@@ -38,6 +52,22 @@ class CodeEmbedding(nn.Module):
         return sum(self.level(t, codes[..., t]) for t in range(len(self.tables)))
 
 
+class TiedHead(nn.Module):
+    """Output head of one semantic-ID level that reuses that level's input embedding (without its
+    padding row): logits = h @ table[:V]^T (``model.tie_code_embeddings``)."""
+
+    def __init__(self, table: nn.Embedding) -> None:
+        super().__init__()
+        self._table = [table]  # a reference, not a second registration (it would be saved twice)
+
+    @property
+    def weight(self) -> Tensor:
+        return self._table[0].weight[:-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+
 class Generator(nn.Module):
     """Encoder-decoder over semantic IDs.
 
@@ -50,20 +80,49 @@ class Generator(nn.Module):
         super().__init__()
         self.cfg, self.codebook_sizes = cfg, list(codebook_sizes)
         e, depth = cfg.d_model, len(codebook_sizes)
-        ffn = ffn_hidden(e, cfg.ffn_mult)
+        unknown = sorted(set(cfg.pathways) - set(PATHWAYS))
+        if unknown or not cfg.pathways:
+            raise ValueError(f"model.pathways={cfg.pathways}: choose one or more of {', '.join(PATHWAYS)}")
+        self.pathways = [p for p in PATHWAYS if p in cfg.pathways]
+        ffn = cfg.ffn_hidden or ffn_hidden(e, cfg.ffn_mult)
         self.codes = CodeEmbedding(self.codebook_sizes, e)
-        self.flag_emb = nn.Linear(len(SIGNALS), e, bias=False)  # sum of the set signals' vectors
-        self.age_emb = nn.Embedding(N_AGE_BUCKETS, e)
-        self.hist_pos = nn.Embedding(cfg.max_history, e)  # learnable positions (Technical Report)
-        self.encoder = nn.ModuleList(EncoderBlock(e, cfg.n_heads, ffn, cfg.dropout) for _ in range(cfg.enc_layers))
+        # ---- encoder pathways (Technical Report Sec. 2)
+        self.behaviour = BehaviourEmbedding(self.codes, e, cfg.behaviour_features, cfg.sparse_buckets)
+        self.proj = nn.ModuleDict({p: projection(e, cfg.pathway_mlp) for p in self.pathways})
+        self.path_type = nn.Embedding(len(PATHWAYS), e) if len(self.pathways) > 1 else None
+        lengths = {"static": 1, "short": cfg.short_len, "positive": cfg.max_history,
+                   "lifelong": cfg.qformer_queries}
+        self.enc_len = sum(lengths[p] for p in self.pathways)
+        self.enc_pos = nn.Embedding(self.enc_len, e)  # learnable positions over all pathway tokens
+        self.static = StaticEmbedding(e, cfg.sparse_buckets) if "static" in self.pathways else None
+        if "lifelong" in self.pathways:
+            self.life_count = nn.Embedding(N_LOG_BUCKETS, e, padding_idx=0)  # size of each representative's cluster
+            self.qformer = QFormer(e, cfg.n_heads, ffn, cfg.qformer_queries, cfg.qformer_layers, cfg.dropout)
+        else:
+            self.life_count = self.qformer = None
+        self.encoder = nn.ModuleList(EncoderBlock(e, cfg.n_heads, self._ffn(ffn, "encoder"), cfg.dropout)
+                                     for _ in range(cfg.enc_layers))
         self.enc_norm = RMSNorm(e)
+        # ---- decoder
         self.bos = nn.Parameter(torch.zeros(e))
-        self.dec_pos = nn.Embedding(depth, e)
-        self.decoder = nn.ModuleList(DecoderBlock(e, cfg.n_heads, ffn, cfg.dropout) for _ in range(cfg.dec_layers))
+        self.dec_pos = nn.Embedding(depth * max(cfg.session_len, 1), e)
+        self.decoder = nn.ModuleList(DecoderBlock(e, cfg.n_heads, self._ffn(ffn, "decoder"), cfg.dropout)
+                                     for _ in range(cfg.dec_layers))
         self.dec_norm = RMSNorm(e)
-        self.heads = nn.ModuleList(nn.Linear(e, v, bias=False) for v in self.codebook_sizes)
+        if cfg.tie_code_embeddings:
+            self.heads = nn.ModuleList(TiedHead(t) for t in self.codes.tables)
+        else:
+            self.heads = nn.ModuleList(nn.Linear(e, v, bias=False) for v in self.codebook_sizes)
         self.drop = nn.Dropout(cfg.dropout)
         self.apply(self._init)
+
+    def _ffn(self, dense_hidden: int, stack: str) -> nn.Module | int:
+        """The feed-forward of one block: a MoE where ``moe_where`` covers the stack, else a width."""
+        cfg = self.cfg
+        if cfg.moe_experts and (stack == "decoder" or cfg.moe_where == "both"):
+            return MoE(cfg.d_model, cfg.moe_hidden or dense_hidden, cfg.moe_experts, cfg.moe_top_k, cfg.dropout,
+                       bias_step=cfg.moe_bias_step, impl=cfg.moe_impl)
+        return dense_hidden
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -76,26 +135,54 @@ class Generator(nn.Module):
                     m.weight[m.padding_idx].zero_()
 
     # ------------------------------------------------------------------ encoder
-    def encode(self, hist_codes: Tensor, hist_flags: Tensor, hist_age: Tensor, hist_mask: Tensor) -> Tensor:
-        """Behaviour tokens -> memory [B, H, E]."""
-        h = hist_codes.shape[1]
-        bits = (hist_flags.unsqueeze(-1) >> torch.arange(len(SIGNALS), device=hist_flags.device)) & 1
-        x = self.codes(hist_codes) + self.flag_emb(bits.float()) + self.age_emb(hist_age)
-        x = self.drop(x + self.hist_pos(torch.arange(h, device=x.device)))
-        # every query may attend to real tokens; rows with no history at all attend to everything
-        # (their output is ignored by the mask in cross-attention, so the choice only avoids NaN)
-        key_ok = hist_mask | ~hist_mask.any(dim=1, keepdim=True)
-        mask = key_ok[:, None, :]
-        for block in self.encoder:
-            x = block(x, mask)
-        return self.enc_norm(x)
+    def _pathway(self, name: str, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Tokens [B, T, E] and mask [B, T] of one pathway."""
+        if name == "static":
+            if "user_act" not in batch:
+                raise ValueError("the static pathway needs the batch keys user_id/user_cats/user_act. Fix: build "
+                                 "the HistoryFeaturizer with cfg=model.cfg")
+            x = self.proj[name](self.static(batch))
+            return x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        prefix = PREFIX[name]
+        if f"{prefix}_mask" not in batch:
+            raise ValueError(f"the {name} pathway needs the batch keys {prefix}_*. Fix: build the "
+                             "HistoryFeaturizer with cfg=model.cfg")
+        mask = batch[f"{prefix}_mask"]
+        x = self.behaviour(batch, prefix)
+        if name == "lifelong":
+            x = self.proj[name](x + self.life_count(batch["life_count"]))
+            x = self.qformer(x, mask)
+            return x, mask.any(dim=1, keepdim=True).expand(-1, x.shape[1])
+        return self.proj[name](x), mask
 
     def encode_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The one entry point from a featurized batch (see :mod:`onerec.features`) to the
         encoder: -> (memory [B, S, E], memory_mask bool [B, S], True = real token). Training,
-        generation, serving and alignment all call this, so new encoder inputs only change here."""
-        return self.encode(batch["hist_codes"], batch["hist_flags"], batch["hist_age"], batch["hist_mask"]), \
-            batch["hist_mask"]
+        generation, serving and alignment all call this, so new encoder inputs only change here.
+
+        S = the sum of the enabled pathways' token counts (static 1, short ``short_len``,
+        positive ``max_history``, lifelong ``qformer_queries``), in that order."""
+        xs, ms = [], []
+        for name in self.pathways:
+            x, m = self._pathway(name, batch)
+            if self.path_type is not None:
+                x = x + self.path_type.weight[PATHWAYS.index(name)]
+            xs.append(x)
+            ms.append(m)
+        x, memory_mask = torch.cat(xs, dim=1), torch.cat(ms, dim=1)
+        x = self.drop(x + self.enc_pos(torch.arange(x.shape[1], device=x.device)))
+        # every query may attend to real tokens; rows with no history at all attend to everything
+        # (their output is ignored by the mask in cross-attention, so the choice only avoids NaN)
+        key_ok = memory_mask | ~memory_mask.any(dim=1, keepdim=True)
+        mask = key_ok[:, None, :]
+        for block in self.encoder:
+            x = block(x, mask)
+        return self.enc_norm(x), memory_mask
+
+    def encode(self, hist_codes: Tensor, hist_flags: Tensor, hist_age: Tensor, hist_mask: Tensor) -> Tensor:
+        """Positive-pathway-only encoder (kept for callers of v0): behaviour tokens -> memory [B, H, E]."""
+        batch = {"hist_codes": hist_codes, "hist_flags": hist_flags, "hist_age": hist_age, "hist_mask": hist_mask}
+        return self.encode_batch(batch)[0]
 
     # ------------------------------------------------------------------ decoder
     def decoder_inputs(self, prefix: Tensor) -> Tensor:
@@ -103,7 +190,8 @@ class Generator(nn.Module):
         b, t = prefix.shape
         parts = [self.bos.expand(b, 1, -1)]
         if t:
-            parts.append(torch.stack([self.codes.level(i, prefix[:, i]) for i in range(t)], dim=1))
+            depth = len(self.codebook_sizes)  # session-wise prefixes cycle through the levels
+            parts.append(torch.stack([self.codes.level(i % depth, prefix[:, i]) for i in range(t)], dim=1))
         x = torch.cat(parts, dim=1)
         return self.drop(x + self.dec_pos(torch.arange(t + 1, device=x.device)))
 
@@ -119,12 +207,27 @@ class Generator(nn.Module):
         """Teacher-forced next-token cross-entropy, averaged over the D positions (a scalar).
 
         Each position has its own vocabulary (level t's codebook), so the loss is computed per
-        level rather than over one padded [B, D, max V] logits tensor."""
+        level rather than over one padded [B, D, max V] logits tensor. With ``session_len`` > 1 and
+        a ``session`` key in the batch, the target is the session's m*D tokens (OneRec V1), padded
+        items of short sessions masked out."""
         memory, memory_mask = self.encode_batch(batch)
+        if self.cfg.session_len > 1 and "session" in batch:
+            return self._session_loss(batch["session"], batch["session_mask"], memory, memory_mask)
         target = batch["target"]
         hidden = self.decode(target[:, :-1], memory, memory_mask)
         losses = [F.cross_entropy(self.heads[t](hidden[:, t]), target[:, t]) for t in range(target.shape[1])]
         return torch.stack(losses).mean()
+
+    def _session_loss(self, session: Tensor, session_mask: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
+        b, m, depth = session.shape
+        tokens = session.reshape(b, m * depth)
+        valid = session_mask.repeat_interleave(depth, dim=1)
+        hidden = self.decode(tokens[:, :-1], memory, memory_mask)
+        total = hidden.new_zeros(())
+        for t in range(m * depth):
+            ce = F.cross_entropy(self.heads[t % depth](hidden[:, t]), tokens[:, t].clamp_min(0), reduction="none")
+            total = total + (ce * valid[:, t]).sum()
+        return total / valid.sum().clamp_min(1)
 
     def step_log_probs(self, prefix: Tensor, step: int, memory: Tensor, memory_mask: Tensor) -> Tensor:
         """log p(s_step | prefix, history): prefix [M, step] -> [M, V_step] (for beam search)."""
@@ -133,3 +236,16 @@ class Generator(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def moe_layers(self) -> list[tuple[str, MoE]]:
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, MoE)]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total parameters and those active for one token (all but the unchosen experts)."""
+        total = self.num_parameters()
+        idle = sum((m.n - m.k) * m.expert_params() for _, m in self.moe_layers())
+        return {"total": total, "active": total - idle}
+
+    def expert_load(self) -> dict[str, list[float]]:
+        """Share of routed tokens per expert in the last training step, per MoE layer (empty when dense)."""
+        return {name: [round(float(v), 4) for v in m.load_fraction()] for name, m in self.moe_layers()}

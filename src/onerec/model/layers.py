@@ -81,13 +81,14 @@ class Attention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm block: x + SelfAttn(norm x); x + FFN(norm x)."""
+    """Pre-norm block: x + SelfAttn(norm x); x + FFN(norm x). ``ffn`` is a hidden width (SwiGLU) or a
+    module (e.g. :class:`onerec.model.moe.MoE`)."""
 
-    def __init__(self, d_model: int, n_heads: int, ffn: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, ffn: nn.Module | int, dropout: float) -> None:
         super().__init__()
         self.n1, self.n2 = RMSNorm(d_model), RMSNorm(d_model)
         self.attn = Attention(d_model, n_heads, dropout)
-        self.ffn = SwiGLU(d_model, ffn, dropout)
+        self.ffn = SwiGLU(d_model, ffn, dropout) if isinstance(ffn, int) else ffn
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

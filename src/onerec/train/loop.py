@@ -54,9 +54,12 @@ class TrainResult:
     loss: list[float] = field(default_factory=list)
     valid: list[dict[str, float]] = field(default_factory=list)  # {"step", "epoch", "loss"}
     seconds: float = 0.0
+    # MoE models: every log_every steps, the share of tokens each expert got, per MoE layer
+    expert_load: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "loss": self.loss, "valid": self.valid, "seconds": self.seconds}
+        return {"steps": self.steps, "loss": self.loss, "valid": self.valid, "seconds": self.seconds,
+                "expert_load": self.expert_load}
 
 
 @torch.no_grad()
@@ -120,7 +123,8 @@ def train_generator(
             raise CheckpointError(f"{ckpt}: checkpoint was made for another model config or tokenizer. Fix: resume "
                                   "with the same config, or train from scratch in a new run directory.")
         step = state["step"]
-        result = TrainResult(state["steps"], state["loss"], state["valid"], state["seconds"])
+        result = TrainResult(state["steps"], state["loss"], state["valid"], state["seconds"],
+                             state.get("expert_load", []))
     t0 = time.perf_counter() - result.seconds
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     order, order_epoch = None, -1
@@ -144,6 +148,10 @@ def train_generator(
         bar.update(1)
         if step % cfg.log_every == 0:
             bar.set_postfix(loss=f"{np.mean(result.loss[-cfg.log_every:]):.3f}")
+            load = model.expert_load() if hasattr(model, "expert_load") else {}
+            if load:  # loss-free balancing at work: max share 1/X is perfectly even
+                result.expert_load.append({"step": step, "max_share": max(max(v) for v in load.values()),
+                                           "layers": load})
         if valid is not None and (step % steps_per_epoch == 0 or step == total):
             result.valid.append({"step": step, "epoch": step / steps_per_epoch,
                                  "loss": validation_loss(model, valid, device)})

@@ -1,0 +1,131 @@
+"""Sparse mixture-of-experts feed-forward with loss-free load balancing.
+
+The OneRec Technical Report (arXiv 2506.13695, Sec. 2, "Decoder") replaces the decoder's dense
+feed-forward by a mixture of SwiGLU experts with top-k routing and balances the experts' load
+without an auxiliary loss: each expert carries a routing bias that is added to its score only to
+*choose* the top-k experts, and after every training step the bias of an over-loaded expert is
+lowered and that of an under-loaded one raised by a fixed step (Wang et al. 2024, "Auxiliary-
+Loss-Free Load Balancing Strategy for Mixture-of-Experts"). The gate weights themselves come from
+the unbiased scores, so the bias never enters the gradient.
+
+:class:`MoE` is a plain ``ffn(x[..., E]) -> [..., E]`` module, so it drops into
+:class:`onerec.model.layers.DecoderBlock` (its ``ffn`` argument) and works token by token in an
+incremental (KV-cached) decoder as well as over whole sequences.
+
+Two implementations of the same function, selected by ``impl``:
+
+* ``"loop"``: the plain reference, one masked pass per expert;
+* ``"grouped"``: the fast path: token->expert assignments are sorted by expert, scattered into one
+  padded ``[n_experts, capacity, E]`` buffer and run through all experts with three batched
+  matmuls (``torch.bmm``), then scattered back. ``tests/model/test_moe.py`` checks that both give
+  the same outputs and gradients.
+
+Shapes: N = tokens (all leading dims flattened), E = d_model, X = experts, K = active experts,
+F = expert hidden width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MoE(nn.Module):
+    """Top-k mixture of SwiGLU experts with a loss-free balancing bias.
+
+    Args:
+        d_model: E.
+        hidden: F, each expert's SwiGLU hidden width.
+        n_experts: X.
+        top_k: K, experts per token.
+        dropout: dropout on the output.
+        bias_step: u, the per-step change of the routing bias (Wang et al. use 1e-3).
+        impl: "grouped" (fast) or "loop" (reference).
+    """
+
+    def __init__(self, d_model: int, hidden: int, n_experts: int, top_k: int, dropout: float = 0.0,
+                 bias_step: float = 1e-3, impl: str = "grouped") -> None:
+        super().__init__()
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"top_k={top_k} must be in 1..n_experts={n_experts}")
+        if impl not in ("grouped", "loop"):
+            raise ValueError(f"impl={impl!r} must be 'grouped' or 'loop'")
+        self.d, self.f, self.n, self.k = d_model, hidden, n_experts, top_k
+        self.bias_step, self.impl = bias_step, impl
+        self.router = nn.Linear(d_model, n_experts, bias=False)
+        # expert weights stacked on a leading expert axis: the loop reads one slice, grouped all
+        self.w1 = nn.Parameter(torch.empty(n_experts, d_model, hidden))
+        self.w3 = nn.Parameter(torch.empty(n_experts, d_model, hidden))
+        self.w2 = nn.Parameter(torch.empty(n_experts, hidden, d_model))
+        for w in (self.w1, self.w3, self.w2):
+            nn.init.normal_(w, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        # loss-free balancing state: saved with the model (persistent), never trained by gradients
+        self.register_buffer("route_bias", torch.zeros(n_experts))
+        # tokens routed to each expert in the last training forward (for logging; not saved)
+        self.register_buffer("last_load", torch.zeros(n_experts), persistent=False)
+
+    def expert_params(self) -> int:
+        """Parameters of one expert (used to count active parameters)."""
+        return 3 * self.d * self.f
+
+    # -------------------------------------------------------------------- routing
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [N, E] -> (experts [N, K] int64, gates [N, K]): top-k of score + bias, gates from the
+        unbiased softmax scores renormalised over the chosen experts."""
+        scores = F.softmax(self.router(x).float(), dim=-1)
+        chosen = torch.topk(scores + self.route_bias, self.k, dim=-1).indices
+        gates = scores.gather(-1, chosen)
+        gates = gates / gates.sum(-1, keepdim=True).clamp_min(1e-9)
+        return chosen, gates.to(x.dtype)
+
+    @torch.no_grad()
+    def _balance(self, chosen: Tensor) -> None:
+        """Record the load and nudge the bias: over-loaded experts down, under-loaded up."""
+        load = torch.bincount(chosen.reshape(-1), minlength=self.n).to(self.route_bias.dtype)
+        self.last_load.copy_(load)
+        self.route_bias.add_(self.bias_step * torch.sign(load.mean() - load))
+
+    def load_fraction(self) -> Tensor:
+        """Share of routed tokens per expert in the last training step ([X], sums to 1)."""
+        total = self.last_load.sum()
+        return self.last_load / total if total > 0 else self.last_load
+
+    # -------------------------------------------------------------------- experts
+    def _expert(self, e: int, x: Tensor) -> Tensor:
+        return (F.silu(x @ self.w1[e]) * (x @ self.w3[e])) @ self.w2[e]
+
+    def _loop(self, x: Tensor, chosen: Tensor, gates: Tensor) -> Tensor:
+        out = torch.zeros_like(x)
+        for e in range(self.n):
+            tok, slot = torch.nonzero(chosen == e, as_tuple=True)
+            if len(tok):
+                out.index_add_(0, tok, self._expert(e, x[tok]) * gates[tok, slot, None])
+        return out
+
+    def _grouped(self, x: Tensor, chosen: Tensor, gates: Tensor) -> Tensor:
+        n = x.shape[0]
+        flat_e = chosen.reshape(-1)  # [N*K]
+        order = torch.argsort(flat_e, stable=True)
+        e_sorted = flat_e[order]
+        tok = order // self.k
+        counts = torch.bincount(flat_e, minlength=self.n)
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(len(order), device=x.device) - starts[e_sorted]  # rank within its expert
+        cap = int(counts.max()) if n else 0
+        buf = x.new_zeros(self.n, cap, self.d)
+        buf[e_sorted, pos] = x[tok]
+        h = F.silu(torch.bmm(buf, self.w1)) * torch.bmm(buf, self.w3)
+        y = torch.bmm(h, self.w2)  # [X, cap, E]
+        contrib = y[e_sorted, pos] * gates.reshape(-1)[order, None]
+        return torch.zeros_like(x).index_add_(0, tok, contrib)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, self.d)
+        chosen, gates = self.route(flat)
+        if self.training and torch.is_grad_enabled():
+            self._balance(chosen)
+        out = self._grouped(flat, chosen, gates) if self.impl == "grouped" else self._loop(flat, chosen, gates)
+        return self.drop(out.reshape(shape))

@@ -1,0 +1,157 @@
+"""The encoder pathways of the OneRec Technical Report (arXiv 2506.13695, Sec. 2, "Encoder").
+
+Four pathways turn the user into tokens, which are concatenated (1 + 20 + 256 + 128 = 405 tokens in
+the report), given learnable positions and read by the encoder's full self-attention:
+
+* static: one token from the user id and user features;
+* short-term: the last ``short_len`` behaviours (any kind);
+* positive-feedback: the last ``max_history`` positive behaviours;
+* lifelong: up to thousands of behaviours, compressed into representatives by hierarchical
+  clustering (see :meth:`onerec.features.history.HistoryFeaturizer._compress`), then summarised by
+  a :class:`QFormer`: ``qformer_queries`` learnable queries cross-attending to the representatives.
+
+Each behaviour token is the sum of the embeddings of its features (semantic ID, hashed item id,
+author, tag/category, time since the behaviour, play time, duration, feedback label); each
+pathway then has its own projection (Dense -> LeakyReLU -> Dense in the report, ``pathway_mlp``)
+and a pathway-type embedding.
+
+Shapes: B = batch, T = tokens of a pathway, D = semantic-ID length, E = d_model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from onerec.data.schema import SIGNALS
+from onerec.features.history import N_AGE_BUCKETS
+from onerec.features.side import N_LOG_BUCKETS
+from onerec.model.layers import Attention, RMSNorm, SwiGLU
+
+BEHAVIOUR_FEATURES = ("sid", "item", "author", "tag", "time", "play", "duration", "label")
+PATHWAYS = ("static", "short", "positive", "lifelong")
+PREFIX = {"short": "short", "positive": "hist", "lifelong": "life"}
+
+
+def hashed(ids: Tensor, buckets: int) -> Tensor:
+    """1 + (id - 1) mod (buckets - 1) for ids >= 1; 0 (padding) stays 0."""
+    return torch.where(ids > 0, 1 + (ids - 1) % (buckets - 1), torch.zeros_like(ids))
+
+
+class BehaviourEmbedding(nn.Module):
+    """Sum of the embeddings of a behaviour's features, shared by the behaviour pathways.
+
+    Args:
+        codes: the generator's semantic-ID embedding (shared with the decoder's input).
+        features: which of :data:`BEHAVIOUR_FEATURES` to use.
+        buckets: rows of the hashed item/author/tag tables (needed for "item", "author", "tag").
+    """
+
+    def __init__(self, codes: nn.Module, dim: int, features: list[str], buckets: int) -> None:
+        super().__init__()
+        unknown = sorted(set(features) - set(BEHAVIOUR_FEATURES))
+        if unknown:
+            raise ValueError(f"unknown behaviour feature {unknown[0]!r}; choose from {', '.join(BEHAVIOUR_FEATURES)}")
+        if {"item", "author", "tag"} & set(features) and buckets < 2:
+            raise ValueError("behaviour features 'item'/'author'/'tag' need model.sparse_buckets >= 2")
+        self.features, self.buckets = set(features), buckets
+        # the semantic-ID embedding belongs to the generator (shared with the decoder): keep a
+        # reference without registering it twice (a second registration duplicates the tensors on save)
+        self._codes = [codes] if "sid" in self.features else []
+        self.flag_emb = nn.Linear(len(SIGNALS), dim, bias=False) if "label" in self.features else None
+        self.age_emb = nn.Embedding(N_AGE_BUCKETS, dim) if "time" in self.features else None
+        self.item_emb = nn.Embedding(buckets, dim, padding_idx=0) if "item" in self.features else None
+        self.author_emb = nn.Embedding(buckets, dim, padding_idx=0) if "author" in self.features else None
+        self.tag_emb = nn.Embedding(buckets, dim, padding_idx=0) if "tag" in self.features else None
+        self.play_emb = nn.Embedding(N_LOG_BUCKETS, dim, padding_idx=0) if "play" in self.features else None
+        self.dur_emb = nn.Embedding(N_LOG_BUCKETS, dim, padding_idx=0) if "duration" in self.features else None
+
+    def forward(self, batch: dict[str, Tensor], prefix: str) -> Tensor:
+        """Tokens of one pathway (keys ``{prefix}_*``) -> [B, T, E]."""
+        mask = batch[f"{prefix}_mask"]
+        x = None
+
+        def add(v: Tensor) -> None:
+            nonlocal x
+            x = v if x is None else x + v
+
+        if self._codes:
+            add(self._codes[0](batch[f"{prefix}_codes"]))
+        if self.flag_emb is not None:
+            flags = batch[f"{prefix}_flags"]
+            bits = (flags.unsqueeze(-1) >> torch.arange(len(SIGNALS), device=flags.device)) & 1
+            add(self.flag_emb(bits.to(self.flag_emb.weight.dtype)))
+        if self.age_emb is not None:
+            add(self.age_emb(batch[f"{prefix}_age"]))
+        if self.item_emb is not None:
+            add(self.item_emb(hashed(batch[f"{prefix}_item"], self.buckets)))
+        if self.author_emb is not None:
+            add(self.author_emb(hashed(batch[f"{prefix}_author"], self.buckets)))
+        if self.tag_emb is not None:
+            add(self.tag_emb(hashed(batch[f"{prefix}_tag"], self.buckets)))
+        if self.play_emb is not None:
+            add(self.play_emb(batch[f"{prefix}_play"]))
+        if self.dur_emb is not None:
+            add(self.dur_emb(batch[f"{prefix}_dur"]))
+        if x is None:
+            raise ValueError("model.behaviour_features is empty")
+        return x * mask.unsqueeze(-1).to(x.dtype)
+
+
+def projection(dim: int, mlp: bool) -> nn.Module:
+    """The report's per-pathway projection Dense -> LeakyReLU -> Dense (or identity)."""
+    if not mlp:
+        return nn.Identity()
+    return nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.1), nn.Linear(dim, dim))
+
+
+class StaticEmbedding(nn.Module):
+    """The static pathway's single token: hashed user id + user feature columns + activity level."""
+
+    def __init__(self, dim: int, buckets: int, n_user_cats: int = 1024) -> None:
+        super().__init__()
+        self.buckets, self.n_cats = buckets, max(n_user_cats, 2)
+        self.user_emb = nn.Embedding(buckets, dim, padding_idx=0) if buckets >= 2 else None
+        self.cat_emb = nn.Embedding(self.n_cats, dim, padding_idx=0)
+        self.act_emb = nn.Embedding(N_LOG_BUCKETS, dim)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        x = self.act_emb(batch["user_act"])
+        cats = batch["user_cats"]
+        if cats.shape[1]:
+            x = x + self.cat_emb(hashed(cats, self.n_cats)).sum(1)
+        if self.user_emb is not None:
+            x = x + self.user_emb(hashed(batch["user_id"], self.buckets))
+        return x.unsqueeze(1)  # [B, 1, E]
+
+
+class QFormerBlock(nn.Module):
+    """Queries cross-attend to the inputs -> RMSNorm -> FFN (the report's QFormer block), pre-norm residuals."""
+
+    def __init__(self, dim: int, n_heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.nq, self.nkv, self.n2 = RMSNorm(dim), RMSNorm(dim), RMSNorm(dim)
+        self.attn = Attention(dim, n_heads, dropout)
+        self.ffn = SwiGLU(dim, ffn, dropout)
+
+    def forward(self, q: Tensor, kv: Tensor, mask: Tensor) -> Tensor:
+        q = q + self.attn(self.nq(q), self.nkv(kv), mask=mask)
+        return q + self.ffn(self.n2(q))
+
+
+class QFormer(nn.Module):
+    """``n_queries`` learnable queries summarising a variable set of tokens [B, S, E] -> [B, Q, E]."""
+
+    def __init__(self, dim: int, n_heads: int, ffn: int, n_queries: int, n_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(n_queries, dim) * 0.02)
+        self.blocks = nn.ModuleList(QFormerBlock(dim, n_heads, ffn, dropout) for _ in range(n_layers))
+        self.norm = RMSNorm(dim)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """mask [B, S] True = real token; rows with none attend to everything (their output is masked later)."""
+        key_ok = (mask | ~mask.any(dim=1, keepdim=True))[:, None, :]
+        q = self.queries.expand(x.shape[0], -1, -1)
+        for block in self.blocks:
+            q = block(q, x, key_ok)
+        return self.norm(q)

@@ -7,6 +7,7 @@
     onerec generate RUN --user ID ...         top-K recommendations for some users
     onerec quickstart [--out DIR]             all of the above on a simulated world
     onerec config [--preset NAME]             every config key with its default and help
+    onerec model-info PRESET [KEY=VALUE ...]  total / active parameter counts of a preset's model (JSON)
 
 KEY=VALUE overrides use dotted config keys (``train.lr=3e-4``, ``data.sim.n_users=500``);
 ``onerec config`` lists them all.
@@ -161,6 +162,19 @@ def config_cmd(preset: str | None) -> None:
 
     for key, _default, help_ in describe():
         click.echo(f"{key} = {value(key)!r}\n    {help_}")
+
+
+@cli.command(name="model-info")
+@click.argument("preset")
+@_overrides
+def model_info_cmd(preset: str, overrides: tuple[str, ...]) -> None:
+    """Print the total and active (per-token) parameter counts of PRESET's generator as JSON, counted
+    without allocating it (e.g. onerec-0.015b, onerec-0.121b, onerec-0.935b, onerec-2.633b)."""
+    import json
+
+    from onerec.model.info import preset_info
+
+    click.echo(json.dumps(preset_info(preset, overrides), indent=2))
 
 
 def main() -> None:

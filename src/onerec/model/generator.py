@@ -87,17 +87,23 @@ class Generator(nn.Module):
         ffn = cfg.ffn_hidden or ffn_hidden(e, cfg.ffn_mult)
         self.codes = CodeEmbedding(self.codebook_sizes, e)
         # ---- encoder pathways (Technical Report Sec. 2)
-        self.behaviour = BehaviourEmbedding(self.codes, e, cfg.behaviour_features, cfg.sparse_buckets)
-        self.proj = nn.ModuleDict({p: projection(e, cfg.pathway_mlp) for p in self.pathways})
+        fd = cfg.feature_dim or e  # behaviour features live in fd dims and are projected to e per pathway
+        # at fd == e behaviours share the decoder's semantic-ID embedding; else they get their own
+        self.feature_codes = CodeEmbedding(self.codebook_sizes, fd) if fd != e else None
+        self.behaviour = BehaviourEmbedding(self.feature_codes or self.codes, fd, cfg.behaviour_features,
+                                            cfg.sparse_buckets)
+        self.proj = nn.ModuleDict({p: projection(fd, e, cfg.pathway_mlp) for p in self.pathways})
         self.path_type = nn.Embedding(len(PATHWAYS), e) if len(self.pathways) > 1 else None
         lengths = {"static": 1, "short": cfg.short_len, "positive": cfg.max_history,
                    "lifelong": cfg.qformer_queries}
         self.enc_len = sum(lengths[p] for p in self.pathways)
         self.enc_pos = nn.Embedding(self.enc_len, e)  # learnable positions over all pathway tokens
-        self.static = StaticEmbedding(e, cfg.sparse_buckets) if "static" in self.pathways else None
+        self.static = StaticEmbedding(fd, cfg.sparse_buckets) if "static" in self.pathways else None
         if "lifelong" in self.pathways:
-            self.life_count = nn.Embedding(N_LOG_BUCKETS, e, padding_idx=0)  # size of each representative's cluster
-            self.qformer = QFormer(e, cfg.n_heads, ffn, cfg.qformer_queries, cfg.qformer_layers, cfg.dropout)
+            self.life_count = nn.Embedding(N_LOG_BUCKETS, fd, padding_idx=0)  # size of each representative's cluster
+            q_heads = cfg.n_heads if fd % cfg.n_heads == 0 else 1
+            q_ffn = ffn if fd == e else ffn_hidden(fd, cfg.ffn_mult)
+            self.qformer = QFormer(fd, q_heads, q_ffn, cfg.qformer_queries, cfg.qformer_layers, cfg.dropout)
         else:
             self.life_count = self.qformer = None
         self.encoder = nn.ModuleList(EncoderBlock(e, cfg.n_heads, self._ffn(ffn, "encoder"), cfg.dropout)
@@ -150,8 +156,7 @@ class Generator(nn.Module):
         mask = batch[f"{prefix}_mask"]
         x = self.behaviour(batch, prefix)
         if name == "lifelong":
-            x = self.proj[name](x + self.life_count(batch["life_count"]))
-            x = self.qformer(x, mask)
+            x = self.proj[name](self.qformer(x + self.life_count(batch["life_count"]), mask))
             return x, mask.any(dim=1, keepdim=True).expand(-1, x.shape[1])
         return self.proj[name](x), mask
 

@@ -98,11 +98,11 @@ class BehaviourEmbedding(nn.Module):
         return x * mask.unsqueeze(-1).to(x.dtype)
 
 
-def projection(dim: int, mlp: bool) -> nn.Module:
-    """The report's per-pathway projection Dense -> LeakyReLU -> Dense (or identity)."""
-    if not mlp:
-        return nn.Identity()
-    return nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.1), nn.Linear(dim, dim))
+def projection(dim_in: int, dim: int, mlp: bool) -> nn.Module:
+    """The report's per-pathway projection Dense -> LeakyReLU -> Dense (else a Dense, or identity)."""
+    if mlp:
+        return nn.Sequential(nn.Linear(dim_in, dim), nn.LeakyReLU(0.1), nn.Linear(dim, dim))
+    return nn.Identity() if dim_in == dim else nn.Linear(dim_in, dim, bias=False)
 
 
 class StaticEmbedding(nn.Module):

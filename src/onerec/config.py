@@ -137,9 +137,10 @@ class ModelConfig:
     behaviour_features: list[str] = opt(["sid", "label", "time"],
                                         "features summed into each behaviour token, any of: sid, item, author, "
                                         "tag, time, play, duration, label (missing data -> padding)")
-    sparse_buckets: int = opt(0, "rows of each hashed id table (item, author, user id); 0 = no id tables")
-    feature_dim: int | None = opt(None, "width of the behaviour/user feature embeddings and the QFormer (None: d_model, "
-                                        "sharing the decoder's semantic-ID embedding); pathways project it to d_model")
+    sparse_buckets: int = opt(0, "rows of each hashed id table (item, author, tag, user id); 0 = no id tables")
+    feature_dim: int | None = opt(None, "width of the behaviour/user feature embeddings and the QFormer (None: "
+                                        "d_model, sharing the decoder's semantic-ID embedding); pathways project "
+                                        "it to d_model")
     pathway_mlp: bool = opt(False, "project each pathway's tokens with Dense -> LeakyReLU -> Dense (Technical Report)")
     short_len: int = opt(20, "behaviours in the short-term pathway")
     lifelong_max: int = opt(2000, "most recent behaviours the lifelong pathway compresses")

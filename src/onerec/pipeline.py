@@ -137,10 +137,23 @@ def load_codes(run: Path) -> np.ndarray:
     return sid.flatten().to_numpy().reshape(len(sid), -1).astype(np.int64)
 
 
+def make_featurizer(run: Path, mcfg, codes: np.ndarray):
+    """The featurizer for ``mcfg``: with side information (item/user features, the full log) from
+    RUN/data when the model's pathways or behaviour features need it."""
+    from onerec.features import HistoryFeaturizer
+    from onerec.features.side import SideInfo
+
+    side = None
+    if set(mcfg.pathways) - {"positive"} or set(mcfg.behaviour_features) & {"author", "tag", "duration", "play"}:
+        ds = Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
+        side = SideInfo.from_dataset(ds)
+    return HistoryFeaturizer(codes, mcfg.max_history, side=side, cfg=mcfg)
+
+
 # ----------------------------------------------------------------------------- train
 def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Next-token training of the generator -> RUN/train."""
-    from onerec.features import EvalExamples, HistoryFeaturizer, TrainExamples
+    from onerec.features import EvalExamples, TrainExamples
     from onerec.model.generator import Generator
     from onerec.train import train_generator
     from onerec.train.checkpoint import model_meta
@@ -148,7 +161,7 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
     codes = load_codes(run)
     splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
     sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
-    feat = HistoryFeaturizer(codes, cfg.model.max_history)
+    feat = make_featurizer(run, cfg.model, codes)
     train_ex = TrainExamples(splits["train"], feat)
     valid_ex = EvalExamples(splits["valid"], feat)
     torch.manual_seed(cfg.train.seed)
@@ -197,8 +210,9 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    gen = GenerativeRecommender(load_generator(run, str(device)), codes, beam_size=cfg.generate.beam_size,
-                                batch_size=cfg.generate.batch_size, device=device)
+    model = load_generator(run, str(device))
+    gen = GenerativeRecommender(model, codes, beam_size=cfg.generate.beam_size, batch_size=cfg.generate.batch_size,
+                                device=device, featurizer=make_featurizer(run, model.cfg, codes))
     models["onerec"] = evaluate(gen, examples, ks=ks, batch_size=cfg.generate.batch_size, progress=progress)
     seconds["onerec"] = round(time.perf_counter() - t0, 1)
     for name in cfg.eval.baselines:
@@ -259,8 +273,9 @@ def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int) 
         ("user_id", pa.int64()), ("history", pa.list_(pa.int64())), ("history_ts", pa.list_(pa.int64())),
         ("history_flags", pa.list_(pa.int16())), ("target_ts", pa.int64())]))
     device = resolve_device(cfg.train.device)
-    gen = GenerativeRecommender(load_generator(run, str(device)), load_codes(run),
-                                beam_size=max(cfg.generate.beam_size, k), device=device)
+    model, codes = load_generator(run, str(device)), load_codes(run)
+    gen = GenerativeRecommender(model, codes, beam_size=max(cfg.generate.beam_size, k), device=device,
+                                featurizer=make_featurizer(run, model.cfg, codes))
     recs = gen.recommend(table, k)
     titles = _item_titles(ds.items)
     return {u: [(int(i), titles[i]) for i in r if i >= 0] for u, r in zip(raw_user_ids, recs)}

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from onerec.data.schema import Dataset, signal_flags
 
 #: bucket count of log2-seconds features (play time, duration, lifelong cluster size)

@@ -21,17 +21,21 @@ class GenerativeRecommender:
         model: a trained :class:`Generator`.
         codes: [N_items, D] semantic IDs (unique per item).
         beam_size: beams per user (>= k asked of ``recommend``).
+        featurizer: builds the encoder's input (default: from ``codes`` and the model config, without
+            side information; see :func:`onerec.pipeline.make_featurizer`).
     """
 
     name = "onerec"
 
     def __init__(self, model: Generator, codes: np.ndarray, *, beam_size: int = 32, batch_size: int = 256,
-                 device: str | torch.device = "cpu", progress: bool = False) -> None:
+                 device: str | torch.device = "cpu", progress: bool = False,
+                 featurizer: HistoryFeaturizer | None = None) -> None:
         self.model = model.to(device).eval()
         self.codes = np.asarray(codes, dtype=np.int64)
         self.device = torch.device(device)
         self.table = PrefixTable.from_codes(torch.from_numpy(self.codes), model.codebook_sizes).to(self.device)
-        self.featurizer = HistoryFeaturizer(self.codes, model.cfg.max_history)
+        # the pathways beyond the positive one need side information: pass a featurizer built with it
+        self.featurizer = featurizer or HistoryFeaturizer(self.codes, model.cfg.max_history, cfg=model.cfg)
         self.beam_size, self.batch_size, self.progress = beam_size, batch_size, progress
 
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:

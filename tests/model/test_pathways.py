@@ -1,0 +1,130 @@
+"""The Technical Report's encoder pathways: features, leak-freedom, switches, session-wise target."""
+
+import numpy as np
+import pytest
+import torch
+
+from onerec.config import ModelConfig, SimConfig
+from onerec.data.simulator import simulate
+from onerec.data.splits import make_splits
+from onerec.features import EvalExamples, HistoryFeaturizer, TrainExamples
+from onerec.features.side import SideInfo, log_bucket
+from onerec.model.generator import Generator
+
+ALL = ["static", "short", "positive", "lifelong"]
+FEATS = ["sid", "item", "author", "tag", "time", "play", "duration", "label"]
+
+
+@pytest.fixture(scope="module")
+def world():
+    ds, _ = simulate(SimConfig(n_users=60, n_items=80, n_events=4000, n_authors=10, calib_pairs=20000, seed=1))
+    splits = make_splits(ds, protocol="loo", min_positives=3)
+    rng = np.random.default_rng(0)
+    codes = np.stack([rng.integers(0, 4, ds.n_items), rng.integers(0, 4, ds.n_items), np.arange(ds.n_items)], 1)
+    return ds, splits, codes
+
+
+def _cfg(**kw):
+    base = dict(d_model=32, n_heads=2, enc_layers=1, dec_layers=1, max_history=8, dropout=0.0, pathways=ALL,
+                behaviour_features=FEATS, sparse_buckets=64, short_len=5, lifelong_max=500, lifelong_reps=6,
+                qformer_queries=3, qformer_layers=1, pathway_mlp=True)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_short_and_lifelong_read_only_the_log_before_the_request(world):
+    ds, splits, codes = world
+    side = SideInfo.from_dataset(ds)
+    cfg = _cfg()
+    ex = EvalExamples(splits["test"], HistoryFeaturizer(codes, cfg.max_history, side=side, cfg=cfg))
+    b = ex.batch(np.arange(len(ex)))
+    uid = splits["test"]["user_id"].to_numpy()
+    ts = ds.interactions["timestamp"].to_numpy()
+    users = ds.interactions["user_id"].to_numpy()
+    items = ds.interactions["item_id"].to_numpy()
+    play = ds.interactions["watch_time_ms"].to_numpy()
+    for j in range(0, len(ex), 7):
+        before = (users == uid[j]) & (ts < ex.request_ts[j])
+        want = items[before][-5:]
+        got = b["short_item"][j][b["short_mask"][j]].numpy() - 1
+        np.testing.assert_array_equal(got, want)  # the last 5 behaviours of any kind, in order
+        np.testing.assert_array_equal(b["short_play"][j][b["short_mask"][j]].numpy(),
+                                      log_bucket(play[before][-5:] / 1000))
+        life = b["life_item"][j][b["life_mask"][j]].numpy() - 1
+        assert set(life) <= set(items[before]) and len(life) <= 6
+        if before.sum() > 6:  # compressed: the cluster sizes add up to the behaviours seen
+            assert b["life_count"][j][b["life_mask"][j]].min() >= 1
+    assert b["user_cats"].shape[1] == ds.users.num_columns - 2 and (b["user_cats"] > 0).all()
+    assert (b["hist_author"][b["hist_mask"]] > 0).all() and (b["hist_dur"][b["hist_mask"]] > 0).all()
+
+
+def test_compress_keeps_the_most_recent_member_of_each_cluster():
+    f = HistoryFeaturizer(np.zeros((1, 2), dtype=np.int64), 4)
+    codes = np.array([[0, 0], [1, 0], [0, 1], [0, 0], [1, 1], [2, 0]])
+    idx, size = f._compress(codes, 4)  # level 1 has 3 clusters (<= 4), level 2 has 5 (> 4)
+    np.testing.assert_array_equal(idx, [3, 4, 5])  # most recent of prefix 0, 1, 2, chronological
+    np.testing.assert_array_equal(size, [3, 2, 1])
+    idx, size = f._compress(codes, 2)  # even level 1 has too many: keep the 2 biggest clusters
+    np.testing.assert_array_equal(idx, [3, 4])
+    idx, size = f._compress(codes, 10)  # fits: no compression
+    np.testing.assert_array_equal(idx, np.arange(6))
+
+
+@pytest.mark.parametrize("pathways", [ALL, ["positive"], ["static", "short"], ["lifelong"]])
+def test_every_pathway_switch_trains_and_masks_padding(world, pathways):
+    ds, splits, codes = world
+    cfg = _cfg(pathways=pathways)
+    feat = HistoryFeaturizer(codes, cfg.max_history, side=SideInfo.from_dataset(ds), cfg=cfg)
+    tr = TrainExamples(splits["train"], feat)
+    batch = tr.batch(np.arange(16))
+    torch.manual_seed(0)
+    model = Generator(cfg, [4, 4, ds.n_items])
+    memory, mask = model.encode_batch(batch)
+    lengths = {"static": 1, "short": 5, "positive": 8, "lifelong": 3}
+    assert memory.shape[1] == mask.shape[1] == sum(lengths[p] for p in pathways)
+    loss = model(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in model.named_parameters() if "path_type" not in n)
+    model.eval()
+    # content behind the positive pathway's padding does not matter
+    if "positive" in pathways:
+        b2 = dict(batch, hist_item=torch.where(batch["hist_mask"], batch["hist_item"], 5))
+        torch.testing.assert_close(model(b2), model(batch))
+
+
+def test_missing_side_information_is_padding_and_missing_keys_are_a_clear_error(world):
+    ds, splits, codes = world
+    cfg = _cfg()
+    feat = HistoryFeaturizer(codes, cfg.max_history, cfg=cfg)  # no side info (e.g. Amazon): positive log
+    b = TrainExamples(splits["train"], feat).batch(np.arange(8))
+    assert (b["short_author"] == 0).all() and (b["user_cats"].shape[1] == 0)
+    assert torch.isfinite(Generator(cfg, [4, 4, ds.n_items])(b))
+    plain = HistoryFeaturizer(codes, cfg.max_history)  # built without the model config
+    with pytest.raises(ValueError, match="static pathway"):
+        Generator(cfg, [4, 4, ds.n_items]).encode_batch(TrainExamples(splits["train"], plain).batch(np.arange(4)))
+
+
+def test_session_wise_target_is_the_next_m_positives(world):
+    ds, splits, codes = world
+    cfg = _cfg(pathways=["positive"], session_len=3)
+    tr = TrainExamples(splits["train"], HistoryFeaturizer(codes, cfg.max_history, cfg=cfg))
+    idx = np.arange(len(tr))
+    b = tr.batch(idx)
+    seqs = tr.seqs
+    for j in range(0, len(tr), 11):
+        t, end = tr.target_idx[j], seqs.offsets[tr.rows[j] + 1]
+        n = min(3, end - t)
+        np.testing.assert_array_equal(b["session"][j, :n].numpy(), codes[seqs.items[t:t + n]])
+        assert b["session_mask"][j].sum() == n
+    np.testing.assert_array_equal(b["session"][:, 0].numpy(), b["target"].numpy())
+    torch.manual_seed(0)
+    model = Generator(cfg, [4, 4, ds.n_items])
+    loss = model(tr.batch(idx[:32]))
+    assert torch.isfinite(loss)
+    # the point-wise loss on the same batch is the session loss restricted to the first item
+    point = Generator(_cfg(pathways=["positive"]), [4, 4, ds.n_items])
+    point.load_state_dict({k: v[:3] if k == "dec_pos.weight" else v for k, v in model.state_dict().items()})
+    first = dict(tr.batch(idx[:32]))
+    first["session_mask"] = torch.zeros_like(first["session_mask"])
+    first["session_mask"][:, 0] = True
+    torch.testing.assert_close(model.eval()(first), point.eval()(first))

@@ -5,6 +5,7 @@
     onerec train RUN [--resume] [KEY=VALUE]   train the generator
     onerec eval RUN [KEY=VALUE ...]           score it against the baselines; metrics + report
     onerec generate RUN --user ID ...         top-K recommendations for some users
+    onerec serve RUN [--port N]               HTTP service: POST /recommend, /healthz, /metrics
     onerec quickstart [--out DIR]             all of the above on a simulated world
     onerec config [--preset NAME]             every config key with its default and help
     onerec model-info PRESET [KEY=VALUE ...]  total / active parameter counts of a preset's model (JSON)
@@ -119,6 +120,28 @@ def generate(run: Path, users: tuple[str, ...], top_k: int, overrides: tuple[str
         click.echo(f"\nuser {user}:")
         for rank, (item, title) in enumerate(recs, 1):
             click.echo(f"  {rank:>3}. item {item}  {title}")
+
+
+@cli.command()
+@_run_argument
+@click.option("--host", default=None, help="interface (default serve.host, 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="TCP port (default serve.port, 8000).")
+@_overrides
+def serve(run: Path, host: str | None, port: int | None, overrides: tuple[str, ...]) -> None:
+    """Serve recommendations over HTTP (needs the `serve` extra): POST /recommend, /healthz, /metrics, /docs."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise click.ClickException(f"`onerec serve` needs the serve extra ({e.name} is missing). "
+                                   "Fix: pip install 'onerec[serve]'") from None
+    from onerec.pipeline import run_config
+    from onerec.serve import serve as serve_run
+    from onerec.train.loop import resolve_device
+
+    extra = [f"serve.host={host}"] * (host is not None) + [f"serve.port={port}"] * (port is not None)
+    cfg = run_config(run, overrides=(*overrides, *extra))
+    serve_run(run, cfg, str(resolve_device(cfg.train.device)))
 
 
 @cli.command()

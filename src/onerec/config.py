@@ -181,6 +181,21 @@ class GenerateConfig:
     batch_size: int = opt(256, "users decoded together")
 
 
+# ---------------------------------------------------------------------------- serve
+@dataclass
+class ServeConfig:
+    """HTTP recommendation service (``onerec serve``)."""
+
+    host: str = opt("127.0.0.1", "interface to listen on (0.0.0.0 exposes it to the network)")
+    port: int = opt(8000, "TCP port")
+    max_k: int = opt(100, "largest k a request may ask for (beam width is max(generate.beam_size, k))")
+    max_batch: int = opt(64, "most requests decoded together in one micro-batched beam search")
+    batch_wait_ms: float = opt(2.0, "how long the first queued request waits for others to join its batch")
+    max_body_bytes: int = opt(65536, "larger request bodies are refused with 413")
+    max_history: int = opt(10000, "most items an explicit history may list (the model reads the latest "
+                                  "model.max_history)")
+
+
 # ----------------------------------------------------------------------------- eval
 @dataclass
 class SasrecConfig:
@@ -229,6 +244,7 @@ class RunConfig:
     train: TrainConfig = section(TrainConfig, "training loop")
     generate: GenerateConfig = section(GenerateConfig, "beam search")
     eval: EvalConfig = section(EvalConfig, "evaluation")
+    serve: ServeConfig = section(ServeConfig, "recommendation service")
 
 
 # ------------------------------------------------------------------ load and override

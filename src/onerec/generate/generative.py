@@ -54,17 +54,40 @@ class GenerativeRecommender:
 
     @torch.no_grad()
     def recommend_batch(self, batch: dict[str, torch.Tensor], k: int) -> np.ndarray:
+        """Top-``k`` item ids of a featurized batch: int64 [B, k], -1 where fewer valid items exist."""
+        items, _, _ = self.generate(batch, k)
+        return items.cpu().numpy()
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], k: int, *, beam_size: int | None = None,
+                 cached: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Constrained beam search for a featurized batch (see :mod:`onerec.features`).
+
+        The encoder runs once per user; decoding uses the KV cache and per-user cross-attention K/V
+        (:meth:`Generator.decode_step`); ``cached=False`` runs the plain uncached decoder instead
+        (:meth:`Generator.step_log_probs` over memory repeated per beam), the reference the fast path
+        is tested against.
+
+        Args:
+            k: items per user; ``k = beam_size`` returns the whole final beam (Pass@K candidate sets).
+            beam_size: beams (default ``max(self.beam_size, k)``); must be >= k.
+
+        Returns:
+            (items [B, k] int64, -1 = none; scores [B, k] float32 total log-prob, descending;
+            codes [B, k, D]).
+        """
         batch = {key: v.to(self.device) for key, v in batch.items()}
         b = batch["hist_codes"].shape[0]
-        beam = max(self.beam_size, k)
+        beam = max(self.beam_size, k) if beam_size is None else beam_size
         memory, memory_mask = self.model.encode_batch(batch)
-        state = {
-            "memory": memory.repeat_interleave(beam, dim=0),
-            "mask": memory_mask.repeat_interleave(beam, dim=0),
-        }
+        if cached:
+            step_fn, state = self.model.beam_step_fn(memory, memory_mask, beam)
+        else:
+            state = {"memory": memory.repeat_interleave(beam, dim=0),
+                     "mask": memory_mask.repeat_interleave(beam, dim=0)}
 
-        def step_fn(tokens: torch.Tensor, step: int, st: dict[str, torch.Tensor]):
-            return self.model.step_log_probs(tokens, step, st["memory"], st["mask"]), st
+            def step_fn(tokens: torch.Tensor, step: int, st: dict[str, torch.Tensor]):
+                return self.model.step_log_probs(tokens, step, st["memory"], st["mask"]), st
 
-        items, _ = beam_search(step_fn, batch_size=b, table=self.table, beam_size=beam, top_k=k, state=state)
-        return items.cpu().numpy()
+        return beam_search(step_fn, batch_size=b, table=self.table, beam_size=beam, top_k=k, state=state,
+                           return_codes=True)

@@ -18,6 +18,8 @@ level), V_t = codebook size of level t, E = d_model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -254,3 +256,68 @@ class Generator(nn.Module):
     def expert_load(self) -> dict[str, list[float]]:
         """Share of routed tokens per expert in the last training step, per MoE layer (empty when dense)."""
         return {name: [round(float(v), 4) for v in m.load_fraction()] for name, m in self.moe_layers()}
+
+    # ------------------------------------------------------------------ incremental decoding
+    def start_decoding(self, memory: Tensor, memory_mask: Tensor, beams: int) -> DecodingContext:
+        """Everything decoding needs from the encoder, computed once per user: each decoder layer's
+        cross-attention K/V [U, heads, S, E/heads] (shared by the user's ``beams`` beams, not repeated)
+        and the memory mask. Pair with :meth:`decode_step`."""
+        if beams < 1:
+            raise ValueError(f"beams must be >= 1, got {beams}")
+        mask = (memory_mask | ~memory_mask.any(dim=1, keepdim=True))[:, None, None, :]
+        cross = [block.cross_attn.project_kv(memory) for block in self.decoder]
+        return DecodingContext(cross=cross, mask=mask, beams=beams, users=memory.shape[0])
+
+    def decode_step(self, prefix: Tensor, step: int, ctx: DecodingContext,
+                    cache: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """log p(s_step | prefix, history) with a self-attention KV cache: equals
+        :meth:`step_log_probs` but feeds only the newest token through the decoder.
+
+        Args:
+            prefix: [U*beams, step] codes so far (row ``u*beams + k`` is user u's beam k; only the
+                last column is read). At step 0 every row starts from [BOS], so the step runs once per
+                user and its outputs are repeated to the beams.
+            ctx: from :meth:`start_decoding`.
+            cache: None at step 0, else the cache this method returned at the previous step, its rows
+                re-ordered to follow ``prefix`` (beam search's ``index_select`` on each tensor).
+
+        Returns:
+            (log-probs [U*beams, V_step] float32, the extended cache: per layer (k, v), each
+            [U*beams, heads, step+1, E/heads]).
+        """
+        u, g = ctx.users, ctx.beams
+        if step == 0:
+            x, group = self.bos.expand(u, 1, -1), 1
+        else:
+            x, group = self.codes.level(step - 1, prefix[:, step - 1])[:, None, :], g
+        x = x + self.dec_pos.weight[step]
+        new_cache = []
+        for i, block in enumerate(self.decoder):
+            x, kv = block.step(x, None if cache is None else cache[i], ctx.cross[i], ctx.mask, group)
+            new_cache.append(kv)
+        log_probs = F.log_softmax(self.heads[step](self.dec_norm(x[:, 0])).float(), dim=-1)
+        if step == 0 and g > 1:
+            log_probs = log_probs.repeat_interleave(g, dim=0)
+            new_cache = [(k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)) for k, v in new_cache]
+        return log_probs, new_cache
+
+    def beam_step_fn(self, memory: Tensor, memory_mask: Tensor, beams: int):
+        """A ``step_fn`` for :func:`onerec.generate.beam_search` over this model with the KV cache:
+        -> (step_fn, initial state). The state is the self-attention cache (leading dim U*beams, so beam
+        search re-orders it); the per-user cross-attention K/V live in the closure."""
+        ctx = self.start_decoding(memory, memory_mask, beams)
+
+        def step_fn(tokens: Tensor, step: int, cache):
+            return self.decode_step(tokens, step, ctx, cache)
+
+        return step_fn, None
+
+
+@dataclass
+class DecodingContext:
+    """Per-user decoding inputs from :meth:`Generator.start_decoding` (U users, ``beams`` each)."""
+
+    cross: list[tuple[Tensor, Tensor]]  # per decoder layer (k, v) [U, heads, S, E/heads]
+    mask: Tensor  # bool [U, 1, 1, S]
+    beams: int
+    users: int

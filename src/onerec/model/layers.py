@@ -79,6 +79,25 @@ class Attention(nn.Module):
         )
         return self.o(out.transpose(1, 2).reshape(b, t, d))
 
+    # -------------------------------------------------------------- incremental decoding
+    def project_kv(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``src`` [B, S, D] -> (k, v), each [B, H, S, dk]; cache them to attend many times."""
+        b, s, _ = src.shape
+        k, v = self.kv(src).view(b, s, 2, self.h, self.dk).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Queries x [B, T, D] against precomputed k, v [B, H, S, dk] (no causal mask: every key is
+        visible). ``mask`` as in :meth:`forward`. Used with a self-attention cache (T = 1 new token)
+        and with cross-attention K/V computed once per user (T = that user's beams, see
+        :meth:`DecoderBlock.step`)."""
+        b, t, d = x.shape
+        q = self.q(x).view(b, t, self.h, self.dk).transpose(1, 2)
+        if mask is not None and mask.dim() == 3:
+            mask = mask.unsqueeze(1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o(out.transpose(1, 2).reshape(b, t, d))
+
 
 class EncoderBlock(nn.Module):
     """Pre-norm block: x + SelfAttn(norm x); x + FFN(norm x). ``ffn`` is a hidden width (SwiGLU) or a
@@ -112,3 +131,31 @@ class DecoderBlock(nn.Module):
         x = x + self.drop(self.self_attn(self.n1(x), causal=True))
         x = x + self.drop(self.cross_attn(self.n2(x), memory, mask=memory_mask))
         return x + self.ffn(self.n3(x))
+
+    def step(self, x: Tensor, cache: tuple[Tensor, Tensor] | None, cross_kv: tuple[Tensor, Tensor],
+             cross_mask: Tensor | None, group: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One incremental decoding step (inference; equals :meth:`forward`'s last position).
+
+        Args:
+            x: the new token's input [M, 1, D], M = U * group rows (U users, ``group`` beams each,
+                user-major: row ``u * group + g``).
+            cache: this layer's self-attention (k, v) of the earlier positions, each [M, H, t, dk],
+                or None at the first position.
+            cross_kv: the encoder memory's cross-attention (k, v), each [U, H, S, dk], computed once
+                per user (:meth:`Attention.project_kv`) and shared by its beams, never repeated per beam.
+            cross_mask: bool [U, 1, 1, S] (True = may attend) or None.
+            group: beams per user.
+
+        Returns:
+            (output [M, 1, D], the cache extended by this position).
+        """
+        m, _, d = x.shape
+        h = self.n1(x)
+        k, v = self.self_attn.project_kv(h)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        x = x + self.self_attn.attend(h, k, v)
+        # a user's beams are that user's query positions: [U*G, 1, D] -> [U, G, D] against [U, H, S, dk]
+        c = self.cross_attn.attend(self.n2(x).view(m // group, group, d), *cross_kv, cross_mask)
+        x = x + c.view(m, 1, d)
+        return x + self.ffn(self.n3(x)), (k, v)

@@ -1,0 +1,122 @@
+"""Incremental decoding (self-attention KV cache, per-user cross-attention K/V) against the plain decoder."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import random_codes
+from onerec.config import ModelConfig
+from onerec.features import EvalExamples, HistoryFeaturizer
+from onerec.generate import PrefixTable, beam_search_reference
+from onerec.generate.generative import GenerativeRecommender
+from onerec.model.generator import Generator
+
+
+def _model(sizes: list[int], seed: int = 0, dec_layers: int = 2) -> Generator:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(d_model=32, n_heads=4, enc_layers=1, dec_layers=dec_layers, max_history=8, dropout=0.0)
+    return Generator(cfg, sizes).eval()
+
+
+def _batch(codes: np.ndarray, n_users: int, seed: int) -> dict[str, torch.Tensor]:
+    """Featurized histories of random users, one with an empty history (built by onerec.features)."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        n = 0 if u == 1 else int(rng.integers(1, 12))
+        hist = rng.integers(0, len(codes), n).tolist()
+        rows.append({"history": hist, "history_ts": list(range(1000, 1000 + 60 * n, 60)),
+                     "history_flags": rng.integers(0, 4, n).tolist(), "target_ts": 5000})
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("history", pa.list_(pa.int64())), ("history_ts", pa.list_(pa.int64())),
+        ("history_flags", pa.list_(pa.int16())), ("target_ts", pa.int64())]))
+    return EvalExamples(table, HistoryFeaturizer(codes, 8)).batch(np.arange(n_users))
+
+
+@pytest.mark.parametrize("dec_layers", [1, 3])
+def test_cached_step_equals_uncached_decode_at_every_step(dec_layers: int) -> None:
+    sizes = [6, 5, 4, 3]
+    model = _model(sizes, dec_layers=dec_layers)
+    codes = random_codes(sizes, 50, seed=0).numpy()
+    users, beams = 4, 6
+    with torch.no_grad():
+        memory, memory_mask = model.encode_batch(_batch(codes, users, seed=1))
+        ctx = model.start_decoding(memory, memory_mask, beams)
+        rep_mem, rep_mask = memory.repeat_interleave(beams, 0), memory_mask.repeat_interleave(beams, 0)
+        g = torch.Generator().manual_seed(2)
+        prefix, cache = torch.zeros(users * beams, 0, dtype=torch.long), None
+        for step in range(len(sizes)):
+            cached, cache = model.decode_step(prefix, step, ctx, cache)
+            plain = model.step_log_probs(prefix, step, rep_mem, rep_mask)
+            assert cached.shape == plain.shape == (users * beams, sizes[step]) and cached.dtype == torch.float32
+            torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
+            # beam search re-orders rows within each user: do the same to the prefix and the cache
+            within = torch.randint(0, beams, (users, beams), generator=g)
+            rows = (within + torch.arange(users)[:, None] * beams).reshape(-1)
+            cache = [(k[rows], v[rows]) for k, v in cache]
+            new = torch.randint(0, sizes[step], (users * beams, 1), generator=g)
+            prefix = torch.cat([prefix[rows], new], dim=1)
+
+
+def test_cross_attention_kv_is_per_user_not_per_beam() -> None:
+    model = _model([4, 4])
+    memory, mask = torch.randn(3, 5, 32), torch.ones(3, 5, dtype=torch.bool)
+    ctx = model.start_decoding(memory, mask, beams=64)
+    assert all(k.shape[0] == 3 and v.shape[0] == 3 for k, v in ctx.cross)
+    _, cache = model.decode_step(torch.zeros(192, 0, dtype=torch.long), 0, ctx, None)
+    assert all(k.shape == (192, 4, 1, 8) for k, _ in cache)
+
+
+@settings(max_examples=15, deadline=None)
+@given(sizes=st.lists(st.integers(2, 6), min_size=2, max_size=3), n=st.integers(1, 40), beam=st.integers(1, 12),
+       seed=st.integers(0, 2**16), data=st.data())
+def test_model_beam_search_matches_reference(sizes, n, beam, seed, data) -> None:
+    """Cached fast search == plain reference search (uncached decoder, Python trie) on random catalogues."""
+    n = min(n, math.prod(sizes))
+    codes = random_codes(sizes, n, seed)
+    model = _model(sizes, seed=seed % 7, dec_layers=1)
+    top_k = data.draw(st.integers(1, beam))
+    table = PrefixTable.from_codes(codes, sizes)
+    rec = GenerativeRecommender(model, codes.numpy(), beam_size=beam)
+    batch = _batch(codes.numpy(), 3, seed)
+    items, scores, out_codes = rec.generate(batch, top_k, beam_size=beam)
+    with torch.no_grad():
+        memory, mask = model.encode_batch(batch)
+        state = {"m": memory.repeat_interleave(beam, 0), "k": mask.repeat_interleave(beam, 0)}
+        ref = beam_search_reference(lambda t, s, st_: (model.step_log_probs(t, s, st_["m"], st_["k"]), st_),
+                                    batch_size=3, table=table, beam_size=beam, top_k=top_k, state=state,
+                                    return_codes=True)
+    # random weights give continuous scores; equal items up to float noise in near-ties
+    torch.testing.assert_close(scores, ref[1], atol=1e-4, rtol=0)
+    same = items == ref[0]
+    assert same.all() or bool(((scores - ref[1]).abs() < 1e-4)[~same].all())
+    live = items >= 0
+    assert torch.equal(out_codes[live], codes[items[live]])
+    assert int(live.sum(1).min()) == min(top_k, n)  # as many items as exist, never an invalid one
+
+
+@pytest.mark.parametrize("beam", [1, 7, 128, 512])
+def test_beam_widths_up_to_512_return_valid_distinct_items(beam: int) -> None:
+    sizes = [16, 16, 4]
+    codes = random_codes(sizes, 300, seed=3)
+    model = _model(sizes, dec_layers=1)
+    rec = GenerativeRecommender(model, codes.numpy(), beam_size=beam)
+    batch = _batch(codes.numpy(), 2, seed=4)
+    items, scores, out = rec.generate(batch, beam)  # the whole beam (Pass@K candidate set)
+    assert items.shape == (2, beam)
+    want = min(beam, 300)
+    assert ((items[:, :want] >= 0).all() and (items[:, want:] == -1).all())
+    assert all(len(set(r[:want])) == want for r in items.tolist())
+    assert torch.equal(out[:, :want], codes[items[:, :want]])
+    assert torch.isinf(scores[:, want:]).all() and (scores[:, 1:want] <= scores[:, : want - 1]).all()
+    if beam <= 128:
+        plain = rec.generate(batch, beam, cached=False)
+        torch.testing.assert_close(plain[1], scores, atol=1e-4, rtol=0)

@@ -1,0 +1,161 @@
+"""`onerec serve`: validation, metrics, micro-batching, hostile input, and a real uvicorn on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from onerec.config import load_config  # noqa: E402
+from onerec.pipeline import recommend_users, stage_data, stage_tokenize, stage_train  # noqa: E402
+from onerec.serve import RecommendService, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("serve") / "tiny"
+    cfg = load_config(preset="tiny", overrides=["train.max_steps=3", "serve.max_k=20", "serve.max_body_bytes=4096",
+                                                "serve.max_history=50"])
+    for stage in (stage_data, stage_tokenize, stage_train):
+        stage(run, cfg, progress=False)
+    return run, cfg
+
+
+@pytest.fixture(scope="module")
+def service(run):
+    return RecommendService(run[0], run[1])
+
+
+@pytest.fixture
+def client(service):
+    with TestClient(create_app(service)) as c:
+        yield c
+
+
+def test_recommend_by_user_matches_the_cli_path(run, service, client):
+    path, cfg = run
+    user = next(iter(service.user_index))
+    r = client.post("/recommend", json={"user_id": user, "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    items = [it["item_id"] for it in body["items"]]
+    assert len(items) == 5 == len(set(items)) and all(0 <= i < service.n_items for i in items)
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert items == [i for i, _ in recommend_users(path, cfg, [user], 5)[user]]
+
+
+def test_recommend_by_explicit_history(service, client):
+    r = client.post("/recommend", json={"history": [3, 1, 4, 1, 5], "k": 3})
+    assert r.status_code == 200, r.text
+    assert r.json()["history_length"] == 5 and len(r.json()["items"]) == 3
+    r2 = client.post("/recommend", json={"history": [3, 1, 4, 1, 5], "timestamps": [10, 20, 30, 40, 50],
+                                         "flags": [1, 1, 3, 1, 1], "k": 3})
+    assert r2.status_code == 200, r2.text
+
+
+@pytest.mark.parametrize(("payload", "status", "needle"), [
+    ({"history": [], "k": 3}, 422, "history' is empty"),
+    ({"history": [10**9], "k": 3}, 422, "unknown item id 1000000000"),
+    ({"history": [-1], "k": 3}, 422, "unknown item id -1"),
+    ({"history": [1], "k": 21}, 422, "less than or equal to 20"),
+    ({"history": [1], "k": 0}, 422, "greater than or equal to 1"),
+    ({"user_id": "nobody-xyz", "k": 3}, 404, "unknown user_id"),
+    ({"k": 3}, 422, "exactly one of"),
+    ({"user_id": "a", "history": [1]}, 422, "exactly one of"),
+    ({"history": [1, 2], "timestamps": [1]}, 422, "'timestamps' has 1 entries"),
+    ({"history": ["x"]}, 422, "history.0"),
+    ({"history": [1], "surprise": 1}, 422, "surprise"),
+    ({"history": list(range(51))}, 422, "at most 50"),
+])
+def test_bad_requests_get_clear_4xx(client, payload, status, needle):
+    r = client.post("/recommend", json=payload)
+    assert r.status_code == status, r.text
+    assert needle in r.text
+
+
+def test_hostile_bodies_and_the_server_keeps_serving(client):
+    good = {"history": [1, 2, 3], "k": 2}
+    hostile = [
+        (b"{not json", 400), (b"", 422), (b"[1, 2, 3]", 422), (b"null", 422),
+        (json.dumps({"history": [1] * 5000}).encode(), 413),  # over max_body_bytes
+        (b'{"history": [1e400], "k": 2}', 422), (b'{"history": [1], "k": "many"}', 422),
+        (b"\xff\xfe\x00garbage", 400), (b'{"history": [1], "k": 2, "k": 3}', 200),
+    ]
+    for body, status in hostile:
+        r = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == status, (body[:40], r.status_code, r.text[:200])
+        assert client.post("/recommend", json=good).status_code == 200
+    chunks = (b'{"history": [' + b"1, " * 100 for _ in range(100))  # chunked upload, no content-length
+    r = client.post("/recommend", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = client.post("/recommend", content=b"{}", headers={"content-type": "application/json",
+                                                          "content-length": "99999999"})
+    assert r.status_code in (400, 413)
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_healthz_metrics_openapi(client):
+    client.post("/recommend", json={"history": [1], "k": 2})
+    client.post("/recommend", json={"history": [], "k": 2})
+    assert client.get("/healthz").status_code == 200
+    text = client.get("/metrics").text
+    assert 'onerec_requests_total{path="/recommend",status="200"}' in text
+    assert 'onerec_requests_total{path="/recommend",status="422"}' in text
+    assert 'onerec_request_latency_seconds_bucket{path="/recommend",le="+Inf"}' in text
+    assert "onerec_errors_total{kind=\"client\"}" in text and "onerec_batch_size_count" in text
+    schema = client.get("/openapi.json").json()
+    assert "/recommend" in schema["paths"] and "RecommendRequest" in json.dumps(schema)
+
+
+def test_concurrent_requests_are_micro_batched_with_unchanged_answers(service):
+    app = create_app(service)
+    histories = [[int(i) for i in np.random.default_rng(s).integers(0, service.n_items, 6)] for s in range(24)]
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            together = await asyncio.gather(*[c.post("/recommend", json={"history": h, "k": 4}) for h in histories])
+            alone = [await c.post("/recommend", json={"history": h, "k": 4}) for h in histories[:4]]
+            return together, alone
+
+    together, alone = asyncio.run(go())
+    assert all(r.status_code == 200 for r in together)
+    for a, t in zip(alone, together[:4]):
+        assert [x["item_id"] for x in a.json()["items"]] == [x["item_id"] for x in t.json()["items"]]
+    batch = app.state.metrics.batch
+    assert batch.n < len(histories) + 4  # some requests shared a beam search
+
+
+def test_real_uvicorn_on_loopback(service):
+    uvicorn = pytest.importorskip("uvicorn")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            bad = c.post("/recommend", content=b"{oops", headers={"content-type": "application/json"})
+            assert bad.status_code == 400
+            r = c.post("/recommend", json={"history": [1, 2], "k": 3})
+            assert r.status_code == 200 and len(r.json()["items"]) == 3
+            assert c.get("/healthz").status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -163,6 +163,11 @@ def config_cmd(preset: str | None) -> None:
         click.echo(f"{key} = {value(key)!r}\n    {help_}")
 
 
+from onerec.bench.cli import bench  # noqa: E402  (the `onerec bench` group lives in its own module)
+
+cli.add_command(bench)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

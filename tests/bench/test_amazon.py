@@ -125,7 +125,7 @@ def test_protocol_violations_are_errors(amazon_dir, tmp_path):
         check_protocol(run, cfg)
     with pytest.raises(ConfigError, match="unknown category"):
         bench_config("books", amazon_dir)
-    with pytest.raises(DataError, match="Beauty.txt not found"):
+    with pytest.raises(DataError, match=r"Beauty\.txt not found"):
         bench_config("beauty", tmp_path / "nowhere")
 
 

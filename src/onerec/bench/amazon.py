@@ -160,7 +160,7 @@ def check_protocol(run: Path, cfg: RunConfig, codes: np.ndarray | None = None, *
                             fix="rerun the data stage with data.split=loo")
     out: dict[str, Any] = {
         "split": "leave-one-out (last = test, second to last = valid, rest = train)",
-        "users": int(len(users)), "items": int(ds.n_items), "interactions": int(ds.interactions.num_rows),
+        "users": len(users), "items": int(ds.n_items), "interactions": int(ds.interactions.num_rows),
         "max_history": cfg.model.max_history, "sasrec_max_len": cfg.eval.sasrec.max_len,
         "ranking": "full (all items)", "selection": "valid split only",
     }
@@ -186,7 +186,7 @@ def _check_codes_and_truncation(codes: np.ndarray, test: pa.Table, full: list[np
         got = batch["hist_codes"][j].numpy()[mask]
         if not np.array_equal(got, codes[want]):
             raise DataError(f"the generator's test history of row {int(r)} is not the {h} most recent items")
-    return {"full_ranking_items": int(len(codes)), "history_checked_users": int(len(rows)),
+    return {"full_ranking_items": len(codes), "history_checked_users": len(rows),
             "longest_history": int(lens.max() - 1)}
 
 

@@ -200,6 +200,11 @@ def model_info_cmd(preset: str, overrides: tuple[str, ...]) -> None:
     click.echo(json.dumps(preset_info(preset, overrides), indent=2))
 
 
+from onerec.bench.cli import bench  # noqa: E402  (the `onerec bench` group lives in its own module)
+
+cli.add_command(bench)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

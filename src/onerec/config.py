@@ -169,6 +169,15 @@ class TrainConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
     threads: int | None = opt(None, "torch CPU threads (default: torch's choice)")
     seed: int = opt(0, "random seed of initialisation and shuffling")
+    early_stop_metric: str | None = opt(None, "valid metric scored every epoch with the eval harness (beam search, "
+                                              "full ranking); the best epoch's weights are kept and training stops "
+                                              "after `patience` epochs without improvement. None: off",
+                                        choices=[None, "ndcg@10", "recall@10", "ndcg@5", "recall@5"])
+    patience: int = opt(3, "early stopping: epochs without valid improvement before training stops")
+    valid_users: int | None = opt(None, "early stopping: score only this many valid users (a fixed random subset; "
+                                        "None: all)")
+    time_budget_s: float | None = opt(None, "stop training after this many seconds, keeping the best (or last) "
+                                            "weights; the cosine schedule still spans the planned steps")
 
 
 # ------------------------------------------------------------------------- generate

@@ -168,16 +168,43 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
     model = Generator(cfg.model, sizes)
     meta = model_meta(cfg.model, sizes, n_items=len(codes))
     save_config(run, cfg)
+    scorer = valid_scorer(codes, splits["valid"], cfg) if cfg.train.early_stop_metric else None
     result = train_generator(model, train_ex, cfg.train, run / "train", meta=meta, valid=valid_ex, resume=resume,
-                             progress=progress)
+                             progress=progress, score_valid=scorer)
     summary = {
         "parameters": model.num_parameters(), "examples": len(train_ex), "steps": len(result.loss),
         "final_loss": float(np.mean(result.loss[-50:])),
         "valid_loss": result.valid[-1]["loss"] if result.valid else None,
         "seconds": round(result.seconds, 1),
     }
+    if scorer is not None:
+        summary.update(best_epoch=result.best_epoch, stopped=result.stopped,
+                       valid_curve=[{k: v for k, v in r.items() if k != "loss"} for r in result.valid])
     write_json(run / "train" / "metrics.json", summary)
     return summary
+
+
+def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig):
+    """``score(model) -> float``: ``cfg.train.early_stop_metric`` on the valid split (or a fixed random
+    subset of ``cfg.train.valid_users`` rows), by the same beam search and harness as the test score."""
+    from onerec.eval.harness import evaluate
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.train.loop import resolve_device
+
+    metric = cfg.train.early_stop_metric
+    k = int(metric.split("@")[1])
+    n = cfg.train.valid_users
+    if n is not None and n < valid.num_rows:
+        rows = np.sort(np.random.default_rng(cfg.train.seed).choice(valid.num_rows, n, replace=False))
+        valid = valid.take(pa.array(rows))
+    device = resolve_device(cfg.train.device)
+
+    def score(model) -> float:
+        gen = GenerativeRecommender(model, codes, beam_size=max(cfg.generate.beam_size, k),
+                                    batch_size=cfg.generate.batch_size, device=device)
+        return evaluate(gen, valid, ks=(k,), batch_size=cfg.generate.batch_size)[metric]
+
+    return score
 
 
 def load_generator(run: Path, device: str = "cpu"):

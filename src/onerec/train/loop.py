@@ -3,12 +3,20 @@
 The order of examples is a pure function of (seed, epoch), and every checkpoint stores the
 optimizer moments and the torch RNG state, so a run resumed from a checkpoint reproduces the
 loss curve of the uninterrupted run step for step (see tests/train/test_resume.py).
+
+Optional model selection on the valid split (``train.early_stop_metric``, off by default): after
+every epoch a caller-supplied ``score_valid(model) -> float`` (the eval harness: beam search,
+full ranking, see :func:`onerec.pipeline.valid_scorer`) scores the model; the best epoch's
+weights are kept and written as the final model, and training stops after ``train.patience``
+epochs without improvement. ``train.time_budget_s`` stops a run early on wall time. The best
+weights live in memory only: a resumed run starts its best-epoch tracking afresh.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,10 +64,12 @@ class TrainResult:
     seconds: float = 0.0
     # MoE models: every log_every steps, the share of tokens each expert got, per MoE layer
     expert_load: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: float | None = None  # epoch whose weights were kept (early stopping only)
+    stopped: str | None = None  # why training ended before its planned steps: "patience" | "time_budget"
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "loss": self.loss, "valid": self.valid, "seconds": self.seconds,
-                "expert_load": self.expert_load}
+                "expert_load": self.expert_load, "best_epoch": self.best_epoch, "stopped": self.stopped}
 
 
 @torch.no_grad()
@@ -88,6 +98,7 @@ def train_generator(
     resume: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
+    score_valid: Callable[[Generator], float] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train`` and write ``out_dir/{model.safetensors, model.json, history.json}``.
 
@@ -95,6 +106,8 @@ def train_generator(
         meta: written to model.json (model config, codebook sizes); a resumed checkpoint must match it.
         resume: continue from the latest checkpoint in ``out_dir/checkpoints``.
         stop_at: stop after this global step (used to test resuming); the run is left resumable.
+        score_valid: with ``cfg.early_stop_metric``, scores the model on the valid split after each
+            epoch (higher is better); the best epoch's weights become the saved model.
     """
     out_dir = Path(out_dir)
     if cfg.threads:
@@ -126,6 +139,8 @@ def train_generator(
         result = TrainResult(state["steps"], state["loss"], state["valid"], state["seconds"],
                              state.get("expert_load", []))
     t0 = time.perf_counter() - result.seconds
+    select = cfg.early_stop_metric is not None and score_valid is not None
+    best_score, best_state, bad_epochs = -math.inf, None, 0
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     order, order_epoch = None, -1
     while step < total:
@@ -152,19 +167,40 @@ def train_generator(
             if load:  # loss-free balancing at work: max share 1/X is perfectly even
                 result.expert_load.append({"step": step, "max_share": max(max(v) for v in load.values()),
                                            "layers": load})
-        if valid is not None and (step % steps_per_epoch == 0 or step == total):
+        over_time = cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s
+        epoch_end = step % steps_per_epoch == 0 or step == total or over_time
+        if valid is not None and epoch_end:
             result.valid.append({"step": step, "epoch": step / steps_per_epoch,
                                  "loss": validation_loss(model, valid, device)})
-        done = step == total or (stop_at is not None and step >= stop_at)
+        if select and epoch_end:
+            score = float(score_valid(model))
+            model.train()
+            if result.valid and result.valid[-1]["step"] == step:
+                result.valid[-1][cfg.early_stop_metric] = score
+            else:
+                result.valid.append({"step": step, "epoch": step / steps_per_epoch, cfg.early_stop_metric: score})
+            if score > best_score:
+                best_score, bad_epochs, result.best_epoch = score, 0, step / steps_per_epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            if bad_epochs >= max(cfg.patience, 1) and step < total:
+                result.stopped = "patience"
+        if over_time and step < total and result.stopped is None:
+            result.stopped = "time_budget"
+        done = step == total or (stop_at is not None and step >= stop_at) or result.stopped is not None
         if step % cfg.checkpoint_every == 0 or done:
             result.seconds = time.perf_counter() - t0
             _checkpoint(out_dir, model, opt, meta, step, result)
-        if stop_at is not None and step >= stop_at:
+        if (stop_at is not None and step >= stop_at) or result.stopped is not None:
             break
     bar.close()
     result.seconds = time.perf_counter() - t0
-    if step == total:
-        save_model(out_dir, model, {**meta, "train": to_dict(cfg), "steps": step})
+    if step == total or result.stopped is not None:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        extra = {k: v for k, v in (("best_epoch", result.best_epoch), ("stopped", result.stopped)) if v is not None}
+        save_model(out_dir, model, {**meta, "train": to_dict(cfg), "steps": step, **extra})
         write_json(out_dir / "history.json", result.to_dict())
     return result
 

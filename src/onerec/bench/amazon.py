@@ -1,0 +1,356 @@
+"""``onerec bench amazon``: the TIGER protocol on Amazon 2014 Beauty / Sports / Toys, with the
+published generative recommenders beside our rows.
+
+Protocol (TIGER, arXiv 2305.05065, Sec. 4.1, and the papers that quote it):
+
+* data: the S3Rec 5-core files ``amazon2014_s3rec/<Cat>.txt`` (one chronological line per user);
+* split: leave-one-out per user: last item = test target, second to last = valid target, the
+  rest = train (:func:`onerec.data.splits.leave_one_out`);
+* history: the 20 most recent items before the target (``model.max_history`` for onerec,
+  ``eval.sasrec.max_len`` for SASRec; both must equal ``--max-history``);
+* full ranking over every item of the catalogue; Recall@5/10 and NDCG@5/10 (one target, so
+  Recall@K is the hit rate), means over all users (:mod:`onerec.eval.harness`);
+* model selection and early stopping on the valid split only; the test split is scored once,
+  after training.
+
+:func:`check_protocol` verifies the split and the truncation on the written run directory and
+records what it checked in the results file. Item content: the S3Rec attribute ids (category
+and brand, anonymous ids, as tokens ``attr:<id>``) and, where ``amazon2014_text/`` has the
+category (Beauty, Toys), the title and first category path, all embedded by the default content
+backend (TF-IDF + SVD). Each seed re-fits the tokenizer (k-means initialisation), the generator
+and both SASRec variants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from onerec.config import RunConfig, load_config, to_dict
+from onerec.errors import ConfigError, DataError
+from onerec.io import read_json, write_json
+
+METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+PROTOCOL_HISTORY = 20
+MODELS = ("onerec", "sasrec_ce", "sasrec_bce")
+
+# category flag -> (S3Rec file name, amazon2014_text file prefix or None)
+CATEGORIES: dict[str, tuple[str, str | None]] = {
+    "beauty": ("Beauty", "Beauty"),
+    "sports": ("Sports_and_Outdoors", None),
+    "toys": ("Toys_and_Games", "Toys"),
+}
+
+# /work/shared/design/PAPERS.md, "Published results (Amazon 2014, TIGER protocol)":
+# Recall@5, NDCG@5, Recall@10, NDCG@10.
+PUBLISHED: dict[str, dict[str, tuple[float, ...]]] = {
+    "beauty": {
+        "SASRec (BCE, as quoted by TIGER)": (.0387, .0249, .0605, .0318),
+        "TIGER": (.0454, .0321, .0648, .0384),
+        "ActionPiece": (.0511, .0340, .0775, .0424),
+        "RPG (history 50)": (.0550, .0381, .0809, .0464),
+    },
+    "sports": {
+        "SASRec (BCE, as quoted by TIGER)": (.0233, .0154, .0350, .0192),
+        "TIGER": (.0264, .0181, .0400, .0225),
+        "ActionPiece": (.0316, .0205, .0500, .0264),
+        "RPG (history 50)": (.0314, .0216, .0463, .0263),
+    },
+    "toys": {
+        "SASRec (BCE, as quoted by TIGER)": (.0463, .0306, .0675, .0374),
+        "TIGER": (.0521, .0371, .0712, .0432),
+        "RPG (history 50)": (.0592, .0401, .0869, .0490),
+    },
+}
+
+
+def result_key(model: str) -> str:
+    """Name of a model in the results file: ``sasrec_ce`` -> ``sasrec-ce``."""
+    return model.replace("_", "-")
+
+
+# -------------------------------------------------------------------------- config
+def bench_config(category: str, datasets: str | Path, *, preset: str = "amazon", config_file: str | None = None,
+                 overrides: tuple[str, ...] | list[str] = (), text: bool = True,
+                 max_history: int = PROTOCOL_HISTORY) -> RunConfig:
+    """The run config of one category: the preset, then the dataset paths, then ``overrides``."""
+    if category not in CATEGORIES:
+        raise ConfigError(f"unknown category '{category}'; choose one of {', '.join(CATEGORIES)}")
+    name, text_prefix = CATEGORIES[category]
+    datasets = Path(datasets)
+    s3rec = datasets / "amazon2014_s3rec"
+    if not (s3rec / f"{name}.txt").is_file():
+        raise DataError(f"{name}.txt not found", path=str(s3rec),
+                        fix="pass --datasets pointing at the folder that holds amazon2014_s3rec/")
+    paths = [f"data.path={s3rec}", f"data.name={name}", f"model.max_history={max_history}",
+             f"eval.sasrec.max_len={max_history}"]
+    text_dir = datasets / "amazon2014_text"
+    if text and text_prefix and (text_dir / f"{text_prefix}_items.tsv").is_file():
+        paths.append(f"data.options.text_path={text_dir}")
+    cfg = load_config(preset=preset, file=config_file, overrides=[*paths, *overrides])
+    if cfg.data.source != "amazon2014" or cfg.data.split != "loo":
+        raise ConfigError("the TIGER protocol needs data.source=amazon2014 and data.split=loo "
+                          f"(got {cfg.data.source}, {cfg.data.split})")
+    return cfg
+
+
+def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
+    """``cfg`` with every random seed of the run (tokenizer, generator, SASRec) set to ``seed``."""
+    cfg = dataclasses.replace(cfg)  # shallow: replace the sections we change
+    cfg.tokenizer = dataclasses.replace(cfg.tokenizer, seed=seed)
+    cfg.train = dataclasses.replace(cfg.train, seed=seed)
+    cfg.eval = dataclasses.replace(cfg.eval, sasrec=dataclasses.replace(cfg.eval.sasrec, seed=seed))
+    return cfg
+
+
+# ------------------------------------------------------------------------ protocol
+def check_protocol(run: Path, cfg: RunConfig, codes: np.ndarray | None = None, *, sample: int = 2000) -> dict[str, Any]:
+    """Verify that RUN/data holds the TIGER protocol exactly; return what was checked.
+
+    * every user of the dataset appears once in each split;
+    * train = the sequence without its last two items; valid = (all but the last two -> the
+      second to last); test = (all but the last -> the last);
+    * onerec and SASRec both see the ``model.max_history`` most recent items (checked on the
+      generator's featurized test histories of up to ``sample`` users, longest first);
+    * with ``codes``: every item has a distinct semantic ID, so beam search ranks the whole
+      catalogue (full ranking).
+
+    Raises:
+        DataError / ConfigError naming what does not hold.
+    """
+    from onerec.data.schema import Dataset
+    from onerec.data.splits import Sequences, list_column, load_splits
+
+    if cfg.model.max_history != cfg.eval.sasrec.max_len:
+        raise ConfigError(f"model.max_history={cfg.model.max_history} but eval.sasrec.max_len="
+                          f"{cfg.eval.sasrec.max_len}: both models must see the same history length")
+    ds = Dataset.load(run / "data", validate=False)
+    seq = Sequences.from_interactions(ds.interactions, ds.n_users, cfg.data.positive)
+    splits = load_splits(run / "data" / "split", n_items=ds.n_items)
+    lens = seq.lengths()
+    users = np.flatnonzero(lens >= 3)
+    where = str(run / "data" / "split")
+    for name, table in splits.items():
+        got = table["user_id"].to_numpy()
+        if not np.array_equal(got, users):
+            raise DataError(f"{name} split has {len(got)} users, expected the {len(users)} users with >= 3 items",
+                            path=where, fix="rerun the data stage with data.split=loo")
+    full = [seq.items[seq.offsets[u]:seq.offsets[u + 1]] for u in users]
+    checks = {
+        "train": (list_column(splits["train"], "items"), [s[:-2] for s in full]),
+        "valid history": (list_column(splits["valid"], "history"), [s[:-2] for s in full]),
+        "valid target": (list_column(splits["valid"], "targets"), [s[-2:-1] for s in full]),
+        "test history": (list_column(splits["test"], "history"), [s[:-1] for s in full]),
+        "test target": (list_column(splits["test"], "targets"), [s[-1:] for s in full]),
+    }
+    for what, (got, want) in checks.items():
+        bad = next((i for i, (g, w) in enumerate(zip(got, want)) if not np.array_equal(g, w)), None)
+        if bad is not None:
+            raise DataError(f"{what} of user {int(users[bad])} is not leave-one-out", path=where,
+                            fix="rerun the data stage with data.split=loo")
+    out: dict[str, Any] = {
+        "split": "leave-one-out (last = test, second to last = valid, rest = train)",
+        "users": len(users), "items": int(ds.n_items), "interactions": int(ds.interactions.num_rows),
+        "max_history": cfg.model.max_history, "sasrec_max_len": cfg.eval.sasrec.max_len,
+        "ranking": "full (all items)", "selection": "valid split only",
+    }
+    if codes is not None:
+        out.update(_check_codes_and_truncation(codes, splits["test"], full, cfg.model.max_history, sample))
+    return out
+
+
+def _check_codes_and_truncation(codes: np.ndarray, test: pa.Table, full: list[np.ndarray], h: int,
+                                sample: int) -> dict[str, Any]:
+    from onerec.features import EvalExamples, HistoryFeaturizer
+
+    codes = np.asarray(codes)
+    if len(np.unique(codes, axis=0)) != len(codes):
+        raise DataError("two items share a semantic ID, so beam search cannot rank every item",
+                        fix="keep tokenizer.unique_level=true")
+    lens = np.array([len(s) for s in full])
+    rows = np.sort(np.argsort(-lens, kind="stable")[:sample])  # the longest histories exercise truncation
+    batch = EvalExamples(test, HistoryFeaturizer(codes, h)).batch(rows)
+    for j, r in enumerate(rows):
+        want = full[r][:-1][-h:]
+        mask = batch["hist_mask"][j].numpy()
+        got = batch["hist_codes"][j].numpy()[mask]
+        if not np.array_equal(got, codes[want]):
+            raise DataError(f"the generator's test history of row {int(r)} is not the {h} most recent items")
+    return {"full_ranking_items": len(codes), "history_checked_users": len(rows),
+            "longest_history": int(lens.max() - 1)}
+
+
+# --------------------------------------------------------------------------- runs
+def _machine() -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "gpu": gpu, "threads": torch.get_num_threads()}
+
+
+def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, progress: bool = False,
+             log=print) -> dict[str, Any]:
+    """Tokenize, train and score every model of one seed in ``run`` (whose data/ is already written)."""
+    from onerec.baselines import build_baseline
+    from onerec.data.splits import load_splits
+    from onerec.eval.harness import evaluate
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.pipeline import load_codes, load_generator, stage_tokenize, stage_train
+    from onerec.train.loop import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    out: dict[str, Any] = {"seed": cfg.train.seed, "models": {}}
+    t0 = time.perf_counter()
+    out["tokenizer"] = {k: v for k, v in stage_tokenize(run, cfg, progress=progress).items()
+                        if not isinstance(v, (list, dict))}
+    codes = load_codes(run)
+    out["protocol"] = check_protocol(run, cfg, codes)
+    splits = load_splits(run / "data" / "split", n_items=len(codes))
+    ks = (5, 10)
+    for name in models:
+        t1 = time.perf_counter()
+        if name == "onerec":
+            summary = stage_train(run, cfg, progress=progress)
+            train_s = time.perf_counter() - t1
+            gen = GenerativeRecommender(load_generator(run, str(device)), codes, beam_size=cfg.generate.beam_size,
+                                        batch_size=cfg.generate.batch_size, device=device)
+            metrics = evaluate(gen, splits["test"], ks=ks, batch_size=cfg.generate.batch_size)
+            info = {"train_seconds": round(train_s, 1), "parameters": summary["parameters"],
+                    "steps": summary["steps"], "best_epoch": summary.get("best_epoch"),
+                    "stopped": summary.get("stopped"), "valid_curve": summary.get("valid_curve")}
+        elif name in ("sasrec_ce", "sasrec_bce"):
+            rec = build_baseline(name, cfg.eval.sasrec, device=device)
+            rec.fit(splits["train"], n_items=len(codes), valid=splits["valid"])
+            train_s = time.perf_counter() - t1
+            metrics = evaluate(rec, splits["test"], ks=ks)
+            info = {"train_seconds": round(train_s, 1), "epochs": len(rec.train_log), "best_epoch": rec.best_epoch,
+                    "parameters": sum(p.numel() for p in rec.model.parameters())}
+        else:
+            raise ConfigError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
+        info["seconds"] = round(time.perf_counter() - t1, 1)
+        out["models"][name] = {**{m: metrics[m] for m in METRICS}, **info}
+        log(f"  seed {cfg.train.seed} {name}: " + " ".join(f"{m} {metrics[m]:.4f}" for m in METRICS)
+            + f"  ({info['seconds']:.0f}s)")
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean and (sample) standard deviation over seeds of each model's metrics."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in runs[0]["models"]:
+        rows = [r["models"][name] for r in runs]
+        entry: dict[str, Any] = {m: statistics.fmean(r[m] for r in rows) for m in METRICS}
+        entry["std"] = {m: (statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0) for m in METRICS}
+        entry["per_seed"] = [{"seed": run["seed"], **{m: r[m] for m in METRICS}} for run, r in zip(runs, rows)]
+        entry["train_seconds"] = [r["train_seconds"] for r in rows]
+        for key in ("parameters", "best_epoch", "stopped", "steps", "epochs"):
+            if key in rows[0]:
+                entry[key] = [r.get(key) for r in rows] if key != "parameters" else rows[0][key]
+        out[result_key(name)] = entry
+    return out
+
+
+def format_table(result: dict[str, Any], category: str) -> str:
+    """Our rows (mean ± std over seeds) and the published rows, as a Markdown table."""
+    head = "| model | R@5 | N@5 | R@10 | N@10 | seeds |\n|---|---:|---:|---:|---:|---:|"
+    lines = [head]
+    for name in result["models"]:
+        e = result[name]
+        n = len(e["per_seed"])
+        cells = [f"{e[m]:.4f}" + (f" ± {e['std'][m]:.4f}" if n > 1 else "") for m in METRICS]
+        lines.append(f"| {name} (ours) | " + " | ".join(cells) + f" | {n} |")
+    for name, vals in PUBLISHED.get(category, {}).items():
+        lines.append(f"| {name} (published) | " + " | ".join(f"{v:.4f}" for v in vals) + " | - |")
+    return "\n".join(lines)
+
+
+def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: list[int],
+               models: tuple[str, ...] | list[str] = MODELS, preset: str = "amazon", config_file: str | None = None,
+               overrides: tuple[str, ...] | list[str] = (), text: bool = True, max_history: int = PROTOCOL_HISTORY,
+               results: str | Path | None = None, command: str = "", note: str = "", progress: bool = False,
+               log=print) -> dict[str, Any]:
+    """The whole benchmark of one category; writes ``results`` (JSON) when given and returns it.
+
+    Layout: ``OUT/seed<s>/`` is a complete run directory per seed (data/ is written once, in
+    ``OUT/seed<first>``, and linked from the others).
+    """
+    from onerec.pipeline import stage_data
+
+    if not seeds:
+        raise ConfigError("give at least one seed")
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ConfigError(f"unknown model '{unknown[0]}'; choose from {', '.join(MODELS)}")
+    cfg = bench_config(category, datasets, preset=preset, config_file=config_file, overrides=overrides, text=text,
+                       max_history=max_history)
+    out = Path(out)
+    first = out / f"seed{seeds[0]}"
+    t0 = time.perf_counter()
+    log(f"== data: {cfg.data.name} ==")
+    summary = stage_data(first, cfg, progress=progress)
+    check_protocol(first, cfg)
+    log(f"  {summary['users']} users, {summary['items']} items, {summary['interactions']} interactions")
+    runs = []
+    for seed in seeds:
+        run = out / f"seed{seed}"
+        if run != first:
+            run.mkdir(parents=True, exist_ok=True)
+            link = run / "data"
+            if not link.exists():
+                link.symlink_to((first / "data").resolve(), target_is_directory=True)
+        log(f"== seed {seed} ==")
+        runs.append(run_seed(run, seed_config(cfg, seed), models, progress=progress, log=log))
+    result: dict[str, Any] = {
+        "benchmark": f"amazon-{category}", "category": cfg.data.name,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "note": note, "machine": _machine(), "seeds": list(seeds),
+        "models": [result_key(m) for m in models],
+        **aggregate(runs),
+        "published": {k: dict(zip(METRICS, v)) for k, v in PUBLISHED.get(category, {}).items()},
+        "protocol": runs[0]["protocol"], "dataset": summary,
+        "tokenizer": [r["tokenizer"] for r in runs],
+        "runs": runs, "seconds": round(time.perf_counter() - t0, 1), "config": to_dict(cfg),
+    }
+    if results is not None:
+        write_json(results, result)
+    return result
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    return read_json(path)
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from runs of different models over the same seeds (e.g. onerec and SASRec
+    trained in two processes at once): model entries side by side, per-seed runs joined."""
+    if not parts:
+        raise ConfigError("nothing to merge")
+    seeds = parts[0]["seeds"]
+    for p in parts[1:]:
+        if p["seeds"] != seeds:
+            raise ConfigError(f"cannot merge results over different seeds ({seeds} vs {p['seeds']})")
+    out = dict(parts[0])
+    out["models"] = []
+    for p in parts:
+        for name in p["models"]:
+            if name in out["models"]:
+                raise ConfigError(f"model '{name}' appears in two results files")
+            out["models"].append(name)
+            out[name] = p[name]
+    out["runs"] = [{**r0, "models": {k: v for p in parts for k, v in p["runs"][i]["models"].items()}}
+                   for i, r0 in enumerate(parts[0]["runs"])]
+    out["seconds"] = sum(p["seconds"] for p in parts)
+    out["command"] = " && ".join(p.get("command", "") for p in parts if p.get("command"))
+    return out

@@ -1,0 +1,115 @@
+"""The ``onerec bench`` command group (imported by :mod:`onerec.cli`)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_DATASETS = Path("../shared/datasets")
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}': give comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise click.BadParameter("give at least one seed")
+    return seeds
+
+
+@click.group()
+def bench() -> None:
+    """Paper-comparable benchmarks (results JSON + a table beside the published numbers)."""
+
+
+@bench.command()
+@click.option("--category", type=click.Choice(["beauty", "sports", "toys"]), required=True)
+@click.option("--datasets", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATASETS,
+              show_default=True, help="folder holding amazon2014_s3rec/ (and amazon2014_text/ for titles).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="run directories, one per seed [default: runs/bench-amazon-<category>].")
+@click.option("--results", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="results JSON [default: benchmarks/results/amazon-<category>.json].")
+@click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds.")
+@click.option("--models", default="onerec,sasrec_ce,sasrec_bce", show_default=True,
+              help="comma-separated: onerec, sasrec_ce, sasrec_bce.")
+@click.option("--preset", default="amazon", show_default=True, help="config preset.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML config applied after the preset.")
+@click.option("--no-text", is_flag=True, help="ignore amazon2014_text/ (attribute ids only), as for Sports.")
+@click.option("--max-history", default=20, show_default=True, help="history length (the TIGER protocol: 20).")
+@click.option("--budget-s", type=float, default=None,
+              help="wall-time cap in seconds for training each model (sets train.time_budget_s and "
+                   "eval.sasrec.time_budget_s); the best valid epoch so far is kept.")
+@click.option("--note", default="", help="free text stored in the results (e.g. the machine's load).")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def amazon(category: str, datasets: Path, out: Path | None, results: Path | None, seeds: str, models: str,
+           preset: str, config_file: str | None, no_text: bool, max_history: int, budget_s: float | None, note: str,
+           overrides: tuple[str, ...]) -> None:
+    """Amazon 2014 under the TIGER protocol: data -> content vectors -> semantic IDs -> train -> test,
+    onerec and SASRec (CE, BCE) in one harness, printed beside the published numbers."""
+    from onerec.bench.amazon import format_table, run_amazon
+
+    extra = list(overrides)
+    if budget_s is not None:
+        extra = [f"train.time_budget_s={budget_s}", f"eval.sasrec.time_budget_s={budget_s}", *extra]
+    out = out or Path("runs") / f"bench-amazon-{category}"
+    results = results or Path("benchmarks") / "results" / f"amazon-{category}.json"
+    result = run_amazon(category, datasets, out, seeds=_seeds(seeds),
+                        models=[m.strip() for m in models.split(",") if m.strip()], preset=preset,
+                        config_file=config_file, overrides=extra, text=not no_text, max_history=max_history,
+                        results=results, command="onerec " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                        note=note, log=click.echo)
+    click.echo(f"\nAmazon 2014 {result['category']}, TIGER protocol, test split, seeds {result['seeds']}\n")
+    click.echo(format_table(result, category))
+    click.echo(f"\nwrote {results}")
+
+
+@bench.command()
+@click.option("--datasets", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATASETS,
+              show_default=True, help="folder holding amazon2018_scientific_lcrec/.")
+@click.option("--indexes", default="ours,rkmeans_zcr,letter_zcr,rqvae_zcr", show_default=True,
+              help="comma-separated: 'ours' (our tokenizer on the item text) and published index names "
+                   "(files <name>.index.json in indexes/).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench-scientific"),
+              show_default=True)
+@click.option("--results", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("benchmarks/results/amazon2018-scientific-indexes.json"), show_default=True)
+@click.option("--seeds", default="0", show_default=True, help="comma-separated seeds.")
+@click.option("--preset", default="amazon", show_default=True)
+@click.option("--budget-s", type=float, default=None, help="wall-time cap in seconds for each model's training.")
+@click.option("--note", default="")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def scientific(datasets: Path, indexes: str, out: Path, results: Path, seeds: str, preset: str,
+               budget_s: float | None, note: str, overrides: tuple[str, ...]) -> None:
+    """Amazon 2018 Scientific (real text): our semantic IDs against published indexes, same model and protocol."""
+    from onerec.bench.scientific import format_table, run_scientific
+
+    extra = list(overrides)
+    if budget_s is not None:
+        extra = [f"train.time_budget_s={budget_s}", *extra]
+    result = run_scientific(datasets, out, indexes=[s.strip() for s in indexes.split(",") if s.strip()],
+                            seeds=_seeds(seeds), preset=preset, overrides=extra, results=results,
+                            command="onerec " + " ".join(shlex.quote(a) for a in sys.argv[1:]), note=note,
+                            log=click.echo)
+    click.echo("\n" + format_table(result))
+    click.echo(f"\nwrote {results}")
+
+
+@bench.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def merge(parts: tuple[Path, ...], out_path: Path) -> None:
+    """Join results files of different models over the same seeds (e.g. onerec and SASRec run in two processes)."""
+    from onerec.bench.amazon import format_table, merge_results
+    from onerec.io import read_json, write_json
+
+    result = merge_results([read_json(p) for p in parts])
+    write_json(out_path, result)
+    category = result["benchmark"].split("-", 1)[1] if "-" in result.get("benchmark", "") else ""
+    click.echo(format_table(result, category))
+    click.echo(f"\nwrote {out_path}")

@@ -1,0 +1,169 @@
+"""``onerec bench scientific``: is our tokenizer competitive with published semantic-ID indexes?
+
+Amazon 2018 Industrial & Scientific in the LC-Rec layout (``amazon2018_scientific_lcrec/``) has
+real item text (title, description, brand, categories) and, in ``indexes/``, ten published
+semantic-ID indexes (``<name>.index.json``: ``{"<item id>": ["<a_12>", "<b_7>", ...]}``, one
+token per level; ``*_zcr`` are collision-free, ``*_native`` may give two items the same ID).
+
+Every index -- ours (item text -> default content backend -> residual k-means, the run's
+``tokenizer.*``) and each published one -- is trained and scored with the *same* generator,
+training budget, seed and protocol (leave-one-out, history 20, full ranking, valid-only model
+selection), so only the item IDs differ. A published index whose IDs collide gets the same
+extra collision level as ours (:func:`onerec.tokenizer.add_unique_level`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from onerec.bench.amazon import METRICS, PROTOCOL_HISTORY, _machine, check_protocol, seed_config
+from onerec.config import RunConfig, load_config, to_dict
+from onerec.errors import ConfigError, DataError
+from onerec.io import read_json, read_parquet, write_json, write_parquet
+
+_TOKEN = re.compile(r"^<([a-z])_(\d+)>$")
+FOLDER = "amazon2018_scientific_lcrec"
+
+
+def load_index(path: str | Path, raw_ids: list[str]) -> np.ndarray:
+    """Codes int64 [N, L] of the items ``raw_ids`` (in dense item order) from a published index file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("index file not found", path=str(path), fix="name a file of the indexes/ folder")
+    obj = read_json(path)
+    rows = []
+    for raw in raw_ids:
+        tokens = obj.get(str(raw))
+        if tokens is None:
+            raise DataError(f"item '{raw}' has no semantic ID", path=str(path),
+                            fix="the index must cover every item of the dataset")
+        row = []
+        for level, tok in enumerate(tokens):
+            m = _TOKEN.match(str(tok))
+            if m is None or ord(m.group(1)) - ord("a") != level:
+                raise DataError(f"item '{raw}': token {tok!r} at level {level} is not '<{chr(97 + level)}_N>'",
+                                path=str(path), fix="each item maps to ['<a_N>', '<b_N>', ...]")
+            row.append(int(m.group(2)))
+        rows.append(row)
+    if len({len(r) for r in rows}) != 1:
+        raise DataError("items have IDs of different lengths", path=str(path), fix="use a fixed-depth index")
+    return np.array(rows, dtype=np.int64)
+
+
+def write_codes(run: Path, codes: np.ndarray, metrics: dict[str, Any]) -> list[int]:
+    """RUN/tokenizer/codes.parquet + metrics.json for given codes (what ``stage_tokenize`` writes)."""
+    from onerec.tokenizer import add_unique_level, code_metrics
+
+    codes_t = torch.as_tensor(codes)
+    sizes = [int(codes_t[:, i].max()) + 1 for i in range(codes_t.shape[1])]
+    stats = code_metrics(codes_t, sizes)
+    if stats["collision_rate"] > 0:
+        codes_t, extra = add_unique_level(codes_t)
+        sizes.append(int(extra))
+    codes = codes_t.numpy()
+    out = run / "tokenizer"
+    write_parquet(out / "codes.parquet", pa.table({
+        "item_id": np.arange(len(codes), dtype=np.int64),
+        "sid": pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), codes.shape[1]),
+    }))
+    write_json(out / "metrics.json", {**metrics, **stats, "codebook_sizes": sizes})
+    return sizes
+
+
+def scientific_config(datasets: str | Path, *, preset: str = "amazon",
+                      overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
+    folder = Path(datasets) / FOLDER
+    if not (folder / "Scientific.inter.json").is_file():
+        raise DataError("Scientific.inter.json not found", path=str(folder),
+                        fix="pass --datasets pointing at the folder that holds amazon2018_scientific_lcrec/")
+    base = ["data.source=lcrec", f"data.path={folder}", "data.name=Scientific",
+            "content.text_fields=[title,brand,category,text]", f"model.max_history={PROTOCOL_HISTORY}",
+            f"eval.sasrec.max_len={PROTOCOL_HISTORY}"]
+    return load_config(preset=preset, overrides=[*base, *overrides])
+
+
+def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str], seeds: list[int],
+                   preset: str = "amazon", overrides: tuple[str, ...] | list[str] = (),
+                   results: str | Path | None = None, command: str = "", note: str = "", log=print) -> dict[str, Any]:
+    """Train and score the same generator on each index; write ``results`` when given."""
+    from onerec.data.splits import load_splits
+    from onerec.eval.harness import evaluate
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.pipeline import load_codes, load_generator, stage_data, stage_tokenize, stage_train
+    from onerec.train.loop import resolve_device
+
+    if not indexes or not seeds:
+        raise ConfigError("give at least one index and one seed")
+    cfg = scientific_config(datasets, preset=preset, overrides=overrides)
+    index_dir = Path(datasets) / FOLDER / "indexes"
+    out = Path(out)
+    base = out / "data-run"
+    t0 = time.perf_counter()
+    summary = stage_data(base, cfg)
+    check_protocol(base, cfg)
+    raw_ids = [str(r) for r in read_parquet(base / "data" / "items.parquet")["raw_id"].to_pylist()]
+    log(f"Scientific: {summary['users']} users, {summary['items']} items, {summary['interactions']} interactions")
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    per: dict[str, list[dict[str, Any]]] = {}
+    for name in indexes:
+        for seed in seeds:
+            scfg = seed_config(cfg, seed)
+            run = out / f"{name}-seed{seed}"
+            run.mkdir(parents=True, exist_ok=True)
+            if not (run / "data").exists():
+                (run / "data").symlink_to((base / "data").resolve(), target_is_directory=True)
+            t1 = time.perf_counter()
+            if name == "ours":
+                tok = stage_tokenize(run, scfg)
+                stats = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
+                stats["codebook_sizes"] = tok["codebook_sizes"]
+            else:
+                sizes = write_codes(run, load_index(index_dir / f"{name}.index.json", raw_ids), {"index": name})
+                stats = {k: v for k, v in read_json(run / "tokenizer" / "metrics.json").items()
+                         if not isinstance(v, (list, dict))}
+                stats["codebook_sizes"] = sizes
+            codes = load_codes(run)
+            check_protocol(run, scfg, codes)
+            train = stage_train(run, scfg, progress=False)
+            gen = GenerativeRecommender(load_generator(run, str(device)), codes, beam_size=scfg.generate.beam_size,
+                                        batch_size=scfg.generate.batch_size, device=device)
+            splits = load_splits(run / "data" / "split", n_items=len(codes))
+            metrics = evaluate(gen, splits["test"], ks=(5, 10), batch_size=scfg.generate.batch_size)
+            row = {"seed": seed, **{m: metrics[m] for m in METRICS}, "train_seconds": train["seconds"],
+                   "best_epoch": train.get("best_epoch"), "stopped": train.get("stopped"),
+                   "steps": train["steps"], "parameters": train["parameters"], "codes": stats,
+                   "seconds": round(time.perf_counter() - t1, 1)}
+            per.setdefault(name, []).append(row)
+            log(f"  {name} seed {seed}: " + " ".join(f"{m} {row[m]:.4f}" for m in METRICS)
+                + f"  (collision rate {stats.get('collision_rate', 0):.3f}, {row['seconds']:.0f}s)")
+    table = {}
+    for name, rows in per.items():
+        table[name] = {m: statistics.fmean(r[m] for r in rows) for m in METRICS}
+        table[name]["std"] = {m: statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0 for m in METRICS}
+        table[name]["per_seed"] = rows
+    result = {"benchmark": "amazon2018-scientific-indexes", "date": dt.datetime.now(dt.timezone.utc).isoformat(
+        timespec="seconds"), "command": command, "note": note, "machine": _machine(), "seeds": list(seeds),
+        "indexes": table, "dataset": summary, "seconds": round(time.perf_counter() - t0, 1), "config": to_dict(cfg)}
+    if results is not None:
+        write_json(results, result)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = ["| item IDs | R@5 | N@5 | R@10 | N@10 | collision rate | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, e in result["indexes"].items():
+        coll = e["per_seed"][0]["codes"].get("collision_rate", 0.0)
+        lines.append(f"| {name} | " + " | ".join(f"{e[m]:.4f}" for m in METRICS)
+                     + f" | {coll:.3f} | {len(e['per_seed'])} |")
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""`onerec bench amazon` end to end on a tiny synthetic dataset written in the S3Rec / TIGER layout,
+and the protocol checks (leave-one-out, history truncated to 20, full ranking)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onerec.bench.amazon import METRICS, bench_config, check_protocol, merge_results
+from onerec.cli import cli
+from onerec.data.splits import list_column, load_splits
+from onerec.errors import ConfigError, DataError
+from onerec.pipeline import stage_data
+
+N_USERS, N_ITEMS = 40, 30
+TINY = ["content.dim=8", "tokenizer.levels=2", "tokenizer.codebook_size=4", "tokenizer.iters=5",
+        "model.d_model=16", "model.n_heads=2", "model.enc_layers=1", "model.dec_layers=1",
+        "train.epochs=2", "train.batch_size=64", "train.warmup_steps=2", "train.valid_users=20",
+        "train.checkpoint_every=1000", "generate.beam_size=10", "generate.batch_size=64",
+        "eval.sasrec.epochs=2", "eval.sasrec.d_model=8", "eval.sasrec.patience=1"]
+
+
+def write_amazon(root: Path, n_users: int = N_USERS, n_items: int = N_ITEMS, seed: int = 0) -> Path:
+    """Beauty.txt (users walk item ids upward; user 1 has 30 items), attributes and a text TSV."""
+    rng = np.random.default_rng(seed)
+    s3rec, text = root / "amazon2014_s3rec", root / "amazon2014_text"
+    s3rec.mkdir(parents=True)
+    text.mkdir()
+    lines = []
+    for u in range(1, n_users + 1):
+        length = 30 if u == 1 else int(rng.integers(5, 12))
+        start = int(rng.integers(n_items))
+        lines.append(" ".join(str(x) for x in [u, *((start + t) % n_items + 1 for t in range(length))]))
+    (s3rec / "Beauty.txt").write_text("\n".join(lines) + "\n")
+    attrs = {str(i): [i % 5, 100 + i % 3] for i in range(1, n_items + 1)}
+    (s3rec / "Beauty_item2attributes.json").write_text(json.dumps(attrs))
+    rows = ["item_id\tasin\ttitle\tcategories"]
+    for i in range(1, n_items + 1):
+        rows.append(f'{i}\tB{i:09d}\tShade {i % 7} lipstick &amp; gloss {i}\t[["Beauty", "Makeup", "Lips {i % 4}"]]')
+    (text / "Beauty_items.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture
+def amazon_dir(tmp_path):
+    return write_amazon(tmp_path / "datasets")
+
+
+def test_bench_amazon_end_to_end(amazon_dir, tmp_path):
+    results = tmp_path / "amazon-beauty.json"
+    args = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--out", str(tmp_path / "runs"),
+            "--results", str(results), "--seeds", "0,1", *TINY]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "TIGER (published)" in res.output and "onerec (ours)" in res.output
+    out = json.loads(results.read_text())
+    assert out["seeds"] == [0, 1] and out["models"] == ["onerec", "sasrec-ce", "sasrec-bce"]
+    for name in out["models"]:
+        entry = out[name]
+        assert set(METRICS) <= set(entry) and len(entry["per_seed"]) == 2 and len(entry["train_seconds"]) == 2
+        for m in METRICS:
+            vals = [r[m] for r in entry["per_seed"]]
+            assert 0.0 <= entry[m] <= 1.0 and entry[m] == pytest.approx(np.mean(vals))
+            assert entry["std"][m] == pytest.approx(np.std(vals, ddof=1))
+    assert out["onerec"]["best_epoch"][0] is not None  # validation early stopping was on
+    assert out["published"]["TIGER"]["recall@10"] == 0.0648
+    proto = out["protocol"]
+    assert proto["users"] == N_USERS and proto["items"] == N_ITEMS and proto["max_history"] == 20
+    assert proto["full_ranking_items"] == N_ITEMS and proto["longest_history"] == 29
+    assert out["machine"]["cpu_count"] and out["config"]["content"]["text_fields"]
+    # the title text reached the items table (HTML-unescaped) for the content backend
+    items = (tmp_path / "runs" / "seed0" / "data" / "items.parquet")
+    assert items.exists() and (tmp_path / "runs" / "seed1" / "data").is_symlink()
+
+
+def test_protocol_is_leave_one_out_with_history_20(amazon_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = bench_config("beauty", amazon_dir, overrides=TINY)
+    stage_data(run, cfg)
+    splits = load_splits(run / "data" / "split")
+    # user 1 (dense 0) has 30 items: raw ids 1-based -> dense 0-based
+    seq = np.array([int(x) - 1 for x in (amazon_dir / "amazon2014_s3rec" / "Beauty.txt").read_text().split("\n")[0]
+                    .split()[1:]])
+    assert list_column(splits["test"], "targets")[0].tolist() == [seq[-1]]
+    assert list_column(splits["valid"], "targets")[0].tolist() == [seq[-2]]
+    assert list_column(splits["train"], "items")[0].tolist() == seq[:-2].tolist()
+    codes = np.arange(N_ITEMS)[:, None] * np.array([[1, 0]]) + np.array([[0, 0]])  # distinct code per item
+    info = check_protocol(run, cfg, codes)
+    assert info["history_checked_users"] == N_USERS and info["longest_history"] == 29
+
+    # the generator's featurizer sees exactly the 20 most recent items of user 1's test history
+    from onerec.features import EvalExamples, HistoryFeaturizer
+
+    batch = EvalExamples(splits["test"], HistoryFeaturizer(codes, 20)).batch(np.array([0]))
+    assert batch["hist_mask"].sum() == 20
+    assert batch["hist_codes"][0, :, 0].tolist() == seq[-21:-1].tolist()
+
+    # SASRec truncates to the same 20 items: its scores ignore anything older
+    from onerec.baselines import build_baseline
+
+    rec = build_baseline("sasrec_ce", cfg.eval.sasrec)
+    rec.fit(splits["train"], n_items=N_ITEMS)
+    test = splits["test"].slice(0, 1)
+    import pyarrow as pa
+
+    older = test.set_column(test.schema.get_field_index("history"), "history",
+                            pa.array([[(x + 3) % N_ITEMS for x in seq[:-21]] + seq[-21:-1].tolist()]))
+    assert np.array_equal(rec.recommend(test.drop_columns(["targets"]), N_ITEMS),
+                          rec.recommend(older.drop_columns(["targets"]), N_ITEMS))  # full ranking: all N items
+
+
+def test_protocol_violations_are_errors(amazon_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = bench_config("beauty", amazon_dir, overrides=TINY)
+    stage_data(run, cfg)
+    dup = np.zeros((N_ITEMS, 2), dtype=np.int64)
+    with pytest.raises(DataError, match="share a semantic ID"):
+        check_protocol(run, cfg, dup)
+    cfg.eval.sasrec.max_len = 50
+    with pytest.raises(ConfigError, match="same history length"):
+        check_protocol(run, cfg)
+    with pytest.raises(ConfigError, match="unknown category"):
+        bench_config("books", amazon_dir)
+    with pytest.raises(DataError, match=r"Beauty\.txt not found"):
+        bench_config("beauty", tmp_path / "nowhere")
+
+
+def test_merge_results_combines_models_of_the_same_seeds(tmp_path):
+    a = {"seeds": [0], "models": ["onerec"], "onerec": {"recall@10": 0.1}, "runs": [{"seed": 0, "models": {}}],
+         "seconds": 5.0}
+    b = {"seeds": [0], "models": ["sasrec-ce"], "sasrec-ce": {"recall@10": 0.2}, "runs": [{"seed": 0, "models": {}}],
+         "seconds": 7.0}
+    out = merge_results([a, b])
+    assert out["models"] == ["onerec", "sasrec-ce"] and out["sasrec-ce"]["recall@10"] == 0.2
+    assert out["seconds"] == 12.0
+    with pytest.raises(ConfigError, match="seeds"):
+        merge_results([a, {**b, "seeds": [1]}])
+
+
+def test_real_beauty_counts_match_the_papers(datasets_dir):
+    from onerec.data.adapters import load_amazon2014
+
+    ds = load_amazon2014(datasets_dir / "amazon2014_s3rec", "Beauty")
+    assert (ds.n_users, ds.n_items, ds.interactions.num_rows) == (22363, 12101, 198502)

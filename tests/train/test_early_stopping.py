@@ -1,0 +1,67 @@
+"""Model selection on the valid split in ``train_generator`` (``train.early_stop_metric``) and the
+wall-time budget; the default (both off) trains every planned step and saves the last weights."""
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tests.train.test_resume import _setup
+
+from onerec.config import RunConfig, TrainConfig
+from onerec.io import read_json
+from onerec.model.generator import Generator
+from onerec.train import train_generator
+from onerec.train.checkpoint import model_meta
+
+
+def _scripted(scores):
+    """A valid scorer returning the next scripted score and remembering the weights it saw."""
+    seen = []
+
+    def score(model):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return scores[len(seen) - 1]
+
+    return score, seen
+
+
+def test_keeps_best_epoch_and_stops_after_patience(cyclic, tmp_path):
+    ds, splits = cyclic
+    mcfg, sizes, ex = _setup(splits, ds.n_items)
+    steps_per_epoch = int(np.ceil(len(ex) / 128))
+    tcfg = TrainConfig(epochs=10, batch_size=128, warmup_steps=2, checkpoint_every=1000, device="cpu",
+                       early_stop_metric="ndcg@10", patience=2)
+    score, seen = _scripted([0.1, 0.3, 0.2, 0.25, 0.9, 0.9])
+    torch.manual_seed(0)
+    res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path, meta=model_meta(mcfg, sizes), progress=False,
+                          score_valid=score)
+    assert len(seen) == 4 and res.stopped == "patience" and res.best_epoch == 2.0
+    assert len(res.loss) == 4 * steps_per_epoch
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    for k, v in seen[1].items():  # the weights scored at epoch 2
+        assert torch.equal(saved[k], v), k
+    meta = read_json(tmp_path / "model.json")
+    assert meta["best_epoch"] == 2.0 and meta["stopped"] == "patience"
+    assert [r["ndcg@10"] for r in res.valid] == [0.1, 0.3, 0.2, 0.25]
+
+
+def test_time_budget_stops_and_saves(cyclic, tmp_path):
+    ds, splits = cyclic
+    mcfg, sizes, ex = _setup(splits, ds.n_items)
+    tcfg = TrainConfig(epochs=50, batch_size=32, warmup_steps=2, checkpoint_every=1000, device="cpu",
+                       time_budget_s=0.0)
+    res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path, meta=model_meta(mcfg, sizes), progress=False)
+    assert res.stopped == "time_budget" and len(res.loss) == 1
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_default_is_unchanged(cyclic, tmp_path):
+    ds, splits = cyclic
+    mcfg, sizes, ex = _setup(splits, ds.n_items)
+    tcfg = TrainConfig(max_steps=6, batch_size=32, warmup_steps=2, checkpoint_every=1000, device="cpu")
+    calls = []
+    res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path, meta=model_meta(mcfg, sizes), progress=False,
+                          score_valid=lambda m: calls.append(1) or 0.0)  # ignored: early_stop_metric is None
+    assert not calls and res.stopped is None and res.best_epoch is None and len(res.loss) == 6
+    meta = read_json(tmp_path / "model.json")
+    assert "best_epoch" not in meta and "stopped" not in meta
+    assert RunConfig().train.early_stop_metric is None and RunConfig().train.time_budget_s is None

@@ -84,16 +84,68 @@ class DataConfig:
 
 # -------------------------------------------------------------------------- content
 @dataclass
+class AlignConfig:
+    """Collaborative alignment (``onerec.content.align``): a QFormer over the backend's token
+    vectors trained with item-to-item InfoNCE (OneRec Technical Report, Sec. 2.1)."""
+
+    queries: int = opt(4, "learnable query tokens of the QFormer (the Technical Report uses 4)")
+    layers: int = opt(2, "QFormer blocks (cross-attention -> RMSNorm -> FFN; the Technical Report uses 4)")
+    d_model: int = opt(64, "QFormer width")
+    heads: int = opt(4, "attention heads")
+    dim: int = opt(64, "dimension of the aligned item vectors the tokenizer consumes")
+    temperature: float = opt(0.07, "InfoNCE temperature")
+    steps: int = opt(800, "optimiser steps")
+    batch_size: int = opt(256, "item pairs per step (the other pairs in the batch are the negatives)")
+    lr: float = opt(1e-3, "AdamW learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    dropout: float = opt(0.0, "dropout in the QFormer")
+    window: int = opt(10, "user->item pairs: a positive is paired with the most similar of the user's previous "
+                          "`window` positives")
+    swing_k: int = opt(10, "item->item pairs: each item's top-k Swing neighbours")
+    swing_alpha: float = opt(1.0, "Swing smoothing alpha in 1/(alpha + |I_u & I_v|)")
+    swing_share: float = opt(0.5, "share of each batch drawn from Swing pairs (the rest are user->item pairs)")
+    max_user_items: int = opt(200, "Swing: only each user's most recent positives count (bounds the cost)")
+    caption_weight: float = opt(0.0, "weight of the caption reconstruction loss (predict the caption's words "
+                                      "from the aligned vector); 0 = off")
+    caption_vocab: int = opt(2000, "caption reconstruction: most frequent words predicted")
+    residual: float = opt(0.0, "mix of the content-only vector kept in the output: "
+                               "v = normalise((1-r)*aligned + r*content) (needs equal dims; 0 = aligned only)")
+    seed: int = opt(0, "random seed")
+
+
+@dataclass
 class ContentConfig:
     """Item content vectors (``onerec.content``)."""
 
-    backend: str = opt("tfidf", "content backend; 'tfidf' needs no downloaded weights", choices=["tfidf"])
-    dim: int = opt(64, "dimension of the item vectors")
+    backend: str = opt("tfidf", "content backend: 'tfidf' needs no downloaded weights; 'sentence' = a "
+                                "sentence-transformers model, 'vlm' = a Hugging Face vision-language model, both "
+                                "from a local folder (content.model_path)", choices=["tfidf", "sentence", "vlm"])
+    dim: int = opt(64, "tfidf: dimension of the item vectors")
     max_features: int = opt(50_000, "tfidf: vocabulary size cap")
     text_fields: list[str] = opt(["title", "text", "tags", "category", "brand"],
                                  "item table columns joined into the text that is embedded (missing ones are skipped)")
     seed: int = opt(0, "random seed of the SVD")
     cache: bool = opt(True, "reuse vectors cached in the dataset folder when data and settings are unchanged")
+    model_path: str | None = opt(None, "sentence/vlm: local folder holding the model (config, weights, tokenizer)")
+    batch_size: int = opt(16, "sentence/vlm: items per forward pass (each finished batch is cached: resumable)")
+    device: str = opt("cpu", "sentence/vlm: torch device, e.g. cpu or cuda")
+    dtype: str = opt("float32", "vlm: weight dtype: float32 | bfloat16 | float16", choices=["float32", "bfloat16",
+                                                                                              "float16"])
+    tokens: int = opt(4, "vlm: hidden states pooled into this many token vectors per item; sentence: 1 = the "
+                         "sentence embedding, more = its token embeddings pooled into that many segments")
+    hidden_layer: int = opt(-1, "vlm: which hidden layer is pooled (-1 = the last)")
+    max_text_chars: int = opt(1000, "sentence/vlm: text longer than this is cut")
+    image_field: str = opt("cover", "vlm: items column with the cover image path (relative to content.media_root)")
+    video_field: str = opt("video", "vlm: items column with the video file path (frames are sampled from it)")
+    frames_field: str = opt("frames", "vlm: items column with a list of frame image paths (used when no video)")
+    frames: int = opt(4, "vlm: frames sampled per video (0 = cover only)")
+    image_size: int = opt(224, "vlm: images are resized to fit this square before the processor sees them")
+    media_root: str | None = opt(None, "vlm: folder that relative image/video paths are resolved against "
+                                       "(default: the dataset folder)")
+    trust_remote_code: bool = opt(False, "vlm: allow the model folder's own Python code to run (needed by "
+                                         "Keye-VL and MiniCPM-V; an explicit opt-in)")
+    align: bool = opt(False, "train the collaborative-alignment QFormer and tokenise its vectors instead")
+    alignment: AlignConfig = section(AlignConfig, "collaborative alignment (used when content.align=true)")
 
 
 # ------------------------------------------------------------------------ tokenizer

@@ -112,8 +112,12 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
     ds_items = read_parquet(_require(data / "items.parquet", "data"))
     out = run / "tokenizer"
     t0 = time.perf_counter()
-    vectors = item_vectors(ds_items, cfg.content, cache_dir=data / "cache")
-    save_vectors(out / "item_vectors.safetensors", vectors, backend=cfg.content.backend)
+    vectors = item_vectors(ds_items, cfg.content, cache_dir=data / "cache", progress=progress)
+    align_metrics = None
+    if cfg.content.align:
+        vectors, align_metrics = _align(run, cfg, ds_items, vectors, progress)
+    save_vectors(out / "item_vectors.safetensors", vectors, backend=cfg.content.backend,
+                 aligned=str(cfg.content.align).lower())
     tc = cfg.tokenizer
     if tc.codebook_size > len(vectors):
         raise DataError(f"tokenizer.codebook_size={tc.codebook_size} exceeds the {len(vectors)} items",
@@ -126,9 +130,42 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
         "sid": pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), codes.shape[1]),
     }))
     metrics = {**tok.metrics, "codebook_sizes": tok.codebook_sizes, "seconds": round(time.perf_counter() - t0, 2)}
+    if align_metrics is not None:
+        metrics["align"] = align_metrics
     write_json(out / "metrics.json", metrics)
     save_config(run, cfg)
     return metrics
+
+
+def _align(run: Path, cfg: RunConfig, items: pa.Table, content: np.ndarray, progress: bool
+           ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Collaborative alignment (``content.align=true``): train the QFormer on the train split's
+    pairs; its vectors replace the content-only ones. The model goes to RUN/tokenizer/align/."""
+    from onerec.content import item_tokens
+    from onerec.content.align import align_vectors
+    from onerec.content.tfidf import item_texts
+
+    ac = cfg.content.alignment
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    tokens = item_tokens(items, cfg.content, cache_dir=run / "data" / "cache", progress=progress)
+    splits = load_splits(_require(run / "data" / "split", "data"), n_items=items.num_rows)
+    texts = item_texts(items, cfg.content.text_fields) if ac.caption_weight > 0 else None
+    vectors, model, metrics = align_vectors(tokens, splits["train"], ac, texts=texts, content=content,
+                                            progress=progress)
+    from safetensors.torch import save_file
+
+    from onerec.io import atomic_path
+
+    folder = run / "tokenizer" / "align"
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "qformer.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_json(folder / "qformer.json", {"in_dim": int(tokens.shape[2]), "config": to_dict(ac),
+                                         "metrics": metrics})
+    log(f"aligned {len(vectors)} item vectors: {metrics['user_item_pairs']} user->item + "
+        f"{metrics['swing_pairs']} swing pairs, loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}")
+    return vectors, metrics
 
 
 def load_codes(run: Path) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -36,6 +37,20 @@ class ContentBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchedBackend(Protocol):
+    """A backend that encodes items a batch at a time into a few token vectors each (a neural
+    encoder: a sentence transformer, a vision-language model). :func:`item_tokens` runs it with a
+    progress bar and an on-disk cache of finished batches, so a killed run resumes where it stopped."""
+
+    name: str
+    batch_size: int
+
+    def fingerprint(self) -> str: ...
+
+    def encode_batch(self, items: pa.Table) -> np.ndarray:
+        """Return float32 ``[len(items), T, D]`` token vectors for one slice of the items table."""
+        ...
 
 
 Factory = Callable[[ContentConfig], ContentBackend]
@@ -52,8 +67,8 @@ def register(name: str) -> Callable[[Factory], Factory]:
     return deco
 
 
-def get_backend(cfg: ContentConfig) -> ContentBackend:
-    from onerec.content import tfidf  # noqa: F401  (registers the default backend)
+def get_backend(cfg: ContentConfig) -> ContentBackend | BatchedBackend:
+    from onerec.content import text, tfidf  # noqa: F401  (register the backends)
 
     if cfg.backend not in _BACKENDS:
         raise DataError(f"unknown content backend '{cfg.backend}'", fix=f"use one of {sorted(_BACKENDS)}")
@@ -84,21 +99,90 @@ def check_vectors(vectors: np.ndarray, n_items: int, source: str) -> np.ndarray:
     return vectors.astype(np.float32, copy=False)
 
 
-def item_vectors(items: pa.Table, cfg: ContentConfig, cache_dir: str | Path | None = None) -> np.ndarray:
-    """Vectors for every item, read from ``cache_dir`` when the items and settings are unchanged."""
-    backend = get_backend(cfg)
-    key = hashlib.sha256(
+def _cache_key(backend: ContentBackend | BatchedBackend, items: pa.Table) -> str:
+    return hashlib.sha256(
         json.dumps([backend.fingerprint(), items_fingerprint(items, items.column_names)]).encode()
     ).hexdigest()[:16]
+
+
+def _save(path: Path, tensor: np.ndarray, **metadata: str) -> None:
+    with atomic_path(path) as tmp:
+        save_file({"vectors": torch.from_numpy(np.ascontiguousarray(tensor, dtype=np.float32))}, str(tmp),
+                  metadata={k: str(v) for k, v in metadata.items()})
+
+
+def _encode_batched(backend: BatchedBackend, items: pa.Table, partial: Path | None, progress: bool) -> np.ndarray:
+    """Run ``backend.encode_batch`` over the items in slices of ``batch_size``; with ``partial`` set,
+    each finished slice is written there first and slices already there are read, not recomputed."""
+    from tqdm.auto import tqdm
+
+    n, bs = items.num_rows, max(1, int(backend.batch_size))
+    parts: list[np.ndarray] = []
+    with tqdm(total=n, desc=f"content {backend.name}", unit="item", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, n, bs):
+            stop = min(n, start + bs)
+            chunk = partial / f"{start:010d}-{stop:010d}.safetensors" if partial is not None else None
+            if chunk is not None and chunk.exists():
+                part = load_file(str(chunk))["vectors"].numpy()
+            else:
+                part = np.asarray(backend.encode_batch(items.slice(start, stop - start)), dtype=np.float32)
+                if part.ndim != 3 or part.shape[0] != stop - start:
+                    raise DataError(f"content backend '{backend.name}' returned shape {part.shape} for "
+                                    f"{stop - start} items", fix="encode_batch must return [items, tokens, dim]")
+                if chunk is not None:
+                    _save(chunk, part)
+            parts.append(part)
+            bar.update(stop - start)
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, 1, 1), np.float32)
+
+
+def item_tokens(items: pa.Table, cfg: ContentConfig, cache_dir: str | Path | None = None, *,
+                progress: bool = False) -> np.ndarray:
+    """Token vectors ``[N_items, T, D]`` for every item (T = 1 for single-vector backends such as
+    TF-IDF), cached in ``cache_dir`` when the items and settings are unchanged. Batched backends
+    keep finished batches in ``cache_dir/content-NAME-KEY.partial/`` until the whole catalogue is
+    done, so rerunning after a crash or a kill only encodes the missing batches."""
+    backend = get_backend(cfg)
+    if not isinstance(backend, BatchedBackend):
+        return item_vectors(items, cfg, cache_dir)[:, None, :]
+    key = _cache_key(backend, items)
+    path = Path(cache_dir) / f"content-{backend.name}-{key}.tokens.safetensors" if cache_dir else None
+    if path is not None and cfg.cache and path.exists():
+        tokens = load_file(str(path))["vectors"].numpy()
+    else:
+        partial = path.with_name(f"content-{backend.name}-{key}.partial") if path is not None and cfg.cache else None
+        tokens = _encode_batched(backend, items, partial, progress)
+        if path is not None:
+            _save(path, tokens, backend=backend.name, fingerprint=backend.fingerprint())
+            if partial is not None and partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+    if tokens.ndim != 3:
+        raise DataError(f"expected [items, tokens, dim] token vectors, got shape {tokens.shape}", path=str(path),
+                        fix="delete the cached file and recompute")
+    check_vectors(tokens.reshape(len(tokens), -1), items.num_rows, str(path or backend.name))
+    return tokens.astype(np.float32, copy=False)
+
+
+def pool_tokens(tokens: np.ndarray) -> np.ndarray:
+    """One L2-normalised vector per item: the mean of its token vectors."""
+    v = tokens.mean(axis=1)
+    return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def item_vectors(items: pa.Table, cfg: ContentConfig, cache_dir: str | Path | None = None, *,
+                 progress: bool = False) -> np.ndarray:
+    """Vectors ``[N_items, D]`` for every item, read from ``cache_dir`` when the items and settings
+    are unchanged (batched backends: the mean of the item's token vectors, L2-normalised)."""
+    backend = get_backend(cfg)
+    if isinstance(backend, BatchedBackend):
+        return pool_tokens(item_tokens(items, cfg, cache_dir, progress=progress))
+    key = _cache_key(backend, items)
     path = Path(cache_dir) / f"content-{backend.name}-{key}.safetensors" if cache_dir else None
     if path is not None and cfg.cache and path.exists():
         return check_vectors(load_file(str(path))["vectors"].numpy(), items.num_rows, str(path))
     vectors = check_vectors(backend.encode(items), items.num_rows, f"content backend '{backend.name}'")
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file({"vectors": torch.from_numpy(np.ascontiguousarray(vectors))}, str(tmp),
-                      metadata={"backend": backend.name, "fingerprint": backend.fingerprint()})
+        _save(path, vectors, backend=backend.name, fingerprint=backend.fingerprint())
     return vectors
 
 

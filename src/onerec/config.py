@@ -293,6 +293,67 @@ class EvalConfig:
     sasrec: SasrecConfig = section(SasrecConfig, "SASRec baseline settings")
 
 
+
+@dataclass
+class RewardConfig:
+    """The P-Score reward model (``onerec reward``): SIM + CAN multi-task ranker over logged exposures."""
+
+    objectives: list[str] = opt(["click", "long_view", "complete_play", "like", "follow"],
+                                "signals with one tower each (columns of the interactions table)")
+    d_model: int = opt(32, "embedding / attention width")
+    n_heads: int = opt(2, "heads of the DIN and ESU target attention")
+    long_len: int = opt(64, "long history length searched by SIM (most recent positives)")
+    short_len: int = opt(16, "short history length for DIN target attention and CAN")
+    sim: bool = opt(True, "use SIM (GSU + ESU) over the long history; False ablates it")
+    gsu: str = opt("both", "SIM General Search Unit: hard (same first SID level) | soft (top-K inner product) "
+                           "| both", choices=["hard", "soft", "both"])
+    top_k: int = opt(8, "behaviours kept by each GSU search")
+    soft_dim: int = opt(16, "projection width of the soft search")
+    aux_weight: float = opt(0.5, "weight of SIM's auxiliary CTR loss that trains the soft search")
+    can: bool = opt(True, "use CAN co-action units; False ablates them")
+    can_dims: list[int] = opt([16, 8, 4], "CAN per-sample MLP widths (official: 16 -> 8 -> 4)")
+    can_orders: int = opt(3, "CAN orders 1..n of the history parameters")
+    tower_hidden: int = opt(64, "hidden width of each tower and of the fusion MLP")
+    test_frac: float = opt(0.2, "share of the exposure timeline held out for AUC / GAUC")
+    pref_cap_s: float = opt(60.0, "fusion target: watch time capped at this many seconds, over the cap")
+    epochs: int = opt(2, "passes over the train exposures")
+    batch_size: int = opt(512, "exposures per step")
+    lr: float = opt(2e-3, "Adam learning rate")
+    ablations: bool = opt(True, "`onerec reward` also trains the DIN baseline and the no-SIM / no-CAN ablations")
+    seed: int = opt(0, "random seed")
+
+
+@dataclass
+class AlignConfig:
+    """Preference alignment of the generator (``onerec align``): IPA with DPO, ECPO, rejection sampling."""
+
+    method: str = opt("ecpo", "dpo: OneRec V1 iterative preference alignment | ecpo: Technical Report "
+                              "early-clipped GRPO", choices=["dpo", "ecpo"])
+    iterations: int = opt(3, "alignment rounds (each regenerates samples with the current model)")
+    users_per_iter: int = opt(512, "users sampled per round")
+    steps_per_iter: int = opt(20, "optimizer steps per round")
+    batch_users: int = opt(32, "users per optimizer step")
+    beam_size: int = opt(16, "dpo: N beam-searched candidates per user; ecpo: group size G")
+    beta: float = opt(0.1, "dpo: temperature beta of the DPO loss")
+    dpo_weight: float = opt(1.0, "dpo: lambda in NTP + lambda * DPO")
+    ntp_weight: float = opt(1.0, "weight of the next-token loss kept alongside DPO / ECPO")
+    clip_eps: float = opt(0.2, "ecpo: PPO clipping epsilon")
+    clip_delta: float = opt(0.1, "ecpo: early-clipping delta for negative advantages")
+    illegal_reward: float = opt(-1.0, "ecpo: format reward: reward (in group std units below the group's "
+                                      "worst legal sample) of a generated code that maps to no item")
+    rsft_keep: float = opt(0.5, "rejection-sampling fine-tuning keeps this top share of samples by reward "
+                                "for the NTP loss (0 disables it: NTP on the logged targets)")
+    lr: float = opt(1e-4, "Adam learning rate")
+    industrial_f: float = opt(1.0, "industrial reward: share of a top-K above which the targeted class is "
+                                   "scaled down (1.0 disables it)")
+    industrial_scale: float = opt(0.5, "industrial reward: multiplier of a targeted item's reward past the share")
+    industrial_class: int = opt(-1, "industrial reward: the targeted class (first SID level); -1 = none")
+    eval_users: int = opt(500, "users scored in the simulated world before / after alignment")
+    top_k: int = opt(10, "length of the recommended list scored in the world")
+    cascade_retrieve: int = opt(100, "cascade baseline: SASRec candidates re-ranked by the P-Score")
+    seed: int = opt(0, "random seed")
+
+
 # ------------------------------------------------------------------------------ run
 @dataclass
 class RunConfig:
@@ -306,6 +367,8 @@ class RunConfig:
     generate: GenerateConfig = section(GenerateConfig, "beam search")
     eval: EvalConfig = section(EvalConfig, "evaluation")
     serve: ServeConfig = section(ServeConfig, "recommendation service")
+    reward: RewardConfig = section(RewardConfig, "P-Score reward model")
+    align: AlignConfig = section(AlignConfig, "preference alignment")
 
 
 # ------------------------------------------------------------------ load and override

@@ -3,7 +3,9 @@
 from onerec.eval.harness import evaluate, evaluate_many, format_table
 from onerec.eval.metrics import (
     DEFAULT_KS,
+    auc,
     compute_metrics,
+    gauc,
     hit_matrix,
     metric_names,
     per_user_metrics,
@@ -12,10 +14,12 @@ from onerec.eval.metrics import (
 
 __all__ = [
     "DEFAULT_KS",
+    "auc",
     "compute_metrics",
     "evaluate",
     "evaluate_many",
     "format_table",
+    "gauc",
     "hit_matrix",
     "metric_names",
     "per_user_metrics",

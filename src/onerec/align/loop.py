@@ -1,0 +1,279 @@
+"""Preference alignment loops: IPA with DPO (OneRec V1) and ECPO (OneRec Technical Report), each
+with next-token training kept alongside and rejection-sampling fine-tuning.
+
+IPA / DPO (arXiv 2502.18965, Sec. 2.3): each round, the current model beam-searches N candidates
+per sampled user (constrained to real items); the reward model scores them; the best and the
+worst form a preference pair; the model of the round start is the frozen reference; loss =
+NTP + lambda * DPO; rounds repeat with the updated model.
+
+ECPO (arXiv 2506.13695, Sec. 4.2): each round, a group of G rollouts per user by *unconstrained*
+beam search (the Technical Report found beam rollouts better than sampling); rewards = P-Score for
+legal codes; the format reward gives an illegal code a reward below the group's worst legal one
+(so legality is learned rather than enforced); advantages normalised within the group; the
+early-clipped surrogate (:func:`onerec.align.losses.ecpo_loss`) with ``pi_old`` = the model of the
+round start; NTP alongside instead of a KL term.
+
+Rejection-sampling fine-tuning (Technical Report Sec. 4): next-token loss on the top
+``rsft_keep`` share of each round's legal samples by reward (the bottom ones are dropped).
+
+The reward is the learned P-Score, never the simulator's ground truth: the world only scores
+the final lists (see :mod:`onerec.align.evaluate`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from onerec.align.losses import dpo_loss, ecpo_loss, sequence_log_probs
+from onerec.config import AlignConfig
+from onerec.features.history import EvalExamples, HistoryFeaturizer, TrainExamples
+from onerec.generate.beam import beam_search
+from onerec.generate.sampling import unconstrained_beam_search
+from onerec.reward.data import Positives, RankFeaturizer
+from onerec.reward.model import PScoreModel
+from onerec.reward.rewards import CodeIndex, group_advantages, industrial_reward
+from onerec.tokenizer.constraints import PrefixTable
+
+
+def request_table(pos: Positives, users: np.ndarray, request_ts: np.ndarray) -> pa.Table:
+    """Generator inputs for users at a request time: their positives before it (an eval-style table)."""
+    users = np.asarray(users, dtype=np.int64)
+    ends = pos.end_before(users, np.asarray(request_ts, dtype=np.int64))
+    starts = pos.offsets[users]
+    lens = ends - starts
+    offs = np.r_[0, np.cumsum(lens)].astype(np.int32)
+    idx = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(users) else np.zeros(0, np.int64)
+    idx = idx.astype(np.int64)
+
+    def lst(values: np.ndarray, typ: pa.DataType) -> pa.Array:
+        return pa.ListArray.from_arrays(pa.array(offs), pa.array(values, type=typ))
+
+    return pa.table({"user_id": users, "history": lst(pos.items[idx], pa.int64()),
+                     "history_ts": lst(pos.ts[idx], pa.int64()),
+                     "history_flags": lst(pos.flags[idx].astype(np.int16), pa.int16()),
+                     "target_ts": np.asarray(request_ts, dtype=np.int64)})
+
+
+@dataclass
+class AlignContext:
+    """Everything a round needs: the policy, the catalogue, the users' requests and the reward model."""
+
+    model: Any  # onerec.model.generator.Generator
+    codes: np.ndarray  # [N, D]
+    requests: pa.Table  # request_table of every user the loop may sample
+    ranker: PScoreModel
+    rank_feat: RankFeaturizer
+    train_examples: TrainExamples | None = None  # logged next-item examples for the NTP loss
+
+    def __post_init__(self) -> None:
+        self.sizes = list(self.model.codebook_sizes)
+        self.table = PrefixTable.from_codes(torch.from_numpy(self.codes), self.sizes)
+        self.index = CodeIndex(self.codes, self.sizes)
+        self.examples = EvalExamples(self.requests, HistoryFeaturizer(self.codes, self.model.cfg.max_history))
+        self.users = self.requests["user_id"].to_numpy()
+        self.request_ts = self.requests["target_ts"].to_numpy()
+
+    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        return self.examples.batch(np.asarray(rows))
+
+
+# ------------------------------------------------------------------------------ generation
+@torch.no_grad()
+def generate_constrained(ctx: AlignContext, rows: np.ndarray, beam: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k real items per request row by constrained beam search: items [B, k], codes [B, k, D]."""
+    model = ctx.model
+    batch = ctx.batch(rows)
+    memory, mask = model.encode_batch(batch)
+    state = {"memory": memory.repeat_interleave(beam, 0), "mask": mask.repeat_interleave(beam, 0)}
+
+    def step_fn(tokens, step, st):
+        return model.step_log_probs(tokens, step, st["memory"], st["mask"]), st
+
+    items, _, codes = beam_search(step_fn, batch_size=len(rows), table=ctx.table, beam_size=beam, top_k=k,
+                                  state=state, return_codes=True)
+    return items.numpy(), codes.numpy()
+
+
+@torch.no_grad()
+def generate_unconstrained(ctx: AlignContext, rows: np.ndarray, beam: int) -> np.ndarray:
+    """Top-``beam`` code sequences per row over the full codebooks (may be illegal): [B, beam, D]."""
+    model = ctx.model
+    batch = ctx.batch(rows)
+    memory, mask = model.encode_batch(batch)
+    state = {"memory": memory.repeat_interleave(beam, 0), "mask": mask.repeat_interleave(beam, 0)}
+
+    def step_fn(tokens, step, st):
+        return model.step_log_probs(tokens, step, st["memory"], st["mask"]), st
+
+    codes, _ = unconstrained_beam_search(step_fn, batch_size=len(rows), depth=len(ctx.sizes), beam_size=beam,
+                                         state=state)
+    return codes.numpy()
+
+
+@torch.no_grad()
+def pscore(ctx: AlignContext, rows: np.ndarray, items: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """P-Score of each (request row, item) [B, K]; NaN for item -1."""
+    rows = np.asarray(rows)
+    b, k = items.shape
+    users = np.repeat(ctx.users[rows], k)
+    ts = np.repeat(ctx.request_ts[rows], k)
+    flat = items.reshape(-1)
+    ok = flat >= 0
+    out = np.full(len(flat), np.nan)
+    sel = np.flatnonzero(ok)
+    for s in range(0, len(sel), batch_size):
+        j = sel[s:s + batch_size]
+        out[j] = ctx.ranker.predict(ctx.rank_feat.batch(users[j], flat[j], ts[j]))["pscore"].numpy()
+    return out.reshape(b, k)
+
+
+def shaped_reward(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """P-Score with the industrial reward applied (in list order); NaN for illegal items."""
+    r = pscore(ctx, rows, items)
+    if cfg.industrial_class >= 0 and cfg.industrial_f < 1.0:
+        cls = np.where(items >= 0, ctx.codes[np.maximum(items, 0), 0], -1)
+        r = industrial_reward(r, cls, cfg.industrial_class, cfg.industrial_f, cfg.industrial_scale)
+    return r
+
+
+# ------------------------------------------------------------------------------ losses
+def _ntp(ctx: AlignContext, rng: np.random.Generator, n: int) -> torch.Tensor:
+    ex = ctx.train_examples
+    if ex is None or len(ex) == 0:
+        return torch.zeros(())
+    return ctx.model(ex.batch(rng.choice(len(ex), size=min(n, len(ex)), replace=False)))
+
+
+def _rsft(ctx: AlignContext, batch: dict[str, torch.Tensor], codes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean per-level NLL of the kept samples (rejection-sampling fine-tuning)."""
+    if not bool(keep.any()):
+        return torch.zeros(())
+    logp = sequence_log_probs(ctx.model, batch, codes.clamp_min(0))
+    return -(logp * keep).sum() / keep.sum() / codes.shape[-1]
+
+
+def _keep_top(reward: np.ndarray, share: float) -> np.ndarray:
+    """Bool [B, G]: legal samples whose reward is in the top ``share`` of the round (NaN = illegal)."""
+    if share <= 0:
+        return np.zeros(reward.shape, bool)
+    legal = ~np.isnan(reward)
+    if not legal.any():
+        return legal
+    cut = np.quantile(reward[legal], 1.0 - share)
+    return legal & (np.nan_to_num(reward, nan=-np.inf) >= cut)
+
+
+# ------------------------------------------------------------------------------ rounds
+def dpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.optim.Optimizer,
+              rng: np.random.Generator) -> dict[str, float]:
+    """One IPA round: beam-search N candidates, best/worst pairs by reward, NTP + lambda * DPO."""
+    model = ctx.model
+    model.eval()
+    items, codes = generate_constrained(ctx, rows, cfg.beam_size, cfg.beam_size)
+    reward = shaped_reward(ctx, cfg, rows, items)
+    filled = np.where(np.isnan(reward), -np.inf, reward)
+    best = filled.argmax(1)
+    worst = np.where(np.isnan(reward), np.inf, reward).argmin(1)
+    ok = np.isfinite(filled.max(1)) & (filled.max(1) > np.where(np.isnan(reward), np.inf, reward).min(1))
+    rows, best, worst = rows[ok], best[ok], worst[ok]
+    ar = np.arange(len(rows))
+    pair = torch.from_numpy(np.stack([codes[ok][ar, best], codes[ok][ar, worst]], axis=1))  # [B, 2, D]
+    keep = torch.from_numpy(_keep_top(reward[ok], cfg.rsft_keep).astype(np.float32))
+    all_codes = torch.from_numpy(codes[ok])
+    with torch.no_grad():
+        ref = torch.cat([sequence_log_probs(model, ctx.batch(rows[s:s + 256]), pair[s:s + 256])
+                         for s in range(0, len(rows), 256)]) if len(rows) else torch.zeros(0, 2)
+    stats = {"pairs": float(len(rows)), "reward_best": float(filled[ok].max(1).mean()) if len(rows) else 0.0,
+             "reward_mean": float(np.nanmean(reward))}
+    losses = []
+    for _ in range(cfg.steps_per_iter if len(rows) else 0):
+        j = rng.choice(len(rows), size=min(cfg.batch_users, len(rows)), replace=False)
+        batch = ctx.batch(rows[j])
+        pol = sequence_log_probs(model, batch, pair[j])
+        loss = cfg.dpo_weight * dpo_loss(pol[:, 0], pol[:, 1], ref[j, 0], ref[j, 1], cfg.beta)
+        loss = loss + cfg.ntp_weight * _ntp(ctx, rng, cfg.batch_users * 4)
+        if cfg.rsft_keep > 0:
+            loss = loss + _rsft(ctx, batch, all_codes[j], keep[j])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    stats["loss"] = float(np.mean(losses)) if losses else 0.0
+    return stats
+
+
+def ecpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.optim.Optimizer,
+               rng: np.random.Generator) -> dict[str, float]:
+    """One ECPO round: G unconstrained beam rollouts per user, format + P-Score rewards, group
+    advantages, early-clipped surrogate + NTP (+ rejection-sampling fine-tuning)."""
+    model = ctx.model
+    model.eval()
+    codes = generate_unconstrained(ctx, rows, cfg.beam_size)  # [B, G, D]
+    items = ctx.index.lookup(codes)
+    reward = shaped_reward(ctx, cfg, rows, items)
+    legal = ~np.isnan(reward)
+    # format reward: an illegal sample scores below the group's worst legal one (by |illegal_reward| stds)
+    lo = np.array([reward[i, legal[i]].min() if legal[i].any() else 0.0 for i in range(len(rows))])
+    sd = np.array([reward[i, legal[i]].std() if legal[i].sum() > 1 else 0.1 for i in range(len(rows))])
+    shaped = np.where(legal, reward, (lo + cfg.illegal_reward * np.maximum(sd, 1e-3))[:, None])
+    adv = group_advantages(torch.from_numpy(shaped).float())
+    codes_t = torch.from_numpy(codes)
+    keep = torch.from_numpy(_keep_top(reward, cfg.rsft_keep).astype(np.float32))
+    with torch.no_grad():
+        old = torch.cat([sequence_log_probs(model, ctx.batch(rows[s:s + 256]), codes_t[s:s + 256])
+                         for s in range(0, len(rows), 256)])
+    stats = {"legal": float(legal.mean()), "reward_mean": float(np.nanmean(reward)) if legal.any() else 0.0}
+    losses = []
+    for _ in range(cfg.steps_per_iter):
+        j = rng.choice(len(rows), size=min(cfg.batch_users, len(rows)), replace=False)
+        batch = ctx.batch(rows[j])
+        logp = sequence_log_probs(model, batch, codes_t[j])
+        loss = ecpo_loss(logp, old[j], adv[j], cfg.clip_eps, cfg.clip_delta)
+        loss = loss + cfg.ntp_weight * _ntp(ctx, rng, cfg.batch_users * 4)
+        if cfg.rsft_keep > 0:
+            loss = loss + _rsft(ctx, batch, codes_t[j], keep[j])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    stats["loss"] = float(np.mean(losses))
+    return stats
+
+
+def align(ctx: AlignContext, cfg: AlignConfig, pool: np.ndarray | None = None, *,
+          log: bool = False) -> list[dict[str, float]]:
+    """Run ``cfg.iterations`` rounds of ``cfg.method`` on ``ctx.model`` in place; returns per-round stats.
+
+    Args:
+        pool: request rows users are sampled from (default: all of ``ctx.requests``).
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    pool = np.arange(len(ctx.users)) if pool is None else np.asarray(pool)
+    opt = torch.optim.Adam(ctx.model.parameters(), lr=cfg.lr)
+    round_fn = {"dpo": dpo_round, "ecpo": ecpo_round}[cfg.method]
+    history = []
+    for it in range(cfg.iterations):
+        t0 = time.perf_counter()
+        rows = rng.choice(pool, size=min(cfg.users_per_iter, len(pool)), replace=False)
+        stats = {"iteration": it + 1, **round_fn(ctx, cfg, rows, opt, rng),
+                 "seconds": round(time.perf_counter() - t0, 1)}
+        history.append(stats)
+        if log:
+            print(f"  {cfg.method} round {it + 1}: {stats}", flush=True)
+    ctx.model.eval()
+    return history
+
+
+def clone_model(model: torch.nn.Module) -> torch.nn.Module:
+    """An independent trainable copy (to align several methods from one pretrained model)."""
+    return copy.deepcopy(model)

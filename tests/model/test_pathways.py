@@ -128,3 +128,19 @@ def test_session_wise_target_is_the_next_m_positives(world):
     first["session_mask"] = torch.zeros_like(first["session_mask"])
     first["session_mask"][:, 0] = True
     torch.testing.assert_close(model.eval()(first), point.eval()(first))
+
+
+def test_pipeline_featurizer_feeds_generation_with_every_pathway(world, tmp_path):
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.pipeline import make_featurizer
+
+    ds, splits, codes = world
+    ds.save(tmp_path / "data")
+    cfg = _cfg()
+    feat = make_featurizer(tmp_path, cfg, codes)
+    assert feat.side is not None and feat.side.log_offsets is not None
+    assert make_featurizer(tmp_path, ModelConfig(), codes).side is None  # v0 needs no side information
+    torch.manual_seed(0)
+    rec = GenerativeRecommender(Generator(cfg, [4, 4, ds.n_items]), codes, beam_size=12, featurizer=feat)
+    out = rec.recommend(splits["test"].drop_columns(["targets"]), k=5)
+    assert out.shape == (splits["test"].num_rows, 5) and ((out >= 0) & (out < ds.n_items)).all()

@@ -62,6 +62,7 @@ def dataset_overrides(name: str, datasets: Path) -> list[str]:
         return []
     if name == "beauty":
         return ["data.source=amazon2014", f"data.path={datasets / 'amazon2014_s3rec'}", "data.name=Beauty",
+                f"data.options.text_path={datasets / 'amazon2014_text'}", "data.positive=all",
                 "tokenizer.codebook_size=64"]
     raise SystemExit(f"unknown dataset {name!r}: sim | beauty")
 

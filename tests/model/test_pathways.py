@@ -144,3 +144,20 @@ def test_pipeline_featurizer_feeds_generation_with_every_pathway(world, tmp_path
     rec = GenerativeRecommender(Generator(cfg, [4, 4, ds.n_items]), codes, beam_size=12, featurizer=feat)
     out = rec.recommend(splits["test"].drop_columns(["targets"]), k=5)
     assert out.shape == (splits["test"].num_rows, 5) and ((out >= 0) & (out < ds.n_items)).all()
+
+
+def test_session_generation_gives_distinct_valid_items_and_matches_point_wise_first(world):
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.model.session import generate_sessions
+
+    ds, splits, codes = world
+    cfg = _cfg(pathways=["positive"], behaviour_features=["sid", "label", "time"], session_len=3)
+    torch.manual_seed(0)
+    model = Generator(cfg, [4, 4, ds.n_items]).eval()
+    feat = HistoryFeaturizer(codes, cfg.max_history, cfg=cfg)
+    rec = GenerativeRecommender(model, codes, beam_size=8, featurizer=feat)
+    batch = EvalExamples(splits["test"], feat).batch(np.arange(10))
+    sessions = generate_sessions(model, batch, rec.table, m=3, beam_size=8).numpy()
+    assert sessions.shape == (10, 3) and ((sessions >= 0) & (sessions < ds.n_items)).all()
+    assert all(len(set(s)) == 3 for s in sessions)
+    np.testing.assert_array_equal(sessions[:, 0], rec.recommend_batch(batch, 1)[:, 0])

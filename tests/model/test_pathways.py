@@ -128,3 +128,36 @@ def test_session_wise_target_is_the_next_m_positives(world):
     first["session_mask"] = torch.zeros_like(first["session_mask"])
     first["session_mask"][:, 0] = True
     torch.testing.assert_close(model.eval()(first), point.eval()(first))
+
+
+def test_pipeline_featurizer_feeds_generation_with_every_pathway(world, tmp_path):
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.pipeline import make_featurizer
+
+    ds, splits, codes = world
+    ds.save(tmp_path / "data")
+    cfg = _cfg()
+    feat = make_featurizer(tmp_path, cfg, codes)
+    assert feat.side is not None and feat.side.log_offsets is not None
+    assert make_featurizer(tmp_path, ModelConfig(), codes).side is None  # v0 needs no side information
+    torch.manual_seed(0)
+    rec = GenerativeRecommender(Generator(cfg, [4, 4, ds.n_items]), codes, beam_size=12, featurizer=feat)
+    out = rec.recommend(splits["test"].drop_columns(["targets"]), k=5)
+    assert out.shape == (splits["test"].num_rows, 5) and ((out >= 0) & (out < ds.n_items)).all()
+
+
+def test_session_generation_gives_distinct_valid_items_and_matches_point_wise_first(world):
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.model.session import generate_sessions
+
+    ds, splits, codes = world
+    cfg = _cfg(pathways=["positive"], behaviour_features=["sid", "label", "time"], session_len=3)
+    torch.manual_seed(0)
+    model = Generator(cfg, [4, 4, ds.n_items]).eval()
+    feat = HistoryFeaturizer(codes, cfg.max_history, cfg=cfg)
+    rec = GenerativeRecommender(model, codes, beam_size=8, featurizer=feat)
+    batch = EvalExamples(splits["test"], feat).batch(np.arange(10))
+    sessions = generate_sessions(model, batch, rec.table, m=3, beam_size=8).numpy()
+    assert sessions.shape == (10, 3) and ((sessions >= 0) & (sessions < ds.n_items)).all()
+    assert all(len(set(s)) == 3 for s in sessions)
+    np.testing.assert_array_equal(sessions[:, 0], rec.recommend_batch(batch, 1)[:, 0])

@@ -20,7 +20,7 @@ Categorical values are stored as small dense ids, 0 = missing/padding (so embedd
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -71,6 +71,8 @@ class SideInfo:
     log_ts: np.ndarray | None = None
     log_flags: np.ndarray | None = None
     log_play: np.ndarray | None = None
+    _keys: np.ndarray | None = field(default=None, repr=False)  # (user, ts) search keys, built on first use
+    _ts0: int = 0
 
     @classmethod
     def from_dataset(cls, ds: Dataset, *, with_log: bool = True) -> SideInfo:
@@ -111,16 +113,12 @@ class SideInfo:
                 side.log_play = np.zeros(len(uid), dtype=np.int64)
         return side
 
-    @property
-    def n_user_cats(self) -> int:
-        return int(self.user_cats.max(initial=0)) + 1
-
     def log_end(self, users: np.ndarray, request_ts: np.ndarray) -> np.ndarray:
         """Absolute log index one past the last event of each user strictly before request_ts."""
-        ts0 = int(self.log_ts.min(initial=0))
-        if not hasattr(self, "_keys"):
+        span = (1 << TS_BITS) - 1
+        if self._keys is None:
+            self._ts0 = int(self.log_ts.min(initial=0))
             uid = np.repeat(np.arange(len(self.log_offsets) - 1), np.diff(self.log_offsets))
-            self._keys = (uid << TS_BITS) + np.clip(self.log_ts - ts0, 0, (1 << TS_BITS) - 1)
-        key = (users.astype(np.int64) << TS_BITS) + np.clip(request_ts - ts0, 0, (1 << TS_BITS) - 1)
+            self._keys = (uid << TS_BITS) + np.clip(self.log_ts - self._ts0, 0, span)
+        key = (users.astype(np.int64) << TS_BITS) + np.clip(request_ts - self._ts0, 0, span)
         return np.searchsorted(self._keys, key, side="left")
-

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onerec.config import ModelConfig
+from onerec.errors import ConfigError
 from onerec.features.side import N_LOG_BUCKETS
 from onerec.model.layers import DecoderBlock, EncoderBlock, RMSNorm, ffn_hidden
 from onerec.model.moe import MoE
@@ -84,7 +85,7 @@ class Generator(nn.Module):
         e, depth = cfg.d_model, len(codebook_sizes)
         unknown = sorted(set(cfg.pathways) - set(PATHWAYS))
         if unknown or not cfg.pathways:
-            raise ValueError(f"model.pathways={cfg.pathways}: choose one or more of {', '.join(PATHWAYS)}")
+            raise ConfigError(f"model.pathways={cfg.pathways}: choose one or more of {', '.join(PATHWAYS)}")
         self.pathways = [p for p in PATHWAYS if p in cfg.pathways]
         ffn = cfg.ffn_hidden or ffn_hidden(e, cfg.ffn_mult)
         self.codes = CodeEmbedding(self.codebook_sizes, e)
@@ -92,8 +93,8 @@ class Generator(nn.Module):
         fd = cfg.feature_dim or e  # behaviour features live in fd dims and are projected to e per pathway
         # at fd == e behaviours share the decoder's semantic-ID embedding; else they get their own
         self.feature_codes = CodeEmbedding(self.codebook_sizes, fd) if fd != e else None
-        self.behaviour = BehaviourEmbedding(self.feature_codes or self.codes, fd, cfg.behaviour_features,
-                                            cfg.sparse_buckets)
+        sid_emb = self.codes if self.feature_codes is None else self.feature_codes
+        self.behaviour = BehaviourEmbedding(sid_emb, fd, cfg.behaviour_features, cfg.sparse_buckets)
         self.proj = nn.ModuleDict({p: projection(fd, e, cfg.pathway_mlp) for p in self.pathways})
         self.path_type = nn.Embedding(len(PATHWAYS), e) if len(self.pathways) > 1 else None
         lengths = {"static": 1, "short": cfg.short_len, "positive": cfg.max_history,

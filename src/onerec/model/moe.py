@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from onerec.errors import ConfigError
+
 
 class MoE(nn.Module):
     """Top-k mixture of SwiGLU experts with a loss-free balancing bias.
@@ -48,9 +50,9 @@ class MoE(nn.Module):
                  bias_step: float = 1e-3, impl: str = "grouped") -> None:
         super().__init__()
         if not 1 <= top_k <= n_experts:
-            raise ValueError(f"top_k={top_k} must be in 1..n_experts={n_experts}")
+            raise ConfigError(f"model.moe_top_k={top_k} must be in 1..model.moe_experts={n_experts}")
         if impl not in ("grouped", "loop"):
-            raise ValueError(f"impl={impl!r} must be 'grouped' or 'loop'")
+            raise ConfigError(f"model.moe_impl={impl!r} must be 'grouped' or 'loop'")
         self.d, self.f, self.n, self.k = d_model, hidden, n_experts, top_k
         self.bias_step, self.impl = bias_step, impl
         self.router = nn.Linear(d_model, n_experts, bias=False)

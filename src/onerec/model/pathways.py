@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from onerec.data.schema import SIGNALS
+from onerec.errors import ConfigError
 from onerec.features.history import N_AGE_BUCKETS
 from onerec.features.side import N_LOG_BUCKETS
 from onerec.model.layers import Attention, RMSNorm, SwiGLU
@@ -51,9 +52,11 @@ class BehaviourEmbedding(nn.Module):
         super().__init__()
         unknown = sorted(set(features) - set(BEHAVIOUR_FEATURES))
         if unknown:
-            raise ValueError(f"unknown behaviour feature {unknown[0]!r}; choose from {', '.join(BEHAVIOUR_FEATURES)}")
+            raise ConfigError(f"model.behaviour_features: unknown feature {unknown[0]!r}; choose from "
+                              f"{', '.join(BEHAVIOUR_FEATURES)}")
         if {"item", "author", "tag"} & set(features) and buckets < 2:
-            raise ValueError("behaviour features 'item'/'author'/'tag' need model.sparse_buckets >= 2")
+            raise ConfigError("behaviour features 'item'/'author'/'tag' need hashed id tables: set "
+                              "model.sparse_buckets >= 2 (e.g. 4096)")
         self.features, self.buckets = set(features), buckets
         # the semantic-ID embedding belongs to the generator (shared with the decoder): keep a
         # reference without registering it twice (a second registration duplicates the tensors on save)
@@ -94,7 +97,7 @@ class BehaviourEmbedding(nn.Module):
         if self.dur_emb is not None:
             add(self.dur_emb(batch[f"{prefix}_dur"]))
         if x is None:
-            raise ValueError("model.behaviour_features is empty")
+            raise ConfigError("model.behaviour_features is empty: give at least one, e.g. [sid]")
         return x * mask.unsqueeze(-1).to(x.dtype)
 
 

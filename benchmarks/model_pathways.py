@@ -1,0 +1,141 @@
+"""What each encoder pathway of the Technical Report's model adds (an ablation), bounded for a CPU.
+
+One dataset is prepared once (data -> content vectors -> semantic IDs, as the pipeline does), then
+the same small generator is trained with different ``model.pathways`` / ``model.behaviour_features``
+and scored on the test split (Recall/NDCG@10, full ranking, constrained beam search), for each
+seed. The simulated world has every feature (authors, tags, durations, watch times, exposures,
+user features); Amazon Beauty (``amazon2014``) has only the positive review log and categories, so
+there the short-term and lifelong pathways read the positive sequence and the static pathway the
+user id.
+
+    python benchmarks/model_pathways.py --dataset sim     [--seeds 1 --epochs 2 --eval-users 1500]
+    python benchmarks/model_pathways.py --dataset beauty  (needs ../shared/datasets/amazon2014_s3rec)
+
+Results merge into ``benchmarks/results/model.json`` under ``"pathways"`` (after every variant, so a
+cut-short run keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onerec.config import load_config
+from onerec.data.splits import load_splits
+from onerec.eval.harness import evaluate
+from onerec.features import TrainExamples
+from onerec.generate.generative import GenerativeRecommender
+from onerec.io import read_json, write_json
+from onerec.model.generator import Generator
+from onerec.pipeline import load_codes, make_featurizer, stage_data, stage_tokenize
+from onerec.train import train_generator
+from onerec.train.checkpoint import model_meta
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ALL_FEATS = ["sid", "item", "author", "tag", "time", "play", "duration", "label"]
+VARIANTS: dict[str, list[str]] = {
+    # name: overrides on top of the dataset's base config (the quickstart model: positive pathway)
+    "positive (v0)": [],
+    "positive + item features": [f"model.behaviour_features=[{','.join(ALL_FEATS)}]", "model.sparse_buckets=4096"],
+    "+ short-term": ["model.pathways=[short,positive]"],
+    "+ static": ["model.pathways=[static,positive]", "model.sparse_buckets=4096"],
+    "+ lifelong": ["model.pathways=[positive,lifelong]"],
+    "all four + item features": ["model.pathways=[static,short,positive,lifelong]",
+                                 f"model.behaviour_features=[{','.join(ALL_FEATS)}]", "model.sparse_buckets=4096",
+                                 "model.pathway_mlp=true"],
+}
+COMMON = ["model.short_len=20", "model.lifelong_max=2000", "model.lifelong_reps=64", "model.qformer_queries=16",
+          "train.threads=1"]
+
+
+def dataset_overrides(name: str, datasets: Path) -> list[str]:
+    if name == "sim":
+        return []
+    if name == "beauty":
+        return ["data.source=amazon2014", f"data.path={datasets / 'amazon2014_s3rec'}", "data.name=Beauty",
+                f"data.options.text_path={datasets / 'amazon2014_text'}", "data.positive=all",
+                "tokenizer.codebook_size=64"]
+    raise SystemExit(f"unknown dataset {name!r}: sim | beauty")
+
+
+def run_variant(run: Path, cfg, seed: int, eval_users: int) -> dict:
+    codes = load_codes(run)
+    splits = load_splits(run / "data" / "split", n_items=len(codes))
+    sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
+    cfg.train.seed = seed
+    feat = make_featurizer(run, cfg.model, codes)
+    torch.manual_seed(seed)
+    model = Generator(cfg.model, sizes)
+    t0 = time.perf_counter()
+    train_generator(model, TrainExamples(splits["train"], feat), cfg.train, run / "train",
+                    meta=model_meta(cfg.model, sizes, n_items=len(codes)), valid=None, progress=False)
+    train_s = time.perf_counter() - t0
+    test = splits["test"]
+    if eval_users and test.num_rows > eval_users:
+        test = test.take(np.random.default_rng(0).choice(test.num_rows, eval_users, replace=False))
+    gen = GenerativeRecommender(model.eval(), codes, beam_size=cfg.generate.beam_size, featurizer=feat)
+    t0 = time.perf_counter()
+    m = evaluate(gen, test, ks=[10, 50])
+    return {"recall@10": m["recall@10"], "ndcg@10": m["ndcg@10"], "recall@50": m["recall@50"],
+            "parameters": model.num_parameters(), "train_s": round(train_s, 1),
+            "eval_s": round(time.perf_counter() - t0, 1), "eval_users": test.num_rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="sim")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--eval-users", type=int, default=1500, help="test users scored (a fixed random subset)")
+    ap.add_argument("--preset", default="quickstart", help="base preset (tiny: a smoke test)")
+    ap.add_argument("--variants", default="", help="comma-separated subset of variant names (default: all)")
+    ap.add_argument("--datasets", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    base = dataset_overrides(args.dataset, Path(args.datasets)) + COMMON + [f"train.epochs={args.epochs}"]
+    names = [v for v in VARIANTS if not args.variants or v in args.variants.split(",")]
+    out_path = RESULTS / ("model.json" if args.preset == "quickstart" else f"model.{args.preset}.json")
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        cfg0 = load_config(preset=args.preset, overrides=base)
+        t0 = time.perf_counter()
+        stage_data(run, cfg0, progress=False)
+        stage_tokenize(run, cfg0, progress=False)
+        print(f"prepared {args.dataset} in {time.perf_counter() - t0:.0f}s", flush=True)
+        for name in names:
+            per_seed = []
+            for seed in range(args.seeds):
+                cfg = load_config(preset=args.preset, overrides=base + VARIANTS[name])
+                per_seed.append(run_variant(run, cfg, seed, args.eval_users))
+                print(f"{name} seed {seed}: {per_seed[-1]}", flush=True)
+            results[name] = {
+                "overrides": VARIANTS[name],
+                "median": {k: statistics.median(r[k] for r in per_seed) for k in ("recall@10", "ndcg@10", "recall@50")},
+                "runs": per_seed,
+            }
+            doc = json.loads(out_path.read_text()) if out_path.exists() else {}
+            doc.setdefault("pathways", {})[args.dataset] = {
+                "command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
+                "machine": "2-core shared CPU (other jobs running), no GPU, torch threads=1",
+                "base": f"{args.preset} preset model + " + " ".join(base),
+                "seeds": args.seeds, "variants": results,
+            }
+            write_json(out_path, doc)
+    print("\n| variant | recall@10 | ndcg@10 | recall@50 |\n|---|---:|---:|---:|")
+    for name, r in results.items():
+        med = r["median"]
+        print(f"| {name} | {med['recall@10']:.4f} | {med['ndcg@10']:.4f} | {med['recall@50']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Training throughput of the generator presets (samples/s, tokens/s) on this machine's CPU.
+
+For each preset the model is built from ``presets/<name>.yaml`` with the paper's vocabulary
+(3 x 8192 semantic IDs) and trained on synthetic batches that fill every pathway (405 encoder
+tokens for the paper presets), so the figure measures the model, not the featurizer. A step is
+forward + backward + optimizer step; the median step time over ``--steps`` timed steps (after
+one warm-up step) gives samples/s and tokens/s (encoder + decoder tokens per sample).
+
+fp32 AdamW needs 16 bytes per parameter (weights, gradients, two moments) before activations:
+0.935B -> 15 GB and 2.633B -> 42 GB. On this 24 GB machine shared with other jobs, 0.935B is
+measured with plain SGD (8 bytes per parameter) and 2.633B is not run; the JSON says so.
+
+MFU (model FLOPs utilisation; the Technical Report: 23.7% in training) needs a GPU and its peak
+FLOP/s; with no GPU in this session it is recorded as not measured. ``flops_per_sample`` (6 x
+active parameters x tokens, the usual dense estimate) is written so MFU can be computed later.
+
+    python benchmarks/model_throughput.py [--presets quickstart,onerec-0.015b,...] [--steps 3]
+    python benchmarks/model_throughput.py --moe-only     # one MoE layer: grouped vs loop reference
+
+Results merge into ``benchmarks/results/model.json`` under ``"throughput_cpu"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onerec.config import load_config
+from onerec.io import write_json
+from onerec.model.generator import Generator
+from onerec.model.info import codebook_sizes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PLAN = {  # preset: (batch size, optimizer)
+    "quickstart": (256, "adamw"),
+    "onerec-0.015b": (8, "adamw"),
+    "onerec-0.121b": (2, "adamw"),
+    "onerec-0.935b": (1, "sgd"),
+}
+TOO_BIG = {"onerec-2.633b": "fp32 training needs >= 21 GB for weights + gradients alone (42 GB with AdamW); "
+                            "the machine has 24 GB shared with other jobs"}
+
+
+def synthetic_batch(model: Generator, b: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch filling every enabled pathway with random but valid values (no padding)."""
+    cfg, sizes = model.cfg, model.codebook_sizes
+    g = np.random.default_rng(seed)
+
+    def tokens(prefix: str, t: int) -> dict[str, torch.Tensor]:
+        codes = np.stack([g.integers(0, v, (b, t)) for v in sizes], -1)
+        out = {f"{prefix}_codes": codes, f"{prefix}_flags": g.integers(0, 512, (b, t)),
+               f"{prefix}_age": g.integers(0, 40, (b, t)), f"{prefix}_mask": np.ones((b, t), dtype=bool)}
+        for k in ("item", "author", "tag"):
+            out[f"{prefix}_{k}"] = g.integers(1, 10**6, (b, t))
+        for k in ("play", "dur"):
+            out[f"{prefix}_{k}"] = g.integers(1, 20, (b, t))
+        return out
+
+    batch = tokens("hist", cfg.max_history)
+    if "short" in cfg.pathways:
+        batch.update(tokens("short", cfg.short_len))
+    if "lifelong" in cfg.pathways:
+        batch.update(tokens("life", cfg.lifelong_reps))
+        batch["life_count"] = g.integers(1, 20, (b, cfg.lifelong_reps))
+    if "static" in cfg.pathways:
+        batch.update(user_id=g.integers(1, 10**6, b), user_cats=g.integers(1, 100, (b, 8)),
+                     user_act=g.integers(1, 20, b))
+    batch["target"] = np.stack([g.integers(0, v, b) for v in sizes], -1)
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+
+
+def measure(preset: str, batch_size: int, optim: str, steps: int) -> dict:
+    cfg = load_config(preset=preset)
+    sizes = codebook_sizes(cfg)  # levels x codebook_size (the paper presets: 3 x 8192)
+    torch.manual_seed(0)
+    model = Generator(cfg.model, sizes).train()
+    counts = model.parameter_counts()
+    opt = (torch.optim.AdamW(model.parameters(), lr=1e-4) if optim == "adamw"
+           else torch.optim.SGD(model.parameters(), lr=1e-4))
+    batch = synthetic_batch(model, batch_size)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = model(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:  # the first step allocates optimizer state and warms up
+            times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    enc_tokens, dec_tokens = model.enc_len, len(sizes)
+    tokens = enc_tokens + dec_tokens
+    out = {
+        "batch_size": batch_size, "optimizer": optim, "steps_timed": steps, "step_s_median": round(step, 3),
+        "step_s_all": [round(t, 3) for t in times],
+        "samples_per_s": round(batch_size / step, 4), "tokens_per_s": round(batch_size * tokens / step, 1),
+        "achieved_gflops": round(6 * counts["active"] * tokens * batch_size / step / 1e9, 2),
+        "tokens_per_sample": tokens, "params_total": counts["total"], "params_active": counts["active"],
+        "flops_per_sample": 6 * counts["active"] * tokens, "loss": round(float(loss.detach()), 3),
+    }
+    del model, opt, batch, loss
+    gc.collect()
+    return out
+
+
+def moe_speed(repeats: int = 5) -> dict:
+    """Forward + backward of one MoE layer (24 experts, top-2, d=256, 2048 tokens): grouped vs loop."""
+    from onerec.model.moe import MoE
+
+    torch.manual_seed(0)
+    fast = MoE(256, 704, 24, 2)
+    ref = MoE(256, 704, 24, 2, impl="loop")
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2048, 256)
+    out = {}
+    for name, m in (("grouped", fast), ("loop", ref)):
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            m(x).square().mean().backward()
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_s_median"] = round(statistics.median(times[1:]), 4)
+    out["grouped_speedup_vs_loop"] = round(out["loop_s_median"] / out["grouped_s_median"], 2)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", default=",".join(PLAN))
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--moe-only", action="store_true", help="only time the MoE layer, grouped vs loop")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out_path = RESULTS / "model.json"
+    if args.moe_only:
+        res = moe_speed()
+        print(res)
+        doc = json.loads(out_path.read_text()) if out_path.exists() else {}
+        doc["moe_layer_cpu"] = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
+                                "machine": f"2-core shared CPU (other jobs running), torch threads={args.threads}",
+                                "layer": "d=256, 24 SwiGLU experts of 704, top-2, 2048 tokens, forward+backward",
+                                **res}
+        write_json(out_path, doc)
+        return
+    rows = {}
+    for preset in args.presets.split(","):
+        if preset in TOO_BIG:
+            rows[preset] = {"not_measured": TOO_BIG[preset]}
+            continue
+        bs, optim = PLAN[preset]
+        rows[preset] = measure(preset, bs, optim, args.steps)
+        print(preset, rows[preset], flush=True)
+    for preset, why in TOO_BIG.items():
+        rows.setdefault(preset, {"not_measured": why})
+    base = rows.get("quickstart", {}).get("samples_per_s")
+    if base:
+        for r in rows.values():
+            if "samples_per_s" in r:
+                r["samples_per_s_vs_quickstart"] = round(r["samples_per_s"] / base, 5)
+    doc = json.loads(out_path.read_text()) if out_path.exists() else {}
+    doc["throughput_cpu"] = {
+        "command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
+        "machine": f"2-core shared CPU (other jobs running), no GPU, torch threads={args.threads}, fp32",
+        "presets": rows,
+        "mfu": {"onerec-0.121b": None, "onerec-0.935b": None,
+                "note": "not measured: no GPU in this session (the Technical Report: 23.7% training MFU)"},
+    }
+    write_json(out_path, doc)
+
+
+if __name__ == "__main__":
+    main()

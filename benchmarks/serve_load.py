@@ -2,12 +2,12 @@
 
 For each model size it builds a small run (simulated data, tokenizer, a briefly trained generator;
 latency does not depend on how well the model is trained), starts ``onerec serve`` in a subprocess
-on 127.0.0.1, and drives ``POST /recommend`` (a random known ``user_id``, k = ``--k``) from
-``C`` concurrent clients (httpx, one connection each) for C in ``--concurrency``, until
-``--requests`` requests or ``--seconds`` have passed. Reports p50 / p99 latency, throughput and
-errors (any non-200 answer or transport error) per size and concurrency, the server process's CPU
-time per request (robust to other jobs on shared cores, unlike latency), and the server's mean
-micro-batch size (from /metrics).
+on 127.0.0.1, and drives ``POST /recommend`` (a random known ``user_id``, k = ``--k``) from C
+concurrent clients (each a keep-alive HTTP/1.1 connection of a minimal asyncio client) for C in
+``--concurrency``, until ``--requests`` requests or ``--seconds`` have passed. Reports p50 / p99
+latency, throughput and errors (any non-200 answer or transport error) per size and concurrency,
+the CPU time per request of the server and of the client (robust to other jobs on shared cores,
+unlike latency), and the mean number of requests per beam search (micro-batch size, from /metrics).
 
 Sizes: ``tiny`` (the tiny preset) and ``0.015B`` (the Technical Report's 0.015B layout without its
 mixture of experts: d_model 128, 4 heads, 4 encoder + 4 decoder layers, FFN 256, given as config
@@ -80,6 +80,41 @@ def start_server(run: Path, port: int, threads: int, log: Path) -> subprocess.Po
     raise RuntimeError("server did not start within 120 s")
 
 
+class Connection:
+    """A minimal keep-alive HTTP/1.1 client over asyncio streams. httpx costs several ms of CPU per
+    request, so on two shared cores it, not the server, set the pace at concurrency 64."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post_json(self, path: str, payload: dict) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        body = json.dumps(payload).encode()
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await self.writer.drain()
+        status = int((await self.reader.readline()).split()[1])
+        length, close = 0, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                close = True
+        data = await self.reader.readexactly(length)
+        if close:
+            await self.close()
+        return status, data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+
 async def drive(url: str, users: list[str], k: int, concurrency: int, n_requests: int, seconds: float) -> dict:
     latencies: list[float] = []
     errors = 0
@@ -87,25 +122,33 @@ async def drive(url: str, users: list[str], k: int, concurrency: int, n_requests
     rng = random.Random(concurrency)
     start = time.perf_counter()
 
+    host, port = url.removeprefix("http://").split(":")
+
     async def worker() -> None:
         nonlocal sent, errors
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            while sent < n_requests and time.perf_counter() - start < seconds:
-                sent += 1
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post("/recommend", json={"user_id": rng.choice(users), "k": k})
-                    ok = r.status_code == 200 and len(r.json()["items"]) > 0
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append(time.perf_counter() - t0)
-                errors += not ok
+        conn = Connection(host, int(port))
+        while sent < n_requests and time.perf_counter() - start < seconds:
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                status, data = await asyncio.wait_for(conn.post_json("/recommend", {"user_id": rng.choice(users),
+                                                                                    "k": k}), 60)
+                ok = status == 200 and len(json.loads(data)["items"]) > 0
+            except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+                ok = False
+                await conn.close()
+            latencies.append(time.perf_counter() - t0)
+            errors += not ok
+        await conn.close()
 
+    cpu0 = time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - start
+    client_cpu = time.process_time() - cpu0
     lat = sorted(latencies)
     return {"concurrency": concurrency, "requests": len(lat), "errors": errors, "wall_s": wall,
             "throughput_rps": len(lat) / wall, "p50_ms": 1e3 * statistics.median(lat),
+            "client_cpu_ms_per_request": 1e3 * client_cpu / len(lat),
             "p99_ms": 1e3 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
 
 
@@ -115,11 +158,12 @@ def cpu_seconds(pid: int) -> float:
     return (float(fields[11]) + float(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def batch_mean(url: str) -> float:
+def batch_totals(url: str) -> tuple[float, float]:
+    """(requests, beam searches) so far, from the server's onerec_batch_size histogram."""
     text = httpx.get(f"{url}/metrics").text
     vals = {line.split()[0]: float(line.split()[1])
             for line in text.splitlines() if line.startswith("onerec_batch_size_")}
-    return vals["onerec_batch_size_sum"] / max(vals["onerec_batch_size_count"], 1)
+    return vals["onerec_batch_size_sum"], vals["onerec_batch_size_count"]
 
 
 def main() -> None:
@@ -146,18 +190,17 @@ def main() -> None:
             try:
                 asyncio.run(drive(url, users, args.k, 4, 20, 30))  # warm-up
                 for c in args.concurrency:
-                    cpu0 = cpu_seconds(proc.pid)
+                    cpu0, (req0, searches0) = cpu_seconds(proc.pid), batch_totals(url)
                     row = {"size": size, **asyncio.run(drive(url, users, args.k, c, n_requests, args.seconds))}
                     row["server_cpu_ms_per_request"] = 1e3 * (cpu_seconds(proc.pid) - cpu0) / row["requests"]
+                    req1, searches1 = batch_totals(url)
+                    row["mean_batch"] = (req1 - req0) / max(searches1 - searches0, 1)
                     rows.append(row)
                     print(f"{size:>7} c={c:>3}: p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
                           f"{row['throughput_rps']:7.1f} req/s  "
-                          f"server CPU {row['server_cpu_ms_per_request']:.1f} ms/req  errors {row['errors']}",
-                          flush=True)
-                mean_batch = batch_mean(url)
-                for row in rows:
-                    if row["size"] == size:
-                        row["server_mean_batch_all_levels"] = mean_batch
+                          f"CPU/req server {row['server_cpu_ms_per_request']:.1f} ms, "
+                          f"client {row['client_cpu_ms_per_request']:.1f} ms  batch {row['mean_batch']:.1f}  "
+                          f"errors {row['errors']}", flush=True)
             finally:
                 proc.terminate()
                 try:

@@ -61,7 +61,7 @@ def utilisation(run: Path) -> dict:
             "collision_rate": round(float(1 - len(counts) / len(codes)), 4)}
 
 
-def run_variant(base: Path, run: Path, aligned: bool, seed: int) -> dict:
+def run_variant(base: Path, run: Path, aligned: bool, seed: int, extra: list[str]) -> dict:
     if not (run / "data").exists():
         shutil.copytree(base / "data", run / "data")
         shutil.copy(base / "config.yaml", run / "config.yaml")
@@ -69,9 +69,9 @@ def run_variant(base: Path, run: Path, aligned: bool, seed: int) -> dict:
     if not (run / "tokenizer" / "codes.parquet").exists():
         onerec("tokenize", str(run), f"content.align={str(aligned).lower()}", f"content.alignment.seed={seed}")
     if not (run / "train" / "metrics.json").exists():
-        onerec("train", str(run), f"train.seed={seed}", *COMMON)
+        onerec("train", str(run), f"train.seed={seed}", *COMMON, *extra)
     if not (run / "eval" / "metrics.json").exists():
-        onerec("eval", str(run), *COMMON)
+        onerec("eval", str(run), *COMMON, *extra)
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     tok = json.loads((run / "tokenizer" / "metrics.json").read_text())
     return {"seed": seed, "onerec": metrics["models"]["onerec"], "popular": metrics["models"]["popular"],
@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["simulated", "scientific"])
     ap.add_argument("--datasets-dir", type=Path, default=REPO.parent / "shared" / "datasets")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--overrides", nargs="*", default=[], help="extra config overrides for train and eval, "
+                    "e.g. generate.beam_size=20 (the same for both variants)")
     ap.add_argument("--note", default="2-core CPU shared with other jobs, no GPU; 1 torch thread")
     args = ap.parse_args()
     results = json.loads((RESULTS / "content.json").read_text()) if (RESULTS / "content.json").exists() else {}
@@ -94,7 +96,8 @@ def main() -> None:
             if not (base / "data" / "summary.json").exists():
                 onerec("data", "--out", str(base), *data_args(name, args.datasets_dir, seed))
             for variant in runs:
-                r = run_variant(base, args.out / name / f"seed{seed}" / variant, variant == "aligned", seed)
+                r = run_variant(base, args.out / name / f"seed{seed}" / variant, variant == "aligned", seed,
+                                args.overrides)
                 runs[variant].append(r)
                 print(f"{name} seed {seed} {variant}: recall@10 {r['onerec']['recall@10']:.4f} "
                       f"ndcg@10 {r['onerec']['ndcg@10']:.4f} util {r['utilisation']} "

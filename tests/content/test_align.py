@@ -41,7 +41,7 @@ def test_alignment_pulls_co_engaged_items_together():
     cfg = AlignConfig(steps=80, batch_size=64, d_model=32, dim=16, layers=1, queries=2, swing_k=5)
     before = tokens.mean(axis=1)
     before /= np.linalg.norm(before, axis=1, keepdims=True)
-    vectors, model, metrics = align_vectors(tokens, train, cfg)
+    vectors, _, metrics = align_vectors(tokens, train, cfg)
     assert vectors.shape == (40, 16) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert metrics["user_item_pairs"] > 0 and metrics["swing_pairs"] > 0
@@ -90,7 +90,7 @@ def test_info_nce_ignores_duplicate_items_as_negatives():
 
 
 def test_alignment_rejects_unknown_items():
-    tokens, train, _ = _grouped_world(n_items=8)
+    tokens, _, _ = _grouped_world(n_items=8)
     bad = pa.table({"user_id": [0], "items": [[1, 50]]})
     with pytest.raises(DataError, match="item 50"):
         align_vectors(tokens[:8], bad, AlignConfig(steps=1))

@@ -107,7 +107,7 @@ def tiny_sentence_model(folder):
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"red blue shoe apple cherry pie trail".split()]
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *["red", "blue", "shoe", "apple", "cherry", "pie", "trail"]]
     bert_dir = folder / "bert"
     bert_dir.mkdir(parents=True)
     BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(bert_dir)

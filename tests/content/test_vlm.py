@@ -12,14 +12,25 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("PIL")
 
-from onerec.config import ContentConfig, load_config  # noqa: E402
-from onerec.content import item_tokens, item_vectors  # noqa: E402
-from onerec.errors import DataError  # noqa: E402
+from onerec.config import ContentConfig, load_config
+from onerec.content import item_tokens, item_vectors
+from onerec.errors import DataError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_vlm import build_tiny_qwen2_vl  # noqa: E402
+from tiny_vlm import build_tiny_qwen2_vl
 
-WORDS = "red blue shoe apple pie cherry Title Caption Tags Describe this short video for a recommender".split()
+WORDS = ["red", "blue", "shoe", "apple", "pie", "cherry", "Title", "Caption", "Tags", "Speech",
+         "Describe", "this", "short", "video", "for", "a", "recommender"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -84,22 +95,18 @@ def test_vlm_names_a_missing_image(tiny_vlm, tmp_path):
 
 
 def test_tokenize_simulated_run_with_covers_vlm_and_alignment(tiny_vlm, tmp_path):
-    import torch
-
     from onerec.io import read_json
     from onerec.pipeline import load_codes, stage_data, stage_tokenize
 
     run = tmp_path / "run"
     cfg = load_config(preset="tiny", overrides=[
-        "data.sim.n_items=120", "data.sim.n_users=150", "data.sim.n_events=6000",
+        "data.sim.n_items=64", "data.sim.n_users=100", "data.sim.n_events=4000", "train.threads=1",
         "content.backend=vlm", f"content.model_path={tiny_vlm}", "content.batch_size=40", "content.frames=1",
         "content.align=true", "content.alignment.steps=10", "content.alignment.batch_size=32"])
     stage_data(run, cfg, progress=False)
-    threads = torch.get_num_threads()
     stage_tokenize(run, cfg, progress=False)
-    torch.set_num_threads(threads)
-    assert len(list((run / "data" / "covers").glob("*.png"))) == 2 * 120  # cover + one frame each
-    assert load_codes(run).shape[0] == 120
+    assert len(list((run / "data" / "covers").glob("*.png"))) == 2 * 64  # cover + one frame each
+    assert load_codes(run).shape[0] == 64
     metrics = read_json(run / "tokenizer" / "metrics.json")
     assert metrics["align"]["user_item_pairs"] > 0
     assert (run / "tokenizer" / "align" / "qformer.safetensors").exists()

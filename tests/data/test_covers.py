@@ -4,10 +4,10 @@ import pytest
 
 pytest.importorskip("PIL")
 
-from onerec.config import SimConfig  # noqa: E402
-from onerec.data.covers import render_covers  # noqa: E402
-from onerec.data.simulator import simulate  # noqa: E402
-from onerec.errors import DataError  # noqa: E402
+from onerec.config import SimConfig
+from onerec.data.covers import render_covers
+from onerec.data.simulator import simulate
+from onerec.errors import DataError
 
 
 def test_covers_follow_topic_and_resume(tmp_path):

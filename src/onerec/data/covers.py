@@ -61,7 +61,8 @@ def draw_cover(topic: int, n_topics: int, latent: np.ndarray, size: int = 64, fr
     return img
 
 
-def render_covers(items: pa.Table, folder: str | Path, *, item_vec: np.ndarray | None = None, n_topics: int | None = None,
+def render_covers(items: pa.Table, folder: str | Path, *, item_vec: np.ndarray | None = None,
+                  n_topics: int | None = None,
                   size: int = 64, frames: int = 0, relative_to: str | Path | None = None) -> pa.Table:
     """Render a cover (and ``frames`` frames) per item into ``folder``; return ``items`` with a
     ``cover`` path column (and a ``frames`` list column), relative to ``relative_to`` if given."""

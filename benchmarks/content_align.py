@@ -6,6 +6,7 @@ then each variant is trained and evaluated with the same small quickstart-sized 
 
     python benchmarks/content_align.py --out /tmp/content-bench                  # both datasets
     python benchmarks/content_align.py --out /tmp/cb --datasets simulated --seeds 0 1 2
+    python benchmarks/content_align.py --quick --out /tmp/cbq   # tiny simulated world, ~2 min
 
 Datasets: ``simulated`` (the quickstart world) and ``scientific`` (LC-Rec Amazon 2018 Industrial
 & Scientific, real item text, from ``--datasets-dir``). Stages whose outputs already exist in
@@ -40,9 +41,9 @@ def onerec(*args: str) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def data_args(name: str, datasets_dir: Path, seed: int) -> list[str]:
+def data_args(name: str, datasets_dir: Path, seed: int, quick: bool = False) -> list[str]:
     if name == "simulated":
-        return ["--preset", "quickstart", f"data.sim.seed={seed}"]
+        return ["--preset", "tiny" if quick else "quickstart", f"data.sim.seed={seed}"]
     if name == "scientific":
         return ["--preset", "quickstart", "data.source=lcrec",
                 f"data.path={datasets_dir / 'amazon2018_scientific_lcrec'}", "data.name=Scientific"]
@@ -84,17 +85,21 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["simulated", "scientific"])
     ap.add_argument("--datasets-dir", type=Path, default=REPO.parent / "shared" / "datasets")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--quick", action="store_true", help="tiny simulated world only -> content.quick.json")
     ap.add_argument("--overrides", nargs="*", default=[], help="extra config overrides for train and eval, "
                     "e.g. generate.beam_size=20 (the same for both variants)")
     ap.add_argument("--note", default="2-core CPU shared with other jobs, no GPU; 1 torch thread")
     args = ap.parse_args()
-    results = json.loads((RESULTS / "content.json").read_text()) if (RESULTS / "content.json").exists() else {}
+    if args.quick:
+        args.datasets = ["simulated"]
+    out_file = RESULTS / ("content.quick.json" if args.quick else "content.json")
+    results = json.loads(out_file.read_text()) if out_file.exists() else {}
     for name in args.datasets:
         runs: dict[str, list[dict]] = {"content_only": [], "aligned": []}
         for seed in args.seeds:
             base = args.out / name / f"seed{seed}" / "base"
             if not (base / "data" / "summary.json").exists():
-                onerec("data", "--out", str(base), *data_args(name, args.datasets_dir, seed))
+                onerec("data", "--out", str(base), *data_args(name, args.datasets_dir, seed, args.quick))
             for variant in runs:
                 r = run_variant(base, args.out / name / f"seed{seed}" / variant, variant == "aligned", seed,
                                 args.overrides)
@@ -119,7 +124,7 @@ def main() -> None:
         entry["machine"] = f"{platform.machine()}, {args.note}"
         results[name] = entry
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "content.json").write_text(json.dumps(results, indent=2) + "\n")
+        out_file.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -112,10 +112,13 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
     ds_items = read_parquet(_require(data / "items.parquet", "data"))
     out = run / "tokenizer"
     t0 = time.perf_counter()
-    vectors = item_vectors(ds_items, cfg.content, cache_dir=data / "cache", progress=progress)
+    ccfg = cfg.content
+    if ccfg.backend == "vlm":
+        ds_items, ccfg = _with_media(data, ds_items, ccfg)
+    vectors = item_vectors(ds_items, ccfg, cache_dir=data / "cache", progress=progress)
     align_metrics = None
-    if cfg.content.align:
-        vectors, align_metrics = _align(run, cfg, ds_items, vectors, progress)
+    if ccfg.align:
+        vectors, align_metrics = _align(run, cfg, ccfg, ds_items, vectors, progress)
     save_vectors(out / "item_vectors.safetensors", vectors, backend=cfg.content.backend,
                  aligned=str(cfg.content.align).lower())
     tc = cfg.tokenizer
@@ -137,7 +140,26 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
     return metrics
 
 
-def _align(run: Path, cfg: RunConfig, items: pa.Table, content: np.ndarray, progress: bool
+def _with_media(data: Path, items: pa.Table, ccfg: Any) -> tuple[pa.Table, Any]:
+    """vlm backend: resolve relative media paths against RUN/data; for a simulated world whose items
+    have no images, render covers (and frames) into RUN/data/covers on demand."""
+    import dataclasses
+
+    if ccfg.media_root is None:
+        ccfg = dataclasses.replace(ccfg, media_root=str(data))
+    if ccfg.image_field not in items.column_names and (data / "world" / "world.json").exists():
+        from onerec.data.simulator import World
+
+        log("rendering simulated covers into " + str(data / "covers"))
+        items = World.load(data / "world").render_covers(items, data / "covers", frames=ccfg.frames,
+                                                         relative_to=data)
+        if ccfg.image_field != "cover" or (ccfg.frames and ccfg.frames_field != "frames"):
+            items = items.rename_columns([{"cover": ccfg.image_field, "frames": ccfg.frames_field}.get(c, c)
+                                          for c in items.column_names])
+    return items, ccfg
+
+
+def _align(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, content: np.ndarray, progress: bool
            ) -> tuple[np.ndarray, dict[str, Any]]:
     """Collaborative alignment (``content.align=true``): train the QFormer on the train split's
     pairs; its vectors replace the content-only ones. The model goes to RUN/tokenizer/align/."""
@@ -145,12 +167,12 @@ def _align(run: Path, cfg: RunConfig, items: pa.Table, content: np.ndarray, prog
     from onerec.content.align import align_vectors
     from onerec.content.tfidf import item_texts
 
-    ac = cfg.content.alignment
+    ac = ccfg.alignment
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    tokens = item_tokens(items, cfg.content, cache_dir=run / "data" / "cache", progress=progress)
+    tokens = item_tokens(items, ccfg, cache_dir=run / "data" / "cache", progress=progress)
     splits = load_splits(_require(run / "data" / "split", "data"), n_items=items.num_rows)
-    texts = item_texts(items, cfg.content.text_fields) if ac.caption_weight > 0 else None
+    texts = item_texts(items, ccfg.text_fields) if ac.caption_weight > 0 else None
     vectors, model, metrics = align_vectors(tokens, splits["train"], ac, texts=texts, content=content,
                                             progress=progress)
     from safetensors.torch import save_file

@@ -207,7 +207,8 @@ def align_vectors(tokens: np.ndarray, train: pa.Table, cfg: AlignConfig, *, text
     caption = None
     if cfg.caption_weight > 0:
         if texts is None:
-            raise DataError("caption reconstruction needs the items' texts", fix="set content.alignment.caption_weight=0")
+            raise DataError("caption reconstruction needs the items' texts",
+                            fix="set content.alignment.caption_weight=0")
         caption, vocab = caption_targets(texts, cfg.caption_vocab)
         model.caption_head = nn.Linear(cfg.dim, vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -68,7 +68,7 @@ def register(name: str) -> Callable[[Factory], Factory]:
 
 
 def get_backend(cfg: ContentConfig) -> ContentBackend | BatchedBackend:
-    from onerec.content import text, tfidf  # noqa: F401  (register the backends)
+    from onerec.content import text, tfidf, vlm  # noqa: F401  (register the backends)
 
     if cfg.backend not in _BACKENDS:
         raise DataError(f"unknown content backend '{cfg.backend}'", fix=f"use one of {sorted(_BACKENDS)}")

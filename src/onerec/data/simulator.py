@@ -442,6 +442,16 @@ class World:
                    **{k: arrays[k] for k in cls.ARRAYS})
 
 
+    def render_covers(self, items: pa.Table, folder: str | Path, *, size: int = 64, frames: int = 0,
+                      relative_to: str | Path | None = None) -> pa.Table:
+        """Cover (and frame) images for the videos, drawn from their topic and latent vector
+        (:func:`onerec.data.covers.render_covers`); returns ``items`` with the path columns added."""
+        from onerec.data.covers import render_covers
+
+        return render_covers(items, folder, item_vec=self.item_vec, n_topics=self.cfg.n_topics, size=size,
+                             frames=frames, relative_to=relative_to)
+
+
 # ----------------------------------------------------------------------------- closed forms
 
 

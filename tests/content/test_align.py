@@ -1,0 +1,96 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from onerec.config import AlignConfig
+from onerec.content.align import QFormer, align_vectors, info_nce
+from onerec.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _grouped_world(n_items=40, n_groups=4, n_users=120, length=10, seed=0):
+    """Users engage only within one group of items; content tokens are pure noise."""
+    rng = np.random.default_rng(seed)
+    group = np.arange(n_items) % n_groups
+    seqs = []
+    for u in range(n_users):
+        members = np.flatnonzero(group == u % n_groups)
+        seqs.append(rng.choice(members, length).tolist())
+    train = pa.table({"user_id": np.arange(n_users), "items": seqs})
+    tokens = rng.standard_normal((n_items, 3, 16)).astype(np.float32)
+    return tokens, train, group
+
+
+def _separation(v, group):
+    sims = v @ v.T
+    same = group[:, None] == group[None, :]
+    off = ~np.eye(len(v), dtype=bool)
+    return sims[same & off].mean() - sims[~same].mean()
+
+
+def test_alignment_pulls_co_engaged_items_together():
+    tokens, train, group = _grouped_world()
+    cfg = AlignConfig(steps=80, batch_size=64, d_model=32, dim=16, layers=1, queries=2, swing_k=5)
+    before = tokens.mean(axis=1)
+    before /= np.linalg.norm(before, axis=1, keepdims=True)
+    vectors, _, metrics = align_vectors(tokens, train, cfg)
+    assert vectors.shape == (40, 16) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert metrics["user_item_pairs"] > 0 and metrics["swing_pairs"] > 0
+    assert metrics["loss_last"] < metrics["loss_first"]
+    assert _separation(vectors, group) > 0.2 > abs(_separation(before, group))
+
+
+def test_alignment_is_deterministic_and_caption_loss_runs():
+    tokens, train, group = _grouped_world(seed=1)
+    texts = [f"group{g} word{i % 3}" for i, g in enumerate(group)]
+    cfg = AlignConfig(steps=20, batch_size=32, d_model=16, dim=8, layers=1, queries=2, caption_weight=0.5)
+    a, _, _ = align_vectors(tokens, train, cfg, texts=texts)
+    b, _, _ = align_vectors(tokens, train, cfg, texts=texts)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(DataError, match="texts"):
+        align_vectors(tokens, train, cfg)
+
+
+def test_qformer_masks_padding_tokens():
+    torch.manual_seed(0)
+    cfg = AlignConfig(d_model=16, dim=8, layers=2, queries=3, heads=2)
+    q = QFormer(5, cfg).eval()
+    x = torch.randn(2, 4, 5)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    y = x.clone()
+    y[0, 2:] = 100.0  # garbage in the padded positions must not matter
+    assert q(x, mask).shape == (2, 3, 16)
+    torch.testing.assert_close(q.embed(x, mask)[0], q.embed(y, mask)[0])
+
+
+def test_info_nce_ignores_duplicate_items_as_negatives():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    b[1] = b[0]  # rows 0 and 1 have the same positive item
+    ids_a, ids_b = torch.tensor([10, 11, 12]), torch.tensor([20, 20, 22])
+    loss = info_nce(a, b, ids_a, ids_b, 0.1)
+    logits = a @ b.T / 0.1
+    ce = torch.nn.functional.cross_entropy
+    row0 = ce(logits[0, [0, 2]][None], torch.tensor([0]))  # column 1 is item 20 again: no negative
+    row1 = ce(logits[1, [1, 2]][None], torch.tensor([0]))
+    row2 = ce(logits[2][None], torch.tensor([2]))
+    cols = ce(logits.T, torch.arange(3), reduction="none")  # the a side has no duplicates
+    expected = 0.5 * ((row0 + row1 + row2) / 3 + cols.mean())
+    torch.testing.assert_close(loss, expected)
+
+
+def test_alignment_rejects_unknown_items():
+    tokens, _, _ = _grouped_world(n_items=8)
+    bad = pa.table({"user_id": [0], "items": [[1, 50]]})
+    with pytest.raises(DataError, match="item 50"):
+        align_vectors(tokens[:8], bad, AlignConfig(steps=1))

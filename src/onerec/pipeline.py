@@ -319,42 +319,51 @@ def load_ranker(run: Path, cfg: RunConfig):
 
 
 # ----------------------------------------------------------------------------- align
-def stage_align(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Align the trained generator to the P-Score (align.method = dpo | ecpo) -> RUN/align.
+def align_setup(run: Path, cfg: RunConfig, model=None):
+    """The alignment context of a run: (ctx, world or None, eval_rows, pool).
 
-    Users are split once (by align.seed) into an alignment pool and ``align.eval_users`` held-out
-    users; each user's request is after the end of the log. With a simulated world, the held-out
-    users' top-K are scored by the world's ground truth before and after alignment."""
-    from onerec.align.evaluate import evaluate_generator
-    from onerec.align.loop import AlignContext, align, request_table
+    Users with positives are shuffled once (by align.seed): the first ``align.eval_users`` are held
+    out for scoring, the rest form the pool alignment samples from; every request is after the end
+    of the log, with the user's whole positive history. ``model`` defaults to RUN/train's generator."""
+    from onerec.align.loop import AlignContext, request_table
     from onerec.data.simulator import World
     from onerec.features import HistoryFeaturizer, TrainExamples
-    from onerec.train.checkpoint import read_model_meta, save_model
 
-    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     ac = cfg.align
     ranker, feat, ds, codes, pos = load_ranker(run, cfg)
-    model = load_generator(run)
-    users = np.flatnonzero(np.diff(pos.offsets) > 0)
-    rng = np.random.default_rng(ac.seed)
-    users = rng.permutation(users)
+    model = load_generator(run) if model is None else model
+    users = np.random.default_rng(ac.seed).permutation(np.flatnonzero(np.diff(pos.offsets) > 0))
     n_eval = min(ac.eval_users, len(users) // 2)
     end_ts = int(ds.interactions["timestamp"].to_numpy().max()) + 1
     requests = request_table(pos, users, np.full(len(users), end_ts))
     splits = load_splits(run / "data" / "split", n_items=len(codes))
     ctx = AlignContext(model, codes, requests, ranker, feat,
                        TrainExamples(splits["train"], HistoryFeaturizer(codes, model.cfg.max_history)))
-    eval_rows, pool = np.arange(n_eval), np.arange(n_eval, len(users))
     world_dir = run / "data" / "world"
     world = World.load(world_dir) if (world_dir / "world.json").exists() else None
-    result: dict[str, Any] = {"method": ac.method, "eval_users": int(n_eval)}
+    return ctx, world, np.arange(n_eval), np.arange(n_eval, len(users))
+
+
+def stage_align(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Align the trained generator to the P-Score (align.method = dpo | ecpo) -> RUN/align.
+
+    With a simulated world, the held-out users' top-K (see :func:`align_setup`) are scored by the
+    world's ground truth before and after alignment."""
+    from onerec.align.evaluate import evaluate_generator
+    from onerec.align.loop import align
+    from onerec.train.checkpoint import read_model_meta, save_model
+
+    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    ac = cfg.align
+    ctx, world, eval_rows, pool = align_setup(run, cfg)
+    result: dict[str, Any] = {"method": ac.method, "eval_users": len(eval_rows)}
     if world is not None:
         result["before"] = evaluate_generator(ctx, world, eval_rows, k=ac.top_k, beam=cfg.generate.beam_size)
     result["history"] = align(ctx, ac, pool, log=progress)
     if world is not None:
         result["after"] = evaluate_generator(ctx, world, eval_rows, k=ac.top_k, beam=cfg.generate.beam_size)
     _, _, meta = read_model_meta(run / "train")
-    save_model(run / "align", model, {**meta, "align": to_dict(ac)})
+    save_model(run / "align", ctx.model, {**meta, "align": to_dict(ac)})
     write_json(run / "align" / "metrics.json", result)
     save_config(run, cfg)
     return result

@@ -47,6 +47,8 @@ OVERRIDES = [
     "reward.epochs=2", "align.iterations=4", "align.users_per_iter=256", "align.steps_per_iter=16",
     "align.batch_users=32", "align.beam_size=16", "align.eval_users=400", "align.top_k=10", "align.lr=3e-4",
 ]
+QUICK = ["data.sim.n_users=400", "data.sim.n_items=300", "data.sim.n_events=20000", "train.epochs=2",
+         "align.iterations=2", "align.users_per_iter=64", "align.eval_users=100", "eval.sasrec.epochs=5"]
 METRICS = ("watch_time", "click", "like", "long_view", "pscore", "legality", "distinct_items")
 
 
@@ -123,8 +125,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="benchmarks/results/alignment.json")
     ap.add_argument("--workdir", default=None, help="keep run directories here (default: a temp dir)")
+    ap.add_argument("--quick", action="store_true", help="a small world, one seed (writes alignment.quick.json)")
     ap.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides")
     args = ap.parse_args()
+    if args.quick:
+        args.seeds = args.seeds[:1]
+        args.out = args.out.replace(".json", ".quick.json")
+        args.overrides = [*QUICK, *args.overrides]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)

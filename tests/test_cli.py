@@ -57,6 +57,6 @@ def test_errors_are_one_clear_line(tmp_path):
 
 def test_every_verb_has_help():
     runner = CliRunner()
-    for verb in ("data", "tokenize", "train", "eval", "generate", "quickstart", "config"):
+    for verb in ("data", "tokenize", "train", "eval", "generate", "quickstart", "config", "reward", "align"):
         res = _ok(runner.invoke(cli, [verb, "--help"]))
         assert "Usage" in res.output

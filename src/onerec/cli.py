@@ -4,6 +4,8 @@
     onerec tokenize RUN [KEY=VALUE ...]       content vectors -> semantic IDs
     onerec train RUN [--resume] [KEY=VALUE]   train the generator
     onerec eval RUN [KEY=VALUE ...]           score it against the baselines; metrics + report
+    onerec reward RUN [KEY=VALUE ...]         P-Score reward model (SIM + CAN) + ablations, AUC/GAUC
+    onerec align RUN [KEY=VALUE ...]          align the generator to the P-Score (DPO / ECPO)
     onerec generate RUN --user ID ...         top-K recommendations for some users
     onerec serve RUN [--port N]               HTTP service: POST /recommend, /healthz, /metrics
     onerec quickstart [--out DIR]             all of the above on a simulated world
@@ -104,6 +106,34 @@ def eval_(run: Path, overrides: tuple[str, ...]) -> None:
     metrics = stage_eval(run, cfg)
     click.echo("\n" + metrics_table(metrics["models"], sorted(cfg.eval.ks)))
     click.echo(f"\nreport: {run / 'report.md'}")
+
+
+@cli.command()
+@_run_argument
+@_overrides
+def reward(run: Path, overrides: tuple[str, ...]) -> None:
+    """Train the P-Score reward model (reward.*: SIM, CAN, towers, fusion) on logged exposures, with the
+    DIN baseline and no-SIM / no-CAN ablations; AUC / GAUC on held-out exposures. Writes RUN/reward."""
+    from onerec.pipeline import run_config, stage_reward
+
+    out = stage_reward(run, run_config(run, overrides=overrides))
+    for name, m in out["models"].items():
+        _summary(f"reward {name} (AUC / GAUC)", {o: f"{v['auc']:.4f} / {v['gauc']:.4f}" for o, v in m.items()
+                                                 if isinstance(v, dict)})
+
+
+@cli.command()
+@_run_argument
+@_overrides
+def align(run: Path, overrides: tuple[str, ...]) -> None:
+    """Align the trained generator to the P-Score (align.method=dpo|ecpo, align.*); with a simulated world,
+    score held-out users' top-K by its ground truth before and after. Writes RUN/align."""
+    from onerec.pipeline import run_config, stage_align
+
+    out = stage_align(run, run_config(run, overrides=overrides))
+    for when in ("before", "after"):
+        if when in out:
+            _summary(f"{out['method']} {when} (simulated world)", out[when])
 
 
 @cli.command()

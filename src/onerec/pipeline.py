@@ -10,6 +10,8 @@ Run directory layout::
                                   item_vectors.safetensors, metrics.json
     RUN/train/                    model.safetensors + model.json, history.json, checkpoints/
     RUN/eval/                     metrics.json, recommendations.parquet (onerec's top-K per user)
+    RUN/reward/                   pscore.safetensors + pscore.json (P-Score ranker), metrics.json (AUC/GAUC)
+    RUN/align/                    model.safetensors + model.json (aligned generator), metrics.json
     RUN/metrics.json              {"models": {"onerec": {...}, "popular": {...}, ...}, ...}
     RUN/report.md, RUN/plots/     the human report
 """
@@ -372,3 +374,97 @@ def _item_titles(items: pa.Table) -> list[str]:
         if col in items.column_names:
             return [("" if t is None else str(t))[:80] for t in items[col].to_pylist()]
     return [""] * items.num_rows
+
+
+# ---------------------------------------------------------------------------- reward
+def _reward_inputs(run: Path, cfg: RunConfig):
+    from onerec.reward.data import exposure_splits
+
+    ds = Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
+    codes = load_codes(run)
+    splits, feat = exposure_splits(ds.interactions, ds.n_users, codes, ds.items, objectives=cfg.reward.objectives,
+                                   long_len=cfg.reward.long_len, test_frac=cfg.reward.test_frac,
+                                   pref_cap_s=cfg.reward.pref_cap_s, positive=cfg.data.positive)
+    return ds, codes, splits, feat
+
+
+def stage_reward(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Train the P-Score model on the train exposures (and, with reward.ablations, the DIN baseline and
+    the no-SIM / no-CAN ablations); AUC / GAUC per objective on held-out exposures -> RUN/reward."""
+    from onerec.reward.train import VARIANTS, fit_variants, save_pscore
+
+    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    ds, codes, splits, feat = _reward_inputs(run, cfg)
+    variants = VARIANTS if cfg.reward.ablations else {"pscore": VARIANTS["pscore"]}
+    models, metrics = fit_variants(cfg.reward, splits, feat, ds.n_users, variants=variants,
+                                   log_every=200 if progress else 0)
+    side = feat.side
+    meta = {"n_users": ds.n_users, "n_items": len(codes), "n_cats": side.n_cats, "n_authors": side.n_authors}
+    save_pscore(run / "reward", models["pscore"], meta)
+    summary = {"train_exposures": len(splits["train"]), "test_exposures": len(splits["test"]), "models": metrics}
+    write_json(run / "reward" / "metrics.json", summary)
+    save_config(run, cfg)
+    return summary
+
+
+def load_ranker(run: Path, cfg: RunConfig):
+    """The trained P-Score model and its featurizer over the run's logged positives."""
+    from onerec.reward.data import ItemSide, Positives, RankFeaturizer
+    from onerec.reward.train import load_pscore
+
+    model, _ = load_pscore(_require(run / "reward" / "pscore.json", "reward").parent)
+    ds = Dataset.load(run / "data", validate=False)
+    codes = load_codes(run)
+    pos = Positives.from_interactions(ds.interactions, ds.n_users, cfg.data.positive)
+    return model, RankFeaturizer(pos, ItemSide.build(codes, ds.items), model.cfg.long_len), ds, codes, pos
+
+
+# ----------------------------------------------------------------------------- align
+def align_setup(run: Path, cfg: RunConfig, model=None):
+    """The alignment context of a run: (ctx, world or None, eval_rows, pool).
+
+    Users with positives are shuffled once (by align.seed): the first ``align.eval_users`` are held
+    out for scoring, the rest form the pool alignment samples from; every request is after the end
+    of the log, with the user's whole positive history. ``model`` defaults to RUN/train's generator."""
+    from onerec.align.loop import AlignContext, request_table
+    from onerec.data.simulator import World
+    from onerec.features import HistoryFeaturizer, TrainExamples
+
+    ac = cfg.align
+    ranker, feat, ds, codes, pos = load_ranker(run, cfg)
+    model = load_generator(run) if model is None else model
+    users = np.random.default_rng(ac.seed).permutation(np.flatnonzero(np.diff(pos.offsets) > 0))
+    n_eval = min(ac.eval_users, len(users) // 2)
+    end_ts = int(ds.interactions["timestamp"].to_numpy().max()) + 1
+    requests = request_table(pos, users, np.full(len(users), end_ts))
+    splits = load_splits(run / "data" / "split", n_items=len(codes))
+    ctx = AlignContext(model, codes, requests, ranker, feat,
+                       TrainExamples(splits["train"], HistoryFeaturizer(codes, model.cfg.max_history)))
+    world_dir = run / "data" / "world"
+    world = World.load(world_dir) if (world_dir / "world.json").exists() else None
+    return ctx, world, np.arange(n_eval), np.arange(n_eval, len(users))
+
+
+def stage_align(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Align the trained generator to the P-Score (align.method = dpo | ecpo) -> RUN/align.
+
+    With a simulated world, the held-out users' top-K (see :func:`align_setup`) are scored by the
+    world's ground truth before and after alignment."""
+    from onerec.align.evaluate import evaluate_generator
+    from onerec.align.loop import align
+    from onerec.train.checkpoint import read_model_meta, save_model
+
+    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    ac = cfg.align
+    ctx, world, eval_rows, pool = align_setup(run, cfg)
+    result: dict[str, Any] = {"method": ac.method, "eval_users": len(eval_rows)}
+    if world is not None:
+        result["before"] = evaluate_generator(ctx, world, eval_rows, k=ac.top_k, beam=cfg.generate.beam_size)
+    result["history"] = align(ctx, ac, pool, log=progress)
+    if world is not None:
+        result["after"] = evaluate_generator(ctx, world, eval_rows, k=ac.top_k, beam=cfg.generate.beam_size)
+    _, _, meta = read_model_meta(run / "train")
+    save_model(run / "align", ctx.model, {**meta, "align": to_dict(ac)})
+    write_json(run / "align" / "metrics.json", result)
+    save_config(run, cfg)
+    return result

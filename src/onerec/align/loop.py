@@ -143,6 +143,16 @@ def shaped_reward(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, items: 
     return r
 
 
+def format_shaped_reward(reward: np.ndarray, illegal_reward: float) -> np.ndarray:
+    """The format reward folded into each group's rewards [B, G] (NaN = illegal code): an illegal
+    sample scores ``|illegal_reward|`` group standard deviations below the group's worst legal one
+    (0.1 when the group has fewer than two legal samples), so its advantage is the lowest."""
+    legal = ~np.isnan(reward)
+    lo = np.array([r[m].min() if m.any() else 0.0 for r, m in zip(reward, legal)])
+    sd = np.array([r[m].std() if m.sum() > 1 else 0.1 for r, m in zip(reward, legal)])
+    return np.where(legal, reward, (lo - abs(illegal_reward) * np.maximum(sd, 1e-3))[:, None])
+
+
 # ------------------------------------------------------------------------------ losses
 def _ntp(ctx: AlignContext, rng: np.random.Generator, n: int) -> torch.Tensor:
     ex = ctx.train_examples
@@ -220,10 +230,7 @@ def ecpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch
     items = ctx.index.lookup(codes)
     reward = shaped_reward(ctx, cfg, rows, items)
     legal = ~np.isnan(reward)
-    # format reward: an illegal sample scores below the group's worst legal one (by |illegal_reward| stds)
-    lo = np.array([reward[i, legal[i]].min() if legal[i].any() else 0.0 for i in range(len(rows))])
-    sd = np.array([reward[i, legal[i]].std() if legal[i].sum() > 1 else 0.1 for i in range(len(rows))])
-    shaped = np.where(legal, reward, (lo + cfg.illegal_reward * np.maximum(sd, 1e-3))[:, None])
+    shaped = format_shaped_reward(reward, cfg.illegal_reward)
     adv = group_advantages(torch.from_numpy(shaped).float())
     codes_t = torch.from_numpy(codes)
     keep = torch.from_numpy(_keep_top(reward, cfg.rsft_keep).astype(np.float32))

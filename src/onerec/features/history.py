@@ -175,10 +175,13 @@ class HistoryFeaturizer:
             if "lifelong" in self.pathways:
                 out.update(self._lifelong(l_start, l_end, l_items, l_ts, l_flags, l_play, request_ts))
             if "static" in self.pathways:
-                uid = users if users is not None else rows
-                cats = (self.side.user_cats[uid] if self.side is not None
-                        else np.zeros((len(rows), 0), dtype=np.int64))
-                out["user_id"] = torch.from_numpy(uid.astype(np.int64) + 1)
+                # unknown users (e.g. a request with an explicit history) get the padding id 0
+                known = users is not None
+                n_cats = 0 if self.side is None else self.side.user_cats.shape[1]
+                cats = (self.side.user_cats[users] if known and self.side is not None
+                        else np.zeros((len(rows), n_cats), dtype=np.int64))
+                out["user_id"] = torch.from_numpy(users.astype(np.int64) + 1 if known
+                                                  else np.zeros(len(rows), dtype=np.int64))
                 out["user_cats"] = torch.from_numpy(cats.astype(np.int64))
                 out["user_act"] = torch.from_numpy(log_bucket(l_end - l_start))
         return out
@@ -238,7 +241,8 @@ class EvalExamples:
         self.seqs = Ragged.from_table(table, "history", "history_ts", "history_flags")
         self.f = featurizer
         self.request_ts = table["target_ts"].to_numpy().astype(np.int64)
-        self.users = table["user_id"].to_numpy().astype(np.int64)
+        # user ids feed the static and full-log pathways; a table of explicit histories may lack them
+        self.users = table["user_id"].to_numpy().astype(np.int64) if "user_id" in table.column_names else None
         self.first_target = None  # first target of each row, for the validation loss
         if "targets" in table.column_names:
             tg = table["targets"].combine_chunks()
@@ -249,7 +253,8 @@ class EvalExamples:
         return len(self.request_ts)
 
     def batch(self, idx: np.ndarray, with_target: bool = False) -> dict:
-        out = self.f.histories(self.seqs, idx, self.seqs.offsets[idx + 1], self.request_ts[idx], self.users[idx])
+        out = self.f.histories(self.seqs, idx, self.seqs.offsets[idx + 1], self.request_ts[idx],
+                               None if self.users is None else self.users[idx])
         if with_target:
             if self.first_target is None:
                 raise ValueError("this examples table has no 'targets' column")

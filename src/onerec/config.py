@@ -84,7 +84,7 @@ class DataConfig:
 
 # -------------------------------------------------------------------------- content
 @dataclass
-class AlignConfig:
+class ContentAlignConfig:
     """Collaborative alignment (``onerec.content.align``): a QFormer over the backend's token
     vectors trained with item-to-item InfoNCE (OneRec Technical Report, Sec. 2.1)."""
 
@@ -145,7 +145,8 @@ class ContentConfig:
     trust_remote_code: bool = opt(False, "vlm: allow the model folder's own Python code to run (needed by "
                                          "Keye-VL and MiniCPM-V; an explicit opt-in)")
     align: bool = opt(False, "train the collaborative-alignment QFormer and tokenise its vectors instead")
-    alignment: AlignConfig = section(AlignConfig, "collaborative alignment (used when content.align=true)")
+    alignment: ContentAlignConfig = section(ContentAlignConfig,
+                                            "collaborative alignment (used when content.align=true)")
 
 
 # ------------------------------------------------------------------------ tokenizer

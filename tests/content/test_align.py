@@ -3,7 +3,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from onerec.config import AlignConfig
+from onerec.config import ContentAlignConfig
 from onerec.content.align import QFormer, align_vectors, info_nce
 from onerec.errors import DataError
 
@@ -38,7 +38,7 @@ def _separation(v, group):
 
 def test_alignment_pulls_co_engaged_items_together():
     tokens, train, group = _grouped_world()
-    cfg = AlignConfig(steps=80, batch_size=64, d_model=32, dim=16, layers=1, queries=2, swing_k=5)
+    cfg = ContentAlignConfig(steps=80, batch_size=64, d_model=32, dim=16, layers=1, queries=2, swing_k=5)
     before = tokens.mean(axis=1)
     before /= np.linalg.norm(before, axis=1, keepdims=True)
     vectors, _, metrics = align_vectors(tokens, train, cfg)
@@ -52,7 +52,7 @@ def test_alignment_pulls_co_engaged_items_together():
 def test_alignment_is_deterministic_and_caption_loss_runs():
     tokens, train, group = _grouped_world(seed=1)
     texts = [f"group{g} word{i % 3}" for i, g in enumerate(group)]
-    cfg = AlignConfig(steps=20, batch_size=32, d_model=16, dim=8, layers=1, queries=2, caption_weight=0.5)
+    cfg = ContentAlignConfig(steps=20, batch_size=32, d_model=16, dim=8, layers=1, queries=2, caption_weight=0.5)
     a, _, _ = align_vectors(tokens, train, cfg, texts=texts)
     b, _, _ = align_vectors(tokens, train, cfg, texts=texts)
     np.testing.assert_array_equal(a, b)
@@ -62,7 +62,7 @@ def test_alignment_is_deterministic_and_caption_loss_runs():
 
 def test_qformer_masks_padding_tokens():
     torch.manual_seed(0)
-    cfg = AlignConfig(d_model=16, dim=8, layers=2, queries=3, heads=2)
+    cfg = ContentAlignConfig(d_model=16, dim=8, layers=2, queries=3, heads=2)
     q = QFormer(5, cfg).eval()
     x = torch.randn(2, 4, 5)
     mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
@@ -93,4 +93,4 @@ def test_alignment_rejects_unknown_items():
     tokens, _, _ = _grouped_world(n_items=8)
     bad = pa.table({"user_id": [0], "items": [[1, 50]]})
     with pytest.raises(DataError, match="item 50"):
-        align_vectors(tokens[:8], bad, AlignConfig(steps=1))
+        align_vectors(tokens[:8], bad, ContentAlignConfig(steps=1))

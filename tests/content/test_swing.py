@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onerec.config import AlignConfig
+from onerec.config import ContentAlignConfig
 from onerec.content.align import swing_pairs, user_item_pairs, user_item_pairs_reference
 from onerec.content.swing import swing, swing_reference, top_neighbours
 from onerec.errors import DataError
@@ -69,9 +69,9 @@ def test_swing_pairs_respect_the_recent_window():
     from onerec.content.align import train_events
 
     users, items, offsets = train_events(train)
-    cfg = AlignConfig(max_user_items=2, swing_k=5)
+    cfg = ContentAlignConfig(max_user_items=2, swing_k=5)
     a, b = swing_pairs(users, items, offsets, 4, cfg)
     # only the last two positives count: user 0 -> {2, 3}, user 1 -> {0, 1}: no shared pair
     assert len(a) == 0
-    a, b = swing_pairs(users, items, offsets, 4, AlignConfig(max_user_items=4, swing_k=5))
+    a, b = swing_pairs(users, items, offsets, 4, ContentAlignConfig(max_user_items=4, swing_k=5))
     assert set(zip(a.tolist(), b.tolist())) >= {(0, 1), (2, 3), (0, 3)}

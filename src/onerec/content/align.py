@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from onerec.config import AlignConfig
+from onerec.config import ContentAlignConfig
 from onerec.content.swing import swing, top_neighbours
 from onerec.errors import DataError
 from onerec.model.layers import Attention, RMSNorm, SwiGLU, ffn_hidden
@@ -55,7 +55,7 @@ class QFormerBlock(nn.Module):
 class QFormer(nn.Module):
     """Compress ``[B, T, D_in]`` token vectors into ``queries`` vectors and one L2-normalised item vector."""
 
-    def __init__(self, in_dim: int, cfg: AlignConfig) -> None:
+    def __init__(self, in_dim: int, cfg: ContentAlignConfig) -> None:
         super().__init__()
         self.inp = nn.Linear(in_dim, cfg.d_model)
         self.queries = nn.Parameter(torch.randn(cfg.queries, cfg.d_model) * 0.02)
@@ -138,7 +138,7 @@ def user_item_pairs_reference(items: np.ndarray, offsets: np.ndarray, vectors: n
     return np.array(targets, dtype=np.int64), np.array(partners, dtype=np.int64)
 
 
-def swing_pairs(users: np.ndarray, items: np.ndarray, offsets: np.ndarray, n_items: int, cfg: AlignConfig
+def swing_pairs(users: np.ndarray, items: np.ndarray, offsets: np.ndarray, n_items: int, cfg: ContentAlignConfig
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Each item with its top ``swing_k`` Swing neighbours, from each user's last ``max_user_items`` positives."""
     pos_from_end = np.repeat(offsets[1:], np.diff(offsets)) - np.arange(len(items))
@@ -177,7 +177,7 @@ def info_nce(a: Tensor, b: Tensor, ids_a: Tensor, ids_b: Tensor, temperature: fl
     return 0.5 * (F.cross_entropy(la, target) + F.cross_entropy(lb, target))
 
 
-def align_vectors(tokens: np.ndarray, train: pa.Table, cfg: AlignConfig, *, texts: list[str] | None = None,
+def align_vectors(tokens: np.ndarray, train: pa.Table, cfg: ContentAlignConfig, *, texts: list[str] | None = None,
                   content: np.ndarray | None = None, progress: bool = False
                   ) -> tuple[np.ndarray, QFormer, dict[str, Any]]:
     """Train the QFormer on the collaborative pairs of ``train`` and return the aligned item vectors.

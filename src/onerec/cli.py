@@ -11,6 +11,8 @@
     onerec quickstart [--out DIR]             all of the above on a simulated world
     onerec config [--preset NAME]             every config key with its default and help
     onerec model-info PRESET [KEY=VALUE ...]  total / active parameter counts of a preset's model (JSON)
+    onerec bench amazon --category beauty     Amazon 2014 under the TIGER protocol, beside published numbers
+    onerec bench scientific                   our semantic IDs vs published indexes (Amazon 2018 Scientific)
 
 KEY=VALUE overrides use dotted config keys (``train.lr=3e-4``, ``data.sim.n_users=500``);
 ``onerec config`` lists them all.

@@ -353,4 +353,5 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
                    for i, r0 in enumerate(parts[0]["runs"])]
     out["seconds"] = sum(p["seconds"] for p in parts)
     out["command"] = " && ".join(p.get("command", "") for p in parts if p.get("command"))
+    out["note"] = " | ".join(f"{', '.join(p['models'])}: {p['note']}" for p in parts if p.get("note"))
     return out

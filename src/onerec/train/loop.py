@@ -186,6 +186,8 @@ def train_generator(
                 bad_epochs += 1
             if bad_epochs >= max(cfg.patience, 1) and step < total:
                 result.stopped = "patience"
+        # re-read the clock: an epoch-end evaluation may itself have used up the budget
+        over_time = cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s
         if over_time and step < total and result.stopped is None:
             result.stopped = "time_budget"
         done = step == total or (stop_at is not None and step >= stop_at) or result.stopped is not None

@@ -119,17 +119,18 @@ def main() -> None:
                 per_seed.append(run_variant(run, cfg, seed, args.eval_users))
                 print(f"{name} seed {seed}: {per_seed[-1]}", flush=True)
             results[name] = {
-                "overrides": VARIANTS[name],
+                "overrides": VARIANTS[name], "command": "python " + " ".join(sys.argv),
                 "median": {k: statistics.median(r[k] for r in per_seed) for k in ("recall@10", "ndcg@10", "recall@50")},
                 "runs": per_seed,
             }
             doc = json.loads(out_path.read_text()) if out_path.exists() else {}
-            doc.setdefault("pathways", {})[args.dataset] = {
-                "command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
+            entry = doc.setdefault("pathways", {}).setdefault(args.dataset, {})
+            entry.update({  # variants merge, so they can be measured by separate (parallel) runs
+                "date": dt.date.today().isoformat(),
                 "machine": "2-core shared CPU (other jobs running), no GPU, torch threads=1",
-                "base": f"{args.preset} preset model + " + " ".join(base),
-                "seeds": args.seeds, "variants": results,
-            }
+                "base": f"{args.preset} preset model + " + " ".join(base), "seeds": args.seeds,
+            })
+            entry.setdefault("variants", {})[name] = results[name]
             write_json(out_path, doc)
     print("\n| variant | recall@10 | ndcg@10 | recall@50 |\n|---|---:|---:|---:|")
     for name, r in results.items():

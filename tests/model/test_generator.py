@@ -4,7 +4,7 @@ import torch
 from onerec.config import ModelConfig
 from onerec.features import EvalExamples, HistoryFeaturizer, TrainExamples, age_bucket
 from onerec.generate.generative import GenerativeRecommender
-from onerec.model.generator import Generator
+from onerec.model.generator import V0_KEYS, Generator
 
 
 def _codes(n_items: int) -> np.ndarray:
@@ -60,3 +60,21 @@ def test_generative_recommender_returns_valid_distinct_items(cyclic):
     assert all(len(set(r)) == 10 for r in out)
     ex = EvalExamples(splits["test"], HistoryFeaturizer(codes, 8))
     assert len(ex) == splits["test"].num_rows
+
+
+def test_generator_v0_checkpoints_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    from onerec.train.checkpoint import load_state
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, max_history=4)
+    m = Generator(cfg, [4, 8])
+    old_names = {v: k for k, v in V0_KEYS.items()}
+    old_state = {old_names.get(k, k): v.contiguous() for k, v in m.state_dict().items()}
+    assert "hist_pos.weight" in old_state
+    save_file(old_state, str(tmp_path / "model.safetensors"))
+    fresh = Generator(cfg, [4, 8])
+    load_state(tmp_path, fresh)
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v)

@@ -38,6 +38,10 @@ from onerec.model.pathways import (
     projection,
 )
 
+#: state-dict keys of generator v0 checkpoints (before the pathways) -> today's names
+V0_KEYS = {"hist_pos.weight": "enc_pos.weight", "flag_emb.weight": "behaviour.flag_emb.weight",
+           "age_emb.weight": "behaviour.age_emb.weight"}
+
 
 class CodeEmbedding(nn.Module):
     """Embeds a semantic ID as the sum of one embedding per level (padding code -1 -> zero)."""
@@ -241,6 +245,10 @@ class Generator(nn.Module):
         """log p(s_step | prefix, history): prefix [M, step] -> [M, V_step] (for beam search)."""
         hidden = self.decode(prefix, memory, memory_mask)
         return F.log_softmax(self.heads[step](hidden[:, -1]).float(), dim=-1)
+
+    def upgrade_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Rename the keys of a generator v0 checkpoint (same model, older names); others pass unchanged."""
+        return {V0_KEYS.get(k, k): v for k, v in state.items()}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

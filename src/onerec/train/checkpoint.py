@@ -38,6 +38,8 @@ def load_state(folder: str | Path, model: torch.nn.Module) -> None:
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise CheckpointError(f"{path}: unreadable weights ({e}). Fix: the file is truncated; retrain or "
                               "restore it.") from None
+    if hasattr(model, "upgrade_state"):  # checkpoints written before a rename of some keys
+        state = model.upgrade_state(state)
     own = model.state_dict()
     for key, value in own.items():
         if key not in state:

@@ -28,9 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
-
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["train.threads=1", "eval.baselines=[popular]", "eval.ks=[10,50]"]
@@ -50,16 +47,12 @@ def data_args(name: str, datasets_dir: Path, seed: int, quick: bool = False) -> 
     raise SystemExit(f"unknown dataset {name}")
 
 
-def utilisation(run: Path) -> dict:
-    table = pq.read_table(run / "tokenizer" / "codes.parquet")
-    sid = table["sid"].combine_chunks()
-    codes = sid.flatten().to_numpy().reshape(len(sid), -1)
-    sizes = json.loads((run / "tokenizer" / "metrics.json").read_text())["codebook_sizes"]
-    levels = [len(np.unique(codes[:, lv])) / sizes[lv] for lv in range(len(sizes) - 1)]  # last = dedup level
-    prefix = codes[:, :-1]
-    _, counts = np.unique(prefix, axis=0, return_counts=True)
-    return {"utilisation": [round(u, 4) for u in levels],
-            "collision_rate": round(float(1 - len(counts) / len(codes)), 4)}
+def codebook_metrics(run: Path) -> dict:
+    """The tokenizer's own figures: per-level utilisation (share of codes used), the share of items
+    whose L-level code collides with another item's (before the extra uniqueness level), the number
+    of distinct codes and the largest group sharing one code."""
+    tok = json.loads((run / "tokenizer" / "metrics.json").read_text())
+    return {k: tok[k] for k in ("utilisation", "collision_rate", "distinct_codes", "max_group", "recon_rel")}
 
 
 def run_variant(base: Path, run: Path, aligned: bool, seed: int, extra: list[str]) -> dict:
@@ -76,7 +69,7 @@ def run_variant(base: Path, run: Path, aligned: bool, seed: int, extra: list[str
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     tok = json.loads((run / "tokenizer" / "metrics.json").read_text())
     return {"seed": seed, "onerec": metrics["models"]["onerec"], "popular": metrics["models"]["popular"],
-            **utilisation(run), "align": tok.get("align"), "seconds": round(time.perf_counter() - t0, 1)}
+            **codebook_metrics(run), "align": tok.get("align"), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main() -> None:
@@ -115,6 +108,7 @@ def main() -> None:
                 "utilisation": rs[0]["utilisation"] if len(rs) == 1 else
                 [statistics.median(r["utilisation"][i] for r in rs) for i in range(len(rs[0]["utilisation"]))],
                 "collision_rate": statistics.median(r["collision_rate"] for r in rs),
+                "distinct_codes": statistics.median(r["distinct_codes"] for r in rs),
                 "popular_recall@10": statistics.median(r["popular"]["recall@10"] for r in rs),
                 "runs": rs,
             }

@@ -94,3 +94,27 @@ def test_alignment_rejects_unknown_items():
     bad = pa.table({"user_id": [0], "items": [[1, 50]]})
     with pytest.raises(DataError, match="item 50"):
         align_vectors(tokens[:8], bad, ContentAlignConfig(steps=1))
+        align_vectors(tokens[:8], bad, AlignConfig(steps=1))
+
+
+def test_tokenize_switch_uses_aligned_vectors(tmp_path):
+    from onerec.config import load_config
+    from onerec.content import load_vectors
+    from onerec.io import read_json
+    from onerec.pipeline import stage_data, stage_tokenize
+
+    base = ["data.sim.n_items=80", "data.sim.n_users=120", "data.sim.n_events=5000", "train.threads=1"]
+    plain, aligned = tmp_path / "plain", tmp_path / "aligned"
+    stage_data(plain, load_config(preset="tiny", overrides=base), progress=False)
+    stage_tokenize(plain, load_config(preset="tiny", overrides=base), progress=False)
+    cfg = load_config(preset="tiny", overrides=[*base, "content.align=true", "content.alignment.steps=15",
+                                                "content.alignment.batch_size=32", "content.alignment.dim=8"])
+    stage_data(aligned, cfg, progress=False)
+    metrics = stage_tokenize(aligned, cfg, progress=False)
+    assert metrics["align"]["user_item_pairs"] > 0 and metrics["align"]["swing_pairs"] > 0
+    v_plain = load_vectors(plain / "tokenizer" / "item_vectors.safetensors")
+    v_aligned = load_vectors(aligned / "tokenizer" / "item_vectors.safetensors")
+    assert v_plain.shape == (80, 16) and v_aligned.shape == (80, 8)
+    assert read_json(aligned / "tokenizer" / "align" / "qformer.json")["in_dim"] == 16
+    assert (aligned / "tokenizer" / "align" / "qformer.safetensors").exists()
+    assert not (plain / "tokenizer" / "align").exists()

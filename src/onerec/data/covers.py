@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from onerec.errors import DataError
+from onerec.io import atomic_path
 
 SHAPES = ("circle", "square", "triangle", "diamond", "ring", "cross")
 
@@ -85,14 +86,16 @@ def render_covers(items: pa.Table, folder: str | Path, *, item_vec: np.ndarray |
     covers, frame_lists = [], []
     for i in range(len(topic)):
         path = folder / f"{i}.png"
-        if not path.exists():
-            draw_cover(int(topic[i]), n_topics, item_vec[i], size).save(path)
+        if not path.exists():  # written atomically, so a kept file is always a whole image
+            with atomic_path(path) as tmp:
+                draw_cover(int(topic[i]), n_topics, item_vec[i], size).save(tmp, format="PNG")
         covers.append(rel(path))
         fl = []
         for f in range(frames):
             fp = folder / f"{i}_f{f}.png"
             if not fp.exists():
-                draw_cover(int(topic[i]), n_topics, item_vec[i], size, frame=f).save(fp)
+                with atomic_path(fp) as tmp:
+                    draw_cover(int(topic[i]), n_topics, item_vec[i], size, frame=f).save(tmp, format="PNG")
             fl.append(rel(fp))
         frame_lists.append(fl)
     out = items.append_column("cover", pa.array(covers))

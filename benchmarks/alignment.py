@@ -37,32 +37,38 @@ from onerec.align.loop import AlignContext, align, clone_model
 from onerec.baselines import build_baseline
 from onerec.config import load_config, to_dict
 from onerec.data.splits import load_splits
-from onerec.io import write_json
+from onerec.io import read_json, write_json
 from onerec.pipeline import align_setup, stage_data, stage_reward, stage_tokenize, stage_train
 
 OVERRIDES = [
     "data.sim.n_users=2000", "data.sim.n_items=1000", "data.sim.n_events=150000",
     "tokenizer.codebook_size=16", "model.d_model=64", "train.epochs=3", "train.threads=1",
     "generate.beam_size=32", "eval.sasrec.epochs=30", "eval.sasrec.time_budget_s=90",
-    "reward.epochs=2", "align.iterations=4", "align.users_per_iter=256", "align.steps_per_iter=16",
-    "align.batch_users=32", "align.beam_size=16", "align.eval_users=400", "align.top_k=10", "align.lr=3e-4",
+    "reward.epochs=2", "align.iterations=12", "align.users_per_iter=256", "align.steps_per_iter=16",
+    "align.batch_users=32", "align.beam_size=16", "align.eval_users=400", "align.top_k=10", "align.lr=5e-4",
 ]
 QUICK = ["data.sim.n_users=400", "data.sim.n_items=300", "data.sim.n_events=20000", "train.epochs=2",
          "align.iterations=2", "align.users_per_iter=64", "align.eval_users=100", "eval.sasrec.epochs=5"]
 METRICS = ("watch_time", "click", "like", "long_view", "pscore", "legality", "distinct_items")
 
 
-def run_seed(seed: int, workdir: Path, extra: list[str]) -> dict:
+def run_seed(seed: int, workdir: Path, extra: list[str], *, reuse: bool = False, prepare_only: bool = False) -> dict:
     torch.set_num_threads(1)
     run = workdir / f"seed{seed}"
     cfg = load_config(preset="quickstart", overrides=[*OVERRIDES, f"data.sim.seed={seed}", f"train.seed={seed}",
                                                       f"reward.seed={seed}", f"align.seed={seed}", *extra])
     t0 = time.perf_counter()
-    stage_data(run, cfg, progress=False)
-    stage_tokenize(run, cfg, progress=False)
-    stage_train(run, cfg, progress=False)
+    if not (reuse and (run / "train" / "model.json").exists()):
+        stage_data(run, cfg, progress=False)
+        stage_tokenize(run, cfg, progress=False)
+        stage_train(run, cfg, progress=False)
     t_pre = time.perf_counter() - t0
-    reward = stage_reward(run, cfg, progress=False)
+    if reuse and (run / "reward" / "metrics.json").exists():
+        reward = read_json(run / "reward" / "metrics.json")
+    else:
+        reward = stage_reward(run, cfg, progress=False)
+    if prepare_only:
+        return {}
     print(f"seed {seed}: reward AUC " + ", ".join(f"{k}={v['long_view']['auc']:.3f}"
                                                    for k, v in reward["models"].items()), flush=True)
     ctx, world, eval_rows, pool = align_setup(run, cfg)
@@ -125,6 +131,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="benchmarks/results/alignment.json")
     ap.add_argument("--workdir", default=None, help="keep run directories here (default: a temp dir)")
+    ap.add_argument("--reuse", action="store_true", help="reuse trained generators / P-Scores found in --workdir")
+    ap.add_argument("--prepare-only", action="store_true", help="only pretrain and fit the P-Score (with --workdir)")
+    ap.add_argument("--merge", nargs="+", default=None, help="summarise the runs of these result files into --out")
     ap.add_argument("--quick", action="store_true", help="a small world, one seed (writes alignment.quick.json)")
     ap.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides")
     args = ap.parse_args()
@@ -133,9 +142,23 @@ def main() -> None:
         args.out = args.out.replace(".json", ".quick.json")
         args.overrides = [*QUICK, *args.overrides]
     t0 = time.perf_counter()
+    if args.merge:
+        from onerec.io import read_json as _read
+
+        parts = [_read(f) for f in args.merge]
+        runs = [r for p in parts for r in p["runs"]]
+        args.seeds = [r["seed"] for r in runs]
+        write_json(args.out, {**parts[0], "date": parts[-1]["date"], "seeds": args.seeds, **summarise(runs),
+                              "runs": runs, "wall_s": sum(p["wall_s"] for p in parts),
+                              "command": " ; ".join(p["command"] for p in parts) + " ; python benchmarks/alignment.py "
+                              + " ".join(sys.argv[1:])})
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
-        runs = [run_seed(s, work, args.overrides) for s in args.seeds]
+        runs = [run_seed(s, work, args.overrides, reuse=args.reuse, prepare_only=args.prepare_only)
+                for s in args.seeds]
+    if args.prepare_only:
+        return
     result = {
         "benchmark": "alignment",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -94,7 +94,6 @@ def test_alignment_rejects_unknown_items():
     bad = pa.table({"user_id": [0], "items": [[1, 50]]})
     with pytest.raises(DataError, match="item 50"):
         align_vectors(tokens[:8], bad, ContentAlignConfig(steps=1))
-        align_vectors(tokens[:8], bad, AlignConfig(steps=1))
 
 
 def test_tokenize_switch_uses_aligned_vectors(tmp_path):

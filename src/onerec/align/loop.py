@@ -181,6 +181,37 @@ def _keep_top(reward: np.ndarray, share: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ rounds
+def _frozen_log_probs(ctx: AlignContext, rows: np.ndarray, codes: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Sequence log-probs [B, G] of ``codes [B, G, D]`` under the current model, without gradients
+    (the round's reference / old policy), in chunks of users."""
+    if not len(rows):
+        return torch.zeros(0, codes.shape[1])
+    with torch.no_grad():
+        return torch.cat([sequence_log_probs(ctx.model, ctx.batch(rows[s:s + chunk]), codes[s:s + chunk])
+                          for s in range(0, len(rows), chunk)])
+
+
+def _policy_steps(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.optim.Optimizer,
+                  rng: np.random.Generator, steps: int, method_loss, rsft_codes: torch.Tensor,
+                  keep: torch.Tensor) -> list[float]:
+    """The optimisation shared by DPO and ECPO rounds: per step, a batch of users, the method's loss
+    ``method_loss(j, batch)`` + NTP (+ rejection-sampling fine-tuning on the kept samples)."""
+    losses = []
+    for _ in range(steps):
+        j = rng.choice(len(rows), size=min(cfg.batch_users, len(rows)), replace=False)
+        batch = ctx.batch(rows[j])
+        loss = method_loss(j, batch)
+        loss = loss + cfg.ntp_weight * _ntp(ctx, rng, cfg.batch_users * 4)
+        if cfg.rsft_keep > 0:
+            loss = loss + _rsft(ctx, batch, rsft_codes[j], keep[j])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def dpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.optim.Optimizer,
               rng: np.random.Generator) -> dict[str, float]:
     """One IPA round: beam-search N candidates, best/worst pairs by reward, NTP + lambda * DPO."""
@@ -188,34 +219,25 @@ def dpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.
     model.eval()
     items, codes = generate_constrained(ctx, rows, cfg.beam_size, cfg.beam_size)
     reward = shaped_reward(ctx, cfg, rows, items)
-    filled = np.where(np.isnan(reward), -np.inf, reward)
-    best = filled.argmax(1)
-    worst = np.where(np.isnan(reward), np.inf, reward).argmin(1)
-    ok = np.isfinite(filled.max(1)) & (filled.max(1) > np.where(np.isnan(reward), np.inf, reward).min(1))
+    filled = np.where(np.isnan(reward), -np.inf, reward)  # illegal samples never win ...
+    floor = np.where(np.isnan(reward), np.inf, reward)  # ... nor lose
+    best, worst = filled.argmax(1), floor.argmin(1)
+    ok = np.isfinite(filled.max(1)) & (filled.max(1) > floor.min(1))
     rows, best, worst = rows[ok], best[ok], worst[ok]
     ar = np.arange(len(rows))
     pair = torch.from_numpy(np.stack([codes[ok][ar, best], codes[ok][ar, worst]], axis=1))  # [B, 2, D]
     keep = torch.from_numpy(_keep_top(reward[ok], cfg.rsft_keep).astype(np.float32))
     all_codes = torch.from_numpy(codes[ok])
-    with torch.no_grad():
-        ref = torch.cat([sequence_log_probs(model, ctx.batch(rows[s:s + 256]), pair[s:s + 256])
-                         for s in range(0, len(rows), 256)]) if len(rows) else torch.zeros(0, 2)
+    ref = _frozen_log_probs(ctx, rows, pair)
     stats = {"pairs": float(len(rows)), "reward_best": float(filled[ok].max(1).mean()) if len(rows) else 0.0,
              "reward_mean": float(np.nanmean(reward))}
-    losses = []
-    for _ in range(cfg.steps_per_iter if len(rows) else 0):
-        j = rng.choice(len(rows), size=min(cfg.batch_users, len(rows)), replace=False)
-        batch = ctx.batch(rows[j])
+
+    def method_loss(j: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pol = sequence_log_probs(model, batch, pair[j])
-        loss = cfg.dpo_weight * dpo_loss(pol[:, 0], pol[:, 1], ref[j, 0], ref[j, 1], cfg.beta)
-        loss = loss + cfg.ntp_weight * _ntp(ctx, rng, cfg.batch_users * 4)
-        if cfg.rsft_keep > 0:
-            loss = loss + _rsft(ctx, batch, all_codes[j], keep[j])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
+        return cfg.dpo_weight * dpo_loss(pol[:, 0], pol[:, 1], ref[j, 0], ref[j, 1], cfg.beta)
+
+    losses = _policy_steps(ctx, cfg, rows, opt, rng, cfg.steps_per_iter if len(rows) else 0, method_loss,
+                           all_codes, keep)
     stats["loss"] = float(np.mean(losses)) if losses else 0.0
     return stats
 
@@ -234,24 +256,14 @@ def ecpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch
     adv = group_advantages(torch.from_numpy(shaped).float())
     codes_t = torch.from_numpy(codes)
     keep = torch.from_numpy(_keep_top(reward, cfg.rsft_keep).astype(np.float32))
-    with torch.no_grad():
-        old = torch.cat([sequence_log_probs(model, ctx.batch(rows[s:s + 256]), codes_t[s:s + 256])
-                         for s in range(0, len(rows), 256)])
+    old = _frozen_log_probs(ctx, rows, codes_t)
     stats = {"legal": float(legal.mean()), "reward_mean": float(np.nanmean(reward)) if legal.any() else 0.0}
-    losses = []
-    for _ in range(cfg.steps_per_iter):
-        j = rng.choice(len(rows), size=min(cfg.batch_users, len(rows)), replace=False)
-        batch = ctx.batch(rows[j])
+
+    def method_loss(j: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logp = sequence_log_probs(model, batch, codes_t[j])
-        loss = ecpo_loss(logp, old[j], adv[j], cfg.clip_eps, cfg.clip_delta)
-        loss = loss + cfg.ntp_weight * _ntp(ctx, rng, cfg.batch_users * 4)
-        if cfg.rsft_keep > 0:
-            loss = loss + _rsft(ctx, batch, codes_t[j], keep[j])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
+        return ecpo_loss(logp, old[j], adv[j], cfg.clip_eps, cfg.clip_delta)
+
+    losses = _policy_steps(ctx, cfg, rows, opt, rng, cfg.steps_per_iter, method_loss, codes_t, keep)
     stats["loss"] = float(np.mean(losses))
     return stats
 

@@ -22,6 +22,16 @@ def shared_datasets() -> Path:
     return Path(os.environ.get("ONEREC_DATASETS", REPO.parent / "shared" / "datasets"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module's tiny models on one torch thread: on a shared, oversubscribed CPU every
+    multi-threaded op on tiny inputs stalls for milliseconds. The previous setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def datasets_dir() -> Path:
     path = shared_datasets()

@@ -20,13 +20,7 @@ SMALL = SasrecConfig(d_model=32, n_layers=1, n_heads=2, dropout=0.1, max_len=12,
                      patience=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def _eval_table(hist: list[np.ndarray], targets: list[int]) -> pa.Table:

@@ -7,13 +7,7 @@ from onerec.config import ContentAlignConfig
 from onerec.content.align import QFormer, align_vectors, info_nce
 from onerec.errors import DataError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def _grouped_world(n_items=40, n_groups=4, n_users=120, length=10, seed=0):

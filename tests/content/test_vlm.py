@@ -23,14 +23,7 @@ WORDS = ["red", "blue", "shoe", "apple", "pie", "cherry", "Title", "Caption", "T
          "Describe", "this", "short", "video", "for", "a", "recommender"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -24,15 +22,7 @@ from onerec.tokenizer import (
 )
 from onerec.tokenizer.kmeans import kmeans
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # On a shared, oversubscribed CPU every multi-threaded torch op on these tiny inputs stalls
-    # for milliseconds; one thread keeps this file fast. The previous setting is restored.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def _blobs(n: int = 2000, d: int = 8, centers: int = 10, seed: int = 0) -> np.ndarray:

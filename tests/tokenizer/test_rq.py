@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +13,7 @@ from onerec.config import TokenizerConfig
 from onerec.errors import DataError
 from onerec.tokenizer import ResidualKMeansTokenizer, add_unique_level, balanced_sizes, code_metrics
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny inputs on a shared CPU: multi-threaded torch ops stall; restore the setting after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def _vectors(n: int = 1200, d: int = 16, seed: int = 0) -> np.ndarray:

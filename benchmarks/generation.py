@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import json
 import os
 import platform
 import statistics
@@ -46,6 +45,7 @@ import torch
 from onerec.config import ModelConfig
 from onerec.features.history import HistoryFeaturizer, Ragged
 from onerec.generate.generative import GenerativeRecommender
+from onerec.io import write_json
 from onerec.model.generator import Generator
 from onerec.model.layers import ffn_hidden
 from onerec.tokenizer.constraints import PrefixTable
@@ -292,11 +292,8 @@ def main() -> None:
         "constraint_share_max": max(r["constraint_share"] for r in rows),
         "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"generation{'.quick' if args.quick else ''}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_json(out, result)  # atomic; creates the folder
     print(f"speedup at beam 128, batch 1: x{result['speedup_beam128'] or float('nan'):.1f}; constraint share (median) "
           f"{result['constraint_share']:.1%}; wrote {out}")
 

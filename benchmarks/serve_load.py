@@ -39,6 +39,8 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 
+from onerec.io import write_json
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {
     "tiny": [],
@@ -217,11 +219,8 @@ def main() -> None:
         "total_errors": sum(r["errors"] for r in rows),
         "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"serve_load{'.quick' if args.quick else ''}.json"
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(out)
+    write_json(out, result)  # atomic; creates the folder
     print(f"wrote {out}; errors {result['total_errors']}")
 
 

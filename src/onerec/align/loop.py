@@ -88,14 +88,7 @@ class AlignContext:
 @torch.no_grad()
 def generate_constrained(ctx: AlignContext, rows: np.ndarray, beam: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k real items per request row by constrained beam search: items [B, k], codes [B, k, D]."""
-    model = ctx.model
-    batch = ctx.batch(rows)
-    memory, mask = model.encode_batch(batch)
-    state = {"memory": memory.repeat_interleave(beam, 0), "mask": mask.repeat_interleave(beam, 0)}
-
-    def step_fn(tokens, step, st):
-        return model.step_log_probs(tokens, step, st["memory"], st["mask"]), st
-
+    step_fn, state = ctx.model.beam_step_fn(*ctx.model.encode_batch(ctx.batch(rows)), beam)  # KV-cached decoder
     items, _, codes = beam_search(step_fn, batch_size=len(rows), table=ctx.table, beam_size=beam, top_k=k,
                                   state=state, return_codes=True)
     return items.numpy(), codes.numpy()
@@ -104,14 +97,7 @@ def generate_constrained(ctx: AlignContext, rows: np.ndarray, beam: int, k: int)
 @torch.no_grad()
 def generate_unconstrained(ctx: AlignContext, rows: np.ndarray, beam: int) -> np.ndarray:
     """Top-``beam`` code sequences per row over the full codebooks (may be illegal): [B, beam, D]."""
-    model = ctx.model
-    batch = ctx.batch(rows)
-    memory, mask = model.encode_batch(batch)
-    state = {"memory": memory.repeat_interleave(beam, 0), "mask": mask.repeat_interleave(beam, 0)}
-
-    def step_fn(tokens, step, st):
-        return model.step_log_probs(tokens, step, st["memory"], st["mask"]), st
-
+    step_fn, state = ctx.model.beam_step_fn(*ctx.model.encode_batch(ctx.batch(rows)), beam)  # KV-cached decoder
     codes, _ = unconstrained_beam_search(step_fn, batch_size=len(rows), depth=len(ctx.sizes), beam_size=beam,
                                          state=state)
     return codes.numpy()

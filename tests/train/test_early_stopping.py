@@ -4,7 +4,6 @@ wall-time budget; the default (both off) trains every planned step and saves the
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from tests.train.test_resume import _setup
 
 from onerec.config import RunConfig, TrainConfig
 from onerec.io import read_json
@@ -24,9 +23,8 @@ def _scripted(scores):
     return score, seen
 
 
-def test_keeps_best_epoch_and_stops_after_patience(cyclic, tmp_path):
-    ds, splits = cyclic
-    mcfg, sizes, ex = _setup(splits, ds.n_items)
+def test_keeps_best_epoch_and_stops_after_patience(tiny_train, tmp_path):
+    mcfg, sizes, ex = tiny_train
     steps_per_epoch = int(np.ceil(len(ex) / 128))
     tcfg = TrainConfig(epochs=10, batch_size=128, warmup_steps=2, checkpoint_every=1000, device="cpu",
                        early_stop_metric="ndcg@10", patience=2)
@@ -44,9 +42,8 @@ def test_keeps_best_epoch_and_stops_after_patience(cyclic, tmp_path):
     assert [r["ndcg@10"] for r in res.valid] == [0.1, 0.3, 0.2, 0.25]
 
 
-def test_time_budget_stops_and_saves(cyclic, tmp_path):
-    ds, splits = cyclic
-    mcfg, sizes, ex = _setup(splits, ds.n_items)
+def test_time_budget_stops_and_saves(tiny_train, tmp_path):
+    mcfg, sizes, ex = tiny_train
     tcfg = TrainConfig(epochs=50, batch_size=32, warmup_steps=2, checkpoint_every=1000, device="cpu",
                        time_budget_s=0.0)
     res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path, meta=model_meta(mcfg, sizes), progress=False)
@@ -54,9 +51,8 @@ def test_time_budget_stops_and_saves(cyclic, tmp_path):
     assert (tmp_path / "model.safetensors").exists()
 
 
-def test_default_is_unchanged(cyclic, tmp_path):
-    ds, splits = cyclic
-    mcfg, sizes, ex = _setup(splits, ds.n_items)
+def test_default_is_unchanged(tiny_train, tmp_path):
+    mcfg, sizes, ex = tiny_train
     tcfg = TrainConfig(max_steps=6, batch_size=32, warmup_steps=2, checkpoint_every=1000, device="cpu")
     calls = []
     res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path, meta=model_meta(mcfg, sizes), progress=False,

@@ -4,25 +4,13 @@ import torch
 
 from onerec.config import ModelConfig, TrainConfig
 from onerec.errors import CheckpointError
-from onerec.features import HistoryFeaturizer, TrainExamples
 from onerec.model.generator import Generator
 from onerec.train import train_generator
 from onerec.train.checkpoint import model_meta
 
 
-def _setup(splits, n_items, codes_levels=(8, 5)):
-    rng = np.random.default_rng(0)
-    codes = np.stack([np.arange(n_items) // codes_levels[1], np.arange(n_items) % codes_levels[1]], axis=1)
-    rng.shuffle(codes)
-    cfg = ModelConfig(d_model=32, n_heads=2, enc_layers=1, dec_layers=1, max_history=8, dropout=0.1)
-    sizes = [int(codes[:, 0].max()) + 1, int(codes[:, 1].max()) + 1]
-    ex = TrainExamples(splits["train"], HistoryFeaturizer(codes, cfg.max_history))
-    return cfg, sizes, ex
-
-
-def test_resume_reproduces_loss_curve(cyclic, tmp_path):
-    ds, splits = cyclic
-    mcfg, sizes, ex = _setup(splits, ds.n_items)
+def test_resume_reproduces_loss_curve(tiny_train, tmp_path):
+    mcfg, sizes, ex = tiny_train
     tcfg = TrainConfig(max_steps=12, batch_size=32, lr=3e-3, warmup_steps=3, checkpoint_every=5, device="cpu")
     meta = model_meta(mcfg, sizes)
 
@@ -40,9 +28,8 @@ def test_resume_reproduces_loss_curve(cyclic, tmp_path):
     assert (tmp_path / "b" / "model.safetensors").exists()
 
 
-def test_resume_rejects_other_config(cyclic, tmp_path):
-    ds, splits = cyclic
-    mcfg, sizes, ex = _setup(splits, ds.n_items)
+def test_resume_rejects_other_config(tiny_train, tmp_path):
+    mcfg, sizes, ex = tiny_train
     tcfg = TrainConfig(max_steps=4, batch_size=32, checkpoint_every=2, device="cpu")
     train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path, meta=model_meta(mcfg, sizes), stop_at=2,
                     progress=False)
@@ -52,9 +39,8 @@ def test_resume_rejects_other_config(cyclic, tmp_path):
                         progress=False)
 
 
-def test_training_lowers_loss(cyclic, tmp_path):
-    ds, splits = cyclic
-    mcfg, sizes, ex = _setup(splits, ds.n_items)
+def test_training_lowers_loss(tiny_train, tmp_path):
+    mcfg, sizes, ex = tiny_train
     tcfg = TrainConfig(max_steps=60, batch_size=64, lr=5e-3, warmup_steps=5, checkpoint_every=1000, device="cpu")
     res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path, meta=model_meta(mcfg, sizes), progress=False)
     assert np.mean(res.loss[-10:]) < 0.6 * np.mean(res.loss[:5])

@@ -24,6 +24,10 @@ callback alone.
     python benchmarks/generation.py            # beams 32/128/512 x batch 1/64 (tens of minutes on 1 thread)
     python benchmarks/generation.py --quick    # beams 32/128, batch 1 and 8
 
+Ceiling: one more (profiled) run per configuration measures the time of the matrix-multiply kernels
+alone (``onerec_gemm_s``); no exact fp32 implementation of the same model can be faster than that,
+so ``speedup_ceiling = hf_s / onerec_gemm_s`` is the most any implementation could show here.
+
 Every figure is the median of ``--reps`` runs (HF: fewer at large sizes, see "reps"), with torch
 on 1 thread on both sides. Writes ``benchmarks/results/generation[.quick].json``.
 """
@@ -147,6 +151,27 @@ def run_onerec(model: Generator, codes: np.ndarray, batch: dict, beam: int, top_
             "search_share": (decode - model_time) / decode if cached else None, "valid": valid}
 
 
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+
+
+def onerec_breakdown(model: Generator, codes: np.ndarray, batch: dict, beam: int, top_k: int, reps: int = 3) -> dict:
+    """Where the onerec search's time goes, from torch's profiler (median of ``reps`` profiled runs):
+    matrix multiplies (the kernels' own time) and attention kernels. ``gemm_s`` is the floor of ANY
+    exact fp32 implementation of this model doing this search on this machine (it must run these
+    multiplies), so ``hf_s / gemm_s`` bounds the speed-up any implementation could show here."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rec = GenerativeRecommender(model, codes, beam_size=beam)
+    gemm, attn = [], []
+    for _ in range(reps):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            rec.generate(batch, top_k, beam_size=beam)
+        ev = prof.key_averages()
+        gemm.append(sum(e.self_cpu_time_total for e in ev if e.key in GEMM_OPS) / 1e6)
+        attn.append(sum(e.self_cpu_time_total for e in ev if "attention" in e.key) / 1e6)
+    return {"gemm_s": statistics.median(gemm), "attention_s": statistics.median(attn)}
+
+
 # ---------------------------------------------------------------------- Hugging Face side
 class HfProcessorTimer:
     """Time inside transformers' PrefixConstrainedLogitsProcessor (its per-beam loop and the callback)."""
@@ -264,6 +289,7 @@ def main() -> None:
                 fast()  # warm-up
                 o, o_n = median_runs(fast, args.reps, args.budget)
                 u, u_n = median_runs(plain, args.reps, args.budget) if beam <= 128 else (None, 0)
+                floor = onerec_breakdown(ours, codes, batch, beam, top_k)
             h, h_n = median_runs(hf, args.reps, args.budget)
             row = {"batch": b, "beam": beam, "top_k": top_k, "onerec_s": o["seconds"], "hf_s": h["seconds"],
                    "speedup": h["seconds"] / o["seconds"], "constraint_share": o["constraint_share"],
@@ -271,12 +297,15 @@ def main() -> None:
                    "hf_constraint_share": h["constraint_share"],
                    "onerec_uncached_s": u["seconds"] if u else None,
                    "kv_cache_speedup": u["seconds"] / o["seconds"] if u else None,
+                   "onerec_gemm_s": floor["gemm_s"], "onerec_attention_s": floor["attention_s"],
+                   "speedup_ceiling": h["seconds"] / floor["gemm_s"],
                    "valid": o["valid"] and h["valid"], "reps": {"onerec": o_n, "hf": h_n, "uncached": u_n}}
             rows.append(row)
             print(f"batch {b:>3} beam {beam:>3}: onerec {o['seconds'] * 1e3:8.1f} ms  hf {h['seconds'] * 1e3:9.1f} ms  "
                   f"x{row['speedup']:.1f}  constraints {o['constraint_share']:.1%}  search {o['search_share']:.1%}  "
                   f"hf constraints {h['constraint_share']:.1%} (callback {h['callback_share']:.1%})"
-                  + (f"  kv-cache x{row['kv_cache_speedup']:.1f}" if u else ""), flush=True)
+                  + (f"  kv-cache x{row['kv_cache_speedup']:.1f}" if u else "")
+                  + f"  gemm floor {floor['gemm_s'] * 1e3:.1f} ms (ceiling x{row['speedup_ceiling']:.1f})", flush=True)
     at128 = next((r for r in rows if r["beam"] == 128 and r["batch"] == 1), None)
     result = {
         "command": "python benchmarks/generation.py" + (" --quick" if args.quick else ""),
@@ -288,6 +317,7 @@ def main() -> None:
                  "HF: T5 gated-silu, same sizes",
         "catalogue": {"items": args.items, "codebook_sizes": sizes, "history": HISTORY},
         "speedup_beam128": at128["speedup"] if at128 else None,
+        "speedup_ceiling_beam128": at128["speedup_ceiling"] if at128 else None,
         "constraint_share": statistics.median(r["constraint_share"] for r in rows),
         "constraint_share_max": max(r["constraint_share"] for r in rows),
         "rows": rows,

@@ -70,3 +70,115 @@ def random_codes(sizes: list[int], n: int, seed: int) -> torch.Tensor:
         digits.append(flat % v)
         flat = flat // v
     return torch.stack(digits[::-1], dim=1)
+
+
+# ---------------------------------------------------------------- tiny vision-language models
+# Tiny randomly initialised VLMs (model + tokenizer + image processor) written to a local folder with
+# the layout of a real Hugging Face snapshot, so the ``vlm`` backend loads them exactly as it would
+# load Qwen2-VL-2B-Instruct, Qwen2.5-VL, Qwen3-VL or MiniCPM-V 4.6. No download: the configs are
+# tiny, the weights random, the tokenizer a word-level vocabulary built here. (Root conftest, not
+# tests/content/conftest.py: a second conftest module would shadow ``from conftest import ...``.)
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+           "<|video_pad|>"]
+MINICPM_SPECIAL = {"image_start_token": "<image>", "image_end_token": "</image>", "slice_start_token": "<slice>",
+                   "slice_end_token": "</slice>", "image_id_start_token": "<image_id>",
+                   "image_id_end_token": "</image_id>"}
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}IMAGE"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "minicpmv4_6"]
+
+
+def _tokenizer(words: list[str], family: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    extra = list(MINICPM_SPECIAL.values()) if family.startswith("minicpm") else []
+    digits = [str(d) for d in range(10)]
+    vocab = {w: i for i, w in enumerate([*SPECIAL, *extra, "[UNK]", *dict.fromkeys([*words, *digits])])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    named = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    if family.startswith("minicpm"):
+        named |= MINICPM_SPECIAL
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="<|endoftext|>",
+                                  eos_token="<|im_end|>", extra_special_tokens=named)
+    tok.add_special_tokens({"additional_special_tokens": [*SPECIAL[1:], *extra]})
+    image = "<|image_pad|>" if family.startswith("minicpm") else QWEN_IMAGE
+    tok.chat_template = CHAT_TEMPLATE.replace("IMAGE", image)
+    return tok
+
+
+def build_tiny_vlm(folder: Path, words: list[str], family: str = "qwen2_vl") -> Path:
+    """Write a tiny random ``family`` model, its tokenizer and its (PIL) image processor to ``folder``."""
+    import transformers as tf
+
+    tok = _tokenizer(words, family)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL}
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"]}
+    vision_ids = {"image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"]}
+    qwen_ids = {**vision_ids, "vision_start_token_id": ids["<|vision_start|>"],
+                "vision_end_token_id": ids["<|vision_end|>"]}
+    small = {"depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 32,
+             "spatial_merge_size": 2, "temporal_patch_size": 2}
+    patch = 16 if family == "qwen3_vl" else 14
+    if family == "qwen2_vl":
+        config = tf.Qwen2VLConfig(text_config=text, vision_config={
+            "depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+            "spatial_merge_size": 2, "temporal_patch_size": 2}, **qwen_ids)
+    elif family == "qwen2_5_vl":
+        config = tf.Qwen2_5_VLConfig(text_config=text, vision_config={
+            **small, "patch_size": 14, "window_size": 56, "fullatt_block_indexes": [1]}, **qwen_ids)
+    elif family == "qwen3_vl":
+        text["rope_parameters"]["mrope_interleaved"] = True
+        config = tf.Qwen3VLConfig(text_config={**text, "head_dim": 8}, vision_config={
+            **small, "patch_size": 16, "num_position_embeddings": 64, "deepstack_visual_indexes": [0]}, **qwen_ids)
+    elif family == "minicpmv4_6":
+        text = {**text, "model_type": "qwen3_5_text", "head_dim": 8, "layer_types": ["full_attention"] * 2}
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+        config = tf.MiniCPMV4_6Config(text_config=text, vision_config={
+            "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "patch_size": 14, "image_size": 112, "insert_layer_id": 0}, insert_layer_id=0, image_size=112,
+            **vision_ids)
+    else:
+        raise ValueError(family)
+    model = tf.AutoModelForImageTextToText.from_config(config)
+    if family.startswith("minicpm"):  # slices for images larger than 56 px: the slice path runs too
+        from transformers.models.minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+
+        image_proc = MiniCPMV4_6ImageProcessorPil(slice_mode=True, max_slice_nums=4, scale_resolution=56,
+                                                  patch_size=14)
+    else:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        image_proc = Qwen2VLImageProcessorPil(min_pixels=(2 * patch) ** 2, max_pixels=(4 * patch) ** 2,
+                                              patch_size=patch, merge_size=2, temporal_patch_size=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)  # the processor classes need torchvision (their video half); the backend
+    image_proc.save_pretrained(folder)  # falls back to tokenizer + image processor without it
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_builder():
+    """``build(folder, words, family)``: a tiny random VLM folder (seeded, so the same every run)."""
+
+    def build(folder: Path, words: list[str], family: str = "qwen2_vl") -> Path:
+        import torch
+
+        torch.manual_seed(0)
+        return build_tiny_vlm(folder, words, family)
+
+    return build

@@ -143,7 +143,7 @@ class ContentConfig:
     media_root: str | None = opt(None, "vlm: folder that relative image/video paths are resolved against "
                                        "(default: the dataset folder)")
     trust_remote_code: bool = opt(False, "vlm: allow the model folder's own Python code to run (needed by "
-                                         "Keye-VL and MiniCPM-V; an explicit opt-in)")
+                                         "Keye-VL, whose config.json has an auto_map; an explicit opt-in)")
     align: bool = opt(False, "train the collaborative-alignment QFormer and tokenise its vectors instead")
     alignment: ContentAlignConfig = section(ContentAlignConfig,
                                             "collaborative alignment (used when content.align=true)")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from onerec.config import ContentAlignConfig
-from onerec.content.align import QFormer, align_vectors, info_nce
+from onerec.content.align import ItemQFormer, align_vectors, info_nce
 from onerec.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
@@ -57,7 +57,7 @@ def test_alignment_is_deterministic_and_caption_loss_runs():
 def test_qformer_masks_padding_tokens():
     torch.manual_seed(0)
     cfg = ContentAlignConfig(d_model=16, dim=8, layers=2, queries=3, heads=2)
-    q = QFormer(5, cfg).eval()
+    q = ItemQFormer(5, cfg).eval()
     x = torch.randn(2, 4, 5)
     mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
     y = x.clone()

@@ -17,8 +17,8 @@ running a language model (a choice of this reimplementation).
 Only the train split's interactions are used, so nothing of the held-out targets leaks into the
 semantic IDs. Items without interactions still get a vector: the QFormer encodes any item.
 
-This QFormer is built from :mod:`onerec.model.layers` primitives. The Technical Report's
-lifelong-behaviour pathway also uses a QFormer; the two could share one module later.
+The QFormer is :class:`onerec.model.qformer.QFormer`, the same module as the encoder's lifelong
+pathway; :class:`ItemQFormer` adds the input projection and the item-vector head.
 """
 
 from __future__ import annotations
@@ -35,42 +35,25 @@ from torch import Tensor, nn
 from onerec.config import ContentAlignConfig
 from onerec.content.swing import swing, top_neighbours
 from onerec.errors import DataError
-from onerec.model.layers import Attention, RMSNorm, SwiGLU, ffn_hidden
+from onerec.model.layers import ffn_hidden
+from onerec.model.qformer import QFormer
 
 
-class QFormerBlock(nn.Module):
-    """Queries cross-attend to the item's token vectors, then a feed-forward; pre-RMSNorm residuals."""
-
-    def __init__(self, d_model: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.n_q, self.n_kv, self.n_ffn = RMSNorm(d_model), RMSNorm(d_model), RMSNorm(d_model)
-        self.cross = Attention(d_model, heads, dropout)
-        self.ffn = SwiGLU(d_model, ffn_hidden(d_model, 4.0), dropout)
-
-    def forward(self, q: Tensor, kv: Tensor, mask: Tensor | None) -> Tensor:
-        q = q + self.cross(self.n_q(q), self.n_kv(kv), mask=mask)
-        return q + self.ffn(self.n_ffn(q))
-
-
-class QFormer(nn.Module):
-    """Compress ``[B, T, D_in]`` token vectors into ``queries`` vectors and one L2-normalised item vector."""
+class ItemQFormer(nn.Module):
+    """Compress an item's ``[B, T, D_in]`` token vectors: a linear map to ``d_model``, the shared
+    :class:`~onerec.model.qformer.QFormer` (``queries`` queries, ``layers`` blocks), and a head that
+    turns the mean of the query outputs into one L2-normalised item vector."""
 
     def __init__(self, in_dim: int, cfg: ContentAlignConfig) -> None:
         super().__init__()
         self.inp = nn.Linear(in_dim, cfg.d_model)
-        self.queries = nn.Parameter(torch.randn(cfg.queries, cfg.d_model) * 0.02)
-        self.blocks = nn.ModuleList(QFormerBlock(cfg.d_model, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
-        self.norm = RMSNorm(cfg.d_model)
+        self.qformer = QFormer(cfg.d_model, cfg.heads, ffn_hidden(cfg.d_model, 4.0), cfg.queries, cfg.layers,
+                               cfg.dropout)
         self.head = nn.Linear(cfg.d_model, cfg.dim)
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """Query outputs ``[B, queries, d_model]``; ``mask`` [B, T] True = a real token."""
-        kv = self.inp(tokens)
-        q = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
-        m = None if mask is None else mask[:, None, :]
-        for block in self.blocks:
-            q = block(q, kv, m)
-        return self.norm(q)
+        return self.qformer(self.inp(tokens), mask)
 
     def embed(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         """The item vector: the projected mean of the query outputs, L2-normalised ``[B, dim]``."""
@@ -179,7 +162,7 @@ def info_nce(a: Tensor, b: Tensor, ids_a: Tensor, ids_b: Tensor, temperature: fl
 
 def align_vectors(tokens: np.ndarray, train: pa.Table, cfg: ContentAlignConfig, *, texts: list[str] | None = None,
                   content: np.ndarray | None = None, progress: bool = False
-                  ) -> tuple[np.ndarray, QFormer, dict[str, Any]]:
+                  ) -> tuple[np.ndarray, ItemQFormer, dict[str, Any]]:
     """Train the QFormer on the collaborative pairs of ``train`` and return the aligned item vectors.
 
     tokens: ``[N, T, D]`` from the content backend. train: the train split (``user_id``, ``items``).
@@ -203,7 +186,7 @@ def align_vectors(tokens: np.ndarray, train: pa.Table, cfg: ContentAlignConfig, 
                         fix="use more interactions or set content.align=false")
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = QFormer(tokens.shape[2], cfg)
+    model = ItemQFormer(tokens.shape[2], cfg)
     caption = None
     if cfg.caption_weight > 0:
         if texts is None:
@@ -261,6 +244,6 @@ def align_vectors(tokens: np.ndarray, train: pa.Table, cfg: ContentAlignConfig, 
 
 
 @torch.no_grad()
-def encode_items(model: QFormer, tokens: Tensor, batch: int = 4096) -> np.ndarray:
+def encode_items(model: ItemQFormer, tokens: Tensor, batch: int = 4096) -> np.ndarray:
     model.eval()
     return torch.cat([model.embed(tokens[s:s + batch]) for s in range(0, len(tokens), batch)]).numpy()

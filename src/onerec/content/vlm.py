@@ -14,10 +14,13 @@ Pointing it at real weights (nothing is downloaded at run time)::
     onerec tokenize RUN content.backend=vlm content.model_path=models/qwen2-vl-2b content.device=cuda \\
         content.dtype=bfloat16 content.align=true
 
-Models: Qwen2-VL and Qwen2.5-VL load with transformers alone. Keye-VL (Kwai-Keye/Keye-VL-8B-Preview)
-and MiniCPM-V ship their own modelling code: pass ``content.trust_remote_code=true`` only for a
-folder whose code you trust. Only the Qwen2-VL path is tested here (tiny random models built from
-configs); the others go through the same Auto* classes and chat template but are untested.
+Models: Qwen2-VL, Qwen2.5-VL, Qwen3-VL and MiniCPM-V 4.6 / 4.7 are built into transformers (>= 5)
+and load without remote code. Keye-VL (Kwai-Keye/Keye-VL-8B-Preview), and MiniCPM-V snapshots older
+than transformers' own support, ship their own modelling code (``auto_map`` in config.json): the
+backend refuses such a folder with a ConfigError unless ``content.trust_remote_code=true``, which you
+should set only after reading that code. Tested here end to end with tiny random models built from
+configs: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, MiniCPM-V 4.6, and the remote-code opt-in with a local
+custom class; Keye-VL's own code has not been run.
 
 Inputs: ``content.image_field`` (default ``cover``) holds an image path per item,
 ``content.frames_field`` a list of frame image paths, ``content.video_field`` a video path
@@ -25,10 +28,10 @@ Inputs: ``content.image_field`` (default ``cover``) holds an image path per item
 ``content.media_root`` (the pipeline sets it to the run's data folder). Images are shrunk to fit
 ``content.image_size`` so the number of image tokens stays bounded.
 
-The model's processor is used when it loads. Without torchvision, transformers cannot build the
-Qwen2-VL processor (its video half needs it); the backend then uses the tokenizer and image
-processor directly and expands each image placeholder to ``prod(grid_thw) / merge_size**2`` tokens,
-as the Qwen2-VL processor does.
+The model's processor is used when it loads. Without torchvision, transformers cannot build these
+processors (their video half needs it); the backend then uses the tokenizer and image processor
+directly and expands each image placeholder as the family's processor does
+(:func:`image_replacements`).
 """
 
 from __future__ import annotations
@@ -90,6 +93,39 @@ def item_prompt(row: dict[str, Any], fields: list[str], max_chars: int) -> str:
     return ("\n".join(lines)[:max_chars] + "\n" + PROMPT).strip()
 
 
+def image_replacements(vision: Any, tokenizer: Any, image_processor: Any, image_token: str) -> list[str]:
+    """The text each image placeholder of the prompt expands to (one entry per image, in order), as the
+    family's own processor would write it; ``{image_id}`` stands for the image's index in its item.
+
+    Qwen2-VL / Qwen2.5-VL / Qwen3-VL (``image_grid_thw``): ``prod(grid_thw) / merge_size**2`` image
+    tokens. MiniCPM-V 4.6 / 4.7 (``target_sizes``): ``<image>`` + one token per 4 or 16 patches
+    (``downsample_mode``) + ``</image>``, then one ``<slice>...</slice>`` per slice of a large image,
+    rows separated by newlines, the whole prefixed with ``<image_id>k</image_id>`` when ``use_image_id``.
+    """
+    if "image_grid_thw" in vision:
+        merge = int(getattr(image_processor, "merge_size", 1)) ** 2
+        return [image_token * int(n) for n in (vision["image_grid_thw"].prod(dim=-1) // merge).tolist()]
+    if "target_sizes" in vision:
+        t = tokenizer
+        divisor = 4 if getattr(image_processor, "downsample_mode", "16x") == "4x" else 16
+        counts = (np.asarray(vision["target_sizes"]).prod(-1) // divisor).tolist()
+        start, out = 0, []
+        for (rows, cols), n_patches in zip(vision["grids"], vision["num_patches_per_image"], strict=True):
+            n = counts[start:start + n_patches]
+            start += n_patches
+            text = t.image_start_token + image_token * int(n[0]) + t.image_end_token
+            if rows > 0 and cols > 0:
+                text += "\n".join("".join(t.slice_start_token + image_token * int(n[1 + r * cols + c]) +
+                                           t.slice_end_token for c in range(cols)) for r in range(rows))
+            if getattr(image_processor, "use_image_id", False):
+                text = t.image_id_start_token + "{image_id}" + t.image_id_end_token + text
+            out.append(text)
+        return out
+    raise ConfigError(f"onerec cannot build the image tokens of this model without its processor "
+                      f"(image processor outputs {sorted(vision)}). Fix: install torchvision so that "
+                      "transformers can build the model's processor")
+
+
 class VLMBackend:
     name = "vlm"
 
@@ -116,6 +152,7 @@ class VLMBackend:
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ConfigError('content.backend=vlm needs transformers. Fix: pip install "onerec[vlm]"') from e
         kw = {"local_files_only": True, "trust_remote_code": self.cfg.trust_remote_code}
+        self._check_remote_code(tf)
         try:
             processor = tf.AutoProcessor.from_pretrained(self.path, **kw)
             if not hasattr(processor, "image_processor"):
@@ -145,6 +182,21 @@ class VLMBackend:
             tokenizer.pad_token = tokenizer.eos_token
         self._loaded = (processor, tokenizer, image_processor, model)
         return self._loaded
+
+    def _check_remote_code(self, tf: Any) -> None:
+        """A folder whose config maps to its own Python code (``auto_map``: Keye-VL, MiniCPM-V before
+        transformers supported it) is loaded only with ``content.trust_remote_code=true``."""
+        try:
+            config = json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise DataError("cannot read the model's config.json", path=str(self.path / "config.json"),
+                            fix="point content.model_path at a Hugging Face model folder") from e
+        native = config.get("model_type") in tf.models.auto.configuration_auto.CONFIG_MAPPING
+        if config.get("auto_map") and not native and not self.cfg.trust_remote_code:
+            files = sorted({str(v).split(".")[0] + ".py" for v in config["auto_map"].values() if isinstance(v, str)})
+            raise ConfigError(f"the model folder {self.path} needs its own code ({', '.join(files)}; model_type "
+                              f"'{config.get('model_type')}' is not built into transformers). Fix: read that code, "
+                              "then set content.trust_remote_code=true to allow it to run")
 
     # ---------------------------------------------------------------- inputs
     def _resolve(self, p: str) -> Path:
@@ -190,21 +242,20 @@ class VLMBackend:
         image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         if images:
             vision = image_processor(images=images, return_tensors="pt")
-            out.update(vision)
-            merge = int(getattr(image_processor, "merge_size", 1)) ** 2
-            counts = iter((vision["image_grid_thw"].prod(dim=-1) // merge).tolist())
+            out.update({k: vision[k] for k in image_processor.model_input_names if k in vision})
+            replacements = iter(image_replacements(vision, tokenizer, image_processor, image_token))
             expanded = []
             for t in texts:
                 parts = t.split(image_token)
                 s = parts[0]
-                for rest in parts[1:]:
-                    s += "\0" * int(next(counts)) + rest  # placeholder, so the inserted tokens are not re-split
+                for k, rest in enumerate(parts[1:]):
+                    # a NUL placeholder, so the inserted image tokens are not re-split
+                    s += next(replacements).replace(image_token, "\0").replace("{image_id}", str(k)) + rest
                 expanded.append(s.replace("\0", image_token))
             texts = expanded
         enc = tokenizer(texts, return_tensors="pt", padding=True)
         out.update(enc)
-        image_id = tokenizer.convert_tokens_to_ids(image_token)
-        out["mm_token_type_ids"] = (enc["input_ids"] == image_id).long()
+        out["mm_token_type_ids"] = (enc["input_ids"] == tokenizer.convert_tokens_to_ids(image_token)).long()
         return out
 
     def encode_batch(self, items: pa.Table) -> np.ndarray:

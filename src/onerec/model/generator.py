@@ -33,10 +33,10 @@ from onerec.model.pathways import (
     PATHWAYS,
     PREFIX,
     BehaviourEmbedding,
-    QFormer,
     StaticEmbedding,
     projection,
 )
+from onerec.model.qformer import QFormer
 
 #: state-dict keys of generator v0 checkpoints (before the pathways) -> today's names
 V0_KEYS = {"hist_pos.weight": "enc_pos.weight", "flag_emb.weight": "behaviour.flag_emb.weight",

@@ -8,7 +8,8 @@ the report), given learnable positions and read by the encoder's full self-atten
 * positive-feedback: the last ``max_history`` positive behaviours;
 * lifelong: up to thousands of behaviours, compressed into representatives by hierarchical
   clustering (see :meth:`onerec.features.history.HistoryFeaturizer._compress`), then summarised by
-  a :class:`QFormer`: ``qformer_queries`` learnable queries cross-attending to the representatives.
+  a :class:`~onerec.model.qformer.QFormer` (shared with the content alignment): ``qformer_queries``
+  learnable queries cross-attending to the representatives.
 
 Each behaviour token is the sum of the embeddings of its features (semantic ID, hashed item id,
 author, tag/category, time since the behaviour, play time, duration, feedback label); each
@@ -27,7 +28,6 @@ from onerec.data.schema import SIGNALS
 from onerec.errors import ConfigError
 from onerec.features.history import N_AGE_BUCKETS
 from onerec.features.side import N_LOG_BUCKETS
-from onerec.model.layers import Attention, RMSNorm, SwiGLU
 
 BEHAVIOUR_FEATURES = ("sid", "item", "author", "tag", "time", "play", "duration", "label")
 PATHWAYS = ("static", "short", "positive", "lifelong")
@@ -126,35 +126,3 @@ class StaticEmbedding(nn.Module):
         if self.user_emb is not None:
             x = x + self.user_emb(hashed(batch["user_id"], self.buckets))
         return x.unsqueeze(1)  # [B, 1, E]
-
-
-class QFormerBlock(nn.Module):
-    """Queries cross-attend to the inputs -> RMSNorm -> FFN (the report's QFormer block), pre-norm residuals."""
-
-    def __init__(self, dim: int, n_heads: int, ffn: int, dropout: float) -> None:
-        super().__init__()
-        self.nq, self.nkv, self.n2 = RMSNorm(dim), RMSNorm(dim), RMSNorm(dim)
-        self.attn = Attention(dim, n_heads, dropout)
-        self.ffn = SwiGLU(dim, ffn, dropout)
-
-    def forward(self, q: Tensor, kv: Tensor, mask: Tensor) -> Tensor:
-        q = q + self.attn(self.nq(q), self.nkv(kv), mask=mask)
-        return q + self.ffn(self.n2(q))
-
-
-class QFormer(nn.Module):
-    """``n_queries`` learnable queries summarising a variable set of tokens [B, S, E] -> [B, Q, E]."""
-
-    def __init__(self, dim: int, n_heads: int, ffn: int, n_queries: int, n_layers: int, dropout: float) -> None:
-        super().__init__()
-        self.queries = nn.Parameter(torch.randn(n_queries, dim) * 0.02)
-        self.blocks = nn.ModuleList(QFormerBlock(dim, n_heads, ffn, dropout) for _ in range(n_layers))
-        self.norm = RMSNorm(dim)
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """mask [B, S] True = real token; rows with none attend to everything (their output is masked later)."""
-        key_ok = (mask | ~mask.any(dim=1, keepdim=True))[:, None, :]
-        q = self.queries.expand(x.shape[0], -1, -1)
-        for block in self.blocks:
-            q = block(q, x, key_ok)
-        return self.norm(q)

@@ -112,8 +112,8 @@ def table(out_path: Path, dataset: str) -> None:
     base = {r.get("seed", i): r for i, r in enumerate(entry["variants"].get("positive (v0)", {}).get("runs", []))}
     print("| variant | seeds | recall@10 | ndcg@10 | recall@50 | recall@10 - v0 (paired) | parameters | train s/run |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, v in entry["variants"].items():
-        runs = v["runs"]
+    for name in sorted(entry["variants"], key=lambda n: list(VARIANTS).index(n) if n in VARIANTS else len(VARIANTS)):
+        runs = entry["variants"][name]["runs"]
         s = summarize(runs)
         cells = [f"{s['mean'][k]:.4f} ± {s['std'][k]:.4f}" for k in METRICS]
         diffs = [r["recall@10"] - base[r.get("seed", i)]["recall@10"] for i, r in enumerate(runs)
@@ -165,7 +165,7 @@ def main() -> None:
             entry = doc.setdefault("pathways", {}).setdefault(args.dataset, {})
             entry.update({  # variants merge, so they can be measured by separate (parallel) runs
                 "date": dt.date.today().isoformat(),
-                "machine": "2-core shared CPU (other jobs running), no GPU, torch threads=1",
+                "machine": "2-core CPU shared with another job, no GPU, torch 1 thread",
                 "base": f"{args.preset} preset model + " + " ".join(base), "seeds": args.seeds,
             })
             entry.setdefault("variants", {})[name] = results[name]

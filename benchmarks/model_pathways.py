@@ -127,7 +127,9 @@ def table(out_path: Path, dataset: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="sim")
-    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1, help="number of seeds")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1; runs of "
+                    "other seeds already in the results file under the same setup are kept and merged")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--eval-users", type=int, default=1500, help="test users scored (a fixed random subset)")
     ap.add_argument("--preset", default="quickstart", help="base preset (tiny: a smoke test)")
@@ -155,20 +157,28 @@ def main() -> None:
         print(f"prepared {args.dataset} in {time.perf_counter() - t0:.0f}s", flush=True)
         for name in names:
             per_seed = []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 cfg = load_config(preset=args.preset, overrides=base + VARIANTS[name])
                 per_seed.append({"seed": seed, **run_variant(run, cfg, seed, args.eval_users)})
                 print(f"{name} seed {seed}: {per_seed[-1]}", flush=True)
-            results[name] = {"overrides": VARIANTS[name], "command": "python " + shlex.join(sys.argv),
-                             **summarize(per_seed), "runs": per_seed}
             doc = json.loads(out_path.read_text()) if out_path.exists() else {}
             entry = doc.setdefault("pathways", {}).setdefault(args.dataset, {})
-            entry.update({  # variants merge, so they can be measured by separate (parallel) runs
-                "date": dt.date.today().isoformat(),
-                "machine": "2-core CPU shared with another job, no GPU, torch 1 thread",
-                "base": f"{args.preset} preset model + " + " ".join(base), "seeds": args.seeds,
-            })
+            base_str = f"{args.preset} preset model + " + " ".join(base)
+            old = entry.get("variants", {}).get(name, {}).get("runs", [])
+            if entry.get("base") == base_str:  # same setup: runs of other seeds (separate invocations) merge
+                new_seeds = {r["seed"] for r in per_seed}
+                per_seed = sorted([r for r in old if r.get("seed") not in new_seeds and r.get("eval_users")
+                                   == per_seed[0]["eval_users"]] + per_seed, key=lambda r: r["seed"])
+            else:  # another setup: variants measured under the old one no longer compare, drop them
+                entry["variants"] = {}
+            results[name] = {"overrides": VARIANTS[name], "command": "python " + shlex.join(sys.argv),
+                             **summarize(per_seed), "runs": per_seed}
             entry.setdefault("variants", {})[name] = results[name]
+            entry.update({
+                "date": dt.date.today().isoformat(),
+                "machine": "2-core CPU shared with another job, no GPU, torch 1 thread", "base": base_str,
+                "seeds": max(len(v["runs"]) for v in entry["variants"].values()),
+            })
             write_json(out_path, doc)
     table(out_path, args.dataset)
 

@@ -8,8 +8,9 @@ user features); Amazon Beauty (``amazon2014``) has only the positive review log 
 there the short-term and lifelong pathways read the positive sequence and the static pathway the
 user id.
 
-    python benchmarks/model_pathways.py --dataset sim     [--seeds 1 --epochs 2 --eval-users 1500]
+    python benchmarks/model_pathways.py --dataset sim     [--seeds 3 --epochs 1 --eval-users 3000]
     python benchmarks/model_pathways.py --dataset beauty  (needs ../shared/datasets/amazon2014_s3rec)
+    python benchmarks/model_pathways.py --dataset sim --table   (print the stored table: mean ± std over seeds)
 
 Results merge into ``benchmarks/results/model.json`` under ``"pathways"`` (after every variant, so a
 cut-short run keeps what it measured).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -90,52 +92,95 @@ def run_variant(run: Path, cfg, seed: int, eval_users: int) -> dict:
             "eval_s": round(time.perf_counter() - t0, 1), "eval_users": test.num_rows}
 
 
+METRICS = ("recall@10", "ndcg@10", "recall@50")
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Median, mean and sample standard deviation over seeds of each metric (std 0 for one seed)."""
+    out: dict = {"median": {}, "mean": {}, "std": {}}
+    for k in METRICS:
+        vals = [r[k] for r in runs]
+        out["median"][k], out["mean"][k] = statistics.median(vals), statistics.fmean(vals)
+        out["std"][k] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out
+
+
+def table(out_path: Path, dataset: str) -> None:
+    """Print the markdown table of one dataset's variants: mean +- std over seeds, and the change of
+    recall@10 against "positive (v0)" paired by seed (same seed = same initialisation and batch order)."""
+    entry = json.loads(out_path.read_text())["pathways"][dataset]
+    base = {r.get("seed", i): r for i, r in enumerate(entry["variants"].get("positive (v0)", {}).get("runs", []))}
+    print("| variant | seeds | recall@10 | ndcg@10 | recall@50 | recall@10 - v0 (paired) | parameters | train s/run |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in sorted(entry["variants"], key=lambda n: list(VARIANTS).index(n) if n in VARIANTS else len(VARIANTS)):
+        runs = entry["variants"][name]["runs"]
+        s = summarize(runs)
+        cells = [f"{s['mean'][k]:.4f} ± {s['std'][k]:.4f}" for k in METRICS]
+        diffs = [r["recall@10"] - base[r.get("seed", i)]["recall@10"] for i, r in enumerate(runs)
+                 if r.get("seed", i) in base]
+        d = (f"{statistics.fmean(diffs):+.4f} ± {statistics.stdev(diffs):.4f}" if len(diffs) > 1
+             else f"{diffs[0]:+.4f}" if diffs else "-")
+        print(f"| {name} | {len(runs)} | {' | '.join(cells)} | {d if name != 'positive (v0)' else '-'} | "
+              f"{runs[0]['parameters']:,} | {statistics.median(r['train_s'] for r in runs):.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="sim")
-    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1, help="number of seeds")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1; runs of "
+                    "other seeds already in the results file under the same setup are kept and merged")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--eval-users", type=int, default=1500, help="test users scored (a fixed random subset)")
     ap.add_argument("--preset", default="quickstart", help="base preset (tiny: a smoke test)")
     ap.add_argument("--variants", default="", help="comma-separated subset of variant names (default: all)")
     ap.add_argument("--datasets", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+    ap.add_argument("--out", default="", help="results file (default benchmarks/results/model.json)")
+    ap.add_argument("--run-dir", default="", help="keep the prepared dataset here and reuse it when present")
+    ap.add_argument("--table", action="store_true", help="only print the results file's table for --dataset")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = dataset_overrides(args.dataset, Path(args.datasets)) + COMMON + [f"train.epochs={args.epochs}"]
     names = [v for v in VARIANTS if not args.variants or v in args.variants.split(",")]
-    out_path = RESULTS / ("model.json" if args.preset == "quickstart" else f"model.{args.preset}.json")
+    out_path = (Path(args.out) if args.out
+                else RESULTS / ("model.json" if args.preset == "quickstart" else f"model.{args.preset}.json"))
+    if args.table:
+        return table(out_path, args.dataset)
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
+        run = Path(args.run_dir) if args.run_dir else Path(tmp) / "run"
         cfg0 = load_config(preset=args.preset, overrides=base)
         t0 = time.perf_counter()
-        stage_data(run, cfg0, progress=False)
-        stage_tokenize(run, cfg0, progress=False)
+        if not (run / "tokenizer" / "metrics.json").exists():
+            stage_data(run, cfg0, progress=False)
+            stage_tokenize(run, cfg0, progress=False)
         print(f"prepared {args.dataset} in {time.perf_counter() - t0:.0f}s", flush=True)
         for name in names:
             per_seed = []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 cfg = load_config(preset=args.preset, overrides=base + VARIANTS[name])
-                per_seed.append(run_variant(run, cfg, seed, args.eval_users))
+                per_seed.append({"seed": seed, **run_variant(run, cfg, seed, args.eval_users)})
                 print(f"{name} seed {seed}: {per_seed[-1]}", flush=True)
-            results[name] = {
-                "overrides": VARIANTS[name], "command": "python " + " ".join(sys.argv),
-                "median": {k: statistics.median(r[k] for r in per_seed) for k in ("recall@10", "ndcg@10", "recall@50")},
-                "runs": per_seed,
-            }
             doc = json.loads(out_path.read_text()) if out_path.exists() else {}
             entry = doc.setdefault("pathways", {}).setdefault(args.dataset, {})
-            entry.update({  # variants merge, so they can be measured by separate (parallel) runs
-                "date": dt.date.today().isoformat(),
-                "machine": "2-core shared CPU (other jobs running), no GPU, torch threads=1",
-                "base": f"{args.preset} preset model + " + " ".join(base), "seeds": args.seeds,
-            })
+            base_str = f"{args.preset} preset model + " + " ".join(base)
+            old = entry.get("variants", {}).get(name, {}).get("runs", [])
+            if entry.get("base") == base_str:  # same setup: runs of other seeds (separate invocations) merge
+                new_seeds = {r["seed"] for r in per_seed}
+                per_seed = sorted([r for r in old if r.get("seed") not in new_seeds and r.get("eval_users")
+                                   == per_seed[0]["eval_users"]] + per_seed, key=lambda r: r["seed"])
+            else:  # another setup: variants measured under the old one no longer compare, drop them
+                entry["variants"] = {}
+            results[name] = {"overrides": VARIANTS[name], "command": "python " + shlex.join(sys.argv),
+                             **summarize(per_seed), "runs": per_seed}
             entry.setdefault("variants", {})[name] = results[name]
+            entry.update({
+                "date": dt.date.today().isoformat(),
+                "machine": "2-core CPU shared with another job, no GPU, torch 1 thread", "base": base_str,
+                "seeds": max(len(v["runs"]) for v in entry["variants"].values()),
+            })
             write_json(out_path, doc)
-    print("\n| variant | recall@10 | ndcg@10 | recall@50 |\n|---|---:|---:|---:|")
-    for name, r in results.items():
-        med = r["median"]
-        print(f"| {name} | {med['recall@10']:.4f} | {med['ndcg@10']:.4f} | {med['recall@50']:.4f} |")
+    table(out_path, args.dataset)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,26 @@ def test_merge_results_combines_models_of_the_same_seeds(tmp_path):
         merge_results([a, {**b, "seeds": [1]}])
 
 
+def test_merge_results_pools_seeds_of_the_same_models():
+    def part(seed: int, r10: float, lr: float = 0.002) -> dict:
+        metrics = {m: r10 for m in METRICS}
+        run = {"seed": seed, "models": {"onerec": {**metrics, "train_seconds": 10.0 + seed, "steps": 5}}}
+        return {"seeds": [seed], "models": ["onerec"], "onerec": {}, "runs": [run], "seconds": 3.0,
+                "tokenizer": [{"seed": seed}], "note": f"n{seed}",
+                "config": {"train": {"seed": seed, "lr": lr}, "model": {"d_model": 128}}}
+
+    out = merge_results([part(2, 0.30), part(0, 0.10), part(1, 0.20)])
+    assert out["seeds"] == [0, 1, 2] and [r["seed"] for r in out["runs"]] == [0, 1, 2]
+    assert out["onerec"]["recall@10"] == pytest.approx(0.20)
+    assert out["onerec"]["std"]["recall@10"] == pytest.approx(0.10)
+    assert out["onerec"]["train_seconds"] == [10.0, 11.0, 12.0] and out["seconds"] == 9.0
+    assert out["tokenizer"] == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
+    with pytest.raises(ConfigError, match="seed 0 appears in two"):
+        merge_results([part(0, 0.1), part(0, 0.2)])
+    with pytest.raises(ConfigError, match="different configs"):
+        merge_results([part(0, 0.1), part(1, 0.2, lr=0.01)])
+
+
 def test_real_beauty_counts_match_the_papers(datasets_dir):
     from onerec.data.adapters import load_amazon2014
 

@@ -328,19 +328,59 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     return result
 
 
+def _merge_seeds(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Same models, disjoint seeds -> one result over all of them (see :func:`merge_results`)."""
+    seen: set[int] = set()
+    for p in parts:
+        overlap = seen & set(p["seeds"])
+        if overlap:
+            raise ConfigError(f"seed {min(overlap)} appears in two results files: merge each seed once")
+        seen |= set(p["seeds"])
+
+    def config_without_seed(p: dict[str, Any]) -> dict[str, Any] | None:
+        cfg = p.get("config")
+        if cfg is None:
+            return None
+        return {**cfg, "train": {k: v for k, v in cfg.get("train", {}).items() if k != "seed"}}
+
+    base = config_without_seed(parts[0])
+    for p in parts[1:]:
+        if config_without_seed(p) != base:
+            raise ConfigError("cannot pool seeds of runs with different configs (apart from train.seed): "
+                              "compare the files' 'config' entries and rerun with the same overrides")
+    order = sorted(range(len(parts)), key=lambda i: min(parts[i]["seeds"]))
+    runs = [r for i in order for r in parts[i]["runs"]]
+    out = dict(parts[order[0]])
+    out.update(aggregate(runs))
+    out["seeds"] = [r["seed"] for r in runs]
+    out["runs"] = runs
+    out["tokenizer"] = [t for i in order for t in parts[i].get("tokenizer", [])]
+    out["seconds"] = sum(p["seconds"] for p in parts)
+    out["command"] = " && ".join(parts[i].get("command", "") for i in order if parts[i].get("command"))
+    out["note"] = " | ".join(f"seeds {parts[i]['seeds']}: {parts[i]['note']}" for i in order if parts[i].get("note"))
+    return out
+
+
 def load_result(path: str | Path) -> dict[str, Any]:
     return read_json(path)
 
 
 def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One results dict from runs of different models over the same seeds (e.g. onerec and SASRec
-    trained in two processes at once): model entries side by side, per-seed runs joined."""
+    """One results dict from several files: either runs of different models over the same seeds
+    (e.g. onerec and SASRec trained in two processes at once: model entries side by side, per-seed
+    runs joined), or runs of the same models over different seeds (seeds trained in parallel: the
+    runs are pooled and every model's mean and spread recomputed over all seeds; the files' configs
+    must be identical apart from the seed)."""
     if not parts:
         raise ConfigError("nothing to merge")
     seeds = parts[0]["seeds"]
+    if len(parts) > 1 and all(p["models"] == parts[0]["models"] for p in parts):
+        return _merge_seeds(parts)
     for p in parts[1:]:
         if p["seeds"] != seeds:
-            raise ConfigError(f"cannot merge results over different seeds ({seeds} vs {p['seeds']})")
+            raise ConfigError(f"cannot merge results over different seeds ({seeds} vs {p['seeds']}) unless they "
+                              f"are of the same models (then their seeds are pooled); got models "
+                              f"{parts[0]['models']} and {p['models']}")
     out = dict(parts[0])
     out["models"] = []
     for p in parts:

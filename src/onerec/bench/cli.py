@@ -104,7 +104,9 @@ def scientific(datasets: Path, indexes: str, out: Path, results: Path, seeds: st
 @click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def merge(parts: tuple[Path, ...], out_path: Path) -> None:
-    """Join results files of different models over the same seeds (e.g. onerec and SASRec run in two processes)."""
+    """Join results files: different models over the same seeds (e.g. onerec and SASRec run in two
+    processes), or the same models over different seeds (seeds run in parallel; mean and spread are
+    recomputed over all seeds)."""
     from onerec.bench.amazon import format_table, merge_results
     from onerec.io import read_json, write_json
 

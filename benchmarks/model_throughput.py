@@ -7,15 +7,30 @@ forward + backward + optimizer step; the median step time over ``--steps`` timed
 one warm-up step) gives samples/s and tokens/s (encoder + decoder tokens per sample).
 
 fp32 AdamW needs 16 bytes per parameter (weights, gradients, two moments) before activations:
-0.935B -> 15 GB and 2.633B -> 42 GB. On this 24 GB machine shared with other jobs, 0.935B is
-measured with plain SGD (8 bytes per parameter) and 2.633B is not run; the JSON says so.
+0.935B -> 15 GB and 2.633B -> 42 GB. On a 24 GB machine, 0.935B is measured with plain SGD
+(8 bytes per parameter) and 2.633B with SGD applied inside the backward pass ("sgd-in-backward":
+each parameter is updated and its gradient freed as soon as the gradient is complete, through
+``Tensor.register_post_accumulate_grad_hook``), so only the weights (4 bytes per parameter,
+10.7 GB) and one layer's gradients are resident. The update is the same as SGD's; only the
+memory differs. The JSON names the optimizer of every row.
+
+FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` counts the matrix multiplies of the warm-up
+step's forward + backward (``flops_per_sample``; it has no formula for the CPU fused attention
+kernel, so attention scores are left out and the figure is a slight underestimate). That step runs
+the mixture-of-experts layers with the loop-over-experts reference, so only the routed tokens'
+multiplies are counted (model FLOPs): the timed steps use the grouped implementation, whose padded
+expert buffers do extra multiplies on zero rows (4.2x the model FLOPs at 2.633B, batch 1).
+``achieved_gflops`` divides the model FLOPs by the median step time. ``flops_per_sample_6n`` is
+the usual 6 x active parameters x tokens estimate, kept for comparison: it overstates the small
+presets' work, most of whose parameters are embedding rows (semantic IDs, hashed sparse features)
+that cost no multiply.
 
 MFU (model FLOPs utilisation; the Technical Report: 23.7% in training) needs a GPU and its peak
-FLOP/s; with no GPU in this session it is recorded as not measured. ``flops_per_sample`` (6 x
-active parameters x tokens, the usual dense estimate) is written so MFU can be computed later.
+FLOP/s; with no GPU in this session it is recorded as not measured (``flops_per_sample`` is
+written so MFU can be computed from a GPU step time).
 
     python benchmarks/model_throughput.py [--presets quickstart,onerec-0.015b,...] [--steps 3]
-    python benchmarks/model_throughput.py --moe-only     # one MoE layer: grouped vs loop reference
+    python benchmarks/model_throughput.py --moe-only     # one MoE layer: grouped / padded / loop reference
 
 Results merge into ``benchmarks/results/model.json`` under ``"throughput_cpu"``.
 """
@@ -23,9 +38,11 @@ Results merge into ``benchmarks/results/model.json`` under ``"throughput_cpu"``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -33,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from onerec.config import load_config
 from onerec.io import write_json
@@ -45,9 +63,8 @@ PLAN = {  # preset: (batch size, optimizer)
     "onerec-0.015b": (8, "adamw"),
     "onerec-0.121b": (2, "adamw"),
     "onerec-0.935b": (1, "sgd"),
+    "onerec-2.633b": (1, "sgd-in-backward"),
 }
-TOO_BIG = {"onerec-2.633b": "fp32 training needs >= 21 GB for weights + gradients alone (42 GB with AdamW); "
-                            "the machine has 24 GB shared with other jobs"}
 
 
 def synthetic_batch(model: Generator, b: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -78,22 +95,51 @@ def synthetic_batch(model: Generator, b: int, seed: int = 0) -> dict[str, torch.
     return {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
 
 
+def make_optimizer(model: torch.nn.Module, optim: str, lr: float) -> torch.optim.Optimizer | None:
+    """AdamW, SGD, or None for "sgd-in-backward", where hooks apply SGD during ``backward()``:
+    p <- p - lr * grad as soon as p's gradient is accumulated, then the gradient is freed."""
+    if optim == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr)
+    if optim == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr)
+    if optim != "sgd-in-backward":
+        raise ValueError(f"unknown optimizer {optim!r}: adamw, sgd or sgd-in-backward")
+
+    @torch.no_grad()
+    def apply(p: torch.Tensor) -> None:
+        p.add_(p.grad, alpha=-lr)
+        p.grad = None
+
+    for p in model.parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(apply)
+    return None
+
+
 def measure(preset: str, batch_size: int, optim: str, steps: int) -> dict:
     cfg = load_config(preset=preset)
     sizes = codebook_sizes(cfg)  # levels x codebook_size (the paper presets: 3 x 8192)
     torch.manual_seed(0)
     model = Generator(cfg.model, sizes).train()
     counts = model.parameter_counts()
-    opt = (torch.optim.AdamW(model.parameters(), lr=1e-4) if optim == "adamw"
-           else torch.optim.SGD(model.parameters(), lr=1e-4))
+    opt = make_optimizer(model, optim, lr=1e-4)
     batch = synthetic_batch(model, batch_size)
-    times = []
+    times, flops = [], None
+    moe = [m for _, m in model.moe_layers()]
     for i in range(steps + 1):
+        counter = FlopCounterMode(display=False) if i == 0 else contextlib.nullcontext()
+        for m in moe:  # count model FLOPs with the exact per-expert loop, time the grouped (padded) path
+            m.impl = "loop" if i == 0 else "grouped"
         t0 = time.perf_counter()
-        loss = model(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        with counter:
+            loss = model(batch)
+            loss.backward()
+        if opt is not None:
+            opt.step()
+        if i == 0:
+            flops = counter.get_total_flops()
         if i:  # the first step allocates optimizer state and warms up
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
@@ -103,9 +149,10 @@ def measure(preset: str, batch_size: int, optim: str, steps: int) -> dict:
         "batch_size": batch_size, "optimizer": optim, "steps_timed": steps, "step_s_median": round(step, 3),
         "step_s_all": [round(t, 3) for t in times],
         "samples_per_s": round(batch_size / step, 4), "tokens_per_s": round(batch_size * tokens / step, 1),
-        "achieved_gflops": round(6 * counts["active"] * tokens * batch_size / step / 1e9, 2),
+        "achieved_gflops": round(flops / step / 1e9, 2),
         "tokens_per_sample": tokens, "params_total": counts["total"], "params_active": counts["active"],
-        "flops_per_sample": 6 * counts["active"] * tokens, "loss": round(float(loss.detach()), 3),
+        "flops_per_sample": round(flops / batch_size),
+        "flops_per_sample_6n": 6 * counts["active"] * tokens, "loss": round(float(loss.detach()), 3),
     }
     del model, opt, batch, loss
     gc.collect()
@@ -113,16 +160,16 @@ def measure(preset: str, batch_size: int, optim: str, steps: int) -> dict:
 
 
 def moe_speed(repeats: int = 5) -> dict:
-    """Forward + backward of one MoE layer (24 experts, top-2, d=256, 2048 tokens): grouped vs loop."""
-    from onerec.model.moe import MoE
+    """Forward + backward of one MoE layer (24 experts, top-2, d=256, 2048 tokens): each implementation."""
+    from onerec.model.moe import IMPLS, MoE
 
     torch.manual_seed(0)
-    fast = MoE(256, 704, 24, 2)
-    ref = MoE(256, 704, 24, 2, impl="loop")
-    ref.load_state_dict(fast.state_dict())
+    layers = {impl: MoE(256, 704, 24, 2, impl=impl) for impl in IMPLS}
+    for m in layers.values():
+        m.load_state_dict(layers["grouped"].state_dict())
     x = torch.randn(2048, 256)
     out = {}
-    for name, m in (("grouped", fast), ("loop", ref)):
+    for name, m in layers.items():
         times = []
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
@@ -130,6 +177,7 @@ def moe_speed(repeats: int = 5) -> dict:
             times.append(time.perf_counter() - t0)
         out[f"{name}_s_median"] = round(statistics.median(times[1:]), 4)
     out["grouped_speedup_vs_loop"] = round(out["loop_s_median"] / out["grouped_s_median"], 2)
+    out["padded_speedup_vs_loop"] = round(out["loop_s_median"] / out["padded_s_median"], 2)
     return out
 
 
@@ -138,7 +186,8 @@ def main() -> None:
     ap.add_argument("--presets", default=",".join(PLAN))
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--moe-only", action="store_true", help="only time the MoE layer, grouped vs loop")
+    ap.add_argument("--machine", default="", help="describe the machine for the results (sharing, load)")
+    ap.add_argument("--moe-only", action="store_true", help="only time the MoE layer: grouped, padded, loop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out_path = RESULTS / "model.json"
@@ -147,34 +196,30 @@ def main() -> None:
         print(res)
         doc = json.loads(out_path.read_text()) if out_path.exists() else {}
         doc["moe_layer_cpu"] = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
-                                "machine": f"2-core shared CPU (other jobs running), torch threads={args.threads}",
+                                "machine": args.machine or f"{os.cpu_count()}-core CPU, torch threads={args.threads}",
                                 "layer": "d=256, 24 SwiGLU experts of 704, top-2, 2048 tokens, forward+backward",
                                 **res}
         write_json(out_path, doc)
         return
     rows = {}
     for preset in args.presets.split(","):
-        if preset in TOO_BIG:
-            rows[preset] = {"not_measured": TOO_BIG[preset]}
-            continue
         bs, optim = PLAN[preset]
         rows[preset] = measure(preset, bs, optim, args.steps)
         print(preset, rows[preset], flush=True)
-    for preset, why in TOO_BIG.items():
-        rows.setdefault(preset, {"not_measured": why})
     base = rows.get("quickstart", {}).get("samples_per_s")
-    if base:
-        for r in rows.values():
-            if "samples_per_s" in r:
-                r["samples_per_s_vs_quickstart"] = round(r["samples_per_s"] / base, 5)
+    if not base:
+        raise SystemExit("--presets must include quickstart: every row is reported against it, timed in the same run")
+    stamp = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
+             "machine": args.machine or f"{os.cpu_count()}-core CPU, no GPU, torch threads={args.threads}, fp32"}
+    for r in rows.values():
+        r["samples_per_s_vs_quickstart"] = round(r["samples_per_s"] / base, 5)
+        r.update(stamp)  # rows from earlier runs keep their own command, date and machine
     doc = json.loads(out_path.read_text()) if out_path.exists() else {}
-    doc["throughput_cpu"] = {
-        "command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
-        "machine": f"2-core shared CPU (other jobs running), no GPU, torch threads={args.threads}, fp32",
-        "presets": rows,
-        "mfu": {"onerec-0.121b": None, "onerec-0.935b": None,
-                "note": "not measured: no GPU in this session (the Technical Report: 23.7% training MFU)"},
-    }
+    section = doc.setdefault("throughput_cpu", {})
+    section.setdefault("presets", {}).update(rows)
+    section.update(stamp)  # the newest run
+    section["mfu"] = {"onerec-0.121b": None, "onerec-0.935b": None,
+                      "note": "not measured: no GPU in this session (the Technical Report: 23.7% training MFU)"}
     write_json(out_path, doc)
 
 

@@ -182,8 +182,9 @@ class ModelConfig:
     moe_hidden: int | None = opt(None, "each expert's SwiGLU hidden width (None: the dense width)")
     moe_where: str = opt("decoder", "which stacks use MoE feed-forwards", choices=["decoder", "both"])
     moe_bias_step: float = opt(1e-3, "loss-free load balancing: per-step change of an expert's routing bias")
-    moe_impl: str = opt("grouped", "grouped: batched matmuls (fast) | loop: reference loop over experts",
-                        choices=["grouped", "loop"])
+    moe_impl: str = opt("grouped", "grouped: grouped matmul without padding (fast; padded off CPU) | padded: "
+                                   "batched matmuls over a padded buffer | loop: reference loop over experts",
+                        choices=["grouped", "padded", "loop"])
     pathways: list[str] = opt(["positive"], "encoder pathways, any of: static (user id + user features), "
                                             "short (last short_len behaviours of any kind), positive (last "
                                             "max_history positives), lifelong (compressed long log + QFormer)")

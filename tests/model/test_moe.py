@@ -1,21 +1,29 @@
+import pytest
 import torch
 
 from onerec.model.layers import DecoderBlock
 from onerec.model.moe import MoE
 
 
-def _pair(**kw):
+def _pair(impl="grouped", **kw):
     torch.manual_seed(0)
-    fast = MoE(16, 24, n_experts=6, top_k=2, **kw)
+    fast = MoE(16, 24, n_experts=6, top_k=2, impl=impl, **kw)
     ref = MoE(16, 24, n_experts=6, top_k=2, impl="loop", **kw)
     ref.load_state_dict(fast.state_dict())
     return fast, ref
 
 
-def test_grouped_matches_loop_reference_outputs_and_grads():
-    fast, ref = _pair()
+@pytest.mark.parametrize("impl", ["grouped", "padded"])
+@pytest.mark.parametrize("bias", ["small", "starve"])
+def test_fast_paths_match_loop_reference_outputs_and_grads(impl, bias):
+    """grouped (grouped_mm, no padding) and padded (bmm) == the loop reference, also when some
+    experts get no token at all (their slice is empty)."""
+    fast, ref = _pair(impl)
     with torch.no_grad():
-        fast.route_bias.copy_(torch.linspace(-0.05, 0.05, 6))  # a non-zero bias must route the same
+        if bias == "small":
+            fast.route_bias.copy_(torch.linspace(-0.05, 0.05, 6))  # a non-zero bias must route the same
+        else:
+            fast.route_bias.copy_(torch.tensor([0.0, -100.0, 0.0, -100.0, -100.0, 0.0]))  # experts 1, 3, 4 idle
         ref.route_bias.copy_(fast.route_bias)
     x = torch.randn(3, 7, 16)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -72,3 +80,9 @@ def test_moe_is_a_token_wise_ffn_inside_the_decoder_block():
     full = block(x, mem)
     # a token's MoE output depends on that token only: prefixes give the same rows
     torch.testing.assert_close(block(x[:, :3], mem), full[:, :3], atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_handles_no_tokens():
+    fast, ref = _pair()
+    x = torch.randn(0, 16)
+    assert fast.eval()(x).shape == (0, 16) and ref.eval()(x).shape == (0, 16)

@@ -12,13 +12,19 @@ the unbiased scores, so the bias never enters the gradient.
 :class:`onerec.model.layers.DecoderBlock` (its ``ffn`` argument) and works token by token in an
 incremental (KV-cached) decoder as well as over whole sequences.
 
-Two implementations of the same function, selected by ``impl``:
+Three implementations of the same function, selected by ``impl``:
 
 * ``"loop"``: the plain reference, one masked pass per expert;
-* ``"grouped"``: the fast path: token->expert assignments are sorted by expert, scattered into one
-  padded ``[n_experts, capacity, E]`` buffer and run through all experts with three batched
-  matmuls (``torch.bmm``), then scattered back. ``tests/model/test_moe.py`` checks that both give
-  the same outputs and gradients.
+* ``"padded"``: token->expert assignments are sorted by expert, scattered into one padded
+  ``[n_experts, capacity, E]`` buffer and run through all experts with three batched matmuls
+  (``torch.bmm``), then scattered back. The padding costs multiplies on zero rows: capacity is the
+  busiest expert's load, so with uneven routing the buffer can hold several times the real rows
+  (4.2x for the 2.633B preset at batch 1, ``benchmarks/model_throughput.py``);
+* ``"grouped"`` (default): the same sorted rows through ``torch.nn.functional.grouped_mm``, which
+  multiplies each expert's contiguous slice by its weights without padding; on CPU. Elsewhere
+  (CUDA's grouped GEMM wants bf16 and particular GPUs) it falls back to ``"padded"``.
+
+``tests/model/test_moe.py`` checks that all three give the same outputs and gradients.
 
 Shapes: N = tokens (all leading dims flattened), E = d_model, X = experts, K = active experts,
 F = expert hidden width.
@@ -32,6 +38,8 @@ from torch import Tensor, nn
 
 from onerec.errors import ConfigError
 
+IMPLS = ("grouped", "padded", "loop")
+
 
 class MoE(nn.Module):
     """Top-k mixture of SwiGLU experts with a loss-free balancing bias.
@@ -43,7 +51,7 @@ class MoE(nn.Module):
         top_k: K, experts per token.
         dropout: dropout on the output.
         bias_step: u, the per-step change of the routing bias (Wang et al. use 1e-3).
-        impl: "grouped" (fast) or "loop" (reference).
+        impl: "grouped" (fast), "padded" or "loop" (reference); see the module docstring.
     """
 
     def __init__(self, d_model: int, hidden: int, n_experts: int, top_k: int, dropout: float = 0.0,
@@ -51,8 +59,8 @@ class MoE(nn.Module):
         super().__init__()
         if not 1 <= top_k <= n_experts:
             raise ConfigError(f"model.moe_top_k={top_k} must be in 1..model.moe_experts={n_experts}")
-        if impl not in ("grouped", "loop"):
-            raise ConfigError(f"model.moe_impl={impl!r} must be 'grouped' or 'loop'")
+        if impl not in IMPLS:
+            raise ConfigError(f"model.moe_impl={impl!r} must be one of {', '.join(IMPLS)}")
         self.d, self.f, self.n, self.k = d_model, hidden, n_experts, top_k
         self.bias_step, self.impl = bias_step, impl
         self.router = nn.Linear(d_model, n_experts, bias=False)
@@ -106,13 +114,26 @@ class MoE(nn.Module):
                 out.index_add_(0, tok, self._expert(e, x[tok]) * gates[tok, slot, None])
         return out
 
-    def _grouped(self, x: Tensor, chosen: Tensor, gates: Tensor) -> Tensor:
-        n = x.shape[0]
+    def _sorted(self, chosen: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Token->expert assignments sorted by expert: (order into the flat [N*K] assignments, their
+        experts, their tokens, tokens per expert [X])."""
         flat_e = chosen.reshape(-1)  # [N*K]
         order = torch.argsort(flat_e, stable=True)
-        e_sorted = flat_e[order]
-        tok = order // self.k
-        counts = torch.bincount(flat_e, minlength=self.n)
+        return order, flat_e[order], order // self.k, torch.bincount(flat_e, minlength=self.n)
+
+    def _grouped(self, x: Tensor, chosen: Tensor, gates: Tensor) -> Tensor:
+        if x.device.type != "cpu" or not hasattr(F, "grouped_mm"):
+            return self._padded(x, chosen, gates)
+        order, _, tok, counts = self._sorted(chosen)
+        offs = torch.cumsum(counts, 0).to(torch.int32)  # end of each expert's slice of the sorted rows
+        rows = x[tok]  # [N*K, E], expert by expert
+        h = F.silu(F.grouped_mm(rows, self.w1, offs=offs)) * F.grouped_mm(rows, self.w3, offs=offs)
+        y = F.grouped_mm(h, self.w2, offs=offs)  # [N*K, E]
+        return torch.zeros_like(x).index_add_(0, tok, y * gates.reshape(-1)[order, None])
+
+    def _padded(self, x: Tensor, chosen: Tensor, gates: Tensor) -> Tensor:
+        n = x.shape[0]
+        order, e_sorted, tok, counts = self._sorted(chosen)
         starts = torch.cumsum(counts, 0) - counts
         pos = torch.arange(len(order), device=x.device) - starts[e_sorted]  # rank within its expert
         cap = int(counts.max()) if n else 0
@@ -129,5 +150,6 @@ class MoE(nn.Module):
         chosen, gates = self.route(flat)
         if self.training and torch.is_grad_enabled():
             self._balance(chosen)
-        out = self._grouped(flat, chosen, gates) if self.impl == "grouped" else self._loop(flat, chosen, gates)
+        impl = {"grouped": self._grouped, "padded": self._padded, "loop": self._loop}[self.impl]
+        out = impl(flat, chosen, gates)
         return self.drop(out.reshape(shape))

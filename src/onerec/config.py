@@ -108,6 +108,9 @@ class ContentAlignConfig:
     caption_weight: float = opt(0.0, "weight of the caption reconstruction loss (predict the caption's words "
                                       "from the aligned vector); 0 = off")
     caption_vocab: int = opt(2000, "caption reconstruction: most frequent words predicted")
+    id_token: bool = opt(False, "append a learned per-item token to the QFormer's input, trained by the same "
+                                "InfoNCE: items whose content vectors are identical (e.g. Amazon Sports, whose only "
+                                "text is its attribute ids) can then still be told apart by who engages with them")
     residual: float = opt(0.0, "mix of the content-only vector kept in the output: "
                                "v = normalise((1-r)*aligned + r*content) (needs equal dims; 0 = aligned only)")
     seed: int = opt(0, "random seed")

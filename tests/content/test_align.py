@@ -54,6 +54,21 @@ def test_alignment_is_deterministic_and_caption_loss_runs():
         align_vectors(tokens, train, cfg)
 
 
+def test_id_token_separates_items_with_identical_content():
+    """Every item has the same content: without the id token all vectors are one point; with it the
+    co-engaged groups separate (what Amazon Sports, attribute ids only, needs)."""
+    tokens, train, group = _grouped_world()
+    tokens[:] = tokens[0]
+    cfg = ContentAlignConfig(steps=120, batch_size=64, d_model=32, dim=16, layers=1, queries=2, swing_k=5)
+    plain, _, _ = align_vectors(tokens, train, cfg)
+    assert np.ptp(plain, axis=0).max() < 1e-5  # identical content -> identical vectors
+    with_id, model, _ = align_vectors(tokens, train, ContentAlignConfig(**{**cfg.__dict__, "id_token": True}))
+    assert model.id_token is not None and model.id_token.num_embeddings == 40
+    assert _separation(with_id, group) > 0.2
+    with pytest.raises(ValueError, match="ids"):
+        model.embed(torch.from_numpy(tokens[:2]))
+
+
 def test_qformer_masks_padding_tokens():
     torch.manual_seed(0)
     cfg = ContentAlignConfig(d_model=16, dim=8, layers=2, queries=3, heads=2)

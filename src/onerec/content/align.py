@@ -42,22 +42,39 @@ from onerec.model.qformer import QFormer
 class ItemQFormer(nn.Module):
     """Compress an item's ``[B, T, D_in]`` token vectors: a linear map to ``d_model``, the shared
     :class:`~onerec.model.qformer.QFormer` (``queries`` queries, ``layers`` blocks), and a head that
-    turns the mean of the query outputs into one L2-normalised item vector."""
+    turns the mean of the query outputs into one L2-normalised item vector.
 
-    def __init__(self, in_dim: int, cfg: ContentAlignConfig) -> None:
+    With ``n_items`` (``content.alignment.id_token``) each item also gets one learned token of its
+    own, appended to its content tokens: the InfoNCE pairs then move items apart that the content
+    alone cannot separate. Items never seen in training keep their small random initial token.
+    """
+
+    def __init__(self, in_dim: int, cfg: ContentAlignConfig, n_items: int | None = None) -> None:
         super().__init__()
         self.inp = nn.Linear(in_dim, cfg.d_model)
         self.qformer = QFormer(cfg.d_model, cfg.heads, ffn_hidden(cfg.d_model, 4.0), cfg.queries, cfg.layers,
                                cfg.dropout)
         self.head = nn.Linear(cfg.d_model, cfg.dim)
+        self.id_token = None
+        if n_items is not None:
+            self.id_token = nn.Embedding(n_items, cfg.d_model)
+            nn.init.normal_(self.id_token.weight, std=0.02)
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Query outputs ``[B, queries, d_model]``; ``mask`` [B, T] True = a real token."""
-        return self.qformer(self.inp(tokens), mask)
+    def forward(self, tokens: Tensor, mask: Tensor | None = None, ids: Tensor | None = None) -> Tensor:
+        """Query outputs ``[B, queries, d_model]``; ``mask`` [B, T] True = a real token; ``ids`` [B]
+        the items' row numbers (required with the id token)."""
+        x = self.inp(tokens)
+        if self.id_token is not None:
+            if ids is None:
+                raise ValueError("this ItemQFormer has per-item id tokens: pass the items' ids")
+            x = torch.cat([x, self.id_token(ids)[:, None, :]], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        return self.qformer(x, mask)
 
-    def embed(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    def embed(self, tokens: Tensor, mask: Tensor | None = None, ids: Tensor | None = None) -> Tensor:
         """The item vector: the projected mean of the query outputs, L2-normalised ``[B, dim]``."""
-        return F.normalize(self.head(self.forward(tokens, mask).mean(dim=1)), dim=-1)
+        return F.normalize(self.head(self.forward(tokens, mask, ids).mean(dim=1)), dim=-1)
 
 
 # ------------------------------------------------------------------------------ pairs
@@ -186,7 +203,7 @@ def align_vectors(tokens: np.ndarray, train: pa.Table, cfg: ContentAlignConfig, 
                         fix="use more interactions or set content.align=false")
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = ItemQFormer(tokens.shape[2], cfg)
+    model = ItemQFormer(tokens.shape[2], cfg, n_items if cfg.id_token else None)
     caption = None
     if cfg.caption_weight > 0:
         if texts is None:
@@ -214,7 +231,7 @@ def align_vectors(tokens: np.ndarray, train: pa.Table, cfg: ContentAlignConfig, 
                 ia.append(pa_[j])
                 ib.append(pb_[j])
         ids_a, ids_b = torch.cat(ia), torch.cat(ib)
-        za, zb = model.embed(all_tokens[ids_a]), model.embed(all_tokens[ids_b])
+        za, zb = model.embed(all_tokens[ids_a], ids=ids_a), model.embed(all_tokens[ids_b], ids=ids_b)
         loss = info_nce(za, zb, ids_a, ids_b, cfg.temperature)
         if caption is not None:
             ids = torch.cat([ids_a, ids_b])
@@ -245,5 +262,8 @@ def align_vectors(tokens: np.ndarray, train: pa.Table, cfg: ContentAlignConfig, 
 
 @torch.no_grad()
 def encode_items(model: ItemQFormer, tokens: Tensor, batch: int = 4096) -> np.ndarray:
+    """Item vectors of all ``tokens`` rows (row i = item i)."""
     model.eval()
-    return torch.cat([model.embed(tokens[s:s + batch]) for s in range(0, len(tokens), batch)]).numpy()
+    ids = torch.arange(len(tokens))
+    return torch.cat([model.embed(tokens[s:s + batch], ids=ids[s:s + batch])
+                      for s in range(0, len(tokens), batch)]).numpy()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from onerec.bench.amazon import METRICS, bench_config, check_protocol, merge_results
+from onerec.bench.amazon import METRICS, bench_config, check_protocol, item_id_rows, merge_results
 from onerec.cli import cli
 from onerec.data.splits import list_column, load_splits
 from onerec.errors import ConfigError, DataError
@@ -75,6 +75,16 @@ def test_bench_amazon_end_to_end(amazon_dir, tmp_path):
     # the title text reached the items table (HTML-unescaped) for the content backend
     items = (tmp_path / "runs" / "seed0" / "data" / "items.parquet")
     assert items.exists() and (tmp_path / "runs" / "seed1" / "data").is_symlink()
+
+
+def test_item_id_feature_gets_one_row_per_item(amazon_dir):
+    feats = "model.behaviour_features=[sid,label,time,item]"
+    cfg = bench_config("beauty", amazon_dir, overrides=[feats, "model.sparse_buckets=8"])
+    assert item_id_rows(cfg, N_ITEMS, log=lambda _: None).model.sparse_buckets == 32  # 31 rows for 30 items
+    cfg = bench_config("beauty", amazon_dir, overrides=[feats, "model.sparse_buckets=100"])
+    assert item_id_rows(cfg, N_ITEMS).model.sparse_buckets == 100  # already enough: left alone
+    cfg = bench_config("beauty", amazon_dir, overrides=["model.behaviour_features=[sid]", "model.sparse_buckets=0"])
+    assert item_id_rows(cfg, N_ITEMS).model.sparse_buckets == 0  # no item feature: no table
 
 
 def test_protocol_is_leave_one_out_with_history_20(amazon_dir, tmp_path):

@@ -276,6 +276,18 @@ def format_table(result: dict[str, Any], category: str) -> str:
     return "\n".join(lines)
 
 
+def item_id_rows(cfg: RunConfig, n_items: int, log=print) -> RunConfig:
+    """With the item-id behaviour feature, give every item its own embedding row: ``sparse_buckets``
+    becomes the next power of two above the item count when it is smaller (ids are hashed into
+    ``1 + id % (buckets - 1)``, so fewer rows would make items share an embedding)."""
+    if "item" not in cfg.model.behaviour_features or cfg.model.sparse_buckets - 1 >= n_items:
+        return cfg
+    rows = 1 << int(n_items).bit_length()
+    log(f"  model.sparse_buckets {cfg.model.sparse_buckets} -> {rows}: one item-id row per item ({n_items} items)")
+    cfg.model = dataclasses.replace(cfg.model, sparse_buckets=rows)
+    return cfg
+
+
 def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: list[int],
                models: tuple[str, ...] | list[str] = MODELS, preset: str = "amazon", config_file: str | None = None,
                overrides: tuple[str, ...] | list[str] = (), text: bool = True, max_history: int = PROTOCOL_HISTORY,
@@ -302,6 +314,7 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     summary = stage_data(first, cfg, progress=progress)
     check_protocol(first, cfg)
     log(f"  {summary['users']} users, {summary['items']} items, {summary['interactions']} interactions")
+    cfg = item_id_rows(cfg, int(summary["items"]), log)
     runs = []
     for seed in seeds:
         run = out / f"seed{seed}"

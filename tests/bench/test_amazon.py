@@ -87,6 +87,13 @@ def test_item_id_feature_gets_one_row_per_item(amazon_dir):
     assert item_id_rows(cfg, N_ITEMS).model.sparse_buckets == 0  # no item feature: no table
 
 
+def test_alignment_id_token_only_without_titles(amazon_dir):
+    assert not bench_config("beauty", amazon_dir).content.alignment.id_token  # titles: content separates items
+    assert bench_config("beauty", amazon_dir, text=False).content.alignment.id_token  # attribute ids alone
+    cfg = bench_config("beauty", amazon_dir, text=False, overrides=["content.alignment.id_token=false"])
+    assert not cfg.content.alignment.id_token  # the user's override wins
+
+
 def test_protocol_is_leave_one_out_with_history_20(amazon_dir, tmp_path):
     run = tmp_path / "run"
     cfg = bench_config("beauty", amazon_dir, overrides=TINY)
@@ -167,8 +174,11 @@ def test_merge_results_pools_seeds_of_the_same_models():
     assert out["tokenizer"] == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
     with pytest.raises(ConfigError, match="seed 0 appears in two"):
         merge_results([part(0, 0.1), part(0, 0.2)])
-    with pytest.raises(ConfigError, match="different configs"):
+    with pytest.raises(ConfigError, match=r"different configs.*train\.lr"):
         merge_results([part(0, 0.1), part(1, 0.2, lr=0.01)])
+    newer = part(1, 0.2)
+    newer["config"]["model"]["added_later"] = False  # a field the older file predates is no difference
+    assert merge_results([part(0, 0.1), newer])["seeds"] == [0, 1]
 
 
 def test_real_beauty_counts_match_the_papers(datasets_dir):

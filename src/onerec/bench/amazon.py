@@ -284,13 +284,13 @@ def format_table(result: dict[str, Any], category: str) -> str:
 def item_id_rows(cfg: RunConfig, n_items: int, log=print) -> RunConfig:
     """With the item-id behaviour feature, give every item its own embedding row: ``sparse_buckets``
     becomes the next power of two above the item count when it is smaller (ids are hashed into
-    ``1 + id % (buckets - 1)``, so fewer rows would make items share an embedding)."""
+    ``1 + id % (buckets - 1)``, so fewer rows would make items share an embedding). ``cfg`` itself
+    is left as it is."""
     if "item" not in cfg.model.behaviour_features or cfg.model.sparse_buckets - 1 >= n_items:
         return cfg
     rows = 1 << int(n_items).bit_length()
     log(f"  model.sparse_buckets {cfg.model.sparse_buckets} -> {rows}: one item-id row per item ({n_items} items)")
-    cfg.model = dataclasses.replace(cfg.model, sparse_buckets=rows)
-    return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, sparse_buckets=rows))
 
 
 def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: list[int],
@@ -369,9 +369,13 @@ def _merge_seeds(parts: list[dict[str, Any]]) -> dict[str, Any]:
             raise ConfigError(f"seed {min(overlap)} appears in two results files: merge each seed once")
         seen |= set(p["seeds"])
 
-    base = parts[0].get("config") or {}
+    base = parts[0].get("config")
     for p in parts[1:]:
-        differ = [k for k in config_differences(base, p.get("config") or {}) if k != "train.seed"]
+        cfg = p.get("config")
+        if (base is None) != (cfg is None):
+            differ = ["config (one file has none)"]
+        else:
+            differ = [k for k in config_differences(base or {}, cfg or {}) if k != "train.seed"]
         if differ:
             raise ConfigError(f"cannot pool seeds of runs with different configs (apart from train.seed): "
                               f"{', '.join(differ[:5])} differ; rerun with the same overrides")

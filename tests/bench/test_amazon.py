@@ -179,6 +179,12 @@ def test_merge_results_pools_seeds_of_the_same_models():
     newer = part(1, 0.2)
     newer["config"]["model"]["added_later"] = False  # a field the older file predates is no difference
     assert merge_results([part(0, 0.1), newer])["seeds"] == [0, 1]
+    # a field named as allowed may differ; the merged file keeps each seed's value
+    out = merge_results([part(0, 0.1), part(1, 0.2, lr=0.01), part(2, 0.3)], allow=["train.lr"])
+    assert out["config_differences"] == {"train.lr": {"0": 0.002, "1": 0.01, "2": 0.002}}
+    assert "config_differences" not in merge_results([part(0, 0.1), part(1, 0.2)], allow=["train.lr"])
+    with pytest.raises(ConfigError, match=r"train\.lr differ.*--allow-difference"):
+        merge_results([part(0, 0.1), part(1, 0.2, lr=0.01)], allow=["model.d_model"])
 
 
 def test_real_beauty_counts_match_the_papers(datasets_dir):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from onerec.bench.scientific import load_index
+from onerec.bench.scientific import load_index, merge_scientific
 from onerec.cli import cli
-from onerec.errors import DataError
+from onerec.errors import ConfigError, DataError
 
 N_USERS, N_ITEMS = 40, 30
 TINY = ["content.dim=8", "tokenizer.levels=2", "tokenizer.codebook_size=4", "tokenizer.iters=5",
@@ -65,3 +65,49 @@ def test_load_index_checks_the_format(tmp_path):
     path.write_text(json.dumps({"0": ["<b_1>", "<a_2>"]}))
     with pytest.raises(DataError, match="level 0"):
         load_index(path, ["0"])
+
+
+def part(indexes: dict[str, list[tuple[int, float]]], align: bool = True, patience: int = 3) -> dict:
+    """A `bench scientific` results file: per index, (seed, value of every metric) rows."""
+    table = {name: {"per_seed": [{"seed": s, "recall@5": v, "ndcg@5": v, "recall@10": v, "ndcg@10": v,
+                                  "codes": {"collision_rate": 0.0}} for s, v in rows]}
+             for name, rows in indexes.items()}
+    seeds = sorted({s for rows in indexes.values() for s, _ in rows})
+    return {"benchmark": "amazon2018-scientific-indexes", "date": f"2026-01-0{1 + seeds[0]}", "seeds": seeds,
+            "indexes": table, "seconds": 1.5, "command": "c", "note": "n",
+            "config": {"content": {"align": align}, "train": {"seed": 0, "patience": patience}}}
+
+
+def test_merge_scientific_pools_seeds_and_keeps_other_configs_apart():
+    out = merge_scientific([part({"ours": [(0, 0.1)], "letter": [(0, 0.3)]}), part({"ours": [(1, 0.2)]}),
+                            part({"ours": [(0, 0.05)]}, align=False)])
+    assert list(out["indexes"]) == ["ours", "letter", "ours (content.align=False)"]
+    ours = out["indexes"]["ours"]
+    assert [r["seed"] for r in ours["per_seed"]] == [0, 1] and out["seeds"] == [0, 1]
+    assert ours["recall@10"] == pytest.approx(0.15) and ours["std"]["recall@10"] == pytest.approx(0.0707, abs=1e-4)
+    assert out["indexes"]["ours (content.align=False)"]["config_differences"] == {"content.align": False}
+    assert out["indexes"]["letter"]["std"]["recall@10"] == 0.0 and out["seconds"] == 4.5
+    with pytest.raises(ConfigError, match="seed 0 of index 'ours' appears in two"):
+        merge_scientific([part({"ours": [(0, 0.1)]}), part({"ours": [(0, 0.2)]})])
+    # an allowed difference pools, and the entry records each seed's value
+    out = merge_scientific([part({"ours": [(0, 0.1)]}), part({"ours": [(1, 0.2)]}, patience=10)],
+                           allow=["train.patience"])
+    assert out["indexes"]["ours"]["config_pooled_over"] == {"train.patience": {"0": 3, "1": 10}}
+    with pytest.raises(ConfigError, match="cannot merge a 'amazon-beauty'"):
+        merge_scientific([part({"ours": [(0, 0.1)]}), {"benchmark": "amazon-beauty"}])
+
+
+def test_bench_merge_cli_reads_scientific_files(tmp_path):
+    paths = []
+    for i, p in enumerate([part({"ours": [(0, 0.1)]}), part({"ours": [(1, 0.2)]}, patience=10)]):
+        paths.append(tmp_path / f"p{i}.json")
+        paths[-1].write_text(json.dumps(p))
+    out = tmp_path / "merged.json"
+    res = CliRunner().invoke(cli, ["bench", "merge", *map(str, paths), "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)  # another config: kept apart, named by the field
+    assert list(json.loads(out.read_text())["indexes"]) == ["ours", "ours (train.patience=10)"]
+    res = CliRunner().invoke(cli, ["bench", "merge", *map(str, paths), "--out", str(out),
+                                   "--allow-difference", "train.patience"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "| ours | 0.1500 ± 0.0707 |" in res.output
+    assert json.loads(out.read_text())["indexes"]["ours"]["config_pooled_over"]["train.patience"] == {"0": 3, "1": 10}

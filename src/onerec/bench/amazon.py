@@ -360,7 +360,39 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
     return out
 
 
-def _merge_seeds(parts: list[dict[str, Any]]) -> dict[str, Any]:
+def config_value(config: dict[str, Any], dotted: str) -> Any:
+    """The value of a dotted config field (``train.patience``) in a results file's config dict; None
+    where the file predates the field."""
+    for key in dotted.split("."):
+        if not isinstance(config, dict) or key not in config:
+            return None
+        config = config[key]
+    return config
+
+
+def pooling_differences(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str] = (),
+                        what: str = "seeds") -> dict[str, dict[str, Any]]:
+    """Check that the results files in ``parts`` ran one configuration apart from the seed and the
+    fields in ``allow``; return, for each allowed field whose value differs, its value per seed
+    (``{"train.patience": {"0": 10, "1": 3}}``), which the merged file records."""
+    base = parts[0].get("config")
+    differing: set[str] = set()
+    for p in parts[1:]:
+        cfg = p.get("config")
+        if (base is None) != (cfg is None):
+            differ = ["config (one file has none)"]
+        else:
+            differ = [k for k in config_differences(base or {}, cfg or {}) if k != "train.seed"]
+        bad = [k for k in differ if k not in allow]
+        if bad:
+            raise ConfigError(f"cannot pool {what} of runs with different configs (apart from train.seed): "
+                              f"{', '.join(bad[:5])} differ; rerun with the same overrides, or pass "
+                              f"--allow-difference FIELD for a field that provably did not change the result")
+        differing |= set(differ)
+    return {k: {str(s): config_value(p["config"], k) for p in parts for s in p["seeds"]} for k in sorted(differing)}
+
+
+def _merge_seeds(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Same models, disjoint seeds -> one result over all of them (see :func:`merge_results`)."""
     seen: set[int] = set()
     for p in parts:
@@ -368,17 +400,7 @@ def _merge_seeds(parts: list[dict[str, Any]]) -> dict[str, Any]:
         if overlap:
             raise ConfigError(f"seed {min(overlap)} appears in two results files: merge each seed once")
         seen |= set(p["seeds"])
-
-    base = parts[0].get("config")
-    for p in parts[1:]:
-        cfg = p.get("config")
-        if (base is None) != (cfg is None):
-            differ = ["config (one file has none)"]
-        else:
-            differ = [k for k in config_differences(base or {}, cfg or {}) if k != "train.seed"]
-        if differ:
-            raise ConfigError(f"cannot pool seeds of runs with different configs (apart from train.seed): "
-                              f"{', '.join(differ[:5])} differ; rerun with the same overrides")
+    allowed = pooling_differences(parts, allow)
     order = sorted(range(len(parts)), key=lambda i: min(parts[i]["seeds"]))
     runs = [r for i in order for r in parts[i]["runs"]]
     out = dict(parts[order[0]])
@@ -389,6 +411,8 @@ def _merge_seeds(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["seconds"] = sum(p["seconds"] for p in parts)
     out["command"] = " && ".join(parts[i].get("command", "") for i in order if parts[i].get("command"))
     out["note"] = " | ".join(f"seeds {parts[i]['seeds']}: {parts[i]['note']}" for i in order if parts[i].get("note"))
+    if allowed:
+        out["config_differences"] = allowed
     return out
 
 
@@ -396,17 +420,18 @@ def load_result(path: str | Path) -> dict[str, Any]:
     return read_json(path)
 
 
-def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_results(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """One results dict from several files: either runs of different models over the same seeds
     (e.g. onerec and SASRec trained in two processes at once: model entries side by side, per-seed
     runs joined), or runs of the same models over different seeds (seeds trained in parallel: the
     runs are pooled and every model's mean and spread recomputed over all seeds; the files' configs
-    must be identical apart from the seed)."""
+    must be identical apart from the seed and the fields in ``allow``, whose per-seed values the
+    merged file keeps under ``config_differences``)."""
     if not parts:
         raise ConfigError("nothing to merge")
     seeds = parts[0]["seeds"]
     if len(parts) > 1 and all(p["models"] == parts[0]["models"] for p in parts):
-        return _merge_seeds(parts)
+        return _merge_seeds(parts, allow)
     for p in parts[1:]:
         if p["seeds"] != seeds:
             raise ConfigError(f"cannot merge results over different seeds ({seeds} vs {p['seeds']}) unless they "

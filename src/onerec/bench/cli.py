@@ -103,15 +103,26 @@ def scientific(datasets: Path, indexes: str, out: Path, results: Path, seeds: st
 @bench.command()
 @click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def merge(parts: tuple[Path, ...], out_path: Path) -> None:
-    """Join results files: different models over the same seeds (e.g. onerec and SASRec run in two
-    processes), or the same models over different seeds (seeds run in parallel; mean and spread are
-    recomputed over all seeds)."""
-    from onerec.bench.amazon import format_table, merge_results
+@click.option("--allow-difference", "allow", multiple=True, metavar="FIELD",
+              help="pool seeds whose configs differ in this dotted field (e.g. train.patience when no run reached "
+                   "it); the merged file records each seed's value under config_differences. Repeatable.")
+def merge(parts: tuple[Path, ...], out_path: Path, allow: tuple[str, ...]) -> None:
+    """Join results files of `bench amazon` (different models over the same seeds, e.g. onerec and
+    SASRec run in two processes; or the same models over different seeds, run in parallel: mean and
+    spread are recomputed over all seeds) or of `bench scientific` (indexes and seeds run apart; an
+    index's seeds are pooled, files with another config keep their rows apart, named by the fields
+    that differ)."""
+    from onerec.bench import amazon, scientific
     from onerec.io import read_json, write_json
 
-    result = merge_results([read_json(p) for p in parts])
+    loaded = [read_json(p) for p in parts]
+    if any(p.get("benchmark") == "amazon2018-scientific-indexes" for p in loaded):
+        result = scientific.merge_scientific(loaded, allow)
+        table = scientific.format_table(result)
+    else:
+        result = amazon.merge_results(loaded, allow)
+        category = result["benchmark"].split("-", 1)[1] if "-" in result.get("benchmark", "") else ""
+        table = amazon.format_table(result, category)
     write_json(out_path, result)
-    category = result["benchmark"].split("-", 1)[1] if "-" in result.get("benchmark", "") else ""
-    click.echo(format_table(result, category))
+    click.echo(table)
     click.echo(f"\nwrote {out_path}")

@@ -25,7 +25,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from onerec.bench.amazon import METRICS, PROTOCOL_HISTORY, _machine, check_protocol, seed_config
+from onerec.bench.amazon import (
+    METRICS,
+    PROTOCOL_HISTORY,
+    _machine,
+    check_protocol,
+    config_differences,
+    config_value,
+    pooling_differences,
+    seed_config,
+)
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.errors import ConfigError, DataError
 from onerec.io import read_json, read_parquet, write_json, write_parquet
@@ -147,11 +156,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
             per.setdefault(name, []).append(row)
             log(f"  {name} seed {seed}: " + " ".join(f"{m} {row[m]:.4f}" for m in METRICS)
                 + f"  (collision rate {stats.get('collision_rate', 0):.3f}, {row['seconds']:.0f}s)")
-    table = {}
-    for name, rows in per.items():
-        table[name] = {m: statistics.fmean(r[m] for r in rows) for m in METRICS}
-        table[name]["std"] = {m: statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0 for m in METRICS}
-        table[name]["per_seed"] = rows
+    table = {name: summarise(rows) for name, rows in per.items()}
     result = {"benchmark": "amazon2018-scientific-indexes", "date": dt.datetime.now(dt.timezone.utc).isoformat(
         timespec="seconds"), "command": command, "note": note, "machine": _machine(), "seeds": list(seeds),
         "indexes": table, "dataset": summary, "seconds": round(time.perf_counter() - t0, 1), "config": to_dict(cfg)}
@@ -160,10 +165,70 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
     return result
 
 
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One index's table entry: mean and (sample) std over its per-seed rows, and the rows."""
+    entry: dict[str, Any] = {m: statistics.fmean(r[m] for r in rows) for m in METRICS}
+    entry["std"] = {m: statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0 for m in METRICS}
+    entry["per_seed"] = rows
+    return entry
+
+
+def merge_scientific(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """One results dict from several ``bench scientific`` files (indexes or seeds run in separate
+    processes). An index's rows from files that ran one configuration (apart from the seed and the
+    fields in ``allow``) are pooled, and its mean and spread recomputed; a seed may appear once per
+    index. A file whose config differs from the first file's in other fields keeps its rows apart,
+    under the index name followed by the differing fields (``ours (content.align=False)``), with
+    those fields' values in the entry's ``config_differences``."""
+    if not parts:
+        raise ConfigError("nothing to merge")
+    for p in parts:
+        if p.get("benchmark") != "amazon2018-scientific-indexes":
+            raise ConfigError(f"cannot merge a '{p.get('benchmark')}' results file with Scientific index results")
+    base = parts[0].get("config") or {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    differs: dict[str, dict[str, Any]] = {}
+    sources: dict[str, list[dict[str, Any]]] = {}
+    for p in parts:
+        cfg = p.get("config") or {}
+        differ = {k: config_value(cfg, k) for k in config_differences(base, cfg)
+                  if k != "train.seed" and k not in allow}
+        suffix = f" ({', '.join(f'{k}={v}' for k, v in differ.items())})" if differ else ""
+        for name, entry in p["indexes"].items():
+            key = name + suffix
+            seen = {r["seed"] for r in groups.get(key, [])}
+            for r in entry["per_seed"]:
+                if r["seed"] in seen:
+                    raise ConfigError(f"seed {r['seed']} of index '{key}' appears in two results files: merge each "
+                                      f"seed once")
+            groups.setdefault(key, []).extend(entry["per_seed"])
+            sources.setdefault(key, []).append(p)
+            if differ:
+                differs[key] = differ
+    table = {}
+    for key, rows in groups.items():
+        table[key] = summarise(sorted(rows, key=lambda r: r["seed"]))
+        if key in differs:
+            table[key]["config_differences"] = differs[key]
+        allowed = pooling_differences(sources[key], allow, what="an index's seeds")
+        if allowed:
+            table[key]["config_pooled_over"] = allowed
+    out = dict(parts[0])
+    out["indexes"] = table
+    out["seeds"] = sorted({s for p in parts for s in p["seeds"]})
+    out["seconds"] = round(sum(p["seconds"] for p in parts), 1)
+    out["date"] = max(p["date"] for p in parts)
+    out["command"] = " && ".join(p["command"] for p in parts if p.get("command"))
+    out["note"] = " | ".join(f"{', '.join(p['indexes'])} seeds {p['seeds']}: {p['note']}" for p in parts
+                             if p.get("note"))
+    return out
+
+
 def format_table(result: dict[str, Any]) -> str:
     lines = ["| item IDs | R@5 | N@5 | R@10 | N@10 | collision rate | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, e in result["indexes"].items():
         coll = e["per_seed"][0]["codes"].get("collision_rate", 0.0)
-        lines.append(f"| {name} | " + " | ".join(f"{e[m]:.4f}" for m in METRICS)
-                     + f" | {coll:.3f} | {len(e['per_seed'])} |")
+        n = len(e["per_seed"])
+        cells = [f"{e[m]:.4f}" + (f" ± {e['std'][m]:.4f}" if n > 1 else "") for m in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {coll:.3f} | {n} |")
     return "\n".join(lines)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from onerec.config import RunConfig, apply_overrides, describe, load_config, preset_names
@@ -36,3 +38,6 @@ def test_presets_load_and_every_field_documented():
         assert help_, f"config key {key} has no help text"
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config(preset="quickstrat")
+    for path in ("runs/x/config.yaml", Path("config.yaml")):  # a file given where a preset name goes
+        with pytest.raises(ConfigError, match=r"looks like a file.*load_config\(file="):
+            load_config(path)

@@ -495,6 +495,9 @@ def load_config(preset: str | None = None, file: str | Path | None = None,
     """Defaults <- preset <- YAML file <- overrides."""
     cfg = RunConfig()
     if preset:
+        if isinstance(preset, Path) or "/" in preset or preset.endswith((".yaml", ".yml")):
+            raise ConfigError(f"'{preset}' looks like a file, but the first argument names a built-in preset "
+                              f"({', '.join(preset_names())}). Fix: load_config(file='{preset}')")
         path = PRESET_DIR / f"{preset}.yaml"
         if not path.exists():
             raise ConfigError(f"unknown preset '{preset}'.{_nearest(preset, preset_names())} "

@@ -212,8 +212,10 @@ def make_featurizer(run: Path, mcfg, codes: np.ndarray):
 
 
 # ----------------------------------------------------------------------------- train
-def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Next-token training of the generator -> RUN/train."""
+def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bool = True,
+                log=None) -> dict[str, Any]:
+    """Next-token training of the generator -> RUN/train (``log``: one line per epoch, see
+    :func:`onerec.train.train_generator`)."""
     from onerec.features import EvalExamples, TrainExamples
     from onerec.model.generator import Generator
     from onerec.train import train_generator
@@ -231,7 +233,7 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
     save_config(run, cfg)
     scorer = valid_scorer(codes, splits["valid"], cfg) if cfg.train.early_stop_metric else None
     result = train_generator(model, train_ex, cfg.train, run / "train", meta=meta, valid=valid_ex, resume=resume,
-                             progress=progress, score_valid=scorer)
+                             progress=progress, score_valid=scorer, log=log)
     summary = {
         "parameters": model.num_parameters(), "examples": len(train_ex), "steps": len(result.loss),
         "final_loss": float(np.mean(result.loss[-50:])),

@@ -30,9 +30,15 @@ def test_keeps_best_epoch_and_stops_after_patience(tiny_train, tmp_path):
                        early_stop_metric="ndcg@10", patience=2)
     score, seen = _scripted([0.1, 0.3, 0.2, 0.25, 0.9, 0.9])
     torch.manual_seed(0)
+    lines: list[str] = []
     res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path, meta=model_meta(mcfg, sizes), progress=False,
-                          score_valid=score)
+                          score_valid=score, log=lines.append)
     assert len(seen) == 4 and res.stopped == "patience" and res.best_epoch == 2.0
+    # one log line per epoch: the epoch's mean loss, the valid score and the best so far
+    assert len(lines) == 4 and lines[0].startswith(f"epoch 1/10 (step {steps_per_epoch}): loss ")
+    assert "ndcg@10 0.2500 (best 0.3000, epoch 2)" in lines[3]
+    mean_loss = float(np.mean(res.loss[3 * steps_per_epoch:]))
+    assert f"loss {mean_loss:.3f}," in lines[3]
     assert len(res.loss) == 4 * steps_per_epoch
     saved = load_file(str(tmp_path / "model.safetensors"))
     for k, v in seen[1].items():  # the weights scored at epoch 2

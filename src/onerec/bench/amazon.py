@@ -226,7 +226,7 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     for name in models:
         t1 = time.perf_counter()
         if name == "onerec":
-            summary = stage_train(run, cfg, progress=progress)
+            summary = stage_train(run, cfg, progress=progress, log=None if progress else log)
             train_s = time.perf_counter() - t1
             gen = GenerativeRecommender(load_generator(run, str(device)), codes, beam_size=cfg.generate.beam_size,
                                         batch_size=cfg.generate.batch_size, device=device)

@@ -144,7 +144,8 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
                 stats["codebook_sizes"] = sizes
             codes = load_codes(run)
             check_protocol(run, scfg, codes)
-            train = stage_train(run, scfg, progress=False)
+            prefix = f"  {name} seed {seed}: "
+            train = stage_train(run, scfg, progress=False, log=lambda line, prefix=prefix: log(prefix + line))
             gen = GenerativeRecommender(load_generator(run, str(device)), codes, beam_size=scfg.generate.beam_size,
                                         batch_size=scfg.generate.batch_size, device=device)
             splits = load_splits(run / "data" / "split", n_items=len(codes))

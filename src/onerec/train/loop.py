@@ -99,6 +99,7 @@ def train_generator(
     stop_at: int | None = None,
     progress: bool = True,
     score_valid: Callable[[Generator], float] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train`` and write ``out_dir/{model.safetensors, model.json, history.json}``.
 
@@ -186,6 +187,8 @@ def train_generator(
                 bad_epochs += 1
             if bad_epochs >= max(cfg.patience, 1) and step < total:
                 result.stopped = "patience"
+        if log is not None and epoch_end:
+            log(_epoch_line(result, step, steps_per_epoch, total, cfg, time.perf_counter() - t0))
         # re-read the clock: an epoch-end evaluation may itself have used up the budget
         over_time = cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s
         if over_time and step < total and result.stopped is None:
@@ -205,6 +208,22 @@ def train_generator(
         save_model(out_dir, model, {**meta, "train": to_dict(cfg), "steps": step, **extra})
         write_json(out_dir / "history.json", result.to_dict())
     return result
+
+
+def _epoch_line(result: TrainResult, step: int, steps_per_epoch: int, total: int, cfg: TrainConfig,
+                seconds: float) -> str:
+    """``epoch 3/30 (step 1542): loss 2.529, valid loss 2.61, ndcg@10 0.0253 (best 0.0253, epoch 3); 495 s``."""
+    recent = result.loss[-(step - (math.ceil(step / steps_per_epoch) - 1) * steps_per_epoch):]
+    line = (f"epoch {step / steps_per_epoch:.4g}/{math.ceil(total / steps_per_epoch)} (step {step}): "
+            f"loss {float(np.mean(recent)):.3f}")
+    last = result.valid[-1] if result.valid and result.valid[-1]["step"] == step else {}
+    if "loss" in last:
+        line += f", valid loss {last['loss']:.3f}"
+    metric = cfg.early_stop_metric
+    if metric and metric in last:
+        best = max((r for r in result.valid if metric in r), key=lambda r: r[metric])
+        line += f", valid {metric} {last[metric]:.4f} (best {best[metric]:.4f}, epoch {best['epoch']:.4g})"
+    return line + f"; {seconds:.0f} s"
 
 
 def _checkpoint(out_dir: Path, model: Generator, opt: torch.optim.Optimizer, meta: dict[str, Any], step: int,

@@ -45,6 +45,7 @@ def test_bench_scientific_compares_indexes_under_one_model(tmp_path):
     res = CliRunner().invoke(cli, ["bench", "scientific", "--datasets", str(root), "--out", str(tmp_path / "runs"),
                                    "--results", str(results), "--indexes", "ours,toy_zcr,toy_native", *TINY])
     assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "ours seed 0: epoch 1/1 (step " in res.output  # training progress, one line per epoch
     out = json.loads(results.read_text())
     assert list(out["indexes"]) == ["ours", "toy_zcr", "toy_native"]
     zcr, native = out["indexes"]["toy_zcr"]["per_seed"][0], out["indexes"]["toy_native"]["per_seed"][0]

@@ -134,7 +134,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
                 (run / "data").symlink_to((base / "data").resolve(), target_is_directory=True)
             t1 = time.perf_counter()
             if name == "ours":
-                tok = stage_tokenize(run, scfg)
+                tok = stage_tokenize(run, scfg, progress=False)
                 stats = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
                 stats["codebook_sizes"] = tok["codebook_sizes"]
             else:

@@ -251,13 +251,25 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     return out
 
 
+def mean_std(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{metric: mean, ..., "std": {metric: sample std}}`` over per-seed rows (std 0 for one row)."""
+    entry: dict[str, Any] = {m: statistics.fmean(r[m] for r in rows) for m in METRICS}
+    entry["std"] = {m: (statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0) for m in METRICS}
+    return entry
+
+
+def metric_cells(entry: dict[str, Any]) -> list[str]:
+    """Table cells of an entry made by :func:`mean_std`: the mean, ``± std`` when over several seeds."""
+    n = len(entry["per_seed"])
+    return [f"{entry[m]:.4f}" + (f" ± {entry['std'][m]:.4f}" if n > 1 else "") for m in METRICS]
+
+
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Mean and (sample) standard deviation over seeds of each model's metrics."""
     out: dict[str, dict[str, Any]] = {}
     for name in runs[0]["models"]:
         rows = [r["models"][name] for r in runs]
-        entry: dict[str, Any] = {m: statistics.fmean(r[m] for r in rows) for m in METRICS}
-        entry["std"] = {m: (statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0) for m in METRICS}
+        entry = mean_std(rows)
         entry["per_seed"] = [{"seed": run["seed"], **{m: r[m] for m in METRICS}} for run, r in zip(runs, rows)]
         entry["train_seconds"] = [r["train_seconds"] for r in rows]
         for key in ("parameters", "best_epoch", "stopped", "steps", "epochs"):
@@ -273,9 +285,7 @@ def format_table(result: dict[str, Any], category: str) -> str:
     lines = [head]
     for name in result["models"]:
         e = result[name]
-        n = len(e["per_seed"])
-        cells = [f"{e[m]:.4f}" + (f" ± {e['std'][m]:.4f}" if n > 1 else "") for m in METRICS]
-        lines.append(f"| {name} (ours) | " + " | ".join(cells) + f" | {n} |")
+        lines.append(f"| {name} (ours) | " + " | ".join(metric_cells(e)) + f" | {len(e['per_seed'])} |")
     for name, vals in PUBLISHED.get(category, {}).items():
         lines.append(f"| {name} (published) | " + " | ".join(f"{v:.4f}" for v in vals) + " | - |")
     return "\n".join(lines)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ from onerec.bench.amazon import (
     check_protocol,
     config_differences,
     config_value,
+    mean_std,
+    metric_cells,
     pooling_differences,
     seed_config,
 )
@@ -168,8 +169,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One index's table entry: mean and (sample) std over its per-seed rows, and the rows."""
-    entry: dict[str, Any] = {m: statistics.fmean(r[m] for r in rows) for m in METRICS}
-    entry["std"] = {m: statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0 for m in METRICS}
+    entry = mean_std(rows)
     entry["per_seed"] = rows
     return entry
 
@@ -187,9 +187,7 @@ def merge_scientific(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[
         if p.get("benchmark") != "amazon2018-scientific-indexes":
             raise ConfigError(f"cannot merge a '{p.get('benchmark')}' results file with Scientific index results")
     base = parts[0].get("config") or {}
-    groups: dict[str, list[dict[str, Any]]] = {}
-    differs: dict[str, dict[str, Any]] = {}
-    sources: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, dict[str, Any]] = {}  # key -> rows, source files and the fields that set it apart
     for p in parts:
         cfg = p.get("config") or {}
         differ = {k: config_value(cfg, k) for k in config_differences(base, cfg)
@@ -197,21 +195,20 @@ def merge_scientific(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[
         suffix = f" ({', '.join(f'{k}={v}' for k, v in differ.items())})" if differ else ""
         for name, entry in p["indexes"].items():
             key = name + suffix
-            seen = {r["seed"] for r in groups.get(key, [])}
+            group = groups.setdefault(key, {"rows": [], "sources": [], "differ": differ})
+            seen = {r["seed"] for r in group["rows"]}
             for r in entry["per_seed"]:
                 if r["seed"] in seen:
                     raise ConfigError(f"seed {r['seed']} of index '{key}' appears in two results files: merge each "
                                       f"seed once")
-            groups.setdefault(key, []).extend(entry["per_seed"])
-            sources.setdefault(key, []).append(p)
-            if differ:
-                differs[key] = differ
+            group["rows"].extend(entry["per_seed"])
+            group["sources"].append(p)
     table = {}
-    for key, rows in groups.items():
-        table[key] = summarise(sorted(rows, key=lambda r: r["seed"]))
-        if key in differs:
-            table[key]["config_differences"] = differs[key]
-        allowed = pooling_differences(sources[key], allow, what="an index's seeds")
+    for key, group in groups.items():
+        table[key] = summarise(sorted(group["rows"], key=lambda r: r["seed"]))
+        if group["differ"]:
+            table[key]["config_differences"] = group["differ"]
+        allowed = pooling_differences(group["sources"], allow, what="an index's seeds")
         if allowed:
             table[key]["config_pooled_over"] = allowed
     out = dict(parts[0])
@@ -229,7 +226,5 @@ def format_table(result: dict[str, Any]) -> str:
     lines = ["| item IDs | R@5 | N@5 | R@10 | N@10 | collision rate | seeds |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, e in result["indexes"].items():
         coll = e["per_seed"][0]["codes"].get("collision_rate", 0.0)
-        n = len(e["per_seed"])
-        cells = [f"{e[m]:.4f}" + (f" ± {e['std'][m]:.4f}" if n > 1 else "") for m in METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {coll:.3f} | {n} |")
+        lines.append(f"| {name} | " + " | ".join(metric_cells(e)) + f" | {coll:.3f} | {len(e['per_seed'])} |")
     return "\n".join(lines)

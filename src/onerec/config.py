@@ -188,6 +188,10 @@ class ModelConfig:
     moe_impl: str = opt("grouped", "grouped: grouped matmul without padding (fast; padded off CPU) | padded: "
                                    "batched matmuls over a padded buffer | loop: reference loop over experts",
                         choices=["grouped", "padded", "loop"])
+    encoder_impl: str = opt("packed", "packed: the encoder's projections and feed-forwards and the decoder's "
+                                      "cross-attention keys/values are computed for real history tokens only, "
+                                      "not for padding (fast) | padded: for every position (reference)",
+                            choices=["packed", "padded"])
     pathways: list[str] = opt(["positive"], "encoder pathways, any of: static (user id + user features), "
                                             "short (last short_len behaviours of any kind), positive (last "
                                             "max_history positives), lifelong (compressed long log + QFormer)")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from onerec.config import ModelConfig
 from onerec.errors import ConfigError
 from onerec.features.side import N_LOG_BUCKETS
-from onerec.model.layers import DecoderBlock, EncoderBlock, RMSNorm, ffn_hidden
+from onerec.model.layers import DecoderBlock, EncoderBlock, Packing, RMSNorm, ffn_hidden
 from onerec.model.moe import MoE
 from onerec.model.pathways import (
     PATHWAYS,
@@ -187,9 +187,21 @@ class Generator(nn.Module):
         # (their output is ignored by the mask in cross-attention, so the choice only avoids NaN)
         key_ok = memory_mask | ~memory_mask.any(dim=1, keepdim=True)
         mask = key_ok[:, None, :]
+        if self._packed(key_ok):
+            # the same function on the kept tokens only; positions hidden by key_ok come out as zeros
+            # (every reader masks them: decoder cross-attention uses the same key_ok)
+            packing = Packing(key_ok)
+            h = packing.pack(x)
+            for block in self.encoder:
+                h = block.forward_packed(h, packing, mask)
+            return packing.unpack(self.enc_norm(h)), memory_mask
         for block in self.encoder:
             x = block(x, mask)
         return self.enc_norm(x), memory_mask
+
+    def _packed(self, key_ok: Tensor) -> bool:
+        """Whether to skip the memory positions that ``key_ok`` [B, S] hides (``model.encoder_impl``)."""
+        return self.cfg.encoder_impl == "packed" and not bool(key_ok.all())
 
     def encode(self, hist_codes: Tensor, hist_flags: Tensor, hist_age: Tensor, hist_mask: Tensor) -> Tensor:
         """Positive-pathway-only encoder (kept for callers of v0): behaviour tokens -> memory [B, H, E]."""
@@ -210,9 +222,10 @@ class Generator(nn.Module):
     def decode(self, prefix: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
         """Hidden states [B, t+1, E] for prefix [B, t]."""
         x = self.decoder_inputs(prefix)
-        mask = (memory_mask | ~memory_mask.any(dim=1, keepdim=True))[:, None, :]
+        key_ok = memory_mask | ~memory_mask.any(dim=1, keepdim=True)
+        keep = key_ok if self._packed(key_ok) else None
         for block in self.decoder:
-            x = block(x, memory, mask)
+            x = block(x, memory, key_ok[:, None, :], keep)
         return self.dec_norm(x)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
@@ -273,9 +286,10 @@ class Generator(nn.Module):
         and the memory mask. Pair with :meth:`decode_step`."""
         if beams < 1:
             raise ValueError(f"beams must be >= 1, got {beams}")
-        mask = (memory_mask | ~memory_mask.any(dim=1, keepdim=True))[:, None, None, :]
-        cross = [block.cross_attn.project_kv(memory) for block in self.decoder]
-        return DecodingContext(cross=cross, mask=mask, beams=beams, users=memory.shape[0])
+        key_ok = memory_mask | ~memory_mask.any(dim=1, keepdim=True)
+        keep = key_ok if self._packed(key_ok) else None
+        cross = [block.cross_attn.project_kv(memory, keep) for block in self.decoder]
+        return DecodingContext(cross=cross, mask=key_ok[:, None, None, :], beams=beams, users=memory.shape[0])
 
     def decode_step(self, prefix: Tensor, step: int, ctx: DecodingContext,
                     cache: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:

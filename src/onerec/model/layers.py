@@ -46,6 +46,32 @@ class SwiGLU(nn.Module):
         return self.drop(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
+class Packing:
+    """The real tokens of a padded batch, packed into one [N, D] tensor (N = real tokens).
+
+    Position-wise layers (projections, norms, feed-forwards: ~97% of an encoder layer's FLOPs at
+    d_model 128 and 20 tokens) then run on the N real tokens only, not on B * S padded positions;
+    only the attention itself goes back to the padded [B, S] layout. Amazon Beauty's histories fill
+    6.7 of their 20 slots on average, so two thirds of the padded encoder's work is on padding.
+
+    Args:
+        keep: bool [B, S], True = a token to compute (padding positions are False).
+    """
+
+    def __init__(self, keep: Tensor) -> None:
+        self.shape = keep.shape
+        self.index = keep.reshape(-1).nonzero().squeeze(1)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """[B, S, ...] -> [N, ...]."""
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, y: Tensor) -> Tensor:
+        """[N, ...] -> [B, S, ...], zeros at the positions not kept."""
+        out = y.new_zeros(self.shape[0] * self.shape[1], *y.shape[1:])
+        return out.index_copy(0, self.index, y).view(*self.shape, *y.shape[1:])
+
+
 class Attention(nn.Module):
     """Multi-head attention over ``F.scaled_dot_product_attention`` (self- or cross-).
 
@@ -79,11 +105,31 @@ class Attention(nn.Module):
         )
         return self.o(out.transpose(1, 2).reshape(b, t, d))
 
+    def forward_packed(self, h: Tensor, packing: Packing, mask: Tensor) -> Tensor:
+        """Self-attention over packed tokens h [N, D] (see :class:`Packing`): projections on the N
+        tokens, the attention in the padded layout. Equals :meth:`forward` at the kept positions when
+        ``mask`` [B, 1|S, S] hides every position not kept from every kept query."""
+        b, s = packing.shape
+        q = packing.unpack(self.q(h)).view(b, s, self.h, self.dk).transpose(1, 2)
+        k, v = packing.unpack(self.kv(h)).view(b, s, 2, self.h, self.dk).permute(2, 0, 3, 1, 4)
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.o(packing.pack(out.transpose(1, 2).reshape(b, s, -1)))
+
     # -------------------------------------------------------------- incremental decoding
-    def project_kv(self, src: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of ``src`` [B, S, D] -> (k, v), each [B, H, S, dk]; cache them to attend many times."""
+    def project_kv(self, src: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``src`` [B, S, D] -> (k, v), each [B, H, S, dk]; cache them to attend many
+        times. With ``keep`` (bool [B, S]) only the kept positions are projected (see :class:`Packing`),
+        the others get zero keys and values: for a source whose hidden positions every query masks."""
         b, s, _ = src.shape
-        k, v = self.kv(src).view(b, s, 2, self.h, self.dk).permute(2, 0, 3, 1, 4)
+        if keep is None:
+            kv = self.kv(src)
+        else:
+            packing = Packing(keep)
+            kv = packing.unpack(self.kv(packing.pack(src)))
+        k, v = kv.view(b, s, 2, self.h, self.dk).permute(2, 0, 3, 1, 4)
         return k, v
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -95,7 +141,7 @@ class Attention(nn.Module):
         q = self.q(x).view(b, t, self.h, self.dk).transpose(1, 2)
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.o(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -114,6 +160,11 @@ class EncoderBlock(nn.Module):
         x = x + self.drop(self.attn(self.n1(x), mask=mask))
         return x + self.ffn(self.n2(x))
 
+    def forward_packed(self, h: Tensor, packing: Packing, mask: Tensor) -> Tensor:
+        """:meth:`forward` on packed tokens h [N, D] (see :class:`Packing`) -> [N, D]."""
+        h = h + self.drop(self.attn.forward_packed(self.n1(h), packing, mask))
+        return h + self.ffn(self.n2(h))
+
 
 class DecoderBlock(nn.Module):
     """OneRec decoder layer: causal self-attn -> cross-attn over the encoder -> FFN (Technical
@@ -127,9 +178,16 @@ class DecoderBlock(nn.Module):
         self.ffn = SwiGLU(d_model, ffn, dropout) if isinstance(ffn, int) else ffn
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor | None = None,
+                keep: Tensor | None = None) -> Tensor:
+        """``keep`` (bool [B, S]): project only these memory positions to cross-attention keys and
+        values (:meth:`Attention.project_kv`); ``memory_mask`` must hide the others."""
         x = x + self.drop(self.self_attn(self.n1(x), causal=True))
-        x = x + self.drop(self.cross_attn(self.n2(x), memory, mask=memory_mask))
+        if keep is None:
+            x = x + self.drop(self.cross_attn(self.n2(x), memory, mask=memory_mask))
+        else:
+            k, v = self.cross_attn.project_kv(memory, keep)
+            x = x + self.drop(self.cross_attn.attend(self.n2(x), k, v, memory_mask))
         return x + self.ffn(self.n3(x))
 
     def step(self, x: Tensor, cache: tuple[Tensor, Tensor] | None, cross_kv: tuple[Tensor, Tensor],

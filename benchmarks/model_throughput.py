@@ -31,6 +31,15 @@ written so MFU can be computed from a GPU step time).
 
     python benchmarks/model_throughput.py [--presets quickstart,onerec-0.015b,...] [--steps 3]
     python benchmarks/model_throughput.py --moe-only     # one MoE layer: grouped / padded / loop reference
+    python benchmarks/model_throughput.py --packing RUN  # packed vs padded encoder on a run's real histories
+
+``--packing RUN`` takes a run directory that has its tokenizer stage (e.g. one seed of
+``onerec bench amazon``), builds the run's generator twice with the same weights
+(``model.encoder_impl=packed``, the default, and ``padded``, the reference) and times, alternating
+the two, training steps (forward + backward + AdamW) on the same random batches of the train
+split and constrained beam search (the run's beam and batch size) over the same valid users. Real
+histories are mostly padding (Amazon Beauty: 6.7 of 20 slots filled on average), which the packed
+encoder skips; the synthetic batches above have none, so they cannot show it.
 
 Results merge into ``benchmarks/results/model.json`` under ``"throughput_cpu"``.
 """
@@ -52,7 +61,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from onerec.config import load_config
+from onerec.config import ModelConfig, from_dict, load_config, to_dict
 from onerec.io import write_json
 from onerec.model.generator import Generator
 from onerec.model.info import codebook_sizes
@@ -181,6 +190,65 @@ def moe_speed(repeats: int = 5) -> dict:
     return out
 
 
+def packing_speed(run: Path, steps: int, users: int) -> dict:
+    """Packed vs padded encoder on a run's train batches and valid users, timed alternately."""
+    from onerec.features import TrainExamples
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.io import read_json
+    from onerec.pipeline import load_codes, load_splits, make_featurizer, run_config
+
+    cfg = run_config(run)
+    codes = load_codes(run)
+    splits = load_splits(run / "data" / "split", n_items=len(codes))
+    sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
+    train = TrainExamples(splits["train"], make_featurizer(run, cfg.model, codes))
+    valid = splits["valid"].slice(0, users)
+    torch.manual_seed(0)
+    impls = ("packed", "padded")
+    models = {i: Generator(from_dict(ModelConfig, {**to_dict(cfg.model), "encoder_impl": i}), sizes) for i in impls}
+    models["padded"].load_state_dict(models["packed"].state_dict())
+    opts = {i: torch.optim.AdamW(m.parameters(), lr=cfg.train.lr) for i, m in models.items()}
+    rng = np.random.default_rng(0)
+    times: dict[str, list[float]] = {i: [] for i in impls}
+    fill = []
+    for s in range(steps + 1):
+        batch = train.batch(rng.choice(len(train), cfg.train.batch_size, replace=False))
+        fill.append(float(batch["hist_mask"].float().mean()))
+        for i in impls:
+            t0 = time.perf_counter()
+            loss = models[i](batch)
+            opts[i].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[i].step()
+            if s:  # the first step allocates optimizer state
+                times[i].append(time.perf_counter() - t0)
+    # dropout made the two trainings differ: beam search runs both on the packed model's trained weights
+    models["padded"].load_state_dict(models["packed"].state_dict())
+    gen_times: dict[str, list[float]] = {i: [] for i in impls}
+    items = {}
+    users_table = valid.drop_columns(["targets"])
+    for _ in range(3):
+        for i in impls:
+            gen = GenerativeRecommender(models[i].eval(), codes, beam_size=cfg.generate.beam_size,
+                                        batch_size=cfg.generate.batch_size)
+            t0 = time.perf_counter()
+            items[i] = gen.recommend(users_table, k=10)
+            gen_times[i].append(time.perf_counter() - t0)
+    med = {i: statistics.median(times[i]) for i in impls}
+    gmed = {i: statistics.median(gen_times[i]) for i in impls}
+    return {
+        "run": str(run), "batch_size": cfg.train.batch_size, "history_slots": cfg.model.max_history,
+        "history_fill_mean": round(float(np.mean(fill)), 4), "steps_timed": steps,
+        "train_step_s_median": {i: round(v, 4) for i, v in med.items()},
+        "train_speedup": round(med["padded"] / med["packed"], 2),
+        "valid_users": valid.num_rows, "beam_size": cfg.generate.beam_size, "generate_repeats": 3,
+        "generate_s_median": {i: round(v, 3) for i, v in gmed.items()},
+        "generate_speedup": round(gmed["padded"] / gmed["packed"], 2),
+        # the same weights: the top-10 lists must be the same
+        "same_top10_share": round(float((items["packed"] == items["padded"]).all(axis=1).mean()), 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default=",".join(PLAN))
@@ -188,17 +256,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--machine", default="", help="describe the machine for the results (sharing, load)")
     ap.add_argument("--moe-only", action="store_true", help="only time the MoE layer: grouped, padded, loop")
+    ap.add_argument("--packing", type=Path, metavar="RUN", help="only time packed vs padded encoder on RUN's data")
+    ap.add_argument("--packing-steps", type=int, default=20, help="--packing: timed training steps per impl")
+    ap.add_argument("--packing-users", type=int, default=2000, help="--packing: valid users beam-searched")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out_path = RESULTS / "model.json"
+    stamp = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
+             "machine": args.machine or f"{os.cpu_count()}-core CPU, no GPU, torch threads={args.threads}, fp32"}
+    if args.packing:
+        res = packing_speed(args.packing, args.packing_steps, args.packing_users)
+        print(res)
+        doc = json.loads(out_path.read_text()) if out_path.exists() else {}
+        doc["encoder_packing_cpu"] = {**stamp, **res}
+        write_json(out_path, doc)
+        return
     if args.moe_only:
         res = moe_speed()
         print(res)
         doc = json.loads(out_path.read_text()) if out_path.exists() else {}
-        doc["moe_layer_cpu"] = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
-                                "machine": args.machine or f"{os.cpu_count()}-core CPU, torch threads={args.threads}",
-                                "layer": "d=256, 24 SwiGLU experts of 704, top-2, 2048 tokens, forward+backward",
-                                **res}
+        layer = "d=256, 24 SwiGLU experts of 704, top-2, 2048 tokens, forward+backward"
+        doc["moe_layer_cpu"] = {**stamp, "layer": layer, **res}
         write_json(out_path, doc)
         return
     rows = {}
@@ -209,8 +287,6 @@ def main() -> None:
     base = rows.get("quickstart", {}).get("samples_per_s")
     if not base:
         raise SystemExit("--presets must include quickstart: every row is reported against it, timed in the same run")
-    stamp = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
-             "machine": args.machine or f"{os.cpu_count()}-core CPU, no GPU, torch threads={args.threads}, fp32"}
     for r in rows.values():
         r["samples_per_s_vs_quickstart"] = round(r["samples_per_s"] / base, 5)
         r.update(stamp)  # rows from earlier runs keep their own command, date and machine

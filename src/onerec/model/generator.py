@@ -183,14 +183,12 @@ class Generator(nn.Module):
             ms.append(m)
         x, memory_mask = torch.cat(xs, dim=1), torch.cat(ms, dim=1)
         x = self.drop(x + self.enc_pos(torch.arange(x.shape[1], device=x.device)))
-        # every query may attend to real tokens; rows with no history at all attend to everything
-        # (their output is ignored by the mask in cross-attention, so the choice only avoids NaN)
-        key_ok = memory_mask | ~memory_mask.any(dim=1, keepdim=True)
+        key_ok, keep = self._memory_keys(memory_mask)
         mask = key_ok[:, None, :]
-        if self._packed(key_ok):
+        if keep is not None:
             # the same function on the kept tokens only; positions hidden by key_ok come out as zeros
             # (every reader masks them: decoder cross-attention uses the same key_ok)
-            packing = Packing(key_ok)
+            packing = Packing(keep)
             h = packing.pack(x)
             for block in self.encoder:
                 h = block.forward_packed(h, packing, mask)
@@ -199,9 +197,14 @@ class Generator(nn.Module):
             x = block(x, mask)
         return self.enc_norm(x), memory_mask
 
-    def _packed(self, key_ok: Tensor) -> bool:
-        """Whether to skip the memory positions that ``key_ok`` [B, S] hides (``model.encoder_impl``)."""
-        return self.cfg.encoder_impl == "packed" and not bool(key_ok.all())
+    def _memory_keys(self, memory_mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        """-> (key_ok [B, S]: the memory positions a query may attend to; the positions to compute, or
+        None for all). Every query attends to the real tokens; rows with no history at all attend to
+        everything (their output is ignored by the mask in cross-attention, so the choice only avoids
+        NaN). ``model.encoder_impl=packed`` computes only the attended positions when some are hidden."""
+        key_ok = memory_mask | ~memory_mask.any(dim=1, keepdim=True)
+        packed = self.cfg.encoder_impl == "packed" and not bool(key_ok.all())
+        return key_ok, key_ok if packed else None
 
     def encode(self, hist_codes: Tensor, hist_flags: Tensor, hist_age: Tensor, hist_mask: Tensor) -> Tensor:
         """Positive-pathway-only encoder (kept for callers of v0): behaviour tokens -> memory [B, H, E]."""
@@ -222,8 +225,7 @@ class Generator(nn.Module):
     def decode(self, prefix: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
         """Hidden states [B, t+1, E] for prefix [B, t]."""
         x = self.decoder_inputs(prefix)
-        key_ok = memory_mask | ~memory_mask.any(dim=1, keepdim=True)
-        keep = key_ok if self._packed(key_ok) else None
+        key_ok, keep = self._memory_keys(memory_mask)
         for block in self.decoder:
             x = block(x, memory, key_ok[:, None, :], keep)
         return self.dec_norm(x)
@@ -286,8 +288,7 @@ class Generator(nn.Module):
         and the memory mask. Pair with :meth:`decode_step`."""
         if beams < 1:
             raise ValueError(f"beams must be >= 1, got {beams}")
-        key_ok = memory_mask | ~memory_mask.any(dim=1, keepdim=True)
-        keep = key_ok if self._packed(key_ok) else None
+        key_ok, keep = self._memory_keys(memory_mask)
         cross = [block.cross_attn.project_kv(memory, keep) for block in self.decoder]
         return DecodingContext(cross=cross, mask=key_ok[:, None, None, :], beams=beams, users=memory.shape[0])
 

@@ -183,11 +183,8 @@ class DecoderBlock(nn.Module):
         """``keep`` (bool [B, S]): project only these memory positions to cross-attention keys and
         values (:meth:`Attention.project_kv`); ``memory_mask`` must hide the others."""
         x = x + self.drop(self.self_attn(self.n1(x), causal=True))
-        if keep is None:
-            x = x + self.drop(self.cross_attn(self.n2(x), memory, mask=memory_mask))
-        else:
-            k, v = self.cross_attn.project_kv(memory, keep)
-            x = x + self.drop(self.cross_attn.attend(self.n2(x), k, v, memory_mask))
+        k, v = self.cross_attn.project_kv(memory, keep)
+        x = x + self.drop(self.cross_attn.attend(self.n2(x), k, v, memory_mask))
         return x + self.ffn(self.n3(x))
 
     def step(self, x: Tensor, cache: tuple[Tensor, Tensor] | None, cross_kv: tuple[Tensor, Tensor],

@@ -264,19 +264,16 @@ def main() -> None:
     out_path = RESULTS / "model.json"
     stamp = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
              "machine": args.machine or f"{os.cpu_count()}-core CPU, no GPU, torch threads={args.threads}, fp32"}
+    single = None  # (section of model.json, its result) for the one-measurement modes
     if args.packing:
-        res = packing_speed(args.packing, args.packing_steps, args.packing_users)
-        print(res)
-        doc = json.loads(out_path.read_text()) if out_path.exists() else {}
-        doc["encoder_packing_cpu"] = {**stamp, **res}
-        write_json(out_path, doc)
-        return
-    if args.moe_only:
-        res = moe_speed()
-        print(res)
-        doc = json.loads(out_path.read_text()) if out_path.exists() else {}
+        single = "encoder_packing_cpu", packing_speed(args.packing, args.packing_steps, args.packing_users)
+    elif args.moe_only:
         layer = "d=256, 24 SwiGLU experts of 704, top-2, 2048 tokens, forward+backward"
-        doc["moe_layer_cpu"] = {**stamp, "layer": layer, **res}
+        single = "moe_layer_cpu", {"layer": layer, **moe_speed()}
+    if single is not None:
+        print(single[1])
+        doc = json.loads(out_path.read_text()) if out_path.exists() else {}
+        doc[single[0]] = {**stamp, **single[1]}
         write_json(out_path, doc)
         return
     rows = {}

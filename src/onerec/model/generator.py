@@ -183,12 +183,11 @@ class Generator(nn.Module):
             ms.append(m)
         x, memory_mask = torch.cat(xs, dim=1), torch.cat(ms, dim=1)
         x = self.drop(x + self.enc_pos(torch.arange(x.shape[1], device=x.device)))
-        key_ok, keep = self._memory_keys(memory_mask)
+        key_ok, packing = self._memory_keys(memory_mask)
         mask = key_ok[:, None, :]
-        if keep is not None:
+        if packing is not None:
             # the same function on the kept tokens only; positions hidden by key_ok come out as zeros
             # (every reader masks them: decoder cross-attention uses the same key_ok)
-            packing = Packing(keep)
             h = packing.pack(x)
             for block in self.encoder:
                 h = block.forward_packed(h, packing, mask)
@@ -197,14 +196,15 @@ class Generator(nn.Module):
             x = block(x, mask)
         return self.enc_norm(x), memory_mask
 
-    def _memory_keys(self, memory_mask: Tensor) -> tuple[Tensor, Tensor | None]:
-        """-> (key_ok [B, S]: the memory positions a query may attend to; the positions to compute, or
-        None for all). Every query attends to the real tokens; rows with no history at all attend to
-        everything (their output is ignored by the mask in cross-attention, so the choice only avoids
-        NaN). ``model.encoder_impl=packed`` computes only the attended positions when some are hidden."""
+    def _memory_keys(self, memory_mask: Tensor) -> tuple[Tensor, Packing | None]:
+        """-> (key_ok [B, S]: the memory positions a query may attend to; their :class:`Packing`, or
+        None to compute every position). Every query attends to the real tokens; rows with no history
+        at all attend to everything (their output is ignored by the mask in cross-attention, so the
+        choice only avoids NaN). ``model.encoder_impl=packed`` computes only the attended positions
+        when some are hidden."""
         key_ok = memory_mask | ~memory_mask.any(dim=1, keepdim=True)
         packed = self.cfg.encoder_impl == "packed" and not bool(key_ok.all())
-        return key_ok, key_ok if packed else None
+        return key_ok, Packing(key_ok) if packed else None
 
     def encode(self, hist_codes: Tensor, hist_flags: Tensor, hist_age: Tensor, hist_mask: Tensor) -> Tensor:
         """Positive-pathway-only encoder (kept for callers of v0): behaviour tokens -> memory [B, H, E]."""
@@ -225,9 +225,9 @@ class Generator(nn.Module):
     def decode(self, prefix: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
         """Hidden states [B, t+1, E] for prefix [B, t]."""
         x = self.decoder_inputs(prefix)
-        key_ok, keep = self._memory_keys(memory_mask)
+        key_ok, packing = self._memory_keys(memory_mask)
         for block in self.decoder:
-            x = block(x, memory, key_ok[:, None, :], keep)
+            x = block(x, memory, key_ok[:, None, :], packing)
         return self.dec_norm(x)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
@@ -288,8 +288,8 @@ class Generator(nn.Module):
         and the memory mask. Pair with :meth:`decode_step`."""
         if beams < 1:
             raise ValueError(f"beams must be >= 1, got {beams}")
-        key_ok, keep = self._memory_keys(memory_mask)
-        cross = [block.cross_attn.project_kv(memory, keep) for block in self.decoder]
+        key_ok, packing = self._memory_keys(memory_mask)
+        cross = [block.cross_attn.project_kv(memory, packing) for block in self.decoder]
         return DecodingContext(cross=cross, mask=key_ok[:, None, None, :], beams=beams, users=memory.shape[0])
 
     def decode_step(self, prefix: Tensor, step: int, ctx: DecodingContext,

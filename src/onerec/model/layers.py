@@ -93,17 +93,19 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, kv: Tensor | None = None, *, mask: Tensor | None = None,
                 causal: bool = False) -> Tensor:
-        b, t, d = x.shape
-        src = x if kv is None else kv
+        b, t, _ = x.shape
         q = self.q(x).view(b, t, self.h, self.dk).transpose(1, 2)
-        k, v = self.kv(src).view(b, src.shape[1], 2, self.h, self.dk).permute(2, 0, 3, 1, 4)
+        return self.o(self._heads(q, *self.project_kv(x if kv is None else kv), mask, causal))
+
+    def _heads(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
+        """Attention of q [B, H, T, dk] over k, v [B, H, S, dk] -> heads joined [B, T, D] (before ``o``)."""
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)  # [B, 1, T|1, S]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal and mask is None,
-        )
-        return self.o(out.transpose(1, 2).reshape(b, t, d))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0,
+                                             is_causal=causal and mask is None)
+        b, _, t, _ = q.shape
+        return out.transpose(1, 2).reshape(b, t, self.h * self.dk)
 
     def forward_packed(self, h: Tensor, packing: Packing, mask: Tensor) -> Tensor:
         """Self-attention over packed tokens h [N, D] (see :class:`Packing`): projections on the N
@@ -111,38 +113,32 @@ class Attention(nn.Module):
         ``mask`` [B, 1|S, S] hides every position not kept from every kept query."""
         b, s = packing.shape
         q = packing.unpack(self.q(h)).view(b, s, self.h, self.dk).transpose(1, 2)
-        k, v = packing.unpack(self.kv(h)).view(b, s, 2, self.h, self.dk).permute(2, 0, 3, 1, 4)
-        if mask.dim() == 3:
-            mask = mask.unsqueeze(1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        return self.o(packing.pack(out.transpose(1, 2).reshape(b, s, -1)))
+        k, v = self._split_kv(packing.unpack(self.kv(h)))
+        return self.o(packing.pack(self._heads(q, k, v, mask)))
 
-    # -------------------------------------------------------------- incremental decoding
-    def project_kv(self, src: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Keys and values of ``src`` [B, S, D] -> (k, v), each [B, H, S, dk]; cache them to attend many
-        times. With ``keep`` (bool [B, S]) only the kept positions are projected (see :class:`Packing`),
-        the others get zero keys and values: for a source whose hidden positions every query masks."""
-        b, s, _ = src.shape
-        if keep is None:
-            kv = self.kv(src)
-        else:
-            packing = Packing(keep)
-            kv = packing.unpack(self.kv(packing.pack(src)))
+    def _split_kv(self, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """[B, S, 2D] projected keys and values -> (k, v), each [B, H, S, dk]."""
+        b, s, _ = kv.shape
         k, v = kv.view(b, s, 2, self.h, self.dk).permute(2, 0, 3, 1, 4)
         return k, v
+
+    # -------------------------------------------------------------- incremental decoding
+    def project_kv(self, src: Tensor, packing: Packing | None = None) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``src`` [B, S, D] -> (k, v), each [B, H, S, dk]; cache them to attend many
+        times. With a ``packing`` of src's positions only the kept ones are projected, the others get
+        zero keys and values: for a source whose hidden positions every query masks."""
+        if packing is None:
+            return self._split_kv(self.kv(src))
+        return self._split_kv(packing.unpack(self.kv(packing.pack(src))))
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """Queries x [B, T, D] against precomputed k, v [B, H, S, dk] (no causal mask: every key is
         visible). ``mask`` as in :meth:`forward`. Used with a self-attention cache (T = 1 new token)
         and with cross-attention K/V computed once per user (T = that user's beams, see
         :meth:`DecoderBlock.step`)."""
-        b, t, d = x.shape
+        b, t, _ = x.shape
         q = self.q(x).view(b, t, self.h, self.dk).transpose(1, 2)
-        if mask is not None and mask.dim() == 3:
-            mask = mask.unsqueeze(1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.o(out.transpose(1, 2).reshape(b, t, d))
+        return self.o(self._heads(q, k, v, mask))
 
 
 class EncoderBlock(nn.Module):
@@ -179,11 +175,11 @@ class DecoderBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor | None = None,
-                keep: Tensor | None = None) -> Tensor:
-        """``keep`` (bool [B, S]): project only these memory positions to cross-attention keys and
-        values (:meth:`Attention.project_kv`); ``memory_mask`` must hide the others."""
+                packing: Packing | None = None) -> Tensor:
+        """``packing``: project only these memory positions to cross-attention keys and values
+        (:meth:`Attention.project_kv`); ``memory_mask`` must hide the others."""
         x = x + self.drop(self.self_attn(self.n1(x), causal=True))
-        k, v = self.cross_attn.project_kv(memory, keep)
+        k, v = self.cross_attn.project_kv(memory, packing)
         x = x + self.drop(self.cross_attn.attend(self.n2(x), k, v, memory_mask))
         return x + self.ffn(self.n3(x))
 

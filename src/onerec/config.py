@@ -162,6 +162,10 @@ class TokenizerConfig:
     balanced: bool = opt(False, "use OneRec V1's balanced k-means (Algorithm 1): every code gets N/K items")
     iters: int = opt(25, "k-means iterations per level")
     unique_level: bool = opt(True, "append an extra level that makes every item's code unique")
+    collision_order: str = opt("item", "how the unique level numbers the items that share an L-level code: "
+                               "'item' (item order), 'popularity' (most train-split interactions first), "
+                               "'centroid' (nearest to the code's reconstruction first)",
+                               choices=["item", "popularity", "centroid"])
     normalize: bool = opt(True, "L2-normalise item vectors before quantising")
     seed: int = opt(0, "random seed of the k-means initialisation")
 

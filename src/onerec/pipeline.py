@@ -127,8 +127,12 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
     if tc.codebook_size > len(vectors):
         raise DataError(f"tokenizer.codebook_size={tc.codebook_size} exceeds the {len(vectors)} items",
                         fix=f"set tokenizer.codebook_size={max(2, len(vectors) // 8)} or lower")
+    popularity = None
+    if tc.unique_level and tc.collision_order == "popularity":
+        train = load_splits(_require(data / "split", "data"), n_items=len(vectors))["train"]
+        popularity = np.bincount(train["items"].combine_chunks().flatten().to_numpy(), minlength=len(vectors))
     tok = ResidualKMeansTokenizer(tc)
-    codes = tok.fit(vectors).numpy()
+    codes = tok.fit(vectors, popularity=popularity).numpy()
     tok.save(out)
     write_parquet(out / "codes.parquet", pa.table({
         "item_id": np.arange(len(codes), dtype=np.int64),

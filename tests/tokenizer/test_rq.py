@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from onerec.config import TokenizerConfig
-from onerec.errors import DataError
+from onerec.errors import ConfigError, DataError
 from onerec.tokenizer import ResidualKMeansTokenizer, add_unique_level, balanced_sizes, code_metrics
+from onerec.tokenizer.rq import l2_normalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
@@ -39,6 +40,37 @@ def test_worked_example_of_the_unique_level() -> None:
     full, size = add_unique_level(codes)
     assert full[:, 2].tolist() == [0, 1, 0, 2, 0] and size == 3
     assert torch.equal(full[:, :2], codes)
+
+
+def test_unique_level_numbers_each_group_by_priority() -> None:
+    codes = torch.tensor([[1, 2], [1, 2], [3, 0], [1, 2], [0, 0]])
+    full, size = add_unique_level(codes, torch.tensor([1.0, 5.0, 0.0, 1.0, 2.0]))
+    # group [1, 2] = items 0, 1, 3: item 1 first (5), then items 0 and 3 (tie: item order)
+    assert full[:, 2].tolist() == [1, 0, 0, 2, 0] and size == 3
+    with pytest.raises(ValueError, match="priority"):
+        add_unique_level(codes, torch.zeros(4))
+
+
+@pytest.mark.parametrize("order", ["popularity", "centroid"])
+def test_collision_order(order: str) -> None:
+    x = _vectors(n=600)
+    pop = np.random.default_rng(1).integers(0, 100, len(x))
+    plain = ResidualKMeansTokenizer(_config(codebook_size=4, levels=2)).fit(x)
+    tok = ResidualKMeansTokenizer(_config(codebook_size=4, levels=2, collision_order=order))
+    codes = tok.fit(x, popularity=pop if order == "popularity" else None)
+    assert torch.equal(codes[:, :2], plain[:, :2]) and len(torch.unique(codes, dim=0)) == len(x)
+    assert not torch.equal(codes[:, 2], plain[:, 2])
+    score = (torch.as_tensor(pop, dtype=torch.float64) if order == "popularity"
+             else -(l2_normalize(torch.as_tensor(x)) - tok.decode(codes[:, :2])).pow(2).sum(1).double())
+    for key in torch.unique(codes[:, :2], dim=0):
+        group = (codes[:, :2] == key).all(1).nonzero().squeeze(1)
+        ranked = group[torch.argsort(codes[group, 2])]
+        assert (score[ranked].diff() <= 1e-6).all()  # collision code 0 = highest score
+
+
+def test_popularity_order_needs_counts() -> None:
+    with pytest.raises(ConfigError, match="popularity"):
+        ResidualKMeansTokenizer(_config(collision_order="popularity")).fit(_vectors())
 
 
 def test_fit_codes_are_unique_and_in_range(fitted) -> None:
@@ -157,3 +189,21 @@ def test_bad_input_is_a_data_error(fitted) -> None:
         tok.decode(torch.tensor([[0, 16, 0]]))
     with pytest.raises(RuntimeError, match="not fitted"):
         ResidualKMeansTokenizer(_config()).encode(x)
+
+
+def test_pipeline_numbers_collisions_by_train_popularity(tmp_path: Path) -> None:
+    from onerec.config import load_config
+    from onerec.data.splits import load_splits
+    from onerec.pipeline import load_codes, stage_data, stage_tokenize
+
+    cfg = load_config(preset="tiny", overrides=["data.sim.n_items=80", "data.sim.n_users=120", "data.sim.n_events=5000",
+                                                "tokenizer.levels=1", "tokenizer.codebook_size=8",
+                                                "tokenizer.collision_order=popularity"])
+    stage_data(tmp_path, cfg, progress=False)
+    stage_tokenize(tmp_path, cfg, progress=False)
+    codes = load_codes(tmp_path)
+    train = load_splits(tmp_path / "data" / "split")["train"]
+    pop = np.bincount(train["items"].combine_chunks().flatten().to_numpy(), minlength=80)
+    for code in np.unique(codes[:, 0]):
+        group = np.flatnonzero(codes[:, 0] == code)
+        assert (np.diff(pop[group[np.argsort(codes[group, 1])]]) <= 0).all()

@@ -154,18 +154,25 @@ def _group_ids(codes: Tensor) -> tuple[Tensor, Tensor]:
     return inverse, counts
 
 
-def add_unique_level(codes: Tensor) -> tuple[Tensor, int]:
-    """Append a level that numbers the items sharing an L-level code 0, 1, 2, ... in item order.
+def add_unique_level(codes: Tensor, priority: Tensor | None = None) -> tuple[Tensor, int]:
+    """Append a level that numbers the items sharing an L-level code 0, 1, 2, ...
 
     Args:
         codes: int64 ``[N, L]``.
+        priority: optional ``[N]`` score; inside a group the highest score gets 0 (ties, and
+            every item when ``None``, in item order).
 
     Returns:
         int64 ``[N, L + 1]`` codes, unique per row, and the extra level's size (the largest
         group; 1 when the L-level codes were already unique).
     """
     inverse, counts = _group_ids(codes)
-    order = torch.sort(inverse, stable=True).indices  # groups contiguous, item order inside
+    order = torch.arange(codes.shape[0])
+    if priority is not None:
+        if priority.shape != (codes.shape[0],):
+            raise ValueError(f"priority has shape {tuple(priority.shape)}, expected ({codes.shape[0]},)")
+        order = torch.sort(-priority.double(), stable=True).indices
+    order = order[torch.sort(inverse[order], stable=True).indices]  # groups contiguous, priority inside
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(inverse)
     rank[order] = torch.arange(codes.shape[0]) - starts[inverse[order]]
@@ -265,12 +272,16 @@ class ResidualKMeansTokenizer:
         return l2_normalize(x) if self.config.normalize else x
 
     # -- fit / encode / decode
-    def fit(self, vectors: Tensor | np.ndarray, *, device: str | torch.device | None = None) -> Tensor:
+    def fit(self, vectors: Tensor | np.ndarray, *, device: str | torch.device | None = None,
+            popularity: Tensor | np.ndarray | None = None) -> Tensor:
         """Fit the codebooks on the catalogue and return every item's semantic ID.
 
         Args:
             vectors: ``[N, D]`` item vectors (tensor or array), N >= K.
             device: where k-means runs (results are kept on the CPU).
+            popularity: ``[N]`` train-split interaction counts; needed by
+                ``collision_order='popularity'`` (the unique level numbers the most popular item of
+                each group 0).
 
         Returns:
             int64 ``[N, L + 1]`` with the unique level (``config.unique_level``), else ``[N, L]``.
@@ -292,10 +303,26 @@ class ResidualKMeansTokenizer:
         self.codebooks, codes = result.codebooks, result.codes
         self.metrics = self._fit_metrics(x, result)
         if cfg.unique_level:
-            codes, self.extra_level_size = add_unique_level(codes)
+            codes, self.extra_level_size = add_unique_level(codes, self._collision_priority(result, popularity))
         self.metrics["extra_level_size"] = self.extra_level_size
         self.codes = codes
         return codes
+
+    def _collision_priority(self, result: RQFit, popularity: Tensor | np.ndarray | None) -> Tensor | None:
+        order = self.config.collision_order
+        if order == "item":
+            return None
+        if order == "centroid":
+            return -result.residual.pow(2).sum(1)
+        if order != "popularity":
+            raise ConfigError(f"tokenizer.collision_order={order!r} is not one of item, popularity, centroid")
+        if popularity is None:
+            raise ConfigError("tokenizer.collision_order=popularity needs the items' train-split counts: "
+                              "pass popularity= to fit(), or set tokenizer.collision_order=item")
+        pop = torch.as_tensor(np.asarray(popularity), dtype=torch.float64)
+        if pop.shape != (result.codes.shape[0],):
+            raise ValueError(f"popularity has shape {tuple(pop.shape)}, expected ({result.codes.shape[0]},)")
+        return pop
 
     def _fit_metrics(self, x: Tensor, result: RQFit) -> dict[str, Any]:
         metrics: dict[str, Any] = {"n_items": int(x.shape[0]), "dim": int(x.shape[1])}

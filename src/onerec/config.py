@@ -168,6 +168,10 @@ class TokenizerConfig:
                                choices=["item", "popularity", "centroid"])
     normalize: bool = opt(True, "L2-normalise item vectors before quantising")
     seed: int = opt(0, "random seed of the k-means initialisation")
+    index: str | None = opt(None, "a published semantic-ID index (LC-Rec JSON: {item key: ['<a_N>', '<b_N>', ...]}) "
+                            "used instead of fitting ours; items that share an ID get the collision level")
+    index_offset: int = opt(0, "tokenizer.index: an item's key is its raw id plus this (-1 for the 0-based LC-Rec "
+                            "files of the 1-based S3Rec Amazon 2014 data)")
 
 
 # ---------------------------------------------------------------------------- model

@@ -106,12 +106,16 @@ def dataset_summary(ds: Dataset, splits: dict[str, pa.Table], rule: str) -> dict
 
 # -------------------------------------------------------------------------- tokenize
 def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Content vectors (cached per dataset) -> residual k-means semantic IDs -> RUN/tokenizer."""
+    """Content vectors (cached per dataset) -> residual k-means semantic IDs -> RUN/tokenizer; or,
+    with ``tokenizer.index``, a published index's IDs."""
     from onerec.content import item_vectors, save_vectors
     from onerec.tokenizer import ResidualKMeansTokenizer
 
     data = run / "data"
     ds_items = read_parquet(_require(data / "items.parquet", "data"))
+    tc = cfg.tokenizer
+    if tc.index:
+        return _published_index(run, cfg, ds_items)
     out = run / "tokenizer"
     t0 = time.perf_counter()
     ccfg = cfg.content
@@ -123,7 +127,6 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
         vectors, align_metrics = _align(run, cfg, ccfg, ds_items, vectors, progress)
     save_vectors(out / "item_vectors.safetensors", vectors, backend=cfg.content.backend,
                  aligned=str(cfg.content.align).lower())
-    tc = cfg.tokenizer
     if tc.codebook_size > len(vectors):
         raise DataError(f"tokenizer.codebook_size={tc.codebook_size} exceeds the {len(vectors)} items",
                         fix=f"set tokenizer.codebook_size={max(2, len(vectors) // 8)} or lower")
@@ -134,16 +137,37 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
     tok = ResidualKMeansTokenizer(tc)
     codes = tok.fit(vectors, popularity=popularity).numpy()
     tok.save(out)
+    metrics = {**tok.metrics, "codebook_sizes": tok.codebook_sizes, "seconds": round(time.perf_counter() - t0, 2)}
+    if align_metrics is not None:
+        metrics["align"] = align_metrics
+    save_codes(run, codes, metrics)
+    save_config(run, cfg)
+    return metrics
+
+
+def _published_index(run: Path, cfg: RunConfig, items: pa.Table) -> dict[str, Any]:
+    """``tokenizer.index``: every item's ID from a published index file (key = raw id + ``index_offset``)."""
+    from onerec.tokenizer.published import index_keys, load_index, unique_codes
+
+    tc = cfg.tokenizer
+    t0 = time.perf_counter()
+    raw = index_keys(items["raw_id"].to_pylist(), tc.index_offset, path=str(run / "data" / "items.parquet"))
+    codes, sizes, stats = unique_codes(load_index(tc.index, raw))
+    metrics = {**stats, "index": str(tc.index), "codebook_sizes": sizes,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    save_codes(run, codes, metrics)
+    save_config(run, cfg)
+    return metrics
+
+
+def save_codes(run: Path, codes: np.ndarray, metrics: dict[str, Any]) -> None:
+    """RUN/tokenizer/codes.parquet (``item_id``, ``sid``) and metrics.json."""
+    out = run / "tokenizer"
     write_parquet(out / "codes.parquet", pa.table({
         "item_id": np.arange(len(codes), dtype=np.int64),
         "sid": pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), codes.shape[1]),
     }))
-    metrics = {**tok.metrics, "codebook_sizes": tok.codebook_sizes, "seconds": round(time.perf_counter() - t0, 2)}
-    if align_metrics is not None:
-        metrics["align"] = align_metrics
     write_json(out / "metrics.json", metrics)
-    save_config(run, cfg)
-    return metrics
 
 
 def _with_media(data: Path, items: pa.Table, ccfg: Any) -> tuple[pa.Table, Any]:

@@ -192,3 +192,54 @@ def test_real_beauty_counts_match_the_papers(datasets_dir):
 
     ds = load_amazon2014(datasets_dir / "amazon2014_s3rec", "Beauty")
     assert (ds.n_users, ds.n_items, ds.interactions.num_rows) == (22363, 12101, 198502)
+
+
+def write_lcrec_index(amazon_dir: Path, collide: bool = True) -> Path:
+    """Beauty.inter.json + Beauty.index.json in the LC-Rec layout (0-based ids of the S3Rec file),
+    a 2-level index whose items 0 and 1 share an ID when ``collide``."""
+    folder = amazon_dir / "amazon2014_beauty_lcrec"
+    folder.mkdir()
+    inter = {}
+    for line in (amazon_dir / "amazon2014_s3rec" / "Beauty.txt").read_text().split("\n"):
+        if line:
+            u, *items = (int(x) for x in line.split())
+            inter[str(u - 1)] = [i - 1 for i in items]
+    (folder / "Beauty.inter.json").write_text(json.dumps(inter))
+    index = {str(i): [f"<a_{i % 4}>", f"<b_{i // 4}>"] for i in range(N_ITEMS)}
+    if collide:
+        index["1"] = index["0"]
+    (folder / "Beauty.index.json").write_text(json.dumps(index))
+    return folder / "Beauty.index.json"
+
+
+def test_bench_amazon_on_a_published_index(amazon_dir, tmp_path):
+    index = write_lcrec_index(amazon_dir)
+    results = tmp_path / "letter.json"
+    args = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--out", str(tmp_path / "runs"),
+            "--results", str(results), "--models", "onerec", *TINY, f"tokenizer.index={index}",
+            "tokenizer.index_offset=-1"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    out = json.loads(results.read_text())
+    assert out["protocol"]["index_sequences_checked"] == N_USERS and out["config"]["tokenizer"]["index"] == str(index)
+    assert out["tokenizer"][0]["collision_rate"] == pytest.approx(2 / N_ITEMS)
+    from onerec.pipeline import load_codes
+
+    codes = load_codes(tmp_path / "runs" / "seed0")
+    want = [[i % 4, i // 4, 0] for i in range(N_ITEMS)]
+    want[1] = [0, 0, 1]  # S3Rec item 2 = LC-Rec item 1: shares item 0's ID, so collision code 1
+    assert codes.tolist() == want
+    # the wrong offset names the users file that does not match
+    bad = bench_config("beauty", amazon_dir, overrides=[*TINY, f"tokenizer.index={index}"])
+    stage_data(tmp_path / "bad", bad, progress=False)
+    with pytest.raises(DataError, match="Beauty.inter.json.*another item sequence"):
+        check_protocol(tmp_path / "bad", bad)
+
+
+def test_real_beauty_letter_index_is_of_the_s3rec_items(datasets_dir, tmp_path):
+    index = datasets_dir / "amazon2014_beauty_lcrec" / "Beauty.index.json"
+    if not index.exists():
+        pytest.skip(f"{index} not found")
+    cfg = bench_config("beauty", datasets_dir, overrides=[f"tokenizer.index={index}", "tokenizer.index_offset=-1"])
+    stage_data(tmp_path, cfg, progress=False)
+    assert check_protocol(tmp_path, cfg)["index_sequences_checked"] == 22363

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from onerec.bench.scientific import load_index, merge_scientific
+from onerec.bench.scientific import merge_scientific
 from onerec.cli import cli
 from onerec.errors import ConfigError, DataError
+from onerec.tokenizer.published import load_index
 
 N_USERS, N_ITEMS = 40, 30
 TINY = ["content.dim=8", "tokenizer.levels=2", "tokenizer.codebook_size=4", "tokenizer.iters=5",

@@ -169,9 +169,37 @@ def check_protocol(run: Path, cfg: RunConfig, codes: np.ndarray | None = None, *
         "max_history": cfg.model.max_history, "sasrec_max_len": cfg.eval.sasrec.max_len,
         "ranking": "full (all items)", "selection": "valid split only",
     }
+    if cfg.tokenizer.index:
+        out.update(_check_index_data(cfg, ds, seq))
     if codes is not None:
         out.update(_check_codes_and_truncation(codes, splits["test"], full, cfg.model.max_history, sample))
     return out
+
+
+def _check_index_data(cfg: RunConfig, ds: Any, seq: Any) -> dict[str, Any]:
+    """``tokenizer.index``: prove that the published index numbers *these* items, through the
+    ``<Name>.inter.json`` beside it (LC-Rec layout, ``{user key: [item keys in order]}``): every
+    user's sequence, mapped to index keys, must be the file's sequence for that user."""
+    from onerec.tokenizer.published import index_keys
+
+    index = Path(cfg.tokenizer.index)
+    inter_path = index.with_name(index.name.removesuffix(".index.json") + ".inter.json")
+    if not inter_path.is_file():
+        raise DataError("a published index is compared only with the interactions file it was made for beside it",
+                        path=str(inter_path), fix="put the index's <Name>.inter.json (LC-Rec layout) next to it")
+    inter = read_json(inter_path)
+    off = cfg.tokenizer.index_offset
+    users = index_keys(ds.users["raw_id"].to_pylist(), off)
+    items = np.array(index_keys(ds.items["raw_id"].to_pylist(), off))
+    if len(inter) != len(users):
+        raise DataError(f"{len(inter)} users, but the dataset has {len(users)}", path=str(inter_path),
+                        fix="use the index made for this dataset (and the right tokenizer.index_offset)")
+    for u, key in enumerate(users):
+        want = items[seq.items[seq.offsets[u]:seq.offsets[u + 1]]].tolist()
+        if [str(i) for i in inter.get(key, [])] != want:
+            raise DataError(f"user '{key}' (our user {u}) has another item sequence there", path=str(inter_path),
+                            fix="use the index made for this dataset (and the right tokenizer.index_offset)")
+    return {"index": str(index), "index_sequences_checked": len(users)}
 
 
 def _check_codes_and_truncation(codes: np.ndarray, test: pa.Table, full: list[np.ndarray], h: int,

@@ -15,13 +15,11 @@ extra collision level as ours (:func:`onerec.tokenizer.add_unique_level`).
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from onerec.bench.amazon import (
@@ -38,54 +36,19 @@ from onerec.bench.amazon import (
 )
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.errors import ConfigError, DataError
-from onerec.io import read_json, read_parquet, write_json, write_parquet
+from onerec.io import read_json, read_parquet, write_json
+from onerec.tokenizer.published import load_index
 
-_TOKEN = re.compile(r"^<([a-z])_(\d+)>$")
 FOLDER = "amazon2018_scientific_lcrec"
 
 
-def load_index(path: str | Path, raw_ids: list[str]) -> np.ndarray:
-    """Codes int64 [N, L] of the items ``raw_ids`` (in dense item order) from a published index file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("index file not found", path=str(path), fix="name a file of the indexes/ folder")
-    obj = read_json(path)
-    rows = []
-    for raw in raw_ids:
-        tokens = obj.get(str(raw))
-        if tokens is None:
-            raise DataError(f"item '{raw}' has no semantic ID", path=str(path),
-                            fix="the index must cover every item of the dataset")
-        row = []
-        for level, tok in enumerate(tokens):
-            m = _TOKEN.match(str(tok))
-            if m is None or ord(m.group(1)) - ord("a") != level:
-                raise DataError(f"item '{raw}': token {tok!r} at level {level} is not '<{chr(97 + level)}_N>'",
-                                path=str(path), fix="each item maps to ['<a_N>', '<b_N>', ...]")
-            row.append(int(m.group(2)))
-        rows.append(row)
-    if len({len(r) for r in rows}) != 1:
-        raise DataError("items have IDs of different lengths", path=str(path), fix="use a fixed-depth index")
-    return np.array(rows, dtype=np.int64)
-
-
 def write_codes(run: Path, codes: np.ndarray, metrics: dict[str, Any]) -> list[int]:
-    """RUN/tokenizer/codes.parquet + metrics.json for given codes (what ``stage_tokenize`` writes)."""
-    from onerec.tokenizer import add_unique_level, code_metrics
+    """RUN/tokenizer/codes.parquet + metrics.json for a published index's codes (as ``stage_tokenize`` writes)."""
+    from onerec.pipeline import save_codes
+    from onerec.tokenizer.published import unique_codes
 
-    codes_t = torch.as_tensor(codes)
-    sizes = [int(codes_t[:, i].max()) + 1 for i in range(codes_t.shape[1])]
-    stats = code_metrics(codes_t, sizes)
-    if stats["collision_rate"] > 0:
-        codes_t, extra = add_unique_level(codes_t)
-        sizes.append(int(extra))
-    codes = codes_t.numpy()
-    out = run / "tokenizer"
-    write_parquet(out / "codes.parquet", pa.table({
-        "item_id": np.arange(len(codes), dtype=np.int64),
-        "sid": pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), codes.shape[1]),
-    }))
-    write_json(out / "metrics.json", {**metrics, **stats, "codebook_sizes": sizes})
+    codes, sizes, stats = unique_codes(codes)
+    save_codes(run, codes, {**metrics, **stats, "codebook_sizes": sizes})
     return sizes
 
 

@@ -232,7 +232,7 @@ def test_bench_amazon_on_a_published_index(amazon_dir, tmp_path):
     # the wrong offset names the users file that does not match
     bad = bench_config("beauty", amazon_dir, overrides=[*TINY, f"tokenizer.index={index}"])
     stage_data(tmp_path / "bad", bad, progress=False)
-    with pytest.raises(DataError, match="Beauty.inter.json.*another item sequence"):
+    with pytest.raises(DataError, match=r"Beauty\.inter\.json.*another item sequence"):
         check_protocol(tmp_path / "bad", bad)
 
 

@@ -28,7 +28,7 @@ import torch
 
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.data.schema import Dataset, positive_mask
-from onerec.data.splits import load_splits, make_splits, save_splits
+from onerec.data.splits import item_counts, load_splits, make_splits, save_splits
 from onerec.errors import DataError
 from onerec.io import read_json, read_parquet, write_json, write_parquet, write_yaml
 
@@ -133,7 +133,7 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
     popularity = None
     if tc.unique_level and tc.collision_order == "popularity":
         train = load_splits(_require(data / "split", "data"), n_items=len(vectors))["train"]
-        popularity = np.bincount(train["items"].combine_chunks().flatten().to_numpy(), minlength=len(vectors))
+        popularity = item_counts(train, len(vectors))
     tok = ResidualKMeansTokenizer(tc)
     codes = tok.fit(vectors, popularity=popularity).numpy()
     tok.save(out)
@@ -147,16 +147,25 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
 
 def _published_index(run: Path, cfg: RunConfig, items: pa.Table) -> dict[str, Any]:
     """``tokenizer.index``: every item's ID from a published index file (key = raw id + ``index_offset``)."""
-    from onerec.tokenizer.published import index_keys, load_index, unique_codes
+    from onerec.tokenizer.published import index_keys, load_index
 
     tc = cfg.tokenizer
     t0 = time.perf_counter()
     raw = index_keys(items["raw_id"].to_pylist(), tc.index_offset, path=str(run / "data" / "items.parquet"))
-    codes, sizes, stats = unique_codes(load_index(tc.index, raw))
-    metrics = {**stats, "index": str(tc.index), "codebook_sizes": sizes,
-               "seconds": round(time.perf_counter() - t0, 2)}
-    save_codes(run, codes, metrics)
+    metrics = save_index_codes(run, load_index(tc.index, raw), {"index": str(tc.index)})
+    metrics["seconds"] = round(time.perf_counter() - t0, 2)
     save_config(run, cfg)
+    return metrics
+
+
+def save_index_codes(run: Path, codes: np.ndarray, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A published index's codes, made unique per item (:func:`onerec.tokenizer.published.unique_codes`),
+    to RUN/tokenizer; returns ``metrics`` with the index's code metrics and ``codebook_sizes``."""
+    from onerec.tokenizer.published import unique_codes
+
+    codes, sizes, stats = unique_codes(codes)
+    metrics = {**metrics, **stats, "codebook_sizes": sizes}
+    save_codes(run, codes, metrics)
     return metrics
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from onerec.errors import DataError
+from onerec.data.splits import item_counts
 
 
 class MostPopular:
@@ -23,11 +23,7 @@ class MostPopular:
 
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:
         """Count item occurrences over every training sequence (``valid`` is unused)."""
-        flat = train["items"].combine_chunks().flatten().to_numpy().astype(np.int64)
-        if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
-            raise DataError(f"train items must be ids in 0..{n_items - 1}; found {flat.min()}..{flat.max()}",
-                            column="items", fix="pass the dataset's n_items")
-        self.counts = np.bincount(flat, minlength=n_items).astype(np.int64)
+        self.counts = item_counts(train, n_items)
         # lexsort: last key is primary -> by descending count, then ascending id.
         self.ranking = np.lexsort((np.arange(n_items), -self.counts)).astype(np.int64)
 

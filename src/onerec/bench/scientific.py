@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from onerec.bench.amazon import (
@@ -36,20 +35,10 @@ from onerec.bench.amazon import (
 )
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.errors import ConfigError, DataError
-from onerec.io import read_json, read_parquet, write_json
+from onerec.io import read_parquet, write_json
 from onerec.tokenizer.published import load_index
 
 FOLDER = "amazon2018_scientific_lcrec"
-
-
-def write_codes(run: Path, codes: np.ndarray, metrics: dict[str, Any]) -> list[int]:
-    """RUN/tokenizer/codes.parquet + metrics.json for a published index's codes (as ``stage_tokenize`` writes)."""
-    from onerec.pipeline import save_codes
-    from onerec.tokenizer.published import unique_codes
-
-    codes, sizes, stats = unique_codes(codes)
-    save_codes(run, codes, {**metrics, **stats, "codebook_sizes": sizes})
-    return sizes
 
 
 def scientific_config(datasets: str | Path, *, preset: str = "amazon",
@@ -71,7 +60,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
     from onerec.data.splits import load_splits
     from onerec.eval.harness import evaluate
     from onerec.generate.generative import GenerativeRecommender
-    from onerec.pipeline import load_codes, load_generator, stage_data, stage_tokenize, stage_train
+    from onerec.pipeline import load_codes, load_generator, save_index_codes, stage_data, stage_tokenize, stage_train
     from onerec.train.loop import resolve_device
 
     if not indexes or not seeds:
@@ -99,13 +88,10 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
             t1 = time.perf_counter()
             if name == "ours":
                 tok = stage_tokenize(run, scfg, progress=False)
-                stats = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
-                stats["codebook_sizes"] = tok["codebook_sizes"]
             else:
-                sizes = write_codes(run, load_index(index_dir / f"{name}.index.json", raw_ids), {"index": name})
-                stats = {k: v for k, v in read_json(run / "tokenizer" / "metrics.json").items()
-                         if not isinstance(v, (list, dict))}
-                stats["codebook_sizes"] = sizes
+                tok = save_index_codes(run, load_index(index_dir / f"{name}.index.json", raw_ids), {"index": name})
+            stats = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
+            stats["codebook_sizes"] = tok["codebook_sizes"]
             codes = load_codes(run)
             check_protocol(run, scfg, codes)
             prefix = f"  {name} seed {seed}: "

@@ -181,6 +181,15 @@ def load_splits(folder: str | Path, n_items: int | None = None) -> dict[str, pa.
     return out
 
 
+def item_counts(train: pa.Table, n_items: int) -> np.ndarray:
+    """How often each item occurs in the train split's ``items`` lists: int64 [n_items]."""
+    flat = train["items"].combine_chunks().flatten().to_numpy().astype(np.int64)
+    if len(flat) and (flat.min() < 0 or flat.max() >= n_items):
+        raise DataError(f"train items must be ids in 0..{n_items - 1}; found {flat.min()}..{flat.max()}",
+                        column="items", fix="pass the dataset's n_items")
+    return np.bincount(flat, minlength=n_items).astype(np.int64)
+
+
 def list_column(table: pa.Table, col: str) -> list[np.ndarray]:
     """A list<int> column as a list of numpy arrays (views into one flat buffer)."""
     arr = table[col].combine_chunks()

@@ -319,10 +319,7 @@ class ResidualKMeansTokenizer:
         if popularity is None:
             raise ConfigError("tokenizer.collision_order=popularity needs the items' train-split counts: "
                               "pass popularity= to fit(), or set tokenizer.collision_order=item")
-        pop = torch.as_tensor(np.asarray(popularity), dtype=torch.float64)
-        if pop.shape != (result.codes.shape[0],):
-            raise ValueError(f"popularity has shape {tuple(pop.shape)}, expected ({result.codes.shape[0]},)")
-        return pop
+        return torch.as_tensor(np.asarray(popularity), dtype=torch.float64)  # add_unique_level checks the shape
 
     def _fit_metrics(self, x: Tensor, result: RQFit) -> dict[str, Any]:
         metrics: dict[str, Any] = {"n_items": int(x.shape[0]), "dim": int(x.shape[1])}

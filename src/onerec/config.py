@@ -247,6 +247,10 @@ class TrainConfig:
                                         "None: all)")
     time_budget_s: float | None = opt(None, "stop training after this many seconds, keeping the best (or last) "
                                             "weights; the cosine schedule still spans the planned steps")
+    ema_decay: float | None = opt(None, "keep an exponential moving average of the weights, updated after every "
+                                        "optimizer step with this decay (e.g. 0.999: a horizon of ~1,000 steps); "
+                                        "the average is what the valid split scores, early stopping keeps and the "
+                                        "run saves. None: off, the raw weights")
 
 
 # ------------------------------------------------------------------------- generate

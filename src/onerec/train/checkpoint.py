@@ -90,12 +90,16 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
 
 
 def save_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                             meta: dict[str, Any], state: dict[str, Any]) -> None:
-    """Write a resumable checkpoint into ``folder`` (a temp folder renamed into place)."""
+                             meta: dict[str, Any], state: dict[str, Any],
+                             average: torch.nn.Module | None = None) -> None:
+    """Write a resumable checkpoint into ``folder`` (a temp folder renamed into place); ``average``
+    (the weight average of ``train.ema_decay``) is stored beside the optimizer moments."""
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_model(tmp, model, meta)
     tensors, groups = optimizer_tensors(opt)
+    if average is not None:
+        tensors.update({f"average.{k}": v.detach().contiguous().cpu() for k, v in average.state_dict().items()})
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -108,10 +112,17 @@ def save_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.op
     tmp.rename(folder)
 
 
-def load_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+def load_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                             average: torch.nn.Module | None = None) -> dict[str, Any]:
     load_state(folder, model)
     state = read_json(folder / "state.json")
     tensors = load_file(str(folder / "optim.safetensors"))
+    if average is not None:
+        saved = {k.removeprefix("average."): tensors.pop(k) for k in list(tensors) if k.startswith("average.")}
+        if not saved:
+            raise CheckpointError(f"{folder}: the checkpoint holds no weight average (it was trained without "
+                                  "train.ema_decay). Fix: resume with the config it was trained with.")
+        average.load_state_dict(saved)
     torch.set_rng_state(tensors.pop("rng.torch"))
     cuda_rng = tensors.pop("rng.cuda", None)
     if cuda_rng is not None and torch.cuda.is_available():

@@ -10,6 +10,11 @@ full ranking, see :func:`onerec.pipeline.valid_scorer`) scores the model; the be
 weights are kept and written as the final model, and training stops after ``train.patience``
 epochs without improvement. ``train.time_budget_s`` stops a run early on wall time. The best
 weights live in memory only: a resumed run starts its best-epoch tracking afresh.
+
+``train.ema_decay`` keeps an exponential moving average of the weights (torch's
+``AveragedModel``), updated after every optimizer step; validation loss, the valid score and the
+saved model then use the average, while the optimizer keeps training the raw weights. Checkpoints
+store the average, so a resumed run continues it exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from onerec.config import TrainConfig, to_dict
-from onerec.errors import CheckpointError
+from onerec.errors import CheckpointError, ConfigError
 from onerec.features.history import EvalExamples, TrainExamples
 from onerec.io import write_json
 from onerec.model.generator import Generator
@@ -117,6 +122,16 @@ def train_generator(
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    average = None
+    if cfg.ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        if not 0.0 <= cfg.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay={cfg.ema_decay}: must be in [0, 1). Fix: e.g. 0.999, or null "
+                                  "for no weight average.")
+        # buffers too: an MoE layer's routing bias is part of the function the average computes
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    scored = model if average is None else average.module  # the weights validation and selection see
     n = len(train)
     if n == 0:
         raise CheckpointError("no training examples: every user has a single positive event in the train split. "
@@ -132,7 +147,7 @@ def train_generator(
         ckpt = latest_checkpoint(out_dir)
         if ckpt is None:
             raise CheckpointError(f"{out_dir / 'checkpoints'}: nothing to resume. Fix: train without --resume.")
-        state = load_training_checkpoint(ckpt, model, opt)
+        state = load_training_checkpoint(ckpt, model, opt, average)
         if state["meta"] != meta:
             raise CheckpointError(f"{ckpt}: checkpoint was made for another model config or tokenizer. Fix: resume "
                                   "with the same config, or train from scratch in a new run directory.")
@@ -158,6 +173,8 @@ def train_generator(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if average is not None:
+            average.update_parameters(model)
         step += 1
         result.steps.append(step)
         result.loss.append(float(loss.detach()))
@@ -172,9 +189,9 @@ def train_generator(
         epoch_end = step % steps_per_epoch == 0 or step == total or over_time
         if valid is not None and epoch_end:
             result.valid.append({"step": step, "epoch": step / steps_per_epoch,
-                                 "loss": validation_loss(model, valid, device)})
+                                 "loss": validation_loss(scored, valid, device)})
         if select and epoch_end:
-            score = float(score_valid(model))
+            score = float(score_valid(scored))
             model.train()
             if result.valid and result.valid[-1]["step"] == step:
                 result.valid[-1][cfg.early_stop_metric] = score
@@ -182,7 +199,7 @@ def train_generator(
                 result.valid.append({"step": step, "epoch": step / steps_per_epoch, cfg.early_stop_metric: score})
             if score > best_score:
                 best_score, bad_epochs, result.best_epoch = score, 0, step / steps_per_epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in scored.state_dict().items()}
             else:
                 bad_epochs += 1
             if bad_epochs >= max(cfg.patience, 1) and step < total:
@@ -196,7 +213,7 @@ def train_generator(
         done = step == total or (stop_at is not None and step >= stop_at) or result.stopped is not None
         if step % cfg.checkpoint_every == 0 or done:
             result.seconds = time.perf_counter() - t0
-            _checkpoint(out_dir, model, opt, meta, step, result)
+            _checkpoint(out_dir, model, opt, meta, step, result, average)
         if (stop_at is not None and step >= stop_at) or result.stopped is not None:
             break
     bar.close()
@@ -204,6 +221,8 @@ def train_generator(
     if step == total or result.stopped is not None:
         if best_state is not None:
             model.load_state_dict(best_state)
+        elif average is not None:
+            model.load_state_dict(average.module.state_dict())
         extra = {k: v for k, v in (("best_epoch", result.best_epoch), ("stopped", result.stopped)) if v is not None}
         save_model(out_dir, model, {**meta, "train": to_dict(cfg), "steps": step, **extra})
         write_json(out_dir / "history.json", result.to_dict())
@@ -227,10 +246,10 @@ def _epoch_line(result: TrainResult, step: int, steps_per_epoch: int, total: int
 
 
 def _checkpoint(out_dir: Path, model: Generator, opt: torch.optim.Optimizer, meta: dict[str, Any], step: int,
-                result: TrainResult) -> None:
+                result: TrainResult, average: torch.nn.Module | None) -> None:
     folder = out_dir / "checkpoints" / f"step-{step:07d}"
     state = {"step": step, "meta": meta, **result.to_dict()}
-    save_training_checkpoint(folder, model, opt, meta, state)
+    save_training_checkpoint(folder, model, opt, meta, state, average)
     # keep the two most recent checkpoints
     import shutil
 

@@ -128,7 +128,7 @@ def train_generator(
 
         if not 0.0 <= cfg.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay={cfg.ema_decay}: must be in [0, 1). Fix: e.g. 0.999, or null "
-                                  "for no weight average.")
+                              "for no weight average.")
         # buffers too: an MoE layer's routing bias is part of the function the average computes
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     scored = model if average is None else average.module  # the weights validation and selection see

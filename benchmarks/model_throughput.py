@@ -32,6 +32,7 @@ written so MFU can be computed from a GPU step time).
     python benchmarks/model_throughput.py [--presets quickstart,onerec-0.015b,...] [--steps 3]
     python benchmarks/model_throughput.py --moe-only     # one MoE layer: grouped / padded / loop reference
     python benchmarks/model_throughput.py --packing RUN  # packed vs padded encoder on a run's real histories
+    python benchmarks/model_throughput.py --precision RUN  # fp32 vs bf16-autocast training steps, same data
 
 ``--packing RUN`` takes a run directory that has its tokenizer stage (e.g. one seed of
 ``onerec bench amazon``), builds the run's generator twice with the same weights
@@ -40,6 +41,11 @@ the two, training steps (forward + backward + AdamW) on the same random batches 
 split and constrained beam search (the run's beam and batch size) over the same valid users. Real
 histories are mostly padding (Amazon Beauty: 6.7 of 20 slots filled on average), which the packed
 encoder skips; the synthetic batches above have none, so they cannot show it.
+
+``--precision RUN`` times training steps of the run's generator in fp32 and under bfloat16
+autocast (``train.precision=bf16``) the same way (``--packing-steps`` steps, alternating). bf16 only
+pays on a CPU with bf16 matrix units (AVX-512 BF16 / AMX; ``bf16_matmul_cpu`` records the flag) or
+a GPU.
 
 Results merge into ``benchmarks/results/model.json`` under ``"throughput_cpu"``.
 """
@@ -190,10 +196,9 @@ def moe_speed(repeats: int = 5) -> dict:
     return out
 
 
-def packing_speed(run: Path, steps: int, users: int) -> dict:
-    """Packed vs padded encoder on a run's train batches and valid users, timed alternately."""
+def _run_data(run: Path, users: int):
+    """A run directory's config, item codes, codebook sizes, train examples and first ``users`` valid rows."""
     from onerec.features import TrainExamples
-    from onerec.generate.generative import GenerativeRecommender
     from onerec.io import read_json
     from onerec.pipeline import load_codes, load_splits, make_featurizer, run_config
 
@@ -202,7 +207,50 @@ def packing_speed(run: Path, steps: int, users: int) -> dict:
     splits = load_splits(run / "data" / "split", n_items=len(codes))
     sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
     train = TrainExamples(splits["train"], make_featurizer(run, cfg.model, codes))
-    valid = splits["valid"].slice(0, users)
+    return cfg, codes, sizes, train, splits["valid"].slice(0, users)
+
+
+def precision_speed(run: Path, steps: int) -> dict:
+    """fp32 against bf16-autocast training steps (``train.precision``) of a run's generator on its real
+    train batches: one model per precision from the same initial weights, timed alternately."""
+    cfg, _, sizes, train, _ = _run_data(run, 0)
+    modes = ("fp32", "bf16")
+    torch.manual_seed(0)
+    models = {p: Generator(cfg.model, sizes) for p in modes}
+    models["bf16"].load_state_dict(models["fp32"].state_dict())
+    opts = {p: torch.optim.AdamW(m.parameters(), lr=cfg.train.lr) for p, m in models.items()}
+    rng = np.random.default_rng(0)
+    times: dict[str, list[float]] = {p: [] for p in modes}
+    for s in range(steps + 1):
+        batch = train.batch(rng.choice(len(train), cfg.train.batch_size, replace=False))
+        for p in modes:
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
+                loss = models[p](batch)
+            opts[p].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[p].step()
+            if s:  # the first step allocates optimizer state
+                times[p].append(time.perf_counter() - t0)
+    med = {p: statistics.median(times[p]) for p in modes}
+    return {"run": str(run), "batch_size": cfg.train.batch_size, "steps_timed": steps,
+            "bf16_matmul_cpu": _cpu_has("avx512_bf16") or _cpu_has("amx_bf16"),
+            "train_step_s_median": {p: round(v, 4) for p, v in med.items()},
+            "train_speedup": round(med["fp32"] / med["bf16"], 2)}
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        return flag in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def packing_speed(run: Path, steps: int, users: int) -> dict:
+    """Packed vs padded encoder on a run's train batches and valid users, timed alternately."""
+    from onerec.generate.generative import GenerativeRecommender
+
+    cfg, codes, sizes, train, valid = _run_data(run, users)
     torch.manual_seed(0)
     impls = ("packed", "padded")
     models = {i: Generator(from_dict(ModelConfig, {**to_dict(cfg.model), "encoder_impl": i}), sizes) for i in impls}
@@ -257,15 +305,19 @@ def main() -> None:
     ap.add_argument("--machine", default="", help="describe the machine for the results (sharing, load)")
     ap.add_argument("--moe-only", action="store_true", help="only time the MoE layer: grouped, padded, loop")
     ap.add_argument("--packing", type=Path, metavar="RUN", help="only time packed vs padded encoder on RUN's data")
-    ap.add_argument("--packing-steps", type=int, default=20, help="--packing: timed training steps per impl")
+    ap.add_argument("--packing-steps", type=int, default=20, help="--packing / --precision: timed steps per variant")
     ap.add_argument("--packing-users", type=int, default=2000, help="--packing: valid users beam-searched")
+    ap.add_argument("--precision", type=Path, metavar="RUN", help="only time fp32 vs bf16-autocast training steps "
+                                                                  "on RUN's data (train.precision)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out_path = RESULTS / "model.json"
     stamp = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
              "machine": args.machine or f"{os.cpu_count()}-core CPU, no GPU, torch threads={args.threads}, fp32"}
     single = None  # (section of model.json, its result) for the one-measurement modes
-    if args.packing:
+    if args.precision:
+        single = "precision_cpu", precision_speed(args.precision, args.packing_steps)
+    elif args.packing:
         single = "encoder_packing_cpu", packing_speed(args.packing, args.packing_steps, args.packing_users)
     elif args.moe_only:
         layer = "d=256, 24 SwiGLU experts of 704, top-2, 2048 tokens, forward+backward"

@@ -251,6 +251,10 @@ class TrainConfig:
                                         "optimizer step with this decay (e.g. 0.999: a horizon of ~1,000 steps); "
                                         "the average is what the valid split scores, early stopping keeps and the "
                                         "run saves. None: off, the raw weights")
+    precision: str = opt("fp32", "training arithmetic: fp32 | bf16 (torch.autocast: matrix multiplies in bfloat16, "
+                                 "weights, optimizer and loss in fp32; for GPUs and for CPUs with AVX-512 BF16 or "
+                                 "AMX, elsewhere it is slower). Validation and generation stay fp32",
+                         choices=["fp32", "bf16"])
 
 
 # ------------------------------------------------------------------------- generate

@@ -131,6 +131,8 @@ def train_generator(
                               "for no weight average.")
         # buffers too: an MoE layer's routing bias is part of the function the average computes
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"train.precision={cfg.precision!r}: must be fp32 or bf16.")
     scored = model if average is None else average.module  # the weights validation and selection see
     n = len(train)
     if n == 0:
@@ -167,7 +169,8 @@ def train_generator(
         idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
-        loss = model(to_device(train.batch(idx), device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = model(to_device(train.batch(idx), device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

@@ -43,7 +43,8 @@ histories are mostly padding (Amazon Beauty: 6.7 of 20 slots filled on average),
 encoder skips; the synthetic batches above have none, so they cannot show it.
 
 ``--precision RUN`` times training steps of the run's generator in fp32 and under bfloat16
-autocast (``train.precision=bf16``) the same way (``--packing-steps`` steps, alternating). bf16 only
+autocast (``train.precision=bf16``) the same way (3 rounds of ``--packing-steps`` steps, alternating;
+the median of the rounds' ratios). bf16 only
 pays on a CPU with bf16 matrix units (AVX-512 BF16 / AMX; ``bf16_matmul_cpu`` records the flag) or
 a GPU.
 
@@ -210,9 +211,10 @@ def _run_data(run: Path, users: int):
     return cfg, codes, sizes, train, splits["valid"].slice(0, users)
 
 
-def precision_speed(run: Path, steps: int) -> dict:
+def precision_speed(run: Path, steps: int, repeats: int = 3) -> dict:
     """fp32 against bf16-autocast training steps (``train.precision``) of a run's generator on its real
-    train batches: one model per precision from the same initial weights, timed alternately."""
+    train batches: one model per precision from the same initial weights, timed alternately; ``repeats``
+    rounds of ``steps`` steps, the speed-up is the median of the rounds' ratios of median step times."""
     cfg, _, sizes, train, _ = _run_data(run, 0)
     modes = ("fp32", "bf16")
     torch.manual_seed(0)
@@ -220,23 +222,26 @@ def precision_speed(run: Path, steps: int) -> dict:
     models["bf16"].load_state_dict(models["fp32"].state_dict())
     opts = {p: torch.optim.AdamW(m.parameters(), lr=cfg.train.lr) for p, m in models.items()}
     rng = np.random.default_rng(0)
-    times: dict[str, list[float]] = {p: [] for p in modes}
-    for s in range(steps + 1):
-        batch = train.batch(rng.choice(len(train), cfg.train.batch_size, replace=False))
-        for p in modes:
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
-                loss = models[p](batch)
-            opts[p].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[p].step()
-            if s:  # the first step allocates optimizer state
-                times[p].append(time.perf_counter() - t0)
-    med = {p: statistics.median(times[p]) for p in modes}
-    return {"run": str(run), "batch_size": cfg.train.batch_size, "steps_timed": steps,
+    rounds = []
+    for r in range(repeats):
+        times: dict[str, list[float]] = {p: [] for p in modes}
+        for s in range(steps + (r == 0)):
+            batch = train.batch(rng.choice(len(train), cfg.train.batch_size, replace=False))
+            for p in modes:
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
+                    loss = models[p](batch)
+                opts[p].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[p].step()
+                if r or s:  # the first step allocates optimizer state
+                    times[p].append(time.perf_counter() - t0)
+        rounds.append({p: round(statistics.median(times[p]), 4) for p in modes})
+    ratios = [x["fp32"] / x["bf16"] for x in rounds]
+    return {"run": str(run), "batch_size": cfg.train.batch_size, "steps_timed": steps, "repeats": repeats,
             "bf16_matmul_cpu": _cpu_has("avx512_bf16") or _cpu_has("amx_bf16"),
-            "train_step_s_median": {p: round(v, 4) for p, v in med.items()},
-            "train_speedup": round(med["fp32"] / med["bf16"], 2)}
+            "train_step_s_median": rounds, "train_speedups": [round(x, 3) for x in ratios],
+            "train_speedup": round(statistics.median(ratios), 2)}
 
 
 def _cpu_has(flag: str) -> bool:

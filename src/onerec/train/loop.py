@@ -132,7 +132,7 @@ def train_generator(
         # buffers too: an MoE layer's routing bias is part of the function the average computes
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     if cfg.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"train.precision={cfg.precision!r}: must be fp32 or bf16.")
+        raise ConfigError(f"train.precision={cfg.precision!r}: unknown. Fix: fp32 (the default) or bf16.")
     scored = model if average is None else average.module  # the weights validation and selection see
     n = len(train)
     if n == 0:

@@ -44,9 +44,8 @@ encoder skips; the synthetic batches above have none, so they cannot show it.
 
 ``--precision RUN`` times training steps of the run's generator in fp32 and under bfloat16
 autocast (``train.precision=bf16``) the same way (3 rounds of ``--packing-steps`` steps, alternating;
-the median of the rounds' ratios). bf16 only
-pays on a CPU with bf16 matrix units (AVX-512 BF16 / AMX; ``bf16_matmul_cpu`` records the flag) or
-a GPU.
+the median of the rounds' ratios). bf16 only pays on a CPU with bf16 matrix units (AVX-512 BF16 /
+AMX; ``bf16_matmul_cpu`` records the flag) or a GPU.
 
 Results merge into ``benchmarks/results/model.json`` under ``"throughput_cpu"``.
 """
@@ -239,16 +238,18 @@ def precision_speed(run: Path, steps: int, repeats: int = 3) -> dict:
         rounds.append({p: round(statistics.median(times[p]), 4) for p in modes})
     ratios = [x["fp32"] / x["bf16"] for x in rounds]
     return {"run": str(run), "batch_size": cfg.train.batch_size, "steps_timed": steps, "repeats": repeats,
-            "bf16_matmul_cpu": _cpu_has("avx512_bf16") or _cpu_has("amx_bf16"),
+            "bf16_matmul_cpu": _cpu_has("avx512_bf16", "amx_bf16"),
             "train_step_s_median": rounds, "train_speedups": [round(x, 3) for x in ratios],
             "train_speedup": round(statistics.median(ratios), 2)}
 
 
-def _cpu_has(flag: str) -> bool:
+def _cpu_has(*flags: str) -> bool:
+    """Whether /proc/cpuinfo lists any of ``flags`` (False where there is no such file)."""
     try:
-        return flag in Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
+    return any(f in info for f in flags)
 
 
 def packing_speed(run: Path, steps: int, users: int) -> dict:

@@ -478,6 +478,13 @@ def _update(cfg: Any, data: dict[str, Any], prefix: str) -> None:
         _check_choice(cfg, key, prefix)
 
 
+def check_choices(cfg: Any, prefix: str = "") -> None:
+    """ConfigError if a field of the config dataclass ``cfg`` holds a value outside its ``choices``: for configs
+    built in code (``TrainConfig(precision=...)``), which skip the checks that loading and overrides make."""
+    for f in dataclasses.fields(cfg):
+        _check_choice(cfg, f.name, prefix)
+
+
 def _check_choice(cfg: Any, key: str, prefix: str) -> None:
     f = {f.name: f for f in dataclasses.fields(cfg)}[key]
     choices = f.metadata.get("choices")

@@ -153,7 +153,7 @@ def _published_index(run: Path, cfg: RunConfig, items: pa.Table) -> dict[str, An
     t0 = time.perf_counter()
     raw = index_keys(items["raw_id"].to_pylist(), tc.index_offset, path=str(run / "data" / "items.parquet"))
     codes = load_index(tc.index, raw)
-    # the time goes into metrics.json too (set after the save, it reached only the returned dict)
+    # the load time goes into metrics.json, not only the returned dict
     metrics = save_index_codes(run, codes, {"index": str(tc.index), "seconds": round(time.perf_counter() - t0, 2)})
     save_config(run, cfg)
     return metrics

@@ -2,9 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 
 from onerec.config import ModelConfig
 from onerec.features import HistoryFeaturizer, TrainExamples
+from onerec.model.generator import Generator
+from onerec.train import train_generator
+from onerec.train.checkpoint import model_meta
 
 
 @pytest.fixture
@@ -18,3 +22,17 @@ def tiny_train(cyclic):
     cfg = ModelConfig(d_model=32, n_heads=2, enc_layers=1, dec_layers=1, max_history=8, dropout=0.1)
     sizes = [int(codes[:, 0].max()) + 1, int(codes[:, 1].max()) + 1]
     return cfg, sizes, TrainExamples(splits["train"], HistoryFeaturizer(codes, cfg.max_history))
+
+
+@pytest.fixture
+def train_tiny(tiny_train):
+    """``train_tiny(out, cfg, seed=0, **kw)``: trains a fresh tiny generator (initialised under ``seed``) with
+    :func:`train_generator` into ``out`` and returns its result."""
+    mcfg, sizes, ex = tiny_train
+
+    def run(out, cfg, seed=0, **kw):
+        torch.manual_seed(seed)
+        return train_generator(Generator(mcfg, sizes), ex, cfg, out, meta=model_meta(mcfg, sizes), progress=False,
+                               **kw)
+
+    return run

@@ -7,9 +7,6 @@ from safetensors.torch import load_file
 
 from onerec.config import TrainConfig
 from onerec.errors import CheckpointError, ConfigError
-from onerec.model.generator import Generator
-from onerec.train import train_generator
-from onerec.train.checkpoint import model_meta
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -17,22 +14,16 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def _train(tiny_train, out, cfg, **kw):
-    mcfg, sizes, ex = tiny_train
-    torch.manual_seed(0)
-    return train_generator(Generator(mcfg, sizes), ex, cfg, out, meta=model_meta(mcfg, sizes), progress=False, **kw)
-
-
-def test_saved_model_is_the_average_of_the_raw_weights(tiny_train, tmp_path):
+def test_saved_model_is_the_average_of_the_raw_weights(train_tiny, tmp_path):
     # the raw weights after steps 1, 2, 3 of one trajectory (checkpoints keep the raw weights)
-    _train(tiny_train, tmp_path / "raw", _cfg())
+    train_tiny(tmp_path / "raw", _cfg())
     raw = [load_file(str(p / "model.safetensors")) for p in sorted((tmp_path / "raw" / "checkpoints").glob("step-*"))]
     raw.append(load_file(str(tmp_path / "raw" / "model.safetensors")))  # step 3 (the checkpoints keep 2 and 3)
     w2, w3 = raw[0], raw[-1]
-    _train(tiny_train, tmp_path / "one", _cfg(), stop_at=1)
+    train_tiny(tmp_path / "one", _cfg(), stop_at=1)
     w1 = load_file(str(tmp_path / "one" / "checkpoints" / "step-0000001" / "model.safetensors"))
 
-    _train(tiny_train, tmp_path / "ema", _cfg(ema_decay=0.9))
+    train_tiny(tmp_path / "ema", _cfg(ema_decay=0.9))
     got = load_file(str(tmp_path / "ema" / "model.safetensors"))
     moved = 0
     for key, value in got.items():
@@ -47,26 +38,24 @@ def test_saved_model_is_the_average_of_the_raw_weights(tiny_train, tmp_path):
     torch.testing.assert_close(load_file(str(last / "model.safetensors")), w3)
 
 
-def test_decay_zero_is_the_raw_weights(tiny_train, tmp_path):
-    _train(tiny_train, tmp_path / "raw", _cfg())
-    _train(tiny_train, tmp_path / "ema", _cfg(ema_decay=0.0))
+def test_decay_zero_is_the_raw_weights(train_tiny, tmp_path):
+    train_tiny(tmp_path / "raw", _cfg())
+    train_tiny(tmp_path / "ema", _cfg(ema_decay=0.0))
     torch.testing.assert_close(load_file(str(tmp_path / "ema" / "model.safetensors")),
                                load_file(str(tmp_path / "raw" / "model.safetensors")))
 
 
-def test_resume_continues_the_average(tiny_train, tmp_path):
+def test_resume_continues_the_average(train_tiny, tmp_path):
     cfg = _cfg(max_steps=8, checkpoint_every=3, ema_decay=0.8)
-    _train(tiny_train, tmp_path / "full", cfg)
-    _train(tiny_train, tmp_path / "part", cfg, stop_at=5)
-    mcfg, sizes, ex = tiny_train
-    torch.manual_seed(1)  # another initial model and average: the checkpoint must replace both
-    train_generator(Generator(mcfg, sizes), ex, cfg, tmp_path / "part", meta=model_meta(mcfg, sizes), resume=True,
-                    progress=False)
+    train_tiny(tmp_path / "full", cfg)
+    train_tiny(tmp_path / "part", cfg, stop_at=5)
+    # another initial model and average: the checkpoint must replace both
+    train_tiny(tmp_path / "part", cfg, seed=1, resume=True)
     torch.testing.assert_close(load_file(str(tmp_path / "part" / "model.safetensors")),
                                load_file(str(tmp_path / "full" / "model.safetensors")), rtol=1e-5, atol=1e-6)
 
 
-def test_selection_scores_the_average(tiny_train, tmp_path):
+def test_selection_scores_the_average(tiny_train, train_tiny, tmp_path):
     seen = []
 
     def score(model):
@@ -77,7 +66,7 @@ def test_selection_scores_the_average(tiny_train, tmp_path):
     assert steps_per_epoch >= 2  # else the average after epoch 1 is the raw weights
     cfg = TrainConfig(epochs=2, batch_size=128, warmup_steps=1, checkpoint_every=steps_per_epoch, device="cpu",
                       early_stop_metric="ndcg@10", patience=5, ema_decay=0.95)
-    res = _train(tiny_train, tmp_path, cfg, score_valid=score)
+    res = train_tiny(tmp_path, cfg, score_valid=score)
     assert res.best_epoch == 1.0 and len(seen) == 2
     # the scorer saw the average, not the raw weights of that step (kept in the epoch-1 checkpoint) ...
     raw = load_file(str(tmp_path / "checkpoints" / f"step-{steps_per_epoch:07d}" / "model.safetensors"))
@@ -86,9 +75,9 @@ def test_selection_scores_the_average(tiny_train, tmp_path):
     torch.testing.assert_close(load_file(str(tmp_path / "model.safetensors")), seen[0])
 
 
-def test_bad_decay_and_resume_without_average(tiny_train, tmp_path):
+def test_bad_decay_and_resume_without_average(train_tiny, tmp_path):
     with pytest.raises(ConfigError, match="ema_decay"):
-        _train(tiny_train, tmp_path / "bad", _cfg(ema_decay=1.0))
-    _train(tiny_train, tmp_path / "plain", _cfg(max_steps=4), stop_at=2)
+        train_tiny(tmp_path / "bad", _cfg(ema_decay=1.0))
+    train_tiny(tmp_path / "plain", _cfg(max_steps=4), stop_at=2)
     with pytest.raises(CheckpointError, match="no weight average"):
-        _train(tiny_train, tmp_path / "plain", _cfg(max_steps=4, ema_decay=0.9), resume=True)
+        train_tiny(tmp_path / "plain", _cfg(max_steps=4, ema_decay=0.9), resume=True)

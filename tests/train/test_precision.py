@@ -7,9 +7,6 @@ from safetensors.torch import load_file
 
 from onerec.config import TrainConfig, load_config
 from onerec.errors import ConfigError
-from onerec.model.generator import Generator
-from onerec.train import train_generator
-from onerec.train.checkpoint import model_meta
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -17,16 +14,10 @@ def _cfg(**kw) -> TrainConfig:
                                  device="cpu"), **kw})
 
 
-def _train(tiny_train, out, cfg, **kw):
-    mcfg, sizes, ex = tiny_train
-    torch.manual_seed(0)
-    res = train_generator(Generator(mcfg, sizes), ex, cfg, out, meta=model_meta(mcfg, sizes), progress=False, **kw)
-    return res, load_file(str(out / "model.safetensors"))
-
-
-def test_bf16_trains_in_bf16_and_saves_fp32(tiny_train, tmp_path):
-    fp32, _ = _train(tiny_train, tmp_path / "fp32", _cfg())
-    bf16, w16 = _train(tiny_train, tmp_path / "bf16", _cfg(precision="bf16"))
+def test_bf16_trains_in_bf16_and_saves_fp32(train_tiny, tmp_path):
+    fp32 = train_tiny(tmp_path / "fp32", _cfg())
+    bf16 = train_tiny(tmp_path / "bf16", _cfg(precision="bf16"))
+    w16 = load_file(str(tmp_path / "bf16" / "model.safetensors"))
     assert all(v.dtype == torch.float32 for v in w16.values() if v.is_floating_point())
     # autocast was on: the first loss, from the same initial weights and batch, is not fp32's ...
     assert bf16.loss[0] != fp32.loss[0]
@@ -37,21 +28,17 @@ def test_bf16_trains_in_bf16_and_saves_fp32(tiny_train, tmp_path):
     assert mean(bf16.loss[-10:]) == pytest.approx(mean(fp32.loss[-10:]), rel=0.05)
 
 
-def test_bf16_resumes(tiny_train, tmp_path):
-    mcfg, sizes, ex = tiny_train
+def test_bf16_resumes(train_tiny, tmp_path):
     cfg = _cfg(max_steps=8, checkpoint_every=3, precision="bf16")
-    _, full = _train(tiny_train, tmp_path / "full", cfg)
-    torch.manual_seed(0)
-    train_generator(Generator(mcfg, sizes), ex, cfg, tmp_path / "part", meta=model_meta(mcfg, sizes), stop_at=5,
-                    progress=False)
-    torch.manual_seed(1)  # another initial model: the checkpoint must replace it
-    train_generator(Generator(mcfg, sizes), ex, cfg, tmp_path / "part", meta=model_meta(mcfg, sizes), resume=True,
-                    progress=False)
+    train_tiny(tmp_path / "full", cfg)
+    full = load_file(str(tmp_path / "full" / "model.safetensors"))
+    train_tiny(tmp_path / "part", cfg, stop_at=5)
+    train_tiny(tmp_path / "part", cfg, seed=1, resume=True)  # another initial model: the checkpoint must replace it
     torch.testing.assert_close(load_file(str(tmp_path / "part" / "model.safetensors")), full)
 
 
-def test_unknown_precision_is_a_config_error(tiny_train, tmp_path):
+def test_unknown_precision_is_a_config_error(train_tiny, tmp_path):
     with pytest.raises(ConfigError, match="precision"):
         load_config(preset="quickstart", overrides=["train.precision=fp16"])
     with pytest.raises(ConfigError, match="precision"):
-        _train(tiny_train, tmp_path, _cfg(precision="fp16"))
+        train_tiny(tmp_path, _cfg(precision="fp16"))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from onerec.config import TrainConfig, to_dict
+from onerec.config import TrainConfig, check_choices, to_dict
 from onerec.errors import CheckpointError, ConfigError
 from onerec.features.history import EvalExamples, TrainExamples
 from onerec.io import write_json
@@ -131,8 +131,8 @@ def train_generator(
                               "for no weight average.")
         # buffers too: an MoE layer's routing bias is part of the function the average computes
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"train.precision={cfg.precision!r}: unknown. Fix: fp32 (the default) or bf16.")
+    check_choices(cfg, "train.")
+    bf16 = cfg.precision == "bf16"
     scored = model if average is None else average.module  # the weights validation and selection see
     n = len(train)
     if n == 0:
@@ -169,7 +169,7 @@ def train_generator(
         idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(to_device(train.batch(idx), device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -210,6 +210,30 @@ def _run_data(run: Path, users: int):
     return cfg, codes, sizes, train, splits["valid"].slice(0, users)
 
 
+def _alternate_train_steps(models: dict, opts: dict, train, batch_size: int, steps: int, rng: np.random.Generator,
+                           *, warmup: bool = True, autocast: set[str] = frozenset(),
+                           fill: list[float] | None = None) -> dict[str, list[float]]:
+    """Seconds of ``steps`` training steps (forward + backward + optimizer) of each model, the models taking
+    turns on the same random train batches; ``warmup``: one more untimed first step (it allocates the
+    optimizer state); models named in ``autocast`` run their forward under bf16 autocast; ``fill`` collects
+    each batch's share of filled history slots."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for s in range(steps + warmup):
+        batch = train.batch(rng.choice(len(train), batch_size, replace=False))
+        if fill is not None:
+            fill.append(float(batch["hist_mask"].float().mean()))
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name in autocast):
+                loss = model(batch)
+            opts[name].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[name].step()
+            if s or not warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def precision_speed(run: Path, steps: int, repeats: int = 3) -> dict:
     """fp32 against bf16-autocast training steps (``train.precision``) of a run's generator on its real
     train batches: one model per precision from the same initial weights, timed alternately; ``repeats``
@@ -223,18 +247,8 @@ def precision_speed(run: Path, steps: int, repeats: int = 3) -> dict:
     rng = np.random.default_rng(0)
     rounds = []
     for r in range(repeats):
-        times: dict[str, list[float]] = {p: [] for p in modes}
-        for s in range(steps + (r == 0)):
-            batch = train.batch(rng.choice(len(train), cfg.train.batch_size, replace=False))
-            for p in modes:
-                t0 = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
-                    loss = models[p](batch)
-                opts[p].zero_grad(set_to_none=True)
-                loss.backward()
-                opts[p].step()
-                if r or s:  # the first step allocates optimizer state
-                    times[p].append(time.perf_counter() - t0)
+        times = _alternate_train_steps(models, opts, train, cfg.train.batch_size, steps, rng, warmup=r == 0,
+                                       autocast={"bf16"})
         rounds.append({p: round(statistics.median(times[p]), 4) for p in modes})
     ratios = [x["fp32"] / x["bf16"] for x in rounds]
     return {"run": str(run), "batch_size": cfg.train.batch_size, "steps_timed": steps, "repeats": repeats,
@@ -263,19 +277,8 @@ def packing_speed(run: Path, steps: int, users: int) -> dict:
     models["padded"].load_state_dict(models["packed"].state_dict())
     opts = {i: torch.optim.AdamW(m.parameters(), lr=cfg.train.lr) for i, m in models.items()}
     rng = np.random.default_rng(0)
-    times: dict[str, list[float]] = {i: [] for i in impls}
-    fill = []
-    for s in range(steps + 1):
-        batch = train.batch(rng.choice(len(train), cfg.train.batch_size, replace=False))
-        fill.append(float(batch["hist_mask"].float().mean()))
-        for i in impls:
-            t0 = time.perf_counter()
-            loss = models[i](batch)
-            opts[i].zero_grad(set_to_none=True)
-            loss.backward()
-            opts[i].step()
-            if s:  # the first step allocates optimizer state
-                times[i].append(time.perf_counter() - t0)
+    fill: list[float] = []
+    times = _alternate_train_steps(models, opts, train, cfg.train.batch_size, steps, rng, fill=fill)
     # dropout made the two trainings differ: beam search runs both on the packed model's trained weights
     models["padded"].load_state_dict(models["packed"].state_dict())
     gen_times: dict[str, list[float]] = {i: [] for i in impls}

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onerec.generate.generative import GenerativeRecommender
 from onerec.io import write_json
-from onerec.pipeline import load_codes, load_generator, load_splits, make_featurizer, run_config
+from onerec.pipeline import load_codes, load_recommender, load_splits, run_config
 
 
 def collision_ranking(top: np.ndarray, targets: np.ndarray, codes: np.ndarray) -> dict:
@@ -73,9 +72,7 @@ def main() -> None:
     valid = load_splits(args.run / "data" / "split", n_items=len(codes))["valid"]
     if args.users:
         valid = valid.slice(0, args.users)
-    gen = GenerativeRecommender(load_generator(args.run), codes, beam_size=max(cfg.generate.beam_size, 10),
-                                batch_size=cfg.generate.batch_size,
-                                featurizer=make_featurizer(args.run, cfg.model, codes))
+    gen = load_recommender(args.run, cfg, beam_size=max(cfg.generate.beam_size, 10))
     top = gen.recommend(valid.drop_columns(["targets"]), 10)
     targets = np.array([t[0] for t in valid.column("targets").to_pylist()])
     result = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(), "split": "valid",

@@ -55,6 +55,25 @@ def test_recommend_by_user_matches_the_cli_path(run, service, client):
     assert items == [i for i, _ in recommend_users(path, cfg, [user], 5)[user]]
 
 
+def test_a_model_with_every_pathway_serves_known_users_as_evaluated(tmp_path):
+    """Known users are featurized as in evaluation (full log, user and item features); an explicit
+    history stands in for the log."""
+    run = tmp_path / "pathways"
+    cfg = load_config(preset="tiny", overrides=[
+        "train.max_steps=3", "model.pathways=static,short,positive,lifelong",
+        "model.behaviour_features=sid,item,author,tag,time,play,duration,label", "model.sparse_buckets=512"])
+    for stage in (stage_data, stage_tokenize, stage_train):
+        stage(run, cfg, progress=False)
+    service = RecommendService(run, cfg)
+    assert service.rec.featurizer.side is not None
+    users = list(service.user_index)[:4]
+    expected = recommend_users(run, cfg, users, 5)
+    got = service.recommend([service.user_query(u, 5) for u in users]
+                            + [service.history_query([3, 1, 4], 5, ts=[1, 2, 3], flags=[1, 1, 1])])
+    assert [items for items, _ in got[:4]] == [[i for i, _ in expected[u]] for u in users]
+    assert len(got[4][0]) == 5 and all(0 <= i < service.n_items for i in got[4][0])
+
+
 def test_recommend_by_explicit_history(service, client):
     r = client.post("/recommend", json={"history": [3, 1, 4, 1, 5], "k": 3})
     assert r.status_code == 200, r.text

@@ -269,7 +269,7 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
     model = Generator(cfg.model, sizes)
     meta = model_meta(cfg.model, sizes, n_items=len(codes))
     save_config(run, cfg)
-    scorer = valid_scorer(codes, splits["valid"], cfg) if cfg.train.early_stop_metric else None
+    scorer = valid_scorer(codes, splits["valid"], cfg, feat) if cfg.train.early_stop_metric else None
     result = train_generator(model, train_ex, cfg.train, run / "train", meta=meta, valid=valid_ex, resume=resume,
                              progress=progress, score_valid=scorer, log=log)
     summary = {
@@ -285,9 +285,10 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
     return summary
 
 
-def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig):
+def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=None):
     """``score(model) -> float``: ``cfg.train.early_stop_metric`` on the valid split (or a fixed random
-    subset of ``cfg.train.valid_users`` rows), by the same beam search and harness as the test score."""
+    subset of ``cfg.train.valid_users`` rows), by the same beam search, featurizer (the training one:
+    see :func:`make_featurizer`) and harness as the test score."""
     from onerec.eval.harness import evaluate
     from onerec.generate.generative import GenerativeRecommender
     from onerec.train.loop import resolve_device
@@ -302,7 +303,7 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig):
 
     def score(model) -> float:
         gen = GenerativeRecommender(model, codes, beam_size=max(cfg.generate.beam_size, k),
-                                    batch_size=cfg.generate.batch_size, device=device)
+                                    batch_size=cfg.generate.batch_size, device=device, featurizer=featurizer)
         return evaluate(gen, valid, ks=(k,), batch_size=cfg.generate.batch_size)[metric]
 
     return score
@@ -319,13 +320,25 @@ def load_generator(run: Path, device: str = "cpu"):
     return model.to(device).eval()
 
 
+def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cpu", *, beam_size: int | None = None):
+    """The run's trained generator behind constrained beam search (a
+    :class:`~onerec.generate.generative.GenerativeRecommender`), with the featurizer it was trained
+    with (side information from RUN/data where its pathways need it); ``beam_size`` defaults to
+    ``cfg.generate.beam_size``."""
+    from onerec.generate.generative import GenerativeRecommender
+
+    model, codes = load_generator(run, str(device)), load_codes(run)
+    return GenerativeRecommender(model, codes, beam_size=beam_size or cfg.generate.beam_size,
+                                 batch_size=cfg.generate.batch_size, device=device,
+                                 featurizer=make_featurizer(run, model.cfg, codes))
+
+
 # ------------------------------------------------------------------------------ eval
 def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Score the generator and the baselines on the held-out split; write metrics + report."""
     from onerec.baselines import build_baseline
     from onerec.eval.harness import evaluate
     from onerec.eval.report import write_report
-    from onerec.generate.generative import GenerativeRecommender
     from onerec.train.loop import resolve_device
 
     device = resolve_device(cfg.train.device)
@@ -338,9 +351,7 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    model = load_generator(run, str(device))
-    gen = GenerativeRecommender(model, codes, beam_size=cfg.generate.beam_size, batch_size=cfg.generate.batch_size,
-                                device=device, featurizer=make_featurizer(run, model.cfg, codes))
+    gen = load_recommender(run, cfg, device)
     models["onerec"] = evaluate(gen, examples, ks=ks, batch_size=cfg.generate.batch_size, progress=progress)
     seconds["onerec"] = round(time.perf_counter() - t0, 1)
     for name in cfg.eval.baselines:
@@ -379,7 +390,6 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
 def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int) -> dict[str, list[tuple[int, str]]]:
     """Top-``k`` (item_id, title) for users given by raw id, from their whole positive history."""
     from onerec.data.splits import Sequences
-    from onerec.generate.generative import GenerativeRecommender
     from onerec.train.loop import resolve_device
 
     ds = Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
@@ -400,10 +410,7 @@ def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int) 
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("user_id", pa.int64()), ("history", pa.list_(pa.int64())), ("history_ts", pa.list_(pa.int64())),
         ("history_flags", pa.list_(pa.int16())), ("target_ts", pa.int64())]))
-    device = resolve_device(cfg.train.device)
-    model, codes = load_generator(run, str(device)), load_codes(run)
-    gen = GenerativeRecommender(model, codes, beam_size=max(cfg.generate.beam_size, k), device=device,
-                                featurizer=make_featurizer(run, model.cfg, codes))
+    gen = load_recommender(run, cfg, resolve_device(cfg.train.device), beam_size=max(cfg.generate.beam_size, k))
     recs = gen.recommend(table, k)
     titles = _item_titles(ds.items)
     return {u: [(int(i), titles[i]) for i in r if i >= 0] for u, r in zip(raw_user_ids, recs)}

@@ -48,6 +48,7 @@ class Query:
     request_ts: int
     k: int
     user_id: str | None = None
+    user: int | None = None  # the dataset's user index (known users): their full log and user features
 
 
 class RecommendService:
@@ -62,18 +63,15 @@ class RecommendService:
     def __init__(self, run: Path, cfg: RunConfig, device: str | torch.device = "cpu") -> None:
         from onerec.data.schema import Dataset
         from onerec.data.splits import Sequences
-        from onerec.generate.generative import GenerativeRecommender
-        from onerec.pipeline import _item_titles, _require, load_codes, load_generator
+        from onerec.pipeline import _item_titles, _require, load_recommender
 
         self.cfg = cfg
         ds = Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
         self.user_index = {r: i for i, r in enumerate(ds.users["raw_id"].to_pylist())}
         self.seq = Sequences.from_interactions(ds.interactions, ds.n_users, cfg.data.positive)
         self.titles = _item_titles(ds.items)
-        codes = load_codes(run)
-        self.n_items = len(codes)
-        self.rec = GenerativeRecommender(load_generator(run, str(device)), codes,
-                                         beam_size=cfg.generate.beam_size, device=device)
+        self.rec = load_recommender(run, cfg, device)
+        self.n_items = len(self.rec.codes)
         self.lock = threading.Lock()  # one search at a time per model
 
     # ------------------------------------------------------------------ queries
@@ -83,7 +81,7 @@ class RecommendService:
         s, e = self.seq.offsets[u], self.seq.offsets[u + 1]
         ts = self.seq.ts[s:e]
         return Query(self.seq.items[s:e], ts, self.seq.flags[s:e].astype(np.int64),
-                     int(ts[-1]) + 1 if e > s else 0, k, user_id)
+                     int(ts[-1]) + 1 if e > s else 0, k, user_id, u)
 
     def history_query(self, items: list[int], k: int, ts: list[int] | None = None,
                       flags: list[int] | None = None) -> Query:
@@ -98,22 +96,25 @@ class RecommendService:
 
     @torch.no_grad()
     def recommend(self, queries: list[Query]) -> list[tuple[list[int], list[float]]]:
-        """(items, scores) per query, in order; one beam search per distinct beam width."""
+        """(items, scores) per query, in order; one beam search per distinct beam width and kind
+        (known users, whose features include their full log and user features; explicit histories)."""
         from onerec.features.history import Ragged
 
         out: list[Any] = [None] * len(queries)
-        groups: dict[int, list[int]] = defaultdict(list)
+        groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
         for i, q in enumerate(queries):
-            groups[self.beam_width(q.k)].append(i)
+            groups[self.beam_width(q.k), q.user is not None].append(i)
         with self.lock:
-            for beam, idx in groups.items():
+            for (beam, known), idx in groups.items():
                 qs = [queries[i] for i in idx]
                 offsets = np.zeros(len(qs) + 1, dtype=np.int64)
                 np.cumsum([len(q.items) for q in qs], out=offsets[1:])
                 seqs = Ragged(offsets, np.concatenate([q.items for q in qs]), np.concatenate([q.ts for q in qs]),
                               np.concatenate([q.flags for q in qs]))
                 rows = np.arange(len(qs))
-                batch = self.rec.featurizer.histories(seqs, rows, offsets[1:], np.array([q.request_ts for q in qs]))
+                users = np.array([q.user for q in qs], dtype=np.int64) if known else None
+                batch = self.rec.featurizer.histories(seqs, rows, offsets[1:], np.array([q.request_ts for q in qs]),
+                                                      users)
                 k_max = max(q.k for q in qs)
                 items, scores, _ = self.rec.generate(batch, k_max, beam_size=beam)
                 items, scores = items.cpu().tolist(), scores.cpu().tolist()

@@ -236,8 +236,7 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     from onerec.baselines import build_baseline
     from onerec.data.splits import load_splits
     from onerec.eval.harness import evaluate
-    from onerec.generate.generative import GenerativeRecommender
-    from onerec.pipeline import load_codes, load_generator, stage_tokenize, stage_train
+    from onerec.pipeline import load_codes, load_recommender, stage_tokenize, stage_train
     from onerec.train.loop import resolve_device
 
     device = resolve_device(cfg.train.device)
@@ -256,8 +255,7 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
         if name == "onerec":
             summary = stage_train(run, cfg, progress=progress, log=None if progress else log)
             train_s = time.perf_counter() - t1
-            gen = GenerativeRecommender(load_generator(run, str(device)), codes, beam_size=cfg.generate.beam_size,
-                                        batch_size=cfg.generate.batch_size, device=device)
+            gen = load_recommender(run, cfg, device)
             metrics = evaluate(gen, splits["test"], ks=ks, batch_size=cfg.generate.batch_size)
             info = {"train_seconds": round(train_s, 1), "parameters": summary["parameters"],
                     "steps": summary["steps"], "best_epoch": summary.get("best_epoch"),

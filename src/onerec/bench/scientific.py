@@ -59,8 +59,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
     """Train and score the same generator on each index; write ``results`` when given."""
     from onerec.data.splits import load_splits
     from onerec.eval.harness import evaluate
-    from onerec.generate.generative import GenerativeRecommender
-    from onerec.pipeline import load_codes, load_generator, save_index_codes, stage_data, stage_tokenize, stage_train
+    from onerec.pipeline import load_codes, load_recommender, save_index_codes, stage_data, stage_tokenize, stage_train
     from onerec.train.loop import resolve_device
 
     if not indexes or not seeds:
@@ -96,8 +95,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
             check_protocol(run, scfg, codes)
             prefix = f"  {name} seed {seed}: "
             train = stage_train(run, scfg, progress=False, log=lambda line, prefix=prefix: log(prefix + line))
-            gen = GenerativeRecommender(load_generator(run, str(device)), codes, beam_size=scfg.generate.beam_size,
-                                        batch_size=scfg.generate.batch_size, device=device)
+            gen = load_recommender(run, scfg, device)
             splits = load_splits(run / "data" / "split", n_items=len(codes))
             metrics = evaluate(gen, splits["test"], ks=(5, 10), batch_size=scfg.generate.batch_size)
             row = {"seed": seed, **{m: metrics[m] for m in METRICS}, "train_seconds": train["seconds"],

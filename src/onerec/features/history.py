@@ -117,11 +117,11 @@ class HistoryFeaturizer:
 
     def _log(self, seqs: Ragged, rows: np.ndarray, ends: np.ndarray, request_ts: np.ndarray,
              users: np.ndarray | None):
-        """(starts, ends, items, ts, flags, play) of the behaviour log the long pathways read."""
+        """(starts, ends, items, ts, flags, play) of the behaviour log the long pathways read: the
+        users' full log (side information with a log, and user ids given), else the histories
+        themselves (e.g. an explicit history sent to the service)."""
         s = self.side
-        if s is not None and s.log_offsets is not None:
-            if users is None:
-                raise ValueError("the short-term/lifelong pathways need user ids with a full log")
+        if s is not None and s.log_offsets is not None and users is not None:
             return (s.log_offsets[users], s.log_end(users, request_ts), s.log_items, s.log_ts, s.log_flags,
                     s.log_play)
         return seqs.offsets[rows], ends, seqs.items, seqs.ts, seqs.flags, np.zeros_like(seqs.items)

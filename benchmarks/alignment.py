@@ -79,7 +79,7 @@ def run_seed(seed: int, workdir: Path, extra: list[str], *, reuse: bool = False,
     for method in ("dpo", "ecpo"):
         t1 = time.perf_counter()
         mctx = AlignContext(clone_model(pretrained), ctx.codes, ctx.requests, ctx.ranker, ctx.rank_feat,
-                            ctx.train_examples)
+                            ctx.train_examples, ctx.featurizer)
 
         out[f"{method}_history"] = align(mctx, dataclasses.replace(ac, method=method), pool)
         res[method] = evaluate_generator(mctx, world, eval_rows, k=k, beam=beam)

@@ -475,7 +475,7 @@ def align_setup(run: Path, cfg: RunConfig, model=None):
     of the log, with the user's whole positive history. ``model`` defaults to RUN/train's generator."""
     from onerec.align.loop import AlignContext, request_table
     from onerec.data.simulator import World
-    from onerec.features import HistoryFeaturizer, TrainExamples
+    from onerec.features import TrainExamples
 
     ac = cfg.align
     ranker, feat, ds, codes, pos = load_ranker(run, cfg)
@@ -485,8 +485,8 @@ def align_setup(run: Path, cfg: RunConfig, model=None):
     end_ts = int(ds.interactions["timestamp"].to_numpy().max()) + 1
     requests = request_table(pos, users, np.full(len(users), end_ts))
     splits = load_splits(run / "data" / "split", n_items=len(codes))
-    ctx = AlignContext(model, codes, requests, ranker, feat,
-                       TrainExamples(splits["train"], HistoryFeaturizer(codes, model.cfg.max_history)))
+    featurizer = make_featurizer(run, model.cfg, codes)
+    ctx = AlignContext(model, codes, requests, ranker, feat, TrainExamples(splits["train"], featurizer), featurizer)
     world_dir = run / "data" / "world"
     world = World.load(world_dir) if (world_dir / "world.json").exists() else None
     return ctx, world, np.arange(n_eval), np.arange(n_eval, len(users))

@@ -80,7 +80,7 @@ def test_a_round_updates_the_policy(tiny_run, method):
 def test_align_on_a_clone_leaves_the_original(tiny_run):
     cfg, ctx, _, _, pool = _ctx(tiny_run)
     twin = AlignContext(clone_model(ctx.model), ctx.codes, ctx.requests, ctx.ranker, ctx.rank_feat,
-                        ctx.train_examples)
+                        ctx.train_examples, ctx.featurizer)
     ref = [p.detach().clone() for p in ctx.model.parameters()]
     hist = align(twin, cfg.align, pool)
     assert len(hist) == cfg.align.iterations
@@ -105,3 +105,19 @@ def test_format_reward_puts_illegal_samples_last():
 def test_config_has_documented_sections():
     cfg = load_config(preset="tiny", overrides=["align.method=dpo", "reward.gsu=hard"])
     assert cfg.align.method == "dpo" and cfg.reward.gsu == "hard"
+
+
+def test_a_model_with_every_pathway_aligns(tmp_path):
+    """Alignment featurizes requests as training does: full log, user and item features."""
+    run = tmp_path / "run"
+    runner = CliRunner()
+    extra = ["model.pathways=static,short,positive,lifelong", "model.sparse_buckets=512",
+             "model.behaviour_features=sid,item,author,tag,time,play,duration,label"]
+    for args in (["data", "--out", str(run), "--preset", "tiny", *TINY, *extra], ["tokenize", str(run)],
+                 ["train", str(run)], ["reward", str(run)], ["align", str(run), "align.method=ecpo"]):
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 0, res.output + repr(res.exception)
+    cfg, ctx, _, _, _ = _ctx(run)
+    assert ctx.featurizer.side is not None and ctx.train_examples.f is ctx.featurizer
+    batch = ctx.batch(np.arange(4))
+    assert {"user_id", "short_codes", "hist_author"} <= set(batch)

@@ -71,12 +71,16 @@ class AlignContext:
     ranker: PScoreModel
     rank_feat: RankFeaturizer
     train_examples: TrainExamples | None = None  # logged next-item examples for the NTP loss
+    # the generator's featurizer (see onerec.pipeline.make_featurizer); default: without side information
+    featurizer: HistoryFeaturizer | None = None
 
     def __post_init__(self) -> None:
         self.sizes = list(self.model.codebook_sizes)
         self.table = PrefixTable.from_codes(torch.from_numpy(self.codes), self.sizes)
         self.index = CodeIndex(self.codes, self.sizes)
-        self.examples = EvalExamples(self.requests, HistoryFeaturizer(self.codes, self.model.cfg.max_history))
+        if self.featurizer is None:
+            self.featurizer = HistoryFeaturizer(self.codes, self.model.cfg.max_history, cfg=self.model.cfg)
+        self.examples = EvalExamples(self.requests, self.featurizer)
         self.users = self.requests["user_id"].to_numpy()
         self.request_ts = self.requests["target_ts"].to_numpy()
 

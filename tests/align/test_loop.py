@@ -117,7 +117,7 @@ def test_a_model_with_every_pathway_aligns(tmp_path):
                  ["train", str(run)], ["reward", str(run)], ["align", str(run), "align.method=ecpo"]):
         res = runner.invoke(cli, args)
         assert res.exit_code == 0, res.output + repr(res.exception)
-    cfg, ctx, _, _, _ = _ctx(run)
+    _, ctx, _, _, _ = _ctx(run)
     assert ctx.featurizer.side is not None and ctx.train_examples.f is ctx.featurizer
     batch = ctx.batch(np.arange(4))
     assert {"user_id", "short_codes", "hist_author"} <= set(batch)

@@ -72,7 +72,7 @@ def main() -> None:
     valid = load_splits(args.run / "data" / "split", n_items=len(codes))["valid"]
     if args.users:
         valid = valid.slice(0, args.users)
-    gen = load_recommender(args.run, cfg, beam_size=max(cfg.generate.beam_size, 10))
+    gen = load_recommender(args.run, cfg, beam_size=max(cfg.generate.beam_size, 10), codes=codes)
     top = gen.recommend(valid.drop_columns(["targets"]), 10)
     targets = np.array([t[0] for t in valid.column("targets").to_pylist()])
     result = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(), "split": "valid",

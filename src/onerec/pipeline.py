@@ -236,15 +236,16 @@ def load_codes(run: Path) -> np.ndarray:
     return sid.flatten().to_numpy().reshape(len(sid), -1).astype(np.int64)
 
 
-def make_featurizer(run: Path, mcfg, codes: np.ndarray):
+def make_featurizer(run: Path, mcfg, codes: np.ndarray, dataset: Dataset | None = None):
     """The featurizer for ``mcfg``: with side information (item/user features, the full log) from
-    RUN/data when the model's pathways or behaviour features need it."""
+    RUN/data (or ``dataset``, when the caller has it loaded) when the model's pathways or behaviour
+    features need it."""
     from onerec.features import HistoryFeaturizer
     from onerec.features.side import SideInfo
 
     side = None
     if set(mcfg.pathways) - {"positive"} or set(mcfg.behaviour_features) & {"author", "tag", "duration", "play"}:
-        ds = Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
+        ds = dataset or Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
         side = SideInfo.from_dataset(ds)
     return HistoryFeaturizer(codes, mcfg.max_history, side=side, cfg=mcfg)
 
@@ -320,17 +321,19 @@ def load_generator(run: Path, device: str = "cpu"):
     return model.to(device).eval()
 
 
-def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cpu", *, beam_size: int | None = None):
+def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cpu", *, beam_size: int | None = None,
+                     codes: np.ndarray | None = None, dataset: Dataset | None = None):
     """The run's trained generator behind constrained beam search (a
     :class:`~onerec.generate.generative.GenerativeRecommender`), with the featurizer it was trained
     with (side information from RUN/data where its pathways need it); ``beam_size`` defaults to
-    ``cfg.generate.beam_size``."""
+    ``cfg.generate.beam_size``; ``codes`` / ``dataset``: the run's, when the caller has them loaded."""
     from onerec.generate.generative import GenerativeRecommender
 
-    model, codes = load_generator(run, str(device)), load_codes(run)
+    model = load_generator(run, str(device))
+    codes = load_codes(run) if codes is None else codes
     return GenerativeRecommender(model, codes, beam_size=beam_size or cfg.generate.beam_size,
                                  batch_size=cfg.generate.batch_size, device=device,
-                                 featurizer=make_featurizer(run, model.cfg, codes))
+                                 featurizer=make_featurizer(run, model.cfg, codes, dataset))
 
 
 # ------------------------------------------------------------------------------ eval
@@ -351,7 +354,7 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    gen = load_recommender(run, cfg, device)
+    gen = load_recommender(run, cfg, device, codes=codes)
     models["onerec"] = evaluate(gen, examples, ks=ks, batch_size=cfg.generate.batch_size, progress=progress)
     seconds["onerec"] = round(time.perf_counter() - t0, 1)
     for name in cfg.eval.baselines:
@@ -410,7 +413,8 @@ def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int) 
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("user_id", pa.int64()), ("history", pa.list_(pa.int64())), ("history_ts", pa.list_(pa.int64())),
         ("history_flags", pa.list_(pa.int16())), ("target_ts", pa.int64())]))
-    gen = load_recommender(run, cfg, resolve_device(cfg.train.device), beam_size=max(cfg.generate.beam_size, k))
+    gen = load_recommender(run, cfg, resolve_device(cfg.train.device), beam_size=max(cfg.generate.beam_size, k),
+                           dataset=ds)
     recs = gen.recommend(table, k)
     titles = _item_titles(ds.items)
     return {u: [(int(i), titles[i]) for i in r if i >= 0] for u, r in zip(raw_user_ids, recs)}

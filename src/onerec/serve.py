@@ -70,7 +70,7 @@ class RecommendService:
         self.user_index = {r: i for i, r in enumerate(ds.users["raw_id"].to_pylist())}
         self.seq = Sequences.from_interactions(ds.interactions, ds.n_users, cfg.data.positive)
         self.titles = _item_titles(ds.items)
-        self.rec = load_recommender(run, cfg, device)
+        self.rec = load_recommender(run, cfg, device, dataset=ds)
         self.n_items = len(self.rec.codes)
         self.lock = threading.Lock()  # one search at a time per model
 

@@ -255,7 +255,7 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
         if name == "onerec":
             summary = stage_train(run, cfg, progress=progress, log=None if progress else log)
             train_s = time.perf_counter() - t1
-            gen = load_recommender(run, cfg, device)
+            gen = load_recommender(run, cfg, device, codes=codes)
             metrics = evaluate(gen, splits["test"], ks=ks, batch_size=cfg.generate.batch_size)
             info = {"train_seconds": round(train_s, 1), "parameters": summary["parameters"],
                     "steps": summary["steps"], "best_epoch": summary.get("best_epoch"),

@@ -95,7 +95,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
             check_protocol(run, scfg, codes)
             prefix = f"  {name} seed {seed}: "
             train = stage_train(run, scfg, progress=False, log=lambda line, prefix=prefix: log(prefix + line))
-            gen = load_recommender(run, scfg, device)
+            gen = load_recommender(run, scfg, device, codes=codes)
             splits = load_splits(run / "data" / "split", n_items=len(codes))
             metrics = evaluate(gen, splits["test"], ks=(5, 10), batch_size=scfg.generate.batch_size)
             row = {"seed": seed, **{m: metrics[m] for m in METRICS}, "train_seconds": train["seconds"],

@@ -197,7 +197,8 @@ def moe_speed(repeats: int = 5) -> dict:
 
 
 def _run_data(run: Path, users: int):
-    """A run directory's config, item codes, codebook sizes, train examples and first ``users`` valid rows."""
+    """A run directory's config, item codes, codebook sizes, train examples, first ``users`` valid rows
+    and the featurizer it trained with."""
     from onerec.features import TrainExamples
     from onerec.io import read_json
     from onerec.pipeline import load_codes, load_splits, make_featurizer, run_config
@@ -206,8 +207,8 @@ def _run_data(run: Path, users: int):
     codes = load_codes(run)
     splits = load_splits(run / "data" / "split", n_items=len(codes))
     sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
-    train = TrainExamples(splits["train"], make_featurizer(run, cfg.model, codes))
-    return cfg, codes, sizes, train, splits["valid"].slice(0, users)
+    feat = make_featurizer(run, cfg.model, codes)
+    return cfg, codes, sizes, TrainExamples(splits["train"], feat), splits["valid"].slice(0, users), feat
 
 
 def _alternate_train_steps(models: dict, opts: dict, train, batch_size: int, steps: int, rng: np.random.Generator,
@@ -238,7 +239,7 @@ def precision_speed(run: Path, steps: int, repeats: int = 3) -> dict:
     """fp32 against bf16-autocast training steps (``train.precision``) of a run's generator on its real
     train batches: one model per precision from the same initial weights, timed alternately; ``repeats``
     rounds of ``steps`` steps, the speed-up is the median of the rounds' ratios of median step times."""
-    cfg, _, sizes, train, _ = _run_data(run, 0)
+    cfg, _, sizes, train, _, _ = _run_data(run, 0)
     modes = ("fp32", "bf16")
     torch.manual_seed(0)
     models = {p: Generator(cfg.model, sizes) for p in modes}
@@ -270,7 +271,7 @@ def packing_speed(run: Path, steps: int, users: int) -> dict:
     """Packed vs padded encoder on a run's train batches and valid users, timed alternately."""
     from onerec.generate.generative import GenerativeRecommender
 
-    cfg, codes, sizes, train, valid = _run_data(run, users)
+    cfg, codes, sizes, train, valid, feat = _run_data(run, users)
     torch.manual_seed(0)
     impls = ("packed", "padded")
     models = {i: Generator(from_dict(ModelConfig, {**to_dict(cfg.model), "encoder_impl": i}), sizes) for i in impls}
@@ -287,7 +288,7 @@ def packing_speed(run: Path, steps: int, users: int) -> dict:
     for _ in range(3):
         for i in impls:
             gen = GenerativeRecommender(models[i].eval(), codes, beam_size=cfg.generate.beam_size,
-                                        batch_size=cfg.generate.batch_size)
+                                        batch_size=cfg.generate.batch_size, featurizer=feat)
             t0 = time.perf_counter()
             items[i] = gen.recommend(users_table, k=10)
             gen_times[i].append(time.perf_counter() - t0)

@@ -240,11 +240,11 @@ def make_featurizer(run: Path, mcfg, codes: np.ndarray, dataset: Dataset | None 
     """The featurizer for ``mcfg``: with side information (item/user features, the full log) from
     RUN/data (or ``dataset``, when the caller has it loaded) when the model's pathways or behaviour
     features need it."""
-    from onerec.features import HistoryFeaturizer
+    from onerec.features import HistoryFeaturizer, needs_side
     from onerec.features.side import SideInfo
 
     side = None
-    if set(mcfg.pathways) - {"positive"} or set(mcfg.behaviour_features) & {"author", "tag", "duration", "play"}:
+    if needs_side(mcfg):
         ds = dataset or Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
         side = SideInfo.from_dataset(ds)
     return HistoryFeaturizer(codes, mcfg.max_history, side=side, cfg=mcfg)

@@ -146,6 +146,21 @@ def test_pipeline_featurizer_feeds_generation_with_every_pathway(world, tmp_path
     assert out.shape == (splits["test"].num_rows, 5) and ((out >= 0) & (out < ds.n_items)).all()
 
 
+def test_a_model_that_reads_side_information_refuses_the_side_less_default(world):
+    from onerec.align.loop import AlignContext
+    from onerec.generate.generative import GenerativeRecommender
+
+    ds, _, codes = world
+    model = Generator(_cfg(), [4, 4, ds.n_items])
+    # without the run's featurizer these pathways would be fed padding, unlike in training
+    with pytest.raises(ValueError, match="make_featurizer"):
+        GenerativeRecommender(model, codes, beam_size=4)
+    with pytest.raises(ValueError, match="make_featurizer"):
+        AlignContext(model, codes, None, None, None)
+    plain = _cfg(pathways=["positive"], behaviour_features=["sid", "label", "time"])
+    assert GenerativeRecommender(Generator(plain, [4, 4, ds.n_items]), codes, beam_size=4).featurizer.side is None
+
+
 def test_session_generation_gives_distinct_valid_items_and_matches_point_wise_first(world):
     from onerec.generate.generative import GenerativeRecommender
     from onerec.model.session import generate_sessions

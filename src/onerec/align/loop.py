@@ -33,7 +33,7 @@ import torch
 
 from onerec.align.losses import dpo_loss, ecpo_loss, sequence_log_probs
 from onerec.config import AlignConfig
-from onerec.features.history import EvalExamples, HistoryFeaturizer, TrainExamples
+from onerec.features.history import EvalExamples, HistoryFeaturizer, TrainExamples, default_featurizer
 from onerec.generate.beam import beam_search
 from onerec.generate.sampling import unconstrained_beam_search
 from onerec.reward.data import Positives, RankFeaturizer
@@ -71,7 +71,8 @@ class AlignContext:
     ranker: PScoreModel
     rank_feat: RankFeaturizer
     train_examples: TrainExamples | None = None  # logged next-item examples for the NTP loss
-    # the generator's featurizer (see onerec.pipeline.make_featurizer); default: without side information
+    # the generator's featurizer (see onerec.pipeline.make_featurizer); default: without side information,
+    # refused for a model that needs it
     featurizer: HistoryFeaturizer | None = None
 
     def __post_init__(self) -> None:
@@ -79,7 +80,7 @@ class AlignContext:
         self.table = PrefixTable.from_codes(torch.from_numpy(self.codes), self.sizes)
         self.index = CodeIndex(self.codes, self.sizes)
         if self.featurizer is None:
-            self.featurizer = HistoryFeaturizer(self.codes, self.model.cfg.max_history, cfg=self.model.cfg)
+            self.featurizer = default_featurizer(self.codes, self.model.cfg, "AlignContext")
         self.examples = EvalExamples(self.requests, self.featurizer)
         self.users = self.requests["user_id"].to_numpy()
         self.request_ts = self.requests["target_ts"].to_numpy()

@@ -71,6 +71,26 @@ class Ragged:
         return cls(offs, it.astype(np.int64), t.astype(np.int64), f.astype(np.int64))
 
 
+SIDE_FEATURES = frozenset({"author", "tag", "duration", "play"})
+
+
+def needs_side(cfg) -> bool:
+    """Whether a model config reads side information (item/user features, the full log): any pathway
+    beyond the positive one, or a behaviour feature from :data:`SIDE_FEATURES`. Such a model must be
+    featurized with a :class:`SideInfo` (see :func:`onerec.pipeline.make_featurizer`)."""
+    return bool(set(cfg.pathways) - {"positive"} or set(cfg.behaviour_features) & SIDE_FEATURES)
+
+
+def default_featurizer(codes: np.ndarray, cfg, owner: str) -> HistoryFeaturizer:
+    """The side-less featurizer ``owner`` falls back to when none is passed; refuses a model that
+    needs side information, which it would otherwise see as padding (unlike in training)."""
+    if needs_side(cfg):
+        raise ValueError(f"{owner}: this model reads side information (pathways {list(cfg.pathways)}, behaviour "
+                         f"features {list(cfg.behaviour_features)}); pass featurizer=onerec.pipeline."
+                         "make_featurizer(run, cfg.model, codes), the featurizer it was trained with")
+    return HistoryFeaturizer(codes, cfg.max_history, cfg=cfg)
+
+
 class HistoryFeaturizer:
     """Turns (row, history end, request time) triples into padded tensors.
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from onerec.features.history import EvalExamples, HistoryFeaturizer
+from onerec.features.history import EvalExamples, HistoryFeaturizer, default_featurizer
 from onerec.generate.beam import beam_search
 from onerec.model.generator import Generator
 from onerec.tokenizer.constraints import PrefixTable
@@ -22,7 +22,7 @@ class GenerativeRecommender:
         codes: [N_items, D] semantic IDs (unique per item).
         beam_size: beams per user (>= k asked of ``recommend``).
         featurizer: builds the encoder's input (default: from ``codes`` and the model config, without
-            side information; see :func:`onerec.pipeline.make_featurizer`).
+            side information; refused for a model that needs it, see :func:`onerec.pipeline.make_featurizer`).
     """
 
     name = "onerec"
@@ -34,8 +34,8 @@ class GenerativeRecommender:
         self.codes = np.asarray(codes, dtype=np.int64)
         self.device = torch.device(device)
         self.table = PrefixTable.from_codes(torch.from_numpy(self.codes), model.codebook_sizes).to(self.device)
-        # the pathways beyond the positive one need side information: pass a featurizer built with it
-        self.featurizer = featurizer or HistoryFeaturizer(self.codes, model.cfg.max_history, cfg=model.cfg)
+        # the pathways beyond the positive one need side information: the default refuses such a model
+        self.featurizer = featurizer or default_featurizer(self.codes, model.cfg, "GenerativeRecommender")
         self.beam_size, self.batch_size, self.progress = beam_size, batch_size, progress
 
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:

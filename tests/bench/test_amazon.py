@@ -87,9 +87,10 @@ def test_item_id_feature_gets_one_row_per_item(amazon_dir):
     assert item_id_rows(cfg, N_ITEMS).model.sparse_buckets == 0  # no item feature: no table
 
 
-def test_alignment_id_token_only_without_titles(amazon_dir):
-    assert not bench_config("beauty", amazon_dir).content.alignment.id_token  # titles: content separates items
-    assert bench_config("beauty", amazon_dir, text=False).content.alignment.id_token  # attribute ids alone
+def test_every_category_aligns_with_the_per_item_token_unless_overridden(amazon_dir):
+    # one configuration for all categories: with titles and without (Sports has attribute ids alone)
+    assert bench_config("beauty", amazon_dir).content.alignment.id_token
+    assert bench_config("beauty", amazon_dir, text=False).content.alignment.id_token
     cfg = bench_config("beauty", amazon_dir, text=False, overrides=["content.alignment.id_token=false"])
     assert not cfg.content.alignment.id_token  # the user's override wins
 

@@ -95,13 +95,10 @@ def bench_config(category: str, datasets: str | Path, *, preset: str = "amazon",
     paths = [f"data.path={s3rec}", f"data.name={name}", f"model.max_history={max_history}",
              f"eval.sasrec.max_len={max_history}"]
     text_dir = datasets / "amazon2014_text"
+    # without titles (Sports) the content is the attribute ids alone, identical for most items; the
+    # preset's per-item alignment token (content.alignment.id_token) lets interactions separate them
     if text and text_prefix and (text_dir / f"{text_prefix}_items.tsv").is_file():
         paths.append(f"data.options.text_path={text_dir}")
-    else:
-        # Without titles the content is the attribute ids alone, identical for most items (Sports:
-        # 3-level collision rate 0.945, 2,759 distinct IDs for 18,357 items); a learned per-item
-        # token in the alignment lets interactions separate them (0.012). An override wins.
-        paths.append("content.alignment.id_token=true")
     cfg = load_config(preset=preset, file=config_file, overrides=[*paths, *overrides])
     if cfg.data.source != "amazon2014" or cfg.data.split != "loo":
         raise ConfigError("the TIGER protocol needs data.source=amazon2014 and data.split=loo "

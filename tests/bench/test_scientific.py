@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from onerec.bench.scientific import merge_scientific
+from onerec.bench.scientific import merge_scientific, scientific_config
 from onerec.cli import cli
 from onerec.errors import ConfigError, DataError
 from onerec.tokenizer.published import load_index
@@ -56,6 +56,13 @@ def test_bench_scientific_compares_indexes_under_one_model(tmp_path):
     assert out["config"]["model"]["d_model"] == 16  # one model config for every index
     for e in out["indexes"].values():
         assert 0.0 <= e["recall@10"] <= 1.0
+
+
+def test_scientific_keeps_content_ids_unless_told(tmp_path):
+    """The Scientific figures compare IDs read from content; the amazon preset's per-item token is opt-in here."""
+    root = write_scientific(tmp_path / "datasets")
+    assert not scientific_config(root).content.alignment.id_token
+    assert scientific_config(root, overrides=["content.alignment.id_token=true"]).content.alignment.id_token
 
 
 def test_load_index_checks_the_format(tmp_path):

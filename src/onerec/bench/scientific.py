@@ -49,7 +49,11 @@ def scientific_config(datasets: str | Path, *, preset: str = "amazon",
                         fix="pass --datasets pointing at the folder that holds amazon2018_scientific_lcrec/")
     base = ["data.source=lcrec", f"data.path={folder}", "data.name=Scientific",
             "content.text_fields=[title,brand,category,text]", f"model.max_history={PROTOCOL_HISTORY}",
-            f"eval.sasrec.max_len={PROTOCOL_HISTORY}"]
+            f"eval.sasrec.max_len={PROTOCOL_HISTORY}",
+            # the tokenizer comparison reads our IDs from content (+ the collaborative alignment), as every
+            # figure in docs/BENCHMARKS.md was made; the `amazon` preset's per-item alignment token came later
+            # and is an override here: content.alignment.id_token=true
+            "content.alignment.id_token=false"]
     return load_config(preset=preset, overrides=[*base, *overrides])
 
 

@@ -4,6 +4,7 @@ and the protocol checks (leave-one-out, history truncated to 20, full ranking)."
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,39 @@ def test_bench_amazon_end_to_end(amazon_dir, tmp_path):
     # the title text reached the items table (HTML-unescaped) for the content backend
     items = (tmp_path / "runs" / "seed0" / "data" / "items.parquet")
     assert items.exists() and (tmp_path / "runs" / "seed1" / "data").is_symlink()
+
+
+def test_bench_amazon_resumes_a_killed_run(amazon_dir, tmp_path):
+    """A run killed in its last epoch and continued with --resume ends as the uninterrupted run did."""
+    base = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--seeds", "0",
+            "--models", "onerec", *TINY, "train.epochs=3"]
+
+    def bench(name, *extra):
+        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / name), "--results", str(tmp_path / f"{name}.json"),
+                                       *extra])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        return res, json.loads((tmp_path / f"{name}.json").read_text())["runs"][0]["models"]["onerec"]
+
+    _, full = bench("full")
+    # the state a kill during epoch 3 leaves: checkpoints up to epoch 2, no final model
+    shutil.copytree(tmp_path / "full", tmp_path / "killed", symlinks=True)
+    train = tmp_path / "killed" / "seed0" / "train"
+    last = sorted((train / "checkpoints").glob("step-*"))[-1]
+    shutil.rmtree(last)
+    for f in ("model.safetensors", "metrics.json", "history.json"):
+        (train / f).unlink()
+    res, resumed = bench("killed", "--resume", "--budget-s", "9999")  # a new time cap is allowed
+    assert f"resuming from {sorted((train / 'checkpoints').glob('step-*'))[0]}" in res.output
+    assert resumed["resumed_from_step"] < full["steps"] == resumed["steps"]
+    assert resumed["best_epoch"] == full["best_epoch"] and resumed["stopped"] == full["stopped"]
+    assert [r["epoch"] for r in resumed["valid_curve"]] == [r["epoch"] for r in full["valid_curve"]]
+    for r, f in zip(resumed["valid_curve"], full["valid_curve"]):
+        assert r["ndcg@10"] == pytest.approx(f["ndcg@10"], abs=1e-6)
+    for m in METRICS:
+        assert resumed[m] == pytest.approx(full[m], abs=1e-6)
+    # another experiment must not reuse the run directory
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "killed"), "--resume", "train.lr=0.1"])
+    assert isinstance(res.exception, ConfigError) and "train.lr" in str(res.exception)
 
 
 def test_item_id_feature_gets_one_row_per_item(amazon_dir):

@@ -36,3 +36,20 @@ def train_tiny(tiny_train):
                                **kw)
 
     return run
+
+
+@pytest.fixture
+def scripted_scorer():
+    """``scripted_scorer(scores)`` -> (score, seen): a valid scorer returning the next scripted score and
+    remembering the weights it saw."""
+
+    def make(scores):
+        seen = []
+
+        def score(model):
+            seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return scores[len(seen) - 1]
+
+        return score, seen
+
+    return make

@@ -12,23 +12,12 @@ from onerec.train import train_generator
 from onerec.train.checkpoint import model_meta
 
 
-def _scripted(scores):
-    """A valid scorer returning the next scripted score and remembering the weights it saw."""
-    seen = []
-
-    def score(model):
-        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return scores[len(seen) - 1]
-
-    return score, seen
-
-
-def test_keeps_best_epoch_and_stops_after_patience(tiny_train, tmp_path):
+def test_keeps_best_epoch_and_stops_after_patience(tiny_train, scripted_scorer, tmp_path):
     mcfg, sizes, ex = tiny_train
     steps_per_epoch = int(np.ceil(len(ex) / 128))
     tcfg = TrainConfig(epochs=10, batch_size=128, warmup_steps=2, checkpoint_every=1000, device="cpu",
                        early_stop_metric="ndcg@10", patience=2)
-    score, seen = _scripted([0.1, 0.3, 0.2, 0.25, 0.9, 0.9])
+    score, seen = scripted_scorer([0.1, 0.3, 0.2, 0.25, 0.9, 0.9])
     torch.manual_seed(0)
     lines: list[str] = []
     res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path, meta=model_meta(mcfg, sizes), progress=False,

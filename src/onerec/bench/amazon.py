@@ -38,7 +38,7 @@ import torch
 
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.errors import ConfigError, DataError
-from onerec.io import read_json, write_json
+from onerec.io import read_json, read_yaml, write_json
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 PROTOCOL_HISTORY = 20
@@ -227,13 +227,33 @@ def _machine() -> dict[str, Any]:
             "torch": torch.__version__, "gpu": gpu, "threads": torch.get_num_threads()}
 
 
+# fields a resumed run may change: where and how fast it runs, and how long it may train in all
+RESUMABLE_CHANGES = ("train.time_budget_s", "eval.sasrec.time_budget_s", "train.threads", "train.device")
+
+
+def check_resumable(run: Path, cfg: RunConfig) -> None:
+    """``--resume``: the run directory must have been made by the same configuration (apart from
+    :data:`RESUMABLE_CHANGES`), else its data, IDs and checkpoints would mix two experiments."""
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        return
+    differ = [k for k in config_differences(read_yaml(saved), to_dict(cfg)) if k not in RESUMABLE_CHANGES]
+    if differ:
+        raise ConfigError(f"{run}: cannot resume, the run was made with another config ({', '.join(differ[:5])} "
+                          "differ). Fix: resume with the command that started it, or pass a new --out.")
+
+
 def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, progress: bool = False,
-             log=print) -> dict[str, Any]:
-    """Tokenize, train and score every model of one seed in ``run`` (whose data/ is already written)."""
+             resume: bool = False, log=print) -> dict[str, Any]:
+    """Tokenize, train and score every model of one seed in ``run`` (whose data/ is already written).
+
+    ``resume``: keep the run's semantic IDs and continue onerec's training from its latest checkpoint
+    (model selection included), e.g. after a machine session ended; the SASRec baselines train afresh."""
     from onerec.baselines import build_baseline
     from onerec.data.splits import load_splits
     from onerec.eval.harness import evaluate
     from onerec.pipeline import load_codes, load_recommender, stage_tokenize, stage_train
+    from onerec.train.checkpoint import latest_checkpoint
     from onerec.train.loop import resolve_device
 
     device = resolve_device(cfg.train.device)
@@ -241,8 +261,11 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
         torch.set_num_threads(cfg.train.threads)
     out: dict[str, Any] = {"seed": cfg.train.seed, "models": {}}
     t0 = time.perf_counter()
-    out["tokenizer"] = {k: v for k, v in stage_tokenize(run, cfg, progress=progress).items()
-                        if not isinstance(v, (list, dict))}
+    if resume:
+        check_resumable(run, cfg)
+    kept = resume and (run / "tokenizer" / "codes.parquet").is_file() and (run / "tokenizer" / "metrics.json").is_file()
+    tok = read_json(run / "tokenizer" / "metrics.json") if kept else stage_tokenize(run, cfg, progress=progress)
+    out["tokenizer"] = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
     codes = load_codes(run)
     out["protocol"] = check_protocol(run, cfg, codes)
     splits = load_splits(run / "data" / "split", n_items=len(codes))
@@ -250,13 +273,20 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     for name in models:
         t1 = time.perf_counter()
         if name == "onerec":
-            summary = stage_train(run, cfg, progress=progress, log=None if progress else log)
-            train_s = time.perf_counter() - t1
+            ckpt = latest_checkpoint(run / "train") if resume else None
+            if ckpt is not None:
+                log(f"  resuming from {ckpt}")
+            summary = stage_train(run, cfg, resume=ckpt is not None, progress=progress, log=None if progress else log)
+            # resumed: the training loop's own clock, summed over every part (the lost tail of a killed part,
+            # back to its last checkpoint, is not in it)
+            train_s = summary["seconds"] if ckpt is not None else time.perf_counter() - t1
             gen = load_recommender(run, cfg, device, codes=codes)
             metrics = evaluate(gen, splits["test"], ks=ks, batch_size=cfg.generate.batch_size)
             info = {"train_seconds": round(train_s, 1), "parameters": summary["parameters"],
                     "steps": summary["steps"], "best_epoch": summary.get("best_epoch"),
                     "stopped": summary.get("stopped"), "valid_curve": summary.get("valid_curve")}
+            if ckpt is not None:
+                info["resumed_from_step"] = int(ckpt.name.removeprefix("step-"))
         elif name in ("sasrec_ce", "sasrec_bce"):
             rec = build_baseline(name, cfg.eval.sasrec, device=device)
             rec.fit(splits["train"], n_items=len(codes), valid=splits["valid"])
@@ -330,11 +360,12 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
                models: tuple[str, ...] | list[str] = MODELS, preset: str = "amazon", config_file: str | None = None,
                overrides: tuple[str, ...] | list[str] = (), text: bool = True, max_history: int = PROTOCOL_HISTORY,
                results: str | Path | None = None, command: str = "", note: str = "", progress: bool = False,
-               log=print) -> dict[str, Any]:
+               resume: bool = False, log=print) -> dict[str, Any]:
     """The whole benchmark of one category; writes ``results`` (JSON) when given and returns it.
 
     Layout: ``OUT/seed<s>/`` is a complete run directory per seed (data/ is written once, in
-    ``OUT/seed<first>``, and linked from the others).
+    ``OUT/seed<first>``, and linked from the others). ``resume``: continue the runs already in ``OUT``
+    (see :func:`run_seed`).
     """
     from onerec.pipeline import stage_data
 
@@ -349,7 +380,10 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     first = out / f"seed{seeds[0]}"
     t0 = time.perf_counter()
     log(f"== data: {cfg.data.name} ==")
-    summary = stage_data(first, cfg, progress=progress)
+    if resume and (first / "data" / "summary.json").is_file():
+        summary = read_json(first / "data" / "summary.json")  # check_protocol below re-reads and checks it
+    else:
+        summary = stage_data(first, cfg, progress=progress)
     check_protocol(first, cfg)
     log(f"  {summary['users']} users, {summary['items']} items, {summary['interactions']} interactions")
     cfg = item_id_rows(cfg, int(summary["items"]), log)
@@ -362,7 +396,7 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
             if not link.exists():
                 link.symlink_to((first / "data").resolve(), target_is_directory=True)
         log(f"== seed {seed} ==")
-        runs.append(run_seed(run, seed_config(cfg, seed), models, progress=progress, log=log))
+        runs.append(run_seed(run, seed_config(cfg, seed), models, progress=progress, resume=resume, log=log))
     result: dict[str, Any] = {
         "benchmark": f"amazon-{category}", "category": cfg.data.name,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

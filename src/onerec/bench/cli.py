@@ -46,10 +46,13 @@ def bench() -> None:
               help="wall-time cap in seconds for training each model (sets train.time_budget_s and "
                    "eval.sasrec.time_budget_s); the best valid epoch so far is kept.")
 @click.option("--note", default="", help="free text stored in the results (e.g. the machine's load).")
+@click.option("--resume", is_flag=True,
+              help="continue the runs in --out: keep their data and semantic IDs, resume onerec from its latest "
+                   "checkpoint (best valid epoch included); the same command and overrides, a new --budget-s allowed.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def amazon(category: str, datasets: Path, out: Path | None, results: Path | None, seeds: str, models: str,
            preset: str, config_file: str | None, no_text: bool, max_history: int, budget_s: float | None, note: str,
-           overrides: tuple[str, ...]) -> None:
+           resume: bool, overrides: tuple[str, ...]) -> None:
     """Amazon 2014 under the TIGER protocol: data -> content vectors -> semantic IDs -> train -> test,
     onerec and SASRec (CE, BCE) in one harness, printed beside the published numbers."""
     from onerec.bench.amazon import format_table, run_amazon
@@ -63,7 +66,7 @@ def amazon(category: str, datasets: Path, out: Path | None, results: Path | None
                         models=[m.strip() for m in models.split(",") if m.strip()], preset=preset,
                         config_file=config_file, overrides=extra, text=not no_text, max_history=max_history,
                         results=results, command="onerec " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                        note=note, log=click.echo)
+                        note=note, resume=resume, log=click.echo)
     click.echo(f"\nAmazon 2014 {result['category']}, TIGER protocol, test split, seeds {result['seeds']}\n")
     click.echo(format_table(result, category))
     click.echo(f"\nwrote {results}")

@@ -8,6 +8,7 @@ semantic-ID vocabulary sizes). A resumable training checkpoint adds ``optim.safe
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +92,16 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
 
 def save_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                              meta: dict[str, Any], state: dict[str, Any],
-                             average: torch.nn.Module | None = None) -> None:
+                             average: torch.nn.Module | None = None,
+                             best: dict[str, torch.Tensor] | None = None) -> None:
     """Write a resumable checkpoint into ``folder`` (a temp folder renamed into place); ``average``
-    (the weight average of ``train.ema_decay``) is stored beside the optimizer moments."""
+    (the weight average of ``train.ema_decay``) is stored beside the optimizer moments, ``best`` (the
+    weights of the best valid epoch so far, when training selects on valid) as ``best.safetensors``."""
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_model(tmp, model, meta)
+    if best is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in best.items()}, str(tmp / "best.safetensors"))
     tensors, groups = optimizer_tensors(opt)
     if average is not None:
         tensors.update({f"average.{k}": v.detach().contiguous().cpu() for k, v in average.state_dict().items()})
@@ -129,6 +134,23 @@ def load_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.op
         torch.cuda.set_rng_state(cuda_rng)
     restore_optimizer(opt, tensors, state.pop("optimizer"))
     return state
+
+
+def load_selection(folder: Path, state: dict[str, Any], metric: str
+                   ) -> tuple[float, dict[str, torch.Tensor] | None, int]:
+    """The model-selection state a checkpoint stored: (best score, best weights, epochs since the best).
+    A checkpoint written before any valid score, or without selection, gives a fresh start."""
+    sel = state.get("selection")
+    if sel is None:
+        return -math.inf, None, 0
+    if sel.get("metric") != metric:
+        raise CheckpointError(f"{folder}: the run selected on {sel.get('metric')}, not {metric}. Fix: resume with "
+                              f"train.early_stop_metric={sel.get('metric')}, or train from scratch.")
+    path = folder / "best.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete. Fix: resume from the previous one "
+                              "(delete this folder) or train from scratch.")
+    return float(sel["best_score"]), load_file(str(path)), int(sel["bad_epochs"])
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -8,8 +8,10 @@ Optional model selection on the valid split (``train.early_stop_metric``, off by
 every epoch a caller-supplied ``score_valid(model) -> float`` (the eval harness: beam search,
 full ranking, see :func:`onerec.pipeline.valid_scorer`) scores the model; the best epoch's
 weights are kept and written as the final model, and training stops after ``train.patience``
-epochs without improvement. ``train.time_budget_s`` stops a run early on wall time. The best
-weights live in memory only: a resumed run starts its best-epoch tracking afresh.
+epochs without improvement. ``train.time_budget_s`` stops a run early on wall time (counted over
+every resumed part). Each checkpoint also stores the selection state (best score, its epoch, the
+epochs since, and the best weights as ``best.safetensors``), so a run stopped and resumed, e.g.
+across machine sessions, keeps the same epoch and weights as the uninterrupted run.
 
 ``train.ema_decay`` keeps an exponential moving average of the weights (torch's
 ``AveragedModel``), updated after every optimizer step; validation loss, the valid score and the
@@ -37,6 +39,7 @@ from onerec.io import write_json
 from onerec.model.generator import Generator
 from onerec.train.checkpoint import (
     latest_checkpoint,
+    load_selection,
     load_training_checkpoint,
     save_model,
     save_training_checkpoint,
@@ -155,13 +158,17 @@ def train_generator(
                                   "with the same config, or train from scratch in a new run directory.")
         step = state["step"]
         result = TrainResult(state["steps"], state["loss"], state["valid"], state["seconds"],
-                             state.get("expert_load", []))
+                             state.get("expert_load", []), state.get("best_epoch"),
+                             # a run that patience ended stays ended; one that ran out of time goes on
+                             "patience" if state.get("stopped") == "patience" else None)
     t0 = time.perf_counter() - result.seconds
     select = cfg.early_stop_metric is not None and score_valid is not None
     best_score, best_state, bad_epochs = -math.inf, None, 0
+    if resume and select:
+        best_score, best_state, bad_epochs = load_selection(ckpt, state, cfg.early_stop_metric)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     order, order_epoch = None, -1
-    while step < total:
+    while step < total and result.stopped is None:
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
@@ -214,9 +221,12 @@ def train_generator(
         if over_time and step < total and result.stopped is None:
             result.stopped = "time_budget"
         done = step == total or (stop_at is not None and step >= stop_at) or result.stopped is not None
-        if step % cfg.checkpoint_every == 0 or done:
+        # selecting on valid: also at every epoch end, so that a killed run loses at most one epoch
+        if step % cfg.checkpoint_every == 0 or done or (select and epoch_end):
             result.seconds = time.perf_counter() - t0
-            _checkpoint(out_dir, model, opt, meta, step, result, average)
+            selection = {"metric": cfg.early_stop_metric, "best_score": best_score, "bad_epochs": bad_epochs} \
+                if select and best_state is not None else None
+            _checkpoint(out_dir, model, opt, meta, step, result, average, selection, best_state)
         if (stop_at is not None and step >= stop_at) or result.stopped is not None:
             break
     bar.close()
@@ -249,10 +259,13 @@ def _epoch_line(result: TrainResult, step: int, steps_per_epoch: int, total: int
 
 
 def _checkpoint(out_dir: Path, model: Generator, opt: torch.optim.Optimizer, meta: dict[str, Any], step: int,
-                result: TrainResult, average: torch.nn.Module | None) -> None:
+                result: TrainResult, average: torch.nn.Module | None, selection: dict[str, Any] | None = None,
+                best_state: dict[str, torch.Tensor] | None = None) -> None:
     folder = out_dir / "checkpoints" / f"step-{step:07d}"
     state = {"step": step, "meta": meta, **result.to_dict()}
-    save_training_checkpoint(folder, model, opt, meta, state, average)
+    if selection is not None:
+        state["selection"] = selection
+    save_training_checkpoint(folder, model, opt, meta, state, average, best=best_state if selection else None)
     # keep the two most recent checkpoints
     import shutil
 

@@ -84,8 +84,8 @@ def test_bench_amazon_resumes_a_killed_run(amazon_dir, tmp_path):
             "--models", "onerec", *TINY, "train.epochs=3"]
 
     def bench(name, *extra):
-        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / name), "--results", str(tmp_path / f"{name}.json"),
-                                       *extra])
+        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / name),
+                                       "--results", str(tmp_path / f"{name}.json"), *extra])
         assert res.exit_code == 0, res.output + repr(res.exception)
         return res, json.loads((tmp_path / f"{name}.json").read_text())["runs"][0]["models"]["onerec"]
 

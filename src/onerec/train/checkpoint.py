@@ -136,21 +136,21 @@ def load_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.op
     return state
 
 
-def load_selection(folder: Path, state: dict[str, Any], metric: str
+def load_selection(folder: Path, valid: list[dict[str, Any]], metric: str
                    ) -> tuple[float, dict[str, torch.Tensor] | None, int]:
-    """The model-selection state a checkpoint stored: (best score, best weights, epochs since the best).
-    A checkpoint written before any valid score, or without selection, gives a fresh start."""
-    sel = state.get("selection")
-    if sel is None:
-        return -math.inf, None, 0
-    if sel.get("metric") != metric:
-        raise CheckpointError(f"{folder}: the run selected on {sel.get('metric')}, not {metric}. Fix: resume with "
-                              f"train.early_stop_metric={sel.get('metric')}, or train from scratch.")
+    """The model-selection state at a checkpoint: (best score, best weights, epochs since the best),
+    derived from its valid history by the training loop's rule (the first best score wins) and its
+    ``best.safetensors``. A checkpoint without that file (no valid score yet) gives a fresh start."""
     path = folder / "best.safetensors"
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete. Fix: resume from the previous one "
-                              "(delete this folder) or train from scratch.")
-    return float(sel["best_score"]), load_file(str(path)), int(sel["bad_epochs"])
+        return -math.inf, None, 0
+    scores = [r[metric] for r in valid if metric in r]
+    if not scores:
+        other = sorted({k for r in valid for k in r} - {"step", "epoch", "loss"}) or ["another metric"]
+        raise CheckpointError(f"{folder}: the run selected on {', '.join(other)}, not {metric}. Fix: resume with "
+                              f"train.early_stop_metric={other[0]}, or train from scratch.")
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return scores[best], load_file(str(path)), len(scores) - 1 - best
 
 
 def latest_checkpoint(root: Path) -> Path | None:

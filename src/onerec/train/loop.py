@@ -9,9 +9,10 @@ every epoch a caller-supplied ``score_valid(model) -> float`` (the eval harness:
 full ranking, see :func:`onerec.pipeline.valid_scorer`) scores the model; the best epoch's
 weights are kept and written as the final model, and training stops after ``train.patience``
 epochs without improvement. ``train.time_budget_s`` stops a run early on wall time (counted over
-every resumed part). Each checkpoint also stores the selection state (best score, its epoch, the
-epochs since, and the best weights as ``best.safetensors``), so a run stopped and resumed, e.g.
-across machine sessions, keeps the same epoch and weights as the uninterrupted run.
+every resumed part). Each checkpoint also stores the best weights so far (``best.safetensors``);
+with the valid history it already holds, that restores the selection (best score, epochs since), so a
+run stopped and resumed, e.g. across machine sessions, keeps the same epoch and weights as the
+uninterrupted run.
 
 ``train.ema_decay`` keeps an exponential moving average of the weights (torch's
 ``AveragedModel``), updated after every optimizer step; validation loss, the valid score and the
@@ -165,7 +166,7 @@ def train_generator(
     select = cfg.early_stop_metric is not None and score_valid is not None
     best_score, best_state, bad_epochs = -math.inf, None, 0
     if resume and select:
-        best_score, best_state, bad_epochs = load_selection(ckpt, state, cfg.early_stop_metric)
+        best_score, best_state, bad_epochs = load_selection(ckpt, result.valid, cfg.early_stop_metric)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     order, order_epoch = None, -1
     while step < total and result.stopped is None:
@@ -224,9 +225,7 @@ def train_generator(
         # selecting on valid: also at every epoch end, so that a killed run loses at most one epoch
         if step % cfg.checkpoint_every == 0 or done or (select and epoch_end):
             result.seconds = time.perf_counter() - t0
-            selection = {"metric": cfg.early_stop_metric, "best_score": best_score, "bad_epochs": bad_epochs} \
-                if select and best_state is not None else None
-            _checkpoint(out_dir, model, opt, meta, step, result, average, selection, best_state)
+            _checkpoint(out_dir, model, opt, meta, step, result, average, best_state if select else None)
         if (stop_at is not None and step >= stop_at) or result.stopped is not None:
             break
     bar.close()
@@ -259,13 +258,11 @@ def _epoch_line(result: TrainResult, step: int, steps_per_epoch: int, total: int
 
 
 def _checkpoint(out_dir: Path, model: Generator, opt: torch.optim.Optimizer, meta: dict[str, Any], step: int,
-                result: TrainResult, average: torch.nn.Module | None, selection: dict[str, Any] | None = None,
+                result: TrainResult, average: torch.nn.Module | None,
                 best_state: dict[str, torch.Tensor] | None = None) -> None:
     folder = out_dir / "checkpoints" / f"step-{step:07d}"
     state = {"step": step, "meta": meta, **result.to_dict()}
-    if selection is not None:
-        state["selection"] = selection
-    save_training_checkpoint(folder, model, opt, meta, state, average, best=best_state if selection else None)
+    save_training_checkpoint(folder, model, opt, meta, state, average, best=best_state)
     # keep the two most recent checkpoints
     import shutil
 

@@ -189,8 +189,27 @@ def test_merge_results_combines_models_of_the_same_seeds(tmp_path):
     out = merge_results([a, b])
     assert out["models"] == ["onerec", "sasrec-ce"] and out["sasrec-ce"]["recall@10"] == 0.2
     assert out["seconds"] == 12.0
-    with pytest.raises(ConfigError, match="seeds"):
-        merge_results([a, {**b, "seeds": [1]}])
+    # a model run on other seeds keeps its own seeds; the runs are joined by seed
+    c = {"seeds": [0, 1], "models": ["sasrec-bce"], "sasrec-bce": {"recall@10": 0.05}, "seconds": 1.0,
+         "runs": [{"seed": s, "models": {"sasrec-bce": {"steps": s + 1}}} for s in (0, 1)]}
+    out = merge_results([a, c])
+    assert out["seeds"] == [0, 1] and [sorted(r["models"]) for r in out["runs"]] == [["sasrec-bce"], ["sasrec-bce"]]
+    out = merge_results([{**a, "runs": [{"seed": 0, "models": {"onerec": {"steps": 9}}}]}, c])
+    assert out["runs"][0]["models"] == {"onerec": {"steps": 9}, "sasrec-bce": {"steps": 1}}
+    with pytest.raises(ConfigError, match="appears in two"):
+        merge_results([a, b, {**b, "seeds": [1]}])
+    # the merged file keeps the first config and says, per model, how the others' configs differ
+    a["config"] = {"data": {"name": "Beauty"}, "train": {"time_budget_s": 6900.0}}
+    b["config"] = {"data": {"name": "Beauty"}, "train": {"time_budget_s": 2400.0}}
+    out = merge_results([a, b])
+    assert out["config"] == a["config"]
+    assert out["config_differences"] == {"train.time_budget_s": {"onerec": 6900.0, "sasrec-ce": 2400.0}}
+    assert "config_differences" not in merge_results([a, {**b, "config": a["config"]}])
+    pooled = {**b, "config": a["config"], "config_differences": {"train.lr": {"0": 0.001}}}
+    out = merge_results([a, pooled])
+    assert "config_differences" not in out and out["sasrec-ce"]["config_differences"] == {"train.lr": {"0": 0.001}}
+    with pytest.raises(ConfigError, match=r"different data.*data\.name"):
+        merge_results([a, {**b, "config": {"data": {"name": "Toys"}, "train": {"time_budget_s": 6900.0}}}])
 
 
 def test_merge_results_pools_seeds_of_the_same_models():

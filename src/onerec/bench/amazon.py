@@ -488,33 +488,53 @@ def load_result(path: str | Path) -> dict[str, Any]:
 
 
 def merge_results(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
-    """One results dict from several files: either runs of different models over the same seeds
-    (e.g. onerec and SASRec trained in two processes at once: model entries side by side, per-seed
-    runs joined), or runs of the same models over different seeds (seeds trained in parallel: the
-    runs are pooled and every model's mean and spread recomputed over all seeds; the files' configs
-    must be identical apart from the seed and the fields in ``allow``, whose per-seed values the
-    merged file keeps under ``config_differences``)."""
+    """One results dict from several files: either runs of different models (e.g. onerec and SASRec
+    trained in two processes at once, or apart: model entries side by side, each with its own
+    seeds, per-seed runs joined by seed), or runs of the same models over different seeds (seeds
+    trained in parallel: the runs are pooled and every model's mean and spread recomputed over all
+    seeds; the files' configs must be identical apart from the seed and the fields in ``allow``,
+    whose per-seed values the merged file keeps under ``config_differences``)."""
     if not parts:
         raise ConfigError("nothing to merge")
-    seeds = parts[0]["seeds"]
     if len(parts) > 1 and all(p["models"] == parts[0]["models"] for p in parts):
         return _merge_seeds(parts, allow)
-    for p in parts[1:]:
-        if p["seeds"] != seeds:
-            raise ConfigError(f"cannot merge results over different seeds ({seeds} vs {p['seeds']}) unless they "
-                              f"are of the same models (then their seeds are pooled); got models "
-                              f"{parts[0]['models']} and {p['models']}")
+    differing = _model_config_differences(parts)
     out = dict(parts[0])
     out["models"] = []
+    runs: dict[int, dict[str, Any]] = {}
     for p in parts:
         for name in p["models"]:
             if name in out["models"]:
                 raise ConfigError(f"model '{name}' appears in two results files")
             out["models"].append(name)
             out[name] = p[name]
-    out["runs"] = [{**r0, "models": {k: v for p in parts for k, v in p["runs"][i]["models"].items()}}
-                   for i, r0 in enumerate(parts[0]["runs"])]
+            if p.get("config_differences"):  # fields its pooled seeds differ in stay with the model's rows
+                out[name] = {**p[name], "config_differences": p["config_differences"]}
+        for r in p["runs"]:
+            run = runs.setdefault(r["seed"], {**r, "models": {}})
+            run["models"].update(r["models"])
+    out["seeds"] = sorted(runs)
+    out["runs"] = [runs[s] for s in out["seeds"]]
     out["seconds"] = sum(p["seconds"] for p in parts)
     out["command"] = " && ".join(p.get("command", "") for p in parts if p.get("command"))
     out["note"] = " | ".join(f"{', '.join(p['models'])}: {p['note']}" for p in parts if p.get("note"))
+    out.pop("config_differences", None)
+    if differing:
+        out["config_differences"] = differing
     return out
+
+
+def _model_config_differences(parts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For files of different models joined into one: the config fields whose values differ
+    between the files, each with its value per model (``{"train.time_budget_s": {"onerec": 6900,
+    "sasrec-ce": 2400}}``), so the merged file says how each model's rows were made (it keeps the
+    first file's config). Files over different data (any ``data.*`` field) or evaluation cut-offs
+    (``eval.ks``) cannot be joined: their rows would not be comparable."""
+    configs = [p.get("config") or {} for p in parts]
+    differing = sorted({k for cfg in configs[1:] for k in config_differences(configs[0], cfg)})
+    bad = [k for k in differing if k.startswith("data.") or k == "eval.ks"]
+    if bad:
+        raise ConfigError(f"cannot join results over different data or cut-offs: {', '.join(bad[:5])} differ "
+                          f"between the files; rerun the models on the same data")
+    return {k: {name: config_value(cfg, k) for p, cfg in zip(parts, configs) for name in p["models"]}
+            for k in differing}

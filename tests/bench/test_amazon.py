@@ -78,6 +78,20 @@ def test_bench_amazon_end_to_end(amazon_dir, tmp_path):
     assert items.exists() and (tmp_path / "runs" / "seed1" / "data").is_symlink()
 
 
+def test_a_baselines_only_run_builds_no_semantic_ids(amazon_dir, tmp_path):
+    """SASRec ranks item ids: a run without onerec skips the content vectors and the tokenizer."""
+    results = tmp_path / "sasrec.json"
+    res = CliRunner().invoke(cli, ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir),
+                                   "--out", str(tmp_path / "runs"), "--results", str(results), "--seeds", "0",
+                                   "--models", "sasrec_ce", *TINY])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    out = json.loads(results.read_text())
+    assert out["models"] == ["sasrec-ce"] and 0.0 <= out["sasrec-ce"]["recall@10"] <= 1.0
+    assert out["protocol"]["items"] == N_ITEMS and "full_ranking_items" not in out["protocol"]
+    assert out["tokenizer"] == [{"skipped": "no onerec model in this run"}]
+    assert not (tmp_path / "runs" / "seed0" / "tokenizer" / "codes.parquet").exists()
+
+
 def test_bench_amazon_resumes_a_killed_run(amazon_dir, tmp_path):
     """A run killed in its last epoch and continued with --resume ends as the uninterrupted run did."""
     base = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--seeds", "0",

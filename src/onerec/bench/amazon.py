@@ -245,7 +245,8 @@ def check_resumable(run: Path, cfg: RunConfig) -> None:
 
 def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, progress: bool = False,
              resume: bool = False, log=print) -> dict[str, Any]:
-    """Tokenize, train and score every model of one seed in ``run`` (whose data/ is already written).
+    """Tokenize (when onerec is among ``models``), train and score every model of one seed in ``run``
+    (whose data/ is already written).
 
     ``resume``: keep the run's semantic IDs and continue onerec's training from its latest checkpoint
     (model selection included), e.g. after a machine session ended; the SASRec baselines train afresh."""
@@ -263,12 +264,16 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     t0 = time.perf_counter()
     if resume:
         check_resumable(run, cfg)
-    kept = resume and (run / "tokenizer" / "codes.parquet").is_file() and (run / "tokenizer" / "metrics.json").is_file()
-    tok = read_json(run / "tokenizer" / "metrics.json") if kept else stage_tokenize(run, cfg, progress=progress)
-    out["tokenizer"] = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
-    codes = load_codes(run)
+    if "onerec" in models:
+        tok_dir = run / "tokenizer"
+        kept = resume and (tok_dir / "codes.parquet").is_file() and (tok_dir / "metrics.json").is_file()
+        tok = read_json(tok_dir / "metrics.json") if kept else stage_tokenize(run, cfg, progress=progress)
+        out["tokenizer"] = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
+        codes = load_codes(run)
+    else:  # the SASRec baselines rank item ids: no content vectors or semantic IDs to build
+        out["tokenizer"], codes = {"skipped": "no onerec model in this run"}, None
     out["protocol"] = check_protocol(run, cfg, codes)
-    splits = load_splits(run / "data" / "split", n_items=len(codes))
+    splits = load_splits(run / "data" / "split", n_items=out["protocol"]["items"])
     ks = (5, 10)
     for name in models:
         t1 = time.perf_counter()
@@ -289,7 +294,7 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
                 info["resumed_from_step"] = int(ckpt.name.removeprefix("step-"))
         elif name in ("sasrec_ce", "sasrec_bce"):
             rec = build_baseline(name, cfg.eval.sasrec, device=device)
-            rec.fit(splits["train"], n_items=len(codes), valid=splits["valid"])
+            rec.fit(splits["train"], n_items=out["protocol"]["items"], valid=splits["valid"])
             train_s = time.perf_counter() - t1
             metrics = evaluate(rec, splits["test"], ks=ks)
             info = {"train_seconds": round(train_s, 1), "epochs": len(rec.train_log), "best_epoch": rec.best_epoch,

@@ -222,6 +222,10 @@ def test_merge_results_combines_models_of_the_same_seeds(tmp_path):
     pooled = {**b, "config": a["config"], "config_differences": {"train.lr": {"0": 0.001}}}
     out = merge_results([a, pooled])
     assert "config_differences" not in out and out["sasrec-ce"]["config_differences"] == {"train.lr": {"0": 0.001}}
+    elsewhere = {"data": {"name": "Beauty", "path": "/elsewhere"}, "train": {"time_budget_s": 2400.0}}
+    a["config"]["data"]["path"] = "/here"
+    joined = merge_results([a, {**b, "config": elsewhere}])
+    assert joined["config_differences"]["data.path"] == {"onerec": "/here", "sasrec-ce": "/elsewhere"}
     with pytest.raises(ConfigError, match=r"different data.*data\.name"):
         merge_results([a, {**b, "config": {"data": {"name": "Toys"}, "train": {"time_budget_s": 6900.0}}}])
 

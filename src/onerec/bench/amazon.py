@@ -533,11 +533,12 @@ def _model_config_differences(parts: list[dict[str, Any]]) -> dict[str, dict[str
     """For files of different models joined into one: the config fields whose values differ
     between the files, each with its value per model (``{"train.time_budget_s": {"onerec": 6900,
     "sasrec-ce": 2400}}``), so the merged file says how each model's rows were made (it keeps the
-    first file's config). Files over different data (any ``data.*`` field) or evaluation cut-offs
-    (``eval.ks``) cannot be joined: their rows would not be comparable."""
+    first file's config). Files over different data (a ``data.*`` field other than the dataset's
+    location) or evaluation cut-offs (``eval.ks``) cannot be joined: their rows would not be comparable."""
     configs = [p.get("config") or {} for p in parts]
     differing = sorted({k for cfg in configs[1:] for k in config_differences(configs[0], cfg)})
-    bad = [k for k in differing if k.startswith("data.") or k == "eval.ks"]
+    where = ("data.path", "data.options.text_path")  # where the files lay, not what they hold: recorded, not refused
+    bad = [k for k in differing if (k.startswith("data.") and k not in where) or k == "eval.ks"]
     if bad:
         raise ConfigError(f"cannot join results over different data or cut-offs: {', '.join(bad[:5])} differ "
                           f"between the files; rerun the models on the same data")

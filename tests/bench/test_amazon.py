@@ -90,6 +90,11 @@ def test_a_baselines_only_run_builds_no_semantic_ids(amazon_dir, tmp_path):
     assert out["protocol"]["items"] == N_ITEMS and "full_ranking_items" not in out["protocol"]
     assert out["tokenizer"] == [{"skipped": "no onerec model in this run"}]
     assert not (tmp_path / "runs" / "seed0" / "tokenizer" / "codes.parquet").exists()
+    # SASRec's selection is in the file and on screen, epoch by epoch
+    row = out["runs"][0]["models"]["sasrec_ce"]
+    assert [p["epoch"] for p in row["valid_curve"]] == list(range(1, row["epochs"] + 1))
+    assert all(0.0 <= p["ndcg@10"] <= 1.0 for p in row["valid_curve"])
+    assert "seed 0 sasrec_ce: epoch 1, loss " in res.output and ", valid ndcg@10 " in res.output
 
 
 def test_bench_amazon_resumes_a_killed_run(amazon_dir, tmp_path):

@@ -30,6 +30,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,8 @@ class SASRecRecommender:
         self.n_items = 0
         self.train_log: list[dict[str, float]] = []
         self.best_epoch = 0
+        # called with each epoch's ``train_log`` row as it ends (e.g. a progress line in ``onerec bench``)
+        self.on_epoch: Callable[[dict[str, float]], None] | None = None
 
     @property
     def losses(self) -> list[float]:
@@ -280,6 +283,8 @@ class SASRecRecommender:
             row["seconds"] = time.monotonic() - t_ep
             self.train_log.append(row)
             log.info("%s epoch %d: %s", self.name, epoch, row)
+            if self.on_epoch is not None:
+                self.on_epoch(row)
             if last or stop.exhausted:
                 break
         if stop.best_state is not None:

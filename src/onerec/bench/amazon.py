@@ -294,11 +294,18 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
                 info["resumed_from_step"] = int(ckpt.name.removeprefix("step-"))
         elif name in ("sasrec_ce", "sasrec_bce"):
             rec = build_baseline(name, cfg.eval.sasrec, device=device)
+            metric = cfg.eval.sasrec.early_stop_metric
+            rec.on_epoch = lambda row, name=name, metric=metric: log(
+                f"  seed {cfg.train.seed} {name}: epoch {row['epoch']}, loss {row['loss']:.4f}"
+                + (f", valid {metric} {row['valid_' + metric]:.4f}" if "valid_" + metric in row else ""))
             rec.fit(splits["train"], n_items=out["protocol"]["items"], valid=splits["valid"])
             train_s = time.perf_counter() - t1
             metrics = evaluate(rec, splits["test"], ks=ks)
             info = {"train_seconds": round(train_s, 1), "epochs": len(rec.train_log), "best_epoch": rec.best_epoch,
-                    "parameters": sum(p.numel() for p in rec.model.parameters())}
+                    "parameters": sum(p.numel() for p in rec.model.parameters()),
+                    # the same shape as onerec's: selection is visible in the results file
+                    "valid_curve": [{"epoch": r["epoch"], metric: r["valid_" + metric]}
+                                    for r in rec.train_log if "valid_" + metric in r]}
         else:
             raise ConfigError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
         info["seconds"] = round(time.perf_counter() - t1, 1)

@@ -251,6 +251,13 @@ class SASRecRecommender:
         """Mean training loss of each epoch, for plotting."""
         return [row["loss"] for row in self.train_log]
 
+    @property
+    def valid_curve(self) -> list[dict[str, float]]:
+        """``[{"epoch": e, <early_stop_metric>: score}, ...]`` over the epochs scored on the valid split."""
+        metric = self.cfg.early_stop_metric
+        key = f"valid_{metric}"
+        return [{"epoch": row["epoch"], metric: row[key]} for row in self.train_log if key in row]
+
     def _build(self, n_items: int) -> SASRec:
         c = self.cfg
         self.n_items = n_items

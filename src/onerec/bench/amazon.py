@@ -229,6 +229,8 @@ def _machine() -> dict[str, Any]:
 
 # fields a resumed run may change: where and how fast it runs, and how long it may train in all
 RESUMABLE_CHANGES = ("train.time_budget_s", "eval.sasrec.time_budget_s", "train.threads", "train.device")
+# where the dataset files lay, not what they hold: results that differ only here may be joined (recorded, not refused)
+LOCATION_FIELDS = ("data.path", "data.options.text_path")
 
 
 def check_resumable(run: Path, cfg: RunConfig) -> None:
@@ -297,15 +299,14 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
             metric = cfg.eval.sasrec.early_stop_metric
             rec.on_epoch = lambda row, name=name, metric=metric: log(
                 f"  seed {cfg.train.seed} {name}: epoch {row['epoch']}, loss {row['loss']:.4f}"
-                + (f", valid {metric} {row['valid_' + metric]:.4f}" if "valid_" + metric in row else ""))
+                + (f", valid {metric} {row[f'valid_{metric}']:.4f}" if f"valid_{metric}" in row else ""))
             rec.fit(splits["train"], n_items=out["protocol"]["items"], valid=splits["valid"])
             train_s = time.perf_counter() - t1
             metrics = evaluate(rec, splits["test"], ks=ks)
             info = {"train_seconds": round(train_s, 1), "epochs": len(rec.train_log), "best_epoch": rec.best_epoch,
                     "parameters": sum(p.numel() for p in rec.model.parameters()),
                     # the same shape as onerec's: selection is visible in the results file
-                    "valid_curve": [{"epoch": r["epoch"], metric: r["valid_" + metric]}
-                                    for r in rec.train_log if "valid_" + metric in r]}
+                    "valid_curve": rec.valid_curve}
         else:
             raise ConfigError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
         info["seconds"] = round(time.perf_counter() - t1, 1)
@@ -544,8 +545,7 @@ def _model_config_differences(parts: list[dict[str, Any]]) -> dict[str, dict[str
     location) or evaluation cut-offs (``eval.ks``) cannot be joined: their rows would not be comparable."""
     configs = [p.get("config") or {} for p in parts]
     differing = sorted({k for cfg in configs[1:] for k in config_differences(configs[0], cfg)})
-    where = ("data.path", "data.options.text_path")  # where the files lay, not what they hold: recorded, not refused
-    bad = [k for k in differing if (k.startswith("data.") and k not in where) or k == "eval.ks"]
+    bad = [k for k in differing if (k.startswith("data.") and k not in LOCATION_FIELDS) or k == "eval.ks"]
     if bad:
         raise ConfigError(f"cannot join results over different data or cut-offs: {', '.join(bad[:5])} differ "
                           f"between the files; rerun the models on the same data")

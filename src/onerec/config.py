@@ -206,6 +206,11 @@ class ModelConfig:
     behaviour_features: list[str] = opt(["sid", "label", "time"],
                                         "features summed into each behaviour token, any of: sid, item, author, "
                                         "tag, time, play, duration, label (missing data -> padding)")
+    history_tokens: str = opt("item", "item: one encoder token per behaviour, the sum of its features (OneRec) | "
+                                      "code: one per semantic-ID code of each behaviour in the short and positive "
+                                      "pathways (TIGER's flattened history): that code's embedding + a level "
+                                      "embedding + the behaviour's other features; D times the encoder tokens",
+                              choices=["item", "code"])
     sparse_buckets: int = opt(0, "rows of each hashed id table (item, author, tag, user id); 0 = no id tables")
     feature_dim: int | None = opt(None, "width of the behaviour/user feature embeddings and the QFormer (None: "
                                         "d_model, sharing the decoder's semantic-ID embedding); pathways project "

@@ -73,14 +73,15 @@ def test_packed_equals_padded_loss_memory_and_gradients(moe: bool):
         torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_packed_equals_padded_with_every_pathway():
+@pytest.mark.parametrize("history_tokens", ["item", "code"])
+def test_packed_equals_padded_with_every_pathway(history_tokens: str):
     ds, _ = simulate(SimConfig(n_users=50, n_items=60, n_events=3000, n_authors=8, calib_pairs=20000, seed=2))
     splits = make_splits(ds, protocol="loo", min_positives=3)
     rng = np.random.default_rng(0)
     codes = np.stack([rng.integers(0, 4, ds.n_items), rng.integers(0, 4, ds.n_items), np.arange(ds.n_items)], 1)
     cfg = ModelConfig(d_model=32, n_heads=2, enc_layers=2, dec_layers=1, max_history=8, dropout=0.0, pathways=ALL,
                       behaviour_features=FEATS, sparse_buckets=64, short_len=5, lifelong_max=500, lifelong_reps=6,
-                      qformer_queries=3, qformer_layers=1, pathway_mlp=True)
+                      qformer_queries=3, qformer_layers=1, pathway_mlp=True, history_tokens=history_tokens)
     sizes = [4, 4, ds.n_items]
     fast, ref = _pair(cfg, sizes)
     ex = EvalExamples(splits["test"], HistoryFeaturizer(codes, 8, side=SideInfo.from_dataset(ds), cfg=cfg))

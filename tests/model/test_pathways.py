@@ -176,3 +176,33 @@ def test_session_generation_gives_distinct_valid_items_and_matches_point_wise_fi
     assert sessions.shape == (10, 3) and ((sessions >= 0) & (sessions < ds.n_items)).all()
     assert all(len(set(s)) == 3 for s in sessions)
     np.testing.assert_array_equal(sessions[:, 0], rec.recommend_batch(batch, 1)[:, 0])
+
+
+def test_code_tokens_flatten_each_behaviour_into_its_levels(world):
+    """history_tokens=code (TIGER's flattened history): short and positive give D tokens per
+    behaviour, each its code's embedding + a level embedding + the behaviour's other features."""
+    ds, splits, codes = world
+    cfg = _cfg(history_tokens="code")
+    feat = HistoryFeaturizer(codes, cfg.max_history, side=SideInfo.from_dataset(ds), cfg=cfg)
+    batch = TrainExamples(splits["train"], feat).batch(np.arange(16))
+    torch.manual_seed(0)
+    model = Generator(cfg, [4, 4, ds.n_items])
+    tokens, mask = model.behaviour(batch, "hist", per_code=True)
+    assert tokens.shape[1] == mask.shape[1] == 8 * 3
+    torch.testing.assert_close(mask, batch["hist_mask"].repeat_interleave(3, dim=1))
+    item, _ = model.behaviour(batch, "hist")  # one token per behaviour: all codes + the other features
+    per_level = [model.codes.level(t, batch["hist_codes"][..., t]) for t in range(3)]
+    others = item - sum(per_level) * batch["hist_mask"].unsqueeze(-1)
+    for t in range(3):
+        want = (per_level[t] + model.behaviour.level_emb.weight[t] + others) * batch["hist_mask"].unsqueeze(-1)
+        torch.testing.assert_close(tokens[:, t::3], want)
+    memory, memory_mask = model.encode_batch(batch)
+    assert memory.shape[1] == memory_mask.shape[1] == 1 + 5 * 3 + 8 * 3 + 3  # static, short, positive, lifelong
+    loss = model(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.behaviour.level_emb.weight.grad.abs().sum() > 0
+    model.eval()  # content behind padding does not matter
+    b2 = dict(batch, hist_codes=torch.where(batch["hist_mask"].unsqueeze(-1), batch["hist_codes"], 1))
+    torch.testing.assert_close(model(b2), model(batch))
+    with pytest.raises(Exception, match="add 'sid'"):
+        Generator(_cfg(history_tokens="code", behaviour_features=["label"]), [4, 4, ds.n_items])

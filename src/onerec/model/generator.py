@@ -98,10 +98,13 @@ class Generator(nn.Module):
         # at fd == e behaviours share the decoder's semantic-ID embedding; else they get their own
         self.feature_codes = CodeEmbedding(self.codebook_sizes, fd) if fd != e else None
         sid_emb = self.codes if self.feature_codes is None else self.feature_codes
-        self.behaviour = BehaviourEmbedding(sid_emb, fd, cfg.behaviour_features, cfg.sparse_buckets)
+        self.per_code = cfg.history_tokens == "code"  # TIGER's flattened history in short/positive
+        self.behaviour = BehaviourEmbedding(sid_emb, fd, cfg.behaviour_features, cfg.sparse_buckets,
+                                            code_levels=depth if self.per_code else 0)
         self.proj = nn.ModuleDict({p: projection(fd, e, cfg.pathway_mlp) for p in self.pathways})
         self.path_type = nn.Embedding(len(PATHWAYS), e) if len(self.pathways) > 1 else None
-        lengths = {"static": 1, "short": cfg.short_len, "positive": cfg.max_history,
+        per_behaviour = depth if self.per_code else 1
+        lengths = {"static": 1, "short": cfg.short_len * per_behaviour, "positive": cfg.max_history * per_behaviour,
                    "lifelong": cfg.qformer_queries}
         self.enc_len = sum(lengths[p] for p in self.pathways)
         self.enc_pos = nn.Embedding(self.enc_len, e)  # learnable positions over all pathway tokens
@@ -160,8 +163,7 @@ class Generator(nn.Module):
         if f"{prefix}_mask" not in batch:
             raise ValueError(f"the {name} pathway needs the batch keys {prefix}_*. Fix: build the "
                              "HistoryFeaturizer with cfg=model.cfg")
-        mask = batch[f"{prefix}_mask"]
-        x = self.behaviour(batch, prefix)
+        x, mask = self.behaviour(batch, prefix, per_code=self.per_code and name != "lifelong")
         if name == "lifelong":
             x = self.proj[name](self.qformer(x + self.life_count(batch["life_count"]), mask))
             return x, mask.any(dim=1, keepdim=True).expand(-1, x.shape[1])
@@ -173,7 +175,8 @@ class Generator(nn.Module):
         generation, serving and alignment all call this, so new encoder inputs only change here.
 
         S = the sum of the enabled pathways' token counts (static 1, short ``short_len``,
-        positive ``max_history``, lifelong ``qformer_queries``), in that order."""
+        positive ``max_history``, lifelong ``qformer_queries``), in that order; short and positive
+        count D tokens per behaviour under ``history_tokens=code``."""
         xs, ms = [], []
         for name in self.pathways:
             x, m = self._pathway(name, batch)

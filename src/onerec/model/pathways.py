@@ -48,7 +48,7 @@ class BehaviourEmbedding(nn.Module):
         buckets: rows of the hashed item/author/tag tables (needed for "item", "author", "tag").
     """
 
-    def __init__(self, codes: nn.Module, dim: int, features: list[str], buckets: int) -> None:
+    def __init__(self, codes: nn.Module, dim: int, features: list[str], buckets: int, *, code_levels: int = 0) -> None:
         super().__init__()
         unknown = sorted(set(features) - set(BEHAVIOUR_FEATURES))
         if unknown:
@@ -57,7 +57,12 @@ class BehaviourEmbedding(nn.Module):
         if {"item", "author", "tag"} & set(features) and buckets < 2:
             raise ConfigError("behaviour features 'item'/'author'/'tag' need hashed id tables: set "
                               "model.sparse_buckets >= 2 (e.g. 4096)")
+        if code_levels and "sid" not in features:
+            raise ConfigError("model.history_tokens=code makes one token per semantic-ID code: add 'sid' to "
+                              "model.behaviour_features or set model.history_tokens=item")
         self.features, self.buckets = set(features), buckets
+        # history_tokens=code: which level a code token is at (TIGER's flattened history)
+        self.level_emb = nn.Embedding(code_levels, dim) if code_levels else None
         # the semantic-ID embedding belongs to the generator (shared with the decoder): keep a
         # reference without registering it twice (a second registration duplicates the tensors on save)
         self._codes = [codes] if "sid" in self.features else []
@@ -69,36 +74,50 @@ class BehaviourEmbedding(nn.Module):
         self.play_emb = nn.Embedding(N_LOG_BUCKETS, dim, padding_idx=0) if "play" in self.features else None
         self.dur_emb = nn.Embedding(N_LOG_BUCKETS, dim, padding_idx=0) if "duration" in self.features else None
 
-    def forward(self, batch: dict[str, Tensor], prefix: str) -> Tensor:
-        """Tokens of one pathway (keys ``{prefix}_*``) -> [B, T, E]."""
+    def forward(self, batch: dict[str, Tensor], prefix: str, *, per_code: bool = False) -> tuple[Tensor, Tensor]:
+        """Tokens of one pathway (keys ``{prefix}_*``) -> (tokens [B, T, E], mask [B, T]); with
+        ``per_code`` (needs ``code_levels``) one token per code: -> ([B, T*D, E], [B, T*D]), behaviour
+        i's level-t token at i*D + t being code t's embedding + level t's embedding + the behaviour's
+        other features. Padding (a padded behaviour, or a -1 code) is zeros and False."""
         mask = batch[f"{prefix}_mask"]
-        x = None
+        others = self._others(batch, prefix)
+        if per_code:
+            codes = batch[f"{prefix}_codes"]
+            table = self._codes[0]
+            parts = [torch.stack([table.level(t, codes[..., t]) for t in range(len(table.tables))], dim=2)
+                     + self.level_emb.weight, *(v.unsqueeze(2) for v in others)]
+            mask = (mask.unsqueeze(-1) & (codes >= 0)).flatten(1)
+        else:
+            parts = ([self._codes[0](batch[f"{prefix}_codes"])] if self._codes else []) + others
+        if not parts:
+            raise ConfigError("model.behaviour_features is empty: give at least one, e.g. [sid]")
+        x = parts[0]
+        for v in parts[1:]:  # in a fixed order: sid first, then the others as listed in _others
+            x = x + v
+        if per_code:
+            x = x.flatten(1, 2)
+        return x * mask.unsqueeze(-1).to(x.dtype), mask
 
-        def add(v: Tensor) -> None:
-            nonlocal x
-            x = v if x is None else x + v
-
-        if self._codes:
-            add(self._codes[0](batch[f"{prefix}_codes"]))
+    def _others(self, batch: dict[str, Tensor], prefix: str) -> list[Tensor]:
+        """The embeddings [B, T, E] of every feature but the semantic ID."""
+        out = []
         if self.flag_emb is not None:
             flags = batch[f"{prefix}_flags"]
             bits = (flags.unsqueeze(-1) >> torch.arange(len(SIGNALS), device=flags.device)) & 1
-            add(self.flag_emb(bits.to(self.flag_emb.weight.dtype)))
+            out.append(self.flag_emb(bits.to(self.flag_emb.weight.dtype)))
         if self.age_emb is not None:
-            add(self.age_emb(batch[f"{prefix}_age"]))
+            out.append(self.age_emb(batch[f"{prefix}_age"]))
         if self.item_emb is not None:
-            add(self.item_emb(hashed(batch[f"{prefix}_item"], self.buckets)))
+            out.append(self.item_emb(hashed(batch[f"{prefix}_item"], self.buckets)))
         if self.author_emb is not None:
-            add(self.author_emb(hashed(batch[f"{prefix}_author"], self.buckets)))
+            out.append(self.author_emb(hashed(batch[f"{prefix}_author"], self.buckets)))
         if self.tag_emb is not None:
-            add(self.tag_emb(hashed(batch[f"{prefix}_tag"], self.buckets)))
+            out.append(self.tag_emb(hashed(batch[f"{prefix}_tag"], self.buckets)))
         if self.play_emb is not None:
-            add(self.play_emb(batch[f"{prefix}_play"]))
+            out.append(self.play_emb(batch[f"{prefix}_play"]))
         if self.dur_emb is not None:
-            add(self.dur_emb(batch[f"{prefix}_dur"]))
-        if x is None:
-            raise ConfigError("model.behaviour_features is empty: give at least one, e.g. [sid]")
-        return x * mask.unsqueeze(-1).to(x.dtype)
+            out.append(self.dur_emb(batch[f"{prefix}_dur"]))
+        return out
 
 
 def projection(dim_in: int, dim: int, mlp: bool) -> nn.Module:

@@ -46,6 +46,8 @@ class BehaviourEmbedding(nn.Module):
         codes: the generator's semantic-ID embedding (shared with the decoder's input).
         features: which of :data:`BEHAVIOUR_FEATURES` to use.
         buckets: rows of the hashed item/author/tag tables (needed for "item", "author", "tag").
+        code_levels: D, for ``forward(per_code=True)`` (``model.history_tokens=code``): a level
+            embedding per semantic-ID position; 0 (default) when only one token per behaviour is asked.
     """
 
     def __init__(self, codes: nn.Module, dim: int, features: list[str], buckets: int, *, code_levels: int = 0) -> None:

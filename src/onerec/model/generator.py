@@ -54,6 +54,10 @@ class CodeEmbedding(nn.Module):
         pad = self.tables[t].padding_idx
         return self.tables[t](torch.where(codes < 0, torch.full_like(codes, pad), codes))
 
+    def levels(self, codes: Tensor) -> Tensor:
+        """codes [..., D] -> one embedding per level, [..., D, E] (not summed)."""
+        return torch.stack([self.level(t, codes[..., t]) for t in range(len(self.tables))], dim=-2)
+
     def forward(self, codes: Tensor) -> Tensor:
         """codes [..., D] -> [..., E]."""
         return sum(self.level(t, codes[..., t]) for t in range(len(self.tables)))

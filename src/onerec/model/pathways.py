@@ -85,9 +85,7 @@ class BehaviourEmbedding(nn.Module):
         others = self._others(batch, prefix)
         if per_code:
             codes = batch[f"{prefix}_codes"]
-            table = self._codes[0]
-            parts = [torch.stack([table.level(t, codes[..., t]) for t in range(len(table.tables))], dim=2)
-                     + self.level_emb.weight, *(v.unsqueeze(2) for v in others)]
+            parts = [self._codes[0].levels(codes) + self.level_emb.weight, *(v.unsqueeze(2) for v in others)]
             mask = (mask.unsqueeze(-1) & (codes >= 0)).flatten(1)
         else:
             parts = ([self._codes[0](batch[f"{prefix}_codes"])] if self._codes else []) + others

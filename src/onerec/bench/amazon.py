@@ -221,7 +221,8 @@ def _check_codes_and_truncation(codes: np.ndarray, test: pa.Table, full: list[np
 
 
 # --------------------------------------------------------------------------- runs
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
+    """The machine a result was measured on: platform, CPU count, Python, torch, GPU, torch threads."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "gpu": gpu, "threads": torch.get_num_threads()}
@@ -413,7 +414,7 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     result: dict[str, Any] = {
         "benchmark": f"amazon-{category}", "category": cfg.data.name,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command, "note": note, "machine": _machine(), "seeds": list(seeds),
+        "command": command, "note": note, "machine": machine_info(), "seeds": list(seeds),
         "models": [result_key(m) for m in models],
         **aggregate(runs),
         "published": {k: dict(zip(METRICS, v)) for k, v in PUBLISHED.get(category, {}).items()},

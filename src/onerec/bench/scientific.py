@@ -24,10 +24,10 @@ import torch
 from onerec.bench.amazon import (
     METRICS,
     PROTOCOL_HISTORY,
-    _machine,
     check_protocol,
     config_differences,
     config_value,
+    machine_info,
     mean_std,
     metric_cells,
     pooling_differences,
@@ -112,7 +112,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
                 + f"  (collision rate {stats.get('collision_rate', 0):.3f}, {row['seconds']:.0f}s)")
     table = {name: summarise(rows) for name, rows in per.items()}
     result = {"benchmark": "amazon2018-scientific-indexes", "date": dt.datetime.now(dt.timezone.utc).isoformat(
-        timespec="seconds"), "command": command, "note": note, "machine": _machine(), "seeds": list(seeds),
+        timespec="seconds"), "command": command, "note": note, "machine": machine_info(), "seeds": list(seeds),
         "indexes": table, "dataset": summary, "seconds": round(time.perf_counter() - t0, 1), "config": to_dict(cfg)}
     if results is not None:
         write_json(results, result)

@@ -32,6 +32,7 @@ import torch
 
 from onerec.bench.amazon import machine_info
 from onerec.data.splits import load_splits
+from onerec.eval.metrics import compute_metrics, topk_from_scores
 from onerec.io import read_parquet, write_json
 from onerec.pipeline import run_config
 
@@ -47,19 +48,13 @@ def valid_queries(run: Path, n_items: int) -> tuple[np.ndarray, np.ndarray]:
 def retrieval(vectors: np.ndarray, queries: np.ndarray, targets: np.ndarray, k: int = 10,
               chunk: int = 2048) -> dict[str, float]:
     """Recall/NDCG@k of ``targets`` when each query item's nearest items (cosine, the query itself
-    excluded) are the list."""
+    excluded) are the list (ranked and scored by the library's own ``onerec.eval.metrics``)."""
     v = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), dim=1)
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
-    hit = np.zeros(len(queries))
-    gain = np.zeros(len(queries))
+    recs = []
     for s in range(0, len(queries), chunk):
         q = torch.from_numpy(queries[s:s + chunk])
-        scores = v[q] @ v.T
-        scores[torch.arange(len(q)), q] = -torch.inf
-        match = scores.topk(k, dim=1).indices.numpy() == targets[s:s + chunk, None]
-        hit[s:s + chunk] = match.any(axis=1)
-        gain[s:s + chunk] = (match * discount).sum(axis=1)
-    return {f"recall@{k}": float(hit.mean()), f"ndcg@{k}": float(gain.mean())}
+        recs.append(topk_from_scores(v[q] @ v.T, k, exclude=q[:, None].numpy()).numpy())
+    return compute_metrics(np.concatenate(recs), [np.array([t]) for t in targets.tolist()], ks=[k])
 
 
 def id_metrics(vectors: np.ndarray, cfg) -> dict[str, float]:
@@ -106,7 +101,7 @@ def main() -> None:
     n_items = read_parquet(args.run / "data" / "items.parquet").num_rows
     queries, targets = valid_queries(args.run, n_items)
     rows = []
-    for overrides, aligned in [([], False)] + [(s.split(), True) for s in args.setting]:
+    for overrides, aligned in [([], False)] + [(shlex.split(s), True) for s in args.setting]:
         row = score_variant(args.run, overrides, queries, targets, aligned)
         rows.append(row)
         label = "content only" if not aligned else " ".join(overrides) or "the run's alignment"

@@ -34,7 +34,7 @@ from onerec.bench.amazon import machine_info
 from onerec.data.splits import load_splits
 from onerec.eval.metrics import compute_metrics, topk_from_scores
 from onerec.io import read_parquet, write_json
-from onerec.pipeline import run_config
+from onerec.pipeline import run_config, train_alignment
 
 
 def valid_queries(run: Path, n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,21 +68,16 @@ def id_metrics(vectors: np.ndarray, cfg) -> dict[str, float]:
     return {"collision_rate": m["collision_rate"], "max_group": m["max_group"], "recon_rel": m["recon_rel"]}
 
 
-def score_variant(run: Path, overrides: list[str], queries: np.ndarray, targets: np.ndarray,
-                  aligned: bool) -> dict:
-    from onerec.content import item_tokens, item_vectors
-    from onerec.content.align import align_vectors
+def score_variant(run: Path, items, overrides: list[str], queries: np.ndarray, targets: np.ndarray,
+                  aligned: bool, threads: int) -> dict:
+    from onerec.content import item_vectors
 
-    cfg = run_config(run, overrides=overrides)
-    items = read_parquet(run / "data" / "items.parquet")
+    cfg = run_config(run, overrides=[*overrides, f"train.threads={threads}"])
     t0 = time.perf_counter()
     vectors = item_vectors(items, cfg.content, cache_dir=run / "data" / "cache")
     out: dict = {"overrides": overrides, "aligned": aligned}
     if aligned:
-        tokens = item_tokens(items, cfg.content, cache_dir=run / "data" / "cache")
-        train = load_splits(run / "data" / "split", n_items=items.num_rows)["train"]
-        vectors, _, metrics = align_vectors(tokens, train, cfg.content.alignment, content=vectors)
-        out["align"] = metrics
+        vectors, _, out["align"] = train_alignment(run, cfg, cfg.content, items, vectors)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     out["valid"] = retrieval(vectors, queries, targets)
     out["ids"] = id_metrics(vectors, cfg)
@@ -98,11 +93,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    n_items = read_parquet(args.run / "data" / "items.parquet").num_rows
-    queries, targets = valid_queries(args.run, n_items)
+    items = read_parquet(args.run / "data" / "items.parquet")
+    queries, targets = valid_queries(args.run, items.num_rows)
     rows = []
     for overrides, aligned in [([], False)] + [(shlex.split(s), True) for s in args.setting]:
-        row = score_variant(args.run, overrides, queries, targets, aligned)
+        row = score_variant(args.run, items, overrides, queries, targets, aligned, args.threads)
         rows.append(row)
         label = "content only" if not aligned else " ".join(overrides) or "the run's alignment"
         loss = f", align loss {row['align']['loss_last']:.3f}" if aligned else ""

@@ -199,10 +199,11 @@ def _with_media(data: Path, items: pa.Table, ccfg: Any) -> tuple[pa.Table, Any]:
     return items, ccfg
 
 
-def _align(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, content: np.ndarray, progress: bool
-           ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Collaborative alignment (``content.align=true``): train the QFormer on the train split's
-    pairs; its vectors replace the content-only ones. The model goes to RUN/tokenizer/align/."""
+def train_alignment(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, content: np.ndarray,
+                    progress: bool = False) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    """Collaborative alignment of a run's items (``content.align``): the QFormer trained on the train
+    split's pairs over ``ccfg``'s token vectors. Returns (aligned vectors, the QFormer, metrics); writes
+    nothing (:func:`stage_tokenize` saves the model; ``benchmarks/alignment_retrieval.py`` compares settings)."""
     from onerec.content import item_tokens
     from onerec.content.align import align_vectors
     from onerec.content.tfidf import item_texts
@@ -213,17 +214,23 @@ def _align(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, content: np.nd
     tokens = item_tokens(items, ccfg, cache_dir=run / "data" / "cache", progress=progress)
     splits = load_splits(_require(run / "data" / "split", "data"), n_items=items.num_rows)
     texts = item_texts(items, ccfg.text_fields) if ac.caption_weight > 0 else None
-    vectors, model, metrics = align_vectors(tokens, splits["train"], ac, texts=texts, content=content,
-                                            progress=progress)
+    return align_vectors(tokens, splits["train"], ac, texts=texts, content=content, progress=progress)
+
+
+def _align(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, content: np.ndarray, progress: bool
+           ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``content.align=true``: :func:`train_alignment`; its vectors replace the content-only ones and
+    the model goes to RUN/tokenizer/align/."""
     from safetensors.torch import save_file
 
     from onerec.io import atomic_path
 
+    vectors, model, metrics = train_alignment(run, cfg, ccfg, items, content, progress)
     folder = run / "tokenizer" / "align"
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "qformer.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    write_json(folder / "qformer.json", {"in_dim": int(tokens.shape[2]), "config": to_dict(ac),
+    write_json(folder / "qformer.json", {"in_dim": int(model.inp.in_features), "config": to_dict(ccfg.alignment),
                                          "metrics": metrics})
     log(f"aligned {len(vectors)} item vectors: {metrics['user_item_pairs']} user->item + "
         f"{metrics['swing_pairs']} swing pairs, loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}")

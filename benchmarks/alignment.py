@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import torch
 from onerec.align.evaluate import evaluate_cascade, evaluate_generator, oracle_scores
 from onerec.align.loop import AlignContext, align, clone_model
 from onerec.baselines import build_baseline
+from onerec.bench.machine import machine_info
 from onerec.config import load_config, to_dict
 from onerec.data.splits import load_splits
 from onerec.io import read_json, write_json
@@ -163,8 +163,7 @@ def main() -> None:
         "benchmark": "alignment",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/alignment.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "cpu": "2-core shared CPU (5 jobs at once), no GPU",
-                    "python": platform.python_version(), "torch_threads": 1},
+        "machine": machine_info(),
         "overrides": OVERRIDES + args.overrides, "seeds": args.seeds,
         **summarise(runs), "runs": runs, "wall_s": round(time.perf_counter() - t0, 1),
     }

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onerec.bench.amazon import machine_info
+from onerec.bench.machine import machine_info
 from onerec.data.splits import load_splits
 from onerec.eval.metrics import compute_metrics, topk_from_scores
 from onerec.io import read_parquet, write_json

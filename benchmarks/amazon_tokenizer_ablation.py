@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 
 from onerec.bench.amazon import bench_config
+from onerec.bench.machine import machine_info
 from onerec.content import item_vectors
 from onerec.io import read_parquet
 from onerec.pipeline import stage_data
@@ -68,8 +67,7 @@ def main() -> None:
     out = {"benchmark": f"amazon-{args.category}-tokenizer-ablation",
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "command": f"python benchmarks/amazon_tokenizer_ablation.py --category {args.category}",
-           "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                       "note": "2-core CPU shared with other jobs, no GPU, 1 torch thread"},
+           "machine": machine_info(),
            "n_items": items.num_rows, "rows": rows}
     path = RESULTS / f"amazon-{args.category}-tokenizer-ablation.json"
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from onerec.bench.machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def main() -> None:
         entry["seeds"] = args.seeds
         entry["command"] = "python benchmarks/content_align.py " + " ".join(sys.argv[1:])
         entry["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        entry["machine"] = f"{platform.machine()}, {args.note}"
+        entry["machine"] = machine_info(note=args.note)
         results[name] = entry
         RESULTS.mkdir(exist_ok=True)
         out_file.write_text(json.dumps(results, indent=2) + "\n")

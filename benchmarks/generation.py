@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -46,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from onerec.bench.machine import machine_info
 from onerec.config import ModelConfig
 from onerec.features.history import HistoryFeaturizer, Ragged
 from onerec.generate.generative import GenerativeRecommender
@@ -310,8 +309,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/generation.py" + (" --quick" if args.quick else ""),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores shared with other jobs, no GPU; "
-                   "torch.set_num_threads(1) on both sides",
+        "machine": machine_info(note="torch.set_num_threads(1) on both sides"),
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "model": "d_model 128, 4 heads, 4+4 layers, SwiGLU 256 (0.015B layout without MoE); "
                  "HF: T5 gated-silu, same sizes",

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from onerec.bench.machine import machine_info
 from onerec.config import load_config
 from onerec.data.splits import load_splits
 from onerec.eval.harness import evaluate
@@ -176,7 +177,7 @@ def main() -> None:
             entry.setdefault("variants", {})[name] = results[name]
             entry.update({
                 "date": dt.date.today().isoformat(),
-                "machine": "2-core CPU shared with another job, no GPU, torch 1 thread", "base": base_str,
+                "machine": machine_info(), "base": base_str,
                 "seeds": max(len(v["runs"]) for v in entry["variants"].values()),
             })
             write_json(out_path, doc)

@@ -57,7 +57,6 @@ import contextlib
 import datetime as dt
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -67,6 +66,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from onerec.bench.machine import cpu_has, machine_info
 from onerec.config import ModelConfig, from_dict, load_config, to_dict
 from onerec.io import write_json
 from onerec.model.generator import Generator
@@ -253,18 +253,9 @@ def precision_speed(run: Path, steps: int, repeats: int = 3) -> dict:
         rounds.append({p: round(statistics.median(times[p]), 4) for p in modes})
     ratios = [x["fp32"] / x["bf16"] for x in rounds]
     return {"run": str(run), "batch_size": cfg.train.batch_size, "steps_timed": steps, "repeats": repeats,
-            "bf16_matmul_cpu": _cpu_has("avx512_bf16", "amx_bf16"),
+            "bf16_matmul_cpu": cpu_has("avx512_bf16", "amx_bf16"),
             "train_step_s_median": rounds, "train_speedups": [round(x, 3) for x in ratios],
             "train_speedup": round(statistics.median(ratios), 2)}
-
-
-def _cpu_has(*flags: str) -> bool:
-    """Whether /proc/cpuinfo lists any of ``flags`` (False where there is no such file)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in info for f in flags)
 
 
 def packing_speed(run: Path, steps: int, users: int) -> dict:
@@ -323,7 +314,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out_path = RESULTS / "model.json"
     stamp = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
-             "machine": args.machine or f"{os.cpu_count()}-core CPU, no GPU, torch threads={args.threads}, fp32"}
+             "machine": machine_info(note=args.machine)}
     single = None  # (section of model.json, its result) for the one-measurement modes
     if args.precision:
         single = "precision_cpu", precision_speed(args.precision, args.packing_steps)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from onerec.bench.machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
@@ -65,7 +65,7 @@ def main() -> None:
     result = {
         "benchmark": "quickstart", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/quickstart.py" + (" --quick" if args.quick else ""), "preset": preset,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine_info(),
         "median": median, "wall_s_median": wall, "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)

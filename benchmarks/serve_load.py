@@ -26,7 +26,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import platform
 import random
 import socket
 import statistics
@@ -39,6 +38,7 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 
+from onerec.bench.machine import machine_info
 from onerec.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -212,8 +212,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/serve_load.py" + (" --quick" if args.quick else ""),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores shared with other jobs (client and server on the "
-                   f"same cores), no GPU; server torch threads {args.threads}",
+        "machine": machine_info(note=f"client and server on the same cores; server torch threads {args.threads}"),
         "setup": {"k": args.k, "beam_size": 32, "preset": "tiny data + sizes overrides", "sizes": SIZES,
                   "requests_per_level": n_requests, "seconds_per_level": args.seconds},
         "total_errors": sum(r["errors"] for r in rows),

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -156,13 +154,13 @@ def main(argv: list[str] | None = None) -> None:
     runs = [_bench_size(s, args) for s in sizes]
     import pyarrow
 
+    from onerec.bench.machine import machine_info
+
     result = {
         "benchmark": "simulator_scale",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/simulator_scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "numpy": np.__version__, "pyarrow": pyarrow.__version__},
+        "machine": machine_info(numpy=np.__version__, pyarrow=pyarrow.__version__),
         "notes": "wall time = simulate_to_dir (world build + calibration + logging + Parquet writes), fresh "
                  "subprocess per run; peak RSS = that subprocess's ru_maxrss. The full size runs once by default.",
         "runs": runs,

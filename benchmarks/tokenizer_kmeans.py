@@ -28,8 +28,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from onerec.bench.machine import machine_info
 from onerec.config import TokenizerConfig
 from onerec.tokenizer import (
     ResidualKMeansTokenizer,
@@ -207,10 +206,7 @@ def machine() -> dict[str, Any]:
     import faiss
     import sklearn
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "faiss": faiss.__version__, "sklearn": sklearn.__version__, "numpy": np.__version__,
-            "loadavg_start": list(os.getloadavg())}
+    return machine_info(faiss=faiss.__version__, sklearn=sklearn.__version__, numpy=np.__version__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -263,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["balanced"] = balanced_vs_plain(x, args, res["one_level"][0])
     res["rq"] = [rq_fit(x, args, balanced=False)] + ([rq_fit(x, args, balanced=True)] if args.rq_balanced else [])
     res["large_k"] = large_k(x, args) if args.large_k else None
-    res["machine"]["loadavg_end"] = list(os.getloadavg())
+    res["machine"]["loadavg_1m_end"] = machine_info()["loadavg_1m"]
     res["total_s"] = time.perf_counter() - t0
     res["markdown"] = markdown(res)
     args.out.parent.mkdir(parents=True, exist_ok=True)

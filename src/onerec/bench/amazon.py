@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from onerec.bench.machine import machine_info, record_machines
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.errors import ConfigError, DataError
 from onerec.io import read_json, read_yaml, write_json
@@ -221,13 +220,6 @@ def _check_codes_and_truncation(codes: np.ndarray, test: pa.Table, full: list[np
 
 
 # --------------------------------------------------------------------------- runs
-def machine_info() -> dict[str, Any]:
-    """The machine a result was measured on: platform, CPU count, Python, torch, GPU, torch threads."""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "gpu": gpu, "threads": torch.get_num_threads()}
-
-
 # fields a resumed run may change: where and how fast it runs, and how long it may train in all
 RESUMABLE_CHANGES = ("train.time_budget_s", "eval.sasrec.time_budget_s", "train.threads", "train.device")
 # where the dataset files lay, not what they hold: results that differ only here may be joined (recorded, not refused)
@@ -494,7 +486,13 @@ def _merge_seeds(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str]
     out["note"] = " | ".join(f"seeds {parts[i]['seeds']}: {parts[i]['note']}" for i in order if parts[i].get("note"))
     if allowed:
         out["config_differences"] = allowed
+    record_machines(out, [parts[i] for i in order], _ran)
     return out
+
+
+def _ran(part: dict[str, Any]) -> dict[str, Any]:
+    """What a results file ran: its models and seeds (labels its machine in a merged file)."""
+    return {"models": part["models"], "seeds": part["seeds"]}
 
 
 def load_result(path: str | Path) -> dict[str, Any]:
@@ -535,6 +533,7 @@ def merge_results(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str
     out.pop("config_differences", None)
     if differing:
         out["config_differences"] = differing
+    record_machines(out, parts, _ran)
     return out
 
 

@@ -27,12 +27,12 @@ from onerec.bench.amazon import (
     check_protocol,
     config_differences,
     config_value,
-    machine_info,
     mean_std,
     metric_cells,
     pooling_differences,
     seed_config,
 )
+from onerec.bench.machine import machine_info, record_machines
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.errors import ConfigError, DataError
 from onerec.io import read_parquet, write_json
@@ -171,6 +171,7 @@ def merge_scientific(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[
     out["command"] = " && ".join(p["command"] for p in parts if p.get("command"))
     out["note"] = " | ".join(f"{', '.join(p['indexes'])} seeds {p['seeds']}: {p['note']}" for p in parts
                              if p.get("note"))
+    record_machines(out, parts, lambda p: {"indexes": list(p["indexes"]), "seeds": p["seeds"]})
     return out
 
 

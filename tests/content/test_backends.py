@@ -104,7 +104,11 @@ def test_model_backends_need_a_local_folder(tmp_path):
 def tiny_sentence_model(folder):
     """A randomly initialised one-layer BERT wrapped as a sentence-transformers model (no download)."""
     pytest.importorskip("sentence_transformers")
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    try:  # sentence-transformers >= 6 (the old path still works there, with a DeprecationWarning)
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # 3.x - 5.x
+        from sentence_transformers.models import Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *["red", "blue", "shoe", "apple", "cherry", "pie", "trail"]]
@@ -113,7 +117,7 @@ def tiny_sentence_model(folder):
     BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(bert_dir)
     BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32, max_position_embeddings=32)).save_pretrained(bert_dir)
-    model = SentenceTransformer(modules=[models.Transformer(str(bert_dir)), models.Pooling(16, "mean")])
+    model = SentenceTransformer(modules=[Transformer(str(bert_dir)), Pooling(16, "mean")])
     model.save(str(folder / "st"))
     return folder / "st"
 

@@ -238,6 +238,8 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay")
     warmup_steps: int = opt(100, "linear warm-up steps before cosine decay")
     grad_clip: float = opt(1.0, "max gradient norm (0 disables)")
+    label_smoothing: float = opt(0.0, "share of each target code's probability spread uniformly over its level's "
+                                      "codebook in the training loss (validation losses stay plain cross-entropy)")
     checkpoint_every: int = opt(500, "save a resumable checkpoint every N steps (and at the end)")
     log_every: int = opt(20, "record the training loss every N steps")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")

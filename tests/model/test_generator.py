@@ -47,6 +47,25 @@ def test_forward_backward_and_padding_invariance():
     torch.testing.assert_close(m(batch2), loss)
 
 
+def test_label_smoothing_is_the_smoothed_cross_entropy_of_each_level():
+    torch.manual_seed(0)
+    m = Generator(ModelConfig(d_model=32, n_heads=2, enc_layers=1, dec_layers=1, max_history=6, dropout=0.0), [4, 8])
+    m.eval()
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    batch = {"hist_codes": torch.randint(0, 4, (3, 6, 2)), "hist_flags": torch.zeros(3, 6, dtype=torch.long),
+             "hist_age": torch.zeros(3, 6, dtype=torch.long), "hist_mask": mask,
+             "target": torch.tensor([[1, 2], [3, 7], [0, 0]])}
+    eps = 0.2
+    memory, memory_mask = m.encode_batch(batch)
+    hidden = m.decode(batch["target"][:, :-1], memory, memory_mask)
+    expected = []
+    for t in range(2):  # (1 - eps) * NLL(target) + eps * mean over the level's codes of -log p
+        logp = torch.log_softmax(m.heads[t](hidden[:, t]), dim=-1)
+        nll = -logp.gather(1, batch["target"][:, t:t + 1]).squeeze(1)
+        expected.append(((1 - eps) * nll - eps * logp.mean(-1)).mean())
+    torch.testing.assert_close(m(batch, label_smoothing=eps), torch.stack(expected).mean())
+
+
 def test_generative_recommender_returns_valid_distinct_items(cyclic):
     ds, splits = cyclic
     codes = _codes(ds.n_items)

@@ -237,29 +237,33 @@ class Generator(nn.Module):
             x = block(x, memory, key_ok[:, None, :], packing)
         return self.dec_norm(x)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    def forward(self, batch: dict[str, Tensor], *, label_smoothing: float = 0.0) -> Tensor:
         """Teacher-forced next-token cross-entropy, averaged over the D positions (a scalar).
 
         Each position has its own vocabulary (level t's codebook), so the loss is computed per
         level rather than over one padded [B, D, max V] logits tensor. With ``session_len`` > 1 and
         a ``session`` key in the batch, the target is the session's m*D tokens (OneRec V1), padded
-        items of short sessions masked out."""
+        items of short sessions masked out. ``label_smoothing`` (training only; validation losses
+        use 0) spreads that share of each target's probability uniformly over its level's codebook."""
         memory, memory_mask = self.encode_batch(batch)
         if self.cfg.session_len > 1 and "session" in batch:
-            return self._session_loss(batch["session"], batch["session_mask"], memory, memory_mask)
+            return self._session_loss(batch["session"], batch["session_mask"], memory, memory_mask, label_smoothing)
         target = batch["target"]
         hidden = self.decode(target[:, :-1], memory, memory_mask)
-        losses = [F.cross_entropy(self.heads[t](hidden[:, t]), target[:, t]) for t in range(target.shape[1])]
+        losses = [F.cross_entropy(self.heads[t](hidden[:, t]), target[:, t], label_smoothing=label_smoothing)
+                  for t in range(target.shape[1])]
         return torch.stack(losses).mean()
 
-    def _session_loss(self, session: Tensor, session_mask: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
+    def _session_loss(self, session: Tensor, session_mask: Tensor, memory: Tensor, memory_mask: Tensor,
+                      label_smoothing: float = 0.0) -> Tensor:
         b, m, depth = session.shape
         tokens = session.reshape(b, m * depth)
         valid = session_mask.repeat_interleave(depth, dim=1)
         hidden = self.decode(tokens[:, :-1], memory, memory_mask)
         total = hidden.new_zeros(())
         for t in range(m * depth):
-            ce = F.cross_entropy(self.heads[t % depth](hidden[:, t]), tokens[:, t].clamp_min(0), reduction="none")
+            ce = F.cross_entropy(self.heads[t % depth](hidden[:, t]), tokens[:, t].clamp_min(0), reduction="none",
+                                 label_smoothing=label_smoothing)
             total = total + (ce * valid[:, t]).sum()
         return total / valid.sum().clamp_min(1)
 

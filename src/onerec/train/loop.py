@@ -136,6 +136,9 @@ def train_generator(
         # buffers too: an MoE layer's routing bias is part of the function the average computes
         average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     check_choices(cfg, "train.")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise ConfigError(f"train.label_smoothing={cfg.label_smoothing}: must be in [0, 1). Fix: e.g. 0.1, or 0 "
+                          "for plain cross-entropy.")
     bf16 = cfg.precision == "bf16"
     scored = model if average is None else average.module  # the weights validation and selection see
     n = len(train)
@@ -178,7 +181,7 @@ def train_generator(
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(to_device(train.batch(idx), device))
+            loss = model(to_device(train.batch(idx), device), label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

@@ -38,6 +38,15 @@ def test_leads_best_epoch_and_test_changes():
     assert "candidate ahead at 2 of 4 epochs" in text and "recall@10 0.2000 -> 0.1800 (-10.0%)" in text
 
 
+def test_a_zero_base_score_has_no_relative_lead():
+    s = compare_results(_result(0, [0.0, 0.0, 0.2], [0.1] * 4), _result(0, [0.1, 0.0, 0.3], [0.1] * 4),
+                        halves=2)["per_seed"][0]
+    assert s["curve"][0]["lead"] is None and s["ahead"] == 2
+    assert s["ranges"][0]["mean_lead"] is None and s["ranges"][1]["mean_lead"] == pytest.approx(0.5)
+    assert "n/a over epochs 1-2" in format_comparison(compare_results(
+        _result(0, [0.0, 0.0, 0.2], [0.1] * 4), _result(0, [0.1, 0.0, 0.3], [0.1] * 4)))
+
+
 def test_machines_and_config_differences_are_named():
     base = _result(0, [0.1], [0.1] * 4, cpu="AMD EPYC")
     cand = _result(0, [0.1], [0.1] * 4, cpu="Intel Xeon", config={"train": {"lr": 0.004}})

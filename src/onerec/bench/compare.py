@@ -48,6 +48,10 @@ def _machine(result: dict[str, Any]) -> dict[str, Any]:
     return {"cpu": m.get("cpu"), "platform": m.get("platform"), "load": m.get("load")}
 
 
+def _mean(xs: list[float]) -> float | None:
+    return mean(xs) if xs else None  # None: every base score in the range was 0 (no relative lead)
+
+
 def _rel(a: float, b: float) -> float | None:
     return None if a == 0 else (b - a) / a
 
@@ -66,7 +70,7 @@ def compare_seed(base: dict[str, Any], cand: dict[str, Any], *, halves: int = 2)
                         for e, lead in zip(epochs, leads, strict=True)]
         size = -(-len(epochs) // max(halves, 1))
         out["ranges"] = [{"epochs": [epochs[i], epochs[min(i + size, len(epochs)) - 1]],
-                          "mean_lead": mean(x for x in leads[i:i + size] if x is not None)}
+                          "mean_lead": _mean([x for x in leads[i:i + size] if x is not None])}
                          for i in range(0, len(epochs), size)]
         best_b, best_c = max(cb.values()), max(cc.values())
         out["best"] = {"base": best_b, "base_epoch": max(cb, key=cb.get), "candidate": best_c,

@@ -148,6 +148,10 @@ class ContentConfig:
     trust_remote_code: bool = opt(False, "vlm: allow the model folder's own Python code to run (needed by "
                                          "Keye-VL, whose config.json has an auto_map; an explicit opt-in)")
     align: bool = opt(False, "train the collaborative-alignment QFormer and tokenise its vectors instead")
+    collaborative: str | None = opt(None, "'sasrec': tokenise purely collaborative item vectors instead of content, "
+                                          "the item embeddings of a SASRec (full-softmax CE, eval.sasrec's other "
+                                          "settings) trained on the train split and early-stopped on valid; no "
+                                          "text is read. None: content vectors", choices=[None, "sasrec"])
     alignment: ContentAlignConfig = section(ContentAlignConfig,
                                             "collaborative alignment (used when content.align=true)")
 

@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from onerec.config import RunConfig, load_config, to_dict
+from onerec.config import RunConfig, check_choices, load_config, to_dict
 from onerec.data.schema import Dataset, positive_mask
 from onerec.data.splits import item_counts, load_splits, make_splits, save_splits
-from onerec.errors import DataError
+from onerec.errors import ConfigError, DataError
 from onerec.io import read_json, read_parquet, write_json, write_parquet, write_yaml
 
 
@@ -119,14 +119,21 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
     out = run / "tokenizer"
     t0 = time.perf_counter()
     ccfg = cfg.content
-    if ccfg.backend == "vlm":
-        ds_items, ccfg = _with_media(data, ds_items, ccfg)
-    vectors = item_vectors(ds_items, ccfg, cache_dir=data / "cache", progress=progress)
-    align_metrics = None
-    if ccfg.align:
-        vectors, align_metrics = _align(run, cfg, ccfg, ds_items, vectors, progress)
-    save_vectors(out / "item_vectors.safetensors", vectors, backend=cfg.content.backend,
-                 aligned=str(cfg.content.align).lower())
+    check_choices(ccfg, "content.")
+    align_metrics = collab_metrics = None
+    if ccfg.collaborative == "sasrec":
+        if ccfg.align:
+            raise ConfigError("content.collaborative=sasrec replaces the content vectors, so there is nothing for "
+                              "content.align to align. Fix: set content.align=false (or content.collaborative=null).")
+        vectors, collab_metrics = sasrec_item_vectors(run, cfg, n_items=ds_items.num_rows)
+    else:
+        if ccfg.backend == "vlm":
+            ds_items, ccfg = _with_media(data, ds_items, ccfg)
+        vectors = item_vectors(ds_items, ccfg, cache_dir=data / "cache", progress=progress)
+        if ccfg.align:
+            vectors, align_metrics = _align(run, cfg, ccfg, ds_items, vectors, progress)
+    save_vectors(out / "item_vectors.safetensors", vectors, backend=ccfg.collaborative or ccfg.backend,
+                 aligned=str(ccfg.align).lower())
     if tc.codebook_size > len(vectors):
         raise DataError(f"tokenizer.codebook_size={tc.codebook_size} exceeds the {len(vectors)} items",
                         fix=f"set tokenizer.codebook_size={max(2, len(vectors) // 8)} or lower")
@@ -140,6 +147,8 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
     metrics = {**tok.metrics, "codebook_sizes": tok.codebook_sizes, "seconds": round(time.perf_counter() - t0, 2)}
     if align_metrics is not None:
         metrics["align"] = align_metrics
+    if collab_metrics is not None:
+        metrics["collaborative"] = collab_metrics
     save_codes(run, codes, metrics)
     save_config(run, cfg)
     return metrics
@@ -234,6 +243,27 @@ def _align(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, content: np.nd
                                          "metrics": metrics})
     log(f"aligned {len(vectors)} item vectors: {metrics['user_item_pairs']} user->item + "
         f"{metrics['swing_pairs']} swing pairs, loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}")
+    return vectors, metrics
+
+
+def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """``content.collaborative=sasrec``: the item embedding table [n_items, eval.sasrec.d_model] of a SASRec
+    trained with the full-softmax CE loss on RUN's train split and early-stopped on its valid split (the
+    selection split, as for every model here), and what its training did."""
+    from onerec.baselines import build_baseline
+    from onerec.train.loop import resolve_device
+
+    t0 = time.perf_counter()
+    splits = load_splits(_require(run / "data" / "split", "data"), n_items=n_items)
+    rec = build_baseline("sasrec_ce", cfg.eval.sasrec, device=resolve_device(cfg.train.device))
+    log("item vectors: fitting SASRec (CE) on the train split")
+    rec.fit(splits["train"], n_items=n_items, valid=splits["valid"])
+    vectors = rec.model.item_emb.weight[1:].detach().cpu().numpy().astype(np.float32)  # row 0 is padding
+    metrics = {"model": "sasrec_ce", "dim": int(vectors.shape[1]), "epochs": len(rec.train_log),
+               "best_epoch": int(rec.best_epoch), "valid_curve": rec.valid_curve,
+               "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"item vectors: SASRec item embeddings ({vectors.shape[1]} dims), best valid epoch {rec.best_epoch} of "
+        f"{len(rec.train_log)}")
     return vectors, metrics
 
 

@@ -254,6 +254,8 @@ def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int) -> tuple[np.
     from onerec.train.loop import resolve_device
 
     t0 = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     splits = load_splits(_require(run / "data" / "split", "data"), n_items=n_items)
     rec = build_baseline("sasrec_ce", cfg.eval.sasrec, device=resolve_device(cfg.train.device))
     log("item vectors: fitting SASRec (CE) on the train split")

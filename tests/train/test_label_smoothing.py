@@ -1,5 +1,6 @@
-"""``train.label_smoothing``: the training loss is the smoothed cross-entropy (so it changes training), the
-validation loss stays the plain one, and out-of-range values are refused before any step."""
+"""``train.label_smoothing``: the training loss is the smoothed cross-entropy (so it changes training), 0 is
+plain cross-entropy, and out-of-range values are refused before any step. (That it equals the formula per level is
+tests/model/test_generator.py's.)"""
 
 import pytest
 

@@ -1,7 +1,7 @@
 """Compare two ``onerec bench amazon`` results files seed by seed (``onerec bench compare``): the valid
 curves epoch by epoch (which one leads, by how much, over which epochs), the selected epoch's valid score
 and the test metrics, with the config fields and the machines that differ. This is the reading every
-one-change screen needs ("ahead at 9 of 10 epochs, +7.8% at the end, test +7-13%"), made from the files
+one-change screen needs ("ahead at 9 of 10 epochs, +7.7% at the end, test +7-13%"), made from the files
 alone so that the figures quoted in docs/BENCHMARKS.md can be re-derived with one command."""
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 from statistics import mean
 from typing import Any
 
-from onerec.bench.amazon import config_differences, config_value
+from onerec.bench.amazon import METRICS, config_differences, config_value
 from onerec.errors import DataError
-
-METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
 def _runs(result: dict[str, Any], model: str, name: str) -> dict[int, dict[str, Any]]:

@@ -11,7 +11,7 @@ import torch
 
 from onerec.baselines import Recommender, SASRec, SASRecRecommender, build_baseline
 from onerec.config import SasrecConfig
-from onerec.errors import DataError
+from onerec.errors import CheckpointError, DataError
 from onerec.eval import evaluate
 
 N_ITEMS = 40
@@ -129,3 +129,73 @@ def test_runs_on_cuda(successor_splits: dict[str, pa.Table]) -> None:
     rec.fit(successor_splits["train"], n_items=N_ITEMS, valid=successor_splits["valid"])
     assert next(rec.model.parameters()).is_cuda
     assert rec.recommend(successor_splits["test"], 10).shape == (300, 10)
+
+
+def _without_seconds(log: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in log]
+
+
+CUT = 5  # the epoch after which the fit below is killed
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("targets", ["pattern", "shuffled"])
+def test_interrupted_fit_resumes_to_the_same_model(tmp_path, successor_splits: dict[str, pa.Table],
+                                                   targets: str) -> None:
+    """A fit killed after epoch CUT and resumed from its checkpoint ends with the uninterrupted fit's
+    log, selection and weights (BCE: the negative sampler's generator; dropout: torch's global RNG;
+    shuffling: NumPy's; with shuffled valid targets the best epoch comes early, so the early-stopping
+    state must survive); a finished fit resumed again trains no further."""
+    cfg = dataclasses.replace(SMALL, loss="bce", epochs=8, patience=3)
+    train, valid = successor_splits["train"], successor_splits["valid"]
+    if targets == "shuffled":
+        order = np.random.default_rng(1).permutation(valid.num_rows)
+        valid = valid.set_column(valid.column_names.index("targets"), "targets", valid["targets"].take(order))
+    whole = SASRecRecommender(cfg)
+    whole.fit(train, n_items=N_ITEMS, valid=valid, checkpoint=tmp_path / "whole")
+    if targets == "shuffled":  # the case this parameter is for: the best epoch is before the cut
+        assert whole.best_epoch <= CUT < len(whole.train_log), [r.get("valid_ndcg@10") for r in whole.train_log]
+
+    def interrupt(row: dict[str, float]) -> None:
+        if row["epoch"] == CUT:
+            raise _Stop
+
+    cut = SASRecRecommender(cfg)
+    cut.on_epoch = interrupt
+    with pytest.raises(_Stop):
+        cut.fit(train, n_items=N_ITEMS, valid=valid, checkpoint=tmp_path / "cut")
+    assert [p.name for p in (tmp_path / "cut").iterdir()] == [f"epoch-{CUT:04d}"]  # only the latest is kept
+    torch.manual_seed(123)  # the resumed fit must not depend on the process's random state
+    resumed = SASRecRecommender(cfg)
+    seen: list[int] = []
+    resumed.on_epoch = lambda row: seen.append(int(row["epoch"]))
+    resumed.fit(train, n_items=N_ITEMS, valid=valid, checkpoint=tmp_path / "cut")
+    assert seen == list(range(CUT + 1, len(whole.train_log) + 1))
+    assert _without_seconds(resumed.train_log) == _without_seconds(whole.train_log)
+    assert resumed.best_epoch == whole.best_epoch
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+    again = SASRecRecommender(cfg)
+    again.on_epoch = lambda row: pytest.fail("a finished fit trained again")
+    again.fit(train, n_items=N_ITEMS, valid=valid, checkpoint=tmp_path / "whole")
+    assert again.best_epoch == whole.best_epoch
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[key]), key
+
+
+def test_checkpoint_of_other_settings_or_data_is_refused(tmp_path, successor_splits: dict[str, pa.Table]) -> None:
+    cfg = dataclasses.replace(SMALL, epochs=1)
+    train = successor_splits["train"]
+    SASRecRecommender(cfg).fit(train, n_items=N_ITEMS, checkpoint=tmp_path / "ck")
+    with pytest.raises(CheckpointError, match=r"config\.lr"):
+        SASRecRecommender(dataclasses.replace(cfg, lr=1e-3)).fit(train, n_items=N_ITEMS, checkpoint=tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="train"):
+        SASRecRecommender(cfg).fit(train.slice(0, 100), n_items=N_ITEMS, checkpoint=tmp_path / "ck")
+    # more epochs may be asked of a resumed fit: it goes on from the saved epoch
+    longer = SASRecRecommender(dataclasses.replace(cfg, epochs=2))
+    longer.fit(train, n_items=N_ITEMS, checkpoint=tmp_path / "ck")
+    assert [row["epoch"] for row in longer.train_log] == [1, 2]

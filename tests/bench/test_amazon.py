@@ -130,6 +130,34 @@ def test_bench_amazon_resumes_a_killed_run(amazon_dir, tmp_path):
     assert isinstance(res.exception, ConfigError) and "train.lr" in str(res.exception)
 
 
+def test_bench_amazon_resumes_sasrec_from_its_last_epoch(amazon_dir, tmp_path):
+    """A SASRec baseline stopped after its first epoch continues from it with --resume and ends as
+    the uninterrupted run did; a run without --resume over the same folder starts afresh."""
+    base = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--seeds", "0",
+            "--models", "sasrec_bce", *TINY, "eval.sasrec.epochs=4", "eval.sasrec.patience=4"]
+
+    def bench(name, *extra):
+        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / name),
+                                       "--results", str(tmp_path / f"{name}.json"), *extra])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        return res, json.loads((tmp_path / f"{name}.json").read_text())["runs"][0]["models"]["sasrec_bce"]
+
+    _, full = bench("full")
+    assert full["epochs"] == 4 and sorted(p.name for p in (tmp_path / "full/seed0/baselines/sasrec_bce").iterdir()) \
+        == ["epoch-0004"]
+    _, cut = bench("cut", "eval.sasrec.time_budget_s=0")  # ends after its first epoch, as a kill would
+    assert cut["epochs"] == 1
+    res, resumed = bench("cut", "--resume")  # a new time cap is allowed
+    assert "resuming sasrec_bce from " in res.output and resumed["resumed_from_epoch"] == 1
+    assert resumed["epochs"] == full["epochs"] and resumed["best_epoch"] == full["best_epoch"]
+    for r, f in zip(resumed["valid_curve"], full["valid_curve"], strict=True):
+        assert r["ndcg@10"] == pytest.approx(f["ndcg@10"], abs=1e-6)
+    for m in METRICS:
+        assert resumed[m] == pytest.approx(full[m], abs=1e-6)
+    res, again = bench("cut", "eval.sasrec.time_budget_s=0")  # no --resume: trains from epoch 1 again
+    assert "resuming" not in res.output and again["epochs"] == 1 and "resumed_from_epoch" not in again
+
+
 def test_item_id_feature_gets_one_row_per_item(amazon_dir):
     feats = "model.behaviour_features=[sid,label,time,item]"
     cfg = bench_config("beauty", amazon_dir, overrides=[feats, "model.sparse_buckets=8"])

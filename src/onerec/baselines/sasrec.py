@@ -27,8 +27,10 @@ Layout choices (the paper leaves some open; we follow its reference implementati
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,13 +47,17 @@ from onerec.data.splits import list_column
 from onerec.errors import CheckpointError, DataError
 from onerec.eval.harness import evaluate
 from onerec.eval.metrics import topk_from_scores
-from onerec.io import atomic_path, read_json, write_json
+from onerec.io import atomic_folder, atomic_path, read_json, write_json
+from onerec.train.checkpoint import optimizer_tensors, restore_optimizer
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "sasrec.json"
 FORMAT = "onerec.sasrec/1"
+PROGRESS_FORMAT = "onerec.sasrec-progress/1"
+# settings a resumed fit may change: how long it may train, and how many users it scores at once
+RESUMABLE = ("epochs", "time_budget_s", "eval_batch_size")
 
 
 # --------------------------------------------------------------------------------- model
@@ -196,6 +202,36 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+def _digest(*arrays: np.ndarray) -> str:
+    """A short hash of arrays' shapes and contents: which data a training checkpoint was made on."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _split_arrays(table: pa.Table) -> tuple[np.ndarray, ...]:
+    """A valid table's histories and targets as flat arrays plus their lengths (for :func:`_digest`)."""
+    out: list[np.ndarray] = []
+    for column in ("history", "targets"):
+        seqs = list_column(table, column)
+        out += [np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)),
+                np.concatenate(seqs).astype(np.int64) if seqs else np.zeros(0, np.int64)]
+    return tuple(out)
+
+
+def _progress_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("epoch-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def latest_progress(folder: Path) -> Path | None:
+    """The newest whole ``epoch-NNNN`` checkpoint of a ``fit(checkpoint=folder)``; None if there is none."""
+    found = _progress_folders(folder) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
 class _EarlyStopping:
     """Tracks the best valid score, a copy of its weights, and evaluations without improvement."""
 
@@ -213,6 +249,15 @@ class _EarlyStopping:
     @property
     def exhausted(self) -> bool:
         return self.bad >= max(self.patience, 1)
+
+    def state(self) -> dict[str, float | int | None]:
+        return {"best": None if self.best_state is None else self.best, "best_epoch": self.best_epoch, "bad": self.bad}
+
+    def restore(self, state: dict[str, float | int | None], best_state: dict[str, torch.Tensor] | None) -> None:
+        best = state["best"]
+        self.best, self.best_epoch, self.bad = (-math.inf if best is None else float(best)), int(state["best_epoch"]), \
+            int(state["bad"])
+        self.best_state = best_state
 
 
 # ------------------------------------------------------------------------- recommender
@@ -264,8 +309,15 @@ class SASRecRecommender:
         return SASRec(n_items, c.d_model, c.n_layers, c.n_heads, c.dropout, c.max_len).to(self.device)
 
     # ------------------------------------------------------------------------ training
-    def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:
-        """Train on the ``items`` sequences of the train table (see class docstring)."""
+    def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None,
+            checkpoint: str | Path | None = None) -> None:
+        """Train on the ``items`` sequences of the train table (see class docstring).
+
+        ``checkpoint``: a folder that receives the whole training state after every epoch (weights,
+        Adam moments, every random state, the early-stopping state and the log); a fit given a folder
+        that already holds one continues from it, and ends where an uninterrupted fit would have. The
+        folder must come from the same data and settings (apart from :data:`RESUMABLE`); else
+        :class:`CheckpointError`."""
         c = self.cfg
         seqs = list_column(train, "items")
         _check_ids(seqs, n_items, "items")
@@ -278,8 +330,23 @@ class SASRecRecommender:
         opt = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=(0.9, 0.98), weight_decay=c.weight_decay)
         rng = np.random.default_rng(c.seed)
         gen = torch.Generator(device=self.device).manual_seed(c.seed)
-        self.train_log, stop, t0 = [], _EarlyStopping(c.patience), time.monotonic()
-        for epoch in range(1, c.epochs + 1):
+        self.train_log, stop, first, spent = [], _EarlyStopping(c.patience), 1, 0.0
+        fingerprint = None
+        if checkpoint is not None:
+            checkpoint = Path(checkpoint)
+            fingerprint = {"config": dataclasses.asdict(c), "n_items": n_items, "train": _digest(windows),
+                           "valid": None if valid is None else _digest(*_split_arrays(valid))}
+            saved = latest_progress(checkpoint)
+            if saved is not None:
+                first, spent = self._restore_progress(saved, fingerprint, opt, rng, gen, stop)
+                log.info("%s: resumed from %s", self.name, saved)
+        t0 = time.monotonic() - spent
+        # a restored fit that had stopped early or run out of time trains no further (a larger
+        # ``epochs`` or ``time_budget_s`` than it had lets it go on)
+        ended = stop.exhausted or (c.time_budget_s is not None and spent > c.time_budget_s)
+        for epoch in range(first, c.epochs + 1):
+            if ended:
+                break
             t_ep = time.monotonic()
             row: dict[str, float] = {"epoch": epoch, "loss": self._train_epoch(windows, opt, rng, gen)}
             out_of_time = c.time_budget_s is not None and time.monotonic() - t0 > c.time_budget_s
@@ -290,6 +357,8 @@ class SASRecRecommender:
             row["seconds"] = time.monotonic() - t_ep
             self.train_log.append(row)
             log.info("%s epoch %d: %s", self.name, epoch, row)
+            if checkpoint is not None:
+                self._save_progress(checkpoint, fingerprint, opt, rng, gen, stop, time.monotonic() - t0)
             if self.on_epoch is not None:
                 self.on_epoch(row)
             if last or stop.exhausted:
@@ -298,6 +367,64 @@ class SASRecRecommender:
             self.model.load_state_dict(stop.best_state)
         self.best_epoch = stop.best_epoch or len(self.train_log)
         self.model.eval()
+
+    def _save_progress(self, folder: Path, fingerprint: dict, opt: torch.optim.Optimizer, rng: np.random.Generator,
+                       gen: torch.Generator, stop: _EarlyStopping, spent: float) -> None:
+        """The state after the last epoch of ``train_log`` as ``folder/epoch-NNNN`` (written whole, then the
+        older epochs are removed)."""
+        assert self.model is not None
+        epoch = int(self.train_log[-1]["epoch"])
+        tensors, groups = optimizer_tensors(opt)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.generator"] = gen.get_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        if stop.best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in stop.best_state.items()})
+        with atomic_folder(folder / f"epoch-{epoch:04d}") as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                      str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+            write_json(tmp / "progress.json", {
+                "format": PROGRESS_FORMAT, "fingerprint": fingerprint, "epoch": epoch, "seconds": spent,
+                "train_log": self.train_log,
+                "stop": stop.state(), "numpy_rng": rng.bit_generator.state, "optimizer": groups})
+        for old in _progress_folders(folder)[:-1]:
+            shutil.rmtree(old)
+
+    def _restore_progress(self, folder: Path, fingerprint: dict, opt: torch.optim.Optimizer,
+                          rng: np.random.Generator, gen: torch.Generator, stop: _EarlyStopping) -> tuple[int, float]:
+        """Load ``folder`` (one ``epoch-NNNN``) into the fit's objects; returns (next epoch, seconds spent)."""
+        assert self.model is not None
+        meta = read_json(folder / "progress.json")
+        if meta.get("format") != PROGRESS_FORMAT:
+            raise CheckpointError(f"{folder}: not a SASRec training checkpoint (format {meta.get('format')!r}). "
+                                  "Fix: point the checkpoint at an empty folder.")
+        saved = meta["fingerprint"]
+        differ = [f"config.{k}" for k in fingerprint["config"]
+                  if k not in RESUMABLE and saved["config"].get(k) != fingerprint["config"][k]]
+        differ += [k for k in ("n_items", "train", "valid") if saved.get(k) != fingerprint[k]]
+        if differ:
+            raise CheckpointError(f"{folder}: the checkpoint was made with other data or settings "
+                                  f"({', '.join(differ[:5])} differ). Fix: resume with the data and settings that "
+                                  "started it, or remove the folder to train afresh.")
+        try:
+            self.model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(self.device)))
+            tensors = load_file(str(folder / "state.safetensors"))
+        except (OSError, RuntimeError) as e:
+            raise CheckpointError(f"{folder}: unreadable checkpoint ({e}). Fix: remove the folder to train "
+                                  "afresh.") from None
+        torch.set_rng_state(tensors.pop("rng.torch"))
+        gen.set_state(tensors.pop("rng.generator"))
+        cuda_rng = tensors.pop("rng.cuda", None)
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.device)
+        best = {k.removeprefix("best."): tensors.pop(k).to(self.device) for k in list(tensors) if k.startswith("best.")}
+        restore_optimizer(opt, {k: v.to(self.device) for k, v in tensors.items()}, meta["optimizer"])
+        rng.bit_generator.state = meta["numpy_rng"]
+        stop.restore(meta["stop"], best or None)
+        self.train_log = list(meta["train_log"])
+        return int(meta["epoch"]) + 1, float(meta["seconds"])
 
     def _valid_score(self, valid: pa.Table) -> float:
         k = int(self.cfg.early_stop_metric.split("@")[1])

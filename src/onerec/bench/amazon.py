@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -249,8 +250,10 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     (whose data/ is already written).
 
     ``resume``: keep the run's semantic IDs and continue onerec's training from its latest checkpoint
-    (model selection included), e.g. after a machine session ended; the SASRec baselines train afresh."""
+    (model selection included), e.g. after a machine session ended, and the SASRec baselines' from the
+    last epoch each finished (``RUN/baselines/<name>/``)."""
     from onerec.baselines import build_baseline
+    from onerec.baselines.sasrec import latest_progress
     from onerec.data.splits import load_splits
     from onerec.eval.harness import evaluate
     from onerec.pipeline import load_codes, load_recommender, stage_tokenize, stage_train
@@ -298,13 +301,23 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
             rec.on_epoch = lambda row, name=name, metric=metric: log(
                 f"  seed {cfg.train.seed} {name}: epoch {row['epoch']}, loss {row['loss']:.4f}"
                 + (f", valid {metric} {row[f'valid_{metric}']:.4f}" if f"valid_{metric}" in row else ""))
-            rec.fit(splits["train"], n_items=out["protocol"]["items"], valid=splits["valid"])
-            train_s = time.perf_counter() - t1
+            # the whole training state after every epoch: --resume continues from it
+            ckpt_dir = run / "baselines" / name
+            if not resume and ckpt_dir.exists():
+                shutil.rmtree(ckpt_dir)  # a fresh run must not continue an older one
+            done = latest_progress(ckpt_dir) if resume else None
+            if done is not None:
+                log(f"  resuming {name} from {done}")
+            rec.fit(splits["train"], n_items=out["protocol"]["items"], valid=splits["valid"], checkpoint=ckpt_dir)
+            # resumed: the epochs' own clocks summed over every part (as onerec's training clock)
+            train_s = sum(row["seconds"] for row in rec.train_log) if done is not None else time.perf_counter() - t1
             metrics = evaluate(rec, splits["test"], ks=ks)
             info = {"train_seconds": round(train_s, 1), "epochs": len(rec.train_log), "best_epoch": rec.best_epoch,
                     "parameters": sum(p.numel() for p in rec.model.parameters()),
                     # the same shape as onerec's: selection is visible in the results file
                     "valid_curve": rec.valid_curve}
+            if done is not None:
+                info["resumed_from_epoch"] = int(done.name.removeprefix("epoch-"))
         else:
             raise ConfigError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
         info["seconds"] = round(time.perf_counter() - t1, 1)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from onerec.config import ModelConfig, from_dict, to_dict
 from onerec.errors import CheckpointError
-from onerec.io import atomic_path, read_json, write_json
+from onerec.io import atomic_folder, atomic_path, read_json, write_json
 
 
 def save_model(folder: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -97,24 +97,18 @@ def save_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.op
     """Write a resumable checkpoint into ``folder`` (a temp folder renamed into place); ``average``
     (the weight average of ``train.ema_decay``) is stored beside the optimizer moments, ``best`` (the
     weights of the best valid epoch so far, when training selects on valid) as ``best.safetensors``."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_model(tmp, model, meta)
-    if best is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in best.items()}, str(tmp / "best.safetensors"))
-    tensors, groups = optimizer_tensors(opt)
-    if average is not None:
-        tensors.update({f"average.{k}": v.detach().contiguous().cpu() for k, v in average.state_dict().items()})
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, str(tmp / "optim.safetensors"))
-    write_json(tmp / "state.json", {**state, "optimizer": groups})
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    with atomic_folder(folder) as tmp:
+        save_model(tmp, model, meta)
+        if best is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in best.items()}, str(tmp / "best.safetensors"))
+        tensors, groups = optimizer_tensors(opt)
+        if average is not None:
+            tensors.update({f"average.{k}": v.detach().contiguous().cpu() for k, v in average.state_dict().items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(tensors, str(tmp / "optim.safetensors"))
+        write_json(tmp / "state.json", {**state, "optimizer": groups})
 
 
 def load_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,

@@ -97,16 +97,22 @@ def test_a_baselines_only_run_builds_no_semantic_ids(amazon_dir, tmp_path):
     assert "seed 0 sasrec_ce: epoch 1, loss " in res.output and ", valid ndcg@10 " in res.output
 
 
+def _bench_row(tmp_path: Path, base: list[str], name: str, model: str, *extra: str):
+    """Run ``onerec bench amazon`` (``base`` + extra arguments) into ``tmp_path/name``; return the
+    output and the first seed's row of ``model`` in its results file."""
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / name), "--results", str(tmp_path / f"{name}.json"),
+                                   *extra])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return res, json.loads((tmp_path / f"{name}.json").read_text())["runs"][0]["models"][model]
+
+
 def test_bench_amazon_resumes_a_killed_run(amazon_dir, tmp_path):
     """A run killed in its last epoch and continued with --resume ends as the uninterrupted run did."""
     base = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--seeds", "0",
             "--models", "onerec", *TINY, "train.epochs=3"]
 
     def bench(name, *extra):
-        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / name),
-                                       "--results", str(tmp_path / f"{name}.json"), *extra])
-        assert res.exit_code == 0, res.output + repr(res.exception)
-        return res, json.loads((tmp_path / f"{name}.json").read_text())["runs"][0]["models"]["onerec"]
+        return _bench_row(tmp_path, base, name, "onerec", *extra)
 
     _, full = bench("full")
     # the state a kill during epoch 3 leaves: checkpoints up to epoch 2, no final model
@@ -137,10 +143,7 @@ def test_bench_amazon_resumes_sasrec_from_its_last_epoch(amazon_dir, tmp_path):
             "--models", "sasrec_bce", *TINY, "eval.sasrec.epochs=4", "eval.sasrec.patience=4"]
 
     def bench(name, *extra):
-        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / name),
-                                       "--results", str(tmp_path / f"{name}.json"), *extra])
-        assert res.exit_code == 0, res.output + repr(res.exception)
-        return res, json.loads((tmp_path / f"{name}.json").read_text())["runs"][0]["models"]["sasrec_bce"]
+        return _bench_row(tmp_path, base, name, "sasrec_bce", *extra)
 
     _, full = bench("full")
     assert full["epochs"] == 4 and sorted(p.name for p in (tmp_path / "full/seed0/baselines/sasrec_bce").iterdir()) \

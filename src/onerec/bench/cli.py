@@ -48,7 +48,8 @@ def bench() -> None:
 @click.option("--note", default="", help="free text stored in the results (e.g. the machine's load).")
 @click.option("--resume", is_flag=True,
               help="continue the runs in --out: keep their data and semantic IDs, resume onerec from its latest "
-                   "checkpoint (best valid epoch included); the same command and overrides, a new --budget-s allowed.")
+                   "checkpoint (best valid epoch included) and each SASRec from its last finished epoch; the same "
+                   "command and overrides, a new --budget-s allowed.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def amazon(category: str, datasets: Path, out: Path | None, results: Path | None, seeds: str, models: str,
            preset: str, config_file: str | None, no_text: bool, max_history: int, budget_s: float | None, note: str,

@@ -105,9 +105,10 @@ def dataset_summary(ds: Dataset, splits: dict[str, pa.Table], rule: str) -> dict
 
 
 # -------------------------------------------------------------------------- tokenize
-def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Content vectors (cached per dataset) -> residual k-means semantic IDs -> RUN/tokenizer; or,
-    with ``tokenizer.index``, a published index's IDs."""
+    with ``tokenizer.index``, a published index's IDs. ``resume``: a SASRec fit for
+    ``content.collaborative=sasrec`` continues from its last finished epoch."""
     from onerec.content import item_vectors, save_vectors
     from onerec.tokenizer import ResidualKMeansTokenizer
 
@@ -125,7 +126,7 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[
         if ccfg.align:
             raise ConfigError("content.collaborative=sasrec replaces the content vectors, so there is nothing for "
                               "content.align to align. Fix: set content.align=false (or content.collaborative=null).")
-        vectors, collab_metrics = sasrec_item_vectors(run, cfg, n_items=ds_items.num_rows)
+        vectors, collab_metrics = sasrec_item_vectors(run, cfg, n_items=ds_items.num_rows, resume=resume)
     else:
         if ccfg.backend == "vlm":
             ds_items, ccfg = _with_media(data, ds_items, ccfg)
@@ -246,10 +247,12 @@ def _align(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, content: np.nd
     return vectors, metrics
 
 
-def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int) -> tuple[np.ndarray, dict[str, Any]]:
+def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int,
+                        resume: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """``content.collaborative=sasrec``: the item embedding table [n_items, eval.sasrec.d_model] of a SASRec
     trained with the full-softmax CE loss on RUN's train split and early-stopped on its valid split (the
-    selection split, as for every model here), and what its training did."""
+    selection split, as for every model here), and what its training did. Its training state goes to
+    RUN/tokenizer/sasrec/ after every epoch; ``resume`` continues from there."""
     from onerec.baselines import build_baseline
     from onerec.train.loop import resolve_device
 
@@ -259,7 +262,8 @@ def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int) -> tuple[np.
     splits = load_splits(_require(run / "data" / "split", "data"), n_items=n_items)
     rec = build_baseline("sasrec_ce", cfg.eval.sasrec, device=resolve_device(cfg.train.device))
     log("item vectors: fitting SASRec (CE) on the train split")
-    rec.fit(splits["train"], n_items=n_items, valid=splits["valid"])
+    rec.fit(splits["train"], n_items=n_items, valid=splits["valid"], checkpoint=run / "tokenizer" / "sasrec",
+            resume=resume)
     vectors = rec.model.item_emb.weight[1:].detach().cpu().numpy().astype(np.float32)  # row 0 is padding
     metrics = {"model": "sasrec_ce", "dim": int(vectors.shape[1]), "epochs": len(rec.train_log),
                "best_epoch": int(rec.best_epoch), "valid_curve": rec.valid_curve,

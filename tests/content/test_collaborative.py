@@ -43,3 +43,22 @@ def test_collaborative_vectors_and_alignment_are_exclusive(tmp_path):
     assert not (tmp_path / "tokenizer" / "codes.parquet").exists()
     with pytest.raises(ConfigError, match="collaborative"):
         load_config(preset="tiny", overrides=["content.collaborative=bert"])
+
+
+def test_a_resumed_tokenize_continues_the_sasrec_fit(tmp_path):
+    """The SASRec's state is kept after every epoch (RUN/tokenizer/sasrec); a tokenize resumed after the fit
+    stopped at epoch 1 ends with the uninterrupted fit's vectors; a fresh tokenize starts over."""
+    cfg = load_config(preset="tiny", overrides=[*BASE, "content.collaborative=sasrec"])
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for run in (whole, cut):
+        stage_data(run, cfg, progress=False)
+    stage_tokenize(whole, cfg, progress=False)
+    stopped = load_config(preset="tiny", overrides=[*BASE, "content.collaborative=sasrec",
+                                                    "eval.sasrec.time_budget_s=0"])  # ends after epoch 1, as a kill
+    assert stage_tokenize(cut, stopped, progress=False)["collaborative"]["epochs"] == 1
+    assert [p.name for p in (cut / "tokenizer" / "sasrec").iterdir()] == ["epoch-0001"]
+    metrics = stage_tokenize(cut, cfg, progress=False, resume=True)
+    assert metrics["collaborative"]["epochs"] == 3
+    np.testing.assert_array_equal(load_vectors(cut / "tokenizer" / "item_vectors.safetensors"),
+                                  load_vectors(whole / "tokenizer" / "item_vectors.safetensors"))
+    assert stage_tokenize(cut, stopped, progress=False)["collaborative"]["epochs"] == 1  # not resumed: afresh

@@ -310,14 +310,14 @@ class SASRecRecommender:
 
     # ------------------------------------------------------------------------ training
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None,
-            checkpoint: str | Path | None = None) -> None:
+            checkpoint: str | Path | None = None, resume: bool = True) -> None:
         """Train on the ``items`` sequences of the train table (see class docstring).
 
         ``checkpoint``: a folder that receives the whole training state after every epoch (weights,
-        Adam moments, every random state, the early-stopping state and the log); a fit given a folder
-        that already holds one continues from it, and ends where an uninterrupted fit would have. The
-        folder must come from the same data and settings (apart from :data:`RESUMABLE`); else
-        :class:`CheckpointError`."""
+        Adam moments, every random state, the early-stopping state and the log). With ``resume`` a fit
+        given a folder that already holds one continues from it, and ends where an uninterrupted fit
+        would have; the folder must come from the same data and settings (apart from
+        :data:`RESUMABLE`), else :class:`CheckpointError`. ``resume=False`` clears the folder first."""
         c = self.cfg
         seqs = list_column(train, "items")
         _check_ids(seqs, n_items, "items")
@@ -336,6 +336,8 @@ class SASRecRecommender:
             checkpoint = Path(checkpoint)
             fingerprint = {"config": dataclasses.asdict(c), "n_items": n_items, "train": _digest(windows),
                            "valid": None if valid is None else _digest(*_split_arrays(valid))}
+            if not resume and checkpoint.exists():
+                shutil.rmtree(checkpoint)  # a fresh fit must not continue an older one
             saved = latest_progress(checkpoint)
             if saved is not None:
                 first, spent = self._restore_progress(saved, fingerprint, opt, rng, gen, stop)

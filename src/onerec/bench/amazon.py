@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -270,7 +269,8 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     if "onerec" in models:
         tok_dir = run / "tokenizer"
         kept = resume and (tok_dir / "codes.parquet").is_file() and (tok_dir / "metrics.json").is_file()
-        tok = read_json(tok_dir / "metrics.json") if kept else stage_tokenize(run, cfg, progress=progress)
+        tok = read_json(tok_dir / "metrics.json") if kept else stage_tokenize(run, cfg, progress=progress,
+                                                                              resume=resume)
         out["tokenizer"] = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
         codes = load_codes(run)
     else:  # the SASRec baselines rank item ids: no content vectors or semantic IDs to build
@@ -303,12 +303,11 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
                 + (f", valid {metric} {row[f'valid_{metric}']:.4f}" if f"valid_{metric}" in row else ""))
             # the whole training state after every epoch: --resume continues from it
             ckpt_dir = run / "baselines" / name
-            if not resume and ckpt_dir.exists():
-                shutil.rmtree(ckpt_dir)  # a fresh run must not continue an older one
             done = latest_progress(ckpt_dir) if resume else None
             if done is not None:
                 log(f"  resuming {name} from {done}")
-            rec.fit(splits["train"], n_items=out["protocol"]["items"], valid=splits["valid"], checkpoint=ckpt_dir)
+            rec.fit(splits["train"], n_items=out["protocol"]["items"], valid=splits["valid"], checkpoint=ckpt_dir,
+                    resume=resume)
             # resumed: the epochs' own clocks summed over every part (as onerec's training clock)
             train_s = sum(row["seconds"] for row in rec.train_log) if done is not None else time.perf_counter() - t1
             metrics = evaluate(rec, splits["test"], ks=ks)

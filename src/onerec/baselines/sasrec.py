@@ -254,10 +254,8 @@ class _EarlyStopping:
         return {"best": None if self.best_state is None else self.best, "best_epoch": self.best_epoch, "bad": self.bad}
 
     def restore(self, state: dict[str, float | int | None], best_state: dict[str, torch.Tensor] | None) -> None:
-        best = state["best"]
-        self.best, self.best_epoch, self.bad = (-math.inf if best is None else float(best)), int(state["best_epoch"]), \
-            int(state["bad"])
-        self.best_state = best_state
+        self.best = -math.inf if state["best"] is None else float(state["best"])
+        self.best_epoch, self.bad, self.best_state = int(state["best_epoch"]), int(state["bad"]), best_state
 
 
 # ------------------------------------------------------------------------- recommender
@@ -346,9 +344,7 @@ class SASRecRecommender:
         # a restored fit that had stopped early or run out of time trains no further (a larger
         # ``epochs`` or ``time_budget_s`` than it had lets it go on)
         ended = stop.exhausted or (c.time_budget_s is not None and spent > c.time_budget_s)
-        for epoch in range(first, c.epochs + 1):
-            if ended:
-                break
+        for epoch in range(first, first if ended else c.epochs + 1):
             t_ep = time.monotonic()
             row: dict[str, float] = {"epoch": epoch, "loss": self._train_epoch(windows, opt, rng, gen)}
             out_of_time = c.time_budget_s is not None and time.monotonic() - t0 > c.time_budget_s

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,9 +47,7 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty folder ``<path>.tmp`` beside ``path``; on success it takes the place of ``path``
     (an older folder there is removed first). On an exception the temporary folder is removed and
     ``path`` is left as it was. Readers skip names ending in ``.tmp``: a folder only ever appears
-    under its own name whole."""
-    import shutil
-
+    under its own name whole (:func:`whole_folders`)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():  # left by a run killed while writing
@@ -62,6 +61,15 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
+
+
+def whole_folders(root: str | os.PathLike[str], pattern: str) -> list[Path]:
+    """The folders ``root/<pattern>`` that :func:`atomic_folder` finished (its ``.tmp`` ones left out), in
+    name order; none when ``root`` does not exist."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob(pattern) if p.is_dir() and not p.name.endswith(".tmp"))
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -43,11 +43,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from onerec.config import SasrecConfig, from_dict
+from onerec.content.base import items_fingerprint
 from onerec.data.splits import list_column
 from onerec.errors import CheckpointError, DataError
 from onerec.eval.harness import evaluate
 from onerec.eval.metrics import topk_from_scores
-from onerec.io import atomic_folder, atomic_path, read_json, write_json
+from onerec.io import atomic_folder, atomic_path, read_json, whole_folders, write_json
 from onerec.train.checkpoint import optimizer_tensors, restore_optimizer
 
 log = logging.getLogger(__name__)
@@ -202,33 +203,9 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _digest(*arrays: np.ndarray) -> str:
-    """A short hash of arrays' shapes and contents: which data a training checkpoint was made on."""
-    h = hashlib.blake2b(digest_size=16)
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _split_arrays(table: pa.Table) -> tuple[np.ndarray, ...]:
-    """A valid table's histories and targets as flat arrays plus their lengths (for :func:`_digest`)."""
-    out: list[np.ndarray] = []
-    for column in ("history", "targets"):
-        seqs = list_column(table, column)
-        out += [np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)),
-                np.concatenate(seqs).astype(np.int64) if seqs else np.zeros(0, np.int64)]
-    return tuple(out)
-
-
-def _progress_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("epoch-*") if p.is_dir() and not p.name.endswith(".tmp"))
-
-
 def latest_progress(folder: Path) -> Path | None:
     """The newest whole ``epoch-NNNN`` checkpoint of a ``fit(checkpoint=folder)``; None if there is none."""
-    found = _progress_folders(folder) if folder.is_dir() else []
+    found = whole_folders(folder, "epoch-*")
     return found[-1] if found else None
 
 
@@ -332,8 +309,9 @@ class SASRecRecommender:
         fingerprint = None
         if checkpoint is not None:
             checkpoint = Path(checkpoint)
-            fingerprint = {"config": dataclasses.asdict(c), "n_items": n_items, "train": _digest(windows),
-                           "valid": None if valid is None else _digest(*_split_arrays(valid))}
+            fingerprint = {"config": dataclasses.asdict(c), "n_items": n_items,
+                           "train": hashlib.sha256(windows.tobytes()).hexdigest()[:16] + str(windows.shape),
+                           "valid": None if valid is None else items_fingerprint(valid, ["history", "targets"])}
             if not resume and checkpoint.exists():
                 shutil.rmtree(checkpoint)  # a fresh fit must not continue an older one
             saved = latest_progress(checkpoint)
@@ -387,7 +365,7 @@ class SASRecRecommender:
                 "format": PROGRESS_FORMAT, "fingerprint": fingerprint, "epoch": epoch, "seconds": spent,
                 "train_log": self.train_log,
                 "stop": stop.state(), "numpy_rng": rng.bit_generator.state, "optimizer": groups})
-        for old in _progress_folders(folder)[:-1]:
+        for old in whole_folders(folder, "epoch-*")[:-1]:
             shutil.rmtree(old)
 
     def _restore_progress(self, folder: Path, fingerprint: dict, opt: torch.optim.Optimizer,

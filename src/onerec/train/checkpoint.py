@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from onerec.config import ModelConfig, from_dict, to_dict
 from onerec.errors import CheckpointError
-from onerec.io import atomic_folder, atomic_path, read_json, write_json
+from onerec.io import atomic_folder, atomic_path, read_json, whole_folders, write_json
 
 
 def save_model(folder: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -148,7 +148,7 @@ def load_selection(folder: Path, valid: list[dict[str, Any]], metric: str
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    ckpts = sorted(p for p in (root / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    ckpts = whole_folders(root / "checkpoints", "step-*")
     return ckpts[-1] if ckpts else None
 
 

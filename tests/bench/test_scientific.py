@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,40 @@ def test_bench_scientific_compares_indexes_under_one_model(tmp_path):
     for e in out["indexes"].values():
         assert 0.0 <= e["recall@10"] <= 1.0
 
+
+
+def test_bench_scientific_resumes_killed_runs(tmp_path):
+    """Runs killed in their last epoch continue with --resume and end as the uninterrupted runs did;
+    our semantic IDs are kept, and another configuration may not reuse the folder."""
+    root = write_scientific(tmp_path / "datasets")
+    base = ["bench", "scientific", "--datasets", str(root), "--indexes", "ours,toy_native", *TINY, "train.epochs=3"]
+
+    def bench(name, *extra):
+        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / name), "--results",
+                                       str(tmp_path / f"{name}.json"), *extra])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        return res, json.loads((tmp_path / f"{name}.json").read_text())["indexes"]
+
+    _, full = bench("full")
+    shutil.copytree(tmp_path / "full", tmp_path / "killed", symlinks=True)
+    for name in ("ours", "toy_native"):  # the state a kill during epoch 3 leaves
+        train = tmp_path / "killed" / f"{name}-seed0" / "train"
+        shutil.rmtree(sorted((train / "checkpoints").glob("step-*"))[-1])
+        for f in ("model.safetensors", "metrics.json", "history.json"):
+            (train / f).unlink()
+    codes = (tmp_path / "killed" / "ours-seed0" / "tokenizer" / "codes.parquet").stat().st_mtime_ns
+    res, resumed = bench("killed", "--resume", "--budget-s", "9999")
+    assert "ours seed 0: resuming from " in res.output and "toy_native seed 0: resuming from " in res.output
+    assert (tmp_path / "killed" / "ours-seed0" / "tokenizer" / "codes.parquet").stat().st_mtime_ns == codes
+    for name in ("ours", "toy_native"):
+        f, r = full[name]["per_seed"][0], resumed[name]["per_seed"][0]
+        assert r["resumed_from_step"] < f["steps"] == r["steps"] and r["best_epoch"] == f["best_epoch"]
+        assert [p["ndcg@10"] for p in r["valid_curve"]] == pytest.approx([p["ndcg@10"] for p in f["valid_curve"]],
+                                                                        abs=1e-6)
+        for m in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
+            assert r[m] == pytest.approx(f[m], abs=1e-6)
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "killed"), "--resume", "train.lr=0.1"])
+    assert isinstance(res.exception, ConfigError) and "train.lr" in str(res.exception)
 
 def test_scientific_keeps_content_ids_unless_told(tmp_path):
     """The Scientific figures compare IDs read from content; the amazon preset's per-item token is opt-in here."""

@@ -243,6 +243,44 @@ def check_resumable(run: Path, cfg: RunConfig) -> None:
                           "differ). Fix: resume with the command that started it, or pass a new --out.")
 
 
+def semantic_ids(run: Path, cfg: RunConfig, *, progress: bool = False, resume: bool = False) -> dict[str, Any]:
+    """The run's tokenizer metrics: tokenize (content vectors -> semantic IDs), or with ``resume`` keep
+    the IDs a run already finished (a SASRec behind ``content.collaborative`` continues its fit)."""
+    from onerec.pipeline import stage_tokenize
+
+    tok_dir = run / "tokenizer"
+    if resume and (tok_dir / "codes.parquet").is_file() and (tok_dir / "metrics.json").is_file():
+        return read_json(tok_dir / "metrics.json")
+    return stage_tokenize(run, cfg, progress=progress, resume=resume)
+
+
+def train_onerec(run: Path, cfg: RunConfig, codes: np.ndarray, test: Any, device: torch.device, *,
+                 resume: bool = False, progress: bool = False, log=print) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train the generator of ``run`` (whose semantic IDs are ``codes``), with ``resume`` from its latest
+    checkpoint (model selection included), and score the selected model on ``test`` (full ranking,
+    Recall/NDCG@5/10). Returns the metrics and what the results file records of the training."""
+    from onerec.eval.harness import evaluate
+    from onerec.pipeline import load_recommender, stage_train
+    from onerec.train.checkpoint import latest_checkpoint
+
+    t0 = time.perf_counter()
+    ckpt = latest_checkpoint(run / "train") if resume else None
+    if ckpt is not None:
+        log(f"  resuming from {ckpt}")
+    summary = stage_train(run, cfg, resume=ckpt is not None, progress=progress, log=None if progress else log)
+    # resumed: the training loop's own clock, summed over every part (the lost tail of a killed part,
+    # back to its last checkpoint, is not in it)
+    train_s = summary["seconds"] if ckpt is not None else time.perf_counter() - t0
+    gen = load_recommender(run, cfg, device, codes=codes)
+    metrics = evaluate(gen, test, ks=(5, 10), batch_size=cfg.generate.batch_size)
+    info = {"train_seconds": round(train_s, 1), "parameters": summary["parameters"],
+            "steps": summary["steps"], "best_epoch": summary.get("best_epoch"),
+            "stopped": summary.get("stopped"), "valid_curve": summary.get("valid_curve")}
+    if ckpt is not None:
+        info["resumed_from_step"] = int(ckpt.name.removeprefix("step-"))
+    return metrics, info
+
+
 def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, progress: bool = False,
              resume: bool = False, log=print) -> dict[str, Any]:
     """Tokenize (when onerec is among ``models``), train and score every model of one seed in ``run``
@@ -255,8 +293,7 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     from onerec.baselines.sasrec import latest_progress
     from onerec.data.splits import load_splits
     from onerec.eval.harness import evaluate
-    from onerec.pipeline import load_codes, load_recommender, stage_tokenize, stage_train
-    from onerec.train.checkpoint import latest_checkpoint
+    from onerec.pipeline import load_codes
     from onerec.train.loop import resolve_device
 
     device = resolve_device(cfg.train.device)
@@ -267,10 +304,7 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     if resume:
         check_resumable(run, cfg)
     if "onerec" in models:
-        tok_dir = run / "tokenizer"
-        kept = resume and (tok_dir / "codes.parquet").is_file() and (tok_dir / "metrics.json").is_file()
-        tok = read_json(tok_dir / "metrics.json") if kept else stage_tokenize(run, cfg, progress=progress,
-                                                                              resume=resume)
+        tok = semantic_ids(run, cfg, progress=progress, resume=resume)
         out["tokenizer"] = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
         codes = load_codes(run)
     else:  # the SASRec baselines rank item ids: no content vectors or semantic IDs to build
@@ -281,20 +315,8 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     for name in models:
         t1 = time.perf_counter()
         if name == "onerec":
-            ckpt = latest_checkpoint(run / "train") if resume else None
-            if ckpt is not None:
-                log(f"  resuming from {ckpt}")
-            summary = stage_train(run, cfg, resume=ckpt is not None, progress=progress, log=None if progress else log)
-            # resumed: the training loop's own clock, summed over every part (the lost tail of a killed part,
-            # back to its last checkpoint, is not in it)
-            train_s = summary["seconds"] if ckpt is not None else time.perf_counter() - t1
-            gen = load_recommender(run, cfg, device, codes=codes)
-            metrics = evaluate(gen, splits["test"], ks=ks, batch_size=cfg.generate.batch_size)
-            info = {"train_seconds": round(train_s, 1), "parameters": summary["parameters"],
-                    "steps": summary["steps"], "best_epoch": summary.get("best_epoch"),
-                    "stopped": summary.get("stopped"), "valid_curve": summary.get("valid_curve")}
-            if ckpt is not None:
-                info["resumed_from_step"] = int(ckpt.name.removeprefix("step-"))
+            metrics, info = train_onerec(run, cfg, codes, splits["test"], device, resume=resume, progress=progress,
+                                         log=log)
         elif name in ("sasrec_ce", "sasrec_bce"):
             rec = build_baseline(name, cfg.eval.sasrec, device=device)
             metric = cfg.eval.sasrec.early_stop_metric

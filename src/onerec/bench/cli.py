@@ -87,9 +87,13 @@ def amazon(category: str, datasets: Path, out: Path | None, results: Path | None
 @click.option("--preset", default="amazon", show_default=True)
 @click.option("--budget-s", type=float, default=None, help="wall-time cap in seconds for each model's training.")
 @click.option("--note", default="")
+@click.option("--resume", is_flag=True,
+              help="continue the runs in --out: keep their data and our semantic IDs, resume each generator from "
+                   "its latest checkpoint (best valid epoch included); the same command and overrides, a new "
+                   "--budget-s allowed.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def scientific(datasets: Path, indexes: str, out: Path, results: Path, seeds: str, preset: str,
-               budget_s: float | None, note: str, overrides: tuple[str, ...]) -> None:
+               budget_s: float | None, note: str, resume: bool, overrides: tuple[str, ...]) -> None:
     """Amazon 2018 Scientific (real text): our semantic IDs against published indexes, same model and protocol."""
     from onerec.bench.scientific import format_table, run_scientific
 
@@ -99,7 +103,7 @@ def scientific(datasets: Path, indexes: str, out: Path, results: Path, seeds: st
     result = run_scientific(datasets, out, indexes=[s.strip() for s in indexes.split(",") if s.strip()],
                             seeds=_seeds(seeds), preset=preset, overrides=extra, results=results,
                             command="onerec " + " ".join(shlex.quote(a) for a in sys.argv[1:]), note=note,
-                            log=click.echo)
+                            resume=resume, log=click.echo)
     click.echo("\n" + format_table(result))
     click.echo(f"\nwrote {results}")
 

@@ -25,17 +25,20 @@ from onerec.bench.amazon import (
     METRICS,
     PROTOCOL_HISTORY,
     check_protocol,
+    check_resumable,
     config_differences,
     config_value,
     mean_std,
     metric_cells,
     pooling_differences,
     seed_config,
+    semantic_ids,
+    train_onerec,
 )
 from onerec.bench.machine import machine_info, record_machines
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.errors import ConfigError, DataError
-from onerec.io import read_parquet, write_json
+from onerec.io import read_json, read_parquet, write_json
 from onerec.tokenizer.published import load_index
 
 FOLDER = "amazon2018_scientific_lcrec"
@@ -60,11 +63,16 @@ def scientific_config(datasets: str | Path, *, preset: str = "amazon",
 
 def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str], seeds: list[int],
                    preset: str = "amazon", overrides: tuple[str, ...] | list[str] = (),
-                   results: str | Path | None = None, command: str = "", note: str = "", log=print) -> dict[str, Any]:
-    """Train and score the same generator on each index; write ``results`` when given."""
+                   results: str | Path | None = None, command: str = "", note: str = "", resume: bool = False,
+                   log=print) -> dict[str, Any]:
+    """Train and score the same generator on each index; write ``results`` when given.
+
+    Layout: ``OUT/data-run/`` holds the data, ``OUT/<index>-seed<s>/`` one run directory per index and
+    seed. ``resume``: continue the runs already in ``OUT`` (made by the same configuration): keep the
+    data and our semantic IDs, and continue each generator from its latest checkpoint, as
+    ``bench amazon --resume`` does."""
     from onerec.data.splits import load_splits
-    from onerec.eval.harness import evaluate
-    from onerec.pipeline import load_codes, load_recommender, save_index_codes, stage_data, stage_tokenize, stage_train
+    from onerec.pipeline import load_codes, save_index_codes, stage_data
     from onerec.train.loop import resolve_device
 
     if not indexes or not seeds:
@@ -74,7 +82,10 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
     out = Path(out)
     base = out / "data-run"
     t0 = time.perf_counter()
-    summary = stage_data(base, cfg)
+    if resume and (base / "data" / "summary.json").is_file():
+        summary = read_json(base / "data" / "summary.json")  # check_protocol below re-reads and checks it
+    else:
+        summary = stage_data(base, cfg)
     check_protocol(base, cfg)
     raw_ids = [str(r) for r in read_parquet(base / "data" / "items.parquet")["raw_id"].to_pylist()]
     log(f"Scientific: {summary['users']} users, {summary['items']} items, {summary['interactions']} interactions")
@@ -86,12 +97,14 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
         for seed in seeds:
             scfg = seed_config(cfg, seed)
             run = out / f"{name}-seed{seed}"
+            if resume:
+                check_resumable(run, scfg)
             run.mkdir(parents=True, exist_ok=True)
             if not (run / "data").exists():
                 (run / "data").symlink_to((base / "data").resolve(), target_is_directory=True)
             t1 = time.perf_counter()
             if name == "ours":
-                tok = stage_tokenize(run, scfg, progress=False)
+                tok = semantic_ids(run, scfg, resume=resume)
             else:
                 tok = save_index_codes(run, load_index(index_dir / f"{name}.index.json", raw_ids), {"index": name})
             stats = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
@@ -99,13 +112,10 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
             codes = load_codes(run)
             check_protocol(run, scfg, codes)
             prefix = f"  {name} seed {seed}: "
-            train = stage_train(run, scfg, progress=False, log=lambda line, prefix=prefix: log(prefix + line))
-            gen = load_recommender(run, scfg, device, codes=codes)
             splits = load_splits(run / "data" / "split", n_items=len(codes))
-            metrics = evaluate(gen, splits["test"], ks=(5, 10), batch_size=scfg.generate.batch_size)
-            row = {"seed": seed, **{m: metrics[m] for m in METRICS}, "train_seconds": train["seconds"],
-                   "best_epoch": train.get("best_epoch"), "stopped": train.get("stopped"),
-                   "steps": train["steps"], "parameters": train["parameters"], "codes": stats,
+            metrics, info = train_onerec(run, scfg, codes, splits["test"], device, resume=resume,
+                                         log=lambda line, prefix=prefix: log(prefix + line.strip()))
+            row = {"seed": seed, **{m: metrics[m] for m in METRICS}, **info, "codes": stats,
                    "seconds": round(time.perf_counter() - t1, 1)}
             per.setdefault(name, []).append(row)
             log(f"  {name} seed {seed}: " + " ".join(f"{m} {row[m]:.4f}" for m in METRICS)

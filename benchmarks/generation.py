@@ -78,9 +78,20 @@ def histories(codes: np.ndarray, users: int, seed: int) -> tuple[dict[str, torch
     return batch, items
 
 
+# ---------------------------------------------------------------------- timing
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; on CPU this does nothing), so a
+    host clock read after it covers the work launched before it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 # ---------------------------------------------------------------------- onerec side
 class TimedTable(PrefixTable):
-    """The same table, with the time spent in its query methods accumulated (CPU: synchronous)."""
+    """The same table, with the time spent in its query methods accumulated (synchronised on a GPU)."""
 
     spent = 0.0
 
@@ -95,8 +106,10 @@ def _timed(name: str):
     method = getattr(PrefixTable, name)
 
     def timed(self, *a, **kw):
+        sync()
         t0 = time.perf_counter()
         out = method(self, *a, **kw)
+        sync()
         TimedTable.spent += time.perf_counter() - t0
         return out
 
@@ -107,8 +120,19 @@ for _name in ("children", "allowed_mask", "advance", "item_of"):
     setattr(TimedTable, _name, _timed(_name))
 
 
-def run_onerec(model: Generator, codes: np.ndarray, batch: dict, beam: int, top_k: int, cached: bool = True) -> dict:
-    rec = GenerativeRecommender(model, codes, beam_size=beam)
+def run_onerec(model: Generator, codes: np.ndarray, batch: dict, beam: int, top_k: int, cached: bool = True,
+               instrument: bool = True) -> dict:
+    """One search. ``instrument``: also time the encoder, the model's decoding steps and the prefix
+    table's queries (on a GPU each timed region is synchronised, which slows the search: time its
+    speed with ``instrument=False`` and read the shares from an instrumented run)."""
+    rec = GenerativeRecommender(model, codes, beam_size=beam, device=DEVICE)
+    if not instrument:
+        sync()
+        t0 = time.perf_counter()
+        items, _, _ = rec.generate(batch, top_k, beam_size=beam, cached=cached)
+        sync()
+        return {"seconds": time.perf_counter() - t0,
+                "valid": bool(((items >= 0) & (items < len(codes))).all())}
     rec.table = TimedTable.wrap(rec.table)
     model_time = 0.0
     step_orig = model.beam_step_fn
@@ -118,8 +142,10 @@ def run_onerec(model: Generator, codes: np.ndarray, batch: dict, beam: int, top_
 
         def step(tokens, s, st):
             nonlocal model_time
+            sync()
             t0 = time.perf_counter()
             out = fn(tokens, s, st)
+            sync()
             model_time += time.perf_counter() - t0
             return out
 
@@ -131,16 +157,20 @@ def run_onerec(model: Generator, codes: np.ndarray, batch: dict, beam: int, top_
 
     def timed_encode(b):
         nonlocal enc_time
+        sync()
         t0 = time.perf_counter()
         out = enc_orig(b)
+        sync()
         enc_time += time.perf_counter() - t0
         return out
 
     model.encode_batch = timed_encode
     TimedTable.spent = 0.0
     try:
+        sync()
         t0 = time.perf_counter()
         items, _, _ = rec.generate(batch, top_k, beam_size=beam, cached=cached)
+        sync()
         total = time.perf_counter() - t0
     finally:
         del model.beam_step_fn, model.encode_batch
@@ -160,14 +190,19 @@ def onerec_breakdown(model: Generator, codes: np.ndarray, batch: dict, beam: int
     multiplies), so ``hf_s / gemm_s`` bounds the speed-up any implementation could show here."""
     from torch.profiler import ProfilerActivity, profile
 
-    rec = GenerativeRecommender(model, codes, beam_size=beam)
+    rec = GenerativeRecommender(model, codes, beam_size=beam, device=DEVICE)
+    gpu = DEVICE.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
     gemm, attn = [], []
     for _ in range(reps):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=activities) as prof:
             rec.generate(batch, top_k, beam_size=beam)
+            sync()
         ev = prof.key_averages()
-        gemm.append(sum(e.self_cpu_time_total for e in ev if e.key in GEMM_OPS) / 1e6)
-        attn.append(sum(e.self_cpu_time_total for e in ev if "attention" in e.key) / 1e6)
+        # on a GPU: the time of the kernels each operator launched; on CPU: the operator's own time
+        spent = (lambda e: e.device_time_total) if gpu else (lambda e: e.self_cpu_time_total)
+        gemm.append(sum(spent(e) for e in ev if e.key in GEMM_OPS) / 1e6)
+        attn.append(sum(spent(e) for e in ev if "attention" in e.key and e.key.startswith("aten::")) / 1e6)
     return {"gemm_s": statistics.median(gemm), "attention_s": statistics.median(attn)}
 
 
@@ -187,8 +222,10 @@ class HfProcessorTimer:
         orig = proc.__call__
 
         def timed(self, input_ids, scores):
+            sync()
             t0 = time.perf_counter()
             out = orig(self, input_ids, scores)
+            sync()
             cls.spent += time.perf_counter() - t0
             return out
 
@@ -204,7 +241,7 @@ def hf_model(sizes: list[int], seed: int):
     cfg = T5Config(vocab_size=2 + sum(sizes), d_model=128, d_kv=32, d_ff=ffn_hidden(128, 3.0), num_layers=4,
                    num_decoder_layers=4, num_heads=4, feed_forward_proj="gated-silu", dropout_rate=0.0,
                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=False)
-    return T5ForConditionalGeneration(cfg).eval()
+    return T5ForConditionalGeneration(cfg).to(DEVICE).eval()
 
 
 def hf_trie(codes: np.ndarray, sizes: list[int]) -> dict[tuple[int, ...], list[int]]:
@@ -230,14 +267,16 @@ def run_hf(model, trie, hist_items: np.ndarray, sizes: list[int], beam: int, top
         return out
 
     # the encoder reads one token per history item (its first code), as many as onerec's encoder
-    input_ids = torch.from_numpy(2 + hist_items % sizes[0])
+    input_ids = torch.from_numpy(2 + hist_items % sizes[0]).to(DEVICE)
     HfProcessorTimer.spent = 0.0
+    sync()
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), num_beams=beam,
                              num_return_sequences=top_k, max_new_tokens=depth, min_new_tokens=depth,
                              prefix_allowed_tokens_fn=allowed, do_sample=False, early_stopping=True,
                              length_penalty=1.0)
+    sync()
     total = time.perf_counter() - t0
     seqs = out[:, 1:].tolist()
     return {"seconds": total, "callback_share": spent / total, "constraint_share": HfProcessorTimer.spent / total,
@@ -264,7 +303,12 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--budget", type=float, default=60.0, help="seconds of repeats per configuration and side")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: both sides run there (results file "
+                    "generation.cuda.json)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    gpu = DEVICE.type == "cuda"
     beams = args.beams or ([32, 128] if args.quick else [32, 128, 512])
     batches = args.batches or ([1, 8] if args.quick else [1, 64])
     torch.set_num_threads(1)
@@ -281,14 +325,21 @@ def main() -> None:
         batch, hist_items = histories(codes, b, seed=b)
         for beam in beams:
             top_k = min(args.top_k, beam)
-            fast = functools.partial(run_onerec, ours, codes, batch, beam, top_k)
-            plain = functools.partial(run_onerec, ours, codes, batch, beam, top_k, cached=False)
+            # on a GPU the instrumented search synchronises at every timed region: its speed is timed
+            # without instruments, its shares read from instrumented runs
+            fast = functools.partial(run_onerec, ours, codes, batch, beam, top_k, instrument=not gpu)
+            plain = functools.partial(run_onerec, ours, codes, batch, beam, top_k, cached=False, instrument=not gpu)
             hf = functools.partial(run_hf, theirs, trie, hist_items, sizes, beam, top_k, valid_codes)
             with torch.no_grad():
                 fast()  # warm-up
                 o, o_n = median_runs(fast, args.reps, args.budget)
+                if gpu:
+                    shares, _ = median_runs(functools.partial(run_onerec, ours, codes, batch, beam, top_k), 3,
+                                            args.budget)
+                    o.update(constraint_share=shares["constraint_share"], search_share=shares["search_share"])
                 u, u_n = median_runs(plain, args.reps, args.budget) if beam <= 128 else (None, 0)
                 floor = onerec_breakdown(ours, codes, batch, beam, top_k)
+            hf()  # warm-up (CUDA kernels, caches)
             h, h_n = median_runs(hf, args.reps, args.budget)
             row = {"batch": b, "beam": beam, "top_k": top_k, "onerec_s": o["seconds"], "hf_s": h["seconds"],
                    "speedup": h["seconds"] / o["seconds"], "constraint_share": o["constraint_share"],
@@ -307,9 +358,11 @@ def main() -> None:
                   + f"  gemm floor {floor['gemm_s'] * 1e3:.1f} ms (ceiling x{row['speedup_ceiling']:.1f})", flush=True)
     at128 = next((r for r in rows if r["beam"] == 128 and r["batch"] == 1), None)
     result = {
-        "command": "python benchmarks/generation.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/generation.py" + (" --quick" if args.quick else "")
+        + (f" --device {args.device}" if gpu else ""),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(note="torch.set_num_threads(1) on both sides"),
+        "device": torch.cuda.get_device_name(DEVICE) if gpu else "cpu",
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "model": "d_model 128, 4 heads, 4+4 layers, SwiGLU 256 (0.015B layout without MoE); "
                  "HF: T5 gated-silu, same sizes",
@@ -320,7 +373,7 @@ def main() -> None:
         "constraint_share_max": max(r["constraint_share"] for r in rows),
         "rows": rows,
     }
-    out = RESULTS / f"generation{'.quick' if args.quick else ''}.json"
+    out = RESULTS / f"generation{'.quick' if args.quick else ''}{'.cuda' if gpu else ''}.json"
     write_json(out, result)  # atomic; creates the folder
     print(f"speedup at beam 128, batch 1: x{result['speedup_beam128'] or float('nan'):.1f}; constraint share (median) "
           f"{result['constraint_share']:.1%}; wrote {out}")

@@ -40,6 +40,20 @@ def datasets_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def dataset(datasets_dir: Path):
+    """``dataset("amazon2014_s3rec")``: that folder of the real datasets, or a skip naming it when a
+    datasets folder at hand holds only some of them."""
+
+    def folder(name: str) -> Path:
+        path = datasets_dir / name
+        if not path.exists():
+            pytest.skip(f"{name} not found in {datasets_dir} (see ../shared/datasets/README.md)")
+        return path
+
+    return folder
+
+
 def cyclic_dataset(n_users: int = 60, n_items: int = 40, length: int = 12, seed: int = 0):
     """Users walk item ids upward from a random start (i -> i+1 mod N): a learnable pattern."""
     rng = np.random.default_rng(seed)

@@ -295,10 +295,10 @@ def test_merge_results_pools_seeds_of_the_same_models():
         merge_results([part(0, 0.1), part(1, 0.2, lr=0.01)], allow=["model.d_model"])
 
 
-def test_real_beauty_counts_match_the_papers(datasets_dir):
+def test_real_beauty_counts_match_the_papers(dataset):
     from onerec.data.adapters import load_amazon2014
 
-    ds = load_amazon2014(datasets_dir / "amazon2014_s3rec", "Beauty")
+    ds = load_amazon2014(dataset("amazon2014_s3rec"), "Beauty")
     assert (ds.n_users, ds.n_items, ds.interactions.num_rows) == (22363, 12101, 198502)
 
 

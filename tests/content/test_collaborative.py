@@ -10,6 +10,7 @@ from onerec.content import load_vectors
 from onerec.data.splits import load_splits
 from onerec.errors import ConfigError
 from onerec.pipeline import stage_data, stage_tokenize
+from onerec.train.loop import resolve_device
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
@@ -27,11 +28,12 @@ def test_ids_come_from_the_sasrec_item_embeddings(tmp_path):
     col = metrics["collaborative"]
     assert col["model"] == "sasrec_ce" and col["dim"] == 8 and col["epochs"] == 3 and 1 <= col["best_epoch"] <= 3
     assert len(col["valid_curve"]) == 3
-    # the same SASRec fitted again (same seed, same splits) has exactly these item embeddings
+    # the same SASRec fitted again (same seed, same splits, on the device the pipeline chose) has exactly
+    # these item embeddings
     splits = load_splits(tmp_path / "data" / "split", n_items=80)
-    rec = build_baseline("sasrec_ce", cfg.eval.sasrec)
+    rec = build_baseline("sasrec_ce", cfg.eval.sasrec, device=resolve_device(cfg.train.device))
     rec.fit(splits["train"], n_items=80, valid=splits["valid"])
-    np.testing.assert_array_equal(got, rec.model.item_emb.weight[1:].detach().numpy())
+    np.testing.assert_array_equal(got, rec.model.item_emb.weight[1:].detach().cpu().numpy())
     assert not (tmp_path / "tokenizer" / "align").exists()
 
 

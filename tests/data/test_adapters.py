@@ -1,8 +1,8 @@
 """Dataset adapters: exact counts on the real data at hand, official layouts on tiny fixtures.
 
-Real-data tests use the ``datasets_dir`` fixture (tests/conftest.py), which skips with a message
-when ../shared/datasets (or $ONEREC_DATASETS) is absent. KuaiRand / KuaiRec logs are not at hand:
-their tests write a few rows in the official layout into tmp_path.
+Real-data tests use the ``dataset`` fixture (tests/conftest.py), which skips with a message
+when ../shared/datasets (or $ONEREC_DATASETS), or the folder a test reads, is absent. KuaiRand /
+KuaiRec logs are not at hand: their tests write a few rows in the official layout into tmp_path.
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def write_kuairec(root: Path) -> Path:
 
 
 # ------------------------------------------------------------------------ real data
-def test_amazon2014_beauty_exact_counts_and_text(datasets_dir: Path) -> None:
-    ds = load("amazon2014", datasets_dir / "amazon2014_s3rec", "Beauty", text_path=datasets_dir / "amazon2014_text")
+def test_amazon2014_beauty_exact_counts_and_text(dataset) -> None:
+    ds = load("amazon2014", dataset("amazon2014_s3rec"), "Beauty", text_path=dataset("amazon2014_text"))
     assert (ds.n_users, ds.n_items, ds.interactions.num_rows) == (22_363, 12_101, 198_502)
     assert ds.items["raw_id"].to_pylist()[:3] == ["1", "2", "3"]  # dense ids follow the S3Rec ids
     assert ds.users["raw_id"].to_pylist()[-1] == "22363"
@@ -113,19 +113,18 @@ def test_amazon2014_beauty_exact_counts_and_text(datasets_dir: Path) -> None:
 
 @pytest.mark.parametrize(("name", "counts"), [("Sports", (35_598, 18_357, 296_337)),
                                               ("Toys_and_Games", (19_412, 11_924, 167_597))])
-def test_amazon2014_other_categories(datasets_dir: Path, name: str, counts: tuple[int, int, int]) -> None:
-    ds = load_amazon2014(datasets_dir / "amazon2014_s3rec", name)
+def test_amazon2014_other_categories(dataset, name: str, counts: tuple[int, int, int]) -> None:
+    ds = load_amazon2014(dataset("amazon2014_s3rec"), name)
     assert (ds.n_users, ds.n_items, ds.interactions.num_rows) == counts
 
 
-def test_amazon2014_toys_text_file_found_by_short_name(datasets_dir: Path) -> None:
-    ds = load_amazon2014(datasets_dir / "amazon2014_s3rec", "Toys_and_Games",
-                         text_path=datasets_dir / "amazon2014_text")
+def test_amazon2014_toys_text_file_found_by_short_name(dataset) -> None:
+    ds = load_amazon2014(dataset("amazon2014_s3rec"), "Toys_and_Games", text_path=dataset("amazon2014_text"))
     assert ds.items["title"].null_count == 0 and ds.items["category"][0].as_py().startswith("Toys & Games")
 
 
-def test_lcrec_scientific(datasets_dir: Path) -> None:
-    ds = load("lcrec", datasets_dir / "amazon2018_scientific_lcrec", "Scientific")
+def test_lcrec_scientific(dataset) -> None:
+    ds = load("lcrec", dataset("amazon2018_scientific_lcrec"), "Scientific")
     assert (ds.n_users, ds.n_items, ds.interactions.num_rows) == (8_317, 4_344, 58_492)
     assert ds.items["raw_id"].to_pylist()[:3] == ["0", "1", "2"]
     row = ds.items.slice(0, 1).to_pylist()[0]
@@ -135,8 +134,8 @@ def test_lcrec_scientific(datasets_dir: Path) -> None:
     assert cats and "Tapes, Adhesives & Sealants" in cats[0]  # a comma inside a name does not split
 
 
-def test_recbole_ml100k(datasets_dir: Path) -> None:
-    ds = load("recbole", datasets_dir / "movielens_100k", "ml-100k")
+def test_recbole_ml100k(dataset) -> None:
+    ds = load("recbole", dataset("movielens_100k"), "ml-100k")
     assert (ds.n_users, ds.n_items, ds.interactions.num_rows) == (943, 1_682, 100_000)
     first = {"raw_id": "1", "title": "Toy Story", "tags": ["Animation", "Children's", "Comedy"]}
     assert pick(ds.items.slice(0, 1).to_pylist()[0], first) == first
@@ -146,15 +145,15 @@ def test_recbole_ml100k(datasets_dir: Path) -> None:
     assert ts.min() > 8e8  # real Unix seconds
 
 
-def test_kuairand_real_side_file_headers(datasets_dir: Path) -> None:
-    side = datasets_dir / "kuairand_pure_side"
+def test_kuairand_real_side_file_headers(dataset) -> None:
+    side = dataset("kuairand_pure_side")
     assert read_header(side / "video_features_basic_pure.csv") == KUAIRAND_VIDEO_HEADER
     assert read_header(side / "user_features_pure.csv") == KUAIRAND_USER_HEADER
     assert set(VIDEO_COLUMNS) <= set(KUAIRAND_VIDEO_HEADER)
 
 
-def test_kuairand_real_side_files_load(datasets_dir: Path, tmp_path: Path) -> None:
-    side = datasets_dir / "kuairand_pure_side"
+def test_kuairand_real_side_files_load(dataset, tmp_path: Path) -> None:
+    side = dataset("kuairand_pure_side")
     for f in ("video_features_basic_pure.csv", "user_features_pure.csv"):
         (tmp_path / f).symlink_to(side / f)  # read in place, never copied
     write_csv(tmp_path / "log_random_4_22_to_5_08_pure.csv", LOG_COLUMNS,
@@ -165,8 +164,8 @@ def test_kuairand_real_side_files_load(datasets_dir: Path, tmp_path: Path) -> No
     assert pick(ds.items.slice(0, 1).to_pylist()[0], first) == first
 
 
-def test_kuairec_real_side_files(datasets_dir: Path, tmp_path: Path) -> None:
-    side = datasets_dir / "kuairec_side"
+def test_kuairec_real_side_files(dataset, tmp_path: Path) -> None:
+    side = dataset("kuairec_side")
     assert tuple(read_header(side / "kuairec_caption_category.csv")) == CAPTION_COLUMNS
     assert tuple(read_header(side / "item_categories.csv")) == CATEGORY_COLUMNS
     assert read_header(side / "user_features.csv") == KUAIRAND_USER_HEADER

@@ -23,6 +23,7 @@ callback alone.
 
     python benchmarks/generation.py            # beams 32/128/512 x batch 1/64 (tens of minutes on 1 thread)
     python benchmarks/generation.py --quick    # beams 32/128, batch 1 and 8
+    python benchmarks/generation.py --device cuda   # both sides on the GPU -> generation.cuda.json
 
 Ceiling: one more (profiled) run per configuration measures the time of the matrix-multiply kernels
 alone (``onerec_gemm_s``); no exact fp32 implementation of the same model can be faster than that,

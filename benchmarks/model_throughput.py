@@ -25,14 +25,19 @@ the usual 6 x active parameters x tokens estimate, kept for comparison: it overs
 presets' work, most of whose parameters are embedding rows (semantic IDs, hashed sparse features)
 that cost no multiply.
 
-MFU (model FLOPs utilisation; the Technical Report: 23.7% in training) needs a GPU and its peak
-FLOP/s; with no GPU in this session it is recorded as not measured (``flops_per_sample`` is
-written so MFU can be computed from a GPU step time).
+MFU (model FLOPs utilisation; the Technical Report: 23.7% in training) needs a GPU: ``--mfu`` times
+training steps of the paper presets on ``--device`` (default cuda) under bf16 autocast with fused AdamW,
+at each batch size of ``--mfu-batches`` that fits, and divides the model FLOPs per second (counted as
+above) by the peak of the same device measured in the same run (the median rate of a bf16
+8192 x 8192 x 8192 matrix product); the datasheet peak is recorded beside it. Peak memory
+(``torch.cuda.max_memory_allocated``) is recorded per row. Results go to ``model.json`` under
+``"throughput_gpu"``.
 
     python benchmarks/model_throughput.py [--presets quickstart,onerec-0.015b,...] [--steps 3]
     python benchmarks/model_throughput.py --moe-only     # one MoE layer: grouped / padded / loop reference
     python benchmarks/model_throughput.py --packing RUN  # packed vs padded encoder on a run's real histories
     python benchmarks/model_throughput.py --precision RUN  # fp32 vs bf16-autocast training steps, same data
+    python benchmarks/model_throughput.py --mfu            # GPU: MFU of onerec-0.121b / 0.935b training steps
 
 ``--packing RUN`` takes a run directory that has its tokenizer stage (e.g. one seed of
 ``onerec bench amazon``), builds the run's generator twice with the same weights
@@ -298,6 +303,96 @@ def packing_speed(run: Path, steps: int, users: int) -> dict:
     }
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
+    """The device's bf16 matrix-product rate in FLOP/s: the median over ``repeats`` timed n x n x n
+    products of random inputs (after 3 warm-ups), each timed alone."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16, generator=g)
+    times = []
+    for i in range(repeats + 3):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def mfu_step(preset: str, batch_size: int, steps: int, device: torch.device, peak: float) -> dict:
+    """bf16-autocast training steps (forward + backward + fused AdamW) of ``preset`` on ``device`` at
+    ``batch_size``: model FLOPs counted on the first step (MoE: the per-expert loop, as in
+    :func:`measure`), the median of ``steps`` timed steps, MFU against ``peak``."""
+    cfg = load_config(preset=preset)
+    sizes = codebook_sizes(cfg)
+    torch.manual_seed(0)
+    model = Generator(cfg.model, sizes).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    batch = {k: v.to(device) for k, v in synthetic_batch(model, batch_size).items()}
+    moe = [m for _, m in model.moe_layers()]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, flops = [], None
+    for i in range(steps + 2):  # step 0 counts FLOPs, step 1 warms the grouped MoE path up
+        counter = FlopCounterMode(display=False) if i == 0 else contextlib.nullcontext()
+        for m in moe:
+            m.impl = "loop" if i == 0 else "grouped"
+        _sync(device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with counter:  # forward + backward, as in measure()
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = model(batch)
+            loss.backward()
+        opt.step()
+        _sync(device)
+        if i == 0:
+            flops = counter.get_total_flops()
+        elif i > 1:
+            times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    out = {"batch_size": batch_size, "steps_timed": steps, "step_s_median": round(step, 4),
+           "samples_per_s": round(batch_size / step, 2), "model_tflops": round(flops / step / 1e12, 2),
+           "mfu": round(flops / step / peak, 4), "flops_per_sample": round(flops / batch_size),
+           "params_total": model.parameter_counts()["total"], "params_active": model.parameter_counts()["active"],
+           "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+           if device.type == "cuda" else None, "loss": round(float(loss.detach()), 3)}
+    del model, opt, batch, loss
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def mfu(presets: list[str], batches: list[int], steps: int, device: torch.device) -> dict:
+    """:func:`mfu_step` for each preset at each batch size; a batch size that runs out of device
+    memory is recorded as such and the larger ones are skipped."""
+    peak = matmul_peak(device)
+    out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                 "precision": "bf16 autocast, fp32 weights, fused AdamW",
+                 "peak_bf16_tflops_measured": round(peak / 1e12, 1),
+                 "peak_note": "median of 10 bf16 8192^3 products on this device, this run; datasheet dense bf16: "
+                              "H100 SXM 989 TFLOP/s, H200 989 TFLOP/s", "presets": {}}
+    for preset in presets:
+        rows = out["presets"].setdefault(preset, [])
+        for b in batches:
+            try:
+                rows.append(mfu_step(preset, b, steps, device, peak))
+            except torch.OutOfMemoryError:
+                gc.collect()
+                torch.cuda.empty_cache()
+                rows.append({"batch_size": b, "out_of_memory": True})
+                break
+            print(preset, rows[-1], flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default=",".join(PLAN))
@@ -310,13 +405,20 @@ def main() -> None:
     ap.add_argument("--packing-users", type=int, default=2000, help="--packing: valid users beam-searched")
     ap.add_argument("--precision", type=Path, metavar="RUN", help="only time fp32 vs bf16-autocast training steps "
                                                                   "on RUN's data (train.precision)")
+    ap.add_argument("--mfu", action="store_true", help="only measure training MFU on --device (a GPU)")
+    ap.add_argument("--mfu-presets", default="onerec-0.121b,onerec-0.935b")
+    ap.add_argument("--mfu-batches", default="8,32,128", help="comma-separated batch sizes, smallest first")
+    ap.add_argument("--device", default="cuda", help="--mfu: the device")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out_path = RESULTS / "model.json"
     stamp = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
              "machine": machine_info(note=args.machine)}
     single = None  # (section of model.json, its result) for the one-measurement modes
-    if args.precision:
+    if args.mfu:
+        single = "throughput_gpu", mfu(args.mfu_presets.split(","), [int(b) for b in args.mfu_batches.split(",")],
+                                       args.steps, torch.device(args.device))
+    elif args.precision:
         single = "precision_cpu", precision_speed(args.precision, args.packing_steps)
     elif args.packing:
         single = "encoder_packing_cpu", packing_speed(args.packing, args.packing_steps, args.packing_users)

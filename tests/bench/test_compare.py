@@ -74,3 +74,28 @@ def test_cli_prints_and_writes_json(tmp_path):
     assert json.loads(out.read_text())["per_seed"]["0"]["ahead"] == 1
     bad = CliRunner().invoke(cli, ["bench", "compare", str(a), str(b), "--model", "sasrec_ce"])
     assert isinstance(bad.exception, DataError) and "no run of model 'sasrec_ce'" in str(bad.exception)
+
+
+def _scientific(rows, *, index="ours"):
+    """A `bench scientific` results file: one index, (seed, valid curve, test value of every metric) rows."""
+    per_seed = [{"seed": s, **dict.fromkeys(("recall@5", "ndcg@5", "recall@10", "ndcg@10"), t),
+                 "valid_curve": [{"step": e, "epoch": float(e), "ndcg@10": v} for e, v in enumerate(curve, 1)]}
+                for s, curve, t in rows]
+    return {"benchmark": "amazon2018-scientific-indexes", "machine": {"cpu": "GPU host", "platform": "p"},
+            "config": {}, "indexes": {index: {"per_seed": per_seed}}}
+
+
+def test_scientific_files_compare_our_index_and_average_over_seeds():
+    base = _scientific([(0, [0.1, 0.2], 0.10), (1, [0.1, 0.4], 0.20)])
+    cand = _scientific([(0, [0.1, 0.3], 0.12), (1, [0.2, 0.4], 0.20)])
+    cmp = compare_results(base, cand)  # the default entry of a scientific file: our IDs
+    assert cmp["model"] == "ours" and cmp["seeds"] == [0, 1]
+    assert cmp["per_seed"][0]["best"]["change"] == pytest.approx(0.5)
+    means = cmp["means"]
+    assert means["best_valid"] == {"base": pytest.approx(0.3), "candidate": pytest.approx(0.35),
+                                   "change": pytest.approx(0.35 / 0.3 - 1)}
+    assert means["recall@10"]["change"] == pytest.approx(0.16 / 0.15 - 1)
+    assert "== mean over the 2 seeds" in format_comparison(cmp) and "best valid: base 0.3000, candidate 0.3500" \
+        in format_comparison(cmp)
+    with pytest.raises(DataError, match=r"no index 'letter_zcr' \(it has: ours\)"):
+        compare_results(base, cand, model="letter_zcr")

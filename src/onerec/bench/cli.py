@@ -139,16 +139,18 @@ def merge(parts: tuple[Path, ...], out_path: Path, allow: tuple[str, ...]) -> No
 @bench.command()
 @click.argument("base", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("candidate", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--model", default="onerec", show_default=True, help="model key in the results' runs.")
+@click.option("--model", default=None, help="model key in the results' runs [default: onerec; for `bench scientific` "
+              "files the index, default ours].")
 @click.option("--every", default=5, show_default=True, help="print the valid curve every N epochs (and the last).")
 @click.option("--ranges", default=2, show_default=True,
               help="split the shared epochs into this many equal ranges for the mean lead over each.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also write the comparison (every epoch) as JSON.")
-def compare(base: Path, candidate: Path, model: str, every: int, ranges: int, json_out: Path | None) -> None:
-    """Compare two results files of `bench amazon` seed by seed: the valid curves epoch by epoch (leads, the
-    epochs the candidate is ahead), the best valid epoch and the test metrics, with the config fields and the
-    machines that differ (a one-change screen's reading, from the files alone)."""
+def compare(base: Path, candidate: Path, model: str | None, every: int, ranges: int, json_out: Path | None) -> None:
+    """Compare two results files of `bench amazon` (or of `bench scientific`) seed by seed: the valid curves
+    epoch by epoch (leads, the epochs the candidate is ahead), the best valid epoch and the test metrics, their
+    means over the seeds, with the config fields and the machines that differ (a one-change screen's reading,
+    from the files alone)."""
     from onerec.bench.compare import compare_results, format_comparison
     from onerec.io import read_json, write_json
 

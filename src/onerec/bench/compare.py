@@ -1,8 +1,9 @@
-"""Compare two ``onerec bench amazon`` results files seed by seed (``onerec bench compare``): the valid
-curves epoch by epoch (which one leads, by how much, over which epochs), the selected epoch's valid score
-and the test metrics, with the config fields and the machines that differ. This is the reading every
-one-change screen needs ("ahead at 9 of 10 epochs, +7.7% at the end, test +7-13%"), made from the files
-alone so that the figures quoted in docs/BENCHMARKS.md can be re-derived with one command."""
+"""Compare two ``onerec bench amazon`` (or ``bench scientific``) results files seed by seed
+(``onerec bench compare``): the valid curves epoch by epoch (which one leads, by how much, over which
+epochs), the selected epoch's valid score and the test metrics, their means over the seeds, with the
+config fields and the machines that differ. This is the reading every one-change screen needs ("ahead at
+9 of 10 epochs, +7.7% at the end, test +7-13%"), made from the files alone so that the figures quoted in
+docs/BENCHMARKS.md can be re-derived with one command."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ from onerec.bench.amazon import METRICS, config_differences, config_value
 from onerec.errors import DataError
 
 
+def default_model(result: dict[str, Any]) -> str:
+    """The entry a comparison reads when none is named: ``onerec`` in a ``bench amazon`` file, our
+    IDs (``ours``) in a ``bench scientific`` file."""
+    return "ours" if "indexes" in result else "onerec"
+
+
 def _runs(result: dict[str, Any], model: str, name: str) -> dict[int, dict[str, Any]]:
+    if "indexes" in result:  # bench scientific: per index, one row per seed
+        if model not in result["indexes"]:
+            raise DataError(f"no index '{model}' (it has: {', '.join(result['indexes']) or 'none'})", path=name,
+                            fix="pick one with --model")
+        return {int(r["seed"]): r for r in result["indexes"][model]["per_seed"]}
     runs = {int(r["seed"]): r["models"][model] for r in result.get("runs", []) if model in r.get("models", {})}
     if not runs:
         have = sorted({m for r in result.get("runs", []) for m in r.get("models", {})})
@@ -79,10 +91,12 @@ def compare_seed(base: dict[str, Any], cand: dict[str, Any], *, halves: int = 2)
     return out
 
 
-def compare_results(base: dict[str, Any], cand: dict[str, Any], *, model: str = "onerec",
+def compare_results(base: dict[str, Any], cand: dict[str, Any], *, model: str | None = None,
                     halves: int = 2, names: tuple[str, str] = ("base", "candidate")) -> dict[str, Any]:
-    """Seed-by-seed comparison of ``model`` in two results files (the seeds both ran), the config fields that
-    differ and both machines. Raises :class:`DataError` when the files share no seed."""
+    """Seed-by-seed comparison of ``model`` (default: :func:`default_model`) in two results files (the
+    seeds both ran), the config fields that differ and both machines. Raises :class:`DataError` when the
+    files share no seed."""
+    model = model or default_model(base)
     rb, rc = _runs(base, model, names[0]), _runs(cand, model, names[1])
     seeds = sorted(set(rb) & set(rc))
     if not seeds:
@@ -96,7 +110,23 @@ def compare_results(base: dict[str, Any], cand: dict[str, Any], *, model: str = 
                    for name in config_differences(ca, cb)]
     return {"model": model, "seeds": seeds, "machines": machines, "same_cpu": same,
             "config_differences": differences, "only_in_base": _only_in(cb, ca), "only_in_candidate": _only_in(ca, cb),
-            "per_seed": {s: compare_seed(rb[s], rc[s], halves=halves) for s in seeds}}
+            "per_seed": {s: compare_seed(rb[s], rc[s], halves=halves) for s in seeds},
+            "means": _means([rb[s] for s in seeds], [rc[s] for s in seeds])}
+
+
+def _means(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the common seeds: the mean best valid score (when every row has a curve) and the mean of each
+    test metric, base and candidate, with the relative change of the means."""
+    out: dict[str, Any] = {"seeds": len(base)}
+    bests = [[max(_curve(r)[1].values(), default=None) for r in rows] for rows in (base, cand)]
+    if all(x is not None for xs in bests for x in xs):
+        b, c = mean(bests[0]), mean(bests[1])
+        out["best_valid"] = {"base": b, "candidate": c, "change": _rel(b, c)}
+    for k in METRICS:
+        if all(k in r for r in base + cand):
+            b, c = mean(r[k] for r in base), mean(r[k] for r in cand)
+            out[k] = {"base": b, "candidate": c, "change": _rel(b, c)}
+    return out
 
 
 def _pct(x: float | None) -> str:
@@ -141,4 +171,12 @@ def format_comparison(cmp: dict[str, Any], *, every: int = 5) -> str:
         sec = s["seconds"]
         if sec["base"] and sec["candidate"]:
             lines.append(f"training seconds: base {sec['base']:.0f}, candidate {sec['candidate']:.0f}")
+    means = cmp.get("means", {})
+    if means.get("seeds", 0) > 1:
+        lines += ["", f"== mean over the {means['seeds']} seeds"]
+        if "best_valid" in means:
+            b = means["best_valid"]
+            lines.append(f"best valid: base {b['base']:.4f}, candidate {b['candidate']:.4f} ({_pct(b['change'])})")
+        lines.append("test:  " + "  ".join(f"{k} {means[k]['base']:.4f} -> {means[k]['candidate']:.4f} "
+                                           f"({_pct(means[k]['change'])})" for k in METRICS if k in means))
     return "\n".join(lines)

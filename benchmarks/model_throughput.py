@@ -33,11 +33,20 @@ above) by the peak of the same device measured in the same run (the median rate 
 (``torch.cuda.max_memory_allocated``) is recorded per row. Results go to ``model.json`` under
 ``"throughput_gpu"``.
 
+``--epoch-profile RUN`` splits a training epoch of a run's generator (its config, its real train batches and
+valid users) on ``--device`` into its parts: the median training step (forward + backward + AdamW, the
+loop's settings), the featurizer's share of it, the valid beam search per 1,000 users, and, from torch's
+profiler over 3 steps, the operators and (on a GPU) the kernels launched per step and their summed GPU
+time against the step's wall time: the share of a step the device is busy. It extrapolates one epoch
+(train steps + scoring every valid user) from these. Results go to ``model.json`` under
+``"epoch_profile_<cpu|cuda>"``.
+
     python benchmarks/model_throughput.py [--presets quickstart,onerec-0.015b,...] [--steps 3]
     python benchmarks/model_throughput.py --moe-only     # one MoE layer: grouped / padded / loop reference
     python benchmarks/model_throughput.py --packing RUN  # packed vs padded encoder on a run's real histories
     python benchmarks/model_throughput.py --precision RUN  # fp32 vs bf16-autocast training steps, same data
     python benchmarks/model_throughput.py --mfu            # GPU: MFU of onerec-0.121b / 0.935b training steps
+    python benchmarks/model_throughput.py --epoch-profile RUN [--device cuda]  # where a training epoch's time goes
 
 ``--packing RUN`` takes a run directory that has its tokenizer stage (e.g. one seed of
 ``onerec bench amazon``), builds the run's generator twice with the same weights
@@ -393,6 +402,73 @@ def mfu(presets: list[str], batches: list[int], steps: int, device: torch.device
     return out
 
 
+def epoch_profile(run: Path, device: torch.device, steps: int, users: int) -> dict:
+    """Where one training epoch's time goes on ``device`` (see the module docstring, ``--epoch-profile``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from onerec.generate.generative import GenerativeRecommender
+
+    cfg, codes, sizes, train, every_valid, feat = _run_data(run, 1 << 62)
+    valid, n_valid = every_valid.slice(0, users), every_valid.num_rows
+    torch.manual_seed(0)
+    model = Generator(cfg.model, sizes).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    rng = np.random.default_rng(0)
+    bs = cfg.train.batch_size
+    feat_s, step_s = [], []
+
+    def one_step() -> None:
+        t0 = time.perf_counter()
+        batch = {k: v.to(device) for k, v in train.batch(rng.choice(len(train), bs, replace=False)).items()}
+        t1 = time.perf_counter()
+        loss = model(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        float(loss.detach())  # the training loop reads the loss back every step
+        _sync(device)
+        feat_s.append(t1 - t0)
+        step_s.append(time.perf_counter() - t0)
+
+    for _ in range(5):  # warm-up: optimizer state, kernels, allocator
+        one_step()
+    feat_s.clear(), step_s.clear()
+    for _ in range(steps):
+        one_step()
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            one_step()
+    events = prof.events()
+    ops = sum(1 for e in events if e.cpu_parent is None and not e.name.startswith("ProfilerStep"))
+    kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    step = statistics.median(step_s)
+    model.eval()
+    rec = GenerativeRecommender(model, codes, beam_size=cfg.generate.beam_size, batch_size=cfg.generate.batch_size,
+                                featurizer=feat, device=device)
+    users_table = valid.drop_columns(["targets"])
+    rec.recommend(users_table.slice(0, min(256, valid.num_rows)), k=10)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    rec.recommend(users_table, k=10)
+    _sync(device)
+    per_1000 = (time.perf_counter() - t0) / valid.num_rows * 1000
+    steps_per_epoch = -(-len(train) // bs)
+    out = {"run": str(run), "device": torch.cuda.get_device_name(device) if gpu else "cpu",
+           "batch_size": bs, "steps_timed": steps, "train_step_s_median": round(step, 5),
+           "featurize_share": round(statistics.median(feat_s) / step, 4),
+           "top_level_ops_per_step": round(ops / 3), "valid_users_timed": valid.num_rows,
+           "beam_size": cfg.generate.beam_size, "valid_s_per_1000_users": round(per_1000, 3),
+           "steps_per_epoch": steps_per_epoch, "valid_users": n_valid,
+           "epoch_s_estimate": {"train": round(steps_per_epoch * step, 1),
+                                "valid": round(n_valid * per_1000 / 1000, 1)}}
+    if gpu:
+        busy = sum(e.time_range.elapsed_us() for e in kernels) / 1e6 / 3  # kernels may overlap: an upper bound
+        out.update(kernels_per_step=round(len(kernels) / 3), gpu_busy_share=round(busy / step, 4))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", default=",".join(PLAN))
@@ -408,14 +484,20 @@ def main() -> None:
     ap.add_argument("--mfu", action="store_true", help="only measure training MFU on --device (a GPU)")
     ap.add_argument("--mfu-presets", default="onerec-0.121b,onerec-0.935b")
     ap.add_argument("--mfu-batches", default="8,32,128", help="comma-separated batch sizes, smallest first")
-    ap.add_argument("--device", default="cuda", help="--mfu: the device")
+    ap.add_argument("--device", default="cuda", help="--mfu / --epoch-profile: the device")
+    ap.add_argument("--epoch-profile", type=Path, metavar="RUN", help="only split a training epoch of RUN's generator "
+                    "on --device into its parts (train step, featurizer, valid beam search)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out_path = RESULTS / "model.json"
     stamp = {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
              "machine": machine_info(note=args.machine)}
     single = None  # (section of model.json, its result) for the one-measurement modes
-    if args.mfu:
+    if args.epoch_profile:
+        device = torch.device(args.device)
+        single = f"epoch_profile_{device.type}", epoch_profile(args.epoch_profile, device, max(args.steps, 20),
+                                                              args.packing_users)
+    elif args.mfu:
         single = "throughput_gpu", mfu(args.mfu_presets.split(","), [int(b) for b in args.mfu_batches.split(",")],
                                        args.steps, torch.device(args.device))
     elif args.precision:

@@ -127,46 +127,30 @@ def run_onerec(model: Generator, codes: np.ndarray, batch: dict, beam: int, top_
     table's queries (on a GPU each timed region is synchronised, which slows the search: time its
     speed with ``instrument=False`` and read the shares from an instrumented run)."""
     rec = GenerativeRecommender(model, codes, beam_size=beam, device=DEVICE)
-    if not instrument:
-        sync()
-        t0 = time.perf_counter()
-        items, _, _ = rec.generate(batch, top_k, beam_size=beam, cached=cached)
-        sync()
-        return {"seconds": time.perf_counter() - t0,
-                "valid": bool(((items >= 0) & (items < len(codes))).all())}
-    rec.table = TimedTable.wrap(rec.table)
-    model_time = 0.0
-    step_orig = model.beam_step_fn
+    spent = {"model": 0.0, "encoder": 0.0}
 
-    def timed_step_fn(memory, mask, beams):
-        fn, state = step_orig(memory, mask, beams)
-
-        def step(tokens, s, st):
-            nonlocal model_time
+    def timed(fn, key):
+        def run(*a):
             sync()
             t0 = time.perf_counter()
-            out = fn(tokens, s, st)
+            out = fn(*a)
             sync()
-            model_time += time.perf_counter() - t0
+            spent[key] += time.perf_counter() - t0
             return out
 
-        return step, state
+        return run
 
-    model.beam_step_fn = timed_step_fn
-    enc_time = 0.0
-    enc_orig = model.encode_batch
+    if instrument:
+        rec.table = TimedTable.wrap(rec.table)
+        step_orig = model.beam_step_fn
 
-    def timed_encode(b):
-        nonlocal enc_time
-        sync()
-        t0 = time.perf_counter()
-        out = enc_orig(b)
-        sync()
-        enc_time += time.perf_counter() - t0
-        return out
+        def timed_step_fn(memory, mask, beams):
+            fn, state = step_orig(memory, mask, beams)
+            return timed(fn, "model"), state
 
-    model.encode_batch = timed_encode
-    TimedTable.spent = 0.0
+        model.beam_step_fn = timed_step_fn
+        model.encode_batch = timed(model.encode_batch, "encoder")
+        TimedTable.spent = 0.0
     try:
         sync()
         t0 = time.perf_counter()
@@ -174,11 +158,14 @@ def run_onerec(model: Generator, codes: np.ndarray, batch: dict, beam: int, top_
         sync()
         total = time.perf_counter() - t0
     finally:
-        del model.beam_step_fn, model.encode_batch
-    decode = total - enc_time
+        if instrument:
+            del model.beam_step_fn, model.encode_batch
     valid = bool(((items >= 0) & (items < len(codes))).all())
+    if not instrument:
+        return {"seconds": total, "valid": valid}
+    decode = total - spent["encoder"]
     return {"seconds": total, "constraint_share": TimedTable.spent / decode,
-            "search_share": (decode - model_time) / decode if cached else None, "valid": valid}
+            "search_share": (decode - spent["model"]) / decode if cached else None, "valid": valid}
 
 
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}

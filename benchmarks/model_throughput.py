@@ -127,8 +127,8 @@ def synthetic_batch(model: Generator, b: int, seed: int = 0) -> dict[str, torch.
 def make_optimizer(model: torch.nn.Module, optim: str, lr: float) -> torch.optim.Optimizer | None:
     """AdamW, SGD, or None for "sgd-in-backward", where hooks apply SGD during ``backward()``:
     p <- p - lr * grad as soon as p's gradient is accumulated, then the gradient is freed."""
-    if optim == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr)
+    if optim == "adamw":  # fused on a GPU (one kernel for all parameters); the plain loop on CPU
+        return torch.optim.AdamW(model.parameters(), lr=lr, fused=next(model.parameters()).is_cuda)
     if optim == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr)
     if optim != "sgd-in-backward":
@@ -145,46 +145,61 @@ def make_optimizer(model: torch.nn.Module, optim: str, lr: float) -> torch.optim
     return None
 
 
-def measure(preset: str, batch_size: int, optim: str, steps: int) -> dict:
+def measure(preset: str, batch_size: int, optim: str, steps: int, *, device: torch.device | str = "cpu",
+            bf16: bool = False, warmup: int = 1) -> dict:
+    """Training steps (forward + backward + ``optim``) of ``preset`` on synthetic batches on ``device``
+    (``bf16``: forward under bf16 autocast): the first step counts the model FLOPs (MoE: the exact
+    per-expert loop), the first ``warmup`` steps are not timed, then the median of ``steps`` timed steps."""
+    device = torch.device(device)
     cfg = load_config(preset=preset)
     sizes = codebook_sizes(cfg)  # levels x codebook_size (the paper presets: 3 x 8192)
     torch.manual_seed(0)
-    model = Generator(cfg.model, sizes).train()
+    model = Generator(cfg.model, sizes).to(device).train()
     counts = model.parameter_counts()
     opt = make_optimizer(model, optim, lr=1e-4)
-    batch = synthetic_batch(model, batch_size)
+    batch = {k: v.to(device) for k, v in synthetic_batch(model, batch_size).items()}
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
     times, flops = [], None
     moe = [m for _, m in model.moe_layers()]
-    for i in range(steps + 1):
+    for i in range(steps + warmup):
         counter = FlopCounterMode(display=False) if i == 0 else contextlib.nullcontext()
         for m in moe:  # count model FLOPs with the exact per-expert loop, time the grouped (padded) path
             m.impl = "loop" if i == 0 else "grouped"
+        _sync(device)
         t0 = time.perf_counter()
         if opt is not None:
             opt.zero_grad(set_to_none=True)
         with counter:
-            loss = model(batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(batch)
             loss.backward()
         if opt is not None:
             opt.step()
+        _sync(device)
         if i == 0:
             flops = counter.get_total_flops()
-        if i:  # the first step allocates optimizer state and warms up
+        if i >= warmup:  # the first step allocates optimizer state and warms up
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
     enc_tokens, dec_tokens = model.enc_len, len(sizes)
     tokens = enc_tokens + dec_tokens
     out = {
-        "batch_size": batch_size, "optimizer": optim, "steps_timed": steps, "step_s_median": round(step, 3),
-        "step_s_all": [round(t, 3) for t in times],
+        "batch_size": batch_size, "optimizer": optim, "steps_timed": steps, "step_s_median": round(step, 5),
+        "step_s_all": [round(t, 5) for t in times],
         "samples_per_s": round(batch_size / step, 4), "tokens_per_s": round(batch_size * tokens / step, 1),
         "achieved_gflops": round(flops / step / 1e9, 2),
         "tokens_per_sample": tokens, "params_total": counts["total"], "params_active": counts["active"],
         "flops_per_sample": round(flops / batch_size),
         "flops_per_sample_6n": 6 * counts["active"] * tokens, "loss": round(float(loss.detach()), 3),
     }
+    if gpu:
+        out["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     del model, opt, batch, loss
     gc.collect()
+    if gpu:
+        torch.cuda.empty_cache()
     return out
 
 
@@ -334,57 +349,14 @@ def matmul_peak(device: torch.device, n: int = 8192, repeats: int = 10) -> float
     return 2 * n**3 / statistics.median(times)
 
 
-def mfu_step(preset: str, batch_size: int, steps: int, device: torch.device, peak: float) -> dict:
-    """bf16-autocast training steps (forward + backward + fused AdamW) of ``preset`` on ``device`` at
-    ``batch_size``: model FLOPs counted on the first step (MoE: the per-expert loop, as in
-    :func:`measure`), the median of ``steps`` timed steps, MFU against ``peak``."""
-    cfg = load_config(preset=preset)
-    sizes = codebook_sizes(cfg)
-    torch.manual_seed(0)
-    model = Generator(cfg.model, sizes).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    batch = {k: v.to(device) for k, v in synthetic_batch(model, batch_size).items()}
-    moe = [m for _, m in model.moe_layers()]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times, flops = [], None
-    for i in range(steps + 2):  # step 0 counts FLOPs, step 1 warms the grouped MoE path up
-        counter = FlopCounterMode(display=False) if i == 0 else contextlib.nullcontext()
-        for m in moe:
-            m.impl = "loop" if i == 0 else "grouped"
-        _sync(device)
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with counter:  # forward + backward, as in measure()
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = model(batch)
-            loss.backward()
-        opt.step()
-        _sync(device)
-        if i == 0:
-            flops = counter.get_total_flops()
-        elif i > 1:
-            times.append(time.perf_counter() - t0)
-    step = statistics.median(times)
-    out = {"batch_size": batch_size, "steps_timed": steps, "step_s_median": round(step, 4),
-           "samples_per_s": round(batch_size / step, 2), "model_tflops": round(flops / step / 1e12, 2),
-           "mfu": round(flops / step / peak, 4), "flops_per_sample": round(flops / batch_size),
-           "params_total": model.parameter_counts()["total"], "params_active": model.parameter_counts()["active"],
-           "peak_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-           if device.type == "cuda" else None, "loss": round(float(loss.detach()), 3)}
-    del model, opt, batch, loss
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return out
-
-
 def mfu(presets: list[str], batches: list[int], steps: int, device: torch.device) -> dict:
-    """:func:`mfu_step` for each preset at each batch size; a batch size that runs out of device
-    memory is recorded as such and the larger ones are skipped."""
+    """bf16-autocast training steps with fused AdamW (:func:`measure`; a second untimed step warms the
+    grouped MoE path up) of each preset at each batch size, their model FLOP/s over ``device``'s
+    measured peak (``mfu``); a batch size that runs out of device memory is recorded as such and the
+    larger ones are skipped."""
     peak = matmul_peak(device)
     out: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                 "precision": "bf16 autocast, fp32 weights, fused AdamW",
+                 "precision": "bf16 autocast, fp32 weights, AdamW (fused on a GPU)",
                  "peak_bf16_tflops_measured": round(peak / 1e12, 1),
                  "peak_note": "median of 10 bf16 8192^3 products on this device, this run; datasheet dense bf16: "
                               "H100 SXM 989 TFLOP/s, H200 989 TFLOP/s", "presets": {}}
@@ -392,7 +364,9 @@ def mfu(presets: list[str], batches: list[int], steps: int, device: torch.device
         rows = out["presets"].setdefault(preset, [])
         for b in batches:
             try:
-                rows.append(mfu_step(preset, b, steps, device, peak))
+                row = measure(preset, b, "adamw", steps, device=device, bf16=True, warmup=2)
+                rows.append({**row, "model_tflops": round(row["achieved_gflops"] / 1e3, 2),
+                             "mfu": round(row["achieved_gflops"] * 1e9 / peak, 4)})
             except torch.OutOfMemoryError:
                 gc.collect()
                 torch.cuda.empty_cache()

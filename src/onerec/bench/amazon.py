@@ -243,6 +243,16 @@ def check_resumable(run: Path, cfg: RunConfig) -> None:
                           "differ). Fix: resume with the command that started it, or pass a new --out.")
 
 
+def prepared_data(run: Path, cfg: RunConfig, *, progress: bool = False, resume: bool = False) -> dict[str, Any]:
+    """The run's data summary: prepare the data (tables, split), or with ``resume`` keep what a run already
+    wrote (``check_protocol`` re-reads and checks it)."""
+    from onerec.pipeline import stage_data
+
+    if resume and (run / "data" / "summary.json").is_file():
+        return read_json(run / "data" / "summary.json")
+    return stage_data(run, cfg, progress=progress)
+
+
 def semantic_ids(run: Path, cfg: RunConfig, *, progress: bool = False, resume: bool = False) -> dict[str, Any]:
     """The run's tokenizer metrics: tokenize (content vectors -> semantic IDs), or with ``resume`` keep
     the IDs a run already finished (a SASRec behind ``content.collaborative`` continues its fit)."""
@@ -412,8 +422,6 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     ``OUT/seed<first>``, and linked from the others). ``resume``: continue the runs already in ``OUT``
     (see :func:`run_seed`).
     """
-    from onerec.pipeline import stage_data
-
     if not seeds:
         raise ConfigError("give at least one seed")
     unknown = [m for m in models if m not in MODELS]
@@ -425,10 +433,7 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     first = out / f"seed{seeds[0]}"
     t0 = time.perf_counter()
     log(f"== data: {cfg.data.name} ==")
-    if resume and (first / "data" / "summary.json").is_file():
-        summary = read_json(first / "data" / "summary.json")  # check_protocol below re-reads and checks it
-    else:
-        summary = stage_data(first, cfg, progress=progress)
+    summary = prepared_data(first, cfg, progress=progress, resume=resume)
     check_protocol(first, cfg)
     log(f"  {summary['users']} users, {summary['items']} items, {summary['interactions']} interactions")
     cfg = item_id_rows(cfg, int(summary["items"]), log)

@@ -108,24 +108,25 @@ def compare_results(base: dict[str, Any], cand: dict[str, Any], *, model: str | 
     ca, cb = base.get("config", {}), cand.get("config", {})
     differences = [f"{name}: {config_value(ca, name)!r} -> {config_value(cb, name)!r}"
                    for name in config_differences(ca, cb)]
+    per_seed = {s: compare_seed(rb[s], rc[s], halves=halves) for s in seeds}
     return {"model": model, "seeds": seeds, "machines": machines, "same_cpu": same,
             "config_differences": differences, "only_in_base": _only_in(cb, ca), "only_in_candidate": _only_in(ca, cb),
-            "per_seed": {s: compare_seed(rb[s], rc[s], halves=halves) for s in seeds},
-            "means": _means([rb[s] for s in seeds], [rc[s] for s in seeds])}
+            "per_seed": per_seed, "means": _means(list(per_seed.values()))}
 
 
-def _means(base: list[dict[str, Any]], cand: list[dict[str, Any]]) -> dict[str, Any]:
-    """Over the common seeds: the mean best valid score (when every row has a curve) and the mean of each
-    test metric, base and candidate, with the relative change of the means."""
-    out: dict[str, Any] = {"seeds": len(base)}
-    bests = [[max(_curve(r)[1].values(), default=None) for r in rows] for rows in (base, cand)]
-    if all(x is not None for xs in bests for x in xs):
-        b, c = mean(bests[0]), mean(bests[1])
-        out["best_valid"] = {"base": b, "candidate": c, "change": _rel(b, c)}
+def _means(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the seeds' comparisons: the mean best valid score (when every seed has a common curve) and the
+    mean of each test metric, base and candidate, with the relative change of the means."""
+    groups: dict[str, list[dict[str, float]]] = {}
+    if all("best" in s for s in per_seed):
+        groups["best_valid"] = [s["best"] for s in per_seed]
     for k in METRICS:
-        if all(k in r for r in base + cand):
-            b, c = mean(r[k] for r in base), mean(r[k] for r in cand)
-            out[k] = {"base": b, "candidate": c, "change": _rel(b, c)}
+        if all(k in s["test"] for s in per_seed):
+            groups[k] = [s["test"][k] for s in per_seed]
+    out: dict[str, Any] = {"seeds": len(per_seed)}
+    for key, rows in groups.items():
+        b, c = mean(r["base"] for r in rows), mean(r["candidate"] for r in rows)
+        out[key] = {"base": b, "candidate": c, "change": _rel(b, c)}
     return out
 
 

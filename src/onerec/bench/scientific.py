@@ -31,6 +31,7 @@ from onerec.bench.amazon import (
     mean_std,
     metric_cells,
     pooling_differences,
+    prepared_data,
     seed_config,
     semantic_ids,
     train_onerec,
@@ -38,7 +39,7 @@ from onerec.bench.amazon import (
 from onerec.bench.machine import machine_info, record_machines
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.errors import ConfigError, DataError
-from onerec.io import read_json, read_parquet, write_json
+from onerec.io import read_parquet, write_json
 from onerec.tokenizer.published import load_index
 
 FOLDER = "amazon2018_scientific_lcrec"
@@ -72,7 +73,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
     data and our semantic IDs, and continue each generator from its latest checkpoint, as
     ``bench amazon --resume`` does."""
     from onerec.data.splits import load_splits
-    from onerec.pipeline import load_codes, save_index_codes, stage_data
+    from onerec.pipeline import load_codes, save_index_codes
     from onerec.train.loop import resolve_device
 
     if not indexes or not seeds:
@@ -82,10 +83,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
     out = Path(out)
     base = out / "data-run"
     t0 = time.perf_counter()
-    if resume and (base / "data" / "summary.json").is_file():
-        summary = read_json(base / "data" / "summary.json")  # check_protocol below re-reads and checks it
-    else:
-        summary = stage_data(base, cfg)
+    summary = prepared_data(base, cfg, progress=True, resume=resume)
     check_protocol(base, cfg)
     raw_ids = [str(r) for r in read_parquet(base / "data" / "items.parquet")["raw_id"].to_pylist()]
     log(f"Scientific: {summary['users']} users, {summary['items']} items, {summary['interactions']} interactions")

@@ -138,15 +138,16 @@ def test_bench_amazon_resumes_a_killed_run(amazon_dir, tmp_path):
 
 def test_bench_amazon_resumes_sasrec_from_its_last_epoch(amazon_dir, tmp_path):
     """A SASRec baseline stopped after its first epoch continues from it with --resume and ends as
-    the uninterrupted run did; a run without --resume over the same folder starts afresh."""
-    base = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--seeds", "0",
+    the uninterrupted run did (seed 1: the first seed's folder, where the data stage wrote the unseeded
+    config); a run without --resume over the same folder starts afresh."""
+    base = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--seeds", "1",
             "--models", "sasrec_bce", *TINY, "eval.sasrec.epochs=4", "eval.sasrec.patience=4"]
 
     def bench(name, *extra):
         return _bench_row(tmp_path, base, name, "sasrec_bce", *extra)
 
     _, full = bench("full")
-    assert full["epochs"] == 4 and sorted(p.name for p in (tmp_path / "full/seed0/baselines/sasrec_bce").iterdir()) \
+    assert full["epochs"] == 4 and sorted(p.name for p in (tmp_path / "full/seed1/baselines/sasrec_bce").iterdir()) \
         == ["epoch-0004"]
     _, cut = bench("cut", "eval.sasrec.time_budget_s=0")  # ends after its first epoch, as a kill would
     assert cut["epochs"] == 1

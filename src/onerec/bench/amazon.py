@@ -303,7 +303,7 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     from onerec.baselines.sasrec import latest_progress
     from onerec.data.splits import load_splits
     from onerec.eval.harness import evaluate
-    from onerec.pipeline import load_codes
+    from onerec.pipeline import load_codes, save_config
     from onerec.train.loop import resolve_device
 
     device = resolve_device(cfg.train.device)
@@ -313,6 +313,9 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     t0 = time.perf_counter()
     if resume:
         check_resumable(run, cfg)
+    # this seed's config: the data stage wrote the first seed's folder before the seeds were set, and a
+    # SASRec-only run has no stage that would rewrite it (its --resume would then be refused)
+    save_config(run, cfg)
     if "onerec" in models:
         tok = semantic_ids(run, cfg, progress=progress, resume=resume)
         out["tokenizer"] = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}

@@ -325,7 +325,8 @@ class EvalConfig:
     ks: list[int] = opt([1, 5, 10, 20, 50], "cut-offs K for Recall@K and NDCG@K")
     split: str = opt("test", "which held-out split to score: valid | test", choices=["valid", "test"])
     baselines: list[str] = opt(["popular", "sasrec"],
-                               "baselines scored in the same harness: popular, sasrec, sasrec_bce, sasrec_ce")
+                               "baselines scored in the same harness: popular, transitions, sasrec, sasrec_bce, "
+                               "sasrec_ce")
     sasrec: SasrecConfig = section(SasrecConfig, "SASRec baseline settings")
 
 

@@ -59,7 +59,7 @@ def test_bench_amazon_end_to_end(amazon_dir, tmp_path):
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "TIGER (published)" in res.output and "onerec (ours)" in res.output
     out = json.loads(results.read_text())
-    assert out["seeds"] == [0, 1] and out["models"] == ["onerec", "sasrec-ce", "sasrec-bce"]
+    assert out["seeds"] == [0, 1] and out["models"] == ["onerec", "sasrec-ce", "sasrec-bce", "transitions"]
     for name in out["models"]:
         entry = out[name]
         assert set(METRICS) <= set(entry) and len(entry["per_seed"]) == 2 and len(entry["train_seconds"]) == 2
@@ -79,14 +79,20 @@ def test_bench_amazon_end_to_end(amazon_dir, tmp_path):
 
 
 def test_a_baselines_only_run_builds_no_semantic_ids(amazon_dir, tmp_path):
-    """SASRec ranks item ids: a run without onerec skips the content vectors and the tokenizer."""
+    """SASRec and the transitions rank item ids: a run without onerec skips the content vectors and the
+    tokenizer."""
     results = tmp_path / "sasrec.json"
     res = CliRunner().invoke(cli, ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir),
                                    "--out", str(tmp_path / "runs"), "--results", str(results), "--seeds", "0",
-                                   "--models", "sasrec_ce", *TINY])
+                                   "--models", "sasrec_ce,transitions", *TINY])
     assert res.exit_code == 0, res.output + repr(res.exception)
     out = json.loads(results.read_text())
-    assert out["models"] == ["sasrec-ce"] and 0.0 <= out["sasrec-ce"]["recall@10"] <= 1.0
+    assert out["models"] == ["sasrec-ce", "transitions"] and 0.0 <= out["sasrec-ce"]["recall@10"] <= 1.0
+    # users walk the item ids upward: the item after the last one is the target (bar the wrap-around)
+    trans = out["runs"][0]["models"]["transitions"]
+    assert trans["recall@5"] > 0.9 and trans["window"] in (1, 2, 3, 5, 10, 20)
+    assert trans["valid_ndcg@10"][f"window={trans['window']},decay={trans['decay']}"] == \
+        max(trans["valid_ndcg@10"].values())
     assert out["protocol"]["items"] == N_ITEMS and "full_ranking_items" not in out["protocol"]
     assert out["tokenizer"] == [{"skipped": "no onerec model in this run"}]
     assert not (tmp_path / "runs" / "seed0" / "tokenizer" / "codes.parquet").exists()
@@ -265,6 +271,14 @@ def test_merge_results_combines_models_of_the_same_seeds(tmp_path):
     assert joined["config_differences"]["data.path"] == {"onerec": "/here", "sasrec-ce": "/elsewhere"}
     with pytest.raises(ConfigError, match=r"different data.*data\.name"):
         merge_results([a, {**b, "config": {"data": {"name": "Toys"}, "train": {"time_budget_s": 6900.0}}}])
+    # joining a joined file again keeps each of its models' own values
+    del a["config"]["data"]["path"]
+    c = {**c, "config": {"data": {"name": "Beauty"}, "train": {"time_budget_s": 6900.0}}}
+    again = merge_results([merge_results([a, b]), c])
+    assert again["models"] == ["onerec", "sasrec-ce", "sasrec-bce"]
+    assert again["config_differences"] == {"train.time_budget_s": {"onerec": 6900.0, "sasrec-ce": 2400.0,
+                                                                   "sasrec-bce": 6900.0}}
+    assert "config_differences" not in again["sasrec-ce"]
 
 
 def test_merge_results_pools_seeds_of_the_same_models():

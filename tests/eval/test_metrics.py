@@ -110,6 +110,13 @@ def test_topk_mask_exclusion_and_nan() -> None:
     assert topk_from_scores(scores, 2).tolist() == [[1, 4], [4, 3]]  # NaN is never recommended
 
 
+def test_topk_ranks_float64_scores_in_float64() -> None:
+    """A gap float32 cannot hold (1e-12 on 1000) still orders float64 scores; float32 ties go by id."""
+    scores = torch.tensor([[1000.0, 1000.0 + 1e-12, 0.0]], dtype=torch.float64)
+    assert topk_from_scores(scores, 2).tolist() == [[1, 0]]
+    assert topk_from_scores(scores.float(), 2).tolist() == [[0, 1]]
+
+
 # ------------------------------------------------------------------------------ harness
 class _Fixed:
     """Recommends the same list to everyone and records the columns it was shown."""

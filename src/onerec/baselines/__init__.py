@@ -1,4 +1,5 @@
-"""Reference recommenders scored in the same harness as the generator: most-popular and SASRec."""
+"""Reference recommenders scored in the same harness as the generator: most-popular, item-to-item
+transitions and SASRec."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import torch
 from onerec.baselines.base import Recommender
 from onerec.baselines.popular import MostPopular
 from onerec.baselines.sasrec import SASRec, SASRecRecommender
+from onerec.baselines.transitions import ItemTransitions
 from onerec.config import SasrecConfig
 
-BASELINE_NAMES: tuple[str, ...] = ("popular", "sasrec", "sasrec_bce", "sasrec_ce")
+BASELINE_NAMES: tuple[str, ...] = ("popular", "transitions", "sasrec", "sasrec_bce", "sasrec_ce")
 
 
 def build_baseline(name: str, sasrec: SasrecConfig | None = None,
@@ -22,6 +24,8 @@ def build_baseline(name: str, sasrec: SasrecConfig | None = None,
     """
     if name == "popular":
         return MostPopular()
+    if name == "transitions":
+        return ItemTransitions()
     if name in ("sasrec", "sasrec_bce", "sasrec_ce"):
         cfg = sasrec or SasrecConfig()
         if name != "sasrec":
@@ -30,4 +34,5 @@ def build_baseline(name: str, sasrec: SasrecConfig | None = None,
     raise ValueError(f"unknown baseline '{name}'; choose from {', '.join(BASELINE_NAMES)}")
 
 
-__all__ = ["BASELINE_NAMES", "MostPopular", "Recommender", "SASRec", "SASRecRecommender", "build_baseline"]
+__all__ = ["BASELINE_NAMES", "ItemTransitions", "MostPopular", "Recommender", "SASRec", "SASRecRecommender",
+           "build_baseline"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import statistics
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ from onerec.io import read_json, read_yaml, write_json
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 PROTOCOL_HISTORY = 20
-MODELS = ("onerec", "sasrec_ce", "sasrec_bce")
+MODELS = ("onerec", "sasrec_ce", "sasrec_bce", "transitions")
 
 # category flag -> (S3Rec file name, amazon2014_text file prefix or None)
 CATEGORIES: dict[str, tuple[str, str | None]] = {
@@ -352,6 +353,13 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
                     "valid_curve": rec.valid_curve}
             if done is not None:
                 info["resumed_from_epoch"] = int(done.name.removeprefix("epoch-"))
+        elif name == "transitions":  # no training: counts, window and decay chosen on valid
+            rec = build_baseline(name)
+            rec.fit(splits["train"], n_items=out["protocol"]["items"], valid=splits["valid"])
+            train_s = time.perf_counter() - t1
+            metrics = evaluate(rec, splits["test"], ks=ks)
+            info = {"train_seconds": round(train_s, 1), "window": rec.window, "decay": rec.decay,
+                    "valid_ndcg@10": rec.chosen}
         else:
             raise ConfigError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
         info["seconds"] = round(time.perf_counter() - t1, 1)
@@ -567,7 +575,8 @@ def merge_results(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str
                 raise ConfigError(f"model '{name}' appears in two results files")
             out["models"].append(name)
             out[name] = p[name]
-            if p.get("config_differences"):  # fields its pooled seeds differ in stay with the model's rows
+            if p.get("config_differences") and not _joined_differences(p):
+                # fields its pooled seeds differ in stay with the model's rows
                 out[name] = {**p[name], "config_differences": p["config_differences"]}
         for r in p["runs"]:
             run = runs.setdefault(r["seed"], {**r, "models": {}})
@@ -584,17 +593,34 @@ def merge_results(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str
     return out
 
 
+def _joined_differences(part: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-model config differences of a file that is itself a join of models' files (values keyed
+    by its model names; a file of pooled seeds keys them by seed)."""
+    diffs = part.get("config_differences") or {}
+    return {k: v for k, v in diffs.items() if isinstance(v, dict) and v and set(v) <= set(part["models"])}
+
+
 def _model_config_differences(parts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """For files of different models joined into one: the config fields whose values differ
-    between the files, each with its value per model (``{"train.time_budget_s": {"onerec": 6900,
+    between the models, each with its value per model (``{"train.time_budget_s": {"onerec": 6900,
     "sasrec-ce": 2400}}``), so the merged file says how each model's rows were made (it keeps the
-    first file's config). Files over different data (a ``data.*`` field other than the dataset's
-    location) or evaluation cut-offs (``eval.ks``) cannot be joined: their rows would not be comparable."""
+    first file's config). A file that is itself such a join contributes each model's own value (from its
+    ``config_differences``), so joining again loses nothing. Files over different data (a ``data.*`` field
+    other than the dataset's location) or evaluation cut-offs (``eval.ks``) cannot be joined: their rows
+    would not be comparable."""
     configs = [p.get("config") or {} for p in parts]
-    differing = sorted({k for cfg in configs[1:] for k in config_differences(configs[0], cfg)})
+    fields = {k for cfg in configs[1:] for k in config_differences(configs[0], cfg)}
+    fields |= {k for p in parts for k in _joined_differences(p)}
+
+    def value(p: dict[str, Any], cfg: dict[str, Any], k: str, name: str) -> Any:
+        own = _joined_differences(p).get(k, {})
+        return own[name] if name in own else config_value(cfg, k)
+
+    per_model = {k: {name: value(p, cfg, k, name) for p, cfg in zip(parts, configs) for name in p["models"]}
+                 for k in sorted(fields)}
+    differing = {k: v for k, v in per_model.items() if len({json.dumps(x, sort_keys=True) for x in v.values()}) > 1}
     bad = [k for k in differing if (k.startswith("data.") and k not in LOCATION_FIELDS) or k == "eval.ks"]
     if bad:
         raise ConfigError(f"cannot join results over different data or cut-offs: {', '.join(bad[:5])} differ "
                           f"between the files; rerun the models on the same data")
-    return {k: {name: config_value(cfg, k) for p, cfg in zip(parts, configs) for name in p["models"]}
-            for k in differing}
+    return differing

@@ -35,8 +35,9 @@ def bench() -> None:
 @click.option("--results", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="results JSON [default: benchmarks/results/amazon-<category>.json].")
 @click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds.")
-@click.option("--models", default="onerec,sasrec_ce,sasrec_bce", show_default=True,
-              help="comma-separated: onerec, sasrec_ce, sasrec_bce.")
+@click.option("--models", default="onerec,sasrec_ce,sasrec_bce,transitions", show_default=True,
+              help="comma-separated: onerec, sasrec_ce, sasrec_bce, transitions (item-to-item succession counts: "
+                   "no training, seconds).")
 @click.option("--preset", default="amazon", show_default=True, help="config preset.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML config applied after the preset.")
@@ -55,7 +56,7 @@ def amazon(category: str, datasets: Path, out: Path | None, results: Path | None
            preset: str, config_file: str | None, no_text: bool, max_history: int, budget_s: float | None, note: str,
            resume: bool, overrides: tuple[str, ...]) -> None:
     """Amazon 2014 under the TIGER protocol: data -> content vectors -> semantic IDs -> train -> test,
-    onerec and SASRec (CE, BCE) in one harness, printed beside the published numbers."""
+    onerec, SASRec (CE, BCE) and item-to-item transitions in one harness, printed beside the published numbers."""
     from onerec.bench.amazon import format_table, run_amazon
 
     extra = list(overrides)

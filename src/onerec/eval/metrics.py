@@ -153,7 +153,7 @@ def topk_from_scores(scores: torch.Tensor, k: int,
     one ``torch.topk``; a row with ties costs a few O(N) passes.
 
     Args:
-        scores: float [B, N], item ``i``'s score in column ``i``.
+        scores: float [B, N], item ``i``'s score in column ``i`` (ranked in float32, or in float64 if given).
         k: how many items to return; ``k > N`` pads with ``-1``.
         exclude: items never returned: a bool mask [B, N], or B arrays of item ids (e.g. the
             user's history; ids outside ``0..N-1`` are ignored).
@@ -165,7 +165,7 @@ def topk_from_scores(scores: torch.Tensor, k: int,
     if scores.ndim != 2:
         raise ValueError(f"scores must be [B, N]; got shape {tuple(scores.shape)}")
     b, n = scores.shape
-    scores = scores.float()
+    scores = scores if scores.dtype == torch.float64 else scores.float()  # float64 keeps its precision
     if exclude is not None:
         scores = scores.masked_fill(_exclude_mask(exclude, (b, n), scores.device), float("-inf"))
     kk = min(k, n)

@@ -206,7 +206,9 @@ class ModelConfig:
                             choices=["packed", "padded"])
     pathways: list[str] = opt(["positive"], "encoder pathways, any of: static (user id + user features), "
                                             "short (last short_len behaviours of any kind), positive (last "
-                                            "max_history positives), lifelong (compressed long log + QFormer)")
+                                            "max_history positives), lifelong (compressed long log + QFormer), "
+                                            "succession (the items that most often followed the last positives "
+                                            "in the train split; not in the papers)")
     behaviour_features: list[str] = opt(["sid", "label", "time"],
                                         "features summed into each behaviour token, any of: sid, item, author, "
                                         "tag, time, play, duration, label (missing data -> padding)")
@@ -225,6 +227,11 @@ class ModelConfig:
     lifelong_reps: int = opt(64, "representatives kept after hierarchical clustering (the report: ~2000)")
     qformer_queries: int = opt(16, "learnable QFormer queries summarising the lifelong pathway (the report: 128)")
     qformer_layers: int = opt(2, "QFormer blocks (cross-attention -> RMSNorm -> FFN)")
+    succession_len: int = opt(10, "succession pathway: candidate items, best first")
+    succession_window: int = opt(10, "succession pathway: last positives whose successors are counted")
+    succession_decay: float = opt(0.1, "succession pathway: weight of the d-th last positive's successors, "
+                                       "decay^(d-1) (window 10 and decay 0.1 were best on Beauty's and Toys' valid "
+                                       "splits for the transitions baseline)")
     tie_code_embeddings: bool = opt(False, "share each semantic-ID level's input embedding with its output head")
     session_len: int = opt(1, "items generated per sample: 1 = point-wise (Technical Report), m > 1 = OneRec V1's "
                               "session-wise training (the next m positives as one target sequence)")

@@ -282,15 +282,20 @@ def load_codes(run: Path) -> np.ndarray:
 def make_featurizer(run: Path, mcfg, codes: np.ndarray, dataset: Dataset | None = None):
     """The featurizer for ``mcfg``: with side information (item/user features, the full log) from
     RUN/data (or ``dataset``, when the caller has it loaded) when the model's pathways or behaviour
-    features need it."""
+    features need it, and the train split's succession counts for the succession pathway."""
     from onerec.features import HistoryFeaturizer, needs_side
     from onerec.features.side import SideInfo
 
-    side = None
+    side = succession = None
     if needs_side(mcfg):
         ds = dataset or Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
         side = SideInfo.from_dataset(ds)
-    return HistoryFeaturizer(codes, mcfg.max_history, side=side, cfg=mcfg)
+    if "succession" in mcfg.pathways:  # the train split's pair counts (:mod:`onerec.features.succession`)
+        from onerec.features.succession import Succession
+
+        train = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))["train"]
+        succession = Succession.from_train(train, len(codes))
+    return HistoryFeaturizer(codes, mcfg.max_history, side=side, cfg=mcfg, succession=succession)
 
 
 # ----------------------------------------------------------------------------- train

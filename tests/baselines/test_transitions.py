@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from onerec.baselines import ItemTransitions, Recommender, build_baseline
-from onerec.baselines.transitions import scores_reference, transition_counts
 from onerec.eval import evaluate
+from onerec.features.succession import Succession, scores_reference
 
 LISTS = pa.list_(pa.int64())
 
@@ -19,8 +19,8 @@ def _train() -> pa.Table:
 
 
 def test_counts_stay_inside_each_sequence() -> None:
-    indptr, succ, counts = transition_counts(_train(), n_items=6)
-    pairs = {(a, int(succ[p])): counts[p] for a in range(6) for p in range(indptr[a], indptr[a + 1])}
+    c = Succession.from_train(_train(), n_items=6)
+    pairs = {(a, int(c.succ[p])): c.counts[p] for a in range(6) for p in range(c.indptr[a], c.indptr[a + 1])}
     assert pairs == {(0, 1): 2, (1, 2): 1, (1, 3): 1, (2, 3): 1, (4, 0): 1}
 
 
@@ -42,9 +42,11 @@ def test_scores_agree_with_the_plain_twin(window: int, decay: float) -> None:
     train = pa.table({"user_id": list(range(40)),
                       "items": pa.array([rng.integers(0, n, rng.integers(1, 12)).tolist() for _ in range(40)], LISTS)})
     hist = [rng.integers(0, n, rng.integers(1, 25)) for _ in range(17)]
+    got = Succession.from_train(train, n).scores(hist, window, decay)
+    np.testing.assert_allclose(got, scores_reference(train, n, hist, window, decay), rtol=1e-12)
     rec = ItemTransitions(window=window, decay=decay)
     rec.fit(train, n_items=n)
-    np.testing.assert_allclose(rec.scores(hist), scores_reference(train, n, hist, window, decay), rtol=1e-12)
+    assert (np.argmax(rec.scores(hist), axis=1) == np.argmax(got + rec.pop * decay ** (window - 1), axis=1)).all()
 
 
 def test_window_and_decay_are_chosen_on_valid() -> None:

@@ -206,3 +206,44 @@ def test_code_tokens_flatten_each_behaviour_into_its_levels(world):
     torch.testing.assert_close(model(b2), model(batch))
     with pytest.raises(Exception, match="add 'sid'"):
         Generator(_cfg(history_tokens="code", behaviour_features=["label"]), [4, 4, ds.n_items])
+
+
+def test_succession_pathway_trains_generates_and_ignores_padded_candidates(world, tmp_path):
+    from onerec.data.splits import save_splits
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.pipeline import make_featurizer
+
+    ds, splits, codes = world
+    ds.save(tmp_path / "data")
+    save_splits(splits, tmp_path / "data" / "split")
+    cfg = _cfg(pathways=["positive", "succession"], succession_len=4)
+    feat = make_featurizer(tmp_path, cfg, codes)  # counts the saved train split
+    assert feat.succession is not None and feat.succession.n_items == ds.n_items
+    batch = TrainExamples(splits["train"], feat).batch(np.arange(32))
+    assert batch["succ_codes"].shape == (32, 4, codes.shape[1]) and batch["succ_mask"].any()
+    torch.manual_seed(0)
+    model = Generator(cfg, [4, 4, ds.n_items])
+    memory, mask = model.encode_batch(batch)
+    assert memory.shape[1] == mask.shape[1] == 8 + 4
+    loss = model(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.succ_count.weight.grad.abs().sum() > 0
+    model.eval()
+    # what stands behind a padded candidate does not matter
+    pad = ~batch["succ_mask"]
+    assert pad.any()
+    b2 = dict(batch, succ_codes=torch.where(pad[..., None], 1, batch["succ_codes"]),
+              succ_count=torch.where(pad, 3, batch["succ_count"]))
+    torch.testing.assert_close(model(b2), model(batch))
+    rec = GenerativeRecommender(model, codes, beam_size=12, featurizer=feat)
+    out = rec.recommend(splits["test"].drop_columns(["targets"]), k=5)
+    assert out.shape == (splits["test"].num_rows, 5) and ((out >= 0) & (out < ds.n_items)).all()
+
+
+def test_a_pathway_type_table_saved_before_the_succession_pathway_still_loads(world):
+    ds, _, _ = world
+    model = Generator(_cfg(), [4, 4, ds.n_items])
+    state = model.state_dict()
+    old = dict(state, **{"path_type.weight": state["path_type.weight"][:4].clone()})  # 4 pathways then
+    model.load_state_dict(model.upgrade_state(old))
+    torch.testing.assert_close(model.path_type.weight[:4], old["path_type.weight"])

@@ -2,7 +2,8 @@
 
 A succession-count model in the spirit of the simple baselines of Ludewig & Jannach ("Evaluation of
 session-based recommendation algorithms", 2018): count, over every training sequence, how often item
-``j`` came right after item ``i``. A user is scored from the last ``window`` items of their history, the
+``j`` came right after item ``i`` (:class:`onerec.features.succession.Succession`, which the generator's
+``succession`` pathway reads too). A user is scored from the last ``window`` items of their history, the
 most recent weighing most::
 
     score(j) = sum_{d=1..window} decay^(d-1) * count(h[-d] -> j)
@@ -23,29 +24,10 @@ import torch
 
 from onerec.data.splits import item_counts, list_column
 from onerec.eval.metrics import per_user_metrics, topk_from_scores
+from onerec.features.succession import Succession
 
 WINDOWS = (1, 2, 3, 5, 10, 20)
 DECAYS = (0.1, 0.5, 1.0)
-
-
-def transition_counts(train: pa.Table, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts of consecutive pairs ``i -> j`` over the train split's sequences, as CSR arrays
-    ``(indptr int64 [N+1], successors int64 [P], counts float64 [P])``: item ``i``'s successors are
-    ``successors[indptr[i]:indptr[i+1]]`` (ascending ids)."""
-    arr = train["items"].combine_chunks()
-    flat = arr.flatten().to_numpy().astype(np.int64)
-    offsets = arr.offsets.to_numpy()
-    # a pair (flat[p], flat[p+1]) is inside one sequence unless p+1 starts the next one
-    src, dst = flat[:-1], flat[1:]
-    inside = np.ones(len(src), dtype=bool)
-    starts = offsets[1:-1]
-    inside[starts[(starts > 0) & (starts < len(flat))] - 1] = False
-    key = src[inside] * n_items + dst[inside]
-    pairs, counts = np.unique(key, return_counts=True)
-    succ_src, succ = np.divmod(pairs, n_items)
-    indptr = np.zeros(n_items + 1, dtype=np.int64)
-    np.add.at(indptr, succ_src + 1, 1)
-    return np.cumsum(indptr), succ.astype(np.int64), counts.astype(np.float64)
 
 
 class ItemTransitions:
@@ -62,7 +44,7 @@ class ItemTransitions:
         """Count the train split's transitions; pick ``window`` / ``decay`` on ``valid`` where unset
         (without ``valid``: the last item only)."""
         self.n_items = n_items
-        self.indptr, self.succ, self.counts = transition_counts(train, n_items)
+        self.succession = Succession.from_train(train, n_items)
         pop = item_counts(train, n_items).astype(np.float64)
         self.pop = pop / (pop.max() + 1.0)  # in [0, 1): below one count of the weakest rule, once scaled
         windows = (self.window,) if self.window else WINDOWS
@@ -82,19 +64,8 @@ class ItemTransitions:
 
     def scores(self, histories: list[np.ndarray]) -> np.ndarray:
         """float64 [B, N] scores of every item for each history (see the module doc)."""
-        b, n = len(histories), self.n_items
-        last = [np.asarray(h[-self.window:], dtype=np.int64)[::-1] for h in histories]  # most recent first
-        rows = np.repeat(np.arange(b), [len(x) for x in last])
-        items = np.concatenate(last) if b else np.empty(0, dtype=np.int64)
-        weights = np.concatenate([self.decay ** np.arange(len(x)) for x in last]) if b else np.empty(0)
-        # every (row, history item) pair expands into that item's successors
-        lo, span = self.indptr[items], self.indptr[items + 1] - self.indptr[items]
-        which = np.repeat(np.arange(len(items)), span)
-        pos = np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span) + lo[which]
-        out = np.bincount(rows[which] * n + self.succ[pos], weights=weights[which] * self.counts[pos],
-                          minlength=b * n).reshape(b, n)
         # popularity: orders the items no rule reaches and breaks ties (below the smallest rule weight)
-        return out + self.pop * self.decay ** (self.window - 1)
+        return self.succession.scores(histories, self.window, self.decay) + self.pop * self.decay ** (self.window - 1)
 
     def recommend(self, examples: pa.Table, k: int) -> np.ndarray:
         """Top-k items per row by :meth:`scores` (ties by lower id): int64 [B, k]."""
@@ -106,19 +77,3 @@ class ItemTransitions:
             out[s:s + 256] = topk_from_scores(torch.from_numpy(self.scores(histories[s:s + 256])), k).numpy()
         return out
 
-
-def scores_reference(train: pa.Table, n_items: int, histories: list[np.ndarray], window: int,
-                     decay: float) -> np.ndarray:
-    """Plain twin of :meth:`ItemTransitions.scores` (dicts and loops), for tests."""
-    pairs: dict[tuple[int, int], int] = {}
-    for seq in list_column(train, "items"):
-        for a, b in zip(seq[:-1].tolist(), seq[1:].tolist()):
-            pairs[a, b] = pairs.get((a, b), 0) + 1
-    pop = item_counts(train, n_items).astype(np.float64)
-    out = np.tile(pop / (pop.max() + 1.0) * decay ** (window - 1), (len(histories), 1))
-    for r, h in enumerate(histories):
-        for d, a in enumerate(reversed(h.tolist()[-window:])):
-            for (src, dst), c in pairs.items():
-                if src == a:
-                    out[r, dst] += decay ** d * c
-    return out

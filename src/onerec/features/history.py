@@ -23,6 +23,9 @@ given a :class:`~onerec.model` config asking for them (``model.pathways``); ``X`
     life_codes/flags/age/mask, life_count                 ``lifelong_reps`` representatives of the last
                                                           ``lifelong_max`` behaviours (+ cluster sizes)
     user_id [B], user_cats [B, C], user_act [B]           static pathway (C user feature columns)
+    succ_codes [B, K, D], succ_count [B, K], succ_mask    succession pathway: the K items that most often
+                                                          followed the last items (:mod:`.succession`),
+                                                          best first, and log buckets of their scores
     session [B, m, D], session_mask [B, m]                the next m positives (``session_len`` > 1)
 
 Short-term and lifelong behaviours come from the full interaction log (exposures included, only
@@ -39,6 +42,7 @@ import pyarrow as pa
 import torch
 
 from onerec.features.side import N_LOG_BUCKETS, SideInfo, log_bucket
+from onerec.features.succession import Succession
 
 N_AGE_BUCKETS = 40
 
@@ -76,18 +80,19 @@ SIDE_FEATURES = frozenset({"author", "tag", "duration", "play"})
 
 def needs_side(cfg) -> bool:
     """Whether a model config reads side information (item/user features, the full log): any pathway
-    beyond the positive one, or a behaviour feature from :data:`SIDE_FEATURES`. Such a model must be
+    beyond the positive and succession ones, or a behaviour feature from :data:`SIDE_FEATURES`. Such a model must be
     featurized with a :class:`SideInfo` (see :func:`onerec.pipeline.make_featurizer`)."""
-    return bool(set(cfg.pathways) - {"positive"} or set(cfg.behaviour_features) & SIDE_FEATURES)
+    return bool(set(cfg.pathways) - {"positive", "succession"} or set(cfg.behaviour_features) & SIDE_FEATURES)
 
 
 def default_featurizer(codes: np.ndarray, cfg, owner: str) -> HistoryFeaturizer:
     """The side-less featurizer ``owner`` falls back to when none is passed; refuses a model that
     needs side information, which it would otherwise see as padding (unlike in training)."""
-    if needs_side(cfg):
-        raise ValueError(f"{owner}: this model reads side information (pathways {list(cfg.pathways)}, behaviour "
-                         f"features {list(cfg.behaviour_features)}); pass featurizer=onerec.pipeline."
-                         "make_featurizer(run, cfg.model, codes), the featurizer it was trained with")
+    if needs_side(cfg) or "succession" in cfg.pathways:
+        raise ValueError(f"{owner}: this model reads side information or the train split's succession counts "
+                         f"(pathways {list(cfg.pathways)}, behaviour features {list(cfg.behaviour_features)}); pass "
+                         "featurizer=onerec.pipeline.make_featurizer(run, cfg.model, codes), the featurizer it was "
+                         "trained with")
     return HistoryFeaturizer(codes, cfg.max_history, cfg=cfg)
 
 
@@ -101,11 +106,19 @@ class HistoryFeaturizer:
         cfg: the model config (a :class:`onerec.config.ModelConfig`); decides which pathways are built.
     """
 
-    def __init__(self, codes: np.ndarray, max_history: int, *, side: SideInfo | None = None, cfg=None) -> None:
+    def __init__(self, codes: np.ndarray, max_history: int, *, side: SideInfo | None = None, cfg=None,
+                 succession: Succession | None = None) -> None:
         self.codes = np.asarray(codes, dtype=np.int64)
         self.h = max_history
         self.side = side
         self.pathways = set(cfg.pathways) if cfg is not None else {"positive"}
+        if "succession" in self.pathways and succession is None:
+            raise ValueError("the succession pathway needs the train split's pair counts: pass succession="
+                             "Succession.from_train(train, n_items) (onerec.pipeline.make_featurizer does)")
+        self.succession = succession
+        if succession is not None:
+            self.succ_len, self.succ_window, self.succ_decay = (cfg.succession_len, cfg.succession_window,
+                                                                cfg.succession_decay)
         self.short_len = cfg.short_len if cfg is not None else 20
         self.life_max = cfg.lifelong_max if cfg is not None else 2000
         self.life_reps = cfg.lifelong_reps if cfg is not None else 64
@@ -181,12 +194,17 @@ class HistoryFeaturizer:
 
     # ------------------------------------------------------------------ main
     def histories(self, seqs: Ragged, rows: np.ndarray, ends: np.ndarray, request_ts: np.ndarray,
-                  users: np.ndarray | None = None) -> dict:
-        """Histories made of events ``[offsets[row], ends)`` of each chosen row (absolute indexes)."""
+                  users: np.ndarray | None = None, *, counted: bool = False) -> dict:
+        """Histories made of events ``[offsets[row], ends)`` of each chosen row (absolute indexes).
+
+        ``counted``: ``seqs`` are the sequences the succession counts were made from (the train split):
+        each row's pairs from its end on are left out of its candidates' scores."""
         starts = seqs.offsets[rows]
         idx, mask = self._window(starts, ends, self.h)
         out = self._tokens("hist", seqs.items[idx], seqs.ts[idx], seqs.flags[idx], np.zeros_like(idx), mask,
                            request_ts)
+        if "succession" in self.pathways:
+            out.update(self._succession(seqs, starts, ends, seqs.offsets[rows + 1] if counted else None))
         if self.pathways & {"short", "lifelong", "static"}:
             l_start, l_end, l_items, l_ts, l_flags, l_play = self._log(seqs, rows, ends, request_ts, users)
             if "short" in self.pathways:
@@ -205,6 +223,18 @@ class HistoryFeaturizer:
                 out["user_cats"] = torch.from_numpy(cats.astype(np.int64))
                 out["user_act"] = torch.from_numpy(log_bucket(l_end - l_start))
         return out
+
+    def _succession(self, seqs: Ragged, starts: np.ndarray, ends: np.ndarray, seq_ends: np.ndarray | None) -> dict:
+        """The succession pathway's candidates for histories ``items[starts:ends]``; ``seq_ends``: the
+        rows' sequence ends when the counts include these sequences (their pairs from ``ends - 1`` on go)."""
+        hist = [seqs.items[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
+        future = None if seq_ends is None else [seqs.items[max(b - 1, a):e] for a, b, e in
+                                                zip(starts.tolist(), ends.tolist(), seq_ends.tolist())]
+        items, score = self.succession.candidates(hist, self.succ_len, self.succ_window, self.succ_decay, future)
+        mask = items >= 0
+        return {"succ_codes": torch.from_numpy(np.where(mask[..., None], self.codes[np.maximum(items, 0)], -1)),
+                "succ_count": torch.from_numpy(log_bucket(np.where(mask, score, -1.0))),
+                "succ_mask": torch.from_numpy(mask)}
 
     def _lifelong(self, starts, ends, items, ts, flags, play, request_ts) -> dict:
         b, r = len(starts), self.life_reps
@@ -242,7 +272,7 @@ class TrainExamples:
 
     def batch(self, idx: np.ndarray) -> dict:
         rows, tgt = self.rows[idx], self.target_idx[idx]
-        out = self.f.histories(self.seqs, rows, tgt, self.seqs.ts[tgt], self.users[rows])
+        out = self.f.histories(self.seqs, rows, tgt, self.seqs.ts[tgt], self.users[rows], counted=True)
         out["target"] = torch.from_numpy(self.f.codes[self.seqs.items[tgt]])
         m = self.f.session_len
         if m > 1:  # OneRec V1 session-wise target: this positive and the next m-1 of the same user

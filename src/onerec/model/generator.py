@@ -109,7 +109,7 @@ class Generator(nn.Module):
         self.path_type = nn.Embedding(len(PATHWAYS), e) if len(self.pathways) > 1 else None
         per_behaviour = depth if self.per_code else 1
         lengths = {"static": 1, "short": cfg.short_len * per_behaviour, "positive": cfg.max_history * per_behaviour,
-                   "lifelong": cfg.qformer_queries}
+                   "lifelong": cfg.qformer_queries, "succession": cfg.succession_len}
         self.enc_len = sum(lengths[p] for p in self.pathways)
         self.enc_pos = nn.Embedding(self.enc_len, e)  # learnable positions over all pathway tokens
         self.static = StaticEmbedding(fd, cfg.sparse_buckets) if "static" in self.pathways else None
@@ -120,6 +120,8 @@ class Generator(nn.Module):
             self.qformer = QFormer(fd, q_heads, q_ffn, cfg.qformer_queries, cfg.qformer_layers, cfg.dropout)
         else:
             self.life_count = self.qformer = None
+        # each succession candidate: its semantic ID (the behaviours' embedding) + its score's log bucket
+        self.succ_count = nn.Embedding(N_LOG_BUCKETS, fd, padding_idx=0) if "succession" in self.pathways else None
         self.encoder = nn.ModuleList(EncoderBlock(e, cfg.n_heads, self._ffn(ffn, "encoder"), cfg.dropout)
                                      for _ in range(cfg.enc_layers))
         self.enc_norm = RMSNorm(e)
@@ -163,6 +165,14 @@ class Generator(nn.Module):
                                  "the HistoryFeaturizer with cfg=model.cfg")
             x = self.proj[name](self.static(batch))
             return x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        if name == "succession":
+            if "succ_mask" not in batch:
+                raise ValueError("the succession pathway needs the batch keys succ_*. Fix: build the "
+                                 "HistoryFeaturizer with cfg=model.cfg and the train split's Succession counts")
+            mask = batch["succ_mask"]
+            sid = self.codes if self.feature_codes is None else self.feature_codes
+            x = (sid(batch["succ_codes"]) + self.succ_count(batch["succ_count"])) * mask.unsqueeze(-1)
+            return self.proj[name](x), mask
         prefix = PREFIX[name]
         if f"{prefix}_mask" not in batch:
             raise ValueError(f"the {name} pathway needs the batch keys {prefix}_*. Fix: build the "
@@ -273,8 +283,13 @@ class Generator(nn.Module):
         return F.log_softmax(self.heads[step](hidden[:, -1]).float(), dim=-1)
 
     def upgrade_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Rename the keys of a generator v0 checkpoint (same model, older names); others pass unchanged."""
-        return {V0_KEYS.get(k, k): v for k, v in state.items()}
+        """Rename the keys of a generator v0 checkpoint (same model, older names) and give a pathway-type
+        table saved before the succession pathway existed its (unused) new rows; others pass unchanged."""
+        state = {V0_KEYS.get(k, k): v for k, v in state.items()}
+        old = state.get("path_type.weight")
+        if old is not None and old.shape[0] < len(PATHWAYS):
+            state["path_type.weight"] = torch.cat([old, old.new_zeros(len(PATHWAYS) - old.shape[0], old.shape[1])])
+        return state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

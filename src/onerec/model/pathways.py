@@ -11,6 +11,10 @@ the report), given learnable positions and read by the encoder's full self-atten
   a :class:`~onerec.model.qformer.QFormer` (shared with the content alignment): ``qformer_queries``
   learnable queries cross-attending to the representatives.
 
+A fifth pathway, ``succession``, is ours (not in the papers): the items that most often followed the
+user's last positives in the train split (:mod:`onerec.features.succession`), each a token of its
+semantic-ID embedding plus a log bucket of its score, best first, so that the decoder can copy one.
+
 Each behaviour token is the sum of the embeddings of its features (semantic ID, hashed item id,
 author, tag/category, time since the behaviour, play time, duration, feedback label); each
 pathway then has its own projection (Dense -> LeakyReLU -> Dense in the report, ``pathway_mlp``)
@@ -30,7 +34,7 @@ from onerec.features.history import N_AGE_BUCKETS
 from onerec.features.side import N_LOG_BUCKETS
 
 BEHAVIOUR_FEATURES = ("sid", "item", "author", "tag", "time", "play", "duration", "label")
-PATHWAYS = ("static", "short", "positive", "lifelong")
+PATHWAYS = ("static", "short", "positive", "lifelong", "succession")
 PREFIX = {"short": "short", "positive": "hist", "lifelong": "life"}
 
 

@@ -60,12 +60,12 @@ def test_a_model_with_every_pathway_serves_known_users_as_evaluated(tmp_path):
     history stands in for the log."""
     run = tmp_path / "pathways"
     cfg = load_config(preset="tiny", overrides=[
-        "train.max_steps=3", "model.pathways=static,short,positive,lifelong",
+        "train.max_steps=3", "model.pathways=static,short,positive,lifelong,succession",
         "model.behaviour_features=sid,item,author,tag,time,play,duration,label", "model.sparse_buckets=512"])
     for stage in (stage_data, stage_tokenize, stage_train):
         stage(run, cfg, progress=False)
     service = RecommendService(run, cfg)
-    assert service.rec.featurizer.side is not None
+    assert service.rec.featurizer.side is not None and service.rec.featurizer.succession is not None
     users = list(service.user_index)[:4]
     expected = recommend_users(run, cfg, users, 5)
     got = service.recommend([service.user_query(u, 5) for u in users]

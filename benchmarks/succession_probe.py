@@ -9,7 +9,10 @@ valid split only (the selection split, so test is never read), it reports:
 * the share of valid users whose target is the top successor of their last history item in the train
   split (the pair counts of :class:`onerec.features.succession.Succession`), and onerec's Recall@10 and
   rank-1 rate on them and on everyone else;
-* onerec's Recall@10 / NDCG@10 by history length.
+* onerec's Recall@10 / NDCG@10 by history length;
+* with ``--fusion``: valid NDCG/Recall when the generator's beam (20 items) and the transitions rule's top 20 are
+  pooled and ranked by log p_onerec(item) + lambda * log(1 + transition score), for each lambda of
+  :data:`LAMBDAS` (lambda 0 is onerec's own ranking of the pool), beside the rule alone (window 10, decay 0.1).
 
 This is the probe behind docs/BENCHMARKS.md, "A baseline with no training: item-to-item transitions".
 """
@@ -30,6 +33,65 @@ from onerec.features.succession import Succession
 from onerec.pipeline import load_codes, load_recommender
 
 HISTORY_BINS = ((1, 5), (5, 10), (10, 1 << 30))
+LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+WINDOW, DECAY, POOL = 10, 0.1, 20
+
+
+@torch.no_grad()
+def pooled_log_probs(rec, batch: dict, items: np.ndarray) -> np.ndarray:
+    """log p(item | history) under the generator for items [B, M] (-1: padding, scored -inf), teacher-forced."""
+    model = rec.model
+    b, m = items.shape
+    memory, mask = model.encode_batch(batch)
+    codes = torch.from_numpy(rec.codes[np.maximum(items, 0).reshape(-1)])
+    hidden = model.decode(codes[:, :-1], memory.repeat_interleave(m, 0), mask.repeat_interleave(m, 0))
+    lp = sum(torch.log_softmax(model.heads[t](hidden[:, t]).float(), -1).gather(1, codes[:, t:t + 1]).squeeze(1)
+             for t in range(codes.shape[1]))
+    return np.where(items >= 0, lp.view(b, m).numpy(), -np.inf)
+
+
+def fusion(run: Path, users: int | None = None) -> dict:
+    """Valid metrics of the pooled ranking for every lambda (see the module doc)."""
+    from onerec.baselines.transitions import ItemTransitions
+    from onerec.features import EvalExamples
+
+    cfg = load_config(file=run / "config.yaml")
+    codes = load_codes(run)
+    splits = load_splits(run / "data" / "split", n_items=len(codes))
+    valid = splits["valid"] if users is None else splits["valid"].slice(0, users)
+    rec = load_recommender(run, cfg, "cpu", codes=codes)
+    succ = Succession.from_train(splits["train"], len(codes))
+    ex = EvalExamples(valid, rec.featurizer)
+    hist, targets = list_column(valid, "history"), list_column(valid, "targets")
+    ranked = {lam: [] for lam in LAMBDAS}
+    for s in range(0, len(ex), 256):
+        idx = np.arange(s, min(len(ex), s + 256))
+        batch = ex.batch(idx)
+        beam, _, _ = rec.generate(batch, POOL)
+        rule, _ = succ.candidates([hist[i] for i in idx], POOL, WINDOW, DECAY)
+        pool = np.concatenate([beam.numpy(), rule], 1)
+        # an item in both lists keeps one place: the second copy becomes padding
+        for r in range(len(pool)):
+            _, first = np.unique(pool[r], return_index=True)
+            dup = np.ones(pool.shape[1], dtype=bool)
+            dup[first] = False
+            pool[r, dup] = -1
+        lp = pooled_log_probs(rec, batch, pool)
+        prior = np.log1p(np.take_along_axis(succ.scores([hist[i] for i in idx], WINDOW, DECAY),
+                                            np.maximum(pool, 0), 1))
+        for lam in LAMBDAS:
+            order = np.argsort(-(lp + lam * prior), axis=1, kind="stable")[:, :10]
+            ranked[lam].append(np.take_along_axis(pool, order, 1))
+    out = {"run": str(run), "valid_users": int(valid.num_rows), "pool": f"beam {POOL} + rule top {POOL}",
+           "lambda": {}}
+    for lam in LAMBDAS:
+        per = per_user_metrics(np.concatenate(ranked[lam]), targets, (5, 10))
+        out["lambda"][str(lam)] = {m: float(per[m].mean()) for m in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")}
+    rule = ItemTransitions(window=WINDOW, decay=DECAY)
+    rule.fit(splits["train"], n_items=len(codes))
+    per = per_user_metrics(rule.recommend(valid, 10), targets, (5, 10))
+    out["rule_alone"] = {m: float(per[m].mean()) for m in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")}
+    return out
 
 
 def probe(run: Path, users: int | None = None) -> dict:
@@ -69,9 +131,14 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--quick", action="store_true", help="the first 2,000 valid users only")
+    ap.add_argument("--fusion", action="store_true", help="also the pooled beam + rule ranking for each lambda")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    results = [probe(r, 2000 if args.quick else None) for r in args.runs]
+    users = 2000 if args.quick else None
+    results = [probe(r, users) for r in args.runs]
+    if args.fusion:
+        for r, run in zip(results, args.runs):
+            r["fusion"] = fusion(run, users)
     for r in results:
         print(json.dumps(r, indent=1))
     if args.out:

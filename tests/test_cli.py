@@ -40,6 +40,8 @@ def test_stage_verbs_rerun_on_the_run_directory(quick_run):
     _ok(runner.invoke(cli, ["train", str(quick_run), "--resume", "train.max_steps=9", "train.checkpoint_every=3"]))
     res = _ok(runner.invoke(cli, ["eval", str(quick_run), "eval.baselines=[popular]"]))
     assert "recall@10" in res.output
+    res = _ok(runner.invoke(cli, ["eval", str(quick_run), "eval.baselines=[]", "generate.succession_prior=2"]))
+    assert "recall@10" in res.output
     import pyarrow.parquet as pq
 
     user = pq.read_table(quick_run / "data" / "users.parquet")["raw_id"][0].as_py()

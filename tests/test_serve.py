@@ -56,16 +56,18 @@ def test_recommend_by_user_matches_the_cli_path(run, service, client):
 
 
 def test_a_model_with_every_pathway_serves_known_users_as_evaluated(tmp_path):
-    """Known users are featurized as in evaluation (full log, user and item features); an explicit
-    history stands in for the log."""
+    """Known users are featurized as in evaluation (full log, user and item features) and ranked as in it (here
+    with the succession prior); an explicit history stands in for the log."""
     run = tmp_path / "pathways"
     cfg = load_config(preset="tiny", overrides=[
         "train.max_steps=3", "model.pathways=static,short,positive,lifelong,succession",
-        "model.behaviour_features=sid,item,author,tag,time,play,duration,label", "model.sparse_buckets=512"])
+        "model.behaviour_features=sid,item,author,tag,time,play,duration,label", "model.sparse_buckets=512",
+        "generate.succession_prior=2"])
     for stage in (stage_data, stage_tokenize, stage_train):
         stage(run, cfg, progress=False)
     service = RecommendService(run, cfg)
     assert service.rec.featurizer.side is not None and service.rec.featurizer.succession is not None
+    assert service.rec.prior is service.rec.featurizer.succession and service.rec.prior_weight == 2
     users = list(service.user_index)[:4]
     expected = recommend_users(run, cfg, users, 5)
     got = service.recommend([service.user_query(u, 5) for u in users]

@@ -283,6 +283,11 @@ class GenerateConfig:
     beam_size: int = opt(32, "beams kept per user at each decoding step")
     top_k: int = opt(50, "distinct items returned per user")
     batch_size: int = opt(256, "users decoded together")
+    succession_prior: float = opt(0.0, "weight of log(1 + succession score) added to the generator's log-probability "
+                                       "when its beam is pooled with the items that most often followed the user's "
+                                       "last items in the train split (shallow fusion, not in the papers; window and "
+                                       "decay: model.succession_window / succession_decay); 0 = the generator alone")
+    succession_pool: int = opt(20, "succession_prior > 0: candidates from the succession counts added to the beam")
 
 
 # ---------------------------------------------------------------------------- serve

@@ -379,9 +379,18 @@ def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cp
 
     model = load_generator(run, str(device))
     codes = load_codes(run) if codes is None else codes
-    return GenerativeRecommender(model, codes, beam_size=beam_size or cfg.generate.beam_size,
-                                 batch_size=cfg.generate.batch_size, device=device,
-                                 featurizer=make_featurizer(run, model.cfg, codes, dataset))
+    feat = make_featurizer(run, model.cfg, codes, dataset)
+    g = cfg.generate
+    prior = None
+    if g.succession_prior:  # shallow fusion with the train split's succession counts
+        from onerec.features.succession import Succession
+
+        prior = feat.succession or Succession.from_train(
+            load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))["train"], len(codes))
+    return GenerativeRecommender(model, codes, beam_size=beam_size or g.beam_size, batch_size=g.batch_size,
+                                 device=device, featurizer=feat, prior=prior, prior_weight=g.succession_prior,
+                                 prior_pool=g.succession_pool, prior_window=model.cfg.succession_window,
+                                 prior_decay=model.cfg.succession_decay)
 
 
 # ------------------------------------------------------------------------------ eval

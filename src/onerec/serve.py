@@ -116,8 +116,8 @@ class RecommendService:
                 batch = self.rec.featurizer.histories(seqs, rows, offsets[1:], np.array([q.request_ts for q in qs]),
                                                       users)
                 k_max = max(q.k for q in qs)
-                items, scores, _ = self.rec.generate(batch, k_max, beam_size=beam)
-                items, scores = items.cpu().tolist(), scores.cpu().tolist()
+                items, scores = self.rec.rank(batch, k_max, beam_size=beam)  # fused when generate.succession_prior
+                items, scores = items.tolist(), scores.tolist()
                 for j, i in enumerate(idx):
                     keep = [(it, sc) for it, sc in zip(items[j][: qs[j].k], scores[j][: qs[j].k]) if it >= 0]
                     out[i] = ([it for it, _ in keep], [sc for _, sc in keep])

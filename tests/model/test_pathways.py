@@ -247,3 +247,41 @@ def test_a_pathway_type_table_saved_before_the_succession_pathway_still_loads(wo
     old = dict(state, **{"path_type.weight": state["path_type.weight"][:4].clone()})  # 4 pathways then
     model.load_state_dict(model.upgrade_state(old))
     torch.testing.assert_close(model.path_type.weight[:4], old["path_type.weight"])
+
+
+def test_succession_prior_pools_the_beam_with_the_counts_and_fuses_their_scores(world):
+    from onerec.features.succession import Succession
+    from onerec.generate.generative import GenerativeRecommender
+
+    ds, splits, codes = world
+    cfg = _cfg(pathways=["positive"])
+    feat = HistoryFeaturizer(codes, cfg.max_history, side=SideInfo.from_dataset(ds), cfg=cfg)
+    succ = Succession.from_train(splits["train"], ds.n_items)
+    torch.manual_seed(0)
+    model = Generator(cfg, [4, 4, ds.n_items]).eval()
+    batch = EvalExamples(splits["test"], feat).batch(np.arange(24))
+    with pytest.raises(ValueError, match="needs prior"):
+        GenerativeRecommender(model, codes, featurizer=feat, prior_weight=1.0)
+    rec = GenerativeRecommender(model, codes, beam_size=8, featurizer=feat, prior=succ, prior_weight=1.0,
+                                prior_pool=6, prior_window=3, prior_decay=0.5)
+    # teacher-forced log-probabilities are the beam's scores
+    items, scores, _ = rec.generate(batch, 8)
+    np.testing.assert_allclose(rec.log_probs(batch, items.numpy()), scores.numpy(), atol=1e-4)
+    pool, fused = rec.fused_pool(batch, 5)
+    hist = [row[m] - 1 for row, m in zip(batch["hist_item"].numpy(), batch["hist_mask"].numpy())]
+    counts = succ.scores(hist, 3, 0.5)
+    for r in range(len(pool)):
+        kept = pool[r][pool[r] >= 0]
+        assert len(set(kept)) == len(kept) and set(items[r].tolist()) <= set(kept.tolist())
+        rule = succ.candidates([hist[r]], 6, 3, 0.5)[0][0]
+        assert set(rule[rule >= 0].tolist()) <= set(kept.tolist())
+        np.testing.assert_allclose(fused[r][pool[r] >= 0], rec.log_probs(batch, pool)[r][pool[r] >= 0]
+                                   + np.log1p(counts[r, kept]))
+    top = rec.recommend_batch(batch, 5)
+    np.testing.assert_array_equal(top, np.take_along_axis(pool, np.argsort(-fused, axis=1, kind="stable")[:, :5], 1))
+    # a heavy prior puts a most-followed item first wherever the history has a successor
+    rec.prior_weight = 1e6
+    heavy = rec.recommend_batch(batch, 5)
+    for r in range(len(heavy)):
+        if counts[r].max() > 0:
+            assert counts[r, heavy[r, 0]] == counts[r].max()

@@ -1,5 +1,11 @@
 """Recommendations from a trained generator: encode each user once, then constrained beam
-search over semantic IDs (only codes that map to real items survive), top-K distinct items."""
+search over semantic IDs (only codes that map to real items survive), top-K distinct items.
+
+Optionally (``prior_weight`` > 0, ``generate.succession_prior``; not in the papers) the beam is pooled with the
+items that most often followed the user's last items in the train split
+(:class:`~onerec.features.succession.Succession`), and the pool is ranked by
+``log p(item | history) + prior_weight * log(1 + succession score)``: shallow fusion of the generator with the
+succession counts that the transitions baseline ranks by alone."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from onerec.features.history import EvalExamples, HistoryFeaturizer, default_featurizer
+from onerec.features.succession import Succession
 from onerec.generate.beam import beam_search
 from onerec.model.generator import Generator
 from onerec.tokenizer.constraints import PrefixTable
@@ -29,7 +36,9 @@ class GenerativeRecommender:
 
     def __init__(self, model: Generator, codes: np.ndarray, *, beam_size: int = 32, batch_size: int = 256,
                  device: str | torch.device = "cpu", progress: bool = False,
-                 featurizer: HistoryFeaturizer | None = None) -> None:
+                 featurizer: HistoryFeaturizer | None = None, prior: Succession | None = None,
+                 prior_weight: float = 0.0, prior_pool: int = 20, prior_window: int = 10,
+                 prior_decay: float = 0.1) -> None:
         self.model = model.to(device).eval()
         self.codes = np.asarray(codes, dtype=np.int64)
         self.device = torch.device(device)
@@ -37,6 +46,10 @@ class GenerativeRecommender:
         # the pathways beyond the positive one need side information: the default refuses such a model
         self.featurizer = featurizer or default_featurizer(self.codes, model.cfg, "GenerativeRecommender")
         self.beam_size, self.batch_size, self.progress = beam_size, batch_size, progress
+        if prior_weight and prior is None:
+            raise ValueError("prior_weight > 0 needs prior=Succession.from_train(train, n_items)")
+        self.prior, self.prior_weight, self.prior_pool = prior, prior_weight, prior_pool
+        self.prior_window, self.prior_decay = prior_window, prior_decay
 
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:
         """Training happens in :func:`onerec.train.train_generator`; nothing to do here."""
@@ -55,8 +68,59 @@ class GenerativeRecommender:
     @torch.no_grad()
     def recommend_batch(self, batch: dict[str, torch.Tensor], k: int) -> np.ndarray:
         """Top-``k`` item ids of a featurized batch: int64 [B, k], -1 where fewer valid items exist."""
-        items, _, _ = self.generate(batch, k)
-        return items.cpu().numpy()
+        return self.rank(batch, k)[0]
+
+    @torch.no_grad()
+    def rank(self, batch: dict[str, torch.Tensor], k: int, *,
+             beam_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items of a featurized batch and their scores, best first: (int64 [B, k], -1 where fewer
+        valid items exist; float [B, k]). The beam's items and total log-probabilities, or with
+        ``prior_weight`` > 0 the fused ranking of the beam pooled with the succession candidates
+        (:meth:`fused_pool`). ``beam_size`` as in :meth:`generate`."""
+        if not self.prior_weight:
+            items, scores, _ = self.generate(batch, k, beam_size=beam_size)
+            return items.cpu().numpy(), scores.cpu().numpy()
+        pool, fused = self.fused_pool(batch, k, beam_size=beam_size)
+        order = np.argsort(-fused, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(fused, order, 1)
+        return np.where(np.isneginf(scores), -1, np.take_along_axis(pool, order, 1)), scores
+
+    @torch.no_grad()
+    def fused_pool(self, batch: dict[str, torch.Tensor], k: int, *,
+                   beam_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The candidate pool of :meth:`rank` with ``prior_weight`` > 0 and its fused scores: (items int64
+        [B, M], -1 = padding; scores float64 [B, M], -inf on padding). The pool is the whole final beam
+        (``beam_size``, default ``max(self.beam_size, k)``) and the succession counts' top ``prior_pool`` for
+        the user's history (as the positive pathway reads it: its last ``max_history`` items), each item once."""
+        beam = max(self.beam_size, k) if beam_size is None else beam_size
+        found, _, _ = self.generate(batch, beam, beam_size=beam)
+        item_ids, mask = batch["hist_item"].numpy(), batch["hist_mask"].numpy()
+        hist = [row[m] - 1 for row, m in zip(item_ids, mask)]  # hist_item is the item id + 1
+        rule, _ = self.prior.candidates(hist, self.prior_pool, self.prior_window, self.prior_decay)
+        pool = np.concatenate([found.cpu().numpy(), rule], 1)
+        for r in range(len(pool)):  # an item in both lists keeps its first place only
+            _, first = np.unique(pool[r], return_index=True)
+            dup = np.ones(pool.shape[1], dtype=bool)
+            dup[first] = False
+            pool[r, dup] = -1
+        log_p = self.log_probs(batch, pool)
+        counts = self.prior.scores(hist, self.prior_window, self.prior_decay)
+        prior = np.log1p(np.take_along_axis(counts, np.maximum(pool, 0), 1))
+        return pool, np.where(pool >= 0, log_p + self.prior_weight * prior, -np.inf)
+
+    @torch.no_grad()
+    def log_probs(self, batch: dict[str, torch.Tensor], items: np.ndarray) -> np.ndarray:
+        """log p(item | history) under the generator, teacher-forced: items int64 [B, M] (-1 = padding,
+        scored -inf) -> float64 [B, M]. For beam items it equals the beam's score (the same model)."""
+        b, m = items.shape
+        batch = {key: v.to(self.device) for key, v in batch.items()}
+        memory, mask = self.model.encode_batch(batch)
+        codes = torch.from_numpy(self.codes[np.maximum(items, 0).reshape(-1)]).to(self.device)
+        hidden = self.model.decode(codes[:, :-1], memory.repeat_interleave(m, 0), mask.repeat_interleave(m, 0))
+        lp = torch.zeros(b * m, device=self.device)
+        for t in range(codes.shape[1]):
+            lp += torch.log_softmax(self.model.heads[t](hidden[:, t]).float(), -1).gather(1, codes[:, t:t + 1])[:, 0]
+        return np.where(items >= 0, lp.view(b, m).double().cpu().numpy(), -np.inf)
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], k: int, *, beam_size: int | None = None,

@@ -37,19 +37,6 @@ LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 WINDOW, DECAY, POOL = 10, 0.1, 20
 
 
-@torch.no_grad()
-def pooled_log_probs(rec, batch: dict, items: np.ndarray) -> np.ndarray:
-    """log p(item | history) under the generator for items [B, M] (-1: padding, scored -inf), teacher-forced."""
-    model = rec.model
-    b, m = items.shape
-    memory, mask = model.encode_batch(batch)
-    codes = torch.from_numpy(rec.codes[np.maximum(items, 0).reshape(-1)])
-    hidden = model.decode(codes[:, :-1], memory.repeat_interleave(m, 0), mask.repeat_interleave(m, 0))
-    lp = sum(torch.log_softmax(model.heads[t](hidden[:, t]).float(), -1).gather(1, codes[:, t:t + 1]).squeeze(1)
-             for t in range(codes.shape[1]))
-    return np.where(items >= 0, lp.view(b, m).numpy(), -np.inf)
-
-
 def fusion(run: Path, users: int | None = None) -> dict:
     """Valid metrics of the pooled ranking for every lambda (see the module doc)."""
     from onerec.baselines.transitions import ItemTransitions
@@ -60,27 +47,16 @@ def fusion(run: Path, users: int | None = None) -> dict:
     splits = load_splits(run / "data" / "split", n_items=len(codes))
     valid = splits["valid"] if users is None else splits["valid"].slice(0, users)
     rec = load_recommender(run, cfg, "cpu", codes=codes)
-    succ = Succession.from_train(splits["train"], len(codes))
+    # the pool of generate.succession_prior (onerec.generate.generative), scored once for every lambda
+    rec.prior, rec.prior_pool = Succession.from_train(splits["train"], len(codes)), POOL
+    rec.prior_window, rec.prior_decay = WINDOW, DECAY
     ex = EvalExamples(valid, rec.featurizer)
-    hist, targets = list_column(valid, "history"), list_column(valid, "targets")
+    targets = list_column(valid, "targets")
     ranked = {lam: [] for lam in LAMBDAS}
     for s in range(0, len(ex), 256):
-        idx = np.arange(s, min(len(ex), s + 256))
-        batch = ex.batch(idx)
-        beam, _, _ = rec.generate(batch, POOL)
-        rule, _ = succ.candidates([hist[i] for i in idx], POOL, WINDOW, DECAY)
-        pool = np.concatenate([beam.numpy(), rule], 1)
-        # an item in both lists keeps one place: the second copy becomes padding
-        for r in range(len(pool)):
-            _, first = np.unique(pool[r], return_index=True)
-            dup = np.ones(pool.shape[1], dtype=bool)
-            dup[first] = False
-            pool[r, dup] = -1
-        lp = pooled_log_probs(rec, batch, pool)
-        prior = np.log1p(np.take_along_axis(succ.scores([hist[i] for i in idx], WINDOW, DECAY),
-                                            np.maximum(pool, 0), 1))
+        pool, log_p, prior = rec.pool(ex.batch(np.arange(s, min(len(ex), s + 256))), POOL, beam_size=POOL)
         for lam in LAMBDAS:
-            order = np.argsort(-(lp + lam * prior), axis=1, kind="stable")[:, :10]
+            order = np.argsort(-(log_p + lam * prior), axis=1, kind="stable")[:, :10]
             ranked[lam].append(np.take_along_axis(pool, order, 1))
     out = {"run": str(run), "valid_users": int(valid.num_rows), "pool": f"beam {POOL} + rule top {POOL}",
            "lambda": {}}

@@ -267,7 +267,8 @@ def test_succession_prior_pools_the_beam_with_the_counts_and_fuses_their_scores(
     # teacher-forced log-probabilities are the beam's scores
     items, scores, _ = rec.generate(batch, 8)
     np.testing.assert_allclose(rec.log_probs(batch, items.numpy()), scores.numpy(), atol=1e-4)
-    pool, fused = rec.fused_pool(batch, 5)
+    pool, log_p, prior = rec.pool(batch, 5)
+    fused = log_p + prior
     hist = [row[m] - 1 for row, m in zip(batch["hist_item"].numpy(), batch["hist_mask"].numpy())]
     counts = succ.scores(hist, 3, 0.5)
     for r in range(len(pool)):
@@ -275,8 +276,8 @@ def test_succession_prior_pools_the_beam_with_the_counts_and_fuses_their_scores(
         assert len(set(kept)) == len(kept) and set(items[r].tolist()) <= set(kept.tolist())
         rule = succ.candidates([hist[r]], 6, 3, 0.5)[0][0]
         assert set(rule[rule >= 0].tolist()) <= set(kept.tolist())
-        np.testing.assert_allclose(fused[r][pool[r] >= 0], rec.log_probs(batch, pool)[r][pool[r] >= 0]
-                                   + np.log1p(counts[r, kept]))
+        np.testing.assert_allclose(prior[r][pool[r] >= 0], np.log1p(counts[r, kept]))
+        assert np.isneginf(log_p[r][pool[r] < 0]).all()
     top = rec.recommend_batch(batch, 5)
     np.testing.assert_array_equal(top, np.take_along_axis(pool, np.argsort(-fused, axis=1, kind="stable")[:, :5], 1))
     # a heavy prior puts a most-followed item first wherever the history has a successor

@@ -76,22 +76,25 @@ class GenerativeRecommender:
         """Top-``k`` items of a featurized batch and their scores, best first: (int64 [B, k], -1 where fewer
         valid items exist; float [B, k]). The beam's items and total log-probabilities, or with
         ``prior_weight`` > 0 the fused ranking of the beam pooled with the succession candidates
-        (:meth:`fused_pool`). ``beam_size`` as in :meth:`generate`."""
+        (:meth:`pool`). ``beam_size`` as in :meth:`generate`."""
         if not self.prior_weight:
             items, scores, _ = self.generate(batch, k, beam_size=beam_size)
             return items.cpu().numpy(), scores.cpu().numpy()
-        pool, fused = self.fused_pool(batch, k, beam_size=beam_size)
+        pool, log_p, prior = self.pool(batch, k, beam_size=beam_size)
+        fused = log_p + self.prior_weight * prior
         order = np.argsort(-fused, axis=1, kind="stable")[:, :k]
         scores = np.take_along_axis(fused, order, 1)
         return np.where(np.isneginf(scores), -1, np.take_along_axis(pool, order, 1)), scores
 
     @torch.no_grad()
-    def fused_pool(self, batch: dict[str, torch.Tensor], k: int, *,
-                   beam_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The candidate pool of :meth:`rank` with ``prior_weight`` > 0 and its fused scores: (items int64
-        [B, M], -1 = padding; scores float64 [B, M], -inf on padding). The pool is the whole final beam
-        (``beam_size``, default ``max(self.beam_size, k)``) and the succession counts' top ``prior_pool`` for
-        the user's history (as the positive pathway reads it: its last ``max_history`` items), each item once."""
+    def pool(self, batch: dict[str, torch.Tensor], k: int, *,
+             beam_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The candidate pool that :meth:`rank` fuses when ``prior_weight`` > 0: (items int64 [B, M], -1 =
+        padding; their log-probabilities under the generator, float64 [B, M], -inf on padding; their prior
+        log(1 + succession score), float64 [B, M]); the fused score is ``log_p + prior_weight * prior``. The
+        pool is the whole final beam (``beam_size``, default ``max(self.beam_size, k)``) and the succession
+        counts' top ``prior_pool`` for the user's history (as the positive pathway reads it: its last
+        ``max_history`` items), each item once."""
         beam = max(self.beam_size, k) if beam_size is None else beam_size
         found, _, _ = self.generate(batch, beam, beam_size=beam)
         item_ids, mask = batch["hist_item"].numpy(), batch["hist_mask"].numpy()
@@ -103,10 +106,8 @@ class GenerativeRecommender:
             dup = np.ones(pool.shape[1], dtype=bool)
             dup[first] = False
             pool[r, dup] = -1
-        log_p = self.log_probs(batch, pool)
         counts = self.prior.scores(hist, self.prior_window, self.prior_decay)
-        prior = np.log1p(np.take_along_axis(counts, np.maximum(pool, 0), 1))
-        return pool, np.where(pool >= 0, log_p + self.prior_weight * prior, -np.inf)
+        return pool, self.log_probs(batch, pool), np.log1p(np.take_along_axis(counts, np.maximum(pool, 0), 1))
 
     @torch.no_grad()
     def log_probs(self, batch: dict[str, torch.Tensor], items: np.ndarray) -> np.ndarray:

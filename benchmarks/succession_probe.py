@@ -40,7 +40,6 @@ WINDOW, DECAY, POOL = 10, 0.1, 20
 def fusion(run: Path, users: int | None = None) -> dict:
     """Valid metrics of the pooled ranking for every lambda (see the module doc)."""
     from onerec.baselines.transitions import ItemTransitions
-    from onerec.features import EvalExamples
 
     cfg = load_config(file=run / "config.yaml")
     codes = load_codes(run)
@@ -50,18 +49,13 @@ def fusion(run: Path, users: int | None = None) -> dict:
     # the pool of generate.succession_prior (onerec.generate.generative), scored once for every lambda
     rec.prior, rec.prior_pool = Succession.from_train(splits["train"], len(codes)), POOL
     rec.prior_window, rec.prior_decay = WINDOW, DECAY
-    ex = EvalExamples(valid, rec.featurizer)
+    rec.beam_size = POOL
     targets = list_column(valid, "targets")
-    ranked = {lam: [] for lam in LAMBDAS}
-    for s in range(0, len(ex), 256):
-        pool, log_p, prior = rec.pool(ex.batch(np.arange(s, min(len(ex), s + 256))), POOL, beam_size=POOL)
-        for lam in LAMBDAS:
-            order = np.argsort(-(log_p + lam * prior), axis=1, kind="stable")[:, :10]
-            ranked[lam].append(np.take_along_axis(pool, order, 1))
+    ranked = rec.rank_by_prior_weights(valid, list(LAMBDAS))
     out = {"run": str(run), "valid_users": int(valid.num_rows), "pool": f"beam {POOL} + rule top {POOL}",
            "lambda": {}}
     for lam in LAMBDAS:
-        per = per_user_metrics(np.concatenate(ranked[lam]), targets, (5, 10))
+        per = per_user_metrics(ranked[lam], targets, (5, 10))
         out["lambda"][str(lam)] = {m: float(per[m].mean()) for m in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")}
     rule = ItemTransitions(window=WINDOW, decay=DECAY)
     rule.fit(splits["train"], n_items=len(codes))

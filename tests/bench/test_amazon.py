@@ -366,3 +366,24 @@ def test_real_beauty_letter_index_is_of_the_s3rec_items(datasets_dir, tmp_path):
     cfg = bench_config("beauty", datasets_dir, overrides=[f"tokenizer.index={index}", "tokenizer.index_offset=-1"])
     stage_data(tmp_path, cfg, progress=False)
     assert check_protocol(tmp_path, cfg)["index_sequences_checked"] == 22363
+
+
+def test_onerec_prior_ranks_the_trained_generator_with_the_succession_prior(amazon_dir, tmp_path):
+    """onerec_prior reuses the generator onerec trained (or, with --resume, a finished run's), chooses the prior
+    weight on valid and scores test once; the weight is recorded with every weight's valid NDCG@10."""
+    base = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--seeds", "0", *TINY]
+    _, row = _bench_row(tmp_path, [*base, "--models", "onerec,onerec_prior"], "both", "onerec_prior")
+    assert row["prior_weight"] in (0.5, 1.0, 2.0, 4.0, 8.0)
+    assert row["valid_ndcg@10"][str(row["prior_weight"])] == max(row["valid_ndcg@10"].values())
+    assert all(0.0 <= row[m] <= 1.0 for m in METRICS)
+    # alone, on the finished run: the same choice and test metrics
+    _, again = _bench_row(tmp_path, [*base, "--models", "onerec_prior", "--resume"], "both", "onerec_prior")
+    assert again["prior_weight"] == row["prior_weight"] and all(again[m] == row[m] for m in METRICS)
+    # a configured weight is used as given (no choice)
+    _, fixed = _bench_row(tmp_path, [*base, "--models", "onerec_prior", "--resume", "generate.succession_prior=3"],
+                          "both", "onerec_prior")
+    assert fixed["prior_weight"] == 3.0 and list(fixed["valid_ndcg@10"]) == ["3.0"]
+    res = CliRunner().invoke(cli, [*base, "--models", "onerec_prior", "--out", str(tmp_path / "fresh")])
+    assert isinstance(res.exception, ConfigError) and "add onerec to --models" in str(res.exception)
+    res = CliRunner().invoke(cli, [*base, "--models", "onerec_prior,onerec", "--out", str(tmp_path / "fresh")])
+    assert isinstance(res.exception, ConfigError) and "list onerec first" in str(res.exception)

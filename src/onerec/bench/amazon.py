@@ -42,7 +42,9 @@ from onerec.io import read_json, read_yaml, write_json
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 PROTOCOL_HISTORY = 20
-MODELS = ("onerec", "sasrec_ce", "sasrec_bce", "transitions")
+MODELS = ("onerec", "onerec_prior", "sasrec_ce", "sasrec_bce", "transitions")
+#: prior weights ``onerec_prior`` chooses from on the valid split (``generate.succession_prior`` > 0 fixes one)
+PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 # category flag -> (S3Rec file name, amazon2014_text file prefix or None)
 CATEGORIES: dict[str, tuple[str, str | None]] = {
@@ -227,7 +229,9 @@ def _check_codes_and_truncation(codes: np.ndarray, test: pa.Table, full: list[np
 
 # --------------------------------------------------------------------------- runs
 # fields a resumed run may change: where and how fast it runs, and how long it may train in all
-RESUMABLE_CHANGES = ("train.time_budget_s", "eval.sasrec.time_budget_s", "train.threads", "train.device")
+RESUMABLE_CHANGES = ("train.time_budget_s", "eval.sasrec.time_budget_s", "train.threads", "train.device",
+                     # decoding only (onerec_prior's weight; the onerec row ranks by the generator alone)
+                     "generate.succession_prior", "generate.succession_pool")
 # where the dataset files lay, not what they hold: results that differ only here may be joined (recorded, not refused)
 LOCATION_FIELDS = ("data.path", "data.options.text_path")
 
@@ -283,6 +287,7 @@ def train_onerec(run: Path, cfg: RunConfig, codes: np.ndarray, test: Any, device
     # back to its last checkpoint, is not in it)
     train_s = summary["seconds"] if ckpt is not None else time.perf_counter() - t0
     gen = load_recommender(run, cfg, device, codes=codes)
+    gen.prior_weight = 0.0  # the generator alone: the succession prior is the onerec_prior row
     metrics = evaluate(gen, test, ks=(5, 10), batch_size=cfg.generate.batch_size)
     info = {"train_seconds": round(train_s, 1), "parameters": summary["parameters"],
             "steps": summary["steps"], "best_epoch": summary.get("best_epoch"),
@@ -290,6 +295,32 @@ def train_onerec(run: Path, cfg: RunConfig, codes: np.ndarray, test: Any, device
     if ckpt is not None:
         info["resumed_from_step"] = int(ckpt.name.removeprefix("step-"))
     return metrics, info
+
+
+def score_with_prior(run: Path, cfg: RunConfig, codes: np.ndarray, splits: dict[str, Any],
+                     device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
+    """``onerec_prior``: the run's trained generator with the succession prior at decoding
+    (``generate.succession_prior``, :mod:`onerec.generate.generative`), its weight chosen on the valid split
+    (best NDCG@10 over :data:`PRIOR_WEIGHTS`, or the configured weight when it is > 0), then the test split
+    scored once. Returns the test metrics and what the results file records."""
+    from onerec.data.splits import list_column
+    from onerec.eval.harness import evaluate
+    from onerec.eval.metrics import per_user_metrics
+    from onerec.features.succession import Succession
+    from onerec.pipeline import load_recommender
+
+    t0 = time.perf_counter()
+    rec = load_recommender(run, cfg, device, codes=codes)
+    rec.prior = rec.prior or Succession.from_train(splits["train"], len(codes))
+    weights = [cfg.generate.succession_prior] if cfg.generate.succession_prior > 0 else list(PRIOR_WEIGHTS)
+    targets = list_column(splits["valid"], "targets")
+    valid = {w: float(per_user_metrics(top, targets, (10,))["ndcg@10"].mean())
+             for w, top in rec.rank_by_prior_weights(splits["valid"], weights).items()}
+    rec.prior_weight = max(weights, key=lambda w: valid[w])
+    metrics = evaluate(rec, splits["test"], ks=(5, 10), batch_size=cfg.generate.batch_size)
+    return metrics, {"train_seconds": 0.0, "prior_weight": rec.prior_weight, "prior_pool": rec.prior_pool,
+                     "valid_ndcg@10": {str(w): round(v, 6) for w, v in valid.items()},
+                     "selection_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, progress: bool = False,
@@ -317,7 +348,11 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     # this seed's config: the data stage wrote the first seed's folder before the seeds were set, and a
     # SASRec-only run has no stage that would rewrite it (its --resume would then be refused)
     save_config(run, cfg)
-    if "onerec" in models:
+    trained = resume and (run / "train" / "metrics.json").is_file()
+    if "onerec_prior" in models and "onerec" not in models and not trained:
+        raise ConfigError(f"{run}: onerec_prior ranks with the run's trained generator: add onerec to --models, or "
+                          "pass --resume on a run whose onerec training has finished")
+    if "onerec" in models or "onerec_prior" in models:
         tok = semantic_ids(run, cfg, progress=progress, resume=resume)
         out["tokenizer"] = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
         codes = load_codes(run)
@@ -353,6 +388,8 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
                     "valid_curve": rec.valid_curve}
             if done is not None:
                 info["resumed_from_epoch"] = int(done.name.removeprefix("epoch-"))
+        elif name == "onerec_prior":  # the trained generator + the succession prior, its weight chosen on valid
+            metrics, info = score_with_prior(run, cfg, codes, splits, device)
         elif name == "transitions":  # no training: counts, window and decay chosen on valid
             rec = build_baseline(name)
             rec.fit(splits["train"], n_items=out["protocol"]["items"], valid=splits["valid"])
@@ -438,6 +475,9 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ConfigError(f"unknown model '{unknown[0]}'; choose from {', '.join(MODELS)}")
+    order = list(models)
+    if "onerec" in order and "onerec_prior" in order and order.index("onerec_prior") < order.index("onerec"):
+        raise ConfigError("--models: onerec_prior ranks with the generator that onerec trains: list onerec first")
     cfg = bench_config(category, datasets, preset=preset, config_file=config_file, overrides=overrides, text=text,
                        max_history=max_history)
     out = Path(out)

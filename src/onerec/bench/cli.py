@@ -36,8 +36,9 @@ def bench() -> None:
               help="results JSON [default: benchmarks/results/amazon-<category>.json].")
 @click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds.")
 @click.option("--models", default="onerec,sasrec_ce,sasrec_bce,transitions", show_default=True,
-              help="comma-separated: onerec, sasrec_ce, sasrec_bce, transitions (item-to-item succession counts: "
-                   "no training, seconds).")
+              help="comma-separated: onerec, onerec_prior (onerec's trained generator with the succession prior at "
+                   "decoding, its weight chosen on valid; after onerec, or alone with --resume on a trained run), "
+                   "sasrec_ce, sasrec_bce, transitions (item-to-item succession counts: no training, seconds).")
 @click.option("--preset", default="amazon", show_default=True, help="config preset.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="YAML config applied after the preset.")

@@ -81,10 +81,7 @@ class GenerativeRecommender:
             items, scores, _ = self.generate(batch, k, beam_size=beam_size)
             return items.cpu().numpy(), scores.cpu().numpy()
         pool, log_p, prior = self.pool(batch, k, beam_size=beam_size)
-        fused = log_p + self.prior_weight * prior
-        order = np.argsort(-fused, axis=1, kind="stable")[:, :k]
-        scores = np.take_along_axis(fused, order, 1)
-        return np.where(np.isneginf(scores), -1, np.take_along_axis(pool, order, 1)), scores
+        return top_fused(pool, log_p + self.prior_weight * prior, k)
 
     @torch.no_grad()
     def pool(self, batch: dict[str, torch.Tensor], k: int, *,
@@ -108,6 +105,21 @@ class GenerativeRecommender:
             pool[r, dup] = -1
         counts = self.prior.scores(hist, self.prior_window, self.prior_decay)
         return pool, self.log_probs(batch, pool), np.log1p(np.take_along_axis(counts, np.maximum(pool, 0), 1))
+
+    @torch.no_grad()
+    def rank_by_prior_weights(self, examples: pa.Table, weights: list[float], k: int = 10) -> dict[float, np.ndarray]:
+        """The top-``k`` items of every row of a valid/test table under each prior weight (the fused ranking of
+        :meth:`rank`; weight 0 ranks the pool by the generator alone), one pool per batch for all weights:
+        ``{weight: int64 [B, k]}``. For choosing ``prior_weight`` on the valid split."""
+        if self.prior is None:
+            raise ValueError("ranking by prior weights needs prior=Succession.from_train(train, n_items)")
+        ex = EvalExamples(examples, self.featurizer)
+        out: dict[float, list[np.ndarray]] = {w: [] for w in weights}
+        for start in range(0, len(ex), self.batch_size):
+            pool, log_p, prior = self.pool(ex.batch(np.arange(start, min(len(ex), start + self.batch_size))), k)
+            for w in weights:
+                out[w].append(top_fused(pool, log_p + w * prior, k)[0])
+        return {w: np.concatenate(v) if v else np.empty((0, k), dtype=np.int64) for w, v in out.items()}
 
     @torch.no_grad()
     def log_probs(self, batch: dict[str, torch.Tensor], items: np.ndarray) -> np.ndarray:
@@ -156,3 +168,11 @@ class GenerativeRecommender:
 
         return beam_search(step_fn, batch_size=b, table=self.table, beam_size=beam, top_k=k, state=state,
                            return_codes=True)
+
+
+def top_fused(pool: np.ndarray, fused: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of a pool by fused score (ties keep the pool's order): (items [B, k], -1 where the pool
+    has fewer; scores [B, k])."""
+    order = np.argsort(-fused, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(fused, order, 1)
+    return np.where(np.isneginf(scores), -1, np.take_along_axis(pool, order, 1)), scores

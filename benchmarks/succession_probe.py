@@ -37,15 +37,20 @@ LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 WINDOW, DECAY, POOL = 10, 0.1, 20
 
 
-def fusion(run: Path, users: int | None = None) -> dict:
-    """Valid metrics of the pooled ranking for every lambda (see the module doc)."""
-    from onerec.baselines.transitions import ItemTransitions
-
+def _load(run: Path, users: int | None):
+    """(codes, splits, the valid split or its first ``users`` rows, the run's trained recommender)."""
     cfg = load_config(file=run / "config.yaml")
     codes = load_codes(run)
     splits = load_splits(run / "data" / "split", n_items=len(codes))
     valid = splits["valid"] if users is None else splits["valid"].slice(0, users)
-    rec = load_recommender(run, cfg, "cpu", codes=codes)
+    return codes, splits, valid, load_recommender(run, cfg, "cpu", codes=codes)
+
+
+def fusion(run: Path, users: int | None = None) -> dict:
+    """Valid metrics of the pooled ranking for every lambda (see the module doc)."""
+    from onerec.baselines.transitions import ItemTransitions
+
+    codes, splits, valid, rec = _load(run, users)
     # the pool of generate.succession_prior (onerec.generate.generative), scored once for every lambda
     rec.prior, rec.prior_pool = Succession.from_train(splits["train"], len(codes)), POOL
     rec.prior_window, rec.prior_decay = WINDOW, DECAY
@@ -65,11 +70,7 @@ def fusion(run: Path, users: int | None = None) -> dict:
 
 
 def probe(run: Path, users: int | None = None) -> dict:
-    cfg = load_config(file=run / "config.yaml")
-    codes = load_codes(run)
-    splits = load_splits(run / "data" / "split", n_items=len(codes))
-    valid = splits["valid"] if users is None else splits["valid"].slice(0, users)
-    rec = load_recommender(run, cfg, "cpu", codes=codes)
+    codes, splits, valid, rec = _load(run, users)
     recs = np.concatenate([rec.recommend(valid.slice(s, 512).drop_columns(["targets"]), 10)
                            for s in range(0, valid.num_rows, 512)])
     targets = list_column(valid, "targets")

@@ -44,7 +44,7 @@ METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 PROTOCOL_HISTORY = 20
 MODELS = ("onerec", "onerec_prior", "sasrec_ce", "sasrec_bce", "transitions")
 #: prior weights ``onerec_prior`` chooses from on the valid split (``generate.succession_prior`` > 0 fixes one)
-PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0)
+PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 # category flag -> (S3Rec file name, amazon2014_text file prefix or None)
 CATEGORIES: dict[str, tuple[str, str | None]] = {

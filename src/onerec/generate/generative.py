@@ -96,15 +96,16 @@ class GenerativeRecommender:
         found, _, _ = self.generate(batch, beam, beam_size=beam)
         item_ids, mask = batch["hist_item"].numpy(), batch["hist_mask"].numpy()
         hist = [row[m] - 1 for row, m in zip(item_ids, mask)]  # hist_item is the item id + 1
-        rule, _ = self.prior.candidates(hist, self.prior_pool, self.prior_window, self.prior_decay)
+        keys, totals = self.prior.sparse_scores(hist, self.prior_window, self.prior_decay)  # once for both uses
+        rule, _ = self.prior.top(keys, totals, len(hist), self.prior_pool)
         pool = np.concatenate([found.cpu().numpy(), rule], 1)
-        for r in range(len(pool)):  # an item in both lists keeps its first place only
-            _, first = np.unique(pool[r], return_index=True)
-            dup = np.ones(pool.shape[1], dtype=bool)
-            dup[first] = False
-            pool[r, dup] = -1
-        counts = self.prior.scores(hist, self.prior_window, self.prior_decay)
-        return pool, self.log_probs(batch, pool), np.log1p(np.take_along_axis(counts, np.maximum(pool, 0), 1))
+        # an item in both lists keeps its first place only (a stable sort puts each first place first)
+        order = np.argsort(pool, axis=1, kind="stable")
+        ranked = np.take_along_axis(pool, order, 1)
+        dup = np.zeros(pool.shape, dtype=bool)
+        np.put_along_axis(dup, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], 1)
+        pool[dup] = -1
+        return pool, self.log_probs(batch, pool), np.log1p(self.prior.lookup(keys, totals, pool))
 
     @torch.no_grad()
     def rank_by_prior_weights(self, examples: pa.Table, weights: list[float], k: int = 10) -> dict[float, np.ndarray]:

@@ -101,7 +101,7 @@ class Generator(nn.Module):
         fd = cfg.feature_dim or e  # behaviour features live in fd dims and are projected to e per pathway
         # at fd == e behaviours share the decoder's semantic-ID embedding; else they get their own
         self.feature_codes = CodeEmbedding(self.codebook_sizes, fd) if fd != e else None
-        sid_emb = self.codes if self.feature_codes is None else self.feature_codes
+        sid_emb = self.behaviour_codes
         self.per_code = cfg.history_tokens == "code"  # TIGER's flattened history in short/positive
         self.behaviour = BehaviourEmbedding(sid_emb, fd, cfg.behaviour_features, cfg.sparse_buckets,
                                             code_levels=depth if self.per_code else 0)
@@ -138,6 +138,11 @@ class Generator(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.apply(self._init)
 
+    @property
+    def behaviour_codes(self) -> CodeEmbedding:
+        """The semantic-ID embedding of encoder inputs: the decoder's own, or its own table at feature_dim."""
+        return self.codes if self.feature_codes is None else self.feature_codes
+
     def _ffn(self, dense_hidden: int, stack: str) -> nn.Module | int:
         """The feed-forward of one block: a MoE where ``moe_where`` covers the stack, else a width."""
         cfg = self.cfg
@@ -170,8 +175,7 @@ class Generator(nn.Module):
                 raise ValueError("the succession pathway needs the batch keys succ_*. Fix: build the "
                                  "HistoryFeaturizer with cfg=model.cfg and the train split's Succession counts")
             mask = batch["succ_mask"]
-            sid = self.codes if self.feature_codes is None else self.feature_codes
-            x = (sid(batch["succ_codes"]) + self.succ_count(batch["succ_count"])) * mask.unsqueeze(-1)
+            x = (self.behaviour_codes(batch["succ_codes"]) + self.succ_count(batch["succ_count"])) * mask.unsqueeze(-1)
             return self.proj[name](x), mask
         prefix = PREFIX[name]
         if f"{prefix}_mask" not in batch:

@@ -45,6 +45,7 @@ time against the step's wall time: the share of a step the device is busy. It ex
     python benchmarks/model_throughput.py --moe-only     # one MoE layer: grouped / padded / loop reference
     python benchmarks/model_throughput.py --packing RUN  # packed vs padded encoder on a run's real histories
     python benchmarks/model_throughput.py --precision RUN  # fp32 vs bf16-autocast training steps, same data
+    python benchmarks/model_throughput.py --pathway-cost RUN  # training steps with vs without the succession pathway
     python benchmarks/model_throughput.py --mfu            # GPU: MFU of onerec-0.121b / 0.935b training steps
     python benchmarks/model_throughput.py --epoch-profile RUN [--device cuda]  # where a training epoch's time goes
 
@@ -287,6 +288,36 @@ def precision_speed(run: Path, steps: int, repeats: int = 3) -> dict:
             "train_speedup": round(statistics.median(ratios), 2)}
 
 
+def pathway_cost(run: Path, steps: int, repeats: int = 3) -> dict:
+    """Training steps of a run's generator with and without the succession pathway (``model.pathways``
+    ``[positive]`` against ``[positive, succession]``, everything else the run's), on the same real train
+    batches (the featurizer builds the succession tokens; the positive-only model does not read them), taken in
+    turns; ``repeats`` rounds of ``steps`` steps. Also the real encoder tokens per training row of each."""
+    from onerec.features import TrainExamples
+    from onerec.pipeline import load_splits, make_featurizer
+
+    cfg, codes, sizes, _, _, _ = _run_data(run, 0)
+    variants = {"positive": ["positive"], "positive+succession": ["positive", "succession"]}
+    mcfgs = {v: from_dict(ModelConfig, {**to_dict(cfg.model), "pathways": p}) for v, p in variants.items()}
+    train = TrainExamples(load_splits(run / "data" / "split", n_items=len(codes))["train"],
+                          make_featurizer(run, mcfgs["positive+succession"], codes))
+    torch.manual_seed(0)
+    models = {v: Generator(m, sizes) for v, m in mcfgs.items()}
+    opts = {v: torch.optim.AdamW(m.parameters(), lr=cfg.train.lr) for v, m in models.items()}
+    rng = np.random.default_rng(0)
+    rounds = []
+    for r in range(repeats):
+        times = _alternate_train_steps(models, opts, train, cfg.train.batch_size, steps, rng, warmup=r == 0)
+        rounds.append({v: round(statistics.median(times[v]), 4) for v in variants})
+    sample = train.batch(rng.choice(len(train), 4096, replace=False))
+    hist, succ = float(sample["hist_mask"].sum(1).float().mean()), float(sample["succ_mask"].sum(1).float().mean())
+    ratios = [x["positive+succession"] / x["positive"] for x in rounds]
+    return {"run": str(run), "batch_size": cfg.train.batch_size, "steps_timed": steps, "repeats": repeats,
+            "encoder_tokens_per_row": {"positive": round(hist, 2), "positive+succession": round(hist + succ, 2)},
+            "train_step_s_median": rounds, "cost_ratios": [round(x, 3) for x in ratios],
+            "cost_ratio": round(statistics.median(ratios), 2)}
+
+
 def packing_speed(run: Path, steps: int, users: int) -> dict:
     """Packed vs padded encoder on a run's train batches and valid users, timed alternately."""
     from onerec.generate.generative import GenerativeRecommender
@@ -455,6 +486,8 @@ def main() -> None:
     ap.add_argument("--packing-users", type=int, default=2000, help="--packing: valid users beam-searched")
     ap.add_argument("--precision", type=Path, metavar="RUN", help="only time fp32 vs bf16-autocast training steps "
                                                                   "on RUN's data (train.precision)")
+    ap.add_argument("--pathway-cost", type=Path, metavar="RUN", help="only time training steps of RUN's generator "
+                    "with and without the succession pathway")
     ap.add_argument("--mfu", action="store_true", help="only measure training MFU on --device (a GPU)")
     ap.add_argument("--mfu-presets", default="onerec-0.121b,onerec-0.935b")
     ap.add_argument("--mfu-batches", default="8,32,128", help="comma-separated batch sizes, smallest first")
@@ -474,6 +507,8 @@ def main() -> None:
     elif args.mfu:
         single = "throughput_gpu", mfu(args.mfu_presets.split(","), [int(b) for b in args.mfu_batches.split(",")],
                                        args.steps, torch.device(args.device))
+    elif args.pathway_cost:
+        single = "succession_pathway_cpu", pathway_cost(args.pathway_cost, args.packing_steps)
     elif args.precision:
         single = "precision_cpu", precision_speed(args.precision, args.packing_steps)
     elif args.packing:

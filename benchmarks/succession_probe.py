@@ -2,6 +2,7 @@
 
     python benchmarks/succession_probe.py RUN [RUN ...] [--out FILE.json]
     python benchmarks/succession_probe.py --quick RUN     # the first 2,000 valid users (~10 s)
+    python benchmarks/succession_probe.py --speed RUN [--out FILE.json]   # the prior's cost at decoding
 
 RUN is a run directory with a trained generator (e.g. a seed folder of `onerec bench amazon`). On the
 valid split only (the selection split, so test is never read), it reports:
@@ -14,18 +15,29 @@ valid split only (the selection split, so test is never read), it reports:
   pooled and ranked by log p_onerec(item) + lambda * log(1 + transition score), for each lambda of
   :data:`LAMBDAS` (lambda 0 is onerec's own ranking of the pool), beside the rule alone (window 10, decay 0.1).
 
+* with ``--speed``: the cost of the prior at decoding on the first 2,048 valid users (batches of 256, one thread):
+  the beam search alone, the fused ranking as :meth:`GenerativeRecommender.pool` computes it (the beam's own
+  log-probabilities, a cached teacher-forced pass for the succession candidates outside the beam) and its plain
+  reference (``rescore_beam=True``: every pool item through the full decoder, as the prior was first computed),
+  taking turns, median of 3 rounds, and whether the two give the same top 10.
+
 This is the probe behind docs/BENCHMARKS.md, "A baseline with no training: item-to-item transitions".
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import statistics
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from onerec.bench.machine import machine_info
 from onerec.config import load_config
 from onerec.data.splits import list_column, load_splits
 from onerec.eval.metrics import per_user_metrics
@@ -69,6 +81,41 @@ def fusion(run: Path, users: int | None = None) -> dict:
     return out
 
 
+def speed(run: Path, users: int = 2048, rounds: int = 3, weight: float = 8.0) -> dict:
+    """Seconds to rank ``users`` valid users: beam alone, the prior's fast pool, its plain reference."""
+    from onerec.features.history import EvalExamples
+    from onerec.generate.generative import top_fused
+
+    codes, splits, valid, rec = _load(run, users)
+    rec.prior, rec.prior_pool, rec.prior_window, rec.prior_decay = (Succession.from_train(splits["train"], len(codes)),
+                                                                   POOL, WINDOW, DECAY)
+    rec.beam_size = POOL
+    ex = EvalExamples(valid, rec.featurizer)
+    batches = [ex.batch(np.arange(s, min(len(ex), s + rec.batch_size))) for s in range(0, len(ex), rec.batch_size)]
+    times: dict[str, list[float]] = {"beam": [], "prior": [], "prior_reference": []}
+    tops = {}
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for b in batches:
+            rec.generate(b, POOL)
+        times["beam"].append(time.perf_counter() - t0)
+        for name, ref in (("prior", False), ("prior_reference", True)):
+            t0, out = time.perf_counter(), []
+            for b in batches:
+                pool, log_p, prior = rec.pool(b, 10, rescore_beam=ref)
+                out.append(top_fused(pool, log_p + weight * prior, 10)[0])
+            times[name].append(time.perf_counter() - t0)
+            tops[name] = np.concatenate(out)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(),
+            "machine": machine_info(note="one torch thread"), "run": str(run), "valid_users": int(valid.num_rows),
+            "batch_size": rec.batch_size, "rounds": rounds,
+            "lambda": weight, "seconds_median": {k: round(v, 3) for k, v in med.items()},
+            "prior_vs_beam": round(med["prior"] / med["beam"], 2),
+            "reference_vs_prior": round(med["prior_reference"] / med["prior"], 2),
+            "same_top10_share": float((tops["prior"] == tops["prior_reference"]).all(1).mean())}
+
+
 def probe(run: Path, users: int | None = None) -> dict:
     codes, splits, valid, rec = _load(run, users)
     recs = np.concatenate([rec.recommend(valid.slice(s, 512).drop_columns(["targets"]), 10)
@@ -103,8 +150,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--quick", action="store_true", help="the first 2,000 valid users only")
     ap.add_argument("--fusion", action="store_true", help="also the pooled beam + rule ranking for each lambda")
+    ap.add_argument("--speed", action="store_true", help="only time the prior's ranking (see the module doc)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.speed:
+        results = [speed(r) for r in args.runs]
+        print(json.dumps(results, indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+        return
     users = 2000 if args.quick else None
     results = [probe(r, users) for r in args.runs]
     if args.fusion:

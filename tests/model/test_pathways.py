@@ -267,8 +267,21 @@ def test_succession_prior_pools_the_beam_with_the_counts_and_fuses_their_scores(
     # teacher-forced log-probabilities are the beam's scores
     items, scores, _ = rec.generate(batch, 8)
     np.testing.assert_allclose(rec.log_probs(batch, items.numpy()), scores.numpy(), atol=1e-4)
+    # the cached scoring (items as beams, packed left) against the plain full decoder, padding and all
+    mixed = np.concatenate([items.numpy()[:, :3], np.full((len(items), 2), -1), items.numpy()[:, 5:]], 1)
+    mixed[::3, 5:] = -1  # rows of different lengths
+    fast, plain = rec.log_probs(batch, mixed), rec.log_probs(batch, mixed, cached=False)
+    np.testing.assert_allclose(fast, plain, atol=1e-4)
+    assert np.isneginf(fast[mixed < 0]).all() and np.isfinite(fast[mixed >= 0]).all()
     pool, log_p, prior = rec.pool(batch, 5)
     fused = log_p + prior
+    # the fast path keeps the beam's sums and teacher-forces only the rest: the plain reference rescoring
+    # every pool item gives the same pool and numbers
+    ref_pool, ref_log_p, ref_prior = rec.pool(batch, 5, rescore_beam=True)
+    np.testing.assert_array_equal(pool, ref_pool)
+    np.testing.assert_allclose(log_p, ref_log_p, atol=1e-4)
+    np.testing.assert_array_equal(prior, ref_prior)
+    assert (pool[:, 8:] >= 0).any() and (pool[:, 8:] < 0).any()  # rule items outside the beam, and padding
     hist = [row[m] - 1 for row, m in zip(batch["hist_item"].numpy(), batch["hist_mask"].numpy())]
     counts = succ.scores(hist, 3, 0.5)
     for r in range(len(pool)):

@@ -84,28 +84,40 @@ class GenerativeRecommender:
         return top_fused(pool, log_p + self.prior_weight * prior, k)
 
     @torch.no_grad()
-    def pool(self, batch: dict[str, torch.Tensor], k: int, *,
-             beam_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def pool(self, batch: dict[str, torch.Tensor], k: int, *, beam_size: int | None = None,
+             rescore_beam: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The candidate pool that :meth:`rank` fuses when ``prior_weight`` > 0: (items int64 [B, M], -1 =
         padding; their log-probabilities under the generator, float64 [B, M], -inf on padding; their prior
         log(1 + succession score), float64 [B, M]); the fused score is ``log_p + prior_weight * prior``. The
         pool is the whole final beam (``beam_size``, default ``max(self.beam_size, k)``) and the succession
         counts' top ``prior_pool`` for the user's history (as the positive pathway reads it: its last
-        ``max_history`` items), each item once."""
+        ``max_history`` items), each item once.
+
+        The beam's items keep the log-probabilities the beam search summed; only the succession candidates
+        outside the beam are scored by a teacher-forced pass (:meth:`log_probs`, cached). ``rescore_beam=True`` is
+        the plain reference: every pool item through the full decoder (``log_probs(cached=False)``), the same
+        numbers up to float rounding (tested)."""
         beam = max(self.beam_size, k) if beam_size is None else beam_size
-        found, _, _ = self.generate(batch, beam, beam_size=beam)
+        encoded = self.model.encode_batch({key: v.to(self.device) for key, v in batch.items()})
+        found, found_lp, _ = self._search(*encoded, beam, beam_size=beam)
+        found = found.cpu().numpy()
         item_ids, mask = batch["hist_item"].numpy(), batch["hist_mask"].numpy()
         hist = [row[m] - 1 for row, m in zip(item_ids, mask)]  # hist_item is the item id + 1
         keys, totals = self.prior.sparse_scores(hist, self.prior_window, self.prior_decay)  # once for both uses
         rule, _ = self.prior.top(keys, totals, len(hist), self.prior_pool)
-        pool = np.concatenate([found.cpu().numpy(), rule], 1)
+        pool = np.concatenate([found, rule], 1)
         # an item in both lists keeps its first place only (a stable sort puts each first place first)
         order = np.argsort(pool, axis=1, kind="stable")
         ranked = np.take_along_axis(pool, order, 1)
         dup = np.zeros(pool.shape, dtype=bool)
         np.put_along_axis(dup, order[:, 1:], ranked[:, 1:] == ranked[:, :-1], 1)
         pool[dup] = -1
-        return pool, self.log_probs(batch, pool), np.log1p(self.prior.lookup(keys, totals, pool))
+        if rescore_beam:
+            log_p = self.log_probs(batch, pool, encoded=encoded, cached=False)
+        else:  # the beam's own sums, and a teacher-forced pass for the candidates it did not find
+            beam_lp = np.where(found >= 0, found_lp.double().cpu().numpy(), -np.inf)
+            log_p = np.concatenate([beam_lp, self.log_probs(batch, pool[:, found.shape[1]:], encoded=encoded)], 1)
+        return pool, log_p, np.log1p(self.prior.lookup(keys, totals, pool))
 
     @torch.no_grad()
     def rank_by_prior_weights(self, examples: pa.Table, weights: list[float], k: int = 10) -> dict[float, np.ndarray]:
@@ -123,18 +135,44 @@ class GenerativeRecommender:
         return {w: np.concatenate(v) if v else np.empty((0, k), dtype=np.int64) for w, v in out.items()}
 
     @torch.no_grad()
-    def log_probs(self, batch: dict[str, torch.Tensor], items: np.ndarray) -> np.ndarray:
+    def log_probs(self, batch: dict[str, torch.Tensor], items: np.ndarray, *,
+                  encoded: tuple[torch.Tensor, torch.Tensor] | None = None, cached: bool = True) -> np.ndarray:
         """log p(item | history) under the generator, teacher-forced: items int64 [B, M] (-1 = padding,
-        scored -inf) -> float64 [B, M]. For beam items it equals the beam's score (the same model)."""
+        scored -inf) -> float64 [B, M]. ``encoded``: the batch's (memory, mask) when the caller already ran
+        the encoder.
+
+        A row's items are decoded like the beams of a beam search (:meth:`Generator.decode_step`: the
+        cross-attention keys and values once per user, a self-attention cache), so a beam item gets exactly
+        the beam's score; each row's items are packed to the left first, so padding costs only up to the
+        longest row. ``cached=False`` is the plain reference: the full decoder (:meth:`Generator.decode`)
+        over the user's memory repeated per item."""
         b, m = items.shape
-        batch = {key: v.to(self.device) for key, v in batch.items()}
-        memory, mask = self.model.encode_batch(batch)
-        codes = torch.from_numpy(self.codes[np.maximum(items, 0).reshape(-1)]).to(self.device)
-        hidden = self.model.decode(codes[:, :-1], memory.repeat_interleave(m, 0), mask.repeat_interleave(m, 0))
-        lp = torch.zeros(b * m, device=self.device)
+        if encoded is None:
+            encoded = self.model.encode_batch({key: v.to(self.device) for key, v in batch.items()})
+        memory, mask = encoded
+        out = np.full((b, m), -np.inf)
+        if not cached:
+            codes = torch.from_numpy(self.codes[np.maximum(items, 0).reshape(-1)]).to(self.device)
+            hidden = self.model.decode(codes[:, :-1], memory.repeat_interleave(m, 0), mask.repeat_interleave(m, 0))
+            lp = torch.zeros(b * m, device=self.device)
+            for t in range(codes.shape[1]):
+                step_lp = torch.log_softmax(self.model.heads[t](hidden[:, t]).float(), -1)
+                lp += step_lp.gather(1, codes[:, t:t + 1])[:, 0]
+            return np.where(items >= 0, lp.view(b, m).double().cpu().numpy(), out)
+        order = np.argsort(items < 0, axis=1, kind="stable")  # each row's items first, padding last
+        width = int((items >= 0).sum(1).max(initial=0))
+        if not width:
+            return out
+        packed = np.take_along_axis(items, order[:, :width], 1)
+        codes = torch.from_numpy(self.codes[np.maximum(packed, 0).reshape(-1)]).to(self.device)
+        ctx, cache = self.model.start_decoding(memory, mask, width), None
+        lp = torch.zeros(b * width, device=self.device)
         for t in range(codes.shape[1]):
-            lp += torch.log_softmax(self.model.heads[t](hidden[:, t]).float(), -1).gather(1, codes[:, t:t + 1])[:, 0]
-        return np.where(items >= 0, lp.view(b, m).double().cpu().numpy(), -np.inf)
+            step_lp, cache = self.model.decode_step(codes, t, ctx, cache)
+            lp += step_lp.gather(1, codes[:, t:t + 1])[:, 0]
+        scored = np.where(packed >= 0, lp.view(b, width).double().cpu().numpy(), -np.inf)
+        np.put_along_axis(out, order[:, :width], scored, 1)
+        return out
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], k: int, *, beam_size: int | None = None,
@@ -155,9 +193,13 @@ class GenerativeRecommender:
             codes [B, k, D]).
         """
         batch = {key: v.to(self.device) for key, v in batch.items()}
-        b = batch["hist_codes"].shape[0]
+        return self._search(*self.model.encode_batch(batch), k, beam_size=beam_size, cached=cached)
+
+    def _search(self, memory: torch.Tensor, memory_mask: torch.Tensor, k: int, *, beam_size: int | None = None,
+                cached: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`generate` from the encoder's output."""
+        b = memory.shape[0]
         beam = max(self.beam_size, k) if beam_size is None else beam_size
-        memory, memory_mask = self.model.encode_batch(batch)
         if cached:
             step_fn, state = self.model.beam_step_fn(memory, memory_mask, beam)
         else:

@@ -15,6 +15,8 @@ valid split only (the selection split, so test is never read), it reports:
   pooled and ranked by log p_onerec(item) + lambda * log(1 + transition score), for each lambda of
   :data:`LAMBDAS` (lambda 0 is onerec's own ranking of the pool), beside the rule alone (window 10, decay 0.1).
 
+* with ``--fusion --rules 10:0.1,10:0.5,...``: also the valid NDCG@10 of every succession rule (window:decay) and
+  lambda, the rules that ``onerec bench amazon --models onerec_prior`` chooses among;
 * with ``--speed``: the cost of the prior at decoding on the first 2,048 valid users (batches of 256, one thread):
   the beam search alone, the fused ranking as :meth:`GenerativeRecommender.pool` computes it (the beam's own
   log-probabilities, a cached teacher-forced pass for the succession candidates outside the beam) and its plain
@@ -58,8 +60,9 @@ def _load(run: Path, users: int | None):
     return codes, splits, valid, load_recommender(run, cfg, "cpu", codes=codes)
 
 
-def fusion(run: Path, users: int | None = None) -> dict:
-    """Valid metrics of the pooled ranking for every lambda (see the module doc)."""
+def fusion(run: Path, users: int | None = None, rules: list[tuple[int, float]] | None = None) -> dict:
+    """Valid metrics of the pooled ranking for every lambda (see the module doc); with ``rules``, also the valid
+    NDCG@10 of every (window, decay, lambda > 0), one beam search for all."""
     from onerec.baselines.transitions import ItemTransitions
 
     codes, splits, valid, rec = _load(run, users)
@@ -68,9 +71,14 @@ def fusion(run: Path, users: int | None = None) -> dict:
     rec.prior_window, rec.prior_decay = WINDOW, DECAY
     rec.beam_size = POOL
     targets = list_column(valid, "targets")
-    ranked = rec.rank_by_prior_weights(valid, list(LAMBDAS))
+    extra = [r for r in rules or [] if r != (WINDOW, DECAY)]
+    every = rec.rank_by_priors(valid, list(LAMBDAS), [(WINDOW, DECAY), *extra])
+    ranked = {w: top for (win, dec, w), top in every.items() if (win, dec) == (WINDOW, DECAY)}
     out = {"run": str(run), "valid_users": int(valid.num_rows), "pool": f"beam {POOL} + rule top {POOL}",
            "lambda": {}}
+    if rules:
+        out["ndcg@10_by_rule"] = {f"window={win},decay={dec}": {str(w): float(per_user_metrics(
+            every[win, dec, w], targets, (10,))["ndcg@10"].mean()) for w in LAMBDAS if w > 0} for win, dec in rules}
     for lam in LAMBDAS:
         per = per_user_metrics(ranked[lam], targets, (5, 10))
         out["lambda"][str(lam)] = {m: float(per[m].mean()) for m in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")}
@@ -150,6 +158,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--quick", action="store_true", help="the first 2,000 valid users only")
     ap.add_argument("--fusion", action="store_true", help="also the pooled beam + rule ranking for each lambda")
+    ap.add_argument("--rules", default="", help="--fusion: also these succession rules, WINDOW:DECAY,... "
+                    "(e.g. 10:0.1,10:0.5,10:1,20:0.5), valid NDCG@10 for each lambda")
     ap.add_argument("--speed", action="store_true", help="only time the prior's ranking (see the module doc)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -160,10 +170,11 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=1) + "\n")
         return
     users = 2000 if args.quick else None
+    rules = [(int(w), float(d)) for w, d in (r.split(":") for r in args.rules.split(",") if r)]
     results = [probe(r, users) for r in args.runs]
     if args.fusion:
         for r, run in zip(results, args.runs):
-            r["fusion"] = fusion(run, users)
+            r["fusion"] = fusion(run, users, rules)
     for r in results:
         print(json.dumps(r, indent=1))
     if args.out:

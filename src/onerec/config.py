@@ -285,9 +285,12 @@ class GenerateConfig:
     batch_size: int = opt(256, "users decoded together")
     succession_prior: float = opt(0.0, "weight of log(1 + succession score) added to the generator's log-probability "
                                        "when its beam is pooled with the items that most often followed the user's "
-                                       "last items in the train split (shallow fusion, not in the papers; window and "
-                                       "decay: model.succession_window / succession_decay); 0 = the generator alone")
+                                       "last items in the train split (shallow fusion, not in the papers); 0 = the "
+                                       "generator alone")
     succession_pool: int = opt(20, "succession_prior > 0: candidates from the succession counts added to the beam")
+    succession_window: int = opt(10, "succession_prior > 0: last history items whose successors are counted")
+    succession_decay: float = opt(0.1, "succession_prior > 0: weight of the d-th last history item's successors, "
+                                       "decay^(d-1)")
 
 
 # ---------------------------------------------------------------------------- serve

@@ -389,8 +389,8 @@ def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cp
             load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))["train"], len(codes))
     return GenerativeRecommender(model, codes, beam_size=beam_size or g.beam_size, batch_size=g.batch_size,
                                  device=device, featurizer=feat, prior=prior, prior_weight=g.succession_prior,
-                                 prior_pool=g.succession_pool, prior_window=model.cfg.succession_window,
-                                 prior_decay=model.cfg.succession_decay)
+                                 prior_pool=g.succession_pool, prior_window=g.succession_window,
+                                 prior_decay=g.succession_decay)
 
 
 # ------------------------------------------------------------------------------ eval

@@ -373,16 +373,18 @@ def test_onerec_prior_ranks_the_trained_generator_with_the_succession_prior(amaz
     weight on valid and scores test once; the weight is recorded with every weight's valid NDCG@10."""
     base = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--seeds", "0", *TINY]
     _, row = _bench_row(tmp_path, [*base, "--models", "onerec,onerec_prior"], "both", "onerec_prior")
-    assert row["prior_weight"] in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-    assert row["valid_ndcg@10"][str(row["prior_weight"])] == max(row["valid_ndcg@10"].values())
+    assert row["prior_weight"] in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0) and row["prior_decay"] in (0.1, 0.5)
+    assert len(row["valid_ndcg@10"]) == 12  # 6 weights x 2 rules
+    chosen = f"window={row['prior_window']},decay={row['prior_decay']},weight={row['prior_weight']}"
+    assert row["valid_ndcg@10"][chosen] == max(row["valid_ndcg@10"].values())
     assert all(0.0 <= row[m] <= 1.0 for m in METRICS)
     # alone, on the finished run: the same choice and test metrics
     _, again = _bench_row(tmp_path, [*base, "--models", "onerec_prior", "--resume"], "both", "onerec_prior")
     assert again["prior_weight"] == row["prior_weight"] and all(again[m] == row[m] for m in METRICS)
     # a configured weight is used as given (no choice)
-    _, fixed = _bench_row(tmp_path, [*base, "--models", "onerec_prior", "--resume", "generate.succession_prior=3"],
-                          "both", "onerec_prior")
-    assert fixed["prior_weight"] == 3.0 and list(fixed["valid_ndcg@10"]) == ["3.0"]
+    _, fixed = _bench_row(tmp_path, [*base, "--models", "onerec_prior", "--resume", "generate.succession_prior=3",
+                                     "generate.succession_decay=0.3"], "both", "onerec_prior")
+    assert fixed["prior_weight"] == 3.0 and list(fixed["valid_ndcg@10"]) == ["window=10,decay=0.3,weight=3.0"]
     res = CliRunner().invoke(cli, [*base, "--models", "onerec_prior", "--out", str(tmp_path / "fresh")])
     assert isinstance(res.exception, ConfigError) and "add onerec to --models" in str(res.exception)
     res = CliRunner().invoke(cli, [*base, "--models", "onerec_prior,onerec", "--out", str(tmp_path / "fresh")])

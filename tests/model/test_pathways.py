@@ -293,6 +293,14 @@ def test_succession_prior_pools_the_beam_with_the_counts_and_fuses_their_scores(
         assert np.isneginf(log_p[r][pool[r] < 0]).all()
     top = rec.recommend_batch(batch, 5)
     np.testing.assert_array_equal(top, np.take_along_axis(pool, np.argsort(-fused, axis=1, kind="stable")[:, :5], 1))
+    # one beam per batch for every rule and weight: each ranking equals rank() under that rule and weight
+    tops = rec.rank_by_priors(splits["test"].slice(0, 24), [0.5, 2.0], rules=[(3, 0.5), (10, 0.1)], k=5)
+    assert sorted(tops) == [(3, 0.5, 0.5), (3, 0.5, 2.0), (10, 0.1, 0.5), (10, 0.1, 2.0)]
+    for (window, decay, weight), got in tops.items():
+        rec.prior_window, rec.prior_decay, rec.prior_weight = window, decay, weight
+        np.testing.assert_array_equal(got, rec.recommend_batch(batch, 5))
+    assert not np.array_equal(tops[3, 0.5, 2.0], tops[10, 0.1, 2.0])  # the rule matters
+    rec.prior_window, rec.prior_decay = 3, 0.5
     # a heavy prior puts a most-followed item first wherever the history has a successor
     rec.prior_weight = 1e6
     heavy = rec.recommend_batch(batch, 5)

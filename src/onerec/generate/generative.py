@@ -91,19 +91,32 @@ class GenerativeRecommender:
         log(1 + succession score), float64 [B, M]); the fused score is ``log_p + prior_weight * prior``. The
         pool is the whole final beam (``beam_size``, default ``max(self.beam_size, k)``) and the succession
         counts' top ``prior_pool`` for the user's history (as the positive pathway reads it: its last
-        ``max_history`` items), each item once.
+        ``max_history`` items; ``prior_window`` and ``prior_decay`` score it), each item once.
 
         The beam's items keep the log-probabilities the beam search summed; only the succession candidates
         outside the beam are scored by a teacher-forced pass (:meth:`log_probs`, cached). ``rescore_beam=True`` is
         the plain reference: every pool item through the full decoder (``log_probs(cached=False)``), the same
         numbers up to float rounding (tested)."""
+        beam = self._beam(batch, k, beam_size)
+        return self._pool(batch, beam, self.prior_window, self.prior_decay, rescore_beam=rescore_beam)
+
+    def _beam(self, batch: dict[str, torch.Tensor], k: int, beam_size: int | None) -> tuple:
+        """The first half of :meth:`pool`: (the encoder's output, the final beam's items [B, beam] and their
+        log-probabilities, float64, -inf on padding), to be pooled with one or more succession rules."""
         beam = max(self.beam_size, k) if beam_size is None else beam_size
         encoded = self.model.encode_batch({key: v.to(self.device) for key, v in batch.items()})
         found, found_lp, _ = self._search(*encoded, beam, beam_size=beam)
         found = found.cpu().numpy()
+        return encoded, found, np.where(found >= 0, found_lp.double().cpu().numpy(), -np.inf)
+
+    def _pool(self, batch: dict[str, torch.Tensor], beam: tuple, window: int, decay: float, *,
+              rescore_beam: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The second half of :meth:`pool`: the beam of :meth:`_beam` pooled with the succession rule
+        (``window``, ``decay``)."""
+        encoded, found, found_lp = beam
         item_ids, mask = batch["hist_item"].numpy(), batch["hist_mask"].numpy()
         hist = [row[m] - 1 for row, m in zip(item_ids, mask)]  # hist_item is the item id + 1
-        keys, totals = self.prior.sparse_scores(hist, self.prior_window, self.prior_decay)  # once for both uses
+        keys, totals = self.prior.sparse_scores(hist, window, decay)  # once for both uses
         rule, _ = self.prior.top(keys, totals, len(hist), self.prior_pool)
         pool = np.concatenate([found, rule], 1)
         # an item in both lists keeps its first place only (a stable sort puts each first place first)
@@ -115,24 +128,29 @@ class GenerativeRecommender:
         if rescore_beam:
             log_p = self.log_probs(batch, pool, encoded=encoded, cached=False)
         else:  # the beam's own sums, and a teacher-forced pass for the candidates it did not find
-            beam_lp = np.where(found >= 0, found_lp.double().cpu().numpy(), -np.inf)
-            log_p = np.concatenate([beam_lp, self.log_probs(batch, pool[:, found.shape[1]:], encoded=encoded)], 1)
+            log_p = np.concatenate([found_lp, self.log_probs(batch, pool[:, found.shape[1]:], encoded=encoded)], 1)
         return pool, log_p, np.log1p(self.prior.lookup(keys, totals, pool))
 
     @torch.no_grad()
-    def rank_by_prior_weights(self, examples: pa.Table, weights: list[float], k: int = 10) -> dict[float, np.ndarray]:
-        """The top-``k`` items of every row of a valid/test table under each prior weight (the fused ranking of
-        :meth:`rank`; weight 0 ranks the pool by the generator alone), one pool per batch for all weights:
-        ``{weight: int64 [B, k]}``. For choosing ``prior_weight`` on the valid split."""
+    def rank_by_priors(self, examples: pa.Table, weights: list[float], rules: list[tuple[int, float]] | None = None,
+                       k: int = 10) -> dict[tuple[int, float, float], np.ndarray]:
+        """The top-``k`` items of every row of a valid/test table under each succession rule ``(window, decay)``
+        (default: this recommender's ``prior_window``, ``prior_decay``) and prior weight (the fused ranking of
+        :meth:`rank`; weight 0 ranks the pool by the generator alone), one beam search per batch for all of them:
+        ``{(window, decay, weight): int64 [B, k]}``. For choosing the prior on the valid split."""
         if self.prior is None:
-            raise ValueError("ranking by prior weights needs prior=Succession.from_train(train, n_items)")
+            raise ValueError("ranking with the succession prior needs prior=Succession.from_train(train, n_items)")
+        rules = [(self.prior_window, self.prior_decay)] if rules is None else rules
         ex = EvalExamples(examples, self.featurizer)
-        out: dict[float, list[np.ndarray]] = {w: [] for w in weights}
+        out: dict[tuple[int, float, float], list[np.ndarray]] = {(r[0], r[1], w): [] for r in rules for w in weights}
         for start in range(0, len(ex), self.batch_size):
-            pool, log_p, prior = self.pool(ex.batch(np.arange(start, min(len(ex), start + self.batch_size))), k)
-            for w in weights:
-                out[w].append(top_fused(pool, log_p + w * prior, k)[0])
-        return {w: np.concatenate(v) if v else np.empty((0, k), dtype=np.int64) for w, v in out.items()}
+            batch = ex.batch(np.arange(start, min(len(ex), start + self.batch_size)))
+            beam = self._beam(batch, k, None)
+            for window, decay in rules:
+                pool, log_p, prior = self._pool(batch, beam, window, decay)
+                for w in weights:
+                    out[window, decay, w].append(top_fused(pool, log_p + w * prior, k)[0])
+        return {key: np.concatenate(v) if v else np.empty((0, k), dtype=np.int64) for key, v in out.items()}
 
     @torch.no_grad()
     def log_probs(self, batch: dict[str, torch.Tensor], items: np.ndarray, *,

@@ -104,7 +104,7 @@ class GenerativeRecommender:
         """The first half of :meth:`pool`: (the encoder's output, the final beam's items [B, beam] and their
         log-probabilities, float64, -inf on padding), to be pooled with one or more succession rules."""
         beam = max(self.beam_size, k) if beam_size is None else beam_size
-        encoded = self.model.encode_batch({key: v.to(self.device) for key, v in batch.items()})
+        encoded = self._encode(batch)
         found, found_lp, _ = self._search(*encoded, beam, beam_size=beam)
         found = found.cpu().numpy()
         return encoded, found, np.where(found >= 0, found_lp.double().cpu().numpy(), -np.inf)
@@ -166,7 +166,7 @@ class GenerativeRecommender:
         over the user's memory repeated per item."""
         b, m = items.shape
         if encoded is None:
-            encoded = self.model.encode_batch({key: v.to(self.device) for key, v in batch.items()})
+            encoded = self._encode(batch)
         memory, mask = encoded
         out = np.full((b, m), -np.inf)
         if not cached:
@@ -210,8 +210,11 @@ class GenerativeRecommender:
             (items [B, k] int64, -1 = none; scores [B, k] float32 total log-prob, descending;
             codes [B, k, D]).
         """
-        batch = {key: v.to(self.device) for key, v in batch.items()}
-        return self._search(*self.model.encode_batch(batch), k, beam_size=beam_size, cached=cached)
+        return self._search(*self._encode(batch), k, beam_size=beam_size, cached=cached)
+
+    def _encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's (memory, mask) for a featurized batch, on this recommender's device."""
+        return self.model.encode_batch({key: v.to(self.device) for key, v in batch.items()})
 
     def _search(self, memory: torch.Tensor, memory_mask: torch.Tensor, k: int, *, beam_size: int | None = None,
                 cached: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

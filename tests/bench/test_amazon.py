@@ -57,9 +57,10 @@ def test_bench_amazon_end_to_end(amazon_dir, tmp_path):
             "--results", str(results), "--seeds", "0,1", *TINY]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output + repr(res.exception)
-    assert "TIGER (published)" in res.output and "onerec (ours)" in res.output
+    assert "TIGER (published)" in res.output and "onerec (ours)" in res.output and "onerec-prior (ours)" in res.output
     out = json.loads(results.read_text())
-    assert out["seeds"] == [0, 1] and out["models"] == ["onerec", "sasrec-ce", "sasrec-bce", "transitions"]
+    assert out["seeds"] == [0, 1]
+    assert out["models"] == ["onerec", "onerec-prior", "sasrec-ce", "sasrec-bce", "transitions"]
     for name in out["models"]:
         entry = out[name]
         assert set(METRICS) <= set(entry) and len(entry["per_seed"]) == 2 and len(entry["train_seconds"]) == 2

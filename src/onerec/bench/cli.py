@@ -35,9 +35,10 @@ def bench() -> None:
 @click.option("--results", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="results JSON [default: benchmarks/results/amazon-<category>.json].")
 @click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds.")
-@click.option("--models", default="onerec,sasrec_ce,sasrec_bce,transitions", show_default=True,
+@click.option("--models", default="onerec,onerec_prior,sasrec_ce,sasrec_bce,transitions", show_default=True,
               help="comma-separated: onerec, onerec_prior (onerec's trained generator with the succession prior at "
-                   "decoding, its weight chosen on valid; after onerec, or alone with --resume on a trained run), "
+                   "decoding, its weight and rule chosen on valid; after onerec, or alone with --resume on a trained "
+                   "run), "
                    "sasrec_ce, sasrec_bce, transitions (item-to-item succession counts: no training, seconds).")
 @click.option("--preset", default="amazon", show_default=True, help="config preset.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,

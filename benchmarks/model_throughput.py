@@ -226,9 +226,9 @@ def moe_speed(repeats: int = 5) -> dict:
     return out
 
 
-def _run_data(run: Path, users: int):
+def _run_data(run: Path, users: int, *, pathways: list[str] | None = None):
     """A run directory's config, item codes, codebook sizes, train examples, first ``users`` valid rows
-    and the featurizer it trained with."""
+    and the featurizer it trained with (``pathways``: built for the run's model with these pathways instead)."""
     from onerec.features import TrainExamples
     from onerec.io import read_json
     from onerec.pipeline import load_codes, load_splits, make_featurizer, run_config
@@ -237,7 +237,8 @@ def _run_data(run: Path, users: int):
     codes = load_codes(run)
     splits = load_splits(run / "data" / "split", n_items=len(codes))
     sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
-    feat = make_featurizer(run, cfg.model, codes)
+    mcfg = cfg.model if pathways is None else from_dict(ModelConfig, {**to_dict(cfg.model), "pathways": pathways})
+    feat = make_featurizer(run, mcfg, codes)
     return cfg, codes, sizes, TrainExamples(splits["train"], feat), splits["valid"].slice(0, users), feat
 
 
@@ -293,14 +294,9 @@ def pathway_cost(run: Path, steps: int, repeats: int = 3) -> dict:
     ``[positive]`` against ``[positive, succession]``, everything else the run's), on the same real train
     batches (the featurizer builds the succession tokens; the positive-only model does not read them), taken in
     turns; ``repeats`` rounds of ``steps`` steps. Also the real encoder tokens per training row of each."""
-    from onerec.features import TrainExamples
-    from onerec.pipeline import load_splits, make_featurizer
-
-    cfg, codes, sizes, _, _, _ = _run_data(run, 0)
     variants = {"positive": ["positive"], "positive+succession": ["positive", "succession"]}
+    cfg, _, sizes, train, _, _ = _run_data(run, 0, pathways=variants["positive+succession"])
     mcfgs = {v: from_dict(ModelConfig, {**to_dict(cfg.model), "pathways": p}) for v, p in variants.items()}
-    train = TrainExamples(load_splits(run / "data" / "split", n_items=len(codes))["train"],
-                          make_featurizer(run, mcfgs["positive+succession"], codes))
     torch.manual_seed(0)
     models = {v: Generator(m, sizes) for v, m in mcfgs.items()}
     opts = {v: torch.optim.AdamW(m.parameters(), lr=cfg.train.lr) for v, m in models.items()}

@@ -51,13 +51,19 @@ LAMBDAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 WINDOW, DECAY, POOL = 10, 0.1, 20
 
 
-def _load(run: Path, users: int | None):
-    """(codes, splits, the valid split or its first ``users`` rows, the run's trained recommender)."""
+def _load(run: Path, users: int | None, *, prior: bool = False):
+    """(codes, splits, the valid split or its first ``users`` rows, the run's trained recommender); ``prior``: the
+    recommender carries the probe's succession prior (the train split's counts, window 10, decay 0.1, beam 20 +
+    the rule's top 20), its weight left to the caller."""
     cfg = load_config(file=run / "config.yaml")
     codes = load_codes(run)
     splits = load_splits(run / "data" / "split", n_items=len(codes))
     valid = splits["valid"] if users is None else splits["valid"].slice(0, users)
-    return codes, splits, valid, load_recommender(run, cfg, "cpu", codes=codes)
+    rec = load_recommender(run, cfg, "cpu", codes=codes)
+    if prior:
+        rec.prior, rec.prior_pool = Succession.from_train(splits["train"], len(codes)), POOL
+        rec.prior_window, rec.prior_decay, rec.beam_size = WINDOW, DECAY, POOL
+    return codes, splits, valid, rec
 
 
 def fusion(run: Path, users: int | None = None, rules: list[tuple[int, float]] | None = None) -> dict:
@@ -65,11 +71,8 @@ def fusion(run: Path, users: int | None = None, rules: list[tuple[int, float]] |
     NDCG@10 of every (window, decay, lambda > 0), one beam search for all."""
     from onerec.baselines.transitions import ItemTransitions
 
-    codes, splits, valid, rec = _load(run, users)
     # the pool of generate.succession_prior (onerec.generate.generative), scored once for every lambda
-    rec.prior, rec.prior_pool = Succession.from_train(splits["train"], len(codes)), POOL
-    rec.prior_window, rec.prior_decay = WINDOW, DECAY
-    rec.beam_size = POOL
+    codes, splits, valid, rec = _load(run, users, prior=True)
     targets = list_column(valid, "targets")
     extra = [r for r in rules or [] if r != (WINDOW, DECAY)]
     every = rec.rank_by_priors(valid, list(LAMBDAS), [(WINDOW, DECAY), *extra])
@@ -94,10 +97,7 @@ def speed(run: Path, users: int = 2048, rounds: int = 3, weight: float = 8.0) ->
     from onerec.features.history import EvalExamples
     from onerec.generate.generative import top_fused
 
-    codes, splits, valid, rec = _load(run, users)
-    rec.prior, rec.prior_pool, rec.prior_window, rec.prior_decay = (Succession.from_train(splits["train"], len(codes)),
-                                                                   POOL, WINDOW, DECAY)
-    rec.beam_size = POOL
+    _, _, valid, rec = _load(run, users, prior=True)
     ex = EvalExamples(valid, rec.featurizer)
     batches = [ex.batch(np.arange(s, min(len(ex), s + rec.batch_size))) for s in range(0, len(ex), rec.batch_size)]
     times: dict[str, list[float]] = {"beam": [], "prior": [], "prior_reference": []}
@@ -163,16 +163,10 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true", help="only time the prior's ranking (see the module doc)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if args.speed:
-        results = [speed(r) for r in args.runs]
-        print(json.dumps(results, indent=1))
-        if args.out:
-            args.out.write_text(json.dumps(results, indent=1) + "\n")
-        return
     users = 2000 if args.quick else None
     rules = [(int(w), float(d)) for w, d in (r.split(":") for r in args.rules.split(",") if r)]
-    results = [probe(r, users) for r in args.runs]
-    if args.fusion:
+    results = [speed(r) if args.speed else probe(r, users) for r in args.runs]
+    if args.fusion and not args.speed:
         for r, run in zip(results, args.runs):
             r["fusion"] = fusion(run, users, rules)
     for r in results:

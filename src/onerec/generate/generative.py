@@ -102,20 +102,21 @@ class GenerativeRecommender:
 
     def _beam(self, batch: dict[str, torch.Tensor], k: int, beam_size: int | None) -> tuple:
         """The first half of :meth:`pool`: (the encoder's output, the final beam's items [B, beam] and their
-        log-probabilities, float64, -inf on padding), to be pooled with one or more succession rules."""
+        log-probabilities, float64, -inf on padding, the histories the succession counts score), to be pooled
+        with one or more succession rules."""
         beam = max(self.beam_size, k) if beam_size is None else beam_size
         encoded = self._encode(batch)
         found, found_lp, _ = self._search(*encoded, beam, beam_size=beam)
         found = found.cpu().numpy()
-        return encoded, found, np.where(found >= 0, found_lp.double().cpu().numpy(), -np.inf)
+        item_ids, mask = batch["hist_item"].numpy(), batch["hist_mask"].numpy()
+        hist = [row[m] - 1 for row, m in zip(item_ids, mask)]  # hist_item is the item id + 1
+        return encoded, found, np.where(found >= 0, found_lp.double().cpu().numpy(), -np.inf), hist
 
     def _pool(self, batch: dict[str, torch.Tensor], beam: tuple, window: int, decay: float, *,
               rescore_beam: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The second half of :meth:`pool`: the beam of :meth:`_beam` pooled with the succession rule
         (``window``, ``decay``)."""
-        encoded, found, found_lp = beam
-        item_ids, mask = batch["hist_item"].numpy(), batch["hist_mask"].numpy()
-        hist = [row[m] - 1 for row, m in zip(item_ids, mask)]  # hist_item is the item id + 1
+        encoded, found, found_lp, hist = beam
         keys, totals = self.prior.sparse_scores(hist, window, decay)  # once for both uses
         rule, _ = self.prior.top(keys, totals, len(hist), self.prior_pool)
         pool = np.concatenate([found, rule], 1)

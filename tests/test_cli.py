@@ -59,6 +59,48 @@ def test_errors_are_one_clear_line(tmp_path):
 
 def test_every_verb_has_help():
     runner = CliRunner()
-    for verb in ("data", "tokenize", "train", "eval", "generate", "quickstart", "config", "reward", "align"):
+    for verb in ("data", "tokenize", "train", "eval", "tune-prior", "generate", "quickstart", "config", "reward",
+                 "align"):
         res = _ok(runner.invoke(cli, [verb, "--help"]))
         assert "Usage" in res.output
+
+
+def test_tune_prior_chooses_on_valid_and_the_run_then_ranks_with_it(quick_run):
+    """`onerec tune-prior` scores every rule x weight on the valid split, saves the best in config.yaml (which the
+    other verbs read) and the grid in eval/prior.json; each grid number is what the recommender scores on those
+    valid users with that prior."""
+    import numpy as np
+
+    from onerec.eval.harness import evaluate
+    from onerec.pipeline import load_codes, load_recommender, load_splits, run_config, sample_rows
+
+    runner = CliRunner()
+    res = _ok(runner.invoke(cli, ["tune-prior", str(quick_run), "--weights", "0,2,1e6", "--rules", "10:0.1,3:1",
+                                  "--users", "60"]))
+    out = json.loads((quick_run / "eval" / "prior.json").read_text())
+    metric = out["metric"]
+    grid = {(r["window"], r["decay"], r["weight"]): r[metric] for r in out["grid"]}
+    assert out["users"] == 60 and set(grid) == {(w, d, x) for w, d in ((10, 0.1), (3, 1.0)) for x in (0, 2, 1e6)}
+    best = max(grid, key=grid.__getitem__)
+    cfg = run_config(quick_run)
+    g = cfg.generate
+    assert (g.succession_window, g.succession_decay, g.succession_prior) == best
+    assert f"generate.succession_prior={best[2]:g}" in res.output
+    k = int(metric.split("@")[1])
+    valid = sample_rows(load_splits(quick_run / "data" / "split", n_items=len(load_codes(quick_run)))["valid"], 60,
+                        cfg.train.seed)
+    rec = load_recommender(quick_run, cfg)  # the saved choice
+    assert rec.prior_weight == best[2]
+    for key in (best, (3, 1.0, 0.0), (10, 0.1, 1e6)):
+        rec.prior_window, rec.prior_decay, rec.prior_weight = key
+        np.testing.assert_allclose(evaluate(rec, valid, ks=(k,))[metric], grid[key], atol=1e-9)
+
+
+def test_tune_prior_refuses_a_bad_grid_and_keeps_the_config(quick_run):
+    runner = CliRunner()
+    before = (quick_run / "config.yaml").read_text()
+    res = runner.invoke(cli, ["tune-prior", str(quick_run), "--rules", "10-0.1"])
+    assert res.exit_code == 2 and "WINDOW:DECAY" in res.output
+    res = runner.invoke(cli, ["tune-prior", str(quick_run), "--weights", "-1,2"], standalone_mode=False)
+    assert "-1.0 is not allowed" in str(res.exception) and "weights >= 0" in str(res.exception)
+    assert (quick_run / "config.yaml").read_text() == before

@@ -4,6 +4,7 @@
     onerec tokenize RUN [KEY=VALUE ...]       content vectors -> semantic IDs
     onerec train RUN [--resume] [KEY=VALUE]   train the generator
     onerec eval RUN [KEY=VALUE ...]           score it against the baselines; metrics + report
+    onerec tune-prior RUN [--weights ...]     choose the succession prior at decoding on the valid split
     onerec reward RUN [KEY=VALUE ...]         P-Score reward model (SIM + CAN) + ablations, AUC/GAUC
     onerec align RUN [KEY=VALUE ...]          align the generator to the P-Score (DPO / ECPO)
     onerec generate RUN --user ID ...         top-K recommendations for some users
@@ -136,6 +137,53 @@ def align(run: Path, overrides: tuple[str, ...]) -> None:
     for when in ("before", "after"):
         if when in out:
             _summary(f"{out['method']} {when} (simulated world)", out[when])
+
+
+def _numbers(value: str | None, what: str, example: str, parse) -> list | None:
+    if value is None:
+        return None
+    try:
+        return [parse(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}': give comma-separated {what}, e.g. {example}") from None
+
+
+def _rule(text: str) -> tuple[int, float]:
+    window, sep, decay = text.partition(":")
+    if not sep:
+        raise ValueError(text)
+    return int(window), float(decay)
+
+
+@cli.command(name="tune-prior")
+@_run_argument
+@click.option("--weights", default=None, help="prior weights to try, comma-separated; 0 = the generator alone "
+                                               "[default: 0,0.5,1,2,4,8,16].")
+@click.option("--rules", default=None, help="succession rules WINDOW:DECAY to try, comma-separated "
+                                             "[default: 10:0.1,10:0.5].")
+@click.option("--users", type=click.IntRange(min=1), default=None,
+              help="score a fixed random sample of this many valid users [default: all].")
+@_overrides
+def tune_prior(run: Path, weights: str | None, rules: str | None, users: int | None,
+               overrides: tuple[str, ...]) -> None:
+    """Choose the succession prior on the valid split (not in the papers): the generator's beam pooled with the
+    items that most often followed the user's last items, ranked by log p + WEIGHT * log(1 + succession score).
+    Every rule x weight is scored by train.early_stop_metric (default NDCG@10); the best is written to RUN/config.yaml
+    (generate.succession_prior, _window, _decay), which eval, generate and serve then use. Writes
+    RUN/eval/prior.json."""
+    from onerec.pipeline import run_config, stage_tune_prior
+
+    out = stage_tune_prior(run, run_config(run, overrides=overrides),
+                           weights=_numbers(weights, "numbers", "0,2,8", float),
+                           rules=_numbers(rules, "WINDOW:DECAY pairs", "10:0.1,10:0.5", _rule), users=users)
+    metric = out["metric"]
+    click.echo(f"\nvalid {metric} ({out['users']} users) by succession rule and prior weight:")
+    for row in out["grid"]:
+        click.echo(f"  window {row['window']:>3}  decay {row['decay']:<6g}  weight {row['weight']:<6g}  "
+                   f"{row[metric]:.4f}")
+    chosen = " ".join(f"{k}={v:g}" for k, v in out["chosen"].items() if k.startswith("generate."))
+    click.echo(f"\nchosen: {chosen} ({metric} {out['chosen'][metric]:.4f}), saved in {run / 'config.yaml'}; "
+               f"grid: {run / 'eval' / 'prior.json'}")
 
 
 @cli.command()

@@ -19,6 +19,7 @@ Run directory layout::
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,13 @@ def _require(path: Path, stage: str) -> Path:
         raise DataError(f"{path.name} not found", path=str(path.parent),
                         fix=f"run `onerec {stage} {path.parent.parent}` first")
     return path
+
+
+def sample_rows(table: pa.Table, n: int | None, seed: int) -> pa.Table:
+    """A fixed random ``n`` rows of ``table`` in their order (all of them when ``n`` is None or not smaller)."""
+    if n is None or n >= table.num_rows:
+        return table
+    return table.take(pa.array(np.sort(np.random.default_rng(seed).choice(table.num_rows, n, replace=False))))
 
 
 # ------------------------------------------------------------------------------ data
@@ -344,10 +352,7 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=
 
     metric = cfg.train.early_stop_metric
     k = int(metric.split("@")[1])
-    n = cfg.train.valid_users
-    if n is not None and n < valid.num_rows:
-        rows = np.sort(np.random.default_rng(cfg.train.seed).choice(valid.num_rows, n, replace=False))
-        valid = valid.take(pa.array(rows))
+    valid = sample_rows(valid, cfg.train.valid_users, cfg.train.seed)
     device = resolve_device(cfg.train.device)
 
     def score(model) -> float:
@@ -370,25 +375,27 @@ def load_generator(run: Path, device: str = "cpu"):
 
 
 def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cpu", *, beam_size: int | None = None,
-                     codes: np.ndarray | None = None, dataset: Dataset | None = None):
+                     codes: np.ndarray | None = None, dataset: Dataset | None = None, prior: bool = False):
     """The run's trained generator behind constrained beam search (a
     :class:`~onerec.generate.generative.GenerativeRecommender`), with the featurizer it was trained
     with (side information from RUN/data where its pathways need it); ``beam_size`` defaults to
-    ``cfg.generate.beam_size``; ``codes`` / ``dataset``: the run's, when the caller has them loaded."""
+    ``cfg.generate.beam_size``; ``codes`` / ``dataset``: the run's, when the caller has them loaded. The
+    succession counts of the prior are loaded when ``generate.succession_prior`` > 0 or ``prior`` (to choose it)."""
     from onerec.generate.generative import GenerativeRecommender
 
     model = load_generator(run, str(device))
     codes = load_codes(run) if codes is None else codes
     feat = make_featurizer(run, model.cfg, codes, dataset)
     g = cfg.generate
-    prior = None
-    if g.succession_prior:  # shallow fusion with the train split's succession counts
+    if g.succession_prior or prior:  # shallow fusion with the train split's succession counts
         from onerec.features.succession import Succession
 
-        prior = feat.succession or Succession.from_train(
+        counts = feat.succession or Succession.from_train(
             load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))["train"], len(codes))
+    else:
+        counts = None
     return GenerativeRecommender(model, codes, beam_size=beam_size or g.beam_size, batch_size=g.batch_size,
-                                 device=device, featurizer=feat, prior=prior, prior_weight=g.succession_prior,
+                                 device=device, featurizer=feat, prior=counts, prior_weight=g.succession_prior,
                                  prior_pool=g.succession_pool, prior_window=g.succession_window,
                                  prior_decay=g.succession_decay)
 
@@ -444,6 +451,50 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
     write_report(run, metrics, history, curves, ks)
     save_config(run, cfg)
     return metrics
+
+
+def stage_tune_prior(run: Path, cfg: RunConfig, *, weights: Sequence[float] | None = None,
+                     rules: Sequence[tuple[int, float]] | None = None, users: int | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Choose the succession prior on the valid split (not in the papers, see
+    :mod:`onerec.generate.generative`): every succession rule ``(window, decay)`` x prior weight (default weight 0,
+    the generator alone, and ``PRIOR_WEIGHTS``; rules ``PRIOR_RULES``), scored by ``train.early_stop_metric``
+    (NDCG@10 when it is unset) on all valid users or a fixed random ``users`` of them (seed ``train.seed``); the
+    best goes into ``generate.succession_prior`` / ``_window`` / ``_decay`` of RUN/config.yaml, which ``eval``,
+    ``generate`` and ``serve`` then use. Writes RUN/eval/prior.json (the grid and the choice)."""
+    from onerec.generate.generative import PRIOR_RULES, PRIOR_WEIGHTS
+    from onerec.train.loop import resolve_device
+
+    weights = (0.0, *PRIOR_WEIGHTS) if weights is None else tuple(float(w) for w in weights)
+    rules = PRIOR_RULES if rules is None else tuple((int(w), float(d)) for w, d in rules)
+    bad = [w for w in weights if not w >= 0] + [r for r in rules if r[0] < 1 or not r[1] > 0]
+    if not weights or not rules or bad:
+        raise ConfigError(f"tune-prior: {bad[0] if bad else 'an empty grid'} is not allowed. Fix: give prior "
+                          "weights >= 0 and succession rules WINDOW:DECAY with WINDOW >= 1 and DECAY > 0")
+    codes = load_codes(run)
+    split_dir = _require(run / "data" / "split", "data")
+    valid = sample_rows(load_splits(split_dir, n_items=len(codes))["valid"], users, cfg.train.seed)
+    if valid.num_rows == 0:
+        raise DataError("the valid split has no rows to choose the prior on", path=str(split_dir / "valid.parquet"),
+                        fix="rerun `onerec data` with a split that keeps a valid item per user (data.split=loo)")
+    metric = cfg.train.early_stop_metric or "ndcg@10"
+    t0 = time.perf_counter()
+    rec = load_recommender(run, cfg, resolve_device(cfg.train.device), codes=codes, prior=True)
+    rec.progress = progress
+    grid = rec.choose_prior(valid, weights, rules, metric)
+    g = cfg.generate
+    g.succession_prior, g.succession_window, g.succession_decay = rec.prior_weight, rec.prior_window, rec.prior_decay
+    out = {"split": "valid", "users": valid.num_rows, "metric": metric,
+           "chosen": {"generate.succession_prior": g.succession_prior,
+                      "generate.succession_window": g.succession_window,
+                      "generate.succession_decay": g.succession_decay,
+                      metric: grid[rec.prior_window, rec.prior_decay, rec.prior_weight]},
+           "pool": rec.prior_pool, "beam_size": rec.beam_size,
+           "grid": [{"window": w, "decay": d, "weight": x, metric: v} for (w, d, x), v in grid.items()],
+           "seconds": round(time.perf_counter() - t0, 1)}
+    write_json(run / "eval" / "prior.json", out)
+    save_config(run, cfg)
+    return out
 
 
 # -------------------------------------------------------------------------- generate

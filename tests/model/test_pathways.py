@@ -300,6 +300,12 @@ def test_succession_prior_pools_the_beam_with_the_counts_and_fuses_their_scores(
         rec.prior_window, rec.prior_decay, rec.prior_weight = window, decay, weight
         np.testing.assert_array_equal(got, rec.recommend_batch(batch, 5))
     assert not np.array_equal(tops[3, 0.5, 2.0], tops[10, 0.1, 2.0])  # the rule matters
+    # choosing on a table with targets: the best of the grid is set, ties go to the first in grid order
+    grid = rec.choose_prior(splits["test"].slice(0, 24), [0.5, 2.0], [(3, 0.5), (10, 0.1)], "recall@5")
+    assert list(grid) == list(tops) and (rec.prior_window, rec.prior_decay, rec.prior_weight) == max(grid, key=grid.get)
+    for bad in ("mrr@10", "ndcg@0", "ndcg"):
+        with pytest.raises(ValueError, match="recall@K or ndcg@K"):
+            rec.choose_prior(splits["test"].slice(0, 4), [1.0], [(3, 0.5)], bad)
     rec.prior_window, rec.prior_decay = 3, 0.5
     # a heavy prior puts a most-followed item first wherever the history has a successor
     rec.prior_weight = 1e6

@@ -43,10 +43,6 @@ from onerec.io import read_json, read_yaml, write_json
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 PROTOCOL_HISTORY = 20
 MODELS = ("onerec", "onerec_prior", "sasrec_ce", "sasrec_bce", "transitions")
-#: prior weights and succession rules (window, decay) ``onerec_prior`` chooses from on the valid split
-#: (``generate.succession_prior`` > 0 fixes the prior: that weight, ``generate.succession_window`` and ``_decay``)
-PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-PRIOR_RULES = ((10, 0.1), (10, 0.5))
 
 # category flag -> (S3Rec file name, amazon2014_text file prefix or None)
 CATEGORIES: dict[str, tuple[str, str | None]] = {
@@ -304,27 +300,20 @@ def score_with_prior(run: Path, cfg: RunConfig, codes: np.ndarray, splits: dict[
                      device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
     """``onerec_prior``: the run's trained generator with the succession prior at decoding
     (``generate.succession_prior``, :mod:`onerec.generate.generative`), its weight and succession rule chosen on
-    the valid split (best NDCG@10 over :data:`PRIOR_WEIGHTS` x :data:`PRIOR_RULES`, or the configured prior when
-    its weight is > 0), then the test split scored once. Returns the test metrics and what the results file
-    records."""
-    from onerec.data.splits import list_column
+    the valid split (best NDCG@10 over ``PRIOR_WEIGHTS`` x ``PRIOR_RULES`` of that module, by
+    ``GenerativeRecommender.choose_prior``; or the configured prior when its weight is > 0), then the test split
+    scored once. Returns the test metrics and what the results file records."""
     from onerec.eval.harness import evaluate
-    from onerec.eval.metrics import per_user_metrics
-    from onerec.features.succession import Succession
+    from onerec.generate.generative import PRIOR_RULES, PRIOR_WEIGHTS
     from onerec.pipeline import load_recommender
 
     t0 = time.perf_counter()
     g = cfg.generate
-    rec = load_recommender(run, cfg, device, codes=codes)
-    rec.prior = rec.prior or Succession.from_train(splits["train"], len(codes))
+    rec = load_recommender(run, cfg, device, codes=codes, prior=True)
     fixed = g.succession_prior > 0
     weights = [g.succession_prior] if fixed else list(PRIOR_WEIGHTS)
     rules = [(g.succession_window, g.succession_decay)] if fixed else list(PRIOR_RULES)
-    targets = list_column(splits["valid"], "targets")
-    valid = {key: float(per_user_metrics(top, targets, (10,))["ndcg@10"].mean())
-             for key, top in rec.rank_by_priors(splits["valid"], weights, rules).items()}
-    best = max(valid, key=valid.__getitem__)  # the first of equal scores: grid order
-    rec.prior_window, rec.prior_decay, rec.prior_weight = best
+    valid = rec.choose_prior(splits["valid"], weights, rules, "ndcg@10")
     metrics = evaluate(rec, splits["test"], ks=(5, 10), batch_size=g.batch_size)
     grid = {f"window={w},decay={d},weight={x}": round(v, 6) for (w, d, x), v in valid.items()}
     return metrics, {"train_seconds": 0.0, "prior_weight": rec.prior_weight, "prior_window": rec.prior_window,

@@ -14,11 +14,19 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from onerec.data.splits import list_column
+from onerec.eval.metrics import per_user_metrics
 from onerec.features.history import EvalExamples, HistoryFeaturizer, default_featurizer
 from onerec.features.succession import Succession
 from onerec.generate.beam import beam_search
 from onerec.model.generator import Generator
 from onerec.tokenizer.constraints import PrefixTable
+
+#: the prior weights and succession rules ``(window, decay)`` :meth:`GenerativeRecommender.choose_prior` tries by
+#: default (``onerec tune-prior`` adds weight 0, the generator alone; ``onerec bench amazon``'s ``onerec_prior``
+#: row uses them as they are)
+PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+PRIOR_RULES = ((10, 0.1), (10, 0.5))
 
 
 class GenerativeRecommender:
@@ -144,7 +152,8 @@ class GenerativeRecommender:
         rules = [(self.prior_window, self.prior_decay)] if rules is None else rules
         ex = EvalExamples(examples, self.featurizer)
         out: dict[tuple[int, float, float], list[np.ndarray]] = {(r[0], r[1], w): [] for r in rules for w in weights}
-        for start in range(0, len(ex), self.batch_size):
+        starts = range(0, len(ex), self.batch_size)
+        for start in tqdm(starts, desc="prior grid", unit="batch", disable=not self.progress, dynamic_ncols=True):
             batch = ex.batch(np.arange(start, min(len(ex), start + self.batch_size)))
             beam = self._beam(batch, k, None)
             for window, decay in rules:
@@ -152,6 +161,25 @@ class GenerativeRecommender:
                 for w in weights:
                     out[window, decay, w].append(top_fused(pool, log_p + w * prior, k)[0])
         return {key: np.concatenate(v) if v else np.empty((0, k), dtype=np.int64) for key, v in out.items()}
+
+    def choose_prior(self, valid: pa.Table, weights: list[float] | tuple[float, ...] = PRIOR_WEIGHTS,
+                     rules: list[tuple[int, float]] | tuple[tuple[int, float], ...] = PRIOR_RULES,
+                     metric: str = "ndcg@10") -> dict[tuple[int, float, float], float]:
+        """Choose the succession prior on a valid table (rows with ``targets``): the mean ``metric`` (``recall@K``
+        or ``ndcg@K``) of every ``(window, decay, weight)`` of ``rules`` x ``weights`` (:meth:`rank_by_priors`),
+        and set this recommender's ``prior_window``, ``prior_decay`` and ``prior_weight`` to the best (the first of
+        equal scores, in grid order). Returns the grid ``{(window, decay, weight): mean metric}``."""
+        name, _, cut = metric.partition("@")
+        if name not in ("recall", "ndcg") or not cut.isdigit() or int(cut) < 1:
+            raise ValueError(f"metric {metric!r}: expected recall@K or ndcg@K, e.g. ndcg@10")
+        if not weights or not rules or min(weights) < 0:
+            raise ValueError(f"choose_prior needs weights >= 0 and rules (got weights {list(weights)}, rules "
+                             f"{list(rules)})")
+        targets = list_column(valid, "targets")
+        tops = self.rank_by_priors(valid, list(weights), list(rules), k=int(cut))
+        grid = {key: float(per_user_metrics(top, targets, (int(cut),))[metric].mean()) for key, top in tops.items()}
+        self.prior_window, self.prior_decay, self.prior_weight = max(grid, key=grid.__getitem__)
+        return grid
 
     @torch.no_grad()
     def log_probs(self, batch: dict[str, torch.Tensor], items: np.ndarray, *,

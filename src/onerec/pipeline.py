@@ -9,7 +9,8 @@ Run directory layout::
     RUN/tokenizer/                codebooks + tokenizer.json, codes.parquet (item_id -> semantic ID),
                                   item_vectors.safetensors, metrics.json
     RUN/train/                    model.safetensors + model.json, history.json, checkpoints/
-    RUN/eval/                     metrics.json, recommendations.parquet (onerec's top-K per user)
+    RUN/eval/                     metrics.json, recommendations.parquet (onerec's top-K per user),
+                                  prior.json (``onerec tune-prior``: the succession prior's valid grid)
     RUN/reward/                   pscore.safetensors + pscore.json (P-Score ranker), metrics.json (AUC/GAUC)
     RUN/align/                    model.safetensors + model.json (aligned generator), metrics.json
     RUN/metrics.json              {"models": {"onerec": {...}, "popular": {...}, ...}, ...}

@@ -59,7 +59,7 @@ def _load(run: Path, users: int | None, *, prior: bool = False):
     codes = load_codes(run)
     splits = load_splits(run / "data" / "split", n_items=len(codes))
     valid = splits["valid"] if users is None else splits["valid"].slice(0, users)
-    rec = load_recommender(run, cfg, "cpu", codes=codes, prior=prior)
+    rec = load_recommender(run, cfg, "cpu", codes=codes, splits=splits, prior=prior)
     if prior:
         rec.prior_pool, rec.prior_window, rec.prior_decay, rec.beam_size = POOL, WINDOW, DECAY, POOL
     return codes, splits, valid, rec

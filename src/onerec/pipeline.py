@@ -376,12 +376,14 @@ def load_generator(run: Path, device: str = "cpu"):
 
 
 def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cpu", *, beam_size: int | None = None,
-                     codes: np.ndarray | None = None, dataset: Dataset | None = None, prior: bool = False):
+                     codes: np.ndarray | None = None, dataset: Dataset | None = None,
+                     splits: dict[str, pa.Table] | None = None, prior: bool = False):
     """The run's trained generator behind constrained beam search (a
     :class:`~onerec.generate.generative.GenerativeRecommender`), with the featurizer it was trained
     with (side information from RUN/data where its pathways need it); ``beam_size`` defaults to
-    ``cfg.generate.beam_size``; ``codes`` / ``dataset``: the run's, when the caller has them loaded. The
-    succession counts of the prior are loaded when ``generate.succession_prior`` > 0 or ``prior`` (to choose it)."""
+    ``cfg.generate.beam_size``; ``codes`` / ``dataset`` / ``splits``: the run's, when the caller has them loaded.
+    The succession counts of the prior (from the train split) are built when ``generate.succession_prior`` > 0 or
+    ``prior`` (to choose it)."""
     from onerec.generate.generative import GenerativeRecommender
 
     model = load_generator(run, str(device))
@@ -391,8 +393,9 @@ def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cp
     if g.succession_prior or prior:  # shallow fusion with the train split's succession counts
         from onerec.features.succession import Succession
 
-        counts = feat.succession or Succession.from_train(
-            load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))["train"], len(codes))
+        if splits is None and feat.succession is None:
+            splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
+        counts = feat.succession or Succession.from_train(splits["train"], len(codes))
     else:
         counts = None
     return GenerativeRecommender(model, codes, beam_size=beam_size or g.beam_size, batch_size=g.batch_size,
@@ -419,7 +422,7 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    gen = load_recommender(run, cfg, device, codes=codes)
+    gen = load_recommender(run, cfg, device, codes=codes, splits=splits)
     models["onerec"] = evaluate(gen, examples, ks=ks, batch_size=cfg.generate.batch_size, progress=progress)
     seconds["onerec"] = round(time.perf_counter() - t0, 1)
     for name in cfg.eval.baselines:
@@ -463,24 +466,25 @@ def stage_tune_prior(run: Path, cfg: RunConfig, *, weights: Sequence[float] | No
     (NDCG@10 when it is unset) on all valid users or a fixed random ``users`` of them (seed ``train.seed``); the
     best goes into ``generate.succession_prior`` / ``_window`` / ``_decay`` of RUN/config.yaml, which ``eval``,
     ``generate`` and ``serve`` then use. Writes RUN/eval/prior.json (the grid and the choice)."""
-    from onerec.generate.generative import PRIOR_RULES, PRIOR_WEIGHTS
+    from onerec.generate.generative import PRIOR_RULES, PRIOR_WEIGHTS, check_prior_grid
     from onerec.train.loop import resolve_device
 
     weights = (0.0, *PRIOR_WEIGHTS) if weights is None else tuple(float(w) for w in weights)
     rules = PRIOR_RULES if rules is None else tuple((int(w), float(d)) for w, d in rules)
-    bad = [w for w in weights if not w >= 0] + [r for r in rules if r[0] < 1 or not r[1] > 0]
-    if not weights or not rules or bad:
-        raise ConfigError(f"tune-prior: {bad[0] if bad else 'an empty grid'} is not allowed. Fix: give prior "
-                          "weights >= 0 and succession rules WINDOW:DECAY with WINDOW >= 1 and DECAY > 0")
+    try:  # before the model is loaded
+        check_prior_grid(weights, rules)
+    except ValueError as e:
+        raise ConfigError(f"tune-prior: {e}") from None
     codes = load_codes(run)
     split_dir = _require(run / "data" / "split", "data")
-    valid = sample_rows(load_splits(split_dir, n_items=len(codes))["valid"], users, cfg.train.seed)
+    splits = load_splits(split_dir, n_items=len(codes))
+    valid = sample_rows(splits["valid"], users, cfg.train.seed)
     if valid.num_rows == 0:
         raise DataError("the valid split has no rows to choose the prior on", path=str(split_dir / "valid.parquet"),
                         fix="rerun `onerec data` with a split that keeps a valid item per user (data.split=loo)")
     metric = cfg.train.early_stop_metric or "ndcg@10"
     t0 = time.perf_counter()
-    rec = load_recommender(run, cfg, resolve_device(cfg.train.device), codes=codes, prior=True)
+    rec = load_recommender(run, cfg, resolve_device(cfg.train.device), codes=codes, splits=splits, prior=True)
     rec.progress = progress
     grid = rec.choose_prior(valid, weights, rules, metric)
     g = cfg.generate

@@ -309,7 +309,7 @@ def score_with_prior(run: Path, cfg: RunConfig, codes: np.ndarray, splits: dict[
 
     t0 = time.perf_counter()
     g = cfg.generate
-    rec = load_recommender(run, cfg, device, codes=codes, prior=True)
+    rec = load_recommender(run, cfg, device, codes=codes, splits=splits, prior=True)
     fixed = g.succession_prior > 0
     weights = [g.succession_prior] if fixed else list(PRIOR_WEIGHTS)
     rules = [(g.succession_window, g.succession_decay)] if fixed else list(PRIOR_RULES)

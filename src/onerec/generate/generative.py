@@ -172,9 +172,7 @@ class GenerativeRecommender:
         name, _, cut = metric.partition("@")
         if name not in ("recall", "ndcg") or not cut.isdigit() or int(cut) < 1:
             raise ValueError(f"metric {metric!r}: expected recall@K or ndcg@K, e.g. ndcg@10")
-        if not weights or not rules or min(weights) < 0:
-            raise ValueError(f"choose_prior needs weights >= 0 and rules (got weights {list(weights)}, rules "
-                             f"{list(rules)})")
+        check_prior_grid(weights, rules)
         targets = list_column(valid, "targets")
         tops = self.rank_by_priors(valid, list(weights), list(rules), k=int(cut))
         grid = {key: float(per_user_metrics(top, targets, (int(cut),))[metric].mean()) for key, top in tops.items()}
@@ -261,6 +259,15 @@ class GenerativeRecommender:
 
         return beam_search(step_fn, batch_size=b, table=self.table, beam_size=beam, top_k=k, state=state,
                            return_codes=True)
+
+
+def check_prior_grid(weights, rules) -> None:
+    """Raise ValueError unless ``weights`` (>= 0) and ``rules`` (``(window >= 1, decay > 0)``) are non-empty and
+    valid prior choices."""
+    bad = [w for w in weights if not w >= 0] + [r for r in rules if r[0] < 1 or not r[1] > 0]
+    if not len(weights) or not len(rules) or bad:
+        raise ValueError(f"{bad[0] if bad else 'an empty grid'} is not allowed. Fix: give prior weights >= 0 and "
+                         "succession rules WINDOW:DECAY with WINDOW >= 1 and DECAY > 0")
 
 
 def top_fused(pool: np.ndarray, fused: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

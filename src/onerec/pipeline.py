@@ -288,10 +288,22 @@ def load_codes(run: Path) -> np.ndarray:
     return sid.flatten().to_numpy().reshape(len(sid), -1).astype(np.int64)
 
 
-def make_featurizer(run: Path, mcfg, codes: np.ndarray, dataset: Dataset | None = None):
+def succession_counts(run: Path, codes: np.ndarray, splits: dict[str, pa.Table] | None = None):
+    """The train split's succession pair counts (:mod:`onerec.features.succession`), from ``splits`` when the
+    caller has them loaded, else from RUN/data/split."""
+    from onerec.features.succession import Succession
+
+    if splits is None:
+        splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
+    return Succession.from_train(splits["train"], len(codes))
+
+
+def make_featurizer(run: Path, mcfg, codes: np.ndarray, dataset: Dataset | None = None,
+                    splits: dict[str, pa.Table] | None = None):
     """The featurizer for ``mcfg``: with side information (item/user features, the full log) from
     RUN/data (or ``dataset``, when the caller has it loaded) when the model's pathways or behaviour
-    features need it, and the train split's succession counts for the succession pathway."""
+    features need it, and the train split's succession counts for the succession pathway (from ``splits``
+    when the caller has them loaded)."""
     from onerec.features import HistoryFeaturizer, needs_side
     from onerec.features.side import SideInfo
 
@@ -299,11 +311,8 @@ def make_featurizer(run: Path, mcfg, codes: np.ndarray, dataset: Dataset | None 
     if needs_side(mcfg):
         ds = dataset or Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
         side = SideInfo.from_dataset(ds)
-    if "succession" in mcfg.pathways:  # the train split's pair counts (:mod:`onerec.features.succession`)
-        from onerec.features.succession import Succession
-
-        train = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))["train"]
-        succession = Succession.from_train(train, len(codes))
+    if "succession" in mcfg.pathways:
+        succession = succession_counts(run, codes, splits)
     return HistoryFeaturizer(codes, mcfg.max_history, side=side, cfg=mcfg, succession=succession)
 
 
@@ -320,7 +329,7 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
     codes = load_codes(run)
     splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
     sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
-    feat = make_featurizer(run, cfg.model, codes)
+    feat = make_featurizer(run, cfg.model, codes, splits=splits)
     train_ex = TrainExamples(splits["train"], feat)
     valid_ex = EvalExamples(splits["valid"], feat)
     torch.manual_seed(cfg.train.seed)
@@ -388,16 +397,11 @@ def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cp
 
     model = load_generator(run, str(device))
     codes = load_codes(run) if codes is None else codes
-    feat = make_featurizer(run, model.cfg, codes, dataset)
+    feat = make_featurizer(run, model.cfg, codes, dataset, splits)
     g = cfg.generate
+    counts = None
     if g.succession_prior or prior:  # shallow fusion with the train split's succession counts
-        from onerec.features.succession import Succession
-
-        if splits is None and feat.succession is None:
-            splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
-        counts = feat.succession or Succession.from_train(splits["train"], len(codes))
-    else:
-        counts = None
+        counts = feat.succession if feat.succession is not None else succession_counts(run, codes, splits)
     return GenerativeRecommender(model, codes, beam_size=beam_size or g.beam_size, batch_size=g.batch_size,
                                  device=device, featurizer=feat, prior=counts, prior_weight=g.succession_prior,
                                  prior_pool=g.succession_pool, prior_window=g.succession_window,
@@ -602,7 +606,7 @@ def align_setup(run: Path, cfg: RunConfig, model=None):
     end_ts = int(ds.interactions["timestamp"].to_numpy().max()) + 1
     requests = request_table(pos, users, np.full(len(users), end_ts))
     splits = load_splits(run / "data" / "split", n_items=len(codes))
-    featurizer = make_featurizer(run, model.cfg, codes)
+    featurizer = make_featurizer(run, model.cfg, codes, splits=splits)
     ctx = AlignContext(model, codes, requests, ranker, feat, TrainExamples(splits["train"], featurizer), featurizer)
     world_dir = run / "data" / "world"
     world = World.load(world_dir) if (world_dir / "world.json").exists() else None

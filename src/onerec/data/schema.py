@@ -51,9 +51,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from onerec.data.checks import (
+    F32_MAX,
+    broken_link,
+    check_binary,
+    check_finite,
+    check_header,
+    check_id_text,
+    check_timestamps,
+    decode_utf8,
+    first_bad_cast,
+    loads_json,
+    optional_file,
+    sort_interactions,
+)
 from onerec.errors import DataError
-from onerec.io import read_json, read_parquet, write_json, write_parquet
+from onerec.io import read_parquet, write_json, write_parquet
 
 SCHEMA_VERSION = 1
 
@@ -87,8 +102,13 @@ FILES = {"interactions": "interactions.parquet", "items": "items.parquet", "user
 
 
 def conform(table: pa.Table, kind: str, *, path: str) -> pa.Table:
-    """Check required columns and cast known columns to their canonical types."""
+    """Check required columns and values, and cast known columns to their canonical types.
+
+    Refused (one :class:`DataError` naming the row and column): a column named twice, a missing
+    or null required value, a value that does not fit its canonical type, a feedback signal other
+    than 0/1, an infinite / NaN / beyond-2^53 timestamp, and a non-finite rating."""
     known = {"interactions": INTERACTION_TYPES, "items": ITEM_TYPES, "users": USER_TYPES}[kind]
+    check_header(table.column_names, path=path)
     if table.num_rows == 0:
         raise DataError(f"the {kind} table is empty", path=path,
                         fix="check the source file; a dataset needs at least one row")
@@ -102,6 +122,14 @@ def conform(table: pa.Table, kind: str, *, path: str) -> pa.Table:
             row = int(np.flatnonzero(table[col].is_null().to_numpy(zero_copy_only=False))[0])
             raise DataError(f"{nulls} missing values in a required column", path=path, row=row,
                             column=col, fix="drop or fill those rows")
+    if kind == "interactions":
+        for s in SIGNALS:
+            if s in table.column_names:
+                check_binary(table[s], path=path, column=s)
+        check_timestamps(table["timestamp"], path=path, column="timestamp")
+        if "rating" in table.column_names:
+            check_finite(table["rating"], path=path, column="rating", what="rating",
+                         lo=-F32_MAX, hi=F32_MAX)
     cols = []
     for name in table.column_names:
         col = table[name]
@@ -110,8 +138,10 @@ def conform(table: pa.Table, kind: str, *, path: str) -> pa.Table:
             try:
                 col = col.cast(want)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise DataError(f"cannot read as {want} ({e})", path=path, column=name,
-                                fix=f"make '{name}' a {want} column") from None
+                row = first_bad_cast(col, want)
+                shown = f"'{col[row].as_py()!r}' " if row is not None else ""
+                raise DataError(f"cannot read {shown}as {want} ({e})", path=path, row=row, column=name,
+                                fix=f"make '{name}' a {want} column; fix or drop that row") from None
         cols.append(col)
     return pa.table(cols, names=table.column_names)
 
@@ -150,6 +180,12 @@ class Dataset:
     def n_items(self) -> int:
         return self.items.num_rows
 
+    def note(self, text: str) -> None:
+        """Record a normalisation of the input in ``meta["normalised"]`` (saved in dataset.json)."""
+        notes = self.meta.setdefault("normalised", [])
+        if text not in notes:
+            notes.append(text)
+
     def validate(self, root: str | Path = "<memory>", *, source: str | None = None) -> Dataset:
         """Check the contracts above; raise :class:`DataError` naming the file and problem.
 
@@ -158,8 +194,14 @@ class Dataset:
         root = Path(root)
         paths = {k: source or str(root / f) for k, f in FILES.items()}
         self.interactions = conform(self.interactions, "interactions", path=paths["interactions"])
+        self.interactions, n_back = sort_interactions(self.interactions)
+        if n_back:  # splits read each user's events as one chronological run: sort, and say so
+            self.note(f"interactions sorted by (user_id, timestamp), ties in file order: {n_back} of "
+                      f"{self.interactions.num_rows} rows were out of order in {paths['interactions']}")
         self.items = conform(self.items, "items", path=paths["items"])
         self.users = conform(self.users, "users", path=paths["users"])
+        for kind in ("items", "users"):
+            check_id_text(getattr(self, kind)["raw_id"], path=paths[kind], column="raw_id")
         n_items = _check_dense_ids(self.items, "item_id", paths["items"])
         n_users = _check_dense_ids(self.users, "user_id", paths["users"])
         for col, n, kind in (("user_id", n_users, "users"), ("item_id", n_items, "items")):
@@ -191,13 +233,64 @@ class Dataset:
     @classmethod
     def load(cls, root: str | Path, *, validate: bool = True) -> Dataset:
         root = Path(root)
-        if not (root / "dataset.json").exists():
+        meta_path = root / "dataset.json"
+        if optional_file(meta_path) is None:
             raise DataError("not a dataset folder (no dataset.json)", path=str(root),
                             fix="point at a folder written by `onerec data` (a run directory's data/ folder)")
-        meta = read_json(root / "dataset.json")
+        meta = read_meta(meta_path)
+        for kind, fname in FILES.items():
+            _check_parquet(root / fname, meta, kind)
         tables = {k: read_parquet(root / f) for k, f in FILES.items()}
         ds = cls(meta=meta, **tables)
+        if "schema_version" not in meta:
+            ds.note(f"dataset.json has no schema_version: read as version {SCHEMA_VERSION}")
         return ds.validate(root) if validate else ds
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """dataset.json: a JSON object whose ``schema_version`` (when present) this code reads."""
+    raw = path.read_bytes()
+    text = decode_utf8(raw, path=path)
+    meta = loads_json(text, path=path, what="dataset.json")
+    if not isinstance(meta, dict):
+        raise DataError(f"expected a JSON object, found {type(meta).__name__}", path=str(path),
+                        fix="rewrite the folder with `onerec data` (dataset.json holds name, source, counts)")
+    v = meta.get("schema_version")
+    if v is not None and (type(v) is not int or v != SCHEMA_VERSION):
+        raise DataError(f"schema_version {v!r} is not one this version of onerec reads ({SCHEMA_VERSION})",
+                        path=str(path), column="schema_version",
+                        fix="rebuild the dataset with this onerec's `onerec data`, or use the onerec that wrote it")
+    for key in ("n_users", "n_items", "n_interactions"):
+        n = meta.get(key)
+        if n is not None and (type(n) is not int or n < 0):
+            raise DataError(f"{key} must be a count (a whole number >= 0), found {n!r}", path=str(path),
+                            column=key, fix="rewrite the folder with `onerec data`, or delete the key")
+    return meta
+
+
+_COUNT_KEY = {"interactions": "n_interactions", "items": "n_items", "users": "n_users"}
+
+
+def _check_parquet(path: Path, meta: dict[str, Any], kind: str) -> None:
+    """Before reading a table: the file exists, names each column once, and holds as many rows as
+    dataset.json says (a footer read, so a crafted or mismatched file is refused before the
+    table is allocated)."""
+    if path.is_symlink() and not path.exists():
+        raise broken_link(path)
+    if not path.is_file():
+        return  # read_parquet names the missing file
+    try:
+        md = pq.read_metadata(path)
+        names = pq.read_schema(path).names
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"not a readable Parquet file ({e})", path=str(path),
+                        fix="the file is truncated or not Parquet; regenerate it with `onerec data`") from None
+    check_header(names, path=path)
+    want = meta.get(_COUNT_KEY[kind])
+    if want is not None and md.num_rows != want:
+        raise DataError(f"holds {md.num_rows} rows but dataset.json says {_COUNT_KEY[kind]}={want}",
+                        path=str(path), column=_COUNT_KEY[kind],
+                        fix="the folder mixes files of two datasets; rewrite it with `onerec data`")
 
 
 def make_dataset(
@@ -224,6 +317,8 @@ def make_dataset(
                             path=path, column=col, fix=f"map the source's column to '{col}'")
     if interactions.num_rows == 0:
         raise DataError("no interactions", path=path, fix="check the source file")
+    for col in ("user_id", "item_id"):
+        check_id_text(interactions[col], path=path, column=col)
     user_raw = interactions["user_id"].cast(pa.string())
     item_raw = interactions["item_id"].cast(pa.string())
     users_t = _side_table(users, user_raw, "user_id", path)
@@ -239,10 +334,12 @@ def make_dataset(
     uid = uid.astype(np.int64)
     iid = iid.astype(np.int64)
     ts = interactions["timestamp"]
+    check_timestamps(ts, path=path, column="timestamp")
     try:
         ts_np = ts.cast(pa.int64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise DataError("timestamps must be integers (Unix seconds)", path=path, column="timestamp",
+        row = first_bad_cast(ts, pa.int64())
+        raise DataError("timestamps must be integers (Unix seconds)", path=path, row=row, column="timestamp",
                         fix="convert the timestamps to Unix seconds") from None
     order = np.lexsort((np.arange(len(uid)), ts_np, uid))
     rest = [c for c in interactions.column_names if c not in ("user_id", "item_id", "timestamp")]
@@ -274,6 +371,7 @@ def _side_table(side: pa.Table | None, raw_ids: pa.ChunkedArray, id_col: str, pa
         rows = np.flatnonzero(vals == dup)[:2]
         raise DataError(f"duplicate id '{dup}' (rows {rows[0]} and {rows[1]})", path=path, column="raw_id",
                         fix="each id must appear once in the side table")
+    check_id_text(raw, path=path, column="raw_id")
     cols = {id_col: np.arange(side.num_rows, dtype=np.int64), "raw_id": raw}
     cols.update({c: side[c] for c in side.column_names if c not in ("raw_id", id_col)})
     return pa.table(cols)

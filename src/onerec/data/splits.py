@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from onerec.data.checks import sort_interactions
 from onerec.data.schema import Dataset, positive_mask, signal_flags
 from onerec.errors import DataError
 from onerec.io import read_parquet, write_json, write_parquet
@@ -52,6 +53,11 @@ class Sequences:
 
     @classmethod
     def from_interactions(cls, inter: pa.Table, n_users: int, rule: str = "auto") -> Sequences:
+        _, n_back = sort_interactions(inter.select(["user_id", "timestamp"]))
+        if n_back:  # each user's events must be one chronological run, or histories mix users and run backwards
+            raise DataError(f"interactions are not sorted by (user_id, timestamp): {n_back} rows out of order",
+                            column="timestamp", fix="build the Dataset with Dataset.validate() or "
+                            "onerec.data.adapters.load, which sort it (stably) before splitting")
         keep = positive_mask(inter, rule)
         uid = inter["user_id"].to_numpy()[keep]
         counts = np.bincount(uid, minlength=n_users)

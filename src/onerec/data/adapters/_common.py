@@ -9,8 +9,7 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from onerec.data.checks import (
+    broken_link,
+    check_header,
+    decode_utf8,
+    first_bad_cast,
+    first_invalid_utf8,
+    loads_json,
+    optional_file,
+    utf8_error,
+)
 from onerec.errors import DataError
 
 #: Cells read as null, in typed and string columns alike (spelled out so that a pyarrow upgrade
@@ -29,6 +38,8 @@ NULL_MARKERS = ["", "NULL", "null", "NaN", "nan", "NA", "N/A", "n/a", "-nan", "#
 # ------------------------------------------------------------------------------ files
 def require_file(path: Path, fix: str) -> Path:
     """Return ``path`` if it is a non-empty file, else raise a DataError."""
+    if path.is_symlink() and not path.exists():
+        raise broken_link(path)
     if not path.is_file():
         raise DataError("file not found", path=str(path), fix=fix)
     if path.stat().st_size == 0:
@@ -52,8 +63,12 @@ def resolve_file(path: Path, suffix: str, name: str | None, source: str) -> tupl
     """
     if path.is_file():
         return path, path.name[: -len(suffix)] if path.name.endswith(suffix) else path.stem
+    if path.is_symlink() and not path.exists():
+        raise broken_link(path)
     if not path.is_dir():
         raise DataError("no such file or folder", path=str(path), fix=f"point data.path at the {source} files")
+    for p in path.glob(f"*{suffix}"):
+        optional_file(p)  # a broken link among the candidates is named, never skipped
     found = sorted(p for p in path.glob(f"*{suffix}") if p.is_file())
     names = [p.name[: -len(suffix)] for p in found]
     if name is not None:
@@ -84,15 +99,10 @@ def read_json_strict(path: Path) -> Any:
         return out
 
     try:
-        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=pairs)
-    except json.JSONDecodeError as e:
-        raise DataError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", path=str(path),
-                        fix="repair the file or download it again") from None
+        return loads_json(decode_utf8(path.read_bytes(), path=path), path=path, hook=pairs)
     except _DuplicateKey as e:
         raise DataError(f"duplicate key '{e.args[0]}'", path=str(path),
                         fix="each user / item may appear once; deduplicate the file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text ({e.reason})", path=str(path), fix="save the file as UTF-8") from None
 
 
 class _DuplicateKey(Exception):
@@ -110,13 +120,13 @@ def expect_object(obj: Any, path: Path, what: str) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------- CSV
 def read_header(path: Path, delimiter: str = ",", data: bytes | None = None) -> list[str]:
-    """Column names from the first line of a delimited text file."""
+    """Column names from the first line of a delimited text file (which must be UTF-8)."""
     if data is None:
         with open(path, "rb") as f:
             first = f.readline()
     else:
         first = data.split(b"\n", 1)[0]
-    text = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    text = decode_utf8(first.removeprefix(b"\xef\xbb\xbf"), path=path).rstrip("\r\n")
     return next(csv.reader([text], delimiter=delimiter)) if text else []
 
 
@@ -154,13 +164,14 @@ def read_csv(
     if multiline:
         data = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b" ")
     header = read_header(path, delimiter, data)
+    check_header(header, path=path)
     for col in required:
         if col not in header:
             raise DataError(f"missing column '{col}' (header has: {', '.join(header)})", path=str(path),
                             column=col, fix=fix)
     wanted = header if optional is None else [c for c in header if c in {*required, *optional}]
     types = {c: t for c, t in (types or {}).items() if c in wanted}
-    table = _read(path, data, wanted, types, delimiter, quoted, multiline)
+    table = _read(path, data, wanted, types, delimiter, quoted, multiline, header)
     if table.num_rows == 0:
         raise DataError("the file has a header but no rows", path=str(path), fix="check the source file")
     for col in required:
@@ -170,7 +181,7 @@ def read_csv(
 
 
 def _read(path: Path, data: bytes | None, wanted: list[str], types: dict[str, pa.DataType],
-          delimiter: str, quoted: bool, multiline: bool) -> pa.Table:
+          delimiter: str, quoted: bool, multiline: bool, header: Sequence[str] = ()) -> pa.Table:
     parse = pcsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False,
                               newlines_in_values=multiline)
     conv = pcsv.ConvertOptions(include_columns=wanted, column_types=types, null_values=NULL_MARKERS,
@@ -179,6 +190,10 @@ def _read(path: Path, data: bytes | None, wanted: list[str], types: dict[str, pa
         return pcsv.read_csv(io.BytesIO(data) if data is not None else path, parse_options=parse,
                              convert_options=conv, read_options=pcsv.ReadOptions(block_size=1 << 24))
     except pa.ArrowInvalid as e:
+        raw = data if data is not None else path.read_bytes()
+        at = first_invalid_utf8(raw)  # any bad byte first: re-reading typed columns as text would fail on it
+        if at is not None:
+            raise utf8_error(raw, at, path=path, delimiter=delimiter, header=header) from None
         if "UTF8" in str(e):
             raise DataError(f"not UTF-8 text ({e})", path=str(path), fix="save the file as UTF-8") from None
         if "conversion error" in str(e):
@@ -206,25 +221,17 @@ def _raise_bad_cell(path: Path, data: bytes | None, types: dict[str, pa.DataType
 
 
 def _first_unparsable(text: pa.Array, typ: pa.DataType) -> int | None:
-    step = 4096
-    for start in range(0, len(text), step):
-        chunk = text.slice(start, step)
-        try:
-            chunk.cast(typ)
-            continue
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-        for i, v in enumerate(chunk.to_pylist()):
-            try:
-                pa.array([v], pa.string()).cast(typ)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                return start + i
-    return None
+    return first_bad_cast(text, typ)
 
 
 def _where(row: int, multiline: bool = False) -> str:
     """Human position of data row ``row`` (0-based) in a file with a header line."""
     return f"record {row + 1}" if multiline else f"line {row + 2}"
+
+
+def where_fn(multiline: bool = False, first_row: int = 0) -> Callable[[int], str]:
+    """``where`` for :mod:`onerec.data.checks`: index -> line (or record) of a file with a header."""
+    return lambda i: _where(i + first_row, multiline)
 
 
 def _no_nulls(table: pa.Table, col: str, path: Path, multiline: bool) -> None:

@@ -37,6 +37,7 @@ from onerec.data.adapters._common import (
     resolve_file,
     sort_side,
 )
+from onerec.data.checks import broken_link, decode_utf8, optional_file
 from onerec.data.schema import Dataset, make_dataset
 from onerec.errors import DataError
 
@@ -82,26 +83,29 @@ def load_amazon2014(path: str | Path, name: str | None = None, *, text_path: str
 def _read_sequences(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parse ``user item item ...`` lines; return user ids, sequence lengths and flat item ids."""
     require_file(path, fix="check data.path and data.name")
+    text = decode_utf8(path.read_bytes(), path=path)  # names the line of a non-UTF-8 byte
     users: list[int] = []
     lengths: list[int] = []
     items: list[int] = []
     first_line: dict[int, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if len(parts) < 2:  # blank line, or a user without items: nothing to learn from
-                continue
-            ids = _ints(parts, path, lineno)
-            if ids[0] in first_line:
-                raise DataError(f"line {lineno}: user {ids[0]} already has a line (line {first_line[ids[0]]})",
-                                path=str(path), fix="each user may have one line; merge or drop the duplicate")
-            first_line[ids[0]] = lineno
-            users.append(ids[0])
-            lengths.append(len(ids) - 1)
-            items.extend(ids[1:])
+    for lineno, line in enumerate(text.split("\n"), 1):
+        parts = line.split()
+        if len(parts) < 2:  # blank line, or a user without items: nothing to learn from
+            continue
+        ids = _ints(parts, path, lineno)
+        if ids[0] in first_line:
+            raise DataError(f"line {lineno}: user {ids[0]} already has a line (line {first_line[ids[0]]})",
+                            path=str(path), fix="each user may have one line; merge or drop the duplicate")
+        first_line[ids[0]] = lineno
+        users.append(ids[0])
+        lengths.append(len(ids) - 1)
+        items.extend(ids[1:])
     if not users:
         raise DataError("no user lines", path=str(path), fix=_LINE_FIX)
     return np.array(users, dtype=np.int64), np.array(lengths, dtype=np.int64), np.array(items, dtype=np.int64)
+
+
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 def _ints(parts: list[str], path: Path, lineno: int) -> list[int]:
@@ -111,30 +115,45 @@ def _ints(parts: list[str], path: Path, lineno: int) -> list[int]:
             out.append(int(p))
         except ValueError:
             raise DataError(f"line {lineno}: '{p}' is not an integer id", path=str(path), fix=_LINE_FIX) from None
+    if min(out) < _INT64[0] or max(out) > _INT64[1]:
+        big = next(p for p, v in zip(parts, out) if not _INT64[0] <= v <= _INT64[1])
+        raise DataError(f"line {lineno}: id {big} does not fit in 64 bits", path=str(path),
+                        fix="ids must lie within -2^63..2^63-1; renumber the ids")
     return out
 
 
 def _read_attributes(path: Path) -> dict[int, list[int]]:
-    """``{item: [attribute ids]}``; an absent file means no attributes."""
-    if not path.exists():
+    """``{item: [attribute ids]}``; an absent file means no attributes (a broken link is refused)."""
+    if optional_file(path) is None:
         return {}
     obj = expect_object(read_json_strict(path), path, "{item_id: [attribute ids]}")
     out: dict[int, list[int]] = {}
+    keys: dict[int, str] = {}
     for key, value in obj.items():
         try:
-            out[int(key)] = [int(a) for a in value]
+            item = int(key)
+            out[item] = [int(a) for a in value]
         except (TypeError, ValueError):
             raise DataError(f"item '{key}': expected a list of integer attribute ids, found {value!r}",
                             path=str(path), fix="the file maps item ids to lists of integer ids") from None
+        if not _INT64[0] <= item <= _INT64[1]:
+            raise DataError(f"item '{key}': id does not fit in 64 bits", path=str(path),
+                            fix="ids must lie within -2^63..2^63-1; renumber the ids")
+        if item in keys:
+            raise DataError(f"item keys '{keys[item]}' and '{key}' spell the same number", path=str(path),
+                            fix="write each item id once, without leading zeros")
+        keys[item] = key
     return out
 
 
 def _text_file(text_path: Path, name: str) -> Path:
     """``<name>_items.tsv``, else ``<first word of name>_items.tsv`` (``Toys_items.tsv`` for Toys_and_Games)."""
+    if text_path.is_symlink() and not text_path.exists():
+        raise broken_link(text_path)
     if text_path.is_file():
         return text_path
     for cand in (f"{name}_items.tsv", f"{name.split('_')[0]}_items.tsv"):
-        if (text_path / cand).is_file():
+        if optional_file(text_path / cand) is not None:
             return text_path / cand
     raise DataError(f"no item text for '{name}' (looked for {name}_items.tsv)", path=str(text_path),
                     fix="point text_path at the folder with <Cat>_items.tsv, or leave it unset")
@@ -171,7 +190,7 @@ def _first_path(cell: str | None, path: Path, row: int) -> str | None:
         return None
     try:
         paths = json.loads(cell)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise DataError(f"line {row + 2}: categories is not a JSON list of paths: {cell[:60]!r}", path=str(path),
                         column="categories", fix='write categories as [["Top", "Sub", ...]]') from None
     if not paths or not isinstance(paths, list):

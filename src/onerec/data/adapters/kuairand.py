@@ -48,7 +48,9 @@ from onerec.data.adapters._common import (
     list_column,
     read_csv,
     sort_side,
+    where_fn,
 )
+from onerec.data.checks import broken_link, check_binary, check_timestamps
 from onerec.data.schema import Dataset, make_dataset
 from onerec.errors import DataError
 
@@ -119,6 +121,8 @@ def _log_paths(root: Path, logs: str | Sequence[str]) -> list[Path]:
             expected = ", ".join(n for k in kinds for n in LOG_FILES[k])
             raise DataError(f"no KuaiRand log files (expected {expected})", path=str(root), fix=_FIX)
     for p in paths:
+        if p.is_symlink() and not p.exists():
+            raise broken_link(p)
         if not p.is_file():
             raise DataError("log file not found", path=str(p), fix=f"check data.path; {_FIX}")
     return paths
@@ -136,6 +140,10 @@ def _read_log(path: Path, items: pa.Table | None, video_path: Path | None, users
               user_path: Path | None) -> pa.Table:
     t = read_csv(path, required=("user_id", "video_id", "time_ms"), optional=LOG_COLUMNS,
                  types={c: pa.int64() for c in _INT_COLUMNS}, fix=_FIX)
+    check_timestamps(t["time_ms"], path=path, column="time_ms", where=where_fn(), per_second=1000)
+    for col in (*SIGNAL_MAP, "is_rand"):
+        if col in t.column_names:
+            check_binary(t[col], path=path, column=col, where=where_fn())
     if items is not None:
         check_known(t["video_id"], items["raw_id"], path, "video_id", video_path)
     if users is not None:

@@ -48,7 +48,9 @@ from onerec.data.adapters._common import (
     list_column,
     read_csv,
     sort_side,
+    where_fn,
 )
+from onerec.data.checks import MAX_VALUE, check_finite, check_timestamps, optional_file
 from onerec.data.schema import Dataset, make_dataset
 from onerec.errors import DataError
 
@@ -103,6 +105,11 @@ def _read_matrix(path: Path) -> tuple[pa.Table, int]:
              "video_duration": pa.float64(), "timestamp": pa.float64(), "watch_ratio": pa.float64()}
     t = read_csv(path, required=("user_id", "video_id", "timestamp"), nullable=("timestamp",),
                  optional=("play_duration", "video_duration", "watch_ratio"), types=types, fix=_FIX)
+    check_timestamps(t["timestamp"], path=path, column="timestamp", where=where_fn())
+    for col in ("play_duration", "video_duration", "watch_ratio"):  # watch_ratio drives long_view / complete_play
+        if col in t.column_names:
+            check_finite(t[col], path=path, column=col, where=where_fn(), lo=0, hi=MAX_VALUE,
+                         what="watch ratio" if col == "watch_ratio" else "duration")
     keep = pc.is_valid(t["timestamp"])
     dropped = t.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
     if dropped == t.num_rows:
@@ -128,8 +135,8 @@ def _item_source(root: Path) -> Path:
 
 def _items(root: Path, matrix: pa.Table) -> pa.Table | None:
     """Union of the caption and category files, keyed by video_id; None when both are absent."""
-    captions = _captions(root / CAPTION_FILE) if (root / CAPTION_FILE).exists() else {}
-    feats = _feats(root / CATEGORY_FILE) if (root / CATEGORY_FILE).exists() else {}
+    captions = _captions(root / CAPTION_FILE) if optional_file(root / CAPTION_FILE) else {}
+    feats = _feats(root / CATEGORY_FILE) if optional_file(root / CATEGORY_FILE) else {}
     if not captions and not feats:
         return None
     ids = sorted(set(captions) | set(feats))
@@ -175,7 +182,7 @@ def _feats(path: Path) -> dict[int, list[int]]:
     for r, (vid, cell) in enumerate(zip(t["video_id"].to_pylist(), t["feat"].to_pylist())):
         try:
             out[vid] = [int(x) for x in json.loads(cell or "[]")]
-        except (json.JSONDecodeError, TypeError, ValueError):
+        except (json.JSONDecodeError, TypeError, ValueError, RecursionError):
             raise DataError(f"line {r + 2}: feat is not a list of integer ids: {cell!r}", path=str(path),
                             column="feat", fix="write feat as [8] or [27, 9]") from None
     return out
@@ -191,7 +198,7 @@ def _with_duration(items: pa.Table, matrix: pa.Table) -> pa.Table:
 
 
 def _users(path: Path) -> pa.Table | None:
-    if not path.exists():
+    if optional_file(path) is None:
         return None
     t = read_csv(path, required=USER_COLUMNS, optional=None, types={"user_id": pa.int64()}, fix=_FIX)
     check_unique(t["user_id"], path, "user_id")

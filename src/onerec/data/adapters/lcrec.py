@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from onerec.data.adapters._common import (
     clean_text,
@@ -29,6 +30,7 @@ from onerec.data.adapters._common import (
     resolve_file,
     sort_side,
 )
+from onerec.data.checks import check_id_text, optional_file
 from onerec.data.schema import Dataset, make_dataset
 from onerec.errors import DataError
 
@@ -52,6 +54,11 @@ def load_lcrec(path: str | Path, name: str | None = None, *, keep_unused: bool =
     users = list(seqs)
     seq_items = [_item_list(seqs[u], u, inter_path) for u in users]
     lengths = np.array([len(s) for s in seq_items], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    check_id_text(pa.array(users, pa.string()), path=inter_path, column="user_id",
+                  where=lambda i: f"user '{users[i]}'")
+    check_id_text(pa.array([i for s in seq_items for i in s], pa.string()), path=inter_path, column="item_id",
+                  where=lambda k: _flat_where(users, ends, k))
     inter = pa.table({
         "user_id": pa.array(np.repeat(np.array(users, dtype=object), lengths).tolist(), pa.string()),
         "item_id": pa.array([i for s in seq_items for i in s], pa.string()),
@@ -59,7 +66,7 @@ def load_lcrec(path: str | Path, name: str | None = None, *, keep_unused: bool =
     })
     item_path = inter_path.with_name(f"{name}.item.json")
     items = None
-    if item_path.exists():
+    if optional_file(item_path) is not None:  # absent: bare items; a broken link is refused, never skipped
         items = keep_used(_items_table(item_path), inter["item_id"], keep_unused)
         _check_items_known(inter, items, inter_path, item_path)
         items = sort_side(items)
@@ -89,7 +96,15 @@ def _items_table(path: Path) -> pa.Table:
         for out, src in _TEXT_FIELDS.items():
             cols[out].append(clean_text(meta.get(src)))
         cols["category"].append(_category(meta.get("categories")))
+    keys = cols["raw_id"]
+    check_id_text(pa.array(keys, pa.string()), path=path, column="item_id", where=lambda i: f"item '{keys[i]}'")
     return pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
+
+
+def _flat_where(users: list[str], ends: np.ndarray, k: int) -> str:
+    """Position of flat item ``k``: its user and place in that user's list."""
+    u = int(np.searchsorted(ends, k, side="right"))
+    return f"user '{users[u]}', item {k - (int(ends[u - 1]) if u else 0) + 1} of the list"
 
 
 def _category(value: Any) -> str | None:
@@ -103,9 +118,11 @@ def _category(value: Any) -> str | None:
 
 
 def _check_items_known(inter: pa.Table, items: pa.Table, inter_path: Path, item_path: Path) -> None:
-    known = set(items["raw_id"].to_pylist())
-    users, seq_items = inter["user_id"].to_pylist(), inter["item_id"].to_pylist()
-    for u, i in zip(users, seq_items):
-        if i not in known:
-            raise DataError(f"user '{u}' has item '{i}', which {item_path.name} does not list", path=str(inter_path),
-                            fix=f"add the item to {item_path.name} or drop it from the sequences")
+    ok = pc.is_in(inter["item_id"], value_set=items["raw_id"].combine_chunks()).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~ok)
+    if len(bad):
+        r = int(bad[0])
+        u, i = inter["user_id"][r].as_py(), inter["item_id"][r].as_py()
+        raise DataError(f"user '{u}' has item '{i}', which {item_path.name} does not list", path=str(inter_path),
+                        fix=f"add the item to {item_path.name} or drop it from the sequences (ids must be spelled "
+                            "the same way in both files)")

@@ -33,7 +33,9 @@ from onerec.data.adapters._common import (
     require_file,
     resolve_file,
     sort_side,
+    where_fn,
 )
+from onerec.data.checks import F32_MAX, check_finite, check_header, check_id_text, check_timestamps, optional_file
 from onerec.data.schema import Dataset, make_dataset
 from onerec.errors import DataError
 
@@ -59,7 +61,7 @@ def load_recbole(path: str | Path, name: str | None = None, *, keep_unused: bool
     """
     inter_path, name = resolve_file(Path(path), ".inter", name, "recbole")
     inter, fields = _read_atomic(inter_path, ("user_id", "item_id"))
-    inter = _interactions(inter, fields)
+    inter = _interactions(inter, fields, inter_path)
     items = _side(inter_path.with_name(f"{name}.item"), "item_id", inter, inter_path, keep_unused, _item_columns)
     users = _side(inter_path.with_name(f"{name}.user"), "user_id", inter, inter_path, keep_unused, _user_columns)
     return make_dataset(name=name, source="recbole", interactions=inter, items=items, users=users,
@@ -70,6 +72,7 @@ def _read_atomic(path: Path, required: tuple[str, ...]) -> tuple[pa.Table, dict[
     """Read an atomic file; return the table with bare column names and {name: recbole type}."""
     require_file(path, fix="check data.path and data.name")
     header = read_header(path, "\t")
+    check_header([h.split(":", 1)[0] for h in header], path=path)  # 'id:token' and 'id:float' name one field
     fields = {h.split(":", 1)[0]: (h.split(":", 1)[1] if ":" in h else "token") for h in header}
     for col in required:
         if col not in fields:
@@ -82,13 +85,18 @@ def _read_atomic(path: Path, required: tuple[str, ...]) -> tuple[pa.Table, dict[
     return table.rename_columns([h.split(":", 1)[0] for h in table.column_names]), fields
 
 
-def _interactions(t: pa.Table, fields: dict[str, str]) -> pa.Table:
+def _interactions(t: pa.Table, fields: dict[str, str], path: Path) -> pa.Table:
+    for col in ("user_id", "item_id"):
+        check_id_text(t[col], path=path, column=col, where=where_fn())
     cols = {"user_id": t["user_id"], "item_id": t["item_id"]}
     if "timestamp" in fields:
+        check_timestamps(t["timestamp"], path=path, column="timestamp", where=where_fn())
         cols["timestamp"] = floor_int64(t["timestamp"])
     else:  # no time: file order stands in for time (make_dataset keeps it within each user)
         cols["timestamp"] = pa.array(range(t.num_rows), pa.int64())
     if "rating" in fields:
+        check_finite(t["rating"], path=path, column="rating", where=where_fn(), what="rating",
+                     lo=-F32_MAX, hi=F32_MAX)
         cols["rating"] = t["rating"].cast(pa.float32())
     return pa.table(cols)
 
@@ -96,9 +104,10 @@ def _interactions(t: pa.Table, fields: dict[str, str]) -> pa.Table:
 def _side(path: Path, id_col: str, inter: pa.Table, inter_path: Path, keep_unused: bool,
           columns: Callable[[pa.Table, dict[str, str]], pa.Table]) -> pa.Table | None:
     """Read a side file, check its ids, map its columns and keep the rows in use."""
-    if not path.exists():
+    if optional_file(path) is None:  # absent: fine; a broken link is refused, never skipped
         return None
     t, fields = _read_atomic(path, (id_col,))
+    check_id_text(t[id_col], path=path, column=id_col, where=where_fn())
     check_unique(t[id_col], path, id_col)
     check_known(inter[id_col], t[id_col], inter_path, id_col, path)
     side = columns(t.rename_columns(["raw_id" if c == id_col else c for c in t.column_names]), fields)

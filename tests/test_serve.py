@@ -98,6 +98,16 @@ def test_recommend_by_explicit_history(service, client):
     ({"history": ["x"]}, 422, "history.0"),
     ({"history": [1], "surprise": 1}, 422, "surprise"),
     ({"history": list(range(51))}, 422, "at most 50"),
+    # strict types: no coercion of strings, floats or booleans
+    ({"history": [1], "k": "5"}, 422, "k: Input should be a valid integer"),
+    ({"history": [1], "k": 5.0}, 422, "k: Input should be a valid integer"),
+    ({"history": [1], "k": True}, 422, "k: Input should be a valid integer"),
+    ({"history": [True, False]}, 422, "history.0"),
+    ({"history": ["3"]}, 422, "history.0"),
+    ({"user_id": 5}, 422, "user_id"),
+    ({"history": [1], "timestamps": [2**63]}, 422, "unix seconds"),
+    ({"history": [1], "timestamps": [-1]}, 422, "unix seconds"),
+    ({"history": [1], "timestamps": [10**30]}, 422, "unix seconds"),
 ])
 def test_bad_requests_get_clear_4xx(client, payload, status, needle):
     r = client.post("/recommend", json=payload)
@@ -111,7 +121,10 @@ def test_hostile_bodies_and_the_server_keeps_serving(client):
         (b"{not json", 400), (b"", 422), (b"[1, 2, 3]", 422), (b"null", 422),
         (json.dumps({"history": [1] * 5000}).encode(), 413),  # over max_body_bytes
         (b'{"history": [1e400], "k": 2}', 422), (b'{"history": [1], "k": "many"}', 422),
-        (b"\xff\xfe\x00garbage", 400), (b'{"history": [1], "k": 2, "k": 3}', 200),
+        (b"\xff\xfe\x00garbage", 400), (b'{"history": [1], "k": 2, "k": 3}', 400),
+        (b'{"history": [1], "k": 2, "history": [2]}', 400), (b'{"history": [{"a": 1, "a": 2}]}', 400),
+        (b"[" * 2000 + b"]" * 2000, 400), (b'{"history": ' + b"[" * 40 + b"]" * 40 + b"}", 400),
+        (b'{"history": [1], "timestamps": [99999999999999999999], "k": 2}', 422),
     ]
     for body, status in hostile:
         r = client.post("/recommend", content=body, headers={"content-type": "application/json"})

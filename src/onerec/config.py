@@ -306,6 +306,22 @@ class ServeConfig:
     max_body_bytes: int = opt(65536, "larger request bodies are refused with 413")
     max_history: int = opt(10000, "most items an explicit history may list (the model reads the latest "
                                   "model.max_history)")
+    max_queue: int = opt(256, "most requests waiting for a beam search; beyond it requests are refused at once "
+                              "with 503 and a Retry-After header")
+    request_timeout_ms: float = opt(10000.0, "deadline of a request from its arrival: one not answered by then gets "
+                                             "504 (and is dropped if it was not yet decoded)")
+    retry_after_s: int = opt(1, "Retry-After (seconds) sent with 503 when the queue is full")
+    keep_alive_s: float = opt(5.0, "an idle connection (before its first request or between requests) is closed "
+                                   "after this many seconds")
+    read_timeout_s: float = opt(10.0, "a request whose headers and body have not all arrived this many seconds after "
+                                      "its first byte is answered 408 and its connection closed (slow or half-sent "
+                                      "requests)")
+    max_header_bytes: int = opt(16384, "request line plus headers larger than this are refused (400 from the HTTP "
+                                       "parser, or 431)")
+    limit_concurrency: int = opt(512, "most open connections plus in-flight requests; beyond it uvicorn answers "
+                                      "requests with 503")
+    torch_threads: int = opt(1, "torch intra-op threads of the server's beam search (0: torch's default, one per "
+                                "core); more than one stalls on a busy shared CPU")
 
 
 # ----------------------------------------------------------------------------- eval

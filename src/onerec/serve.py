@@ -21,9 +21,13 @@ FastAPI only when called, so the core package works without the extra.
 # No ``from __future__ import annotations``: FastAPI must see the request models defined in create_app.
 import asyncio
 import contextlib
+import json
+import logging
 import math
+import re
 import threading
 import time
+import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +40,10 @@ import torch
 from onerec.config import RunConfig
 
 DEFAULT_FLAGS = 1  # an explicit history's behaviours count as clicks unless flags are given
+MAX_TIMESTAMP = 2**62  # explicit timestamps lie in [0, 2**62): request time (the latest + 1) stays in int64
+MAX_JSON_DEPTH = 32  # deeper request bodies are refused with 400 (a valid request nests two levels)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")  # an incoming X-Request-ID is kept when it matches
+log = logging.getLogger("onerec.serve")
 
 
 @dataclass
@@ -163,6 +171,7 @@ class Metrics:
         self.latency: dict[str, Histogram] = {}
         self.batch = Histogram(BATCH_BUCKETS)
         self.errors: dict[str, int] = defaultdict(int)
+        self.dropped = 0
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -174,6 +183,10 @@ class Metrics:
     def observe_batch(self, size: int) -> None:
         with self.lock:
             self.batch.observe(size)
+
+    def observe_dropped(self, n: int) -> None:
+        with self.lock:
+            self.dropped += n
 
     def render(self) -> str:
         with self.lock:
@@ -191,26 +204,38 @@ class Metrics:
                 lines += h.lines("onerec_request_latency_seconds", f'path="{p}"')
             lines += ["# HELP onerec_batch_size Requests decoded together in one beam search.",
                       "# TYPE onerec_batch_size histogram", *self.batch.lines("onerec_batch_size")]
+            lines += ["# HELP onerec_dropped_total Queued requests dropped before decoding (client gone or "
+                      "deadline passed).", "# TYPE onerec_dropped_total counter",
+                      f"onerec_dropped_total {self.dropped}"]
             return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------- micro-batching
+class Overloaded(Exception):
+    """The queue of requests waiting for a beam search is full (answered 503 with Retry-After)."""
+
+
 class MicroBatcher:
     """Collects concurrent queries and answers them with one :meth:`RecommendService.recommend` call.
 
-    ``submit`` is awaited by request handlers; a single worker task drains the queue: it waits for a
-    first query, then up to ``wait_s`` for more (at most ``max_batch``), and runs the batch in a
-    worker thread so the event loop keeps accepting requests meanwhile.
+    ``submit`` queues a query and returns its future; a single worker task drains the queue: it waits
+    for a first query, then up to ``wait_s`` for more (at most ``max_batch``), and runs the batch in a
+    worker thread so the event loop keeps accepting requests meanwhile. The queue holds at most
+    ``max_queue`` queries (``submit`` raises :class:`Overloaded` beyond); a query whose future was
+    cancelled (its client went away or its deadline passed) or whose deadline passed while it waited
+    is dropped before it is batched, so no search is spent on it.
     """
 
-    def __init__(self, service: RecommendService, max_batch: int, wait_s: float, metrics: Metrics) -> None:
+    def __init__(self, service: RecommendService, max_batch: int, wait_s: float, metrics: Metrics,
+                 max_queue: int = 0) -> None:
         self.service, self.max_batch, self.wait_s, self.metrics = service, max_batch, wait_s, metrics
+        self.max_queue = max_queue
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onerec-beam")
 
     def start(self) -> None:
-        self.queue = asyncio.Queue()
+        self.queue = asyncio.Queue(maxsize=self.max_queue)
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -220,10 +245,26 @@ class MicroBatcher:
                 await self.task
         self.pool.shutdown(wait=True)
 
-    async def submit(self, query: Query) -> tuple[list[int], list[float]]:
+    def submit(self, query: Query, deadline: float = math.inf) -> asyncio.Future:
+        """Queue ``query`` (to be dropped if still queued at loop time ``deadline``); its future gets
+        (items, scores). Raises :class:`Overloaded` when the queue is full."""
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((query, fut))
-        return await fut
+        try:
+            self.queue.put_nowait((query, fut, deadline))
+        except asyncio.QueueFull:
+            raise Overloaded from None
+        return fut
+
+    def _live(self, pending: list, now: float) -> list:
+        live = []
+        for q, f, deadline in pending:
+            if not f.done() and now >= deadline:
+                f.cancel()
+            if not f.cancelled():
+                live.append((q, f))
+        if len(live) < len(pending):
+            self.metrics.observe_dropped(len(pending) - len(live))
+        return live
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -237,41 +278,182 @@ class MicroBatcher:
                                    await asyncio.wait_for(self.queue.get(), timeout))
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
-            pending = [(q, f) for q, f in pending if not f.cancelled()]
-            if not pending:
+            live = self._live(pending, loop.time())
+            if not live:
                 continue
-            self.metrics.observe_batch(len(pending))
+            self.metrics.observe_batch(len(live))
             try:
-                results = await loop.run_in_executor(self.pool, self.service.recommend, [q for q, _ in pending])
+                results = await loop.run_in_executor(self.pool, self.service.recommend, [q for q, _ in live])
             except Exception as e:  # a failed search fails its requests, never the worker
-                for _, f in pending:
+                for _, f in live:
                     if not f.done():
                         f.set_exception(e)
                 continue
-            for (_, f), r in zip(pending, results):
+            for (_, f), r in zip(live, results):
                 if not f.done():
                     f.set_result(r)
 
 
 # ---------------------------------------------------------------------- the app
+class BadJSON(ValueError):
+    """A request body that is not acceptable JSON (answered 400)."""
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of a request body. Raises :class:`BadJSON` for malformed JSON, a key given twice
+    in one object (``json.loads`` would keep the last silently) or nesting deeper than ``MAX_JSON_DEPTH``."""
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise BadJSON(f"duplicate key {dup[:64]!r} in a JSON object")
+        return out
+
+    try:
+        value = json.loads(body, object_pairs_hook=no_duplicates)
+    except RecursionError:
+        raise BadJSON(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    except BadJSON:
+        raise
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise BadJSON(f"malformed JSON body: {str(e)[:200]}") from None
+    stack = [(value, 1)]  # iterative, so the check itself cannot recurse too deep
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, dict)):
+            if depth > MAX_JSON_DEPTH:
+                raise BadJSON(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return value
+
+
+class Guard:
+    """Pure ASGI middleware around the app: request ids, header and body limits, metrics, and the
+    logging of every 5xx.
+
+    * ``X-Request-ID``: an incoming id is kept if it matches ``REQUEST_ID`` (else a new one is made)
+      and returned on every response the app sends; it is in ``scope["state"]["request_id"]``.
+    * Request line plus headers over ``max_header_bytes``: 431 (the HTTP parser's own limit may stop
+      larger ones first, with 400).
+    * Body over ``max_body_bytes`` (by Content-Length, or counted while a chunked body streams in):
+      413. The body is read here and replayed to the app, so the app's later ``receive()`` calls reach
+      the server directly and report a client that disconnects.
+    * An exception escaping the app: 500, logged with its traceback and the request id; any other 5xx
+      is logged with the request id. A client that went away before its answer is counted as 499.
+    """
+
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, max_header_bytes: int) -> None:
+        self.app, self.metrics = app, metrics
+        self.max_body_bytes, self.max_header_bytes = max_body_bytes, max_header_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        path = scope["path"] if scope["path"] in ("/recommend", "/healthz", "/metrics") else "other"
+        headers = scope.get("headers") or []
+        incoming = next((v for k, v in headers if k == b"x-request-id"), b"").decode("latin-1")
+        rid = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        status = [0]
+        logged = False
+
+        async def send_with_id(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [*(message.get("headers") or []),
+                                                  (b"x-request-id", rid.encode("latin-1"))]}
+            await send(message)
+
+        async def answer(code: int, error: str, extra: tuple = ()) -> None:
+            body = json.dumps({"error": error, "request_id": rid}).encode()
+            await send_with_id({"type": "http.response.start", "status": code,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode()), *extra]})
+            await send_with_id({"type": "http.response.body", "body": body})
+
+        try:
+            head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + sum(
+                len(k) + len(v) + 4 for k, v in headers)
+            length = next((v for k, v in headers if k == b"content-length"), None)
+            if head > self.max_header_bytes:
+                await answer(431, f"request headers over {self.max_header_bytes} bytes")
+            elif length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+                await answer(413, f"request body over {self.max_body_bytes} bytes", ((b"connection", b"close"),))
+            elif scope["method"] in ("POST", "PUT", "PATCH"):
+                body = await self._read_body(receive)
+                if body is None:
+                    await answer(413, f"request body over {self.max_body_bytes} bytes", ((b"connection", b"close"),))
+                elif body is not False:
+                    await self.app(scope, _replay(body, receive), send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:  # never let one request take the server down; say which one failed
+            logged = True
+            log.exception("request %s (%s %s) failed", rid, scope.get("method"), path)
+            if status[0] == 0:
+                await answer(500, "internal error")
+            else:
+                raise  # the answer had started: the server closes the connection
+        if status[0] == 0:
+            status[0] = 499  # the client went away before an answer was sent
+        elif status[0] >= 500 and not logged:
+            log.warning("request %s (%s %s) answered %d", rid, scope.get("method"), path, status[0])
+        self.metrics.observe(path, status[0], time.perf_counter() - t0)
+
+    async def _read_body(self, receive) -> bytes | bool | None:
+        """The whole body; None once it passes ``max_body_bytes`` (a chunked upload without
+        Content-Length cannot make the server buffer more); False if the client disconnected."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives ``body`` once, then defers to the server's ``receive``."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 def create_app(service: RecommendService, cfg: RunConfig | None = None):
     """The FastAPI application around ``service`` (needs the ``serve`` extra: fastapi, uvicorn)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
-    from pydantic import BaseModel, ConfigDict, Field, model_validator
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
     sc = (cfg or service.cfg).serve
     metrics = Metrics()
-    batcher = MicroBatcher(service, sc.max_batch, sc.batch_wait_ms / 1000.0, metrics)
+    batcher = MicroBatcher(service, sc.max_batch, sc.batch_wait_ms / 1000.0, metrics, sc.max_queue)
     n_items, max_k, max_hist = service.n_items, sc.max_k, sc.max_history
+    timeout_s = sc.request_timeout_ms / 1000.0
 
     class RecommendRequest(BaseModel):
-        """Give exactly one of ``user_id`` (a user of the run's dataset, raw id) or ``history``."""
+        """Give exactly one of ``user_id`` (a user of the run's dataset, raw id) or ``history``.
+        Types are strict: ``k`` and item ids are JSON integers (not strings, floats or booleans)."""
 
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)
         user_id: str | None = Field(None, max_length=256, description="raw user id from the run's users.parquet")
         history: list[int] | None = Field(None, description="item ids the user engaged with, oldest first")
         timestamps: list[int] | None = Field(None, description="unix seconds of each history item (optional)")
@@ -296,6 +478,8 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
                         raise ValueError(f"'{name}' has {len(extra)} entries but 'history' has {len(self.history)}")
                 if self.flags is not None and any(not 0 <= f < 2**16 for f in self.flags):
                     raise ValueError("'flags' entries must be in 0..65535")
+                if self.timestamps is not None and any(not 0 <= t < MAX_TIMESTAMP for t in self.timestamps):
+                    raise ValueError("'timestamps' entries are unix seconds in 0..2**62-1")
             elif self.timestamps is not None or self.flags is not None:
                 raise ValueError("'timestamps' and 'flags' go with 'history', not 'user_id'")
             return self
@@ -319,22 +503,7 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
 
     app = FastAPI(title="onerec", version="0.1.0", lifespan=lifespan,
                   description="Generative recommendations: constrained beam search over semantic IDs.")
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        t0 = time.perf_counter()
-        path = request.url.path if request.url.path in ("/recommend", "/healthz", "/metrics") else "other"
-        try:
-            length = request.headers.get("content-length")
-            too_big = length is not None and (not length.isdigit() or int(length) > sc.max_body_bytes)
-            if too_big or (request.method == "POST" and not await _body_within(request, sc.max_body_bytes)):
-                response = JSONResponse({"error": f"request body over {sc.max_body_bytes} bytes"}, status_code=413)
-            else:
-                response = await call_next(request)
-        except Exception:  # never let one request take the server down
-            response = JSONResponse({"error": "internal error"}, status_code=500)
-        metrics.observe(path, response.status_code, time.perf_counter() - t0)
-        return response
+    app.add_middleware(Guard, metrics=metrics, max_body_bytes=sc.max_body_bytes, max_header_bytes=sc.max_header_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -344,10 +513,35 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
         msgs = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in errors]
         return JSONResponse({"error": "; ".join(msgs), "detail": _clean(errors)}, status_code=422)
 
+    @app.exception_handler(BadJSON)
+    async def bad_json(request: Request, exc: BadJSON):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded):
+        return JSONResponse({"error": f"server busy: {sc.max_queue} requests already queued; retry later"},
+                            status_code=503, headers={"Retry-After": str(sc.retry_after_s)})
+
+    schema = RecommendRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+
     @app.post("/recommend", response_model=RecommendResponse,
-              responses={400: {"description": "malformed JSON"}, 404: {"description": "unknown user"},
-                         413: {"description": "body too large"}, 422: {"description": "invalid request"}})
-    async def recommend(req: RecommendRequest) -> RecommendResponse:
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
+              responses={400: {"description": "malformed JSON, a duplicate key, or nesting too deep"},
+                         404: {"description": "unknown user"}, 413: {"description": "body too large"},
+                         422: {"description": "invalid request"},
+                         503: {"description": "queue full (Retry-After)"},
+                         504: {"description": "not answered within serve.request_timeout_ms"}})
+    async def recommend(request: Request):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        body = await request.body()
+        if not body.strip():
+            raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
+        try:
+            req = RecommendRequest.model_validate(parse_json(body), strict=True)
+        except ValidationError as e:
+            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])}
+                                          for err in e.errors(include_url=False, include_input=False)]) from None
         if req.user_id is not None:
             try:
                 query = service.user_query(req.user_id, req.k)
@@ -355,7 +549,19 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
                 raise HTTPException(404, f"unknown user_id {req.user_id!r}") from None
         else:
             query = service.history_query(req.history, req.k, req.timestamps, req.flags)
-        items, scores = await batcher.submit(query)
+        fut = batcher.submit(query, deadline)
+        gone = loop.create_task(_disconnected(request.receive))  # resolves when the client goes away
+        try:
+            await asyncio.wait({fut, gone}, timeout=max(deadline - loop.time(), 0),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not fut.done():
+            fut.cancel()  # dropped by the batcher unless its search already runs
+            if gone.done() and not gone.cancelled():
+                return Response(status_code=499)  # nobody to answer
+            return JSONResponse({"error": f"not answered within {sc.request_timeout_ms:g} ms"}, status_code=504)
+        items, scores = fut.result()
         return RecommendResponse(
             user_id=req.user_id, k=req.k, history_length=len(query.items),
             items=[Item(item_id=i, score=s if math.isfinite(s) else -1e30, title=service.titles[i])
@@ -364,7 +570,8 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "items": n_items, "users": len(service.user_index),
-                "beam_size": service.cfg.generate.beam_size, "max_k": max_k}
+                "beam_size": service.cfg.generate.beam_size, "max_k": max_k,
+                "queued": batcher.queue.qsize() if batcher.queue is not None else 0}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
@@ -374,18 +581,11 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
     return app
 
 
-async def _body_within(request, limit: int) -> bool:
-    """Reads the body in chunks, stopping as soon as it passes ``limit`` bytes (a chunked upload
-    without content-length cannot make the server buffer more). Keeps what was read for the handler,
-    as ``Request.body()`` does."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return False
-        chunks.append(chunk)
-    request._body = b"".join(chunks)
-    return True
+async def _disconnected(receive) -> None:
+    """Returns once the server reports that the client disconnected (the body was already read, so
+    the next ASGI message is ``http.disconnect``; servers send it when the connection closes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _clean(errors: list[dict]) -> list[dict]:
@@ -393,9 +593,96 @@ def _clean(errors: list[dict]) -> list[dict]:
     return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": e.get("type")} for e in errors]
 
 
+# ---------------------------------------------------------------------- the HTTP server
+def guarded_protocol(read_timeout_s: float):
+    """uvicorn's h11 protocol with the connection timeouts uvicorn 0.55 lacks.
+
+    uvicorn has ``timeout_keep_alive``, but arms it only after a response: a connection that never
+    sends a byte, or sends half a request (part of its headers, or a body slower than it promised),
+    is held forever, and uvicorn has no read timeout. This subclass (used for ``onerec serve``):
+
+    * arms the keep-alive timer as soon as a connection opens (idle connections close after
+      ``serve.keep_alive_s``);
+    * gives each request ``read_timeout_s`` from its first byte to deliver its headers and whole body
+      (not renewed per chunk, so a drip-fed body cannot hold the connection): past it the client gets
+      408 if no answer has started, and the connection is closed (the app sees a disconnect).
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        read_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch_read()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._watch_read()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_read_timer()
+            super().connection_lost(exc)
+
+        def _stop_read_timer(self) -> None:
+            if self.read_timer is not None:
+                self.read_timer.cancel()
+                self.read_timer = None
+
+        def _watch_read(self) -> None:
+            """Arms the read timer while a request is partly received, stops it once it is whole."""
+            state = self.conn.their_state
+            receiving = state is h11.SEND_BODY or (state is h11.IDLE and bool(self.conn.trailing_data[0]))
+            if not receiving or self.transport.is_closing():
+                self._stop_read_timer()
+            elif self.read_timer is None:
+                self.read_timer = self.loop.call_later(read_timeout_s, self._read_timeout)
+
+        def _read_timeout(self) -> None:
+            self.read_timer = None
+            if self.transport.is_closing():
+                return
+            log.warning("closing a connection from %s: request not received within %g s",
+                        f"{self.client[0]}:{self.client[1]}" if self.client else "?", read_timeout_s)
+            started = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
+            if not started:  # written raw: h11 cannot answer a request it has not fully parsed
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
+                                     b"content-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n")
+            self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def uvicorn_config(app, cfg: RunConfig, log_level: str = "info"):
+    """The uvicorn Config of ``onerec serve``: every limit from ``serve.*``."""
+    import copy
+
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    sc = cfg.serve
+    log_config = copy.deepcopy(LOGGING_CONFIG)  # onerec.serve's 5xx reports go where uvicorn's logs go
+    log_config["loggers"]["onerec"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return uvicorn.Config(
+        app, host=sc.host, port=sc.port, log_level=log_level, log_config=log_config,
+        http=guarded_protocol(sc.read_timeout_s),
+        timeout_keep_alive=sc.keep_alive_s,  # type: ignore[arg-type]  # a float works (loop.call_later)
+        limit_concurrency=sc.limit_concurrency,
+        h11_max_incomplete_event_size=sc.max_header_bytes,  # h11 refuses an unfinished head over this with 400
+        timeout_graceful_shutdown=max(1, math.ceil(sc.request_timeout_ms / 1000.0)))
+
+
 def serve(run: Path, cfg: RunConfig, device: str = "cpu") -> None:
     """Load the run and serve it with uvicorn on ``serve.host:serve.port`` until interrupted."""
     import uvicorn
 
+    if cfg.serve.torch_threads > 0:
+        torch.set_num_threads(cfg.serve.torch_threads)
     app = create_app(RecommendService(run, cfg, device), cfg)
-    uvicorn.run(app, host=cfg.serve.host, port=cfg.serve.port, log_level="info", timeout_keep_alive=5)
+    uvicorn.Server(uvicorn_config(app, cfg)).run()

@@ -4,25 +4,37 @@ For each model size it builds a small run (simulated data, tokenizer, a briefly 
 latency does not depend on how well the model is trained), starts ``onerec serve`` in a subprocess
 on 127.0.0.1, and drives ``POST /recommend`` (a random known ``user_id``, k = ``--k``) from C
 concurrent clients (each a keep-alive HTTP/1.1 connection of a minimal asyncio client) for C in
-``--concurrency``, until ``--requests`` requests or ``--seconds`` have passed. Reports p50 / p99
-latency, throughput and errors (any non-200 answer or transport error) per size and concurrency,
-the CPU time per request of the server and of the client (robust to other jobs on shared cores,
-unlike latency), and the mean number of requests per beam search (micro-batch size, from /metrics).
+``--concurrency``, until ``--requests`` requests or ``--seconds`` have passed, in three mixes:
+
+* ``plain``: every client waits for its answers.
+* ``abandon``: 10% of the requests are sent on a fresh connection that is closed 0-10 ms later
+  without reading the answer (a client that went away); latency is that of the others.
+* ``slow``: one client in eight sends its body in three pieces 50 ms apart, and 8 extra
+  connections send half a request and then stall (the server must close them after
+  ``serve.read_timeout_s``, set to 2 s here); latency is that of the normal clients.
+
+Reports p50 / p99 latency, throughput, 5xx answers (goal 0), other errors, the server's RSS before
+and after each level (goal: no growth), its CPU time per request, and the mean number of requests per
+beam search (micro-batch size, from /metrics). Then a sequential client (C = 1) against the last size
+with ``serve.torch_threads`` 0 (torch's default: one thread per core) and 1: the share of requests over
+500 ms shows the cost of intra-op threads on busy shared cores.
 
 Sizes: ``tiny`` (the tiny preset) and ``0.015B`` (the Technical Report's 0.015B layout without its
 mixture of experts: d_model 128, 4 heads, 4 encoder + 4 decoder layers, FFN 256, given as config
-overrides on top of the tiny preset's data; issue 4 adds it as a preset).
+overrides on top of the tiny preset's data).
 
-    python benchmarks/serve_load.py            # tiny and 0.015B, concurrency 1 / 16 / 64
-    python benchmarks/serve_load.py --quick    # fewer requests
+    python benchmarks/serve_load.py            # tiny and 0.015B, 2,000 requests (or 60 s) per level
+    python benchmarks/serve_load.py --quick    # tiny only, 150 requests (or 10 s) per level: ~1 minute
 
-Writes ``benchmarks/results/serve_load[.quick].json``.
+Writes ``benchmarks/results/serve_load[.quick].json`` and prints a Markdown table. Loopback only;
+every loop is bounded in requests and seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -58,6 +70,10 @@ def build_run(run: Path, overrides: list[str]) -> None:
         stage(run, cfg, progress=False)
 
 
+SERVER_OVERRIDES = ["serve.read_timeout_s=2"]  # stalled connections of the slow mix are closed within a level
+MIXES = ("plain", "abandon", "slow")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,9 +81,9 @@ def free_port() -> int:
 
 
 def start_server(run: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-c", f"import torch; torch.set_num_threads({threads}); from onerec.cli import main; main()",
-           "serve", str(run), "--port", str(port)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads) if threads > 0 else str(os.cpu_count()))
+    cmd = [sys.executable, "-c", "from onerec.cli import main; main()", "serve", str(run), "--port", str(port),
+           f"serve.torch_threads={threads}", *SERVER_OVERRIDES]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -82,6 +98,21 @@ def start_server(run: Path, port: int, threads: int, log: Path) -> subprocess.Po
     raise RuntimeError("server did not start within 120 s")
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def request_bytes(host: str, path: str, payload: dict) -> tuple[bytes, bytes]:
+    body = json.dumps(payload).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode(), body)
+
+
 class Connection:
     """A minimal keep-alive HTTP/1.1 client over asyncio streams. httpx costs several ms of CPU per
     request, so on two shared cores it, not the server, set the pace at concurrency 64."""
@@ -91,12 +122,17 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post_json(self, path: str, payload: dict) -> tuple[int, bytes]:
+    async def post_json(self, path: str, payload: dict, pieces: int = 1, pause: float = 0.0) -> tuple[int, bytes]:
+        """(status, body); with ``pieces`` > 1 the body is sent in that many parts ``pause`` s apart."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        body = json.dumps(payload).encode()
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head, body = request_bytes(self.host, path, payload)
+        step = -(-len(body) // pieces)
+        self.writer.write(head + body[:step])
+        for i in range(1, pieces):
+            await self.writer.drain()
+            await asyncio.sleep(pause)
+            self.writer.write(body[i * step:(i + 1) * step])
         await self.writer.drain()
         status = int((await self.reader.readline()).split()[1])
         length, close = 0, False
@@ -117,41 +153,79 @@ class Connection:
             self.reader = self.writer = None
 
 
-async def drive(url: str, users: list[str], k: int, concurrency: int, n_requests: int, seconds: float) -> dict:
+async def abandon(host: str, port: int, payload: dict, rng: random.Random) -> None:
+    """Send a request on a fresh connection and close it 0-10 ms later without reading the answer."""
+    _, writer = await asyncio.open_connection(host, port)
+    head, body = request_bytes(host, "/recommend", payload)
+    writer.write(head + body)
+    await writer.drain()
+    await asyncio.sleep(rng.uniform(0, 0.01))
+    writer.close()
+
+
+async def stall(host: str, port: int, limit: float) -> bool:
+    """Send half a request and wait; True if the server closed the connection within ``limit`` s."""
+    reader, writer = await asyncio.open_connection(host, port)
+    head, body = request_bytes(host, "/recommend", {"history": [1, 2, 3], "k": 5})
+    writer.write(head + body[: len(body) // 2])
+    await writer.drain()
+    try:
+        await asyncio.wait_for(reader.read(), limit)  # returns at EOF (after the 408)
+        return True
+    except (asyncio.TimeoutError, OSError):
+        return False
+    finally:
+        writer.close()
+
+
+async def drive(url: str, users: list[str], k: int, concurrency: int, n_requests: int, seconds: float,
+                mix: str = "plain") -> dict:
     latencies: list[float] = []
-    errors = 0
+    errors = server_errors = abandoned = 0
     sent = 0
     rng = random.Random(concurrency)
     start = time.perf_counter()
-
     host, port = url.removeprefix("http://").split(":")
 
-    async def worker() -> None:
-        nonlocal sent, errors
+    async def worker(slow: bool) -> None:
+        nonlocal sent, errors, server_errors, abandoned
         conn = Connection(host, int(port))
         while sent < n_requests and time.perf_counter() - start < seconds:
             sent += 1
+            payload = {"user_id": rng.choice(users), "k": k}
+            if mix == "abandon" and rng.random() < 0.1:
+                with contextlib.suppress(OSError, asyncio.TimeoutError):
+                    await asyncio.wait_for(abandon(host, int(port), payload, rng), 10)
+                abandoned += 1
+                continue
             t0 = time.perf_counter()
             try:
-                status, data = await asyncio.wait_for(conn.post_json("/recommend", {"user_id": rng.choice(users),
-                                                                                    "k": k}), 60)
+                status, data = await asyncio.wait_for(
+                    conn.post_json("/recommend", payload, *((3, 0.05) if slow else (1, 0.0))), 60)
                 ok = status == 200 and len(json.loads(data)["items"]) > 0
+                server_errors += status >= 500
             except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.TimeoutError):
                 ok = False
                 await conn.close()
-            latencies.append(time.perf_counter() - t0)
+            if not slow:
+                latencies.append(time.perf_counter() - t0)
             errors += not ok
         await conn.close()
 
+    stalled = [asyncio.ensure_future(stall(host, int(port), seconds + 10)) for _ in range(8 if mix == "slow" else 0)]
     cpu0 = time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(mix == "slow" and i % 8 == 7) for i in range(concurrency)))
     wall = time.perf_counter() - start
     client_cpu = time.process_time() - cpu0
+    closed = sum(await asyncio.gather(*stalled)) if stalled else None
     lat = sorted(latencies)
-    return {"concurrency": concurrency, "requests": len(lat), "errors": errors, "wall_s": wall,
-            "throughput_rps": len(lat) / wall, "p50_ms": 1e3 * statistics.median(lat),
-            "client_cpu_ms_per_request": 1e3 * client_cpu / len(lat),
-            "p99_ms": 1e3 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+    return {"mix": mix, "concurrency": concurrency, "requests": sent, "measured": len(lat),
+            "abandoned": abandoned, "errors": errors, "server_errors": server_errors, "wall_s": wall,
+            "throughput_rps": (sent - abandoned) / wall, "p50_ms": 1e3 * statistics.median(lat),
+            "p99_ms": 1e3 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "over_500ms": sum(x > 0.5 for x in lat) / len(lat),
+            "client_cpu_ms_per_request": 1e3 * client_cpu / max(sent, 1),
+            "stalled_closed": None if closed is None else f"{closed}/{len(stalled)}"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -160,29 +234,80 @@ def cpu_seconds(pid: int) -> float:
     return (float(fields[11]) + float(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def batch_totals(url: str) -> tuple[float, float]:
-    """(requests, beam searches) so far, from the server's onerec_batch_size histogram."""
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def scrape(url: str) -> dict[str, float]:
     text = httpx.get(f"{url}/metrics").text
-    vals = {line.split()[0]: float(line.split()[1])
-            for line in text.splitlines() if line.startswith("onerec_batch_size_")}
-    return vals["onerec_batch_size_sum"], vals["onerec_batch_size_count"]
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("#") and line.strip():
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def level(proc: subprocess.Popen, url: str, users: list[str], size: str, args, c: int, n: int, mix: str) -> dict:
+    cpu0, m0, rss0 = cpu_seconds(proc.pid), scrape(url), rss_mb(proc.pid)
+    row = {"size": size, **asyncio.run(drive(url, users, args.k, c, n, args.seconds, mix))}
+    m1 = scrape(url)
+    served = max(row["requests"] - row["abandoned"], 1)
+    row["server_cpu_ms_per_request"] = 1e3 * (cpu_seconds(proc.pid) - cpu0) / served
+    row["mean_batch"] = ((m1["onerec_batch_size_sum"] - m0["onerec_batch_size_sum"])
+                         / max(m1["onerec_batch_size_count"] - m0["onerec_batch_size_count"], 1))
+    row["dropped"] = int(m1["onerec_dropped_total"] - m0["onerec_dropped_total"])
+    row["rss_before_mb"], row["rss_after_mb"] = rss0, rss_mb(proc.pid)
+    print(f"{size:>7} {mix:>7} c={c:>3}: p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+          f"{row['throughput_rps']:6.1f} req/s  5xx {row['server_errors']}  errors {row['errors']}  "
+          f"batch {row['mean_batch']:.1f}  dropped {row['dropped']}  "
+          f"RSS {row['rss_before_mb']:.0f}->{row['rss_after_mb']:.0f} MiB", flush=True)
+    return row
+
+
+def table(rows: list[dict], probes: list[dict]) -> str:
+    out = ["| size | mix | C | requests | p50 | p99 | throughput | 5xx | other errors | batch | dropped | "
+           "stalled closed | server RSS before -> after |", "|---|---|" + "---:|" * 10 + "---|"]
+    for r in rows:
+        out.append(f"| {r['size']} | {r['mix']} | {r['concurrency']} | {r['requests']:,} | {r['p50_ms']:,.0f} ms | "
+                   f"{r['p99_ms']:,.0f} ms | {r['throughput_rps']:,.0f} req/s | {r['server_errors']} | "
+                   f"{r['errors'] - r['server_errors']} | {r['mean_batch']:.1f} | {r['dropped']} | "
+                   f"{r['stalled_closed'] or '-'} | "
+                   f"{r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MiB |")
+    if probes:
+        out += ["", "| size | serve.torch_threads | requests | p50 | p99 | over 500 ms | server CPU / request |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        out += [f"| {p['size']} | {p['torch_threads']} | {p['requests']:,} | {p['p50_ms']:,.0f} ms | "
+                f"{p['p99_ms']:,.0f} ms | {100 * p['over_500ms']:.1f}% | {p['server_cpu_ms_per_request']:.1f} ms |"
+                for p in probes]
+    return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer requests per level")
-    ap.add_argument("--sizes", nargs="*", default=list(SIZES))
+    ap.add_argument("--quick", action="store_true", help="tiny only, 150 requests or 10 s per level")
+    ap.add_argument("--sizes", nargs="*", default=None, help=f"of {list(SIZES)} (default all; quick: tiny)")
     ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 16, 64])
-    ap.add_argument("--requests", type=int, default=None,
-                    help="requests per concurrency level (default 400; quick 100)")
-    ap.add_argument("--seconds", type=float, default=60.0, help="time bound per concurrency level")
+    ap.add_argument("--mixes", nargs="*", default=list(MIXES), choices=MIXES)
+    ap.add_argument("--requests", type=int, default=None, help="requests per level (default 2000; quick 150)")
+    ap.add_argument("--seconds", type=float, default=None, help="time bound per level (default 60; quick 10)")
+    ap.add_argument("--probe-requests", type=int, default=None,
+                    help="sequential requests per torch-threads setting (default 400; quick 60; 0: skip)")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    ap.add_argument("--threads", type=int, default=1, help="serve.torch_threads of the server in the load levels")
     args = ap.parse_args()
-    n_requests = args.requests or (100 if args.quick else 400)
-    rows = []
+    sizes = args.sizes or (["tiny"] if args.quick else list(SIZES))
+    n_requests = args.requests or (150 if args.quick else 2000)
+    args.seconds = args.seconds or (10.0 if args.quick else 60.0)
+    n_probe = args.probe_requests if args.probe_requests is not None else (60 if args.quick else 400)
+    rows, probes, rss = [], [], {}
+    t_start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        for size in args.sizes:
+        for size in sizes:
             run = Path(tmp) / size
             build_run(run, SIZES[size])
             users = pq.read_table(run / "data" / "users.parquet", columns=["raw_id"])["raw_id"].to_pylist()
@@ -190,37 +315,51 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             proc = start_server(run, port, args.threads, Path(tmp) / f"{size}.log")
             try:
-                asyncio.run(drive(url, users, args.k, 4, 20, 30))  # warm-up
-                for c in args.concurrency:
-                    cpu0, (req0, searches0) = cpu_seconds(proc.pid), batch_totals(url)
-                    row = {"size": size, **asyncio.run(drive(url, users, args.k, c, n_requests, args.seconds))}
-                    row["server_cpu_ms_per_request"] = 1e3 * (cpu_seconds(proc.pid) - cpu0) / row["requests"]
-                    req1, searches1 = batch_totals(url)
-                    row["mean_batch"] = (req1 - req0) / max(searches1 - searches0, 1)
-                    rows.append(row)
-                    print(f"{size:>7} c={c:>3}: p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
-                          f"{row['throughput_rps']:7.1f} req/s  "
-                          f"CPU/req server {row['server_cpu_ms_per_request']:.1f} ms, "
-                          f"client {row['client_cpu_ms_per_request']:.1f} ms  batch {row['mean_batch']:.1f}  "
-                          f"errors {row['errors']}", flush=True)
+                asyncio.run(drive(url, users, args.k, 4, 40, 30))  # warm-up
+                rss0 = rss_mb(proc.pid)
+                for mix in args.mixes:
+                    for c in args.concurrency:
+                        rows.append(level(proc, url, users, size, args, c, n_requests, mix))
+                rss[size] = {"after_warmup_mb": rss0, "after_all_mb": rss_mb(proc.pid)}
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_server(proc)
+            if size == sizes[-1] and n_probe:
+                for threads in (0, 1):  # 0: torch's default (one intra-op thread per core)
+                    port = free_port()
+                    url = f"http://127.0.0.1:{port}"
+                    proc = start_server(run, port, threads, Path(tmp) / f"{size}-probe{threads}.log")
+                    try:
+                        asyncio.run(drive(url, users, args.k, 1, 20, 30))  # warm-up
+                        cpu0 = cpu_seconds(proc.pid)
+                        p = {"size": size, "torch_threads": threads,
+                             **asyncio.run(drive(url, users, args.k, 1, n_probe, args.seconds))}
+                        p["server_cpu_ms_per_request"] = 1e3 * (cpu_seconds(proc.pid) - cpu0) / p["requests"]
+                        probes.append(p)
+                        print(f"{size:>7} sequential, torch_threads {threads}: p50 {p['p50_ms']:.1f} ms  "
+                              f"p99 {p['p99_ms']:.1f} ms  over 500 ms {100 * p['over_500ms']:.1f}%  "
+                              f"server CPU/req {p['server_cpu_ms_per_request']:.1f} ms", flush=True)
+                    finally:
+                        stop_server(proc)
     result = {
         "command": "python benchmarks/serve_load.py" + (" --quick" if args.quick else ""),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(note=f"client and server on the same cores; server torch threads {args.threads}"),
+        "elapsed_s": round(time.time() - t_start, 1),
+        "machine": machine_info(note="client and server on the same cores"),
         "setup": {"k": args.k, "beam_size": 32, "preset": "tiny data + sizes overrides", "sizes": SIZES,
-                  "requests_per_level": n_requests, "seconds_per_level": args.seconds},
+                  "requests_per_level": n_requests, "seconds_per_level": args.seconds,
+                  "server_overrides": [f"serve.torch_threads={args.threads}", *SERVER_OVERRIDES], "mixes": args.mixes},
+        "total_server_errors": sum(r["server_errors"] for r in rows),
         "total_errors": sum(r["errors"] for r in rows),
+        "rss_mb": rss,
         "rows": rows,
+        "sequential_probe": probes,
     }
     out = RESULTS / f"serve_load{'.quick' if args.quick else ''}.json"
     write_json(out, result)  # atomic; creates the folder
-    print(f"wrote {out}; errors {result['total_errors']}")
+    print()
+    print(table(rows, probes))
+    print(f"\nwrote {out}; 5xx {result['total_server_errors']}, errors {result['total_errors']}; "
+          f"{result['elapsed_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -85,8 +85,8 @@ def check_timestamps(col: pa.Array | pa.ChunkedArray, *, path: str | Path, colum
         unit = "Unix seconds" if per_second == 1 else "Unix milliseconds"
         raise fail(f"timestamp {as_array(col)[i].as_py()!r} is not a time (must be {unit} in 0..{hi})", i,
                    path=path, column=column, where=where,
-                   fix=f"write '{column}' as {unit} (convert milliseconds to seconds where the file wants "
-                       "seconds); fix or drop that row")
+                   fix=f"write '{column}' as {unit}" + (" (divide milliseconds by 1000)" if per_second == 1 else "")
+                       + "; fix or drop that row")
 
 
 def check_binary(col: pa.Array | pa.ChunkedArray, *, path: str | Path, column: str, where: Where = None) -> None:

@@ -172,6 +172,12 @@ def read_csv(
     wanted = header if optional is None else [c for c in header if c in {*required, *optional}]
     types = {c: t for c, t in (types or {}).items() if c in wanted}
     table = _read(path, data, wanted, types, delimiter, quoted, multiline, header)
+    for col in table.column_names:  # pyarrow infers binary for an untyped column holding invalid UTF-8
+        if pa.types.is_binary(table[col].type) or pa.types.is_large_binary(table[col].type):
+            row = first_bad_cast(table[col], pa.string())
+            if row is not None:
+                raise DataError(f"{_where(row, multiline)}: not UTF-8 text", path=str(path), column=col,
+                                fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or fix that line")
     if table.num_rows == 0:
         raise DataError("the file has a header but no rows", path=str(path), fix="check the source file")
     for col in required:
@@ -215,7 +221,7 @@ def _raise_bad_cell(path: Path, data: bytes | None, types: dict[str, pa.DataType
         bad = _first_unparsable(text, typ)
         if bad is not None:
             kind = "whole numbers" if pa.types.is_integer(typ) else "numbers" if pa.types.is_floating(typ) else typ
-            raise DataError(f"{_where(bad, multiline)}: cannot read '{text[bad].as_py()}' as {typ}",
+            raise DataError(f"{_where(bad, multiline)}: cannot read {text[bad].as_py()!r} as {typ}",
                             path=str(path), column=col, fix=f"'{col}' must hold {kind}; fix or drop that row")
     raise DataError("a cell does not parse", path=str(path), fix="check the file's numeric columns")
 

@@ -114,7 +114,7 @@ def _ints(parts: list[str], path: Path, lineno: int) -> list[int]:
         try:
             out.append(int(p))
         except ValueError:
-            raise DataError(f"line {lineno}: '{p}' is not an integer id", path=str(path), fix=_LINE_FIX) from None
+            raise DataError(f"line {lineno}: {p!r} is not an integer id", path=str(path), fix=_LINE_FIX) from None
     if min(out) < _INT64[0] or max(out) > _INT64[1]:
         big = next(p for p, v in zip(parts, out) if not _INT64[0] <= v <= _INT64[1])
         raise DataError(f"line {lineno}: id {big} does not fit in 64 bits", path=str(path),

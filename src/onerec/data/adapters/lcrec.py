@@ -56,7 +56,7 @@ def load_lcrec(path: str | Path, name: str | None = None, *, keep_unused: bool =
     lengths = np.array([len(s) for s in seq_items], dtype=np.int64)
     ends = np.cumsum(lengths)
     check_id_text(pa.array(users, pa.string()), path=inter_path, column="user_id",
-                  where=lambda i: f"user '{users[i]}'")
+                  where=lambda i: f"user {users[i]!r}")
     check_id_text(pa.array([i for s in seq_items for i in s], pa.string()), path=inter_path, column="item_id",
                   where=lambda k: _flat_where(users, ends, k))
     inter = pa.table({
@@ -97,14 +97,14 @@ def _items_table(path: Path) -> pa.Table:
             cols[out].append(clean_text(meta.get(src)))
         cols["category"].append(_category(meta.get("categories")))
     keys = cols["raw_id"]
-    check_id_text(pa.array(keys, pa.string()), path=path, column="item_id", where=lambda i: f"item '{keys[i]}'")
+    check_id_text(pa.array(keys, pa.string()), path=path, column="item_id", where=lambda i: f"item {keys[i]!r}")
     return pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
 
 
 def _flat_where(users: list[str], ends: np.ndarray, k: int) -> str:
     """Position of flat item ``k``: its user and place in that user's list."""
     u = int(np.searchsorted(ends, k, side="right"))
-    return f"user '{users[u]}', item {k - (int(ends[u - 1]) if u else 0) + 1} of the list"
+    return f"user {users[u]!r}, item {k - (int(ends[u - 1]) if u else 0) + 1} of the list"
 
 
 def _category(value: Any) -> str | None:

@@ -140,6 +140,7 @@ def first_bad_cast(arr: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> int | N
 # ----------------------------------------------------------------------------- ids
 _CONTROL = r"[\x00-\x1f\x7f]"
 _INTEGER = r"^\s*[+-]?[0-9]+\s*$"
+_ODD_INTEGER = r"^\s*\+[0-9]+\s*$|^\s*-?0[0-9]+\s*$|^\s+-?[0-9]+\s*$|^-?[0-9]+\s+$|^\s*-0+\s*$"
 
 
 def check_id_text(col: pa.Array | pa.ChunkedArray, *, path: str | Path, column: str, where: Where = None) -> None:
@@ -152,21 +153,22 @@ def check_id_text(col: pa.Array | pa.ChunkedArray, *, path: str | Path, column: 
     arr = as_array(col)
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         return
-    ctrl = pc.match_substring_regex(arr, _CONTROL).fill_null(False).to_numpy(zero_copy_only=False)
-    i = first_true(ctrl)
-    if i is not None:
+    uniq = as_array(pc.unique(arr))  # ids repeat: check each distinct id once, then find its row
+    if pc.any(pc.match_substring_regex(uniq, _CONTROL)).as_py():
+        ctrl = pc.match_substring_regex(arr, _CONTROL).fill_null(False).to_numpy(zero_copy_only=False)
+        i = first_true(ctrl)
         raise fail(f"id {arr[i].as_py()!r} holds a control character (NUL, tab, newline, ...)", i, path=path,
                    column=column, where=where, fix="remove the control characters from the ids (they are "
                    "invisible and would make a second id that looks like the first)")
+    odd = pc.match_substring_regex(uniq, _ODD_INTEGER).fill_null(False)  # "05", "+5", " 5", "-0"
+    if not pc.any(odd).as_py():
+        return  # every integer id is written in its one plain spelling: no two can collide
+    spellings = uniq.filter(pc.match_substring_regex(uniq, _INTEGER).fill_null(False))
+    if pc.count_distinct(_canonical_int(spellings)).as_py() == len(spellings):
+        return
     is_int = pc.match_substring_regex(arr, _INTEGER).fill_null(False)
     ints = arr.filter(is_int)
-    if len(ints) == 0:
-        return
-    canon = pc.replace_substring_regex(pc.utf8_trim_whitespace(ints), r"^\+", "")
-    canon = pc.replace_substring_regex(canon, r"^(-?)0+([0-9])", r"\1\2")
-    canon = pc.replace_substring_regex(canon, r"^-0$", "0")
-    if pc.count_distinct(canon).as_py() == pc.count_distinct(ints).as_py():
-        return
+    canon = _canonical_int(ints)
     # error path: the first row whose number was already seen spelled otherwise
     rows = np.flatnonzero(is_int.to_numpy(zero_copy_only=False))
     seen: dict[str, tuple[str, int]] = {}
@@ -180,6 +182,13 @@ def check_id_text(col: pa.Array | pa.ChunkedArray, *, path: str | Path, column: 
                            "has one id")
         seen.setdefault(c, (s, int(rows[k])))
     raise AssertionError("unreachable: distinct counts differ")  # pragma: no cover
+
+
+def _canonical_int(spellings: pa.Array) -> pa.Array:
+    """Integer spellings -> one spelling per number: no spaces, no '+', no leading zeros, no '-0'."""
+    canon = pc.replace_substring_regex(pc.utf8_trim_whitespace(spellings), r"^\+", "")
+    canon = pc.replace_substring_regex(canon, r"^(-?)0+([0-9])", r"\1\2")
+    return pc.replace_substring_regex(canon, r"^-0$", "0")
 
 
 def check_header(names: Sequence[str], *, path: str | Path) -> None:

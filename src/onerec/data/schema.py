@@ -165,7 +165,11 @@ def _check_dense_ids(table: pa.Table, col: str, path: str) -> int:
 
 @dataclass
 class Dataset:
-    """The three canonical tables plus metadata. ``interactions`` is sorted by (user_id, timestamp)."""
+    """The three canonical tables plus metadata. ``interactions`` is sorted by (user_id, timestamp).
+
+    :meth:`validate` sorts an unsorted table (stably: ties keep their order) and says so in
+    ``meta["normalised"]``, which :meth:`save` writes to dataset.json; every other defect of the
+    input is refused with a :class:`DataError` (see :mod:`onerec.data.checks`)."""
 
     interactions: pa.Table
     items: pa.Table
@@ -371,7 +375,6 @@ def _side_table(side: pa.Table | None, raw_ids: pa.ChunkedArray, id_col: str, pa
         rows = np.flatnonzero(vals == dup)[:2]
         raise DataError(f"duplicate id '{dup}' (rows {rows[0]} and {rows[1]})", path=path, column="raw_id",
                         fix="each id must appear once in the side table")
-    check_id_text(raw, path=path, column="raw_id")
     cols = {id_col: np.arange(side.num_rows, dtype=np.int64), "raw_id": raw}
     cols.update({c: side[c] for c in side.column_names if c not in ("raw_id", id_col)})
     return pa.table(cols)

@@ -109,17 +109,24 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def _ints(parts: list[str], path: Path, lineno: int) -> list[int]:
-    out = []
-    for p in parts:
-        try:
-            out.append(int(p))
-        except ValueError:
-            raise DataError(f"line {lineno}: {p!r} is not an integer id", path=str(path), fix=_LINE_FIX) from None
+    try:
+        out = list(map(int, parts))
+    except ValueError:
+        bad = next(p for p in parts if not _is_int(p))
+        raise DataError(f"line {lineno}: {bad!r} is not an integer id", path=str(path), fix=_LINE_FIX) from None
     if min(out) < _INT64[0] or max(out) > _INT64[1]:
         big = next(p for p, v in zip(parts, out) if not _INT64[0] <= v <= _INT64[1])
         raise DataError(f"line {lineno}: id {big} does not fit in 64 bits", path=str(path),
                         fix="ids must lie within -2^63..2^63-1; renumber the ids")
     return out
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_attributes(path: Path) -> dict[int, list[int]]:

@@ -52,7 +52,11 @@ def test_stage_verbs_rerun_on_the_run_directory(quick_run):
 def test_errors_are_one_clear_line(tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["train", str(tmp_path / "nowhere")], standalone_mode=False)
-    assert res.exception is not None and "onerec tokenize" in str(res.exception)
+    # the fix is the first missing stage, as a command that runs (`onerec data` needs --out)
+    assert res.exception is not None and f"onerec data --out {tmp_path / 'nowhere'}`" in str(res.exception)
+    _ok(runner.invoke(cli, ["data", "--out", str(tmp_path / "r"), "--preset", "tiny"]))
+    res = runner.invoke(cli, ["train", str(tmp_path / "r")], standalone_mode=False)
+    assert f"onerec tokenize {tmp_path / 'r'}`" in str(res.exception)
     res = runner.invoke(cli, ["data", "--out", str(tmp_path / "r"), "train.lrr=1"], standalone_mode=False)
     assert "Did you mean 'train.lr'" in str(res.exception)
 
@@ -104,3 +108,22 @@ def test_tune_prior_refuses_a_bad_grid_and_keeps_the_config(quick_run):
     res = runner.invoke(cli, ["tune-prior", str(quick_run), "--weights", "-1,2"], standalone_mode=False)
     assert "-1.0 is not allowed" in str(res.exception) and "weights >= 0" in str(res.exception)
     assert (quick_run / "config.yaml").read_text() == before
+
+
+def test_data_says_what_loading_normalised(tmp_path):
+    """An interactions table out of (user, time) order is sorted, and `onerec data` says so (summary.json too)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from conftest import cyclic_dataset
+
+    src = tmp_path / "tables"
+    cyclic_dataset(n_users=20, n_items=15).save(src)
+    inter = pq.read_table(src / "interactions.parquet")
+    pq.write_table(inter.take(list(range(inter.num_rows))[::-1]), src / "interactions.parquet")
+    res = _ok(CliRunner().invoke(cli, ["data", "--out", str(tmp_path / "r"), "--preset", "tiny", "data.source=parquet",
+                                       f"data.path={src}"]))
+    assert "normalised: interactions sorted by (user_id, timestamp)" in res.output
+    summary = json.loads((tmp_path / "r" / "data" / "summary.json").read_text())
+    assert any("sorted" in note for note in summary["normalised"])

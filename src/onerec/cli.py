@@ -72,7 +72,10 @@ def data(run: Path, preset: str | None, config_file: str | None, overrides: tupl
     from onerec.pipeline import run_config, stage_data
 
     cfg = run_config(run, preset, config_file, overrides)
-    _summary("data", stage_data(run, cfg))
+    summary = stage_data(run, cfg)
+    _summary("data", summary)
+    for note in summary.get("normalised", []):  # what loading changed in the input
+        click.echo(f"  normalised: {note}")
 
 
 @cli.command()

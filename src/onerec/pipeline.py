@@ -4,6 +4,9 @@
 Run directory layout::
 
     RUN/config.yaml               the resolved config (every stage rewrites it with its overrides)
+    RUN/<stage>/config.yaml       the config that stage ran with; RUN/<stage>/manifest.json: its files' and its
+                                  inputs' fingerprints (:mod:`onerec.rundir`: each stage folder is written into
+                                  RUN/<stage>.staging/ and swapped in whole when the stage completes)
     RUN/data/                     canonical tables (interactions/items/users.parquet, dataset.json),
                                   split/{train,valid,test}.parquet, summary.json, world/ (simulator)
     RUN/tokenizer/                codebooks + tokenizer.json, codes.parquet (item_id -> semantic ID),
@@ -33,6 +36,7 @@ from onerec.data.schema import Dataset, positive_mask
 from onerec.data.splits import item_counts, load_splits, make_splits, save_splits
 from onerec.errors import ConfigError, DataError
 from onerec.io import read_json, read_parquet, write_json, write_parquet, write_yaml
+from onerec.rundir import check_inputs, command, staged, staging_folder
 
 
 def log(msg: str) -> None:
@@ -53,9 +57,10 @@ def save_config(run: Path, cfg: RunConfig) -> None:
 
 
 def _require(path: Path, stage: str) -> Path:
+    """``path`` (a file or folder of ``RUN/<stage>/``), or an error whose fix is the command that writes it."""
     if not path.exists():
         raise DataError(f"{path.name} not found", path=str(path.parent),
-                        fix=f"run `onerec {stage} {path.parent.parent}` first")
+                        fix=f"run `{command(stage, path.parent.parent)}` first")
     return path
 
 
@@ -70,26 +75,27 @@ def sample_rows(table: pa.Table, n: int | None, seed: int) -> pa.Table:
 def stage_data(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Simulate or load the dataset, split it, write RUN/data."""
     dc = cfg.data
-    out = run / "data"
     t0 = time.perf_counter()
-    if dc.source == "simulate":
-        from onerec.data.simulator import simulate
+    if dc.source != "simulate" and not dc.path:
+        raise DataError(f"data.source={dc.source} needs data.path", fix="pass data.path=/path/to/the/dataset")
+    with staged(run, "data", carry=("cache",)) as out:  # the content-vector cache is keyed by the items' content
+        if dc.source == "simulate":
+            from onerec.data.simulator import simulate
 
-        ds, world = simulate(dc.sim)
-        world.save(out / "world")
-    else:
-        if not dc.path:
-            raise DataError(f"data.source={dc.source} needs data.path", fix="pass data.path=/path/to/the/dataset")
-        from onerec.data.adapters import load
+            ds, world = simulate(dc.sim)
+            world.save(out / "world")
+        else:
+            from onerec.data.adapters import load
 
-        ds = load(dc.source, dc.path, dc.name, **dc.options)
-    ds.save(out)
-    splits = make_splits(ds, protocol=dc.split, positive=dc.positive, min_positives=dc.min_positives,
-                         valid_frac=dc.valid_frac, test_frac=dc.test_frac)
-    save_splits(splits, out / "split")
-    summary = dataset_summary(ds, splits, dc.positive)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json(out / "summary.json", summary)
+            ds = load(dc.source, dc.path, dc.name, **dc.options)
+        ds.save(out)
+        splits = make_splits(ds, protocol=dc.split, positive=dc.positive, min_positives=dc.min_positives,
+                             valid_frac=dc.valid_frac, test_frac=dc.test_frac)
+        save_splits(splits, out / "split")
+        summary = dataset_summary(ds, splits, dc.positive)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(out / "summary.json", summary)
+        save_config(out, cfg)
     save_config(run, cfg)
     return summary
 
@@ -103,6 +109,8 @@ def dataset_summary(ds: Dataset, splits: dict[str, pa.Table], rule: str) -> dict
         "train_users": splits["train"].num_rows,
         "valid_examples": splits["valid"].num_rows, "test_examples": splits["test"].num_rows,
     }
+    if ds.meta.get("normalised"):  # what loading changed in the input and says so (e.g. rows sorted by user, time)
+        s["normalised"] = list(ds.meta["normalised"])
     inter = ds.interactions
     if "policy" in inter.column_names and "click" in inter.column_names:
         policy = np.asarray(inter["policy"].to_pylist())
@@ -118,6 +126,15 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True, resume: 
     """Content vectors (cached per dataset) -> residual k-means semantic IDs -> RUN/tokenizer; or,
     with ``tokenizer.index``, a published index's IDs. ``resume``: a SASRec fit for
     ``content.collaborative=sasrec`` continues from its last finished epoch."""
+    with staged(run, "tokenizer", resume=resume) as out:
+        metrics = _tokenize(run, out, cfg, progress=progress, resume=resume)
+        save_config(out, cfg)
+    save_config(run, cfg)
+    return metrics
+
+
+def _tokenize(run: Path, out: Path, cfg: RunConfig, *, progress: bool, resume: bool) -> dict[str, Any]:
+    """:func:`stage_tokenize`'s work, written into the folder ``out``."""
     from onerec.content import item_vectors, save_vectors
     from onerec.tokenizer import ResidualKMeansTokenizer
 
@@ -125,8 +142,7 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True, resume: 
     ds_items = read_parquet(_require(data / "items.parquet", "data"))
     tc = cfg.tokenizer
     if tc.index:
-        return _published_index(run, cfg, ds_items)
-    out = run / "tokenizer"
+        return _published_index(run, out, cfg, ds_items)
     t0 = time.perf_counter()
     ccfg = cfg.content
     check_choices(ccfg, "content.")
@@ -135,13 +151,14 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True, resume: 
         if ccfg.align:
             raise ConfigError("content.collaborative=sasrec replaces the content vectors, so there is nothing for "
                               "content.align to align. Fix: set content.align=false (or content.collaborative=null).")
-        vectors, collab_metrics = sasrec_item_vectors(run, cfg, n_items=ds_items.num_rows, resume=resume)
+        vectors, collab_metrics = sasrec_item_vectors(run, cfg, n_items=ds_items.num_rows, resume=resume,
+                                                      checkpoint=out / "sasrec")
     else:
         if ccfg.backend == "vlm":
             ds_items, ccfg = _with_media(data, ds_items, ccfg)
         vectors = item_vectors(ds_items, ccfg, cache_dir=data / "cache", progress=progress)
         if ccfg.align:
-            vectors, align_metrics = _align(run, cfg, ccfg, ds_items, vectors, progress)
+            vectors, align_metrics = _align(run, out, cfg, ccfg, ds_items, vectors, progress)
     save_vectors(out / "item_vectors.safetensors", vectors, backend=ccfg.collaborative or ccfg.backend,
                  aligned=str(ccfg.align).lower())
     if tc.codebook_size > len(vectors):
@@ -159,13 +176,13 @@ def stage_tokenize(run: Path, cfg: RunConfig, *, progress: bool = True, resume: 
         metrics["align"] = align_metrics
     if collab_metrics is not None:
         metrics["collaborative"] = collab_metrics
-    save_codes(run, codes, metrics)
-    save_config(run, cfg)
+    save_codes(out, codes, metrics)
     return metrics
 
 
-def _published_index(run: Path, cfg: RunConfig, items: pa.Table) -> dict[str, Any]:
-    """``tokenizer.index``: every item's ID from a published index file (key = raw id + ``index_offset``)."""
+def _published_index(run: Path, out: Path, cfg: RunConfig, items: pa.Table) -> dict[str, Any]:
+    """``tokenizer.index``: every item's ID from a published index file (key = raw id + ``index_offset``),
+    written into ``out``."""
     from onerec.tokenizer.published import index_keys, load_index
 
     tc = cfg.tokenizer
@@ -173,25 +190,22 @@ def _published_index(run: Path, cfg: RunConfig, items: pa.Table) -> dict[str, An
     raw = index_keys(items["raw_id"].to_pylist(), tc.index_offset, path=str(run / "data" / "items.parquet"))
     codes = load_index(tc.index, raw)
     # the load time goes into metrics.json, not only the returned dict
-    metrics = save_index_codes(run, codes, {"index": str(tc.index), "seconds": round(time.perf_counter() - t0, 2)})
-    save_config(run, cfg)
-    return metrics
+    return save_index_codes(out, codes, {"index": str(tc.index), "seconds": round(time.perf_counter() - t0, 2)})
 
 
-def save_index_codes(run: Path, codes: np.ndarray, metrics: dict[str, Any]) -> dict[str, Any]:
+def save_index_codes(out: Path, codes: np.ndarray, metrics: dict[str, Any]) -> dict[str, Any]:
     """A published index's codes, made unique per item (:func:`onerec.tokenizer.published.unique_codes`),
-    to RUN/tokenizer; returns ``metrics`` with the index's code metrics and ``codebook_sizes``."""
+    into the tokenizer folder ``out``; returns ``metrics`` with the index's code metrics and ``codebook_sizes``."""
     from onerec.tokenizer.published import unique_codes
 
     codes, sizes, stats = unique_codes(codes)
     metrics = {**metrics, **stats, "codebook_sizes": sizes}
-    save_codes(run, codes, metrics)
+    save_codes(out, codes, metrics)
     return metrics
 
 
-def save_codes(run: Path, codes: np.ndarray, metrics: dict[str, Any]) -> None:
-    """RUN/tokenizer/codes.parquet (``item_id``, ``sid``) and metrics.json."""
-    out = run / "tokenizer"
+def save_codes(out: Path, codes: np.ndarray, metrics: dict[str, Any]) -> None:
+    """A tokenizer folder's codes.parquet (``item_id``, ``sid``) and metrics.json."""
     write_parquet(out / "codes.parquet", pa.table({
         "item_id": np.arange(len(codes), dtype=np.int64),
         "sid": pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), codes.shape[1]),
@@ -236,16 +250,16 @@ def train_alignment(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, conte
     return align_vectors(tokens, splits["train"], ac, texts=texts, content=content, progress=progress)
 
 
-def _align(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, content: np.ndarray, progress: bool
+def _align(run: Path, out: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, content: np.ndarray, progress: bool
            ) -> tuple[np.ndarray, dict[str, Any]]:
     """``content.align=true``: :func:`train_alignment`; its vectors replace the content-only ones and
-    the model goes to RUN/tokenizer/align/."""
+    the model goes to ``out``/align/ (the tokenizer folder's)."""
     from safetensors.torch import save_file
 
     from onerec.io import atomic_path
 
     vectors, model, metrics = train_alignment(run, cfg, ccfg, items, content, progress)
-    folder = run / "tokenizer" / "align"
+    folder = out / "align"
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "qformer.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
@@ -256,12 +270,12 @@ def _align(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, content: np.nd
     return vectors, metrics
 
 
-def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int,
-                        resume: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int, resume: bool = False,
+                        checkpoint: Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """``content.collaborative=sasrec``: the item embedding table [n_items, eval.sasrec.d_model] of a SASRec
     trained with the full-softmax CE loss on RUN's train split and early-stopped on its valid split (the
     selection split, as for every model here), and what its training did. Its training state goes to
-    RUN/tokenizer/sasrec/ after every epoch; ``resume`` continues from there."""
+    ``checkpoint`` (default RUN/tokenizer/sasrec/) after every epoch; ``resume`` continues from there."""
     from onerec.baselines import build_baseline
     from onerec.train.loop import resolve_device
 
@@ -271,8 +285,8 @@ def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int,
     splits = load_splits(_require(run / "data" / "split", "data"), n_items=n_items)
     rec = build_baseline("sasrec_ce", cfg.eval.sasrec, device=resolve_device(cfg.train.device))
     log("item vectors: fitting SASRec (CE) on the train split")
-    rec.fit(splits["train"], n_items=n_items, valid=splits["valid"], checkpoint=run / "tokenizer" / "sasrec",
-            resume=resume)
+    rec.fit(splits["train"], n_items=n_items, valid=splits["valid"],
+            checkpoint=checkpoint or run / "tokenizer" / "sasrec", resume=resume)
     vectors = rec.model.item_emb.weight[1:].detach().cpu().numpy().astype(np.float32)  # row 0 is padding
     metrics = {"model": "sasrec_ce", "dim": int(vectors.shape[1]), "epochs": len(rec.train_log),
                "best_epoch": int(rec.best_epoch), "valid_curve": rec.valid_curve,
@@ -326,30 +340,46 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
     from onerec.train import train_generator
     from onerec.train.checkpoint import model_meta
 
-    codes = load_codes(run)
-    splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
-    sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
-    feat = make_featurizer(run, cfg.model, codes, splits=splits)
-    train_ex = TrainExamples(splits["train"], feat)
-    valid_ex = EvalExamples(splits["valid"], feat)
-    torch.manual_seed(cfg.train.seed)
-    model = Generator(cfg.model, sizes)
-    meta = model_meta(cfg.model, sizes, n_items=len(codes))
-    save_config(run, cfg)
-    scorer = valid_scorer(codes, splits["valid"], cfg, feat) if cfg.train.early_stop_metric else None
-    result = train_generator(model, train_ex, cfg.train, run / "train", meta=meta, valid=valid_ex, resume=resume,
-                             progress=progress, score_valid=scorer, log=log)
+    with staged(run, "train", resume=resume) as out:  # a killed run's --resume continues in RUN/train.staging
+        codes = load_codes(run)
+        splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
+        sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
+        feat = make_featurizer(run, cfg.model, codes, splits=splits)
+        train_ex = TrainExamples(splits["train"], feat)
+        valid_ex = EvalExamples(splits["valid"], feat)
+        torch.manual_seed(cfg.train.seed)
+        model = Generator(cfg.model, sizes)
+        meta = model_meta(cfg.model, sizes, n_items=len(codes))
+        save_config(run, cfg)  # before training: a killed run's `--resume` continues with the same config
+        save_config(out, cfg)
+        scorer = valid_scorer(codes, splits["valid"], cfg, feat) if cfg.train.early_stop_metric else None
+        result = train_generator(model, train_ex, cfg.train, out, meta=meta, valid=valid_ex, resume=resume,
+                                 progress=progress, score_valid=scorer, log=log)
+        summary = _train_summary(model, train_ex, result, scorer is not None)
+        write_json(out / "metrics.json", summary)
+    return summary
+
+
+def _train_summary(model, train_ex, result, selected: bool) -> dict[str, Any]:
     summary = {
         "parameters": model.num_parameters(), "examples": len(train_ex), "steps": len(result.loss),
         "final_loss": float(np.mean(result.loss[-50:])),
         "valid_loss": result.valid[-1]["loss"] if result.valid else None,
         "seconds": round(result.seconds, 1),
     }
-    if scorer is not None:
+    if selected:
         summary.update(best_epoch=result.best_epoch, stopped=result.stopped,
                        valid_curve=[{k: v for k, v in r.items() if k != "loss"} for r in result.valid])
-    write_json(run / "train" / "metrics.json", summary)
     return summary
+
+
+def resumable_checkpoint(run: Path) -> Path | None:
+    """The checkpoint ``onerec train RUN --resume`` continues from: the latest of the staging folder a killed run
+    left, else (none left) of the finished RUN/train, to train it on; None when there is none."""
+    from onerec.train.checkpoint import latest_checkpoint
+
+    staging = staging_folder(run, "train")
+    return latest_checkpoint(staging if staging.is_dir() else run / "train")
 
 
 def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=None):
@@ -373,15 +403,34 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=
     return score
 
 
-def load_generator(run: Path, device: str = "cpu"):
+def load_generator(run: Path, device: str = "cpu", codes: np.ndarray | None = None, folder: Path | None = None):
+    """The trained generator of RUN/train (or of ``folder``, e.g. RUN/align), its config and sizes checked against
+    the weights file's header, and against the run's semantic IDs ``codes`` when given, before anything is
+    allocated (:func:`onerec.train.checkpoint.build_checked`)."""
     from onerec.model.generator import Generator
-    from onerec.train.checkpoint import load_state, read_model_meta
+    from onerec.train.checkpoint import build_checked, load_state, read_model_meta
 
-    folder = _require(run / "train" / "model.json", "train").parent
+    folder = _require(run / "train" / "model.json", "train").parent if folder is None else folder
     mcfg, sizes, _ = read_model_meta(folder)
-    model = Generator(mcfg, sizes)
+    if codes is not None:
+        check_codebook_sizes(folder / "model.json", sizes, codes)
+    model = build_checked(folder, lambda: Generator(mcfg, sizes))
     load_state(folder, model)
     return model.to(device).eval()
+
+
+def check_codebook_sizes(path: Path, sizes: list[int], codes: np.ndarray) -> None:
+    """A model's semantic-ID vocabulary (``codebook_sizes`` in its model.json) must cover the run's codes."""
+    if len(sizes) != codes.shape[1]:
+        raise DataError(f"the model generates {len(sizes)}-level semantic IDs but the run's tokenizer has "
+                        f"{codes.shape[1]} levels", path=str(path), column="codebook_sizes",
+                        fix=f"retrain on this run's semantic IDs (`{command('train', path.parent.parent)}`)")
+    top = codes.max(axis=0) if len(codes) else np.zeros(len(sizes), dtype=np.int64)
+    for level, (size, need) in enumerate(zip(sizes, top.tolist())):
+        if int(size) <= 0 or need >= int(size):
+            raise DataError(f"codebook_sizes[{level}] = {size} does not cover the run's codes (up to {need})",
+                            path=str(path), column="codebook_sizes",
+                            fix=f"retrain on this run's semantic IDs (`{command('train', path.parent.parent)}`)")
 
 
 def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cpu", *, beam_size: int | None = None,
@@ -395,8 +444,9 @@ def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cp
     ``prior`` (to choose it)."""
     from onerec.generate.generative import GenerativeRecommender
 
-    model = load_generator(run, str(device))
+    check_inputs(run, "eval")  # data, tokenizer and train, made one from the other
     codes = load_codes(run) if codes is None else codes
+    model = load_generator(run, str(device), codes=codes)
     feat = make_featurizer(run, model.cfg, codes, dataset, splits)
     g = cfg.generate
     counts = None
@@ -410,21 +460,35 @@ def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cp
 
 # ------------------------------------------------------------------------------ eval
 def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Score the generator and the baselines on the held-out split; write metrics + report."""
-    from onerec.baselines import build_baseline
-    from onerec.eval.harness import evaluate
+    """Score the generator and the baselines on the held-out split -> RUN/eval; then RUN/metrics.json and the
+    report."""
     from onerec.eval.report import write_report
     from onerec.train.loop import resolve_device
 
     device = resolve_device(cfg.train.device)
-    codes = load_codes(run)
-    splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
+    with staged(run, "eval") as out:
+        codes = load_codes(run)
+        splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
+        metrics, curves = _evaluate(run, out, cfg, codes, splits, device, progress)
+        save_config(out, cfg)
+    write_json(run / "metrics.json", metrics)
+    history = read_json(run / "train" / "history.json") if (run / "train" / "history.json").exists() else {}
+    write_report(run, metrics, history, curves, sorted(cfg.eval.ks))
+    save_config(run, cfg)
+    return metrics
+
+
+def _evaluate(run: Path, out: Path, cfg: RunConfig, codes: np.ndarray, splits: dict[str, pa.Table], device,
+              progress: bool) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """:func:`stage_eval`'s scores (and the baselines' loss curves), its files written into ``out``."""
+    from onerec.baselines import build_baseline
+    from onerec.eval.harness import evaluate
+
     examples = splits[cfg.eval.split]
     ks = sorted(cfg.eval.ks)
     models: dict[str, dict[str, float]] = {}
     curves: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
-
     t0 = time.perf_counter()
     gen = load_recommender(run, cfg, device, codes=codes, splits=splits)
     models["onerec"] = evaluate(gen, examples, ks=ks, batch_size=cfg.generate.batch_size, progress=progress)
@@ -440,7 +504,7 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
         seconds[name] = round(time.perf_counter() - t0, 1)
 
     recs = gen.recommend(examples.slice(0, min(examples.num_rows, 1000)), min(ks[-1], 50))
-    write_parquet(run / "eval" / "recommendations.parquet", pa.table({
+    write_parquet(out / "recommendations.parquet", pa.table({
         "user_id": examples["user_id"].slice(0, len(recs)),
         "items": pa.array(list(recs), type=pa.list_(pa.int64())),
     }))
@@ -453,12 +517,8 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
         "tokenizer": {k: v for k, v in tokenizer.items() if not isinstance(v, (list, dict))},
         "train": train,
     }
-    write_json(run / "eval" / "metrics.json", metrics)
-    write_json(run / "metrics.json", metrics)
-    history = read_json(run / "train" / "history.json") if (run / "train" / "history.json").exists() else {}
-    write_report(run, metrics, history, curves, ks)
-    save_config(run, cfg)
-    return metrics
+    write_json(out / "metrics.json", metrics)
+    return metrics, curves
 
 
 def stage_tune_prior(run: Path, cfg: RunConfig, *, weights: Sequence[float] | None = None,
@@ -479,6 +539,7 @@ def stage_tune_prior(run: Path, cfg: RunConfig, *, weights: Sequence[float] | No
         check_prior_grid(weights, rules)
     except ValueError as e:
         raise ConfigError(f"tune-prior: {e}") from None
+    check_inputs(run, "eval")
     codes = load_codes(run)
     split_dir = _require(run / "data" / "split", "data")
     splits = load_splits(split_dir, n_items=len(codes))
@@ -512,6 +573,7 @@ def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int) 
     from onerec.data.splits import Sequences
     from onerec.train.loop import resolve_device
 
+    check_inputs(run, "eval")
     ds = Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
     raw = ds.users["raw_id"].to_pylist()
     index = {r: i for i, r in enumerate(raw)}
@@ -562,15 +624,17 @@ def stage_reward(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[st
     from onerec.reward.train import VARIANTS, fit_variants, save_pscore
 
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
-    ds, codes, splits, feat = _reward_inputs(run, cfg)
-    variants = VARIANTS if cfg.reward.ablations else {"pscore": VARIANTS["pscore"]}
-    models, metrics = fit_variants(cfg.reward, splits, feat, ds.n_users, variants=variants,
-                                   log_every=200 if progress else 0)
-    side = feat.side
-    meta = {"n_users": ds.n_users, "n_items": len(codes), "n_cats": side.n_cats, "n_authors": side.n_authors}
-    save_pscore(run / "reward", models["pscore"], meta)
-    summary = {"train_exposures": len(splits["train"]), "test_exposures": len(splits["test"]), "models": metrics}
-    write_json(run / "reward" / "metrics.json", summary)
+    with staged(run, "reward") as out:
+        ds, codes, splits, feat = _reward_inputs(run, cfg)
+        variants = VARIANTS if cfg.reward.ablations else {"pscore": VARIANTS["pscore"]}
+        models, metrics = fit_variants(cfg.reward, splits, feat, ds.n_users, variants=variants,
+                                       log_every=200 if progress else 0)
+        side = feat.side
+        meta = {"n_users": ds.n_users, "n_items": len(codes), "n_cats": side.n_cats, "n_authors": side.n_authors}
+        save_pscore(out, models["pscore"], meta)
+        summary = {"train_exposures": len(splits["train"]), "test_exposures": len(splits["test"]), "models": metrics}
+        write_json(out / "metrics.json", summary)
+        save_config(out, cfg)
     save_config(run, cfg)
     return summary
 
@@ -618,11 +682,20 @@ def stage_align(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str
 
     With a simulated world, the held-out users' top-K (see :func:`align_setup`) are scored by the
     world's ground truth before and after alignment."""
+    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    with staged(run, "align") as out:
+        result = _align_generator(run, out, cfg, progress)
+        save_config(out, cfg)
+    save_config(run, cfg)
+    return result
+
+
+def _align_generator(run: Path, out: Path, cfg: RunConfig, progress: bool) -> dict[str, Any]:
+    """:func:`stage_align`'s work, its model and metrics written into ``out``."""
     from onerec.align.evaluate import evaluate_generator
     from onerec.align.loop import align
     from onerec.train.checkpoint import read_model_meta, save_model
 
-    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     ac = cfg.align
     ctx, world, eval_rows, pool = align_setup(run, cfg)
     result: dict[str, Any] = {"method": ac.method, "eval_users": len(eval_rows)}
@@ -632,7 +705,6 @@ def stage_align(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str
     if world is not None:
         result["after"] = evaluate_generator(ctx, world, eval_rows, k=ac.top_k, beam=cfg.generate.beam_size)
     _, _, meta = read_model_meta(run / "train")
-    save_model(run / "align", ctx.model, {**meta, "align": to_dict(ac)})
-    write_json(run / "align" / "metrics.json", result)
-    save_config(run, cfg)
+    save_model(out, ctx.model, {**meta, "align": to_dict(ac)})
+    write_json(out / "metrics.json", result)
     return result

@@ -95,6 +95,20 @@ def test_save_load_roundtrip(world_splits, tmp_path):
     loaded, _ = load_pscore(tmp_path)
     b = splits["test"].batch(np.arange(8))
     torch.testing.assert_close(model.predict(b)["pscore"], loaded.predict(b)["pscore"])
+    # a crafted pscore.json asking for a huge model is refused from the weights' header, before allocating
+    import json
+
+    from onerec.errors import CheckpointError
+
+    crafted = json.loads((tmp_path / "pscore.json").read_text())
+    crafted["n_users"] = 10**11  # a ~TB user table
+    (tmp_path / "pscore.json").write_text(json.dumps(crafted))
+    with pytest.raises(CheckpointError, match=r"pscore.safetensors: key .* but .*pscore.json describes"):
+        load_pscore(tmp_path)
+    del crafted["n_cats"]
+    (tmp_path / "pscore.json").write_text(json.dumps(crafted))
+    with pytest.raises(CheckpointError, match="missing key 'n_cats'"):
+        load_pscore(tmp_path)
 
 
 def test_missing_objective_column_is_a_clear_error():

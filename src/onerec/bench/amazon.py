@@ -274,11 +274,10 @@ def train_onerec(run: Path, cfg: RunConfig, codes: np.ndarray, test: Any, device
     checkpoint (model selection included), and score the selected model on ``test`` (full ranking,
     Recall/NDCG@5/10). Returns the metrics and what the results file records of the training."""
     from onerec.eval.harness import evaluate
-    from onerec.pipeline import load_recommender, stage_train
-    from onerec.train.checkpoint import latest_checkpoint
+    from onerec.pipeline import load_recommender, resumable_checkpoint, stage_train
 
     t0 = time.perf_counter()
-    ckpt = latest_checkpoint(run / "train") if resume else None
+    ckpt = resumable_checkpoint(run) if resume else None
     if ckpt is not None:
         log(f"  resuming from {ckpt}")
     summary = stage_train(run, cfg, resume=ckpt is not None, progress=progress, log=None if progress else log)

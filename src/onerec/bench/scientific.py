@@ -74,6 +74,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
     ``bench amazon --resume`` does."""
     from onerec.data.splits import load_splits
     from onerec.pipeline import load_codes, save_index_codes
+    from onerec.rundir import staged
     from onerec.train.loop import resolve_device
 
     if not indexes or not seeds:
@@ -104,7 +105,9 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
             if name == "ours":
                 tok = semantic_ids(run, scfg, resume=resume)
             else:
-                tok = save_index_codes(run, load_index(index_dir / f"{name}.index.json", raw_ids), {"index": name})
+                with staged(run, "tokenizer") as folder:
+                    tok = save_index_codes(folder, load_index(index_dir / f"{name}.index.json", raw_ids),
+                                           {"index": name})
             stats = {k: v for k, v in tok.items() if not isinstance(v, (list, dict))}
             stats["codebook_sizes"] = tok["codebook_sizes"]
             codes = load_codes(run)

@@ -16,6 +16,7 @@ from onerec.eval.metrics import auc, gauc
 from onerec.io import atomic_path, read_json, write_json
 from onerec.reward.data import Exposures, RankFeaturizer
 from onerec.reward.model import PScoreModel
+from onerec.train.checkpoint import build_checked
 
 #: the ablations `onerec reward` compares (name -> overrides of the config)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -101,8 +102,13 @@ def load_pscore(folder: str | Path) -> tuple[PScoreModel, dict[str, Any]]:
     meta = read_json(path)
     if meta.get("format") != "onerec-pscore":
         raise CheckpointError(f"{path}: not a P-Score model file. Fix: point at RUN/reward.")
+    missing = [k for k in ("config", "n_users", "n_items", "n_cats", "n_authors") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: missing key '{missing[0]}'. Fix: re-run `onerec reward RUN`.")
     cfg = from_dict(RewardConfig, meta["config"])
-    model = PScoreModel(cfg, meta["n_users"], meta["n_items"], meta["n_cats"], meta["n_authors"])
+    model = build_checked(folder, lambda: PScoreModel(cfg, meta["n_users"], meta["n_items"], meta["n_cats"],
+                                                      meta["n_authors"]), weights="pscore.safetensors",
+                          meta="pscore.json")
     try:
         state = load_file(str(folder / "pscore.safetensors"))
         model.load_state_dict(state)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,36 @@ def load_state(folder: str | Path, model: torch.nn.Module) -> None:
     if extra:
         raise CheckpointError(f"{path}: unexpected key '{extra[0]}'; the checkpoint was made for another model.")
     model.load_state_dict(state)
+
+
+def build_checked(folder: str | Path, build: Callable[[], torch.nn.Module], *, weights: str = "model.safetensors",
+                  meta: str = "model.json") -> torch.nn.Module:
+    """``build()`` after checking, on the meta device (no memory), that the model it makes has the keys and shapes
+    of ``folder/weights`` (read from the file's header): a crafted or foreign ``folder/meta`` that asks for a huge
+    model stops with an error here instead of allocating it."""
+    from safetensors import safe_open
+
+    path = Path(folder) / weights
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no weights found. Fix: train first (`onerec train RUN`) or check the path.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"{path}: unreadable weights ({e}). Fix: the file is truncated; retrain or "
+                              "restore it.") from None
+    with torch.device("meta"):
+        skeleton = build()
+    if hasattr(skeleton, "upgrade_state"):  # checkpoints written before a rename of some keys
+        header = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+        shapes = {k: tuple(v.shape) for k, v in skeleton.upgrade_state(header).items()}
+    for key, value in skeleton.state_dict().items():
+        if shapes.get(key) != tuple(value.shape):
+            raise CheckpointError(f"{path}: key '{key}' is {shapes.get(key, 'missing')} but "
+                                  f"{Path(folder) / meta} describes {tuple(value.shape)}. Fix: use the "
+                                  f"{meta} saved with these weights, or retrain.")
+    del skeleton
+    return build()
 
 
 def model_meta(cfg: ModelConfig, codebook_sizes: list[int], **extra: Any) -> dict[str, Any]:

@@ -318,10 +318,10 @@ class ServeConfig:
                                       "requests)")
     max_header_bytes: int = opt(16384, "request line plus headers larger than this are refused (400 from the HTTP "
                                        "parser, or 431)")
-    limit_concurrency: int = opt(512, "most open connections plus in-flight requests; beyond it uvicorn answers "
-                                      "requests with 503")
+    limit_concurrency: int = opt(512, "while this many connections are open (or requests in flight), uvicorn "
+                                      "answers new requests with 503")
     torch_threads: int = opt(1, "torch intra-op threads of the server's beam search (0: torch's default, one per "
-                                "core); more than one stalls on a busy shared CPU")
+                                "core); on a busy shared CPU more than one makes requests stall")
 
 
 # ----------------------------------------------------------------------------- eval

@@ -127,3 +127,23 @@ def test_data_says_what_loading_normalised(tmp_path):
     assert "normalised: interactions sorted by (user_id, timestamp)" in res.output
     summary = json.loads((tmp_path / "r" / "data" / "summary.json").read_text())
     assert any("sorted" in note for note in summary["normalised"])
+
+
+def test_config_of_a_run_and_overrides_saved_in_it(tmp_path, capsys):
+    """`onerec config RUN` prints the run's resolved config (`--stage` the one a stage ran with, `--changed` only
+    what differs from the defaults); a work limit saved in the run by an earlier call is announced, not silent."""
+    from onerec.pipeline import run_config
+
+    runner = CliRunner()
+    run = tmp_path / "r"
+    _ok(runner.invoke(cli, ["data", "--out", str(run), "--preset", "tiny", "train.max_steps=15"]))
+    out = _ok(runner.invoke(cli, ["config", str(run), "--changed"])).output
+    assert out.startswith(f"# {run / 'config.yaml'}") and "train.max_steps = 15" in out and "train.lr =" not in out
+    assert "data.sim.n_users = 300" in _ok(runner.invoke(cli, ["config", str(run), "--stage", "data"])).output
+    res = runner.invoke(cli, ["config", str(run), "--stage", "train"])
+    assert res.exit_code != 0 and "stage 'train'" in res.output
+    capsys.readouterr()
+    assert run_config(run, overrides=["train.epochs=1"]).train.max_steps == 15
+    assert "note: train.max_steps=15 comes from" in capsys.readouterr().out
+    assert run_config(run, overrides=["train.max_steps=null"]).train.max_steps is None
+    assert "note:" not in capsys.readouterr().out

@@ -10,7 +10,7 @@
     onerec generate RUN --user ID ...         top-K recommendations for some users
     onerec serve RUN [--port N]               HTTP service: POST /recommend, /healthz, /metrics
     onerec quickstart [--out DIR]             all of the above on a simulated world
-    onerec config [--preset NAME]             every config key with its default and help
+    onerec config [RUN] [--preset NAME]       every config key with its value (a run's, or defaults) and help
     onerec model-info PRESET [KEY=VALUE ...]  total / active parameter counts of a preset's model (JSON)
     onerec bench amazon --category beauty     Amazon 2014 under the TIGER protocol, beside published numbers
     onerec bench scientific                   our semantic IDs vs published indexes (Amazon 2018 Scientific)
@@ -255,19 +255,35 @@ def quickstart(run: Path, preset: str, overrides: tuple[str, ...]) -> None:
 
 
 @cli.command(name="config")
+@click.argument("run", required=False, type=click.Path(exists=True, path_type=Path))
 @_preset_option()
-def config_cmd(preset: str | None) -> None:
-    """List every config key with its (preset's) value and help."""
-    cfg = load_config(preset=preset)
+@click.option("--stage", type=click.Choice(["data", "tokenizer", "train", "eval", "reward", "align"]),
+              help="with RUN: the config that stage ran with (RUN/<stage>/config.yaml).")
+@click.option("--changed", is_flag=True, help="only the keys whose value differs from the defaults.")
+def config_cmd(run: Path | None, preset: str | None, stage: str | None, changed: bool) -> None:
+    """List every config key with its value and help: the defaults (or a preset's), or with RUN the run's
+    resolved config. KEY=VALUE overrides given to a verb are saved into RUN/config.yaml and hold for the verbs
+    after it; each stage folder keeps the config it ran with."""
+    from onerec.pipeline import config_value
 
-    def value(key: str):
-        obj = cfg
-        for part in key.split("."):
-            obj = getattr(obj, part)
-        return obj
-
-    for key, _default, help_ in describe():
-        click.echo(f"{key} = {value(key)!r}\n    {help_}")
+    if run is not None:
+        if preset:
+            raise click.UsageError("give RUN or --preset, not both")
+        path = run / stage / "config.yaml" if stage else run / "config.yaml"
+        if not path.is_file():
+            what = f"stage '{stage}' of {run} has not run" if stage else f"{run} is not a run directory"
+            raise click.UsageError(f"{path} not found: {what} (`onerec data --out {run}` starts one)")
+        click.echo(f"# {path}")
+        cfg = load_config(file=path)
+    elif stage:
+        raise click.UsageError("--stage needs RUN")
+    else:
+        cfg = load_config(preset=preset)
+    for key, default, help_ in describe():
+        value = config_value(cfg, key)
+        if changed and repr(value) == default:
+            continue
+        click.echo(f"{key} = {value!r}\n    {help_}")
 
 
 @cli.command(name="model-info")

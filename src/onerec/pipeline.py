@@ -43,13 +43,35 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+# keys that cut a stage's work short: a value saved in a run by an earlier call is announced when a verb uses it
+LIMIT_KEYS = ("train.max_steps", "train.time_budget_s", "train.valid_users", "eval.sasrec.time_budget_s")
+
+
 def run_config(run: Path, preset: str | None = None, file: str | None = None,
                overrides: tuple[str, ...] | list[str] = ()) -> RunConfig:
-    """Config of a run: its saved config.yaml (if any) or a preset/file, then ``overrides``."""
+    """Config of a run: its saved config.yaml (if any) or a preset/file, then ``overrides``.
+
+    Overrides are saved into RUN/config.yaml by the stage that runs with them, so they hold for the verbs after it
+    too; a :data:`LIMIT_KEYS` value that comes from there rather than from this call is announced."""
     saved = run / "config.yaml"
     if saved.exists() and not preset and not file:
-        return load_config(file=saved, overrides=overrides)
+        cfg = load_config(file=saved, overrides=overrides)
+        given = {o.split("=", 1)[0].strip() for o in overrides}
+        for key in LIMIT_KEYS:
+            value = config_value(cfg, key)
+            if value is not None and key not in given:
+                log(f"note: {key}={value} comes from {saved} (an earlier call's override, saved in the run); "
+                    f"pass {key}=null to lift it")
+        return cfg
     return load_config(preset=preset, file=file, overrides=overrides)
+
+
+def config_value(cfg: RunConfig, key: str) -> Any:
+    """The value of a dotted config key (``train.lr``)."""
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def save_config(run: Path, cfg: RunConfig) -> None:

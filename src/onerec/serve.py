@@ -28,7 +28,7 @@ import re
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,21 +221,23 @@ class MicroBatcher:
     ``submit`` queues a query and returns its future; a single worker task drains the queue: it waits
     for a first query, then up to ``wait_s`` for more (at most ``max_batch``), and runs the batch in a
     worker thread so the event loop keeps accepting requests meanwhile. The queue holds at most
-    ``max_queue`` queries (``submit`` raises :class:`Overloaded` beyond); a query whose future was
-    cancelled (its client went away or its deadline passed) or whose deadline passed while it waited
-    is dropped before it is batched, so no search is spent on it.
+    ``max_queue`` live queries (``submit`` raises :class:`Overloaded` beyond; 0: unbounded). A query
+    whose future was cancelled (its client went away or its deadline passed) or whose deadline passed
+    while it waited is dropped before it is batched, so no search is spent on it, and it does not
+    hold a place in the queue: dead entries are purged before a query is refused.
     """
 
     def __init__(self, service: RecommendService, max_batch: int, wait_s: float, metrics: Metrics,
                  max_queue: int = 0) -> None:
         self.service, self.max_batch, self.wait_s, self.metrics = service, max_batch, wait_s, metrics
         self.max_queue = max_queue
-        self.queue: asyncio.Queue | None = None
+        self.waiting: deque[tuple[Query, asyncio.Future, float]] = deque()
+        self.arrived: asyncio.Event | None = None
         self.task: asyncio.Task | None = None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onerec-beam")
 
     def start(self) -> None:
-        self.queue = asyncio.Queue(maxsize=self.max_queue)
+        self.arrived = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -245,40 +247,51 @@ class MicroBatcher:
                 await self.task
         self.pool.shutdown(wait=True)
 
+    def queued(self) -> int:
+        return len(self.waiting)
+
     def submit(self, query: Query, deadline: float = math.inf) -> asyncio.Future:
         """Queue ``query`` (to be dropped if still queued at loop time ``deadline``); its future gets
-        (items, scores). Raises :class:`Overloaded` when the queue is full."""
-        fut = asyncio.get_running_loop().create_future()
-        try:
-            self.queue.put_nowait((query, fut, deadline))
-        except asyncio.QueueFull:
-            raise Overloaded from None
+        (items, scores). Raises :class:`Overloaded` when ``max_queue`` live queries are waiting."""
+        loop = asyncio.get_running_loop()
+        if 0 < self.max_queue <= len(self.waiting):
+            self.waiting = deque(self._live(list(self.waiting), loop.time(), keep_entries=True))
+            if len(self.waiting) >= self.max_queue:
+                raise Overloaded
+        fut = loop.create_future()
+        self.waiting.append((query, fut, deadline))
+        self.arrived.set()
         return fut
 
-    def _live(self, pending: list, now: float) -> list:
+    def _live(self, entries: list, now: float, keep_entries: bool = False) -> list:
+        """The entries still wanted (cancelling those past their deadline); counts the others as dropped."""
         live = []
-        for q, f, deadline in pending:
+        for entry in entries:
+            _, f, deadline = entry
             if not f.done() and now >= deadline:
                 f.cancel()
             if not f.cancelled():
-                live.append((q, f))
-        if len(live) < len(pending):
-            self.metrics.observe_dropped(len(pending) - len(live))
+                live.append(entry if keep_entries else entry[:2])
+        if len(live) < len(entries):
+            self.metrics.observe_dropped(len(entries) - len(live))
         return live
+
+    async def _wait_arrival(self, timeout: float | None) -> None:
+        self.arrived.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.arrived.wait(), timeout)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            pending = [await self.queue.get()]
-            deadline = loop.time() + self.wait_s
-            while len(pending) < self.max_batch:
-                timeout = deadline - loop.time()
-                try:
-                    pending.append(self.queue.get_nowait() if timeout <= 0 else
-                                   await asyncio.wait_for(self.queue.get(), timeout))
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
-                    break
-            live = self._live(pending, loop.time())
+            while not self.waiting:
+                await self._wait_arrival(None)
+            window_end = loop.time() + self.wait_s
+            while len(self.waiting) < self.max_batch and (left := window_end - loop.time()) > 0:
+                await self._wait_arrival(left)
+            live: list = []
+            while self.waiting and len(live) < self.max_batch:
+                live += self._live([self.waiting.popleft()], loop.time())
             if not live:
                 continue
             self.metrics.observe_batch(len(live))
@@ -571,7 +584,7 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "items": n_items, "users": len(service.user_index),
                 "beam_size": service.cfg.generate.beam_size, "max_k": max_k,
-                "queued": batcher.queue.qsize() if batcher.queue is not None else 0}
+                "queued": batcher.queued()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:

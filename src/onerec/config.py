@@ -254,7 +254,9 @@ class TrainConfig:
     checkpoint_every: int = opt(500, "save a resumable checkpoint every N steps (and at the end)")
     log_every: int = opt(20, "record the training loss every N steps")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
-    threads: int | None = opt(None, "torch CPU threads (default: torch's choice)")
+    threads: int | None = opt(None, "torch CPU threads (default: this process's share of the physical cores: all of "
+                                    "them, divided among the processes torchrun starts on the machine; or "
+                                    "OMP_NUM_THREADS when set)")
     seed: int = opt(0, "random seed of initialisation and shuffling")
     early_stop_metric: str | None = opt(None, "valid metric scored every epoch with the eval harness (beam search, "
                                               "full ranking); the best epoch's weights are kept and training stops "

@@ -37,6 +37,7 @@ from onerec.data.splits import item_counts, load_splits, make_splits, save_split
 from onerec.errors import ConfigError, DataError
 from onerec.io import read_json, read_parquet, write_json, write_parquet, write_yaml
 from onerec.rundir import check_inputs, command, staged, staging_folder
+from onerec.threads import set_threads
 
 
 def log(msg: str) -> None:
@@ -264,8 +265,7 @@ def train_alignment(run: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, conte
     from onerec.content.tfidf import item_texts
 
     ac = ccfg.alignment
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_threads(cfg.train.threads)
     tokens = item_tokens(items, ccfg, cache_dir=run / "data" / "cache", progress=progress)
     splits = load_splits(_require(run / "data" / "split", "data"), n_items=items.num_rows)
     texts = item_texts(items, ccfg.text_fields) if ac.caption_weight > 0 else None
@@ -302,8 +302,7 @@ def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int, resume: bool
     from onerec.train.loop import resolve_device
 
     t0 = time.perf_counter()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_threads(cfg.train.threads)
     splits = load_splits(_require(run / "data" / "split", "data"), n_items=n_items)
     rec = build_baseline("sasrec_ce", cfg.eval.sasrec, device=resolve_device(cfg.train.device))
     log("item vectors: fitting SASRec (CE) on the train split")
@@ -488,6 +487,7 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
     from onerec.train.loop import resolve_device
 
     device = resolve_device(cfg.train.device)
+    set_threads(cfg.train.threads)
     with staged(run, "eval") as out:
         codes = load_codes(run)
         splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
@@ -562,6 +562,7 @@ def stage_tune_prior(run: Path, cfg: RunConfig, *, weights: Sequence[float] | No
     except ValueError as e:
         raise ConfigError(f"tune-prior: {e}") from None
     check_inputs(run, "eval")
+    set_threads(cfg.train.threads)
     codes = load_codes(run)
     split_dir = _require(run / "data" / "split", "data")
     splits = load_splits(split_dir, n_items=len(codes))
@@ -596,6 +597,7 @@ def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int) 
     from onerec.train.loop import resolve_device
 
     check_inputs(run, "eval")
+    set_threads(cfg.train.threads)
     ds = Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
     raw = ds.users["raw_id"].to_pylist()
     index = {r: i for i, r in enumerate(raw)}
@@ -645,7 +647,7 @@ def stage_reward(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[st
     the no-SIM / no-CAN ablations); AUC / GAUC per objective on held-out exposures -> RUN/reward."""
     from onerec.reward.train import VARIANTS, fit_variants, save_pscore
 
-    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    set_threads(cfg.train.threads)
     with staged(run, "reward") as out:
         ds, codes, splits, feat = _reward_inputs(run, cfg)
         variants = VARIANTS if cfg.reward.ablations else {"pscore": VARIANTS["pscore"]}
@@ -704,7 +706,7 @@ def stage_align(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str
 
     With a simulated world, the held-out users' top-K (see :func:`align_setup`) are scored by the
     world's ground truth before and after alignment."""
-    torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    set_threads(cfg.train.threads)
     with staged(run, "align") as out:
         result = _align_generator(run, out, cfg, progress)
         save_config(out, cfg)

@@ -39,6 +39,7 @@ from onerec.bench.machine import machine_info, record_machines
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.errors import ConfigError, DataError
 from onerec.io import read_json, read_yaml, write_json
+from onerec.threads import set_threads
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 PROTOCOL_HISTORY = 20
@@ -336,8 +337,7 @@ def run_seed(run: Path, cfg: RunConfig, models: tuple[str, ...] | list[str], *, 
     from onerec.train.loop import resolve_device
 
     device = resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_threads(cfg.train.threads)
     out: dict[str, Any] = {"seed": cfg.train.seed, "models": {}}
     t0 = time.perf_counter()
     if resume:

@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from onerec.bench.amazon import (
     METRICS,
     PROTOCOL_HISTORY,
@@ -40,6 +38,7 @@ from onerec.bench.machine import machine_info, record_machines
 from onerec.config import RunConfig, load_config, to_dict
 from onerec.errors import ConfigError, DataError
 from onerec.io import read_parquet, write_json
+from onerec.threads import set_threads
 from onerec.tokenizer.published import load_index
 
 FOLDER = "amazon2018_scientific_lcrec"
@@ -89,8 +88,7 @@ def run_scientific(datasets: str | Path, out: str | Path, *, indexes: list[str],
     raw_ids = [str(r) for r in read_parquet(base / "data" / "items.parquet")["raw_id"].to_pylist()]
     log(f"Scientific: {summary['users']} users, {summary['items']} items, {summary['interactions']} interactions")
     device = resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    set_threads(cfg.train.threads)
     per: dict[str, list[dict[str, Any]]] = {}
     for name in indexes:
         for seed in seeds:

@@ -38,6 +38,7 @@ from onerec.errors import CheckpointError, ConfigError
 from onerec.features.history import EvalExamples, TrainExamples
 from onerec.io import write_json
 from onerec.model.generator import Generator
+from onerec.threads import set_threads
 from onerec.train.checkpoint import (
     latest_checkpoint,
     load_selection,
@@ -120,8 +121,7 @@ def train_generator(
             epoch (higher is better); the best epoch's weights become the saved model.
     """
     out_dir = Path(out_dir)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model.to(device).train()

@@ -66,11 +66,18 @@ class SimConfig:
 class DataConfig:
     """Which dataset to load or simulate, and how to split it."""
 
-    source: str = opt("simulate", "simulate | amazon2014 | lcrec | recbole | kuairand | kuairec | parquet",
-                      choices=["simulate", "amazon2014", "lcrec", "recbole", "kuairand", "kuairec", "parquet"])
-    path: str | None = opt(None, "folder of the raw dataset (not used by 'simulate')")
+    source: str = opt("auto", "auto | simulate | amazon2014 | lcrec | recbole | kuairand | kuairec | parquet. "
+                              "auto: simulate a world when data.path is unset, else the layout found at data.path "
+                              "(.inter: recbole, .inter.json: lcrec, <Cat>.txt + <Cat>_item2attributes.json: "
+                              "amazon2014, log_*.csv: kuairand, small/big_matrix.csv: kuairec, dataset.json: "
+                              "parquet; none or several is an error naming what was found). simulate with a "
+                              "data.path is an error",
+                      choices=["auto", "simulate", "amazon2014", "lcrec", "recbole", "kuairand", "kuairec", "parquet"])
+    path: str | None = opt(None, "folder (or main file) of the dataset; never ignored: with data.source=auto its "
+                                 "layout picks the adapter")
     name: str | None = opt(None, "dataset name inside the folder, e.g. Beauty for amazon2014, Scientific for lcrec, "
-                                 "ml-100k for recbole")
+                                 "ml-100k for recbole; inferred when the folder holds one (ml-100k.inter), needed "
+                                 "when it holds several")
     split: str = opt("loo", "loo: leave-one-out (TIGER protocol) | time: global time split", choices=["loo", "time"])
     valid_frac: float = opt(0.1, "time split: share of the timeline held out for validation")
     test_frac: float = opt(0.1, "time split: share of the timeline held out for test")
@@ -253,6 +260,10 @@ class TrainConfig:
                                       "codebook in the training loss (validation losses stay plain cross-entropy)")
     checkpoint_every: int = opt(500, "save a resumable checkpoint every N steps (and at the end)")
     log_every: int = opt(20, "record the training loss every N steps")
+    logger: str = opt("csv", "watch training live: csv (RUN/logs/train-<time>/scalars.csv) | tensorboard (event "
+                             "files for `tensorboard --logdir RUN/logs`; pip install 'onerec[tensorboard]') | none: "
+                             "loss, learning rate, throughput, expert load, valid metrics",
+                      choices=["csv", "tensorboard", "none"])
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
     threads: int | None = opt(None, "torch CPU threads (default: this process's share of the physical cores: all of "
                                     "them, divided among the processes torchrun starts on the machine; or "

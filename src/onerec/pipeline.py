@@ -16,6 +16,7 @@ Run directory layout::
                                   prior.json (``onerec tune-prior``: the succession prior's valid grid)
     RUN/reward/                   pscore.safetensors + pscore.json (P-Score ranker), metrics.json (AUC/GAUC)
     RUN/align/                    model.safetensors + model.json (aligned generator), metrics.json
+    RUN/logs/train-<time>/        training scalars to watch live (``train.logger``: scalars.csv or TensorBoard events)
     RUN/metrics.json              {"models": {"onerec": {...}, "popular": {...}, ...}, ...}
     RUN/report.md, RUN/plots/     the human report
 """
@@ -99,10 +100,9 @@ def stage_data(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
     """Simulate or load the dataset, split it, write RUN/data."""
     dc = cfg.data
     t0 = time.perf_counter()
-    if dc.source != "simulate" and not dc.path:
-        raise DataError(f"data.source={dc.source} needs data.path", fix="pass data.path=/path/to/the/dataset")
+    source, name = data_source(cfg)
     with staged(run, "data", carry=("cache",)) as out:  # the content-vector cache is keyed by the items' content
-        if dc.source == "simulate":
+        if source == "simulate":
             from onerec.data.simulator import simulate
 
             ds, world = simulate(dc.sim)
@@ -110,7 +110,7 @@ def stage_data(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
         else:
             from onerec.data.adapters import load
 
-            ds = load(dc.source, dc.path, dc.name, **dc.options)
+            ds = load(source, dc.path, name, **dc.options)
         ds.save(out)
         splits = make_splits(ds, protocol=dc.split, positive=dc.positive, min_positives=dc.min_positives,
                              valid_frac=dc.valid_frac, test_frac=dc.test_frac)
@@ -121,6 +121,30 @@ def stage_data(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
         save_config(out, cfg)
     save_config(run, cfg)
     return summary
+
+
+def data_source(cfg: RunConfig) -> tuple[str, str | None]:
+    """The adapter and dataset name ``onerec data`` uses: ``(data.source, data.name)`` as given, or for
+    ``data.source=auto`` ``simulate`` without a ``data.path`` and the layout found there with one
+    (:func:`onerec.data.adapters.detect_source`, which also infers the name). A ``data.path`` is never ignored:
+    ``data.source=simulate`` with one is a ConfigError."""
+    dc = cfg.data
+    check_choices(dc, "data.")
+    if dc.source == "simulate" and dc.path:
+        raise ConfigError(f"data.source=simulate simulates a world, which would ignore data.path={dc.path}. Fix: "
+                          "pass data.source=auto to read the dataset there (its layout picks the adapter), or "
+                          "data.path=null to simulate")
+    if dc.source == "auto":
+        if not dc.path:
+            return "simulate", dc.name
+        from onerec.data.adapters import detect_source
+
+        source, name = detect_source(dc.path, dc.name)
+        log(f"data.path {dc.path}: detected data.source={source}" + (f" data.name={name}" if name else ""))
+        return source, name
+    if not dc.path:
+        raise DataError(f"data.source={dc.source} needs data.path", fix="pass data.path=/path/to/the/dataset")
+    return dc.source, dc.name
 
 
 def dataset_summary(ds: Dataset, splits: dict[str, pa.Table], rule: str) -> dict[str, Any]:
@@ -360,6 +384,7 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
     from onerec.model.generator import Generator
     from onerec.train import train_generator
     from onerec.train.checkpoint import model_meta
+    from onerec.train.logger import make_logger
 
     with staged(run, "train", resume=resume) as out:  # a killed run's --resume continues in RUN/train.staging
         codes = load_codes(run)
@@ -374,8 +399,14 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
         save_config(run, cfg)  # before training: a killed run's `--resume` continues with the same config
         save_config(out, cfg)
         scorer = valid_scorer(codes, splits["valid"], cfg, feat) if cfg.train.early_stop_metric else None
-        result = train_generator(model, train_ex, cfg.train, out, meta=meta, valid=valid_ex, resume=resume,
-                                 progress=progress, score_valid=scorer, log=log)
+        logger = make_logger(cfg.train.logger, run, "train")
+        if progress and logger.watch_hint():
+            print(f"watch training: {logger.watch_hint()}", flush=True)
+        try:
+            result = train_generator(model, train_ex, cfg.train, out, meta=meta, valid=valid_ex, resume=resume,
+                                     progress=progress, score_valid=scorer, log=log, logger=logger)
+        finally:
+            logger.close()
         summary = _train_summary(model, train_ex, result, scorer is not None)
         write_json(out / "metrics.json", summary)
     return summary

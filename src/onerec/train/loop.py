@@ -46,6 +46,7 @@ from onerec.train.checkpoint import (
     save_model,
     save_training_checkpoint,
 )
+from onerec.train.logger import ScalarLogger
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,6 +111,7 @@ def train_generator(
     progress: bool = True,
     score_valid: Callable[[Generator], float] | None = None,
     log: Callable[[str], None] | None = None,
+    logger: ScalarLogger | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train`` and write ``out_dir/{model.safetensors, model.json, history.json}``.
 
@@ -119,6 +121,9 @@ def train_generator(
         stop_at: stop after this global step (used to test resuming); the run is left resumable.
         score_valid: with ``cfg.early_stop_metric``, scores the model on the valid split after each
             epoch (higher is better); the best epoch's weights become the saved model.
+        logger: receives the scalars to watch live (:mod:`onerec.train.logger`): every ``cfg.log_every`` steps
+            ``train/loss``, ``train/lr``, ``train/steps_per_s``, ``train/examples_per_s`` and the MoE layers'
+            ``moe/<layer>/max_share``; every epoch ``valid/loss`` and the valid metric. The caller closes it.
     """
     out_dir = Path(out_dir)
     set_threads(cfg.threads)
@@ -171,6 +176,8 @@ def train_generator(
     if resume and select:
         best_score, best_state, bad_epochs = load_selection(ckpt, result.valid, cfg.early_stop_metric)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    logger = logger or ScalarLogger()
+    tick, tick_step = time.perf_counter(), step
     order, order_epoch = None, -1
     while step < total and result.stopped is None:
         epoch, pos = divmod(step, steps_per_epoch)
@@ -194,11 +201,18 @@ def train_generator(
         result.loss.append(float(loss.detach()))
         bar.update(1)
         if step % cfg.log_every == 0:
-            bar.set_postfix(loss=f"{np.mean(result.loss[-cfg.log_every:]):.3f}")
+            recent = float(np.mean(result.loss[-cfg.log_every:]))
+            bar.set_postfix(loss=f"{recent:.3f}")
+            now = time.perf_counter()
+            rate = (step - tick_step) / max(now - tick, 1e-9)
+            logger.scalars({"loss": recent, "lr": opt.param_groups[0]["lr"], "steps_per_s": rate,
+                            "examples_per_s": rate * cfg.batch_size}, step, prefix="train/")
+            tick, tick_step = now, step
             load = model.expert_load() if hasattr(model, "expert_load") else {}
             if load:  # loss-free balancing at work: max share 1/X is perfectly even
                 result.expert_load.append({"step": step, "max_share": max(max(v) for v in load.values()),
                                            "layers": load})
+                logger.scalars({f"{layer}/max_share": max(v) for layer, v in load.items()}, step, prefix="moe/")
         over_time = cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s
         epoch_end = step % steps_per_epoch == 0 or step == total or over_time
         if valid is not None and epoch_end:
@@ -218,6 +232,9 @@ def train_generator(
                 bad_epochs += 1
             if bad_epochs >= max(cfg.patience, 1) and step < total:
                 result.stopped = "patience"
+        if epoch_end and result.valid and result.valid[-1]["step"] == step:
+            logger.scalars({k: v for k, v in result.valid[-1].items() if k not in ("step", "epoch")}, step,
+                           prefix="valid/")
         if log is not None and epoch_end:
             log(_epoch_line(result, step, steps_per_epoch, total, cfg, time.perf_counter() - t0))
         # re-read the clock: an epoch-end evaluation may itself have used up the budget

@@ -15,6 +15,8 @@ kuairand       KuaiRand official CSVs (``log_*.csv``, feature files)       :func
 kuairec        KuaiRec 2.0 official CSVs (``small/big_matrix.csv``, ...)   :func:`load_kuairec`
 parquet        a folder already in canonical layout                        :meth:`Dataset.load`
 =============  ==========================================================  ====================
+
+:func:`detect_source` tells them apart by the files each reads (``source="auto"`` in :func:`load`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from onerec.data.adapters.amazon2014 import load_amazon2014
+from onerec.data.adapters.detect import LAYOUTS, detect_source
 from onerec.data.adapters.kuairand import load_kuairand
 from onerec.data.adapters.kuairec import load_kuairec
 from onerec.data.adapters.lcrec import load_lcrec
@@ -56,7 +59,8 @@ def load(source: str, path: str | Path, name: str | None = None, **options: Any)
 
     Args:
         source: One of :data:`ADAPTERS` (``amazon2014``, ``lcrec``, ``recbole``, ``kuairand``,
-            ``kuairec``, ``parquet``).
+            ``kuairec``, ``parquet``), or ``auto``: the layout found at ``path`` (:func:`detect_source`,
+            which also infers ``name`` where the layout names one dataset).
         path: The dataset's folder (or main file).
         name: Dataset name inside the folder (e.g. ``Beauty``), where the layout has several.
         **options: Adapter options, e.g. ``text_path`` (amazon2014), ``matrix`` (kuairec),
@@ -65,9 +69,11 @@ def load(source: str, path: str | Path, name: str | None = None, **options: Any)
     Returns:
         The validated :class:`~onerec.data.schema.Dataset`.
     """
+    if source == "auto":
+        source, name = detect_source(path, name)
     fn = ADAPTERS.get(source)
     if fn is None:
-        raise DataError(f"unknown data source '{source}'", fix=f"use one of: {', '.join(ADAPTERS)}")
+        raise DataError(f"unknown data source '{source}'", fix=f"use one of: auto, {', '.join(ADAPTERS)}")
     allowed = [p for p in inspect.signature(fn).parameters if p not in ("path", "name")]
     for key in options:
         if key not in allowed:
@@ -80,6 +86,8 @@ def load(source: str, path: str | Path, name: str | None = None, **options: Any)
 
 __all__ = [
     "ADAPTERS",
+    "LAYOUTS",
+    "detect_source",
     "load",
     "load_amazon2014",
     "load_kuairand",

@@ -15,7 +15,8 @@ Every list is scored on held-out users by the world's closed-form expected watch
 and long-view per shown item; also the mean P-Score and the legality of unconstrained generation.
 The reward used for alignment is the learned P-Score only; the world's truth is used only to score.
 
-    PYTHONPATH=src python benchmarks/alignment.py [--seeds 0 1 2] [--out benchmarks/results/alignment.json]
+    PYTHONPATH=src python benchmarks/alignment.py [--seeds 0 1 2] \\
+        [--out benchmarks/results/reward-alignment/alignment.json]
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def summarise(runs: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="benchmarks/results/alignment.json")
+    ap.add_argument("--out", default="benchmarks/results/reward-alignment/alignment.json")
     ap.add_argument("--workdir", default=None, help="keep run directories here (default: a temp dir)")
     ap.add_argument("--reuse", action="store_true", help="reuse trained generators / P-Scores found in --workdir")
     ap.add_argument("--prepare-only", action="store_true", help="only pretrain and fit the P-Score (with --workdir)")

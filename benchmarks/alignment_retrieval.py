@@ -11,7 +11,7 @@ vectors two ways:
   ``tokenizer.levels`` codes and the relative reconstruction error.
 
     python benchmarks/alignment_retrieval.py RUN --setting content.alignment.steps=800 \\
-        --setting content.alignment.steps=2400 --out benchmarks/results/alignment-retrieval-beauty.json
+        --setting content.alignment.steps=2400 --out benchmarks/results/amazon2014/alignment-retrieval-beauty.json
 
 RUN: a run folder after ``onerec data`` (e.g. one seed of ``onerec bench amazon``). Each
 ``--setting`` is one variant (space-separated overrides); the content-only vectors are always

@@ -28,7 +28,7 @@ from onerec.io import read_parquet
 from onerec.pipeline import stage_data
 from onerec.tokenizer import ResidualKMeansTokenizer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "amazon2014"
 SETTINGS = [  # (levels, codebook size, balanced, content dim)
     (3, 256, False, 128), (3, 256, True, 128),
     (2, 256, False, 128), (4, 256, False, 128),
@@ -69,6 +69,7 @@ def main() -> None:
            "command": f"python benchmarks/amazon_tokenizer_ablation.py --category {args.category}",
            "machine": machine_info(),
            "n_items": items.num_rows, "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"amazon-{args.category}-tokenizer-ablation.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")

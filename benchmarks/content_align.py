@@ -11,7 +11,7 @@ then each variant is trained and evaluated with the same small quickstart-sized 
 Datasets: ``simulated`` (the quickstart world) and ``scientific`` (LC-Rec Amazon 2018 Industrial
 & Scientific, real item text, from ``--datasets-dir``). Stages whose outputs already exist in
 ``--out`` are reused (so an interrupted benchmark resumes). Writes
-``benchmarks/results/content.json``: per dataset and variant the median over seeds of
+``benchmarks/results/content/content.json``: per dataset and variant the median over seeds of
 recall@10 / ndcg@10, and the tokenizer's per-level utilisation and collision rate.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from onerec.bench.machine import machine_info
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "content"
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["train.threads=1", "eval.baselines=[popular]", "eval.ks=[10,50]"]
 
@@ -118,7 +118,7 @@ def main() -> None:
         entry["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         entry["machine"] = machine_info(note=args.note)
         results[name] = entry
-        RESULTS.mkdir(exist_ok=True)
+        RESULTS.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(results, indent=2) + "\n")
 
 

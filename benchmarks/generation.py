@@ -30,7 +30,7 @@ alone (``onerec_gemm_s``); no exact fp32 implementation of the same model can be
 so ``speedup_ceiling = hf_s / onerec_gemm_s`` is the most any implementation could show here.
 
 Every figure is the median of ``--reps`` runs (HF: fewer at large sizes, see "reps"), with torch
-on 1 thread on both sides. Writes ``benchmarks/results/generation[.quick].json``.
+on 1 thread on both sides. Writes ``benchmarks/results/generation/generation[.quick].json``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from onerec.model.generator import Generator
 from onerec.model.layers import ffn_hidden
 from onerec.tokenizer.constraints import PrefixTable
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "generation"
 HISTORY = 50
 
 

@@ -12,7 +12,7 @@ user id.
     python benchmarks/model_pathways.py --dataset beauty  (needs ../shared/datasets/amazon2014_s3rec)
     python benchmarks/model_pathways.py --dataset sim --table   (print the stored table: mean ± std over seeds)
 
-Results merge into ``benchmarks/results/model.json`` under ``"pathways"`` (after every variant, so a
+Results merge into ``benchmarks/results/model/model.json`` under ``"pathways"`` (after every variant, so a
 cut-short run keeps what it measured).
 """
 
@@ -43,7 +43,7 @@ from onerec.pipeline import load_codes, make_featurizer, stage_data, stage_token
 from onerec.train import train_generator
 from onerec.train.checkpoint import model_meta
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "model"
 ALL_FEATS = ["sid", "item", "author", "tag", "time", "play", "duration", "label"]
 VARIANTS: dict[str, list[str]] = {
     # name: overrides on top of the dataset's base config (the quickstart model: positive pathway)
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--preset", default="quickstart", help="base preset (tiny: a smoke test)")
     ap.add_argument("--variants", default="", help="comma-separated subset of variant names (default: all)")
     ap.add_argument("--datasets", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
-    ap.add_argument("--out", default="", help="results file (default benchmarks/results/model.json)")
+    ap.add_argument("--out", default="", help="results file (default benchmarks/results/model/model.json)")
     ap.add_argument("--run-dir", default="", help="keep the prepared dataset here and reuse it when present")
     ap.add_argument("--table", action="store_true", help="only print the results file's table for --dataset")
     args = ap.parse_args()

@@ -62,7 +62,7 @@ autocast (``train.precision=bf16``) the same way (3 rounds of ``--packing-steps`
 the median of the rounds' ratios). bf16 only pays on a CPU with bf16 matrix units (AVX-512 BF16 /
 AMX; ``bf16_matmul_cpu`` records the flag) or a GPU.
 
-Results merge into ``benchmarks/results/model.json`` under ``"throughput_cpu"``.
+Results merge into ``benchmarks/results/model/model.json`` under ``"throughput_cpu"``.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ from onerec.io import write_json
 from onerec.model.generator import Generator
 from onerec.model.info import codebook_sizes
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "model"
 PLAN = {  # preset: (batch size, optimizer)
     "quickstart": (256, "adamw"),
     "onerec-0.015b": (8, "adamw"),

@@ -7,7 +7,7 @@ Recall/NDCG@K as the median over seeds, plus the median wall time.
     python benchmarks/quickstart.py --quick    # the tiny preset, 3 seeds (~1 min)
     python benchmarks/quickstart.py            # the quickstart preset, 3 seeds
 
-Prints a Markdown table and writes ``benchmarks/results/quickstart[.quick].json``.
+Prints a Markdown table and writes ``benchmarks/results/quickstart/quickstart[.quick].json``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from onerec.bench.machine import machine_info
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "quickstart"
 KEYS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 
 
@@ -68,7 +68,7 @@ def main() -> None:
         "machine": machine_info(),
         "median": median, "wall_s_median": wall, "runs": runs,
     }
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"quickstart{'.quick' if args.quick else ''}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {path}")

@@ -26,7 +26,7 @@ overrides on top of the tiny preset's data).
     python benchmarks/serve_load.py            # tiny and 0.015B, 2,000 requests (or 60 s) per level
     python benchmarks/serve_load.py --quick    # tiny only, 150 requests (or 10 s) per level: ~1 minute
 
-Writes ``benchmarks/results/serve_load[.quick].json`` and prints a Markdown table. Loopback only;
+Writes ``benchmarks/results/serving/serve_load[.quick].json`` and prints a Markdown table. Loopback only;
 every loop is bounded in requests and seconds.
 """
 
@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from onerec.bench.machine import machine_info
 from onerec.io import write_json
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "serving"
 SIZES = {
     "tiny": [],
     "0.015B": ["model.d_model=128", "model.n_heads=4", "model.enc_layers=4", "model.dec_layers=4",

@@ -9,7 +9,7 @@ the same pairs, and reads back the logged feedback rates of each policy.
     python benchmarks/simulator_scale.py --quick    # quickstart + 10k users x 5k items x 1M events (~1 min)
     python benchmarks/simulator_scale.py            # + 100k users x 50k items x 10M events (run once)
 
-Prints a Markdown table and writes ``benchmarks/results/simulator_scale[.quick].json``.
+Prints a Markdown table and writes ``benchmarks/results/simulator/simulator_scale[.quick].json``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "simulator"
 # name, n_users, n_items, n_events, n_authors, default repeats
 QUICKSTART = ("quickstart (defaults)", 3000, 2000, 300_000, 300, 3)
 QUICK = ("quick", 10_000, 5_000, 1_000_000, 700, 3)

@@ -19,7 +19,7 @@ Usage::
     python benchmarks/tokenizer_kmeans.py           # ~12 min: 1M x 256, K=256, 10 iters, 1 repeat,
                                                     #   + one K=8192 level (1 iteration)
 
-Writes ``benchmarks/results/tokenizer_kmeans[.quick].json`` and prints a Markdown table.
+Writes ``benchmarks/results/tokenizer/tokenizer_kmeans[.quick].json`` and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from onerec.tokenizer import (
 )
 from onerec.tokenizer.kmeans import kmeans
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "tokenizer"
 
 
 # ----------------------------------------------------------------------------------- data
@@ -226,7 +226,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-sklearn", action="store_true")
     p.add_argument("--threads", type=int, default=2, help="torch / faiss threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/tokenizer_kmeans[.quick].json)")
+    p.add_argument("--out", type=Path,
+                   help="JSON path (default benchmarks/results/tokenizer/tokenizer_kmeans[.quick].json)")
     a = p.parse_args(argv)
     q = a.quick
     a.n = a.n or (100_000 if q else 1_000_000)

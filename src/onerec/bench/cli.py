@@ -33,7 +33,7 @@ def bench() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="run directories, one per seed [default: runs/bench-amazon-<category>].")
 @click.option("--results", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="results JSON [default: benchmarks/results/amazon-<category>.json].")
+              help="results JSON [default: benchmarks/results/amazon2014/amazon-<category>.json].")
 @click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds.")
 @click.option("--models", default="onerec,onerec_prior,sasrec_ce,sasrec_bce,transitions", show_default=True,
               help="comma-separated: onerec, onerec_prior (onerec's trained generator with the succession prior at "
@@ -65,7 +65,7 @@ def amazon(category: str, datasets: Path, out: Path | None, results: Path | None
     if budget_s is not None:
         extra = [f"train.time_budget_s={budget_s}", f"eval.sasrec.time_budget_s={budget_s}", *extra]
     out = out or Path("runs") / f"bench-amazon-{category}"
-    results = results or Path("benchmarks") / "results" / f"amazon-{category}.json"
+    results = results or Path("benchmarks") / "results" / "amazon2014" / f"amazon-{category}.json"
     result = run_amazon(category, datasets, out, seeds=_seeds(seeds),
                         models=[m.strip() for m in models.split(",") if m.strip()], preset=preset,
                         config_file=config_file, overrides=extra, text=not no_text, max_history=max_history,
@@ -85,7 +85,7 @@ def amazon(category: str, datasets: Path, out: Path | None, results: Path | None
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/bench-scientific"),
               show_default=True)
 @click.option("--results", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("benchmarks/results/amazon2018-scientific-indexes.json"), show_default=True)
+              default=Path("benchmarks/results/scientific/amazon2018-scientific-indexes.json"), show_default=True)
 @click.option("--seeds", default="0", show_default=True, help="comma-separated seeds.")
 @click.option("--preset", default="amazon", show_default=True)
 @click.option("--budget-s", type=float, default=None, help="wall-time cap in seconds for each model's training.")

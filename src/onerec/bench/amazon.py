@@ -134,7 +134,8 @@ def check_protocol(run: Path, cfg: RunConfig, codes: np.ndarray | None = None, *
       catalogue (full ranking).
 
     Raises:
-        DataError / ConfigError naming what does not hold.
+        DataError: a property of the data that does not hold, named.
+        ConfigError: a property of the config that does not hold, named.
     """
     from onerec.data.schema import Dataset
     from onerec.data.splits import Sequences, list_column, load_splits

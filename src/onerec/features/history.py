@@ -103,7 +103,8 @@ class HistoryFeaturizer:
         codes: [N_items, D] semantic IDs of every item.
         max_history: H, most recent behaviours kept.
         side: item/user/log side information (optional; missing features are padding).
-        cfg: the model config (a :class:`onerec.config.ModelConfig`); decides which pathways are built.
+        cfg (ModelConfig | None): the model config (a :class:`onerec.config.ModelConfig`); decides which pathways
+            are built.
     """
 
     def __init__(self, codes: np.ndarray, max_history: int, *, side: SideInfo | None = None, cfg=None,

@@ -75,10 +75,9 @@ class Packing:
 class Attention(nn.Module):
     """Multi-head attention over ``F.scaled_dot_product_attention`` (self- or cross-).
 
-    Args:
-        x: queries [B, T, D]. kv: keys/values source [B, S, D] (defaults to x).
-        mask: bool [B, 1 or T, S] or [B, 1, 1, S]-broadcastable, True = may attend.
-        causal: apply a causal mask (self-attention only, T == S).
+    ``forward`` takes ``x``: queries [B, T, D]; ``kv``: keys/values source [B, S, D] (defaults to x);
+    ``mask``: bool [B, 1 or T, S] or [B, 1, 1, S]-broadcastable, True = may attend; ``causal``: apply a
+    causal mask (self-attention only, T == S).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:

@@ -124,7 +124,10 @@ class PScoreModel(nn.Module):
 
     Args:
         cfg: sizes and switches (:class:`onerec.config.RewardConfig`).
-        n_users, n_items, n_cats, n_authors: vocabulary sizes.
+        n_users: vocabulary size of the user ids.
+        n_items: vocabulary size of the item ids.
+        n_cats: vocabulary size of the categories.
+        n_authors: vocabulary size of the authors.
     """
 
     def __init__(self, cfg: RewardConfig, n_users: int, n_items: int, n_cats: int, n_authors: int) -> None:

@@ -67,7 +67,7 @@ def industrial_reward(reward: np.ndarray, item_class: np.ndarray, target_class: 
         item_class: [B, K] class of each item (-1 for illegal items, never targeted).
         target_class: the class whose exposure is limited.
         f: allowed share; within each row, targeted items beyond the first ``floor(f * K)`` (in
-           list order) get ``reward * scale``. ``f >= 1`` leaves rewards unchanged.
+            list order) get ``reward * scale``. ``f >= 1`` leaves rewards unchanged.
         scale: multiplier in [0, 1].
     """
     reward = np.asarray(reward, dtype=np.float64)

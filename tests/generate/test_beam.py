@@ -288,3 +288,72 @@ def test_cuda_matches_cpu(mode: str) -> None:
     gpu = beam_search(lm.step_fn(torch.arange(8, device="cuda"), 16), table=gpu_table, **kw)
     assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[2].cpu(), cpu[2])
     torch.testing.assert_close(gpu[1].cpu(), cpu[1], atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------ exclusion (e.g. the user's history)
+@st.composite
+def exclusion_problems(draw, max_items: int = 30):
+    p = draw(problems(max_items))
+    n = p["codes"].shape[0]
+    p["exclude"] = [draw(st.lists(st.integers(0, n - 1), max_size=n)) for _ in range(p["n_users"])]
+    return p
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=exclusion_problems())
+def test_exclusion_matches_reference_and_keeps_k_allowed_items(p: dict) -> None:
+    table = PrefixTable.from_codes(p["codes"], p["sizes"])
+    lm = RandomLM(p["sizes"], p["n_users"], p["seed"], p["neg_inf_frac"])
+    assume(prefix_scores_tie_free(lm, p["codes"], p["n_users"]))
+    step_fn = lm.step_fn(torch.arange(p["n_users"]), p["beam"])
+    kw = {"batch_size": p["n_users"], "table": table, "beam_size": p["beam"], "top_k": p["top_k"],
+          "return_codes": True, "exclude": p["exclude"]}
+    items, scores, codes = beam_search(step_fn, candidates=p["mode"], **kw)
+    ref_items, ref_scores, ref_codes = beam_search_reference(step_fn, **kw)
+    assert torch.equal(items, ref_items) and torch.equal(codes, ref_codes)
+    torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=0)
+    check_valid(table, items, scores, codes)
+    n = table.num_items
+    for u, row in enumerate(items.tolist()):
+        assert not set(row) & set(p["exclude"][u])
+        if p["neg_inf_frac"] == 0:  # every allowed item is reachable: exactly min(k, allowed) come back
+            assert sum(i >= 0 for i in row) == min(p["top_k"], n - len(set(p["exclude"][u])))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exclusion_returns_k_unseen_items_where_filtering_the_beam_would_not(mode: str) -> None:
+    """Beam 4, k 4: excluding the 4 items the plain search returns and more still gives 4 other items; the
+    plain search's beam filtered afterwards would give none."""
+    sizes = [4, 4, 3]
+    codes = random_codes(sizes, 40, seed=3)
+    table = PrefixTable.from_codes(codes, sizes)
+    lm = RandomLM(sizes, 2, seed=5)
+    step_fn = lm.step_fn(torch.arange(2), 4)
+    plain, _ = beam_search(step_fn, batch_size=2, table=table, beam_size=4, top_k=4, candidates=mode)
+    # user 0: the plain top 4 plus every other item of their first-level prefixes; user 1: nothing
+    first = set(codes[plain[0], 0].tolist())
+    seen = sorted({int(i) for i in range(40) if int(codes[i, 0]) in first} | set(plain[0].tolist()))
+    assert len(seen) < 40
+    items, scores = beam_search(step_fn, batch_size=2, table=table, beam_size=4, top_k=4, candidates=mode,
+                                exclude=[seen, []])
+    assert (items[0] >= 0).all() and not set(items[0].tolist()) & set(seen)
+    assert torch.equal(items[1], plain[1])  # a user with nothing excluded gets what the plain search gives
+    assert torch.isfinite(scores).all()
+
+
+def test_exclusion_of_every_item_returns_padding_and_empty_exclusion_changes_nothing() -> None:
+    sizes = [3, 2]
+    codes = random_codes(sizes, 6, seed=1)
+    table = PrefixTable.from_codes(codes, sizes)
+    step_fn = RandomLM(sizes, 2, seed=2).step_fn(torch.arange(2), 4)
+    kw = {"batch_size": 2, "table": table, "beam_size": 4, "top_k": 3}
+    items, scores = beam_search(step_fn, exclude=[list(range(6)), []], **kw)
+    plain, plain_scores = beam_search(step_fn, **kw)
+    assert (items[0] == -1).all() and torch.isneginf(scores[0]).all()
+    assert torch.equal(items[1], plain[1]) and torch.equal(scores[1], plain_scores[1])
+    same, same_scores = beam_search(step_fn, exclude=[[], []], **kw)
+    assert torch.equal(same, plain) and torch.equal(same_scores, plain_scores)
+    with pytest.raises(ValueError, match="exclude has 1 rows"):
+        beam_search(step_fn, exclude=[[]], **kw)
+    with pytest.raises(ValueError, match=r"outside 0\.\.5"):
+        beam_search(step_fn, exclude=[[6], []], **kw)

@@ -32,7 +32,7 @@ device and build, repeatable) order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -56,6 +56,7 @@ def beam_search(
     state: Any = None,
     return_codes: bool = False,
     candidates: CandidateMode = "auto",
+    exclude: Sequence[Tensor | np.ndarray | Sequence[int]] | None = None,
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Top-k valid items per user by total code log-probability, via constrained beam search.
 
@@ -77,6 +78,11 @@ def beam_search(
         state: initial ``step_fn`` state; tensor leaves have leading dim B*K.
         return_codes: also return the items' codes.
         candidates: "auto", "dense" or "sparse" (same results up to ties).
+        exclude: B sequences of item ids that user must not get (e.g. their history), or None. Exact and
+            cheap: at every level a prefix all of whose items are excluded for the user is masked like an
+            invalid one (:meth:`PrefixTable.exhausted`), so every kept beam still leads to an allowed item and
+            the search returns ``min(top_k, allowed items)`` distinct allowed items, with no wider beam. Users'
+            other beams are searched as without it.
 
     Returns:
         ``(items, scores)`` or, with ``return_codes``, ``(items, scores, codes)``:
@@ -101,6 +107,7 @@ def beam_search(
     """
     _check_sizes(batch_size, beam_size, top_k, table, candidates)
     b, k, dev = batch_size, beam_size, table.device
+    banned = None if exclude is None else _exhausted_keys(table, exclude, b)
     scores = torch.full((b, k), NEG_INF, device=dev)
     scores[:, 0] = 0.0  # one live beam per user, so no two beams share a prefix
     nodes = torch.where(torch.arange(b * k, device=dev) % k == 0, 0, -1)
@@ -114,20 +121,44 @@ def beam_search(
         # At step 0 only beam 0 of each user is live: expanding the K-1 dead copies would cost K times more.
         live = 1 if step == 0 else k
         expand = _expand_sparse if sparse else _expand_dense
-        scores, rows, new_tokens, nodes = expand(table, step, log_probs, scores, nodes, live)
+        scores, rows, new_tokens, nodes = expand(table, step, log_probs, scores, nodes, live,
+                                                 None if banned is None else banned[step])
         tokens = torch.cat([tokens[rows], new_tokens[:, None]], dim=1)
         if step + 1 < table.depth:
             state = reorder_state(state, rows, b * k)
     return _gather_outputs(table, scores, nodes, tokens, top_k, return_codes)
 
 
+def _exhausted_keys(table: PrefixTable, exclude: Sequence, b: int) -> list[Tensor]:
+    """``beam_search``'s ``exclude`` (B sequences of item ids) -> per level the keys ``user * n_{t+1} + node`` of
+    the nodes left without an allowed item (:meth:`PrefixTable.exhausted`)."""
+    if len(exclude) != b:
+        raise ValueError(f"exclude has {len(exclude)} rows; expected one per user (batch_size={b}).")
+    parts = [torch.as_tensor(np.asarray(e, dtype=np.int64).reshape(-1)) for e in exclude]
+    items = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    if len(items) and (int(items.min()) < 0 or int(items.max()) >= table.num_items):
+        raise ValueError(f"exclude holds item ids outside 0..{table.num_items - 1}.")
+    rows = torch.repeat_interleave(torch.arange(b), torch.tensor([len(x) for x in parts], dtype=torch.long))
+    return table.exhausted(rows.to(table.device), items.to(table.device))
+
+
+def _banned_children(table: PrefixTable, step: int, child: Tensor, live: int, banned: Tensor) -> Tensor:
+    """bool, ``child``'s shape [B*live, W]: the child nodes (level step+1) left without an allowed item for the
+    user of their row."""
+    n = table.num_nodes(step + 1)
+    user = torch.div(torch.arange(child.shape[0], device=child.device), live, rounding_mode="floor")
+    return (child >= 0) & torch.isin(user[:, None] * n + child, banned)
+
+
 def _expand_dense(
-    table: PrefixTable, step: int, log_probs: Tensor, scores: Tensor, nodes: Tensor, live: int
+    table: PrefixTable, step: int, log_probs: Tensor, scores: Tensor, nodes: Tensor, live: int,
+    banned: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One step over all V_t tokens of the first ``live`` beams of each user.
 
     Args:
-        log_probs: [B*K, V_t]; scores: [B, K] running totals; nodes: [B*K] trie nodes.
+        log_probs: [B*K, V_t]; scores: [B, K] running totals; nodes: [B*K] trie nodes; banned: sorted keys of
+            the level-(t+1) nodes excluded per user (:func:`_exhausted_keys`), or None.
 
     Returns:
         New scores [B, K] (descending), parent rows [B*K], new tokens [B*K], new nodes [B*K].
@@ -135,7 +166,14 @@ def _expand_dense(
     b, k = scores.shape
     v = table.codebook_sizes[step]
     lp = log_probs.reshape(b, k, v)[:, :live].reshape(b * live, v)
-    allowed = table.allowed_mask(nodes.reshape(b, k)[:, :live].reshape(-1), step)  # [B*live, V]
+    live_nodes = nodes.reshape(b, k)[:, :live].reshape(-1)
+    allowed = table.allowed_mask(live_nodes, step)  # [B*live, V]
+    if banned is not None:  # children left without an allowed item are masked like invalid ones
+        child_tok, child_node = table.children(live_nodes, step)
+        bad = _banned_children(table, step, child_node, live, banned)
+        ban = torch.zeros(allowed.shape[0], v + 1, dtype=torch.bool, device=allowed.device)
+        ban.scatter_(1, torch.where(bad, child_tok, v), True)
+        allowed = allowed & ~ban[:, :v]
     cand = torch.where(allowed, lp.float(), NEG_INF) + scores[:, :live].reshape(-1, 1)
     top, flat = _top_k_padded(cand.reshape(b, live * v), k)  # over (beam, token) pairs
     rows = _flat_rows(flat // v, k)
@@ -145,7 +183,8 @@ def _expand_dense(
 
 
 def _expand_sparse(
-    table: PrefixTable, step: int, log_probs: Tensor, scores: Tensor, nodes: Tensor, live: int
+    table: PrefixTable, step: int, log_probs: Tensor, scores: Tensor, nodes: Tensor, live: int,
+    banned: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Like :func:`_expand_dense`, over each beam's W_t valid children only (same outputs)."""
     b, k = scores.shape
@@ -154,7 +193,10 @@ def _expand_sparse(
     child_tok, child_node = table.children(nodes.reshape(b, k)[:, :live].reshape(-1), step)  # [B*live, W]
     w = child_tok.shape[1]
     lp = lp.gather(1, child_tok.clamp(min=0)).float()
-    cand = torch.where(child_tok >= 0, lp, NEG_INF) + scores[:, :live].reshape(-1, 1)
+    valid = child_tok >= 0
+    if banned is not None:  # children left without an allowed item are masked like invalid ones
+        valid = valid & ~_banned_children(table, step, child_node, live, banned)
+    cand = torch.where(valid, lp, NEG_INF) + scores[:, :live].reshape(-1, 1)
     top, flat = _top_k_padded(cand.reshape(b, live * w), k)  # over (beam, child slot) pairs
     beam, slot = flat // w, (flat % w).reshape(-1)
     cand_rows = _flat_rows(beam, live)
@@ -283,18 +325,24 @@ def beam_search_reference(
     top_k: int,
     state: Any = None,
     return_codes: bool = False,
+    exclude: Sequence[Tensor | np.ndarray | Sequence[int]] | None = None,
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """Slow, obviously correct twin of :func:`beam_search` (same arguments and outputs).
 
     Keeps each user's live beams as Python lists of ``(prefix tuple, float32 score, parent row)``,
-    checks validity with a dict-of-sets trie built from ``table.codes``, and sorts candidates in
-    Python. Scores are float32 sums in the same order as the fast path, so both agree exactly
-    except where scores tie. Only for tests and small benchmarks.
+    checks validity with a dict-of-sets trie built from ``table.codes`` (with ``exclude``: each user's own
+    trie of the items not excluded), and sorts candidates in Python. Scores are float32 sums in the same
+    order as the fast path, so both agree exactly except where scores tie. Only for tests and small benchmarks.
     """
     _check_sizes(batch_size, beam_size, top_k, table, "auto")
     b, k, depth = batch_size, beam_size, table.depth
     codes = [tuple(c) for c in table.codes.tolist()]
     children = _python_trie(codes)
+    if exclude is None:
+        tries = [children] * b
+    else:
+        banned = [{int(i) for i in np.asarray(e, dtype=np.int64).reshape(-1)} for e in exclude]
+        tries = [_python_trie([c for i, c in enumerate(codes) if i not in banned[u]]) for u in range(b)]
     item_of = {c: i for i, c in enumerate(codes)}
     beams: list[list[tuple[tuple[int, ...], np.float32, int]]] = [[((), np.float32(0.0), u * k)] for u in range(b)]
     for step in range(depth):
@@ -305,7 +353,7 @@ def beam_search_reference(
         log_probs, state = step_fn(tokens, step, state)
         _check_log_probs(log_probs, b * k, table.codebook_sizes[step], step)
         lp = log_probs.detach().float().cpu().numpy()
-        beams = [_reference_select(user_beams, u, k, children, lp) for u, user_beams in enumerate(beams)]
+        beams = [_reference_select(user_beams, u, k, tries[u], lp) for u, user_beams in enumerate(beams)]
     return _reference_outputs(beams, item_of, top_k, depth, table.device, return_codes)
 
 

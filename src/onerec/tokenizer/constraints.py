@@ -77,6 +77,7 @@ class PrefixTable:
         self.child_key = child_key
         self.leaf_item = leaf_item
         self.max_degree = max_degree
+        self._item_nodes: tuple[Tensor, list[Tensor]] | None = None  # built on first use by exhausted()
 
     # ------------------------------------------------------------------ construction
 
@@ -242,6 +243,45 @@ class PrefixTable:
         query = torch.where(ok, nodes * v + tokens, -1)
         pos = torch.searchsorted(key, query).clamp(max=key.shape[0] - 1)
         return torch.where(ok & (key[pos] == query), pos, -1)
+
+    def exhausted(self, rows: Tensor, items: Tensor) -> list[Tensor]:
+        """The nodes that excluding items leaves empty, per level: for each level t = 1..D, the sorted unique keys
+        ``row * n_t + node`` of the level-t nodes all of whose items are among the items excluded for ``row``.
+
+        Constrained beam search with exclusions (e.g. a user's history) drops these nodes, so every beam it keeps
+        still leads to an item that is not excluded (see :func:`onerec.generate.beam.beam_search`'s ``exclude``).
+        Cost: O(P * D) for P (row, item) pairs plus a sort of the keys, and once per table an O(N * D) index.
+
+        Args:
+            rows: LongTensor [P], the row (user) each exclusion belongs to (>= 0).
+            items: LongTensor [P], the item excluded for that row (0..N-1; duplicates are fine).
+
+        Returns:
+            D LongTensors of sorted keys; level t's entry is index t-1.
+
+        Example (the module docstring's table): excluding items 1 and 3 for row 0 empties prefix (0,) (nodes 0
+        of level 1) and leaves 0 and 1 of level 2: ``exhausted([0, 0], [1, 3]) -> [[0], [0, 1]]``.
+        """
+        node_of, sizes = self._node_index()
+        pairs = torch.unique(torch.stack([rows.long(), items.long()]), dim=1)  # each (row, item) once
+        out = []
+        for t in range(self.depth):
+            n = self.num_nodes(t + 1)
+            node = node_of[pairs[1], t]
+            keys, counts = torch.unique(pairs[0] * n + node, return_counts=True)  # sorted
+            out.append(keys[counts == sizes[t][keys % n]])
+        return out
+
+    def _node_index(self) -> tuple[Tensor, list[Tensor]]:
+        """([N, D] the level-(t+1) node of every item, per level the number of items below each node)."""
+        if self._item_nodes is None:
+            order = _lexsort_rows(self.codes)
+            sorted_nodes = _prefix_node_ids(self.codes[order])
+            node_of = torch.empty_like(sorted_nodes)
+            node_of[order] = sorted_nodes
+            sizes = [torch.bincount(node_of[:, t], minlength=self.num_nodes(t + 1)) for t in range(self.depth)]
+            self._item_nodes = (node_of, sizes)
+        return self._item_nodes
 
     def item_of(self, leaf_nodes: Tensor) -> Tensor:
         """Item ids of level-D nodes: LongTensor of ``leaf_nodes``' shape, -1 where the node is -1."""

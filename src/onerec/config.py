@@ -304,6 +304,10 @@ class GenerateConfig:
     succession_window: int = opt(10, "succession_prior > 0: last history items whose successors are counted")
     succession_decay: float = opt(0.1, "succession_prior > 0: weight of the d-th last history item's successors, "
                                        "decay^(d-1)")
+    exclude_seen: bool = opt(False, "onerec generate leaves out the items already in the user's history (the beam "
+                                    "search masks them, so k unseen items still come back); `onerec generate "
+                                    "--exclude-seen/--include-seen` overrides it per call. Evaluation has its own "
+                                    "setting, eval.exclude_seen")
 
 
 # ---------------------------------------------------------------------------- serve
@@ -371,6 +375,11 @@ class EvalConfig:
     baselines: list[str] = opt(["popular", "sasrec"],
                                "baselines scored in the same harness: popular, transitions, sasrec, sasrec_bce, "
                                "sasrec_ce")
+    exclude_seen: bool = opt(False, "leave each scored user's history out of every model's ranking: onerec's beam "
+                                    "search and the baselines (popular, transitions, SASRec) alike. false is the "
+                                    "TIGER protocol (leave-one-out, full ranking over all items, history not "
+                                    "excluded: a user may consume an item again), which every published and "
+                                    "benchmark number here uses")
     sasrec: SasrecConfig = section(SasrecConfig, "SASRec baseline settings")
 
 

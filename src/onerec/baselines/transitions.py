@@ -35,8 +35,9 @@ class ItemTransitions:
 
     name = "transitions"
 
-    def __init__(self, window: int | None = None, decay: float | None = None) -> None:
+    def __init__(self, window: int | None = None, decay: float | None = None, exclude_seen: bool = False) -> None:
         self.window, self.decay = window, decay  # None: chosen on valid (defaults 1 and 1.0 without it)
+        self.exclude_seen = exclude_seen  # leave each row's history out of its list (also when choosing on valid)
         self.chosen: dict[str, float] | None = None  # the valid NDCG@10 of every setting tried
         self.n_items = 0
 
@@ -68,12 +69,15 @@ class ItemTransitions:
         return self.succession.scores(histories, self.window, self.decay) + self.pop * self.decay ** (self.window - 1)
 
     def recommend(self, examples: pa.Table, k: int) -> np.ndarray:
-        """Top-k items per row by :meth:`scores` (ties by lower id): int64 [B, k]."""
+        """Top-k items per row by :meth:`scores` (ties by lower id): int64 [B, k]; with ``exclude_seen`` none of
+        the row's history (``-1`` where fewer items are left)."""
         if not self.n_items:
             raise RuntimeError("ItemTransitions.recommend called before fit")
         histories = list_column(examples, "history")
         out = np.empty((len(histories), k), dtype=np.int64)
         for s in range(0, len(histories), 256):
-            out[s:s + 256] = topk_from_scores(torch.from_numpy(self.scores(histories[s:s + 256])), k).numpy()
+            chunk = histories[s:s + 256]
+            exclude = chunk if self.exclude_seen else None
+            out[s:s + 256] = topk_from_scores(torch.from_numpy(self.scores(chunk)), k, exclude).numpy()
         return out
 

@@ -134,8 +134,8 @@ def _exhausted_keys(table: PrefixTable, exclude: Sequence, b: int) -> list[Tenso
     the nodes left without an allowed item (:meth:`PrefixTable.exhausted`)."""
     if len(exclude) != b:
         raise ValueError(f"exclude has {len(exclude)} rows; expected one per user (batch_size={b}).")
-    parts = [torch.as_tensor(np.asarray(e, dtype=np.int64).reshape(-1)) for e in exclude]
-    items = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    parts = [np.asarray(e, dtype=np.int64).reshape(-1) for e in exclude]
+    items = torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
     if len(items) and (int(items.min()) < 0 or int(items.max()) >= table.num_items):
         raise ValueError(f"exclude holds item ids outside 0..{table.num_items - 1}.")
     rows = torch.repeat_interleave(torch.arange(b), torch.tensor([len(x) for x in parts], dtype=torch.long))

@@ -5,7 +5,11 @@ Optionally (``prior_weight`` > 0, ``generate.succession_prior``; not in the pape
 items that most often followed the user's last items in the train split
 (:class:`~onerec.features.succession.Succession`), and the pool is ranked by
 ``log p(item | history) + prior_weight * log(1 + succession score)``: shallow fusion of the generator with the
-succession counts that the transitions baseline ranks by alone."""
+succession counts that the transitions baseline ranks by alone.
+
+``exclude_seen`` (``generate.exclude_seen``, ``eval.exclude_seen``) leaves out the items of each user's history:
+the constrained beam search itself masks them (:func:`~onerec.generate.beam.beam_search`'s ``exclude``), so
+``k`` distinct unseen items come back whenever the catalogue has them; succession candidates are filtered too."""
 
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ class GenerativeRecommender:
         beam_size: beams per user (>= k asked of ``recommend``).
         featurizer: builds the encoder's input (default: from ``codes`` and the model config, without
             side information; refused for a model that needs it, see :func:`onerec.pipeline.make_featurizer`).
+        exclude_seen: :meth:`recommend` (and :meth:`rank_by_priors`) never return an item of the row's
+            ``history`` (all of it, not only the ``max_history`` items the encoder reads).
     """
 
     name = "onerec"
@@ -46,7 +52,7 @@ class GenerativeRecommender:
                  device: str | torch.device = "cpu", progress: bool = False,
                  featurizer: HistoryFeaturizer | None = None, prior: Succession | None = None,
                  prior_weight: float = 0.0, prior_pool: int = 20, prior_window: int = 10,
-                 prior_decay: float = 0.1) -> None:
+                 prior_decay: float = 0.1, exclude_seen: bool = False) -> None:
         self.model = model.to(device).eval()
         self.codes = np.asarray(codes, dtype=np.int64)
         self.device = torch.device(device)
@@ -58,42 +64,53 @@ class GenerativeRecommender:
             raise ValueError("prior_weight > 0 needs prior=Succession.from_train(train, n_items)")
         self.prior, self.prior_weight, self.prior_pool = prior, prior_weight, prior_pool
         self.prior_window, self.prior_decay = prior_window, prior_decay
+        self.exclude_seen = exclude_seen
 
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:
         """Training happens in :func:`onerec.train.train_generator`; nothing to do here."""
 
     @torch.no_grad()
     def recommend(self, examples: pa.Table, k: int) -> np.ndarray:
-        """Top-``k`` item ids per row of a valid/test table: int64 [B, k], -1 where fewer exist."""
+        """Top-``k`` item ids per row of a valid/test table: int64 [B, k], -1 where fewer exist (with
+        ``exclude_seen``, none of the row's ``history``)."""
         ex = EvalExamples(examples, self.featurizer)
+        seen = self._seen(examples)
         out = np.full((len(ex), k), -1, dtype=np.int64)
         starts = range(0, len(ex), self.batch_size)
         for start in tqdm(starts, desc="generate", unit="batch", disable=not self.progress, dynamic_ncols=True):
             idx = np.arange(start, min(len(ex), start + self.batch_size))
-            out[idx] = self.recommend_batch(ex.batch(idx), k)
+            out[idx] = self.recommend_batch(ex.batch(idx), k, exclude=None if seen is None else [seen[i] for i in idx])
         return out
 
-    @torch.no_grad()
-    def recommend_batch(self, batch: dict[str, torch.Tensor], k: int) -> np.ndarray:
-        """Top-``k`` item ids of a featurized batch: int64 [B, k], -1 where fewer valid items exist."""
-        return self.rank(batch, k)[0]
+    def _seen(self, examples: pa.Table) -> list[np.ndarray] | None:
+        """Each row's history (item ids) when ``exclude_seen``, else None."""
+        return list_column(examples, "history") if self.exclude_seen else None
 
     @torch.no_grad()
-    def rank(self, batch: dict[str, torch.Tensor], k: int, *,
-             beam_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def recommend_batch(self, batch: dict[str, torch.Tensor], k: int, *,
+                        exclude: list[np.ndarray] | None = None) -> np.ndarray:
+        """Top-``k`` item ids of a featurized batch: int64 [B, k], -1 where fewer valid items exist;
+        ``exclude`` as in :meth:`rank`."""
+        return self.rank(batch, k, exclude=exclude)[0]
+
+    @torch.no_grad()
+    def rank(self, batch: dict[str, torch.Tensor], k: int, *, beam_size: int | None = None,
+             exclude: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items of a featurized batch and their scores, best first: (int64 [B, k], -1 where fewer
         valid items exist; float [B, k]). The beam's items and total log-probabilities, or with
         ``prior_weight`` > 0 the fused ranking of the beam pooled with the succession candidates
-        (:meth:`pool`). ``beam_size`` as in :meth:`generate`."""
+        (:meth:`pool`). ``beam_size`` as in :meth:`generate`; ``exclude``: B arrays of item ids never returned
+        for that row (e.g. its history; the beam search masks them, see :meth:`generate`), or None."""
         if not self.prior_weight:
-            items, scores, _ = self.generate(batch, k, beam_size=beam_size)
+            items, scores, _ = self.generate(batch, k, beam_size=beam_size, exclude=exclude)
             return items.cpu().numpy(), scores.cpu().numpy()
-        pool, log_p, prior = self.pool(batch, k, beam_size=beam_size)
+        pool, log_p, prior = self.pool(batch, k, beam_size=beam_size, exclude=exclude)
         return top_fused(pool, log_p + self.prior_weight * prior, k)
 
     @torch.no_grad()
     def pool(self, batch: dict[str, torch.Tensor], k: int, *, beam_size: int | None = None,
-             rescore_beam: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             rescore_beam: bool = False, exclude: list[np.ndarray] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The candidate pool that :meth:`rank` fuses when ``prior_weight`` > 0: (items int64 [B, M], -1 =
         padding; their log-probabilities under the generator, float64 [B, M], -inf on padding; their prior
         log(1 + succession score), float64 [B, M]); the fused score is ``log_p + prior_weight * prior``. The
@@ -104,29 +121,34 @@ class GenerativeRecommender:
         The beam's items keep the log-probabilities the beam search summed; only the succession candidates
         outside the beam are scored by a teacher-forced pass (:meth:`log_probs`, cached). ``rescore_beam=True`` is
         the plain reference: every pool item through the full decoder (``log_probs(cached=False)``), the same
-        numbers up to float rounding (tested)."""
-        beam = self._beam(batch, k, beam_size)
+        numbers up to float rounding (tested). ``exclude`` as in :meth:`rank`: neither the beam nor the succession
+        candidates hold those items."""
+        beam = self._beam(batch, k, beam_size, exclude)
         return self._pool(batch, beam, self.prior_window, self.prior_decay, rescore_beam=rescore_beam)
 
-    def _beam(self, batch: dict[str, torch.Tensor], k: int, beam_size: int | None) -> tuple:
+    def _beam(self, batch: dict[str, torch.Tensor], k: int, beam_size: int | None,
+              exclude: list[np.ndarray] | None = None) -> tuple:
         """The first half of :meth:`pool`: (the encoder's output, the final beam's items [B, beam] and their
-        log-probabilities, float64, -inf on padding, the histories the succession counts score), to be pooled
-        with one or more succession rules."""
+        log-probabilities, float64, -inf on padding, the histories the succession counts score, ``exclude``), to
+        be pooled with one or more succession rules."""
         beam = max(self.beam_size, k) if beam_size is None else beam_size
         encoded = self._encode(batch)
-        found, found_lp, _ = self._search(*encoded, beam, beam_size=beam)
+        found, found_lp, _ = self._search(*encoded, beam, beam_size=beam, exclude=exclude)
         found = found.cpu().numpy()
         item_ids, mask = batch["hist_item"].numpy(), batch["hist_mask"].numpy()
         hist = [row[m] - 1 for row, m in zip(item_ids, mask)]  # hist_item is the item id + 1
-        return encoded, found, np.where(found >= 0, found_lp.double().cpu().numpy(), -np.inf), hist
+        return encoded, found, np.where(found >= 0, found_lp.double().cpu().numpy(), -np.inf), hist, exclude
 
     def _pool(self, batch: dict[str, torch.Tensor], beam: tuple, window: int, decay: float, *,
               rescore_beam: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The second half of :meth:`pool`: the beam of :meth:`_beam` pooled with the succession rule
         (``window``, ``decay``)."""
-        encoded, found, found_lp, hist = beam
+        encoded, found, found_lp, hist, exclude = beam
         keys, totals = self.prior.sparse_scores(hist, window, decay)  # once for both uses
         rule, _ = self.prior.top(keys, totals, len(hist), self.prior_pool)
+        if exclude is not None:  # excluded items leave the succession candidates too (the beam has none)
+            for row, seen in enumerate(exclude):
+                rule[row, np.isin(rule[row], seen)] = -1
         pool = np.concatenate([found, rule], 1)
         # an item in both lists keeps its first place only (a stable sort puts each first place first)
         order = np.argsort(pool, axis=1, kind="stable")
@@ -151,11 +173,13 @@ class GenerativeRecommender:
             raise ValueError("ranking with the succession prior needs prior=Succession.from_train(train, n_items)")
         rules = [(self.prior_window, self.prior_decay)] if rules is None else rules
         ex = EvalExamples(examples, self.featurizer)
+        seen = self._seen(examples)
         out: dict[tuple[int, float, float], list[np.ndarray]] = {(r[0], r[1], w): [] for r in rules for w in weights}
         starts = range(0, len(ex), self.batch_size)
         for start in tqdm(starts, desc="prior grid", unit="batch", disable=not self.progress, dynamic_ncols=True):
-            batch = ex.batch(np.arange(start, min(len(ex), start + self.batch_size)))
-            beam = self._beam(batch, k, None)
+            idx = np.arange(start, min(len(ex), start + self.batch_size))
+            batch = ex.batch(idx)
+            beam = self._beam(batch, k, None, None if seen is None else [seen[i] for i in idx])
             for window, decay in rules:
                 pool, log_p, prior = self._pool(batch, beam, window, decay)
                 for w in weights:
@@ -221,7 +245,8 @@ class GenerativeRecommender:
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], k: int, *, beam_size: int | None = None,
-                 cached: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 cached: bool = True, exclude: list[np.ndarray] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Constrained beam search for a featurized batch (see :mod:`onerec.features`).
 
         The encoder runs once per user; decoding uses the KV cache and per-user cross-attention K/V
@@ -232,19 +257,22 @@ class GenerativeRecommender:
         Args:
             k: items per user; ``k = beam_size`` returns the whole final beam (Pass@K candidate sets).
             beam_size: beams (default ``max(self.beam_size, k)``); must be >= k.
+            exclude: B arrays of item ids that row must not get (e.g. its history), or None: masked inside the
+                search, so ``min(k, items not excluded)`` items come back (:func:`beam_search`).
 
         Returns:
             (items [B, k] int64, -1 = none; scores [B, k] float32 total log-prob, descending;
             codes [B, k, D]).
         """
-        return self._search(*self._encode(batch), k, beam_size=beam_size, cached=cached)
+        return self._search(*self._encode(batch), k, beam_size=beam_size, cached=cached, exclude=exclude)
 
     def _encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's (memory, mask) for a featurized batch, on this recommender's device."""
         return self.model.encode_batch({key: v.to(self.device) for key, v in batch.items()})
 
     def _search(self, memory: torch.Tensor, memory_mask: torch.Tensor, k: int, *, beam_size: int | None = None,
-                cached: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                cached: bool = True, exclude: list[np.ndarray] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`generate` from the encoder's output."""
         b = memory.shape[0]
         beam = max(self.beam_size, k) if beam_size is None else beam_size
@@ -258,7 +286,7 @@ class GenerativeRecommender:
                 return self.model.step_log_probs(tokens, step, st["memory"], st["mask"]), st
 
         return beam_search(step_fn, batch_size=b, table=self.table, beam_size=beam, top_k=k, state=state,
-                           return_codes=True)
+                           return_codes=True, exclude=exclude)
 
 
 def check_prior_grid(weights, rules) -> None:

@@ -166,7 +166,7 @@ async def abandon(host: str, port: int, payload: dict, rng: random.Random) -> No
 async def stall(host: str, port: int, limit: float) -> bool:
     """Send half a request and wait; True if the server closed the connection within ``limit`` s."""
     reader, writer = await asyncio.open_connection(host, port)
-    head, body = request_bytes(host, "/recommend", {"history": [1, 2, 3], "k": 5})
+    head, body = request_bytes(host, "/recommend", {"history_index": [1, 2, 3], "k": 5})
     writer.write(head + body[: len(body) // 2])
     await writer.drain()
     try:

@@ -46,7 +46,7 @@ def test_stage_verbs_rerun_on_the_run_directory(quick_run):
 
     user = pq.read_table(quick_run / "data" / "users.parquet")["raw_id"][0].as_py()
     res = _ok(runner.invoke(cli, ["generate", str(quick_run), "--user", user, "-k", "5"]))
-    assert res.output.count("item ") == 5
+    assert res.output.count("item sim_v") == 5 and res.output.count("(index ") == 5  # the dataset's ids first
 
 
 def test_errors_are_one_clear_line(tmp_path):

@@ -48,11 +48,13 @@ def test_recommend_by_user_matches_the_cli_path(run, service, client):
     r = client.post("/recommend", json={"user_id": user, "k": 5})
     assert r.status_code == 200, r.text
     body = r.json()
-    items = [it["item_id"] for it in body["items"]]
+    items = [it["item_index"] for it in body["items"]]
     assert len(items) == 5 == len(set(items)) and all(0 <= i < service.n_items for i in items)
+    assert [it["item_id"] for it in body["items"]] == [service.item_ids[i] for i in items]  # the dataset's ids
     scores = [it["score"] for it in body["items"]]
     assert scores == sorted(scores, reverse=True)
-    assert items == [i for i, _ in recommend_users(path, cfg, [user], 5)[user]]
+    assert [(it["item_index"], it["item_id"], it["title"]) for it in body["items"]] == \
+        recommend_users(path, cfg, [user], 5)[user]
 
 
 def test_a_model_with_every_pathway_serves_known_users_as_evaluated(tmp_path):
@@ -72,42 +74,66 @@ def test_a_model_with_every_pathway_serves_known_users_as_evaluated(tmp_path):
     expected = recommend_users(run, cfg, users, 5)
     got = service.recommend([service.user_query(u, 5) for u in users]
                             + [service.history_query([3, 1, 4], 5, ts=[1, 2, 3], flags=[1, 1, 1])])
-    assert [items for items, _ in got[:4]] == [[i for i, _ in expected[u]] for u in users]
+    assert [items for items, _ in got[:4]] == [[i for i, _, _ in expected[u]] for u in users]
     assert len(got[4][0]) == 5 and all(0 <= i < service.n_items for i in got[4][0])
 
 
+def test_requests_and_answers_use_the_dataset_item_ids(service, client):
+    """`history` takes the dataset's own item ids (strings, or integers for their decimal text) and is the same
+    request as `history_index` with onerec's dense indices; answers give both."""
+    idx = [3, 1, 4, 1, 5]
+    by_index = client.post("/recommend", json={"history_index": idx, "k": 4}).json()
+    by_id = client.post("/recommend", json={"history": [service.item_ids[i] for i in idx], "k": 4}).json()
+    assert by_id["items"] == by_index["items"] and by_id["history_length"] == 5
+    for it in by_id["items"]:
+        assert it["item_id"] == service.item_ids[it["item_index"]] and isinstance(it["item_id"], str)
+    assert service.item_indices([service.item_ids[7], service.item_ids[2]]) == [7, 2]
+    # a numeric id given as a JSON integer is its text ('50' for 50), never onerec's index 50
+    service.item_index["50"] = 9
+    try:
+        assert service.item_indices([50, "50"]) == [9, 9]
+    finally:
+        del service.item_index["50"]
+
+
 def test_recommend_by_explicit_history(service, client):
-    r = client.post("/recommend", json={"history": [3, 1, 4, 1, 5], "k": 3})
+    r = client.post("/recommend", json={"history_index": [3, 1, 4, 1, 5], "k": 3})
     assert r.status_code == 200, r.text
     assert r.json()["history_length"] == 5 and len(r.json()["items"]) == 3
-    r2 = client.post("/recommend", json={"history": [3, 1, 4, 1, 5], "timestamps": [10, 20, 30, 40, 50],
+    r2 = client.post("/recommend", json={"history_index": [3, 1, 4, 1, 5], "timestamps": [10, 20, 30, 40, 50],
                                          "flags": [1, 1, 3, 1, 1], "k": 3})
     assert r2.status_code == 200, r2.text
 
 
 @pytest.mark.parametrize(("payload", "status", "needle"), [
-    ({"history": [], "k": 3}, 422, "history' is empty"),
-    ({"history": [10**9], "k": 3}, 422, "unknown item id 1000000000"),
-    ({"history": [-1], "k": 3}, 422, "unknown item id -1"),
-    ({"history": [1], "k": 21}, 422, "less than or equal to 20"),
-    ({"history": [1], "k": 0}, 422, "greater than or equal to 1"),
+    ({"history_index": [], "k": 3}, 422, "'history_index' is empty"),
+    ({"history_index": [10**9], "k": 3}, 422, "unknown item index 1000000000"),
+    ({"history_index": [-1], "k": 3}, 422, "unknown item index -1"),
+    ({"history": [], "k": 3}, 422, "'history' is empty"),
+    ({"history": ["sim_v1", "nope"], "k": 3}, 422, "unknown item id 'nope' in 'history'"),
+    ({"history": [3], "k": 3}, 422, "unknown item id '3'"),  # an integer stands for its text; sim ids are 'sim_v3'
+    ({"history": [True]}, 422, "history.0"),
+    ({"history": [1.5]}, 422, "history.0"),
+    ({"history": ["sim_v1"], "history_index": [1]}, 422, "exactly one of"),
+    ({"history_index": [1], "k": 21}, 422, "less than or equal to 20"),
+    ({"history_index": [1], "k": 0}, 422, "greater than or equal to 1"),
     ({"user_id": "nobody-xyz", "k": 3}, 404, "unknown user_id"),
     ({"k": 3}, 422, "exactly one of"),
-    ({"user_id": "a", "history": [1]}, 422, "exactly one of"),
-    ({"history": [1, 2], "timestamps": [1]}, 422, "'timestamps' has 1 entries"),
-    ({"history": ["x"]}, 422, "history.0"),
-    ({"history": [1], "surprise": 1}, 422, "surprise"),
-    ({"history": list(range(51))}, 422, "at most 50"),
+    ({"user_id": "a", "history_index": [1]}, 422, "exactly one of"),
+    ({"history_index": [1, 2], "timestamps": [1]}, 422, "'timestamps' has 1 entries"),
+    ({"history_index": ["x"]}, 422, "history_index.0"),
+    ({"history_index": [1], "surprise": 1}, 422, "surprise"),
+    ({"history_index": list(range(51))}, 422, "at most 50"),
     # strict types: no coercion of strings, floats or booleans
-    ({"history": [1], "k": "5"}, 422, "k: Input should be a valid integer"),
-    ({"history": [1], "k": 5.0}, 422, "k: Input should be a valid integer"),
-    ({"history": [1], "k": True}, 422, "k: Input should be a valid integer"),
-    ({"history": [True, False]}, 422, "history.0"),
-    ({"history": ["3"]}, 422, "history.0"),
+    ({"history_index": [1], "k": "5"}, 422, "k: Input should be a valid integer"),
+    ({"history_index": [1], "k": 5.0}, 422, "k: Input should be a valid integer"),
+    ({"history_index": [1], "k": True}, 422, "k: Input should be a valid integer"),
+    ({"history_index": [True, False]}, 422, "history_index.0"),
+    ({"history_index": ["3"]}, 422, "history_index.0"),
     ({"user_id": 5}, 422, "user_id"),
-    ({"history": [1], "timestamps": [2**63]}, 422, "unix seconds"),
-    ({"history": [1], "timestamps": [-1]}, 422, "unix seconds"),
-    ({"history": [1], "timestamps": [10**30]}, 422, "unix seconds"),
+    ({"history_index": [1], "timestamps": [2**63]}, 422, "unix seconds"),
+    ({"history_index": [1], "timestamps": [-1]}, 422, "unix seconds"),
+    ({"history_index": [1], "timestamps": [10**30]}, 422, "unix seconds"),
 ])
 def test_bad_requests_get_clear_4xx(client, payload, status, needle):
     r = client.post("/recommend", json=payload)
@@ -116,21 +142,21 @@ def test_bad_requests_get_clear_4xx(client, payload, status, needle):
 
 
 def test_hostile_bodies_and_the_server_keeps_serving(client):
-    good = {"history": [1, 2, 3], "k": 2}
+    good = {"history_index": [1, 2, 3], "k": 2}
     hostile = [
         (b"{not json", 400), (b"", 422), (b"[1, 2, 3]", 422), (b"null", 422),
-        (json.dumps({"history": [1] * 5000}).encode(), 413),  # over max_body_bytes
-        (b'{"history": [1e400], "k": 2}', 422), (b'{"history": [1], "k": "many"}', 422),
-        (b"\xff\xfe\x00garbage", 400), (b'{"history": [1], "k": 2, "k": 3}', 400),
-        (b'{"history": [1], "k": 2, "history": [2]}', 400), (b'{"history": [{"a": 1, "a": 2}]}', 400),
-        (b"[" * 2000 + b"]" * 2000, 400), (b'{"history": ' + b"[" * 40 + b"]" * 40 + b"}", 400),
-        (b'{"history": [1], "timestamps": [99999999999999999999], "k": 2}', 422),
+        (json.dumps({"history_index": [1] * 5000}).encode(), 413),  # over max_body_bytes
+        (b'{"history_index": [1e400], "k": 2}', 422), (b'{"history_index": [1], "k": "many"}', 422),
+        (b"\xff\xfe\x00garbage", 400), (b'{"history_index": [1], "k": 2, "k": 3}', 400),
+        (b'{"history_index": [1], "k": 2, "history_index": [2]}', 400), (b'{"history_index": [{"a": 1, "a": 2}]}', 400),
+        (b"[" * 2000 + b"]" * 2000, 400), (b'{"history_index": ' + b"[" * 40 + b"]" * 40 + b"}", 400),
+        (b'{"history_index": [1], "timestamps": [99999999999999999999], "k": 2}', 422),
     ]
     for body, status in hostile:
         r = client.post("/recommend", content=body, headers={"content-type": "application/json"})
         assert r.status_code == status, (body[:40], r.status_code, r.text[:200])
         assert client.post("/recommend", json=good).status_code == 200
-    chunks = (b'{"history": [' + b"1, " * 100 for _ in range(100))  # chunked upload, no content-length
+    chunks = (b'{"history_index": [' + b"1, " * 100 for _ in range(100))  # chunked upload, no content-length
     r = client.post("/recommend", content=chunks, headers={"content-type": "application/json"})
     assert r.status_code == 413
     r = client.post("/recommend", content=b"{}", headers={"content-type": "application/json",
@@ -140,8 +166,8 @@ def test_hostile_bodies_and_the_server_keeps_serving(client):
 
 
 def test_healthz_metrics_openapi(client):
-    client.post("/recommend", json={"history": [1], "k": 2})
-    client.post("/recommend", json={"history": [], "k": 2})
+    client.post("/recommend", json={"history_index": [1], "k": 2})
+    client.post("/recommend", json={"history_index": [], "k": 2})
     assert client.get("/healthz").status_code == 200
     text = client.get("/metrics").text
     assert 'onerec_requests_total{path="/recommend",status="200"}' in text
@@ -159,8 +185,8 @@ def test_concurrent_requests_are_micro_batched_with_unchanged_answers(service):
     async def go():
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            together = await asyncio.gather(*[c.post("/recommend", json={"history": h, "k": 4}) for h in histories])
-            alone = [await c.post("/recommend", json={"history": h, "k": 4}) for h in histories[:4]]
+            together = await asyncio.gather(*[c.post("/recommend", json={"history_index": h, "k": 4}) for h in histories])
+            alone = [await c.post("/recommend", json={"history_index": h, "k": 4}) for h in histories[:4]]
             return together, alone
 
     together, alone = asyncio.run(go())
@@ -187,7 +213,7 @@ def test_real_uvicorn_on_loopback(service):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
             bad = c.post("/recommend", content=b"{oops", headers={"content-type": "application/json"})
             assert bad.status_code == 400
-            r = c.post("/recommend", json={"history": [1, 2], "k": 3})
+            r = c.post("/recommend", json={"history_index": [1, 2], "k": 3})
             assert r.status_code == 200 and len(r.json()["items"]) == 3
             assert c.get("/healthz").status_code == 200
     finally:

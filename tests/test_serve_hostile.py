@@ -131,7 +131,7 @@ def test_idle_connections_are_closed_after_the_keep_alive_timeout(server):
     port, _ = server
     socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]
     try:
-        assert post(port, {"history": [1, 2], "k": 3})[0] == 200  # the server still answers meanwhile
+        assert post(port, {"history_index": [1, 2], "k": 3})[0] == 200  # the server still answers meanwhile
         waited, got = seconds_until_closed(socks[0], KEEP_ALIVE_S + SLACK_S)
         assert got == b"" and waited < KEEP_ALIVE_S + SLACK_S
         for s in socks[1:]:  # the others closed at about the same time
@@ -148,7 +148,7 @@ def test_idle_connections_are_closed_after_the_keep_alive_timeout(server):
 
 @pytest.mark.parametrize("partial", [
     b"POST /recommend HTTP/1.1\r\nHost: t\r\nContent-",  # half-sent headers
-    b"POST /recommend HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"history\": [1",  # half-sent body
+    b"POST /recommend HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"history_index\": [1",  # half-sent body
 ])
 def test_half_sent_requests_get_408_and_are_closed(server, partial):
     port, _ = server
@@ -161,7 +161,7 @@ def test_half_sent_requests_get_408_and_are_closed(server, partial):
 
 def test_a_drip_fed_body_does_not_renew_the_read_timeout(server):
     port, _ = server
-    body = json.dumps({"history": list(range(1, 30)), "k": 3}).encode()
+    body = json.dumps({"history_index": list(range(1, 30)), "k": 3}).encode()
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     t0 = time.monotonic()
     s.sendall(f"POST /recommend HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode())
@@ -203,26 +203,26 @@ def test_huge_headers_are_refused(server, size):
 def test_strict_types_duplicates_nesting_and_overflow_never_5xx(server):
     port, _ = server
     cases = [
-        ({"history": [1], "k": "5"}, 422), ({"history": [1], "k": 5.0}, 422), ({"history": [1], "k": True}, 422),
-        ({"history": [True, 2]}, 422), ({"user_id": 17}, 422),
-        ({"history": [1], "timestamps": [2**63 + 5]}, 422), ({"history": [1], "timestamps": [2**64]}, 422),
-        (b'{"history": [1], "k": 3, "k": 4}', 400), (b'{"history": [1], "history": [2]}', 400),
-        (b"[" * 2000 + b"]" * 2000, 400), (b'{"history": ' + b"[" * 100 + b"]" * 100 + b"}", 400),
-        (b'{"history": [1], "timestamps": [' + b"9" * 4000 + b"]}", 422),
-        (b"\x00\x01\x02", 400), (b'{"history": [1e999]}', 422), (b'"just a string"', 422),
+        ({"history_index": [1], "k": "5"}, 422), ({"history_index": [1], "k": 5.0}, 422), ({"history_index": [1], "k": True}, 422),
+        ({"history_index": [True, 2]}, 422), ({"user_id": 17}, 422),
+        ({"history_index": [1], "timestamps": [2**63 + 5]}, 422), ({"history_index": [1], "timestamps": [2**64]}, 422),
+        (b'{"history_index": [1], "k": 3, "k": 4}', 400), (b'{"history_index": [1], "history_index": [2]}', 400),
+        (b"[" * 2000 + b"]" * 2000, 400), (b'{"history_index": ' + b"[" * 100 + b"]" * 100 + b"}", 400),
+        (b'{"history_index": [1], "timestamps": [' + b"9" * 4000 + b"]}", 422),
+        (b"\x00\x01\x02", 400), (b'{"history_index": [1e999]}', 422), (b'"just a string"', 422),
     ]
     for payload, expected in cases:
         status, headers, body = post(port, payload)
         assert status == expected, (payload if isinstance(payload, dict) else payload[:60], status, body[:200])
         assert headers.get("x-request-id")
-    assert post(port, {"history": [1, 2, 3], "k": 2})[0] == 200
+    assert post(port, {"history_index": [1, 2, 3], "k": 2})[0] == 200
 
 
 def test_request_ids_are_kept_when_sane_and_made_otherwise(server):
     port, _ = server
-    status, headers, _ = post(port, {"history": [1], "k": 2}, "X-Request-ID: abc-123.ok\r\n")
+    status, headers, _ = post(port, {"history_index": [1], "k": 2}, "X-Request-ID: abc-123.ok\r\n")
     assert status == 200 and headers["x-request-id"] == "abc-123.ok"
-    status, headers, _ = post(port, {"history": []}, "X-Request-ID: bad id; <script>\r\n")
+    status, headers, _ = post(port, {"history_index": []}, "X-Request-ID: bad id; <script>\r\n")
     assert status == 422 and headers["x-request-id"] not in ("", "bad id; <script>")
     assert len({post(port, b"{oops")[1]["x-request-id"] for _ in range(3)}) == 3
 
@@ -234,7 +234,7 @@ def test_a_full_queue_gets_503_with_retry_after_and_a_passed_deadline_504(strain
 
     def one() -> None:
         barrier.wait(timeout=20)
-        results.append(post(port, {"history": [1, 2, 3], "k": 3}))
+        results.append(post(port, {"history_index": [1, 2, 3], "k": 3}))
 
     threads = [threading.Thread(target=one) for _ in range(20)]
     for t in threads:
@@ -260,7 +260,7 @@ def test_work_of_clients_that_went_away_is_dropped_before_decoding(strained):
     socks = []
     for _ in range(3):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        body = json.dumps({"history": [1, 2, 3], "k": 3}).encode()
+        body = json.dumps({"history_index": [1, 2, 3], "k": 3}).encode()
         s.sendall(f"POST /recommend HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         socks.append(s)
     time.sleep(0.05)  # queued, inside the 300 ms batching window
@@ -284,7 +284,7 @@ def test_an_exception_is_a_logged_500_with_the_request_id(run, caplog):  # noqa:
     service.recommend = broken
     with TestClient(create_app(service), raise_server_exceptions=False) as client, \
             caplog.at_level(logging.ERROR, logger="onerec.serve"):
-        r = client.post("/recommend", json={"history": [1, 2], "k": 2}, headers={"X-Request-ID": "req-42"})
+        r = client.post("/recommend", json={"history_index": [1, 2], "k": 2}, headers={"X-Request-ID": "req-42"})
     assert r.status_code == 500 and r.headers["x-request-id"] == "req-42"
     assert "beam search exploded" not in r.text  # no internals leak to the client
     record = next(rec for rec in caplog.records if "req-42" in rec.getMessage())

@@ -2,8 +2,9 @@
 
 Endpoints::
 
-    POST /recommend   {"user_id": "u17", "k": 10}  or  {"history": [3, 41, 7], "k": 10}
-                      -> {"items": [{"item_id", "score", "title"}, ...], "k", "history_length", ...}
+    POST /recommend   {"user_id": "u17", "k": 10}  or  {"history": ["50", "181"], "k": 10}  (the dataset's ids)
+                      or {"history_index": [49, 180], "k": 10}  (onerec's dense indices)
+                      -> {"items": [{"item_id" (the dataset's), "item_index", "score", "title"}, ...], "k", ...}
     GET  /healthz     {"status": "ok", ...}
     GET  /metrics     Prometheus text: request counts by status, a latency histogram, batch sizes
     GET  /openapi.json, /docs
@@ -71,13 +72,15 @@ class RecommendService:
     def __init__(self, run: Path, cfg: RunConfig, device: str | torch.device = "cpu") -> None:
         from onerec.data.schema import Dataset
         from onerec.data.splits import Sequences
-        from onerec.pipeline import _item_titles, _require, load_recommender
+        from onerec.pipeline import _item_titles, _require, load_recommender, raw_ids
 
         self.cfg = cfg
         ds = Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
         self.user_index = {r: i for i, r in enumerate(ds.users["raw_id"].to_pylist())}
         self.seq = Sequences.from_interactions(ds.interactions, ds.n_users, cfg.data.positive)
         self.titles = _item_titles(ds.items)
+        self.item_ids = raw_ids(ds.items)  # the dataset's own item ids, by onerec's dense index
+        self.item_index = {r: i for i, r in enumerate(self.item_ids)}
         self.rec = load_recommender(run, cfg, device, dataset=ds)
         self.n_items = len(self.rec.codes)
         self.lock = threading.Lock()  # one search at a time per model
@@ -90,6 +93,14 @@ class RecommendService:
         ts = self.seq.ts[s:e]
         return Query(self.seq.items[s:e], ts, self.seq.flags[s:e].astype(np.int64),
                      int(ts[-1]) + 1 if e > s else 0, k, user_id, u)
+
+    def item_indices(self, ids: list[str | int]) -> list[int]:
+        """Dense indices of the dataset's item ids (``raw_id``; an integer stands for its decimal text). Raises
+        KeyError naming the first unknown id."""
+        try:
+            return [self.item_index[str(i)] for i in ids]
+        except KeyError as e:
+            raise KeyError(e.args[0]) from None
 
     def history_query(self, items: list[int], k: int, ts: list[int] | None = None,
                       flags: list[int] | None = None) -> Query:
@@ -454,7 +465,7 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
     sc = (cfg or service.cfg).serve
     metrics = Metrics()
@@ -463,42 +474,58 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
     timeout_s = sc.request_timeout_ms / 1000.0
 
     class RecommendRequest(BaseModel):
-        """Give exactly one of ``user_id`` (a user of the run's dataset, raw id) or ``history``.
-        Types are strict: ``k`` and item ids are JSON integers (not strings, floats or booleans)."""
+        """Give exactly one of ``user_id`` (a user of the run's dataset, its own id), ``history`` (the dataset's own
+        item ids) or ``history_index`` (onerec's dense item indices). Types are strict: ``k`` and indices are JSON
+        integers (not strings, floats or booleans)."""
 
         model_config = ConfigDict(extra="forbid", strict=True)
-        user_id: str | None = Field(None, max_length=256, description="raw user id from the run's users.parquet")
-        history: list[int] | None = Field(None, description="item ids the user engaged with, oldest first")
+        user_id: str | None = Field(None, max_length=256, description="the dataset's user id (users.parquet raw_id)")
+        history: list[StrictStr | StrictInt] | None = Field(
+            None, description="the dataset's item ids (items.parquet raw_id, as in `item_id` of the answer) the user "
+                              "engaged with, oldest first; a JSON integer stands for its decimal text (50 is '50')")
+        history_index: list[int] | None = Field(
+            None, description="the same history as onerec's dense item indices 0..N-1 (`item_index` of the answer)")
         timestamps: list[int] | None = Field(None, description="unix seconds of each history item (optional)")
         flags: list[int] | None = Field(None, description="signal bitmask of each history item (optional)")
         k: int = Field(10, ge=1, le=max_k, description=f"items to return (1..{max_k})")
 
         @model_validator(mode="after")
         def _check(self):
-            if (self.user_id is None) == (self.history is None):
-                raise ValueError("give exactly one of 'user_id' or 'history'")
-            if self.history is not None:
-                if not self.history:
-                    raise ValueError("'history' is empty: give at least one item id (or a 'user_id')")
-                if len(self.history) > max_hist:
-                    raise ValueError(f"'history' has {len(self.history)} items; at most {max_hist} allowed")
-                bad = next((i for i in self.history if not 0 <= i < n_items), None)
+            given = [name for name in ("user_id", "history", "history_index") if getattr(self, name) is not None]
+            if len(given) != 1:
+                raise ValueError("give exactly one of 'user_id', 'history' or 'history_index'")
+            field = given[0]
+            hist = getattr(self, field)
+            if field == "history":
+                try:
+                    self.history_index = service.item_indices(hist)
+                except KeyError as e:
+                    raise ValueError(f"unknown item id {e.args[0]!r} in 'history': give the dataset's item ids "
+                                     f"(items.parquet raw_id, e.g. {service.item_ids[0]!r}), or onerec's indices "
+                                     f"0..{n_items - 1} as 'history_index'") from None
+            if field != "user_id":
+                if not hist:
+                    raise ValueError(f"'{field}' is empty: give at least one item (or a 'user_id')")
+                if len(hist) > max_hist:
+                    raise ValueError(f"'{field}' has {len(hist)} items; at most {max_hist} allowed")
+                bad = next((i for i in self.history_index if not 0 <= i < n_items), None)
                 if bad is not None:
-                    raise ValueError(f"unknown item id {bad} in 'history': item ids are 0..{n_items - 1}")
+                    raise ValueError(f"unknown item index {bad} in 'history_index': indices are 0..{n_items - 1}")
                 for name in ("timestamps", "flags"):
                     extra = getattr(self, name)
-                    if extra is not None and len(extra) != len(self.history):
-                        raise ValueError(f"'{name}' has {len(extra)} entries but 'history' has {len(self.history)}")
+                    if extra is not None and len(extra) != len(hist):
+                        raise ValueError(f"'{name}' has {len(extra)} entries but '{field}' has {len(hist)}")
                 if self.flags is not None and any(not 0 <= f < 2**16 for f in self.flags):
                     raise ValueError("'flags' entries must be in 0..65535")
                 if self.timestamps is not None and any(not 0 <= t < MAX_TIMESTAMP for t in self.timestamps):
                     raise ValueError("'timestamps' entries are unix seconds in 0..2**62-1")
             elif self.timestamps is not None or self.flags is not None:
-                raise ValueError("'timestamps' and 'flags' go with 'history', not 'user_id'")
+                raise ValueError("'timestamps' and 'flags' go with a history, not 'user_id'")
             return self
 
     class Item(BaseModel):
-        item_id: int
+        item_id: str = Field(description="the dataset's item id (items.parquet raw_id)")
+        item_index: int = Field(description="onerec's dense index of the item (0..N-1)")
         score: float = Field(description="total log-probability of the item's semantic ID")
         title: str
 
@@ -561,7 +588,7 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
             except KeyError:
                 raise HTTPException(404, f"unknown user_id {req.user_id!r}") from None
         else:
-            query = service.history_query(req.history, req.k, req.timestamps, req.flags)
+            query = service.history_query(req.history_index, req.k, req.timestamps, req.flags)
         fut = batcher.submit(query, deadline)
         gone = loop.create_task(_disconnected(request.receive))  # resolves when the client goes away
         try:
@@ -577,8 +604,8 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
         items, scores = fut.result()
         return RecommendResponse(
             user_id=req.user_id, k=req.k, history_length=len(query.items),
-            items=[Item(item_id=i, score=s if math.isfinite(s) else -1e30, title=service.titles[i])
-                   for i, s in zip(items, scores)])
+            items=[Item(item_id=service.item_ids[i], item_index=i, score=s if math.isfinite(s) else -1e30,
+                        title=service.titles[i]) for i, s in zip(items, scores)])
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -193,16 +193,20 @@ def tune_prior(run: Path, weights: str | None, rules: str | None, users: int | N
 @_run_argument
 @click.option("--user", "users", multiple=True, required=True, help="user id (the dataset's raw id); repeatable.")
 @click.option("-k", "--top-k", default=10, show_default=True, help="items per user.")
+@click.option("--exclude-seen/--include-seen", "exclude_seen", default=None,
+              help="leave out (or allow) items already in the user's history [default: generate.exclude_seen, "
+                   "false].")
 @_overrides
-def generate(run: Path, users: tuple[str, ...], top_k: int, overrides: tuple[str, ...]) -> None:
+def generate(run: Path, users: tuple[str, ...], top_k: int, exclude_seen: bool | None,
+             overrides: tuple[str, ...]) -> None:
     """Recommend top-K items for users from their whole positive history (constrained beam search)."""
     from onerec.pipeline import recommend_users, run_config
 
     cfg = run_config(run, overrides=overrides)
-    for user, recs in recommend_users(run, cfg, list(users), top_k).items():
+    for user, recs in recommend_users(run, cfg, list(users), top_k, exclude_seen=exclude_seen).items():
         click.echo(f"\nuser {user}:")
-        for rank, (index, item, title) in enumerate(recs, 1):  # the dataset's item id, then onerec's index
-            click.echo(f"  {rank:>3}. item {item} (index {index})  {title}")
+        for rank, (item, title) in enumerate(recs, 1):
+            click.echo(f"  {rank:>3}. item {item}  {title}")
 
 
 @cli.command()

@@ -487,13 +487,14 @@ def check_codebook_sizes(path: Path, sizes: list[int], codes: np.ndarray) -> Non
 
 def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cpu", *, beam_size: int | None = None,
                      codes: np.ndarray | None = None, dataset: Dataset | None = None,
-                     splits: dict[str, pa.Table] | None = None, prior: bool = False):
+                     splits: dict[str, pa.Table] | None = None, prior: bool = False, exclude_seen: bool = False):
     """The run's trained generator behind constrained beam search (a
     :class:`~onerec.generate.generative.GenerativeRecommender`), with the featurizer it was trained
     with (side information from RUN/data where its pathways need it); ``beam_size`` defaults to
     ``cfg.generate.beam_size``; ``codes`` / ``dataset`` / ``splits``: the run's, when the caller has them loaded.
     The succession counts of the prior (from the train split) are built when ``generate.succession_prior`` > 0 or
-    ``prior`` (to choose it)."""
+    ``prior`` (to choose it). ``exclude_seen``: its ``recommend`` leaves out each row's history (the caller picks
+    the setting: ``eval.exclude_seen`` to evaluate, ``generate.exclude_seen`` to recommend)."""
     from onerec.generate.generative import GenerativeRecommender
 
     check_inputs(run, "eval")  # data, tokenizer and train, made one from the other
@@ -507,7 +508,7 @@ def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cp
     return GenerativeRecommender(model, codes, beam_size=beam_size or g.beam_size, batch_size=g.batch_size,
                                  device=device, featurizer=feat, prior=counts, prior_weight=g.succession_prior,
                                  prior_pool=g.succession_pool, prior_window=g.succession_window,
-                                 prior_decay=g.succession_decay)
+                                 prior_decay=g.succession_decay, exclude_seen=exclude_seen)
 
 
 # ------------------------------------------------------------------------------ eval
@@ -543,12 +544,12 @@ def _evaluate(run: Path, out: Path, cfg: RunConfig, codes: np.ndarray, splits: d
     curves: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    gen = load_recommender(run, cfg, device, codes=codes, splits=splits)
+    gen = load_recommender(run, cfg, device, codes=codes, splits=splits, exclude_seen=cfg.eval.exclude_seen)
     models["onerec"] = evaluate(gen, examples, ks=ks, batch_size=cfg.generate.batch_size, progress=progress)
     seconds["onerec"] = round(time.perf_counter() - t0, 1)
     for name in cfg.eval.baselines:
         t0 = time.perf_counter()
-        rec = build_baseline(name, cfg.eval.sasrec, device=device)
+        rec = build_baseline(name, cfg.eval.sasrec, device=device, exclude_seen=cfg.eval.exclude_seen)
         log(f"fitting baseline {name}")
         rec.fit(splits["train"], n_items=len(codes), valid=splits["valid"])
         models[name] = evaluate(rec, examples, ks=ks, progress=progress)
@@ -565,7 +566,8 @@ def _evaluate(run: Path, out: Path, cfg: RunConfig, codes: np.ndarray, splits: d
     tokenizer = read_json(run / "tokenizer" / "metrics.json")
     train = read_json(run / "train" / "metrics.json") if (run / "train" / "metrics.json").exists() else {}
     metrics = {
-        "models": models, "split": cfg.eval.split, "protocol": cfg.data.split, "seconds": seconds,
+        "models": models, "split": cfg.eval.split, "protocol": cfg.data.split, "exclude_seen": cfg.eval.exclude_seen,
+        "seconds": seconds,
         "dataset": dataset,
         "tokenizer": {k: v for k, v in tokenizer.items() if not isinstance(v, (list, dict))},
         "train": train,
@@ -603,7 +605,8 @@ def stage_tune_prior(run: Path, cfg: RunConfig, *, weights: Sequence[float] | No
                         fix="rerun `onerec data` with a split that keeps a valid item per user (data.split=loo)")
     metric = cfg.train.early_stop_metric or "ndcg@10"
     t0 = time.perf_counter()
-    rec = load_recommender(run, cfg, resolve_device(cfg.train.device), codes=codes, splits=splits, prior=True)
+    rec = load_recommender(run, cfg, resolve_device(cfg.train.device), codes=codes, splits=splits, prior=True,
+                           exclude_seen=cfg.eval.exclude_seen)
     rec.progress = progress
     grid = rec.choose_prior(valid, weights, rules, metric)
     g = cfg.generate
@@ -622,9 +625,10 @@ def stage_tune_prior(run: Path, cfg: RunConfig, *, weights: Sequence[float] | No
 
 
 # -------------------------------------------------------------------------- generate
-def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int
-                    ) -> dict[str, list[tuple[int, str, str]]]:
-    """Top-``k`` (item index, raw item id, title) for users given by raw id, from their whole positive history."""
+def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int, *, exclude_seen: bool | None = None
+                    ) -> dict[str, list[tuple[int, str]]]:
+    """Top-``k`` (item_id, title) for users given by raw id, from their whole positive history; ``exclude_seen``
+    (default ``generate.exclude_seen``): none of the items in that history."""
     from onerec.data.splits import Sequences
     from onerec.train.loop import resolve_device
 
@@ -648,16 +652,12 @@ def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("user_id", pa.int64()), ("history", pa.list_(pa.int64())), ("history_ts", pa.list_(pa.int64())),
         ("history_flags", pa.list_(pa.int16())), ("target_ts", pa.int64())]))
+    exclude = cfg.generate.exclude_seen if exclude_seen is None else exclude_seen
     gen = load_recommender(run, cfg, resolve_device(cfg.train.device), beam_size=max(cfg.generate.beam_size, k),
-                           dataset=ds)
+                           dataset=ds, exclude_seen=exclude)
     recs = gen.recommend(table, k)
-    titles, raw_items = _item_titles(ds.items), raw_ids(ds.items)
-    return {u: [(int(i), raw_items[i], titles[i]) for i in r if i >= 0] for u, r in zip(raw_user_ids, recs)}
-
-
-def raw_ids(table: pa.Table) -> list[str]:
-    """The dataset's own ids of a canonical items or users table (``raw_id``), by dense index."""
-    return [str(r) for r in table["raw_id"].to_pylist()]
+    titles = _item_titles(ds.items)
+    return {u: [(int(i), titles[i]) for i in r if i >= 0] for u, r in zip(raw_user_ids, recs)}
 
 
 def _item_titles(items: pa.Table) -> list[str]:

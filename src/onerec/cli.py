@@ -205,8 +205,8 @@ def generate(run: Path, users: tuple[str, ...], top_k: int, exclude_seen: bool |
     cfg = run_config(run, overrides=overrides)
     for user, recs in recommend_users(run, cfg, list(users), top_k, exclude_seen=exclude_seen).items():
         click.echo(f"\nuser {user}:")
-        for rank, (item, title) in enumerate(recs, 1):
-            click.echo(f"  {rank:>3}. item {item}  {title}")
+        for rank, (index, item, title) in enumerate(recs, 1):  # the dataset's item id, then onerec's index
+            click.echo(f"  {rank:>3}. item {item} (index {index})  {title}")
 
 
 @cli.command()

@@ -626,9 +626,9 @@ def stage_tune_prior(run: Path, cfg: RunConfig, *, weights: Sequence[float] | No
 
 # -------------------------------------------------------------------------- generate
 def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int, *, exclude_seen: bool | None = None
-                    ) -> dict[str, list[tuple[int, str]]]:
-    """Top-``k`` (item_id, title) for users given by raw id, from their whole positive history; ``exclude_seen``
-    (default ``generate.exclude_seen``): none of the items in that history."""
+                    ) -> dict[str, list[tuple[int, str, str]]]:
+    """Top-``k`` (item index, raw item id, title) for users given by raw id, from their whole positive history;
+    ``exclude_seen`` (default ``generate.exclude_seen``): none of the items in that history."""
     from onerec.data.splits import Sequences
     from onerec.train.loop import resolve_device
 
@@ -656,8 +656,13 @@ def recommend_users(run: Path, cfg: RunConfig, raw_user_ids: list[str], k: int, 
     gen = load_recommender(run, cfg, resolve_device(cfg.train.device), beam_size=max(cfg.generate.beam_size, k),
                            dataset=ds, exclude_seen=exclude)
     recs = gen.recommend(table, k)
-    titles = _item_titles(ds.items)
-    return {u: [(int(i), titles[i]) for i in r if i >= 0] for u, r in zip(raw_user_ids, recs)}
+    titles, raw_items = _item_titles(ds.items), raw_ids(ds.items)
+    return {u: [(int(i), raw_items[i], titles[i]) for i in r if i >= 0] for u, r in zip(raw_user_ids, recs)}
+
+
+def raw_ids(table: pa.Table) -> list[str]:
+    """The dataset's own ids of a canonical items or users table (``raw_id``), by dense index."""
+    return [str(r) for r in table["raw_id"].to_pylist()]
 
 
 def _item_titles(items: pa.Table) -> list[str]:

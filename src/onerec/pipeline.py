@@ -696,7 +696,8 @@ def stage_reward(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[st
         models, metrics = fit_variants(cfg.reward, splits, feat, ds.n_users, variants=variants,
                                        log_every=200 if progress else 0)
         side = feat.side
-        meta = {"n_users": ds.n_users, "n_items": len(codes), "n_cats": side.n_cats, "n_authors": side.n_authors}
+        meta = {"n_users": ds.n_users, "n_items": len(codes), "n_cats": side.n_cats, "n_authors": side.n_authors,
+                "author_ids": "dense"}  # ItemSide.build's numbering of authors
         save_pscore(out, models["pscore"], meta)
         summary = {"train_exposures": len(splits["train"]), "test_exposures": len(splits["test"]), "models": metrics}
         write_json(out / "metrics.json", summary)
@@ -710,11 +711,16 @@ def load_ranker(run: Path, cfg: RunConfig):
     from onerec.reward.data import ItemSide, Positives, RankFeaturizer
     from onerec.reward.train import load_pscore
 
-    model, _ = load_pscore(_require(run / "reward" / "pscore.json", "reward").parent)
+    model, meta = load_pscore(_require(run / "reward" / "pscore.json", "reward").parent)
     ds = Dataset.load(run / "data", validate=False)
     codes = load_codes(run)
     pos = Positives.from_interactions(ds.interactions, ds.n_users, cfg.data.positive)
-    return model, RankFeaturizer(pos, ItemSide.build(codes, ds.items), model.cfg.long_len), ds, codes, pos
+    side = ItemSide.build(codes, ds.items, dense_authors=meta.get("author_ids") == "dense")
+    if side.n_authors > meta["n_authors"] or side.n_cats > meta["n_cats"]:
+        raise DataError(f"the run's items have {side.n_authors - 1} authors and {side.n_cats} categories but the "
+                        f"P-Score model was trained for {meta['n_authors'] - 1} and {meta['n_cats']}",
+                        path=str(run / "reward" / "pscore.json"), fix=f"rerun `{command('reward', run)}`")
+    return model, RankFeaturizer(pos, side, model.cfg.long_len), ds, codes, pos
 
 
 # ----------------------------------------------------------------------------- align

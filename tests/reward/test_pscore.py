@@ -118,3 +118,14 @@ def test_missing_objective_column_is_a_clear_error():
     with pytest.raises(DataError, match="lacks"):
         exposure_splits(inter, 1, np.zeros((1, 2), np.int64), None, objectives=["click", "like"], long_len=4,
                         test_frac=0.2, pref_cap_s=60.0)
+
+
+def test_authors_are_numbered_densely_whatever_their_ids():
+    """A crafted or sparse author_id (here 10**12) costs one row of the author table, not 10**12."""
+    from onerec.reward.data import ItemSide
+
+    items = pa.table({"author_id": pa.array([10**12, 5, None, 5], type=pa.int64())})
+    side = ItemSide.build(np.zeros((4, 2), np.int64), items)
+    assert side.author.tolist() == [2, 1, 0, 1] and side.n_authors == 3
+    legacy = ItemSide.build(np.zeros((3, 2), np.int64), items.slice(1), dense_authors=False)  # older models
+    assert legacy.author.tolist() == [6, 0, 6] and legacy.n_authors == 7

@@ -49,13 +49,21 @@ class ItemSide:
     n_authors: int
 
     @classmethod
-    def build(cls, codes: np.ndarray, items: pa.Table | None = None) -> ItemSide:
+    def build(cls, codes: np.ndarray, items: pa.Table | None = None, *, dense_authors: bool = True) -> ItemSide:
+        """The features of every item. ``dense_authors``: authors are numbered 1..A in the order of their ids (0:
+        unknown), so the author table has one row per author however large the dataset's ids are (a P-Score
+        model saved before this numbering, ``author_ids`` absent from its pscore.json, used the ids + 1)."""
         n = len(codes)
         cat = np.asarray(codes, dtype=np.int64)[:, 0]
         author = np.zeros(n, dtype=np.int64)
         dur = np.zeros(n, dtype=np.int64)
         if items is not None and "author_id" in items.column_names:
-            author = items["author_id"].fill_null(-1).to_numpy().astype(np.int64) + 1  # 0 = unknown
+            raw = items["author_id"].fill_null(-1).to_numpy().astype(np.int64)
+            if dense_authors:
+                known = raw >= 0
+                author[known] = np.unique(raw[known], return_inverse=True)[1].reshape(-1) + 1
+            else:
+                author = raw + 1  # 0 = unknown
         if items is not None and "duration_ms" in items.column_names:
             dur = duration_bucket(items["duration_ms"].fill_null(0).to_numpy())
         if len(author) != n or len(dur) != n:

@@ -199,7 +199,7 @@ def _tokenize(run: Path, out: Path, cfg: RunConfig, *, progress: bool, resume: b
             raise ConfigError("content.collaborative=sasrec replaces the content vectors, so there is nothing for "
                               "content.align to align. Fix: set content.align=false (or content.collaborative=null).")
         vectors, collab_metrics = sasrec_item_vectors(run, cfg, n_items=ds_items.num_rows, resume=resume,
-                                                      checkpoint=out / "sasrec")
+                                                      checkpoint=out / "sasrec", progress=progress)
     else:
         if ccfg.backend == "vlm":
             ds_items, ccfg = _with_media(data, ds_items, ccfg)
@@ -317,11 +317,12 @@ def _align(run: Path, out: Path, cfg: RunConfig, ccfg: Any, items: pa.Table, con
 
 
 def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int, resume: bool = False,
-                        checkpoint: Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                        checkpoint: Path | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """``content.collaborative=sasrec``: the item embedding table [n_items, eval.sasrec.d_model] of a SASRec
     trained with the full-softmax CE loss on RUN's train split and early-stopped on its valid split (the
     selection split, as for every model here), and what its training did. Its training state goes to
-    ``checkpoint`` (default RUN/tokenizer/sasrec/) after every epoch; ``resume`` continues from there."""
+    ``checkpoint`` (default RUN/tokenizer/sasrec/) after every epoch; ``resume`` continues from there;
+    ``progress``: a bar of its epochs."""
     from onerec.baselines import build_baseline
     from onerec.train.loop import resolve_device
 
@@ -329,6 +330,7 @@ def sasrec_item_vectors(run: Path, cfg: RunConfig, *, n_items: int, resume: bool
     set_threads(cfg.train.threads)
     splits = load_splits(_require(run / "data" / "split", "data"), n_items=n_items)
     rec = build_baseline("sasrec_ce", cfg.eval.sasrec, device=resolve_device(cfg.train.device))
+    rec.progress = progress
     log("item vectors: fitting SASRec (CE) on the train split")
     rec.fit(splits["train"], n_items=n_items, valid=splits["valid"],
             checkpoint=checkpoint or run / "tokenizer" / "sasrec", resume=resume)
@@ -551,12 +553,15 @@ def _evaluate(run: Path, out: Path, cfg: RunConfig, codes: np.ndarray, splits: d
         t0 = time.perf_counter()
         rec = build_baseline(name, cfg.eval.sasrec, device=device, exclude_seen=cfg.eval.exclude_seen)
         log(f"fitting baseline {name}")
+        if hasattr(rec, "progress"):  # SASRec's epochs take minutes; the others fit in seconds
+            rec.progress = progress
         rec.fit(splits["train"], n_items=len(codes), valid=splits["valid"])
         models[name] = evaluate(rec, examples, ks=ks, progress=progress)
         if getattr(rec, "losses", None):
             curves[name] = rec.losses
         seconds[name] = round(time.perf_counter() - t0, 1)
 
+    gen.progress = progress  # a bar of its own: these users' top-50 lists take a while too
     recs = gen.recommend(examples.slice(0, min(examples.num_rows, 1000)), min(ks[-1], 50))
     write_parquet(out / "recommendations.parquet", pa.table({
         "user_id": examples["user_id"].slice(0, len(recs)),

@@ -250,10 +250,12 @@ class SASRecRecommender:
         train_log: one dict per epoch: ``epoch``, ``loss`` (mean training loss), ``seconds``, and
             ``valid_<metric>`` on evaluated epochs.
         best_epoch: epoch whose weights are kept (the last one without a valid table).
+        progress: ``fit`` shows a tqdm bar of the epochs (steps within the epoch, the last epoch's loss and
+            valid score, the best so far); off by default, so tests and library use stay quiet.
     """
 
     def __init__(self, cfg: SasrecConfig | None = None, device: str | torch.device = "cpu",
-                 name: str | None = None) -> None:
+                 name: str | None = None, progress: bool = False) -> None:
         self.cfg = cfg or SasrecConfig()
         if self.cfg.loss not in ("ce", "bce"):
             raise ValueError(f"SasrecConfig.loss must be 'ce' or 'bce', got {self.cfg.loss!r}")
@@ -263,6 +265,7 @@ class SASRecRecommender:
         self.n_items = 0
         self.train_log: list[dict[str, float]] = []
         self.best_epoch = 0
+        self.progress = progress
         # called with each epoch's ``train_log`` row as it ends (e.g. a progress line in ``onerec bench``)
         self.on_epoch: Callable[[dict[str, float]], None] | None = None
 
@@ -322,9 +325,10 @@ class SASRecRecommender:
         # a restored fit that had stopped early or run out of time trains no further (a larger
         # ``epochs`` or ``time_budget_s`` than it had lets it go on)
         ended = stop.exhausted or (c.time_budget_s is not None and spent > c.time_budget_s)
+        bar = self._bar(first - 1, ended, valid is not None)
         for epoch in range(first, first if ended else c.epochs + 1):
             t_ep = time.monotonic()
-            row: dict[str, float] = {"epoch": epoch, "loss": self._train_epoch(windows, opt, rng, gen)}
+            row: dict[str, float] = {"epoch": epoch, "loss": self._train_epoch(windows, opt, rng, gen, bar)}
             out_of_time = c.time_budget_s is not None and time.monotonic() - t0 > c.time_budget_s
             last = epoch == c.epochs or out_of_time
             if valid is not None and (epoch % max(c.eval_every, 1) == 0 or last):
@@ -333,12 +337,16 @@ class SASRecRecommender:
             row["seconds"] = time.monotonic() - t_ep
             self.train_log.append(row)
             log.info("%s epoch %d: %s", self.name, epoch, row)
+            if bar is not None:
+                self._show(bar, row, stop)
             if checkpoint is not None:
                 self._save_progress(checkpoint, fingerprint, opt, rng, gen, stop, time.monotonic() - t0)
             if self.on_epoch is not None:
                 self.on_epoch(row)
             if last or stop.exhausted:
                 break
+        if bar is not None:
+            bar.close()
         if stop.best_state is not None:
             self.model.load_state_dict(stop.best_state)
         self.best_epoch = stop.best_epoch or len(self.train_log)
@@ -402,23 +410,50 @@ class SASRecRecommender:
         self.train_log = list(meta["train_log"])
         return int(meta["epoch"]) + 1, float(meta["seconds"])
 
+    def _bar(self, done: int, ended: bool, scored: bool):
+        """The fit's tqdm bar over epochs (None without ``progress``): early stopping usually ends it before
+        ``epochs``, so the description says so."""
+        if not self.progress or ended:
+            return None
+        from tqdm.auto import tqdm
+
+        c = self.cfg
+        stop = f", stops after {c.patience} evaluations without gain" if scored else ""
+        return tqdm(total=c.epochs, initial=done, desc=f"fit {self.name} (<= {c.epochs} epochs{stop})", unit="epoch",
+                    dynamic_ncols=True)
+
+    def _show(self, bar, row: dict[str, float], stop: _EarlyStopping) -> None:
+        """One finished epoch on the bar: its loss, valid score and the best epoch so far."""
+        metric = f"valid_{self.cfg.early_stop_metric}"
+        post = {"loss": f"{row['loss']:.4f}"}
+        if metric in row:
+            post[self.cfg.early_stop_metric] = f"{row[metric]:.4f}"
+        if stop.best_state is not None:
+            post["best"] = f"{stop.best:.4f}@{stop.best_epoch}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+
     def _valid_score(self, valid: pa.Table) -> float:
         k = int(self.cfg.early_stop_metric.split("@")[1])
         return evaluate(self, valid, ks=(k,), batch_size=self.cfg.eval_batch_size)[self.cfg.early_stop_metric]
 
     def _train_epoch(self, windows: np.ndarray, opt: torch.optim.Optimizer, rng: np.random.Generator,
-                     gen: torch.Generator) -> float:
-        """One shuffled pass over the windows [U, max_len + 1]; returns the mean batch loss."""
+                     gen: torch.Generator, bar=None) -> float:
+        """One shuffled pass over the windows [U, max_len + 1]; returns the mean batch loss. ``bar``: the fit's
+        progress bar, whose postfix shows the step within the epoch and the running loss."""
         assert self.model is not None
         self.model.train()
         total, n_batches = 0.0, 0
-        for rows in _length_bucketed_batches((windows > 0).sum(axis=1), self.cfg.batch_size, rng):
+        batches = _length_bucketed_batches((windows > 0).sum(axis=1), self.cfg.batch_size, rng)
+        for rows in batches:
             batch = _trim(windows[rows], keep=2)
             loss = self._batch_loss(torch.as_tensor(batch, device=self.device), gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total, n_batches = total + float(loss.detach()), n_batches + 1
+            if bar is not None and (n_batches % 20 == 0 or n_batches == len(batches)):
+                bar.set_postfix({"step": f"{n_batches}/{len(batches)}", "loss": f"{total / n_batches:.4f}"})
         return total / max(n_batches, 1)
 
     def _batch_loss(self, window: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -332,6 +332,8 @@ class SASRecRecommender:
             out_of_time = c.time_budget_s is not None and time.monotonic() - t0 > c.time_budget_s
             last = epoch == c.epochs or out_of_time
             if valid is not None and (epoch % max(c.eval_every, 1) == 0 or last):
+                if bar is not None:  # full ranking of every valid user: seconds on its own
+                    bar.set_postfix({"loss": f"{row['loss']:.4f}", "now": "scoring valid"})
                 row[f"valid_{c.early_stop_metric}"] = score = self._valid_score(valid)
                 stop.update(score, epoch, self.model)
             row["seconds"] = time.monotonic() - t_ep
@@ -423,14 +425,14 @@ class SASRecRecommender:
                     dynamic_ncols=True)
 
     def _show(self, bar, row: dict[str, float], stop: _EarlyStopping) -> None:
-        """One finished epoch on the bar: its loss, valid score and the best epoch so far."""
+        """One finished epoch on the bar: its loss, and (kept in view during the next epochs) the last valid
+        score and the best epoch so far."""
         metric = f"valid_{self.cfg.early_stop_metric}"
-        post = {"loss": f"{row['loss']:.4f}"}
         if metric in row:
-            post[self.cfg.early_stop_metric] = f"{row[metric]:.4f}"
-        if stop.best_state is not None:
-            post["best"] = f"{stop.best:.4f}@{stop.best_epoch}"
-        bar.set_postfix(post, refresh=False)
+            bar.valid_post = {self.cfg.early_stop_metric: f"{row[metric]:.4f}"}
+            if stop.best_state is not None:
+                bar.valid_post["best"] = f"{stop.best:.4f}@{stop.best_epoch}"
+        bar.set_postfix({"loss": f"{row['loss']:.4f}", **getattr(bar, "valid_post", {})}, refresh=False)
         bar.update(1)
 
     def _valid_score(self, valid: pa.Table) -> float:
@@ -453,7 +455,8 @@ class SASRecRecommender:
             opt.step()
             total, n_batches = total + float(loss.detach()), n_batches + 1
             if bar is not None and (n_batches % 20 == 0 or n_batches == len(batches)):
-                bar.set_postfix({"step": f"{n_batches}/{len(batches)}", "loss": f"{total / n_batches:.4f}"})
+                bar.set_postfix({"step": f"{n_batches}/{len(batches)}", "loss": f"{total / n_batches:.4f}",
+                                 **getattr(bar, "valid_post", {})})  # the last valid score stays in view
         return total / max(n_batches, 1)
 
     def _batch_loss(self, window: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -5,9 +5,15 @@ Endpoints::
     POST /recommend   {"user_id": "u17", "k": 10}  or  {"history": ["50", "181"], "k": 10}  (the dataset's ids)
                       or {"history_index": [49, 180], "k": 10}  (onerec's dense indices)
                       -> {"items": [{"item_id" (the dataset's), "item_index", "score", "title"}, ...], "k", ...}
+                      optional "model" (onerec | onerec_generator | onerec_prior | popular | transitions) and
+                      "exclude_seen" (default generate.exclude_seen)
     GET  /healthz     {"status": "ok", ...}
     GET  /metrics     Prometheus text: request counts by status, a latency histogram, batch sizes
     GET  /openapi.json, /docs
+    GET  /ui          a page to look at recommendations (one static HTML file, :mod:`onerec.ui`), over:
+    GET  /ui/models   the models it compares;  GET /ui/users?limit=N  user ids to pick from
+    GET  /ui/history?user_id=U  a user's stored history;  POST /ui/compare  one history, several models
+    GET  /ui/cover/{item_index}  an item's cover image, where the data has one (inside RUN/data only)
 
 Concurrent requests are queued and decoded together (micro-batching): the first request waits at
 most ``serve.batch_wait_ms`` for others, up to ``serve.max_batch`` users, then one constrained beam
@@ -46,10 +52,26 @@ MAX_JSON_DEPTH = 32  # deeper request bodies are refused with 400 (a valid reque
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")  # an incoming X-Request-ID is kept when it matches
 log = logging.getLogger("onerec.serve")
 
+#: what a request's ``model`` may name: the run's generator as configured (``generate.succession_prior``), the
+#: generator alone (prior weight 0), the generator fused with the succession prior, and two baselines fitted on the
+#: run's train split at start-up (SASRec is not served: it trains for minutes and a run keeps no fitted SASRec)
+MODELS = ("onerec", "onerec_generator", "onerec_prior", "popular", "transitions")
+BASELINES = ("popular", "transitions")
+#: the prior weight of ``onerec_prior`` when the run's ``generate.succession_prior`` is 0 (``onerec tune-prior``
+#: chooses one on the valid split and saves it in the run's config, which then takes its place)
+UI_PRIOR_WEIGHT = 1.0
+#: at most this many valid rows choose the transitions baseline's window and decay at start-up (as eval does,
+#: on a fixed sample so a large dataset still starts in seconds)
+TRANSITIONS_VALID_ROWS = 2000
+COVER_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".webp": "image/webp"}
+MAX_COVER_BYTES = 8 << 20
+
 
 @dataclass
 class Query:
-    """One validated request: a user's history (item ids, oldest first) and k."""
+    """One validated request: a user's history (item ids, oldest first), k, the model that ranks and whether the
+    history's items are left out of the answer."""
 
     items: np.ndarray
     ts: np.ndarray
@@ -58,6 +80,33 @@ class Query:
     k: int
     user_id: str | None = None
     user: int | None = None  # the dataset's user index (known users): their full log and user features
+    model: str = "onerec"
+    exclude_seen: bool = False
+
+
+def item_covers(items: Any, data_dir: Path, column: str, relative_to: Path | None = None) -> list[Path | None]:
+    """Each item's cover image (by dense index) from the items table's ``column`` (a path relative to
+    ``relative_to``, default ``data_dir``, or absolute), None where there is none or where it does not resolve
+    (symlinks followed) to an image file inside ``data_dir``: a path in the data can never make the service read a
+    file outside RUN/data."""
+    if column not in items.column_names:
+        return [None] * items.num_rows
+    return [inside(data_dir, p, relative_to) for p in items[column].to_pylist()]
+
+
+def inside(root: Path, path: Any, relative_to: Path | None = None) -> Path | None:
+    """``path`` (relative to ``relative_to``, default ``root``, unless absolute) resolved, if it is an image file
+    (:data:`COVER_TYPES`) inside ``root``; else None."""
+    if not isinstance(path, (str, Path)) or not str(path) or "\x00" in str(path):
+        return None
+    try:
+        base = root.resolve(strict=True)
+        p = ((relative_to or root) / path).resolve(strict=True)  # an absolute ``path`` replaces the base
+    except (OSError, RuntimeError, ValueError):  # missing, a symlink loop
+        return None
+    if not p.is_relative_to(base) or not p.is_file() or p.suffix.lower() not in COVER_TYPES:
+        return None
+    return p
 
 
 class RecommendService:
@@ -71,28 +120,81 @@ class RecommendService:
 
     def __init__(self, run: Path, cfg: RunConfig, device: str | torch.device = "cpu") -> None:
         from onerec.data.schema import Dataset
-        from onerec.data.splits import Sequences
+        from onerec.data.splits import Sequences, load_splits
         from onerec.pipeline import _item_titles, _require, load_recommender, raw_ids
 
         self.cfg = cfg
-        ds = Dataset.load(_require(run / "data" / "dataset.json", "data").parent, validate=False)
-        self.user_index = {r: i for i, r in enumerate(ds.users["raw_id"].to_pylist())}
+        data = _require(run / "data" / "dataset.json", "data").parent
+        ds = Dataset.load(data, validate=False)
+        self.user_ids = [str(r) for r in ds.users["raw_id"].to_pylist()]
+        self.user_index = {r: i for i, r in enumerate(self.user_ids)}
         self.seq = Sequences.from_interactions(ds.interactions, ds.n_users, cfg.data.positive)
         self.titles = _item_titles(ds.items)
         self.item_ids = raw_ids(ds.items)  # the dataset's own item ids, by onerec's dense index
         self.item_index = {r: i for i, r in enumerate(self.item_ids)}
-        self.rec = load_recommender(run, cfg, device, dataset=ds)
+        splits = load_splits(_require(data / "split", "data"), n_items=ds.items.num_rows)
+        # prior=True: the train split's succession counts, so the prior can be compared even where the run ranks
+        # without it (generate.succession_prior = 0 keeps rank() the generator alone)
+        self.rec = load_recommender(run, cfg, device, dataset=ds, splits=splits, prior=True)
         self.n_items = len(self.rec.codes)
+        self.prior_weight = cfg.generate.succession_prior or UI_PRIOR_WEIGHT
+        self.baselines = self._fit_baselines(splits)
+        self.data_dir = data
+        self.covers = self._covers(data, ds.items)
         self.lock = threading.Lock()  # one search at a time per model
 
+    def _fit_baselines(self, splits: dict) -> dict[tuple[str, bool], Any]:
+        """Most-popular and transitions fitted on the train split (the transitions' window and decay chosen on at
+        most :data:`TRANSITIONS_VALID_ROWS` valid rows), each also as a copy that leaves the history out."""
+        import copy
+
+        from onerec.baselines import ItemTransitions, MostPopular
+        from onerec.pipeline import sample_rows
+
+        valid = splits.get("valid")
+        if valid is not None:
+            valid = sample_rows(valid, TRANSITIONS_VALID_ROWS, self.cfg.train.seed)
+            valid = valid if valid.num_rows else None
+        out: dict[tuple[str, bool], Any] = {}
+        for b in (MostPopular(), ItemTransitions()):
+            b.fit(splits["train"], n_items=self.n_items, valid=valid)
+            excluding = copy.copy(b)  # shares the fitted counts
+            excluding.exclude_seen = True
+            out[b.name, False], out[b.name, True] = b, excluding
+        return out
+
+    def _covers(self, data: Path, items: Any) -> list[Path | None]:
+        """Each item's cover inside RUN/data: from the items' ``content.image_field`` column (relative paths against
+        ``content.media_root``, default RUN/data), else a simulated world's covers that the vlm content backend
+        rendered into RUN/data/covers (``<index>.png``, :func:`onerec.data.covers.render_covers`, which adds its
+        column to the items only in memory); None for an item without one."""
+        c = self.cfg.content
+        if c.image_field in items.column_names:
+            return item_covers(items, data, c.image_field, Path(c.media_root) if c.media_root else None)
+        if (data / "covers").is_dir() and (data / "world" / "world.json").is_file():
+            return [inside(data, f"covers/{i}.png") for i in range(items.num_rows)]
+        return [None] * items.num_rows
+
+    def cover(self, item: int) -> Path | None:
+        """The cover file of item ``item`` if it has one that is (still) a file inside RUN/data, else None."""
+        if not 0 <= item < len(self.covers) or self.covers[item] is None:
+            return None
+        return inside(self.data_dir, self.covers[item])
+
+    def item_info(self, item: int) -> dict[str, Any]:
+        """What the page shows of an item: its ids, title, semantic ID and cover URL (None without one)."""
+        return {"item_id": self.item_ids[item], "item_index": item, "title": self.titles[item],
+                "semantic_id": [int(c) for c in self.rec.codes[item]],
+                "cover": f"/ui/cover/{item}" if self.covers[item] is not None else None}
+
     # ------------------------------------------------------------------ queries
-    def user_query(self, user_id: str, k: int) -> Query:
+    def user_query(self, user_id: str, k: int, model: str = "onerec", exclude_seen: bool = False) -> Query:
         """The stored positive history of a known user. Raises KeyError for an unknown id."""
         u = self.user_index[user_id]
         s, e = self.seq.offsets[u], self.seq.offsets[u + 1]
         ts = self.seq.ts[s:e]
         return Query(self.seq.items[s:e], ts, self.seq.flags[s:e].astype(np.int64),
-                     int(ts[-1]) + 1 if e > s else 0, k, user_id, u)
+                     int(ts[-1]) + 1 if e > s else 0, k, user_id, u, model, exclude_seen)
 
     def item_indices(self, ids: list[str | int]) -> list[int]:
         """Dense indices of the dataset's item ids (``raw_id``; an integer stands for its decimal text). Raises
@@ -103,44 +205,78 @@ class RecommendService:
             raise KeyError(e.args[0]) from None
 
     def history_query(self, items: list[int], k: int, ts: list[int] | None = None,
-                      flags: list[int] | None = None) -> Query:
+                      flags: list[int] | None = None, model: str = "onerec", exclude_seen: bool = False) -> Query:
         """An explicit history (validated by the caller: known items, equal lengths)."""
         n = len(items)
         t = np.asarray(ts if ts is not None else [0] * n, dtype=np.int64)
         f = np.asarray(flags if flags is not None else [DEFAULT_FLAGS] * n, dtype=np.int64)
-        return Query(np.asarray(items, dtype=np.int64), t, f, int(t.max()) + 1 if ts is not None else 0, k)
+        return Query(np.asarray(items, dtype=np.int64), t, f, int(t.max()) + 1 if ts is not None else 0, k,
+                     model=model, exclude_seen=exclude_seen)
 
     def beam_width(self, k: int) -> int:
         return max(self.cfg.generate.beam_size, k)
 
     @torch.no_grad()
     def recommend(self, queries: list[Query]) -> list[tuple[list[int], list[float]]]:
-        """(items, scores) per query, in order; one beam search per distinct beam width and kind
-        (known users, whose features include their full log and user features; explicit histories)."""
-        from onerec.features.history import Ragged
-
+        """(items, scores) per query, in order; one beam search per distinct model, beam width, kind (known
+        users, whose features include their full log and user features; explicit histories) and ``exclude_seen``
+        (which leaves the query's whole history out of its answer: ``min(k, items not in it)`` items)."""
         out: list[Any] = [None] * len(queries)
-        groups: dict[tuple[int, bool], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, int, bool, bool], list[int]] = defaultdict(list)
         for i, q in enumerate(queries):
-            groups[self.beam_width(q.k), q.user is not None].append(i)
+            if q.model in BASELINES:
+                groups[q.model, 0, False, q.exclude_seen].append(i)
+            else:
+                groups[q.model, self.beam_width(q.k), q.user is not None, q.exclude_seen].append(i)
         with self.lock:
-            for (beam, known), idx in groups.items():
+            for (model, beam, known, exclude), idx in groups.items():
                 qs = [queries[i] for i in idx]
-                offsets = np.zeros(len(qs) + 1, dtype=np.int64)
-                np.cumsum([len(q.items) for q in qs], out=offsets[1:])
-                seqs = Ragged(offsets, np.concatenate([q.items for q in qs]), np.concatenate([q.ts for q in qs]),
-                              np.concatenate([q.flags for q in qs]))
-                rows = np.arange(len(qs))
-                users = np.array([q.user for q in qs], dtype=np.int64) if known else None
-                batch = self.rec.featurizer.histories(seqs, rows, offsets[1:], np.array([q.request_ts for q in qs]),
-                                                      users)
                 k_max = max(q.k for q in qs)
-                items, scores = self.rec.rank(batch, k_max, beam_size=beam)  # fused when generate.succession_prior
+                if model in BASELINES:
+                    items, scores = self._baseline(model, qs, k_max, exclude)
+                else:
+                    items, scores = self._generate(model, qs, k_max, beam, known, exclude)
                 items, scores = items.tolist(), scores.tolist()
                 for j, i in enumerate(idx):
                     keep = [(it, sc) for it, sc in zip(items[j][: qs[j].k], scores[j][: qs[j].k]) if it >= 0]
                     out[i] = ([it for it, _ in keep], [sc for _, sc in keep])
         return out
+
+    def _generate(self, model: str, qs: list[Query], k: int, beam: int, known: bool, exclude: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """The generator's top ``k`` of queries of one kind: as the run ranks (``onerec``: fused with the prior when
+        ``generate.succession_prior`` > 0), alone (beam items by log-probability) or fused with the prior."""
+        from onerec.features.history import Ragged
+        from onerec.generate.generative import top_fused
+
+        offsets = np.zeros(len(qs) + 1, dtype=np.int64)
+        np.cumsum([len(q.items) for q in qs], out=offsets[1:])
+        seqs = Ragged(offsets, np.concatenate([q.items for q in qs]), np.concatenate([q.ts for q in qs]),
+                      np.concatenate([q.flags for q in qs]))
+        users = np.array([q.user for q in qs], dtype=np.int64) if known else None
+        batch = self.rec.featurizer.histories(seqs, np.arange(len(qs)), offsets[1:],
+                                              np.array([q.request_ts for q in qs]), users)
+        seen = [q.items for q in qs] if exclude else None
+        if model == "onerec":
+            return self.rec.rank(batch, k, beam_size=beam, exclude=seen)  # fused when generate.succession_prior
+        if model == "onerec_generator":
+            items, scores, _ = self.rec.generate(batch, k, beam_size=beam, exclude=seen)
+            return items.cpu().numpy(), scores.cpu().numpy()
+        pool, log_p, prior = self.rec.pool(batch, k, beam_size=beam, exclude=seen)
+        return top_fused(pool, log_p + self.prior_weight * prior, k)
+
+    def _baseline(self, model: str, qs: list[Query], k: int, exclude: bool) -> tuple[np.ndarray, np.ndarray]:
+        """A baseline's top ``k`` and their scores (most-popular: train interactions; transitions: its score)."""
+        import pyarrow as pa
+
+        b = self.baselines[model, exclude]
+        hist = [q.items for q in qs]
+        items = b.recommend(pa.table({"history": pa.array(hist, type=pa.list_(pa.int64()))}), k)
+        if model == "popular":
+            scores = b.counts[np.maximum(items, 0)].astype(np.float64)
+        else:
+            scores = np.take_along_axis(b.scores(hist), np.maximum(items, 0), 1)
+        return items, scores
 
 
 # ---------------------------------------------------------------------- metrics
@@ -353,6 +489,16 @@ def parse_json(body: bytes) -> Any:
     return value
 
 
+METRIC_PATHS = ("/recommend", "/healthz", "/metrics", "/ui", "/ui/models", "/ui/users", "/ui/history", "/ui/compare")
+
+
+def metric_path(path: str) -> str:
+    """The ``path`` label of a request's metrics: a known route, ``/ui/cover`` for every cover, else ``other``."""
+    if path in METRIC_PATHS:
+        return path
+    return "/ui/cover" if path.startswith("/ui/cover/") else "other"
+
+
 class Guard:
     """Pure ASGI middleware around the app: request ids, header and body limits, metrics, and the
     logging of every 5xx.
@@ -376,7 +522,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
-        path = scope["path"] if scope["path"] in ("/recommend", "/healthz", "/metrics") else "other"
+        path = metric_path(scope["path"])
         headers = scope.get("headers") or []
         incoming = next((v for k, v in headers if k == b"x-request-id"), b"").decode("latin-1")
         rid = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
@@ -461,19 +607,24 @@ def _replay(body: bytes, receive):
 def create_app(service: RecommendService, cfg: RunConfig | None = None):
     """The FastAPI application around ``service`` (needs the ``serve`` extra: fastapi, uvicorn)."""
     from contextlib import asynccontextmanager
+    from typing import Literal
 
     from fastapi import FastAPI, HTTPException, Request
+    from fastapi import Query as Param
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
-    sc = (cfg or service.cfg).serve
+    cfg = cfg or service.cfg
+    sc = cfg.serve
     metrics = Metrics()
     batcher = MicroBatcher(service, sc.max_batch, sc.batch_wait_ms / 1000.0, metrics, sc.max_queue)
     n_items, max_k, max_hist = service.n_items, sc.max_k, sc.max_history
     timeout_s = sc.request_timeout_ms / 1000.0
+    default_exclude = cfg.generate.exclude_seen
+    Model = Literal[MODELS]  # type: ignore[valid-type]
 
-    class RecommendRequest(BaseModel):
+    class HistoryRequest(BaseModel):
         """Give exactly one of ``user_id`` (a user of the run's dataset, its own id), ``history`` (the dataset's own
         item ids) or ``history_index`` (onerec's dense item indices). Types are strict: ``k`` and indices are JSON
         integers (not strings, floats or booleans)."""
@@ -488,6 +639,10 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
         timestamps: list[int] | None = Field(None, description="unix seconds of each history item (optional)")
         flags: list[int] | None = Field(None, description="signal bitmask of each history item (optional)")
         k: int = Field(10, ge=1, le=max_k, description=f"items to return (1..{max_k})")
+        exclude_seen: bool | None = Field(
+            None, description="leave the items of the history (the user's whole stored positive history, or the "
+                              f"given one) out of the answer; k items still come back when the catalogue has them. "
+                              f"Default: generate.exclude_seen ({str(default_exclude).lower()} for this run)")
 
         @model_validator(mode="after")
         def _check(self):
@@ -523,15 +678,40 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
                 raise ValueError("'timestamps' and 'flags' go with a history, not 'user_id'")
             return self
 
+    class RecommendRequest(HistoryRequest):
+        __doc__ = HistoryRequest.__doc__
+        model: Model = Field("onerec", description="onerec: the run's generator as configured (with the succession "
+                                                   "prior when generate.succession_prior > 0); onerec_generator: the "
+                                                   "generator alone; onerec_prior: fused with the succession prior; "
+                                                   "popular, transitions: baselines fitted on the train split")
+
+    class CompareRequest(HistoryRequest):
+        """One history ranked by several models (the page's columns); each model's search is queued like a
+        /recommend request."""
+
+        models: list[Model] = Field(  # type: ignore[valid-type]
+            ["onerec_generator", "onerec_prior", "popular", "transitions"], min_length=1, max_length=len(MODELS),
+            description="the models to compare, each at most once")
+
+        @model_validator(mode="after")
+        def _distinct(self):
+            if len(set(self.models)) != len(self.models):
+                raise ValueError("'models' names a model twice")
+            return self
+
     class Item(BaseModel):
         item_id: str = Field(description="the dataset's item id (items.parquet raw_id)")
         item_index: int = Field(description="onerec's dense index of the item (0..N-1)")
-        score: float = Field(description="total log-probability of the item's semantic ID")
+        score: float = Field(description="onerec: total log-probability of the item's semantic ID (with the prior: "
+                                         "plus prior weight x log(1 + succession score)); popular: train "
+                                         "interactions; transitions: its succession score")
         title: str
 
     class RecommendResponse(BaseModel):
         user_id: str | None
         k: int
+        model: str
+        exclude_seen: bool
         history_length: int
         items: list[Item]
 
@@ -562,50 +742,82 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
         return JSONResponse({"error": f"server busy: {sc.max_queue} requests already queued; retry later"},
                             status_code=503, headers={"Retry-After": str(sc.retry_after_s)})
 
-    schema = RecommendRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-
-    @app.post("/recommend", response_model=RecommendResponse,
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
-              responses={400: {"description": "malformed JSON, a duplicate key, or nesting too deep"},
-                         404: {"description": "unknown user"}, 413: {"description": "body too large"},
-                         422: {"description": "invalid request"},
-                         503: {"description": "queue full (Retry-After)"},
-                         504: {"description": "not answered within serve.request_timeout_ms"}})
-    async def recommend(request: Request):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+    async def parse(request: Request, model: type[HistoryRequest]) -> HistoryRequest:
+        """The request body validated strictly as ``model`` (400 / 422 as for /recommend)."""
         body = await request.body()
         if not body.strip():
             raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
         try:
-            req = RecommendRequest.model_validate(parse_json(body), strict=True)
+            return model.model_validate(parse_json(body), strict=True)
         except ValidationError as e:
             raise RequestValidationError([{**err, "loc": ("body", *err["loc"])}
                                           for err in e.errors(include_url=False, include_input=False)]) from None
+
+    def queries(req: HistoryRequest, models: list[str]) -> list[Query]:
+        """One query per model (404 for an unknown user)."""
+        exclude = default_exclude if req.exclude_seen is None else req.exclude_seen
         if req.user_id is not None:
             try:
-                query = service.user_query(req.user_id, req.k)
+                return [service.user_query(req.user_id, req.k, m, exclude) for m in models]
             except KeyError:
                 raise HTTPException(404, f"unknown user_id {req.user_id!r}") from None
-        else:
-            query = service.history_query(req.history_index, req.k, req.timestamps, req.flags)
-        fut = batcher.submit(query, deadline)
+        return [service.history_query(req.history_index, req.k, req.timestamps, req.flags, m, exclude)
+                for m in models]
+
+    async def answer(request: Request, qs: list[Query], deadline: float) -> list | Response:
+        """Queues ``qs`` (all or none: the queue's limit holds for each) and waits for all their answers until
+        ``deadline``; a Response (499, 504) when the client went away or time ran out (what is still queued is
+        dropped)."""
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future] = []
+        try:
+            for q in qs:
+                futs.append(batcher.submit(q, deadline))
+        except Overloaded:
+            for f in futs:
+                f.cancel()
+            raise
+        together = asyncio.gather(*futs, return_exceptions=True)
         gone = loop.create_task(_disconnected(request.receive))  # resolves when the client goes away
         try:
-            await asyncio.wait({fut, gone}, timeout=max(deadline - loop.time(), 0),
+            await asyncio.wait({together, gone}, timeout=max(deadline - loop.time(), 0),
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
-        if not fut.done():
-            fut.cancel()  # dropped by the batcher unless its search already runs
+        if not together.done():
+            for f in futs:
+                f.cancel()  # dropped by the batcher unless its search already runs
             if gone.done() and not gone.cancelled():
                 return Response(status_code=499)  # nobody to answer
             return JSONResponse({"error": f"not answered within {sc.request_timeout_ms:g} ms"}, status_code=504)
-        items, scores = fut.result()
+        return [f.result() for f in futs]  # a failed search raises: 500, logged by Guard
+
+    def finite(s: float) -> float:
+        return s if math.isfinite(s) else -1e30
+
+    schema = RecommendRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    errors_4xx = {400: {"description": "malformed JSON, a duplicate key, or nesting too deep"},
+                  404: {"description": "unknown user"}, 413: {"description": "body too large"},
+                  422: {"description": "invalid request"},
+                  503: {"description": "queue full (Retry-After)"},
+                  504: {"description": "not answered within serve.request_timeout_ms"}}
+
+    @app.post("/recommend", response_model=RecommendResponse,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}},
+              responses=errors_4xx)
+    async def recommend(request: Request):
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        req = await parse(request, RecommendRequest)
+        (query,) = queries(req, [req.model])
+        got = await answer(request, [query], deadline)
+        if isinstance(got, Response):
+            return got
+        items, scores = got[0]
         return RecommendResponse(
-            user_id=req.user_id, k=req.k, history_length=len(query.items),
-            items=[Item(item_id=service.item_ids[i], item_index=i, score=s if math.isfinite(s) else -1e30,
-                        title=service.titles[i]) for i, s in zip(items, scores)])
+            user_id=req.user_id, k=req.k, model=req.model, exclude_seen=query.exclude_seen,
+            history_length=len(query.items),
+            items=[Item(item_id=service.item_ids[i], item_index=i, score=finite(s), title=service.titles[i])
+                   for i, s in zip(items, scores)])
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -617,8 +829,128 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    # ------------------------------------------------------------------ the page and its JSON
+    page, csp = ui_page()
+    prior_note = (f"weight {service.prior_weight:g} (generate.succession_prior)" if cfg.generate.succession_prior
+                  else f"weight {service.prior_weight:g}; the run itself ranks without it (onerec tune-prior "
+                       "chooses a weight)")
+    # score: the column header (short), score_about: what it is
+    model_info = {
+        "onerec": {"label": "onerec (as configured)", "score": "fused" if cfg.generate.succession_prior else "log p",
+                   "about": "the run's ranking, as /recommend answers by default"},
+        "onerec_generator": {"label": "onerec generator", "score": "log p",
+                             "about": "constrained beam search alone; score: log-probability of the semantic ID"},
+        "onerec_prior": {"label": "onerec + succession prior", "score": "fused",
+                         "about": f"the beam and the train split's successors; score: log p + w·log(1 + succession "
+                                  f"score), {prior_note}"},
+        "popular": {"label": "most popular", "score": "count",
+                    "about": "score: the item's interactions in the train split"},
+        "transitions": {"label": "transitions", "score": "score",
+                        "about": "the items that followed the history's last items in the train split"},
+    }
+    lengths = np.diff(service.seq.offsets)
+    with_history = np.flatnonzero(lengths > 0)
+
+    @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    async def ui() -> HTMLResponse:
+        return HTMLResponse(page, headers={"content-security-policy": csp, "x-content-type-options": "nosniff",
+                                           "referrer-policy": "no-referrer", "cache-control": "no-cache"})
+
+    @app.get("/ui/models")
+    async def ui_models() -> dict[str, Any]:
+        """The models the page compares, and the settings it starts from."""
+        return {"models": [{"name": m, **model_info[m]} for m in MODELS],
+                "compare": ["onerec_generator", "onerec_prior", "popular", "transitions"],
+                "not_served": [{"name": "sasrec", "why": "SASRec trains for minutes and a run keeps no fitted "
+                                                         "SASRec, so the service does not fit it at start-up; its "
+                                                         "scores are in RUN/metrics.json (onerec eval)"}],
+                "prior_weight": service.prior_weight, "exclude_seen": default_exclude, "max_k": max_k,
+                "max_history": max_hist, "items": n_items, "users": len(service.user_ids),
+                "covers": any(c is not None for c in service.covers)}
+
+    def count(value: str) -> int:
+        """A ``limit`` query parameter, strictly: decimal digits, 1..1000 (not '5.0', 'true' or '+5')."""
+        if not re.fullmatch(r"[0-9]{1,4}", value) or not 1 <= int(value) <= 1000:
+            raise RequestValidationError([{"type": "int_parsing", "loc": ("query", "limit"),
+                                           "msg": "Input should be a whole number from 1 to 1000"}])
+        return int(value)
+
+    limit_param = Param("50", max_length=8, description="how many (1..1000)")
+
+    @app.get("/ui/users")
+    async def ui_users(limit: str = limit_param) -> dict[str, Any]:
+        """The first ``limit`` users with a stored history: their ids and history lengths."""
+        return {"users": [{"user_id": service.user_ids[u], "history_length": int(lengths[u])}
+                          for u in with_history[:count(limit)]], "total": len(service.user_ids)}
+
+    @app.get("/ui/history", responses={404: {"description": "unknown user"}})
+    async def ui_history(user_id: str = Param(..., max_length=256), limit: str = limit_param) -> dict[str, Any]:
+        """A known user's stored positive history (its latest ``limit`` items, oldest first)."""
+        n = count(limit)
+        u = service.user_index.get(user_id)
+        if u is None:
+            raise HTTPException(404, f"unknown user_id {user_id!r}")
+        hist = service.seq.items[service.seq.offsets[u]:service.seq.offsets[u + 1]]
+        return {"user_id": user_id, "history_length": len(hist),
+                "history": [service.item_info(int(i)) for i in hist[-n:]]}
+
+    compare_schema = CompareRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+
+    @app.post("/ui/compare",
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"application/json": {"schema": compare_schema}}}},
+              responses=errors_4xx)
+    async def ui_compare(request: Request):
+        """One history (as /recommend takes it) ranked by each of ``models``, side by side, with the history's
+        latest 50 items; each item with its title, semantic ID and cover URL."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        req = await parse(request, CompareRequest)
+        qs = queries(req, req.models)
+        got = await answer(request, qs, deadline)
+        if isinstance(got, Response):
+            return got
+        hist = qs[0].items
+        return {"user_id": req.user_id, "k": req.k, "exclude_seen": qs[0].exclude_seen,
+                "history_length": len(hist), "history": [service.item_info(int(i)) for i in hist[-50:]],
+                "columns": [{"model": m, **model_info[m],
+                             "items": [{**service.item_info(i), "score": finite(s)} for i, s in zip(items, scores)]}
+                            for m, (items, scores) in zip(req.models, got)]}
+
+    @app.get("/ui/cover/{item_index}", include_in_schema=False)
+    async def ui_cover(item_index: int) -> Response:
+        """Item ``item_index``'s cover: only a file the items table lists, inside RUN/data (checked again here)."""
+        path = service.cover(item_index)
+        if path is None:
+            raise HTTPException(404, "no cover for this item")
+        try:
+            data = path.read_bytes() if path.stat().st_size <= MAX_COVER_BYTES else None
+        except OSError:
+            data = None
+        if data is None:
+            raise HTTPException(404, "no cover for this item")
+        return Response(data, media_type=COVER_TYPES[path.suffix.lower()],
+                        headers={"x-content-type-options": "nosniff", "cache-control": "max-age=3600"})
+
     app.state.metrics, app.state.batcher = metrics, batcher
     return app
+
+
+def ui_page() -> tuple[str, str]:
+    """The page (``onerec/ui/index.html``) and its Content-Security-Policy: only its own inline script and style
+    (by hash), images and requests from this server; nothing from elsewhere."""
+    import base64
+    import hashlib
+    from importlib.resources import files
+
+    page = files("onerec").joinpath("ui", "index.html").read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    csp = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; img-src 'self' data:; "
+           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return page, csp
 
 
 async def _disconnected(receive) -> None:

@@ -32,13 +32,19 @@ def build_pscore(cfg: RewardConfig, feat: RankFeaturizer, n_users: int) -> PScor
     return PScoreModel(cfg, n_users, len(side.cat), side.n_cats, side.n_authors)
 
 
-def train_pscore(model: PScoreModel, train: Exposures, cfg: RewardConfig, *, log_every: int = 0) -> list[float]:
-    """Adam over shuffled exposures for ``cfg.epochs``; returns the loss of every step."""
+def train_pscore(model: PScoreModel, train: Exposures, cfg: RewardConfig, *, log_every: int = 0,
+                 desc: str = "p-score") -> list[float]:
+    """Adam over shuffled exposures for ``cfg.epochs``; returns the loss of every step. ``log_every`` > 0: a tqdm
+    bar (``desc``) of the steps, showing the mean loss of the last ``log_every`` steps."""
+    from tqdm.auto import tqdm
+
     torch.manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     losses = []
     model.train()
+    steps = -(-len(train) // cfg.batch_size)
+    bar = tqdm(total=cfg.epochs * steps, desc=desc, unit="step", disable=not log_every, dynamic_ncols=True)
     for _ in range(cfg.epochs):
         order = rng.permutation(len(train))
         for start in range(0, len(order), cfg.batch_size):
@@ -47,8 +53,10 @@ def train_pscore(model: PScoreModel, train: Exposures, cfg: RewardConfig, *, log
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            bar.update(1)
             if log_every and len(losses) % log_every == 0:
-                print(f"  p-score step {len(losses)} loss {np.mean(losses[-log_every:]):.4f}", flush=True)
+                bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.4f}")
+    bar.close()
     model.eval()
     return losses
 
@@ -123,11 +131,13 @@ def fit_variants(cfg: RewardConfig, splits: dict[str, Exposures], feat: RankFeat
                  log_every: int = 0) -> tuple[dict[str, PScoreModel], dict[str, Any]]:
     """Train each variant (the full P-Score and its ablations) and evaluate it on the held-out exposures."""
     models, metrics = {}, {}
-    for name, over in (variants or VARIANTS).items():
+    variants = variants or VARIANTS
+    for i, (name, over) in enumerate(variants.items(), 1):
         vcfg = dataclasses.replace(cfg, **over)
         t0 = time.perf_counter()
         model = build_pscore(vcfg, feat, n_users)
-        losses = train_pscore(model, splits["train"], vcfg, log_every=log_every)
+        losses = train_pscore(model, splits["train"], vcfg, log_every=log_every,
+                              desc=f"reward {name} ({i}/{len(variants)})")
         metrics[name] = {**evaluate_pscore(model, splits["test"]), "parameters": sum(p.numel() for p in
                                                                                    model.parameters()),
                          "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - t0, 1)}

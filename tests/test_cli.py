@@ -114,12 +114,16 @@ def test_data_says_what_loading_normalised(tmp_path):
     """An interactions table out of (user, time) order is sorted, and `onerec data` says so (summary.json too)."""
     import json
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from conftest import cyclic_dataset
+    from onerec.data.schema import make_dataset
 
     src = tmp_path / "tables"
-    cyclic_dataset(n_users=20, n_items=15).save(src)
+    users, items, ts = zip(*[(f"u{u}", (u + t) % 15, 1_650_000_000 + 3600 * t) for u in range(20) for t in range(8)])
+    inter = pa.table({"user_id": users, "item_id": items, "timestamp": ts})
+    catalogue = pa.table({"raw_id": [str(i) for i in range(15)], "title": [f"item {i}" for i in range(15)]})
+    make_dataset(name="walk", source="test", interactions=inter, items=catalogue).save(src)
     inter = pq.read_table(src / "interactions.parquet")
     pq.write_table(inter.take(list(range(inter.num_rows))[::-1]), src / "interactions.parquet")
     res = _ok(CliRunner().invoke(cli, ["data", "--out", str(tmp_path / "r"), "--preset", "tiny", "data.source=parquet",

@@ -81,6 +81,8 @@ def columns(page) -> dict[str, list[dict[str, str]]]:
     return out
 
 
+# Predicates of wait_for_function are function expressions: playwright evaluates a bare expression with eval()
+# inside the page, which the page's Content-Security-Policy (no 'unsafe-eval') refuses.
 def wait_for_rows(page, n_cols: int) -> None:
     page.wait_for_function(
         "([n, k]) => document.querySelectorAll('.col').length === n && "
@@ -103,7 +105,7 @@ def check_columns(page, history_ids: set[str]) -> None:
 
 
 def test_pick_a_user_then_paste_a_history(page):
-    page.wait_for_function("document.querySelectorAll('#user option').length > 1", timeout=30000)
+    page.wait_for_function("() => document.querySelectorAll('#user option').length > 1", timeout=30000)
     assert not page.is_checked("#exclude")  # generate.exclude_seen is false in this run
     page.fill("#k", str(K))
     user = page.eval_on_selector("#user", "s => s.options[2].value")
@@ -136,7 +138,7 @@ def test_pick_a_user_then_paste_a_history(page):
     # an unknown id is the server's 422, shown on the page (as text) and the columns stay
     page.fill("#history", "sim_v3 <b>nope</b>")
     page.click("#go")
-    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=30000)
+    page.wait_for_function("() => document.getElementById('status').className === 'error'", timeout=30000)
     assert "unknown item id '<b>nope</b>'" in page.inner_text("#status")
     assert page.query_selector("#status b") is None  # shown as text, never parsed as HTML
     problems = [p for p in page.problems if "422" not in p]  # the refused request above is expected

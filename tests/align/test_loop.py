@@ -121,3 +121,19 @@ def test_a_model_with_every_pathway_aligns(tmp_path):
     assert ctx.featurizer.side is not None and ctx.train_examples.f is ctx.featurizer
     batch = ctx.batch(np.arange(4))
     assert {"user_id", "short_codes", "hist_author"} <= set(batch)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_align_shows_progress_only_when_asked(tiny_run, capsys, log):
+    cfg, ctx, _, _, pool = _ctx(tiny_run)
+    twin = AlignContext(clone_model(ctx.model), ctx.codes, ctx.requests, ctx.ranker, ctx.rank_feat,
+                        ctx.train_examples, ctx.featurizer)
+    ac = dataclasses.replace(cfg.align, iterations=2, steps_per_iter=2)
+    capsys.readouterr()
+    align(twin, ac, pool, log=log)
+    out = capsys.readouterr()
+    if not log:
+        assert out.out == "" and out.err == ""
+    else:
+        assert f"align {ac.method}: 100%" in out.err and "4/4" in out.err and "loss " in out.err
+        assert f"{ac.method} round 1:" in out.out + out.err and f"{ac.method} round 2:" in out.out + out.err

@@ -184,9 +184,10 @@ def _frozen_log_probs(ctx: AlignContext, rows: np.ndarray, codes: torch.Tensor, 
 
 def _policy_steps(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.optim.Optimizer,
                   rng: np.random.Generator, steps: int, method_loss, rsft_codes: torch.Tensor,
-                  keep: torch.Tensor) -> list[float]:
+                  keep: torch.Tensor, bar=None) -> list[float]:
     """The optimisation shared by DPO and ECPO rounds: per step, a batch of users, the method's loss
-    ``method_loss(j, batch)`` + NTP (+ rejection-sampling fine-tuning on the kept samples)."""
+    ``method_loss(j, batch)`` + NTP (+ rejection-sampling fine-tuning on the kept samples). ``bar``: a tqdm bar
+    advanced by each step."""
     losses = []
     for _ in range(steps):
         j = rng.choice(len(rows), size=min(cfg.batch_users, len(rows)), replace=False)
@@ -200,11 +201,14 @@ def _policy_steps(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: to
         torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), 1.0)
         opt.step()
         losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.set_postfix_str(f"loss {losses[-1]:.4f}", refresh=False)
+            bar.update(1)
     return losses
 
 
 def dpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.optim.Optimizer,
-              rng: np.random.Generator) -> dict[str, float]:
+              rng: np.random.Generator, bar=None) -> dict[str, float]:
     """One IPA round: beam-search N candidates, best/worst pairs by reward, NTP + lambda * DPO."""
     model = ctx.model
     model.eval()
@@ -228,13 +232,13 @@ def dpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.
         return cfg.dpo_weight * dpo_loss(pol[:, 0], pol[:, 1], ref[j, 0], ref[j, 1], cfg.beta)
 
     losses = _policy_steps(ctx, cfg, rows, opt, rng, cfg.steps_per_iter if len(rows) else 0, method_loss,
-                           all_codes, keep)
+                           all_codes, keep, bar)
     stats["loss"] = float(np.mean(losses)) if losses else 0.0
     return stats
 
 
 def ecpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.optim.Optimizer,
-               rng: np.random.Generator) -> dict[str, float]:
+               rng: np.random.Generator, bar=None) -> dict[str, float]:
     """One ECPO round: G unconstrained beam rollouts per user, format + P-Score rewards, group
     advantages, early-clipped surrogate + NTP (+ rejection-sampling fine-tuning)."""
     model = ctx.model
@@ -254,7 +258,7 @@ def ecpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch
         logp = sequence_log_probs(model, batch, codes_t[j])
         return ecpo_loss(logp, old[j], adv[j], cfg.clip_eps, cfg.clip_delta)
 
-    losses = _policy_steps(ctx, cfg, rows, opt, rng, cfg.steps_per_iter, method_loss, codes_t, keep)
+    losses = _policy_steps(ctx, cfg, rows, opt, rng, cfg.steps_per_iter, method_loss, codes_t, keep, bar)
     stats["loss"] = float(np.mean(losses))
     return stats
 
@@ -265,21 +269,29 @@ def align(ctx: AlignContext, cfg: AlignConfig, pool: np.ndarray | None = None, *
 
     Args:
         pool: request rows users are sampled from (default: all of ``ctx.requests``).
+        log: a tqdm bar of the rounds' optimizer steps (it says when a round is sampling), and each round's
+            stats as a line.
     """
+    from tqdm.auto import tqdm
+
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     pool = np.arange(len(ctx.users)) if pool is None else np.asarray(pool)
     opt = torch.optim.Adam(ctx.model.parameters(), lr=cfg.lr)
     round_fn = {"dpo": dpo_round, "ecpo": ecpo_round}[cfg.method]
     history = []
+    bar = tqdm(total=cfg.iterations * cfg.steps_per_iter, desc=f"align {cfg.method}", unit="step", disable=not log,
+               dynamic_ncols=True)
     for it in range(cfg.iterations):
         t0 = time.perf_counter()
         rows = rng.choice(pool, size=min(cfg.users_per_iter, len(pool)), replace=False)
-        stats = {"iteration": it + 1, **round_fn(ctx, cfg, rows, opt, rng),
+        bar.set_postfix_str(f"round {it + 1}/{cfg.iterations}: sampling and scoring {len(rows)} users")
+        stats = {"iteration": it + 1, **round_fn(ctx, cfg, rows, opt, rng, bar if log else None),
                  "seconds": round(time.perf_counter() - t0, 1)}
         history.append(stats)
         if log:
-            print(f"  {cfg.method} round {it + 1}: {stats}", flush=True)
+            bar.write(f"  {cfg.method} round {it + 1}: {stats}")
+    bar.close()
     ctx.model.eval()
     return history
 

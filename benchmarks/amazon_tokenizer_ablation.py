@@ -1,4 +1,4 @@
-"""Tokenizer ablations on Amazon 2014 item content (the ID side of docs/BENCHMARKS.md's ablation table).
+"""Tokenizer ablations on Amazon 2014 item content (the ID side of the ablation table, docs/benchmarks/ablations.md).
 
 For one category, builds the item content vectors exactly as ``onerec bench amazon`` does (preset
 ``amazon``: title + category path + attribute ids, TF-IDF + SVD) and fits the residual k-means

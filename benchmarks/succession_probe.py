@@ -23,7 +23,7 @@ valid split only (the selection split, so test is never read), it reports:
   reference (``rescore_beam=True``: every pool item through the full decoder, as the prior was first computed),
   taking turns, median of 3 rounds, and whether the two give the same top 10.
 
-This is the probe behind docs/BENCHMARKS.md, "A baseline with no training: item-to-item transitions".
+This is the probe behind docs/benchmarks/amazon2014.md, "A baseline with no training: item-to-item transitions".
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def scientific_config(datasets: str | Path, *, preset: str = "amazon",
             # the tokenizer comparison reads our IDs from content (+ the collaborative alignment), as every
             # figure in docs/BENCHMARKS.md was made; the `amazon` preset's per-item alignment token is an
             # override here (content.alignment.id_token=true): on Scientific it scored 5.5% lower best valid
-            # NDCG@10 (30 epochs, seed 0; docs/BENCHMARKS.md, "Not on Scientific")
+            # NDCG@10 (30 epochs, seed 0; docs/benchmarks/ablations.md, "Not on Scientific")
             "content.alignment.id_token=false"]
     return load_config(preset=preset, overrides=[*base, *overrides])
 

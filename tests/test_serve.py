@@ -185,7 +185,8 @@ def test_concurrent_requests_are_micro_batched_with_unchanged_answers(service):
     async def go():
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            together = await asyncio.gather(*[c.post("/recommend", json={"history_index": h, "k": 4}) for h in histories])
+            together = await asyncio.gather(*[c.post("/recommend", json={"history_index": h, "k": 4})
+                                              for h in histories])
             alone = [await c.post("/recommend", json={"history_index": h, "k": 4}) for h in histories[:4]]
             return together, alone
 

@@ -278,11 +278,14 @@ def test_bad_arguments_raise() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", MODES)
-def test_cuda_matches_cpu(mode: str) -> None:
+@pytest.mark.parametrize("exclude", [False, True])
+def test_cuda_matches_cpu(mode: str, exclude: bool) -> None:
     sizes = [16, 16, 8, 3]
     codes = random_codes(sizes, 2000, seed=11)
     lm = RandomLM(sizes, 8, seed=12)
     kw = {"batch_size": 8, "beam_size": 16, "top_k": 10, "return_codes": True, "candidates": mode}
+    if exclude:  # each user's history: 300 random items
+        kw["exclude"] = [torch.randperm(2000, generator=torch.Generator().manual_seed(u))[:300] for u in range(8)]
     cpu = beam_search(lm.step_fn(torch.arange(8), 16), table=PrefixTable.from_codes(codes, sizes), **kw)
     gpu_table = PrefixTable.from_codes(codes, sizes).to("cuda")
     gpu = beam_search(lm.step_fn(torch.arange(8, device="cuda"), 16), table=gpu_table, **kw)

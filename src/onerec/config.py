@@ -304,10 +304,10 @@ class GenerateConfig:
     succession_window: int = opt(10, "succession_prior > 0: last history items whose successors are counted")
     succession_decay: float = opt(0.1, "succession_prior > 0: weight of the d-th last history item's successors, "
                                        "decay^(d-1)")
-    exclude_seen: bool = opt(False, "onerec generate leaves out the items already in the user's history (the beam "
-                                    "search masks them, so k unseen items still come back); `onerec generate "
-                                    "--exclude-seen/--include-seen` overrides it per call. Evaluation has its own "
-                                    "setting, eval.exclude_seen")
+    exclude_seen: bool = opt(False, "onerec generate and serve leave out the items already in the user's history "
+                                    "(the beam search masks them, so k unseen items still come back); `onerec "
+                                    "generate --exclude-seen/--include-seen` and a request's exclude_seen override it. "
+                                    "Evaluation has its own setting, eval.exclude_seen")
 
 
 # ---------------------------------------------------------------------------- serve

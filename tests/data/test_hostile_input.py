@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_bad_input import error_of
 
 from onerec.data.adapters import load
 from onerec.data.schema import Dataset, make_dataset
@@ -59,16 +59,6 @@ def write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
-
-
-def error_of(fn: Callable[[], object], file_name: str, *fragments: str) -> str:
-    """Run ``fn``, expect a DataError naming ``file_name``, the fragments and a fix; return its message."""
-    with pytest.raises(DataError) as e:
-        fn()
-    msg = str(e.value)
-    for part in (file_name, *fragments, "Fix:"):
-        assert part in msg, f"{part!r} not in: {msg}"
-    return msg
 
 
 def canonical(root: Path, inter: dict | pa.Table, *, items: pa.Table | None = None, meta: dict | None = None,

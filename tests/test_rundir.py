@@ -20,8 +20,10 @@ from onerec.pipeline import (
     load_codes,
     load_generator,
     recommend_users,
+    stage_align,
     stage_data,
     stage_eval,
+    stage_reward,
     stage_tokenize,
     stage_train,
 )
@@ -53,7 +55,7 @@ def run(base, tmp_path) -> Path:
 
 
 def _fingerprints(run: Path) -> dict[str, str]:
-    return {s: read_manifest(run / s)["fingerprint"] for s in STAGES if (run / s / "manifest.json").is_file()}
+    return {s: read_manifest(run / s)["fingerprint"] for s in STAGE_INPUTS if (run / s / "manifest.json").is_file()}
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -183,28 +185,48 @@ def _check_old_or_new(run: Path, old: dict[str, str], killed: str) -> str:
     recover(run)
     assert not any(p.name.endswith(".old") for p in run.iterdir())
     now = fingerprint(run, killed)
-    for stage in STAGES:
+    for stage in old:
         if stage != killed:
             assert read_manifest(run / stage)["fingerprint"] == old[stage]
     if now == old[killed]:
-        for stage in STAGES:
+        for stage in old:
             fingerprint(run, stage)
         return "old"
-    for stage in STAGES:
+    for stage in old:
         if killed in STAGE_INPUTS[stage]:
             with pytest.raises(DataError, match="is stale"):
                 fingerprint(run, stage)
     return "new"
 
 
+REWARD = ("reward.ablations=false", "reward.epochs=1")
+ALIGN = ("align.users_per_iter=64", "align.steps_per_iter=4", "align.eval_users=50", "align.beam_size=8")
+
+
+@pytest.fixture(scope="module")
+def base_aligned(base, tmp_path_factory) -> Path:
+    """:func:`base` with the reward and align stages (small settings)."""
+    run = tmp_path_factory.mktemp("rundir-aligned") / "run"
+    shutil.copytree(base, run)
+    stage_reward(run, _cfg(*REWARD), progress=False)
+    stage_align(run, _cfg(*REWARD, *ALIGN), progress=False)
+    return run
+
+
+KILLS = [
+    ("data", ("data", "--out", "{run}", "data.sim.n_items=150", "data.sim.seed=5"), (0.55, 0.8, 0.95)),
+    ("tokenizer", ("tokenize", "{run}", "tokenizer.seed=7"), (0.55, 0.8, 0.95)),
+    ("train", ("train", "{run}", "train.max_steps=6", "train.seed=3"), (0.55, 0.8, 0.95)),
+    ("eval", ("eval", "{run}", "eval.ks=5,10"), (0.55, 0.8, 0.95)),
+    ("reward", ("reward", "{run}", *REWARD, "reward.seed=4"), (0.6, 0.9)),
+    ("align", ("align", "{run}", *REWARD, *ALIGN, "align.seed=5"), (0.6, 0.9)),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("stage", "args"), [
-    ("data", ("data", "--out", "{run}", "data.sim.n_items=150", "data.sim.seed=5")),
-    ("tokenizer", ("tokenize", "{run}", "tokenizer.seed=7")),
-    ("train", ("train", "{run}", "train.max_steps=6", "train.seed=3")),
-    ("eval", ("eval", "{run}", "eval.ks=5,10")),
-])
-def test_a_stage_killed_at_any_point_leaves_the_old_run_or_the_new(base, tmp_path, stage, args):
+@pytest.mark.parametrize(("stage", "args", "fractions"), KILLS, ids=[k[0] for k in KILLS])
+def test_a_stage_killed_at_any_point_leaves_the_old_run_or_the_new(request, tmp_path, stage, args, fractions):
+    base = request.getfixturevalue("base_aligned" if stage in ("reward", "align") else "base")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     old = _fingerprints(base)
 
@@ -220,7 +242,7 @@ def test_a_stage_killed_at_any_point_leaves_the_old_run_or_the_new(base, tmp_pat
     assert proc.returncode == 0, err.decode()
     seconds = time.perf_counter() - t0
     assert _check_old_or_new(run, old, stage) == "new"
-    for i, frac in enumerate((0.55, 0.8, 0.95)):
+    for i, frac in enumerate(fractions):
         run, proc, _ = start(f"killed{i}")
         time.sleep(seconds * frac)
         proc.send_signal(signal.SIGKILL)

@@ -248,3 +248,21 @@ def test_a_stage_killed_at_any_point_leaves_the_old_run_or_the_new(request, tmp_
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         _check_old_or_new(run, old, stage)
+
+
+def test_every_rerun_hint_is_a_command_that_parses(tmp_path):
+    """The fix a stale or missing stage names (:func:`onerec.rundir.command`) is a command the CLI accepts as
+    written (`onerec data` needs --out, the other verbs the run directory)."""
+    import shlex
+
+    import click
+
+    from onerec.cli import cli
+    from onerec.rundir import command
+
+    for stage in STAGE_INPUTS:
+        argv = shlex.split(command(stage, tmp_path / "run"))
+        assert argv[0] == "onerec"
+        verb = cli.get_command(click.Context(cli), argv[1])
+        assert verb is not None, argv
+        verb.make_context(argv[1], argv[2:])  # raises a UsageError for a missing option or argument

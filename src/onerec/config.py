@@ -1,6 +1,6 @@
 """Configuration: dataclasses with documented fields, YAML presets and dotted overrides.
 
-Every field carries a ``help`` string (shown by ``onerec <verb> --help-config``). A config is
+Every field carries a ``help`` string (shown by ``onerec config``). A config is
 built from, in order: the dataclass defaults, a named preset (``presets/<name>.yaml``), a YAML
 file, then ``key=value`` overrides such as ``train.lr=3e-4``. An unknown key is an error that
 names the nearest valid key. The resolved config is written into every run directory.

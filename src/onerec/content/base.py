@@ -195,5 +195,6 @@ def save_vectors(path: str | Path, vectors: np.ndarray, **metadata: str) -> None
 def load_vectors(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
-        raise DataError("item vectors not found", path=str(path), fix="run `onerec tokenize` on the run directory")
+        raise DataError("item vectors not found", path=str(path),
+                        fix=f"run `onerec tokenize {path.parent.parent}` (the run directory whose tokenizer/ this is)")
     return load_file(str(path))["vectors"].numpy()

@@ -607,7 +607,7 @@ def stage_tune_prior(run: Path, cfg: RunConfig, *, weights: Sequence[float] | No
     valid = sample_rows(splits["valid"], users, cfg.train.seed)
     if valid.num_rows == 0:
         raise DataError("the valid split has no rows to choose the prior on", path=str(split_dir / "valid.parquet"),
-                        fix="rerun `onerec data` with a split that keeps a valid item per user (data.split=loo)")
+                        fix=f"rerun `{command('data', run)} data.split=loo` (a split that keeps a valid item per user)")
     metric = cfg.train.early_stop_metric or "ndcg@10"
     t0 = time.perf_counter()
     rec = load_recommender(run, cfg, resolve_device(cfg.train.device), codes=codes, splits=splits, prior=True,

@@ -183,7 +183,8 @@ def load_splits(folder: str | Path, n_items: int | None = None) -> dict[str, pa.
                     if len(bad):
                         raise DataError(f"unknown item id {flat[bad[0]]} (the dataset has {n_items} items)",
                                         path=str(folder / f"{name}.parquet"), column=col,
-                                        fix="the split was made from another dataset; rerun `onerec data`")
+                                        fix="the split was made from another dataset; rerun "
+                                            f"`onerec data --out {folder.parent.parent}`")
     return out
 
 

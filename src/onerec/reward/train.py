@@ -106,13 +106,13 @@ def load_pscore(folder: str | Path) -> tuple[PScoreModel, dict[str, Any]]:
     folder = Path(folder)
     path = folder / "pscore.json"
     if not path.exists():
-        raise CheckpointError(f"{path} not found. Fix: run `onerec reward RUN` first.")
+        raise CheckpointError(f"{path} not found. Fix: run `onerec reward {folder.parent}` first.")
     meta = read_json(path)
     if meta.get("format") != "onerec-pscore":
         raise CheckpointError(f"{path}: not a P-Score model file. Fix: point at RUN/reward.")
     missing = [k for k in ("config", "n_users", "n_items", "n_cats", "n_authors") if k not in meta]
     if missing:
-        raise CheckpointError(f"{path}: missing key '{missing[0]}'. Fix: re-run `onerec reward RUN`.")
+        raise CheckpointError(f"{path}: missing key '{missing[0]}'. Fix: re-run `onerec reward {folder.parent}`.")
     cfg = from_dict(RewardConfig, meta["config"])
     model = build_checked(folder, lambda: PScoreModel(cfg, meta["n_users"], meta["n_items"], meta["n_cats"],
                                                       meta["n_authors"]), weights="pscore.safetensors",
@@ -122,7 +122,7 @@ def load_pscore(folder: str | Path) -> tuple[PScoreModel, dict[str, Any]]:
         model.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"{folder / 'pscore.safetensors'}: unreadable or mismatched ({e}). "
-                              "Fix: re-run `onerec reward RUN`.") from None
+                              f"Fix: re-run `onerec reward {folder.parent}`.") from None
     return model.eval(), meta
 
 

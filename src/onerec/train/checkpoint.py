@@ -34,7 +34,8 @@ def load_state(folder: str | Path, model: torch.nn.Module) -> None:
     """Load ``model.safetensors`` into ``model``, naming the first mismatching key on error."""
     path = Path(folder) / "model.safetensors"
     if not path.exists():
-        raise CheckpointError(f"{path}: no weights found. Fix: train first (`onerec train RUN`) or check the path.")
+        raise CheckpointError(f"{path}: no weights found. Fix: train first (`onerec train {path.parent.parent}`) "
+                              "or check the path.")
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated files
@@ -66,7 +67,8 @@ def build_checked(folder: str | Path, build: Callable[[], torch.nn.Module], *, w
 
     path = Path(folder) / weights
     if not path.is_file():
-        raise CheckpointError(f"{path}: no weights found. Fix: train first (`onerec train RUN`) or check the path.")
+        raise CheckpointError(f"{path}: no weights found. Fix: train first (`onerec train {path.parent.parent}`) "
+                              "or check the path.")
     try:
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)

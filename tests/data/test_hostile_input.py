@@ -16,23 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_bad_input import error_of
+from test_bad_input import CAPTION_HEADER, LOG, LOG_HEADER, MATRIX_HEADER, VIDEOS, error_of
 
 from onerec.data.adapters import load
 from onerec.data.schema import Dataset, make_dataset
 from onerec.data.splits import Sequences, make_splits
 from onerec.errors import DataError
 
-LOG_HEADER = ("user_id,video_id,date,hourmin,time_ms,is_click,is_like,is_follow,is_comment,is_forward,is_hate,"
-              "long_view,play_time_ms,duration_ms,profile_stay_time,comment_stay_time,is_profile_enter,is_rand,tab")
-VIDEO_HEADER = ("video_id,author_id,video_type,upload_dt,upload_type,visible_status,video_duration,server_width,"
-                "server_height,music_id,music_type,tag")
-MATRIX_HEADER = "user_id,video_id,play_duration,video_duration,time,date,timestamp,watch_ratio"
-CAPTION_HEADER = ("video_id,manual_cover_text,caption,topic_tag,first_level_category_id,first_level_category_name,"
-                  "second_level_category_id,second_level_category_name,third_level_category_id,"
-                  "third_level_category_name")
-LOG = "log_standard_4_08_to_4_21_pure.csv"
-VIDEOS = "video_features_basic_pure.csv"
 T0 = 1_649_385_600_000
 
 

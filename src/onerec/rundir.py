@@ -73,12 +73,23 @@ def _old_folder(run: Path, stage: str) -> Path:
 
 
 # ----------------------------------------------------------------------- fingerprints
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime_ns) -> sha256, this process's
+
+
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The sha256 of ``path``, read once per process for each version of the file: a chain is checked by every stage,
+    by ``load_recommender`` inside it, and by ``generate`` / ``serve``, but a file only changes by a writer's rename
+    (a new inode) or an edit in place (a new mtime or size)."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = _DIGESTS[key] = h.hexdigest()
+    return digest
 
 
 def _listed_files(folder: Path, stage: str) -> list[str]:

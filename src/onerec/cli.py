@@ -27,7 +27,7 @@ from pathlib import Path
 
 import click
 
-from onerec.config import describe, load_config, preset_names
+from onerec.config import config_get, describe, load_config, preset_names
 from onerec.errors import OneRecError
 
 OVERRIDES_HELP = "KEY=VALUE config overrides (dotted keys, see `onerec config`)."
@@ -268,8 +268,6 @@ def config_cmd(run: Path | None, preset: str | None, stage: str | None, changed:
     """List every config key with its value and help: the defaults (or a preset's), or with RUN the run's
     resolved config. KEY=VALUE overrides given to a verb are saved into RUN/config.yaml and hold for the verbs
     after it; each stage folder keeps the config it ran with."""
-    from onerec.pipeline import config_value
-
     if run is not None:
         if preset:
             raise click.UsageError("give RUN or --preset, not both")
@@ -284,7 +282,7 @@ def config_cmd(run: Path | None, preset: str | None, stage: str | None, changed:
     else:
         cfg = load_config(preset=preset)
     for key, default, help_ in describe():
-        value = config_value(cfg, key)
+        value = config_get(cfg, key)
         if changed and repr(value) == default:
             continue
         click.echo(f"{key} = {value!r}\n    {help_}")

@@ -603,6 +603,13 @@ def load_config(preset: str | None = None, file: str | Path | None = None,
     return cfg
 
 
+def config_get(cfg: Any, key: str) -> Any:
+    """The value of the dotted config key ``key`` (``train.lr``) of a config dataclass."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def describe(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) for every leaf field, for ``--help-config``."""
     rows: list[tuple[str, str, str]] = []

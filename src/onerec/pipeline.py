@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from onerec.config import RunConfig, check_choices, load_config, to_dict
+from onerec.config import RunConfig, check_choices, config_get, load_config, to_dict
 from onerec.data.schema import Dataset, positive_mask
 from onerec.data.splits import item_counts, load_splits, make_splits, save_splits
 from onerec.errors import ConfigError, DataError
@@ -60,20 +60,12 @@ def run_config(run: Path, preset: str | None = None, file: str | None = None,
         cfg = load_config(file=saved, overrides=overrides)
         given = {o.split("=", 1)[0].strip() for o in overrides}
         for key in LIMIT_KEYS:
-            value = config_value(cfg, key)
+            value = config_get(cfg, key)
             if value is not None and key not in given:
                 log(f"note: {key}={value} comes from {saved} (an earlier call's override, saved in the run); "
                     f"pass {key}=null to lift it")
         return cfg
     return load_config(preset=preset, file=file, overrides=overrides)
-
-
-def config_value(cfg: RunConfig, key: str) -> Any:
-    """The value of a dotted config key (``train.lr``)."""
-    obj: Any = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def save_config(run: Path, cfg: RunConfig) -> None:
@@ -457,14 +449,14 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=
     return score
 
 
-def load_generator(run: Path, device: str = "cpu", codes: np.ndarray | None = None, folder: Path | None = None):
-    """The trained generator of RUN/train (or of ``folder``, e.g. RUN/align), its config and sizes checked against
+def load_generator(run: Path, device: str = "cpu", codes: np.ndarray | None = None):
+    """The trained generator of RUN/train, its config and sizes checked against
     the weights file's header, and against the run's semantic IDs ``codes`` when given, before anything is
     allocated (:func:`onerec.train.checkpoint.build_checked`)."""
     from onerec.model.generator import Generator
     from onerec.train.checkpoint import build_checked, load_state, read_model_meta
 
-    folder = _require(run / "train" / "model.json", "train").parent if folder is None else folder
+    folder = _require(run / "train" / "model.json", "train").parent
     mcfg, sizes, _ = read_model_meta(folder)
     if codes is not None:
         check_codebook_sizes(folder / "model.json", sizes, codes)

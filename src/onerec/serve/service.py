@@ -89,7 +89,7 @@ class RecommendService:
         self.cfg = cfg
         data = _require(run / "data" / "dataset.json", "data").parent
         ds = Dataset.load(data, validate=False)
-        self.user_ids = [str(r) for r in ds.users["raw_id"].to_pylist()]
+        self.user_ids = raw_ids(ds.users)
         self.user_index = {r: i for i, r in enumerate(self.user_ids)}
         self.seq = Sequences.from_interactions(ds.interactions, ds.n_users, cfg.data.positive)
         self.titles = _item_titles(ds.items)

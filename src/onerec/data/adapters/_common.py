@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from onerec.data.checks import (
+    as_array,
     broken_link,
     check_header,
     decode_utf8,
@@ -218,16 +219,12 @@ def _raise_bad_cell(path: Path, data: bytes | None, types: dict[str, pa.DataType
                                    null_values=NULL_MARKERS, strings_can_be_null=True)
         text = pcsv.read_csv(io.BytesIO(data) if data is not None else path, parse_options=parse,
                              convert_options=conv)[col].combine_chunks()
-        bad = _first_unparsable(text, typ)
+        bad = first_bad_cast(text, typ)
         if bad is not None:
             kind = "whole numbers" if pa.types.is_integer(typ) else "numbers" if pa.types.is_floating(typ) else typ
             raise DataError(f"{_where(bad, multiline)}: cannot read {text[bad].as_py()!r} as {typ}",
                             path=str(path), column=col, fix=f"'{col}' must hold {kind}; fix or drop that row")
     raise DataError("a cell does not parse", path=str(path), fix="check the file's numeric columns")
-
-
-def _first_unparsable(text: pa.Array, typ: pa.DataType) -> int | None:
-    return first_bad_cast(text, typ)
 
 
 def _where(row: int, multiline: bool = False) -> str:
@@ -317,10 +314,6 @@ def keep_used(side: pa.Table, used: pa.Array | pa.ChunkedArray, keep_unused: boo
     used_s = pc.unique(as_array(used).cast(pa.string()))
     mask = pc.is_in(side["raw_id"].cast(pa.string()), value_set=used_s)
     return side.filter(mask)
-
-
-def as_array(x: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return x.combine_chunks() if isinstance(x, pa.ChunkedArray) else x
 
 
 # ------------------------------------------------------------------------------- text

@@ -245,6 +245,23 @@ def first_invalid_utf8(data: bytes) -> int | None:
     return None
 
 
+class DuplicateKey(Exception):
+    """A JSON object that names ``key`` twice (``json.loads`` alone would keep the last value silently)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads`` that raises :class:`DuplicateKey` for a key given twice."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return out
+
+
 def loads_json(text: str, *, path: str | Path, hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
                what: str = "the file") -> Any:
     """json.loads with parse errors and too-deep nesting turned into a DataError naming the position."""

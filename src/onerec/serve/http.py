@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from onerec.config import RunConfig
+from onerec.data.checks import DuplicateKey, unique_keys
 from onerec.serve.batching import Metrics
 
 MAX_JSON_DEPTH = 32  # deeper request bodies are refused with 400 (a valid request nests two levels)
@@ -26,21 +27,12 @@ class BadJSON(ValueError):
 def parse_json(body: bytes) -> Any:
     """The JSON value of a request body. Raises :class:`BadJSON` for malformed JSON, a key given twice
     in one object (``json.loads`` would keep the last silently) or nesting deeper than ``MAX_JSON_DEPTH``."""
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-        out = dict(pairs)
-        if len(out) != len(pairs):
-            seen: set[str] = set()
-            dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-            raise BadJSON(f"duplicate key {dup[:64]!r} in a JSON object")
-        return out
-
     try:
-        value = json.loads(body, object_pairs_hook=no_duplicates)
+        value = json.loads(body, object_pairs_hook=unique_keys)
+    except DuplicateKey as e:
+        raise BadJSON(f"duplicate key {e.key[:64]!r} in a JSON object") from None
     except RecursionError:
         raise BadJSON(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
-    except BadJSON:
-        raise
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise BadJSON(f"malformed JSON body: {str(e)[:200]}") from None
     stack = [(value, 1)]  # iterative, so the check itself cannot recurse too deep

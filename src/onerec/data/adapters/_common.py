@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from onerec.data.checks import (
+    DuplicateKey,
     as_array,
     broken_link,
     check_header,
@@ -27,6 +28,7 @@ from onerec.data.checks import (
     first_invalid_utf8,
     loads_json,
     optional_file,
+    unique_keys,
     utf8_error,
 )
 from onerec.errors import DataError
@@ -90,24 +92,11 @@ def resolve_file(path: Path, suffix: str, name: str | None, source: str) -> tupl
 def read_json_strict(path: Path) -> Any:
     """Read JSON, rejecting duplicate object keys (json.loads would silently keep the last)."""
     require_file(path, fix="check data.path and data.name")
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            if key in out:
-                raise _DuplicateKey(key)
-            out[key] = value
-        return out
-
     try:
-        return loads_json(decode_utf8(path.read_bytes(), path=path), path=path, hook=pairs)
-    except _DuplicateKey as e:
-        raise DataError(f"duplicate key '{e.args[0]}'", path=str(path),
+        return loads_json(decode_utf8(path.read_bytes(), path=path), path=path, hook=unique_keys)
+    except DuplicateKey as e:
+        raise DataError(f"duplicate key '{e.key}'", path=str(path),
                         fix="each user / item may appear once; deduplicate the file") from None
-
-
-class _DuplicateKey(Exception):
-    pass
 
 
 def expect_object(obj: Any, path: Path, what: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Sequence log-probabilities of semantic IDs and the preference losses (DPO, ECPO).
+"""Sequence log-probabilities of semantic IDs and the preference losses (DPO, ECPO, GBPO).
 
 Shapes: B = users, G = candidates per user, D = code levels, E = d_model.
 """
@@ -60,6 +60,51 @@ def ecpo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, eps: float, de
     base = torch.where(advantages < 0, raised, logp_old)
     ratio = torch.exp(logp - base)
     surrogate = torch.minimum(ratio * advantages, ratio.clamp(1.0 - eps, 1.0 + eps) * advantages)
+    if mask is None:
+        return -surrogate.mean()
+    m = mask.to(surrogate.dtype)
+    return -(surrogate * m).sum() / m.sum().clamp_min(1.0)
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate at both ends (Maechler 2012): -inf at x = 0."""
+    x = x.clamp_max(0.0)
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def gbpo_loss(logp: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Gradient-Bounded Policy Optimization (OneRec-V2, arXiv 2508.20900, Sec. 4).
+
+    The surrogate ``-A * pi / pi_old'`` with no ratio clipping, where the old policy in the
+    denominator is raised by the current one (``sg`` = stop-gradient)::
+
+        pi_old' = max(pi_old, sg(pi))        for A >= 0
+        pi_old' = max(pi_old, 1 - sg(pi))    for A < 0
+
+    Why it bounds the gradient: write a sample's probability as ``pi = sigmoid(s)`` (``s``: the
+    logit of "this item" against all others, ``d pi / d s = pi (1 - pi)``). Then
+    ``|dL/ds| = |A| pi (1 - pi) / pi_old'``, which is at most ``|A| (1 - pi)`` for A >= 0 and at most
+    ``|A| pi`` for A < 0: never above ``|A|``, whatever ``pi_old`` is -- the gradient of binary cross
+    entropy, ``|sigmoid(s) - y|``. Plain ``pi / pi_old`` grows without bound as ``pi_old -> 0``; PPO/ECPO
+    instead clip the ratio and drop those samples' gradients altogether. In log-prob terms
+    ``dL/dlog pi = -A * ratio``: positives move ``log pi`` at most ``|A|`` per unit (ratio <= 1); a
+    negative that the policy has made unlikely (``pi`` small, ``pi_old' ~ 1``) is pushed only gently.
+
+    Here ``pi`` is the probability of a whole item (its D semantic-ID tokens), as in :func:`ecpo_loss`.
+
+    Args:
+        logp: log pi of each sample (with grad), [B, G]. logp_old: log pi_old (no grad), [B, G].
+        advantages: [B, G], e.g. V2's duration-aware {-1, 0, +1}. mask: which samples count (default all).
+
+    Example: pi = 0.6, pi_old = 0.2, A = -1 -> pi_old' = max(0.2, 0.4) = 0.4, ratio 1.5, loss 1.5
+    (plain ``pi / pi_old`` would be 3); pi = 0.5, pi_old = 0.25, A = +1 -> pi_old' = 0.5, ratio 1, loss -1.
+    """
+    logp_old = logp_old.detach()
+    cur = logp.detach()
+    # arXiv 2508.20900 (Sec. 4), GBPO: pi_old' = max(pi_old, sg(pi)) where A >= 0,
+    # max(pi_old, 1 - sg(pi)) where A < 0 -- in log space
+    base = torch.where(advantages >= 0, torch.maximum(logp_old, cur), torch.maximum(logp_old, _log1mexp(cur)))
+    surrogate = torch.exp(logp - base) * advantages  # no ratio clipping: the bound is on the gradient
     if mask is None:
         return -surrogate.mean()
     m = mask.to(surrogate.dtype)

@@ -132,8 +132,9 @@ def reward(run: Path, overrides: tuple[str, ...]) -> None:
 @_run_argument
 @_overrides
 def align(run: Path, overrides: tuple[str, ...]) -> None:
-    """Align the trained generator to the P-Score (align.method=dpo|ecpo, align.*); with a simulated world,
-    score held-out users' top-K by its ground truth before and after. Writes RUN/align."""
+    """Align the trained generator (align.method=dpo|ecpo: to the P-Score; gbpo: to the simulated users'
+    feedback, align.*); with a simulated world, score held-out users' top-K by its ground truth before and
+    after. Writes RUN/align."""
     from onerec.pipeline import run_config, stage_align
 
     out = stage_align(run, run_config(run, overrides=overrides))

@@ -415,24 +415,37 @@ class RewardConfig:
 
 @dataclass
 class AlignConfig:
-    """Preference alignment of the generator (``onerec align``): IPA with DPO, ECPO, rejection sampling."""
+    """Preference alignment of the generator (``onerec align``): IPA with DPO, ECPO, GBPO, rejection sampling."""
 
     method: str = opt("ecpo", "dpo: OneRec V1 iterative preference alignment | ecpo: Technical Report "
-                              "early-clipped GRPO", choices=["dpo", "ecpo"])
+                              "early-clipped GRPO | gbpo: OneRec-V2 gradient-bounded policy optimisation "
+                              "(its advantage: align.gbpo_reward)", choices=["dpo", "ecpo", "gbpo"])
     iterations: int = opt(3, "alignment rounds (each regenerates samples with the current model)")
     users_per_iter: int = opt(512, "users sampled per round")
     steps_per_iter: int = opt(20, "optimizer steps per round")
     batch_users: int = opt(32, "users per optimizer step")
-    beam_size: int = opt(16, "dpo: N beam-searched candidates per user; ecpo: group size G")
+    beam_size: int = opt(16, "dpo: N beam-searched candidates per user; ecpo, gbpo: group size G")
     beta: float = opt(0.1, "dpo: temperature beta of the DPO loss")
     dpo_weight: float = opt(1.0, "dpo: lambda in NTP + lambda * DPO")
-    ntp_weight: float = opt(1.0, "weight of the next-token loss kept alongside DPO / ECPO")
+    ntp_weight: float = opt(1.0, "weight of the next-token loss kept alongside DPO / ECPO / GBPO")
     clip_eps: float = opt(0.2, "ecpo: PPO clipping epsilon")
     clip_delta: float = opt(0.1, "ecpo: early-clipping delta for negative advantages")
     illegal_reward: float = opt(-1.0, "ecpo: format reward: reward (in group std units below the group's "
                                       "worst legal sample) of a generated code that maps to no item")
+    gbpo_reward: str = opt("duration", "gbpo: where its advantage comes from. duration: OneRec-V2's duration-aware "
+                                       "shaping of real feedback -- each rollout that maps to an item is shown to its "
+                                       "user in the simulated world (one sampled play time and dislike); A = +1 when "
+                                       "the play time is in the top align.top_share of the logged play times of its "
+                                       "duration bucket (log scale, align.duration_base), A = -1 for a dislike or an "
+                                       "illegal code, else 0; needs a simulated run | pscore: ECPO's group-normalised "
+                                       "P-Score advantage with the format reward (runs without a world)",
+                              choices=["duration", "pscore"])
+    duration_base: float = opt(2.0, "gbpo duration reward: videos are bucketed by floor(log_base(duration in s))")
+    top_share: float = opt(0.25, "gbpo duration reward: share of each duration bucket's play-time percentiles "
+                                 "that earns A = +1 (OneRec-V2: the top 25%)")
     rsft_keep: float = opt(0.5, "rejection-sampling fine-tuning keeps this top share of samples by reward "
-                                "for the NTP loss (0 disables it: NTP on the logged targets)")
+                                "(gbpo duration: by play-time percentile) for the NTP loss (0 disables it: NTP "
+                                "on the logged targets)")
     lr: float = opt(1e-4, "Adam learning rate")
     industrial_f: float = opt(1.0, "industrial reward: share of a top-K above which the targeted class is "
                                    "scaled down (1.0 disables it)")

@@ -726,7 +726,9 @@ def align_setup(run: Path, cfg: RunConfig, model=None):
 
     Users with positives are shuffled once (by align.seed): the first ``align.eval_users`` are held
     out for scoring, the rest form the pool alignment samples from; every request is after the end
-    of the log, with the user's whole positive history. ``model`` defaults to RUN/train's generator."""
+    of the log, with the user's whole positive history. ``model`` defaults to RUN/train's generator. With a
+    simulated world, ``ctx.feedback`` lets the world's users respond to shown items (GBPO's duration reward)."""
+    from onerec.align.feedback import SimulatedFeedback
     from onerec.align.loop import AlignContext, request_table
     from onerec.data.simulator import World
     from onerec.features import TrainExamples
@@ -743,11 +745,15 @@ def align_setup(run: Path, cfg: RunConfig, model=None):
     ctx = AlignContext(model, codes, requests, ranker, feat, TrainExamples(splits["train"], featurizer), featurizer)
     world_dir = run / "data" / "world"
     world = World.load(world_dir) if (world_dir / "world.json").exists() else None
+    if world is not None and "watch_time_ms" in ds.interactions.column_names:
+        ctx.feedback = SimulatedFeedback.from_log(world, ds.interactions, base=ac.duration_base,
+                                                  top_share=ac.top_share)
     return ctx, world, np.arange(n_eval), np.arange(n_eval, len(users))
 
 
 def stage_align(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Align the trained generator to the P-Score (align.method = dpo | ecpo) -> RUN/align.
+    """Align the trained generator (align.method = dpo | ecpo: to the P-Score; gbpo: by default to the
+    simulated users' duration-shaped feedback) -> RUN/align.
 
     With a simulated world, the held-out users' top-K (see :func:`align_setup`) are scored by the
     world's ground truth before and after alignment."""

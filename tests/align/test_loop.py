@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,10 +16,12 @@ from onerec.align.loop import (
     dpo_round,
     ecpo_round,
     format_shaped_reward,
+    gbpo_round,
     generate_unconstrained,
 )
 from onerec.cli import cli
 from onerec.config import load_config
+from onerec.errors import ConfigError
 
 TINY = ["data.sim.n_users=200", "data.sim.n_items=150", "data.sim.n_events=10000", "train.epochs=1",
         "train.threads=1", "reward.epochs=1", "reward.ablations=false", "align.iterations=1",
@@ -61,20 +64,59 @@ def test_align_verb_scores_before_and_after(tiny_run):
     assert (tiny_run / "align" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("method", ["dpo", "ecpo"])
+@pytest.mark.parametrize("method", ["dpo", "ecpo", "gbpo", "gbpo-pscore"])
 def test_a_round_updates_the_policy(tiny_run, method):
     cfg, ctx, _, _, pool = _ctx(tiny_run)
     before = [p.detach().clone() for p in ctx.model.parameters()]
-    ac = dataclasses.replace(cfg.align, method=method)
+    ac = dataclasses.replace(cfg.align, method=method.split("-")[0],
+                             gbpo_reward="pscore" if method == "gbpo-pscore" else "duration")
     opt = torch.optim.Adam(ctx.model.parameters(), lr=1e-3)
-    fn = dpo_round if method == "dpo" else ecpo_round
+    fn = {"dpo": dpo_round, "ecpo": ecpo_round, "gbpo": gbpo_round}[ac.method]
     stats = fn(ctx, ac, pool[:16], opt, np.random.default_rng(0))
     assert np.isfinite(stats["loss"])
     if method == "dpo":
         assert stats["pairs"] > 0 and stats["reward_best"] >= stats["reward_mean"]
     else:
         assert 0.0 <= stats["legal"] <= 1.0
+    if method == "gbpo":  # the users responded: some rollouts played in their bucket's top quarter
+        assert stats["positive"] > 0 and stats["play_s"] > 0 and 0.0 <= stats["negative"] <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, ctx.model.parameters()))
+
+
+def test_align_verb_runs_gbpo(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)  # the verb saves align.method=gbpo into the run's config: not the shared one
+    res = CliRunner().invoke(cli, ["align", str(run), "align.method=gbpo", "align.iterations=2"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    m = json.loads((run / "align" / "metrics.json").read_text())
+    assert m["method"] == "gbpo" and len(m["history"]) == 2
+    assert all({"positive", "negative", "play_s", "legal", "loss"} <= set(h) for h in m["history"])
+    assert all(np.isfinite(h["loss"]) for h in m["history"])
+    for when in ("before", "after"):
+        assert m[when]["watch_time"] > 0 and 0 <= m[when]["legality"] <= 1
+
+
+def test_simulated_feedback_shows_only_real_items(tiny_run):
+    _, ctx, _, _, pool = _ctx(tiny_run)
+    rows = pool[:6]
+    items = np.tile(np.arange(5), (6, 1))
+    items[:, 0] = -1  # an illegal code: never shown
+    fb = ctx.feedback(ctx.users[rows], items, np.random.default_rng(3))
+    again = ctx.feedback(ctx.users[rows], items, np.random.default_rng(3))
+    np.testing.assert_array_equal(fb["advantage"], again["advantage"])  # seeded responses
+    assert np.isnan(fb["advantage"][:, 0]).all() and (fb["play_ms"][:, 0] == 0).all()
+    shown = fb["advantage"][:, 1:]
+    assert set(np.unique(shown)) <= {-1.0, 0.0, 1.0}
+    assert ((fb["percentile"][:, 1:] >= 0) & (fb["percentile"][:, 1:] <= 1)).all()
+    # the shaping's reference is the run's logged exposures, bucketed by the world's durations
+    assert sum(len(r) for r in ctx.feedback.shaping.ref.values()) == 10000
+
+
+def test_gbpo_duration_reward_needs_a_world(tiny_run):
+    cfg, ctx, _, _, pool = _ctx(tiny_run)
+    ctx.feedback = None
+    with pytest.raises(ConfigError, match="gbpo_reward=pscore"):
+        align(ctx, dataclasses.replace(cfg.align, method="gbpo"), pool)
 
 
 def test_align_on_a_clone_leaves_the_original(tiny_run):

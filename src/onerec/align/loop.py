@@ -1,5 +1,5 @@
-"""Preference alignment loops: IPA with DPO (OneRec V1) and ECPO (OneRec Technical Report), each
-with next-token training kept alongside and rejection-sampling fine-tuning.
+"""Preference alignment loops: IPA with DPO (OneRec V1), ECPO (OneRec Technical Report) and GBPO
+(OneRec-V2), each with next-token training kept alongside and rejection-sampling fine-tuning.
 
 IPA / DPO (arXiv 2502.18965, Sec. 2.3): each round, the current model beam-searches N candidates
 per sampled user (constrained to real items); the reward model scores them; the best and the
@@ -13,11 +13,21 @@ legal codes; the format reward gives an illegal code a reward below the group's 
 early-clipped surrogate (:func:`onerec.align.losses.ecpo_loss`) with ``pi_old`` = the model of the
 round start; NTP alongside instead of a KL term.
 
+GBPO (OneRec-V2, arXiv 2508.20900, Sec. 4): the same group of G unconstrained beam rollouts per user; by
+default (``align.gbpo_reward=duration``) V2's real-feedback reward -- each rollout that maps to an item is
+shown to its user in the simulated world (:class:`onerec.align.feedback.SimulatedFeedback`), and the sampled
+play time and dislike are shaped into A in {-1, 0, +1} by duration-aware percentiles
+(:class:`onerec.reward.duration.DurationShaping`); an illegal code gets A = -1 (the format reward: V2 only
+ever shows real items, the choice is ours). ``gbpo_reward=pscore`` uses ECPO's advantages instead. The loss
+is the gradient-bounded surrogate (:func:`onerec.align.losses.gbpo_loss`), ``pi_old`` = the model of the
+round start, NTP alongside.
+
 Rejection-sampling fine-tuning (Technical Report Sec. 4): next-token loss on the top
 ``rsft_keep`` share of each round's legal samples by reward (the bottom ones are dropped).
 
-The reward is the learned P-Score, never the simulator's ground truth: the world only scores
-the final lists (see :mod:`onerec.align.evaluate`).
+DPO and ECPO align to the learned P-Score, never to the simulator's ground truth. GBPO's duration reward
+sees one *sampled* response of the world per shown rollout (what V2 learns from); the world's closed-form
+expectations only score the final lists (see :mod:`onerec.align.evaluate`).
 """
 
 from __future__ import annotations
@@ -31,8 +41,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from onerec.align.losses import dpo_loss, ecpo_loss, sequence_log_probs
+from onerec.align.feedback import SimulatedFeedback
+from onerec.align.losses import dpo_loss, ecpo_loss, gbpo_loss, sequence_log_probs
 from onerec.config import AlignConfig
+from onerec.errors import ConfigError
 from onerec.features.history import EvalExamples, HistoryFeaturizer, TrainExamples, default_featurizer
 from onerec.generate.beam import beam_search
 from onerec.generate.sampling import unconstrained_beam_search
@@ -74,6 +86,8 @@ class AlignContext:
     # the generator's featurizer (see onerec.pipeline.make_featurizer); default: without side information,
     # refused for a model that needs it
     featurizer: HistoryFeaturizer | None = None
+    # users' sampled responses to shown items (GBPO's duration reward); None without a simulated world
+    feedback: SimulatedFeedback | None = None
 
     def __post_init__(self) -> None:
         self.sizes = list(self.model.codebook_sizes)
@@ -185,7 +199,7 @@ def _frozen_log_probs(ctx: AlignContext, rows: np.ndarray, codes: torch.Tensor, 
 def _policy_steps(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.optim.Optimizer,
                   rng: np.random.Generator, steps: int, method_loss, rsft_codes: torch.Tensor,
                   keep: torch.Tensor, bar=None) -> list[float]:
-    """The optimisation shared by DPO and ECPO rounds: per step, a batch of users, the method's loss
+    """The optimisation shared by DPO, ECPO and GBPO rounds: per step, a batch of users, the method's loss
     ``method_loss(j, batch)`` + NTP (+ rejection-sampling fine-tuning on the kept samples). ``bar``: a tqdm bar
     advanced by each step."""
     losses = []
@@ -263,6 +277,46 @@ def ecpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch
     return stats
 
 
+def _duration_advantages(ctx: AlignContext, rows: np.ndarray, items: np.ndarray,
+                         rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, dict[str, float]]:
+    """V2's real-feedback advantages [B, G]: shown items' sampled responses, duration-shaped; illegal codes
+    get A = -1. Also the play-time percentile [B, G] (NaN = illegal, for rejection sampling) and stats."""
+    fb = ctx.feedback(ctx.users[rows], items, rng)
+    legal = items >= 0
+    adv = np.where(legal, fb["advantage"], -1.0)
+    stats = {"legal": float(legal.mean()), "positive": float((adv > 0).mean()), "negative": float((adv < 0).mean()),
+             "play_s": float(fb["play_ms"][legal].mean() / 1000.0) if legal.any() else 0.0,
+             "dislike": float(fb["dislike"][legal].mean()) if legal.any() else 0.0}
+    return torch.from_numpy(adv).float(), fb["percentile"], stats
+
+
+def gbpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch.optim.Optimizer,
+               rng: np.random.Generator, bar=None) -> dict[str, float]:
+    """One GBPO round: G unconstrained beam rollouts per user, V2's duration-shaped real-feedback advantages
+    (or ECPO's P-Score ones), gradient-bounded surrogate + NTP (+ rejection-sampling fine-tuning)."""
+    model = ctx.model
+    model.eval()
+    codes = generate_unconstrained(ctx, rows, cfg.beam_size)  # [B, G, D]
+    items = ctx.index.lookup(codes)
+    if cfg.gbpo_reward == "duration":
+        adv, reward, stats = _duration_advantages(ctx, rows, items, rng)
+    else:
+        reward = shaped_reward(ctx, cfg, rows, items)
+        adv = group_advantages(torch.from_numpy(format_shaped_reward(reward, cfg.illegal_reward)).float())
+        legal = ~np.isnan(reward)
+        stats = {"legal": float(legal.mean()), "reward_mean": float(np.nanmean(reward)) if legal.any() else 0.0}
+    codes_t = torch.from_numpy(codes)
+    keep = torch.from_numpy(_keep_top(reward, cfg.rsft_keep).astype(np.float32))
+    old = _frozen_log_probs(ctx, rows, codes_t)
+
+    def method_loss(j: np.ndarray, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return gbpo_loss(sequence_log_probs(model, batch, codes_t[j]), old[j], adv[j])
+
+    losses = _policy_steps(ctx, cfg, rows, opt, rng, cfg.steps_per_iter, method_loss, codes_t, keep, bar)
+    stats["loss"] = float(np.mean(losses))
+    return stats
+
+
 def align(ctx: AlignContext, cfg: AlignConfig, pool: np.ndarray | None = None, *,
           log: bool = False) -> list[dict[str, float]]:
     """Run ``cfg.iterations`` rounds of ``cfg.method`` on ``ctx.model`` in place; returns per-round stats.
@@ -274,11 +328,15 @@ def align(ctx: AlignContext, cfg: AlignConfig, pool: np.ndarray | None = None, *
     """
     from tqdm.auto import tqdm
 
+    if cfg.method == "gbpo" and cfg.gbpo_reward == "duration" and ctx.feedback is None:
+        raise ConfigError("align.method=gbpo with align.gbpo_reward=duration learns from users' responses to the "
+                          "items it shows, which only a simulated world gives; this run has none. Fix: set "
+                          "align.gbpo_reward=pscore (ECPO's P-Score advantages), or use a simulated run")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     pool = np.arange(len(ctx.users)) if pool is None else np.asarray(pool)
     opt = torch.optim.Adam(ctx.model.parameters(), lr=cfg.lr)
-    round_fn = {"dpo": dpo_round, "ecpo": ecpo_round}[cfg.method]
+    round_fn = {"dpo": dpo_round, "ecpo": ecpo_round, "gbpo": gbpo_round}[cfg.method]
     history = []
     bar = tqdm(total=cfg.iterations * cfg.steps_per_iter, desc=f"align {cfg.method}", unit="step", disable=not log,
                dynamic_ncols=True)

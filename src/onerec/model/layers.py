@@ -2,6 +2,20 @@
 
 Shapes: B = batch, T = query length, S = key/value length, D = d_model, H = heads.
 Blocks are pre-norm with RMSNorm, as in the OneRec Technical Report's encoder ("pre-RMSNorm").
+
+Fast paths for CPU training, each beside the plain reference it replaces (``fast = False`` on a module, or
+:func:`use_reference` on a whole model, selects the reference; ``tests/model/test_layers.py`` checks that the
+two agree):
+
+* :class:`Dropout` draws its keep mask from 16 random bits per element (:func:`dropout_mask`), ~5x cheaper on
+  CPU than torch's ``bernoulli_`` (the reference: ``nn.Dropout``);
+* :func:`attention` with attention-weight dropout computes softmax(q k^T / sqrt(dk)) with that mask itself:
+  ``F.scaled_dot_product_attention`` with ``dropout_p > 0`` falls back on CPU to its unfused math path, which
+  also draws ``bernoulli_`` masks and checks for fully masked rows (the reference: SDPA itself);
+* :class:`Attention` projects a self-attention's queries, keys and values in one matrix product (the
+  reference: one for the queries, one for the keys and values).
+
+Benchmark: ``python benchmarks/model_throughput.py --step-floor RUN`` (docs/benchmarks/model.md).
 """
 
 from __future__ import annotations
@@ -11,6 +25,69 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def dropout_mask(shape: tuple[int, ...] | torch.Size, p: float, device: torch.device | str = "cpu") -> Tensor:
+    """A scaled keep mask: float32 ``shape``, each element independently 0 (dropped) with probability
+    q = round(p * 65536) / 65536, else 1 / (1 - q), so ``x * mask`` has expectation x exactly; q differs
+    from p by under 8e-6. Each element reads 16 bits of ``random_`` 64-bit draws (full range), a quarter
+    of a generator call where ``bernoulli_`` makes one (or more) per element."""
+    n = math.prod(shape)
+    drop = round(p * 65536)
+    if not 0 < drop < 65536:
+        raise ValueError(f"dropout_mask: p={p} must round to a drop probability strictly inside (0, 1)")
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
+    r = bits.view(torch.int16)[:n].view(shape).float()  # uniform integers -32768 .. 32767
+    # dropped: r < drop - 32768 (``drop`` of the 65536 values); kept -> 1 after the clamp, dropped -> 0
+    return r.sub_(drop - 32769).clamp_(0, 1).mul_(65536 / (65536 - drop))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose training mask comes from :func:`dropout_mask` on CPU (same expectation, drop
+    probability within 8e-6 of ``p``). ``fast = False`` (or another device, or ``inplace``) is
+    ``nn.Dropout`` itself, the reference."""
+
+    fast = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.fast and not self.inplace and x.device.type == "cpu" and 0 < round(self.p * 65536) < 65536:
+            return x * dropout_mask(x.shape, self.p, x.device)
+        return super().forward(x)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
+              causal: bool = False, fast: bool = True) -> Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)``:
+    q [..., T, dk], k and v [..., S, dk]; ``mask`` bool (True = may attend) or float (added to the scores),
+    broadcastable to [..., T, S]. Without dropout that call is the answer (on CPU its fused kernel). With
+    dropout on CPU and ``fast``, the same function with the keep mask of :func:`dropout_mask` on the
+    attention weights, computed here: softmax(q k^T / sqrt(dk) + mask) * keep @ v, a query whose keys are
+    all masked getting zeros as in SDPA's math path; SDPA would fall back to that math path and draw its
+    masks with ``bernoulli_``."""
+    if not (fast and dropout_p > 0 and q.device.type == "cpu" and 0 < round(dropout_p * 65536) < 65536):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+    t, s = q.shape[-2], k.shape[-2]
+    if causal:
+        if mask is not None:
+            raise ValueError("attention: pass either a mask or causal=True")
+        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+    dead = None
+    if mask is not None:
+        hidden = ~mask if mask.dtype == torch.bool else torch.isneginf(mask)
+        dead = hidden.all(-1, keepdim=True)  # queries that may attend to nothing: zeros (SDPA's safe softmax)
+        dead = dead if bool(dead.any()) else None
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(hidden, float("-inf"))
+        if dead is not None:
+            mask = mask.masked_fill(dead, 0.0)
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = scores + mask
+    weights = torch.softmax(scores, dim=-1)
+    out = torch.matmul(weights * dropout_mask(weights.shape, dropout_p, q.device), v)
+    return out if dead is None else out.masked_fill(dead, 0.0)
 
 
 class RMSNorm(nn.Module):
@@ -33,14 +110,16 @@ def ffn_hidden(d_model: int, mult: float, multiple_of: int = 32) -> int:
 
 
 class SwiGLU(nn.Module):
-    """Gated feed-forward (Shazeer 2020): W2(silu(W1 x) * W3 x). The Technical Report's experts use it."""
+    """Gated feed-forward (Shazeer 2020): W2(silu(W1 x) * W3 x). The Technical Report's experts use it.
+    (W1 x and W3 x as one product of the stacked weights was measured slower on CPU: the backward has to
+    concatenate the two halves' gradients.)"""
 
     def __init__(self, d_model: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.w1 = nn.Linear(d_model, hidden, bias=False)
         self.w3 = nn.Linear(d_model, hidden, bias=False)
         self.w2 = nn.Linear(hidden, d_model, bias=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.w2(F.silu(self.w1(x)) * self.w3(x)))
@@ -67,9 +146,10 @@ class Packing:
         return x.reshape(-1, *x.shape[2:]).index_select(0, self.index)
 
     def unpack(self, y: Tensor) -> Tensor:
-        """[N, ...] -> [B, S, ...], zeros at the positions not kept."""
+        """[N, ...] -> [B, S, ...], zeros at the positions not kept (written in place into fresh zeros:
+        the out-of-place ``index_copy`` would copy the zeros once more)."""
         out = y.new_zeros(self.shape[0] * self.shape[1], *y.shape[1:])
-        return out.index_copy(0, self.index, y).view(*self.shape, *y.shape[1:])
+        return out.index_copy_(0, self.index, y).view(*self.shape, *y.shape[1:])
 
 
 class Attention(nn.Module):
@@ -78,7 +158,13 @@ class Attention(nn.Module):
     ``forward`` takes ``x``: queries [B, T, D]; ``kv``: keys/values source [B, S, D] (defaults to x);
     ``mask``: bool [B, 1 or T, S] or [B, 1, 1, S]-broadcastable, True = may attend; ``causal``: apply a
     causal mask (self-attention only, T == S).
+
+    ``fast`` (the default): a self-attention projects queries, keys and values in one matrix product, and
+    attention-weight dropout in training goes through :func:`attention`'s own path; ``fast = False`` is the
+    reference (separate projections, ``F.scaled_dot_product_attention`` with its own dropout).
     """
+
+    fast = True
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -93,16 +179,26 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, kv: Tensor | None = None, *, mask: Tensor | None = None,
                 causal: bool = False) -> Tensor:
         b, t, _ = x.shape
+        if kv is None and self.fast:
+            return self.o(self._heads(*self._split_qkv(F.linear(x, self._qkv_weight())), mask, causal))
         q = self.q(x).view(b, t, self.h, self.dk).transpose(1, 2)
         return self.o(self._heads(q, *self.project_kv(x if kv is None else kv), mask, causal))
+
+    def _qkv_weight(self) -> Tensor:
+        """The query and key/value projections stacked: [3D, D], output columns (q | k | v)."""
+        return torch.cat([self.q.weight, self.kv.weight])
+
+    def _split_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, S, 3D] projected queries, keys and values -> (q, k, v), each [B, H, S, dk]."""
+        b, s, _ = qkv.shape
+        q, k, v = qkv.view(b, s, 3, self.h, self.dk).permute(2, 0, 3, 1, 4)
+        return q, k, v
 
     def _heads(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
         """Attention of q [B, H, T, dk] over k, v [B, H, S, dk] -> heads joined [B, T, D] (before ``o``)."""
         if mask is not None and mask.dim() == 3:
             mask = mask.unsqueeze(1)  # [B, 1, T|1, S]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0,
-                                             is_causal=causal and mask is None)
+        out = attention(q, k, v, mask, self.dropout if self.training else 0.0, causal and mask is None, self.fast)
         b, _, t, _ = q.shape
         return out.transpose(1, 2).reshape(b, t, self.h * self.dk)
 
@@ -111,6 +207,9 @@ class Attention(nn.Module):
         tokens, the attention in the padded layout. Equals :meth:`forward` at the kept positions when
         ``mask`` [B, 1|S, S] hides every position not kept from every kept query."""
         b, s = packing.shape
+        if self.fast:
+            return self.o(packing.pack(self._heads(*self._split_qkv(packing.unpack(F.linear(h, self._qkv_weight()))),
+                                                   mask)))
         q = packing.unpack(self.q(h)).view(b, s, self.h, self.dk).transpose(1, 2)
         k, v = self._split_kv(packing.unpack(self.kv(h)))
         return self.o(packing.pack(self._heads(q, k, v, mask)))
@@ -149,7 +248,7 @@ class EncoderBlock(nn.Module):
         self.n1, self.n2 = RMSNorm(d_model), RMSNorm(d_model)
         self.attn = Attention(d_model, n_heads, dropout)
         self.ffn = SwiGLU(d_model, ffn, dropout) if isinstance(ffn, int) else ffn
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = x + self.drop(self.attn(self.n1(x), mask=mask))
@@ -171,7 +270,7 @@ class DecoderBlock(nn.Module):
         self.self_attn = Attention(d_model, n_heads, dropout)
         self.cross_attn = Attention(d_model, n_heads, dropout)
         self.ffn = SwiGLU(d_model, ffn, dropout) if isinstance(ffn, int) else ffn
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor | None = None,
                 packing: Packing | None = None) -> Tensor:
@@ -209,3 +308,12 @@ class DecoderBlock(nn.Module):
         c = self.cross_attn.attend(self.n2(x).view(m // group, group, d), *cross_kv, cross_mask)
         x = x + c.view(m, 1, d)
         return x + self.ffn(self.n3(x)), (k, v)
+
+
+def use_reference(model: nn.Module, reference: bool = True) -> None:
+    """Switch every layer of ``model`` with a fast path (:class:`Dropout`, :class:`Attention`) to its plain
+    reference implementation, or back (``reference=False``). The same function: the benchmark
+    (``--step-floor``) and the tests compare the two."""
+    for m in model.modules():
+        if isinstance(m, (Dropout, Attention)):
+            m.fast = not reference

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onerec.errors import ConfigError
+from onerec.model.layers import Dropout
 
 IMPLS = ("grouped", "padded", "loop")
 
@@ -49,7 +50,7 @@ class MoE(nn.Module):
         hidden: F, each expert's SwiGLU hidden width.
         n_experts: X.
         top_k: K, experts per token.
-        dropout: dropout on the output.
+        dropout: dropout on the output (:class:`onerec.model.layers.Dropout`).
         bias_step: u, the per-step change of the routing bias (Wang et al. use 1e-3).
         impl: "grouped" (fast), "padded" or "loop" (reference); see the module docstring.
     """
@@ -70,7 +71,7 @@ class MoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(n_experts, hidden, d_model))
         for w in (self.w1, self.w3, self.w2):
             nn.init.normal_(w, std=0.02)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         # loss-free balancing state: saved with the model (persistent), never trained by gradients
         self.register_buffer("route_bias", torch.zeros(n_experts))
         # tokens routed to each expert in the last training forward (for logging; not saved)

@@ -190,6 +190,10 @@ class TokenizerConfig:
 class ModelConfig:
     """Generator v0: encoder over the user's history, decoder over semantic-ID tokens."""
 
+    arch: str = opt("encdec", "encdec: encoder over the user's pathways + decoder with cross-attention (OneRec V1, "
+                              "Technical Report) | lazy: OneRec-V2's lazy decoder-only model (a context processor "
+                              "makes layer-shared keys/values once; the decoder reads them; trains on every position "
+                              "of a sequence at once, see train.objective)", choices=["encdec", "lazy"])
     d_model: int = opt(128, "hidden size")
     n_heads: int = opt(4, "attention heads")
     enc_layers: int = opt(2, "encoder layers")
@@ -240,6 +244,13 @@ class ModelConfig:
                                        "decay^(d-1) (window 10 and decay 0.1 were best on Beauty's and Toys' valid "
                                        "splits for the transitions baseline)")
     tie_code_embeddings: bool = opt(False, "share each semantic-ID level's input embedding with its output head")
+    kv_heads: int = opt(1, "lazy: G_kv, key/value heads of the cross-attention shared by the n_heads query heads "
+                           "(grouped-query attention; OneRec-V2: G_kv = 1 costs nothing)")
+    kv_layers: int = opt(1, "lazy: L_kv, sets of context keys/values; decoder layer l of N reads set "
+                            "floor(l * L_kv / N)")
+    kv_split: int = opt(1, "lazy: S_kv, 1 = keys and values tied (the same vectors), 2 = separate", choices=[1, 2])
+    moe_dense_layers: int = opt(0, "lazy with moe_experts: the first N decoder layers keep a dense feed-forward "
+                                   "(OneRec-V2 puts the experts in the deeper layers)")
     session_len: int = opt(1, "items generated per sample: 1 = point-wise (Technical Report), m > 1 = OneRec V1's "
                               "session-wise training (the next m positives as one target sequence)")
 
@@ -258,6 +269,11 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "max gradient norm (0 disables)")
     label_smoothing: float = opt(0.0, "share of each target code's probability spread uniformly over its level's "
                                       "codebook in the training loss (validation losses stay plain cross-entropy)")
+    objective: str = opt("auto", "prefix: one sample per next item, its history encoded on its own | "
+                                 "all_positions: one pass per user sequence computes every next item's loss, each "
+                                 "target seeing only the behaviours before it (model.arch=lazy, positive pathway) | "
+                                 "auto: all_positions where the model allows it, else prefix",
+                         choices=["auto", "prefix", "all_positions"])
     checkpoint_every: int = opt(500, "save a resumable checkpoint every N steps (and at the end)")
     log_every: int = opt(20, "record the training loss every N steps")
     logger: str = opt("csv", "watch training live: csv (RUN/logs/train-<time>/scalars.csv) | tensorboard (event "

@@ -374,8 +374,8 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
                 log=None) -> dict[str, Any]:
     """Next-token training of the generator -> RUN/train (``log``: one line per epoch, see
     :func:`onerec.train.train_generator`)."""
-    from onerec.features import EvalExamples, TrainExamples
-    from onerec.model.generator import Generator
+    from onerec.features import EvalExamples
+    from onerec.model import build_generator
     from onerec.train import train_generator
     from onerec.train.checkpoint import model_meta
     from onerec.train.logger import make_logger
@@ -385,10 +385,10 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
         splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
         sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
         feat = make_featurizer(run, cfg.model, codes, splits=splits)
-        train_ex = TrainExamples(splits["train"], feat)
+        train_ex = train_examples(splits["train"], feat, cfg)
         valid_ex = EvalExamples(splits["valid"], feat)
         torch.manual_seed(cfg.train.seed)
-        model = Generator(cfg.model, sizes)
+        model = build_generator(cfg.model, sizes)
         meta = model_meta(cfg.model, sizes, n_items=len(codes))
         save_config(run, cfg)  # before training: a killed run's `--resume` continues with the same config
         save_config(out, cfg)
@@ -406,9 +406,26 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
     return summary
 
 
+def train_examples(train: pa.Table, featurizer, cfg: RunConfig):
+    """The training examples ``cfg.train.objective`` asks for: :class:`onerec.features.SequenceExamples` (every
+    position of a sequence in one pass) or :class:`onerec.features.TrainExamples` (one sample per prefix)."""
+    from onerec.features import SequenceExamples, TrainExamples
+
+    m, objective = cfg.model, cfg.train.objective
+    able = m.arch == "lazy" and list(m.pathways) == ["positive"] and m.session_len == 1
+    if objective == "all_positions" and not able:
+        raise ConfigError(f"train.objective=all_positions needs model.arch=lazy with model.pathways=[positive] and "
+                          f"model.session_len=1 (got arch={m.arch}, pathways={list(m.pathways)}, session_len="
+                          f"{m.session_len}). Fix: train.objective=prefix, or change the model")
+    if objective == "all_positions" or (objective == "auto" and able):
+        return SequenceExamples(train, featurizer)
+    return TrainExamples(train, featurizer)
+
+
 def _train_summary(model, train_ex, result, selected: bool) -> dict[str, Any]:
     summary = {
-        "parameters": model.num_parameters(), "examples": len(train_ex), "steps": len(result.loss),
+        "parameters": model.num_parameters(), "examples": getattr(train_ex, "targets", len(train_ex)),
+        "steps": len(result.loss),
         "final_loss": float(np.mean(result.loss[-50:])),
         "valid_loss": result.valid[-1]["loss"] if result.valid else None,
         "seconds": round(result.seconds, 1),
@@ -453,14 +470,14 @@ def load_generator(run: Path, device: str = "cpu", codes: np.ndarray | None = No
     """The trained generator of RUN/train, its config and sizes checked against
     the weights file's header, and against the run's semantic IDs ``codes`` when given, before anything is
     allocated (:func:`onerec.train.checkpoint.build_checked`)."""
-    from onerec.model.generator import Generator
+    from onerec.model import build_generator
     from onerec.train.checkpoint import build_checked, load_state, read_model_meta
 
     folder = _require(run / "train" / "model.json", "train").parent
     mcfg, sizes, _ = read_model_meta(folder)
     if codes is not None:
         check_codebook_sizes(folder / "model.json", sizes, codes)
-    model = build_checked(folder, lambda: Generator(mcfg, sizes))
+    model = build_checked(folder, lambda: build_generator(mcfg, sizes))
     load_state(folder, model)
     return model.to(device).eval()
 

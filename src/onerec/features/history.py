@@ -285,6 +285,64 @@ class TrainExamples:
         return out
 
 
+class SequenceExamples:
+    """Every next-item example of the train split, a window of a user's sequence at a time, for training
+    every position in one pass (``train.objective=all_positions``, :class:`onerec.model.lazy.LazyGenerator`).
+
+    A user's positives ``i_0 .. i_{n-1}`` have targets ``i_1 .. i_{n-1}`` (the examples of
+    :class:`TrainExamples`). They are cut into segments of up to ``targets_per_row`` consecutive targets; a
+    segment's row holds the behaviours from H (``max_history``) before its first target up to its last
+    target, so every target's own history is in the row. Keys of :meth:`batch` (L = the longest row)::
+
+        hist_codes/flags/mask/item/play/author/tag/dur [B, L(, D)]   the row's behaviours in order (left-aligned)
+        seq_target [B, L] bool                                       positions that are targets of this row
+        seq_age    [B, L, L] int64                                   age bucket of behaviour j at behaviour t's time
+
+    ``seq_age[b, t, j]`` is what :class:`TrainExamples` gives behaviour j as ``hist_age`` in target t's sample
+    (its request time is the target's time).
+    """
+
+    def __init__(self, train: pa.Table, featurizer: HistoryFeaturizer, targets_per_row: int | None = None) -> None:
+        self.seqs = Ragged.from_table(train, "items", "ts", "flags")
+        self.f = featurizer
+        self.per_row = max(1, targets_per_row or featurizer.h)
+        lens = np.diff(self.seqs.offsets)
+        rows, starts = [], []
+        for r in np.flatnonzero(lens >= 2):
+            first = np.arange(1, lens[r], self.per_row)
+            rows.append(np.full(len(first), r))
+            starts.append(first)
+        self.rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        self.first = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)  # first target, in the row
+        self.last = np.minimum(self.first + self.per_row, lens[self.rows])  # one past the last target
+        self.targets = int((lens[lens > 0] - 1).sum())
+        self.users = train["user_id"].to_numpy().astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def rows_per_batch(self, examples: int) -> int:
+        """Rows per step that hold about ``examples`` targets on average (``train.batch_size`` counts targets)."""
+        return max(1, round(examples * len(self) / max(self.targets, 1)))
+
+    def batch(self, idx: np.ndarray) -> dict:
+        rows = self.rows[idx]
+        lo = np.maximum(self.first[idx] - self.f.h, 0)
+        width = self.last[idx] - lo
+        n = int(width.max())
+        rel = lo[:, None] + np.arange(n)[None, :]  # position within the user's sequence
+        mask = np.arange(n)[None, :] < width[:, None]
+        pos = np.where(mask, self.seqs.offsets[rows][:, None] + rel, 0)
+        ts = self.seqs.ts[pos]
+        out = self.f._tokens("hist", self.seqs.items[pos], ts, self.seqs.flags[pos], np.zeros_like(pos), mask,
+                             ts[:, -1])
+        del out["hist_age"]  # ages depend on the target: seq_age
+        out["seq_target"] = torch.from_numpy(mask & (rel >= self.first[idx][:, None]))
+        pair = mask[:, :, None] & mask[:, None, :]
+        out["seq_age"] = torch.from_numpy(np.where(pair, age_bucket(ts[:, :, None] - ts[:, None, :]), 0))
+        return out
+
+
 class EvalExamples:
     """Examples of a valid/test table: the full history, request time = target_ts."""
 

@@ -79,16 +79,20 @@ class TiedHead(nn.Module):
         return F.linear(x, self.weight)
 
 
-class Generator(nn.Module):
-    """Encoder-decoder over semantic IDs.
+class SemanticIDModel(nn.Module):
+    """What every generator over semantic IDs shares, whatever reads the user: the semantic-ID embedding,
+    the pathways' behaviour tokens (Technical Report Sec. 2), the decoder's input ``[BOS] s_1 .. s_{D-1}``,
+    the per-level heads, the teacher-forced losses and the parameter accounting. :class:`Generator` (the
+    encoder-decoder of OneRec V1 / the Technical Report) and :class:`onerec.model.lazy.LazyGenerator`
+    (OneRec-V2's lazy decoder-only model) add the part that turns those tokens into what the decoder reads.
 
-    Args:
-        cfg: sizes (d_model, heads, layers, ffn_mult, dropout, max_history).
-        codebook_sizes: V_t per semantic-ID position, e.g. [64, 64, 64, 3].
+    Subclasses implement ``encode_batch(batch) -> (memory, memory_mask)`` and ``decode(prefix, memory,
+    memory_mask) -> hidden [B, t+1, E]``, plus the KV-cached ``start_decoding`` / ``decode_step``.
     """
 
-    def __init__(self, cfg: ModelConfig, codebook_sizes: list[int]) -> None:
-        super().__init__()
+    def _build_inputs(self, cfg: ModelConfig, codebook_sizes: list[int], features: list[str]) -> tuple[int, int]:
+        """The semantic-ID embedding and the pathways' behaviour tokens; sets ``pathways``, ``enc_len``
+        (context tokens) and ``lengths`` -> (dense feed-forward width, feature width)."""
         self.cfg, self.codebook_sizes = cfg, list(codebook_sizes)
         e, depth = cfg.d_model, len(codebook_sizes)
         unknown = sorted(set(cfg.pathways) - set(PATHWAYS))
@@ -103,15 +107,20 @@ class Generator(nn.Module):
         self.feature_codes = CodeEmbedding(self.codebook_sizes, fd) if fd != e else None
         sid_emb = self.behaviour_codes
         self.per_code = cfg.history_tokens == "code"  # TIGER's flattened history in short/positive
-        self.behaviour = BehaviourEmbedding(sid_emb, fd, cfg.behaviour_features, cfg.sparse_buckets,
+        self.behaviour = BehaviourEmbedding(sid_emb, fd, features, cfg.sparse_buckets,
                                             code_levels=depth if self.per_code else 0)
         self.proj = nn.ModuleDict({p: projection(fd, e, cfg.pathway_mlp) for p in self.pathways})
         self.path_type = nn.Embedding(len(PATHWAYS), e) if len(self.pathways) > 1 else None
         per_behaviour = depth if self.per_code else 1
-        lengths = {"static": 1, "short": cfg.short_len * per_behaviour, "positive": cfg.max_history * per_behaviour,
-                   "lifelong": cfg.qformer_queries, "succession": cfg.succession_len}
-        self.enc_len = sum(lengths[p] for p in self.pathways)
-        self.enc_pos = nn.Embedding(self.enc_len, e)  # learnable positions over all pathway tokens
+        self.lengths = {"static": 1, "short": cfg.short_len * per_behaviour,
+                        "positive": cfg.max_history * per_behaviour, "lifelong": cfg.qformer_queries,
+                        "succession": cfg.succession_len}
+        self.enc_len = sum(self.lengths[p] for p in self.pathways)
+        return ffn, fd
+
+    def _build_side_pathways(self, ffn: int, fd: int) -> None:
+        """The static, lifelong and succession pathways' own tables (those enabled)."""
+        cfg, e = self.cfg, self.cfg.d_model
         self.static = StaticEmbedding(fd, cfg.sparse_buckets) if "static" in self.pathways else None
         if "lifelong" in self.pathways:
             self.life_count = nn.Embedding(N_LOG_BUCKETS, fd, padding_idx=0)  # size of each representative's cluster
@@ -122,21 +131,21 @@ class Generator(nn.Module):
             self.life_count = self.qformer = None
         # each succession candidate: its semantic ID (the behaviours' embedding) + its score's log bucket
         self.succ_count = nn.Embedding(N_LOG_BUCKETS, fd, padding_idx=0) if "succession" in self.pathways else None
-        self.encoder = nn.ModuleList(EncoderBlock(e, cfg.n_heads, self._ffn(ffn, "encoder"), cfg.dropout)
-                                     for _ in range(cfg.enc_layers))
-        self.enc_norm = RMSNorm(e)
-        # ---- decoder
+
+    def _build_decoder_inputs(self) -> None:
+        """The decoder's BOS vector and positions (D per generated item)."""
+        e, depth = self.cfg.d_model, len(self.codebook_sizes)
         self.bos = nn.Parameter(torch.zeros(e))
-        self.dec_pos = nn.Embedding(depth * max(cfg.session_len, 1), e)
-        self.decoder = nn.ModuleList(DecoderBlock(e, cfg.n_heads, self._ffn(ffn, "decoder"), cfg.dropout)
-                                     for _ in range(cfg.dec_layers))
-        self.dec_norm = RMSNorm(e)
+        self.dec_pos = nn.Embedding(depth * max(self.cfg.session_len, 1), e)
+
+    def _build_heads(self) -> None:
+        """One output head per semantic-ID level (tied to that level's input embedding when asked)."""
+        cfg, e = self.cfg, self.cfg.d_model
         if cfg.tie_code_embeddings:
             self.heads = nn.ModuleList(TiedHead(t) for t in self.codes.tables)
         else:
             self.heads = nn.ModuleList(nn.Linear(e, v, bias=False) for v in self.codebook_sizes)
         self.drop = nn.Dropout(cfg.dropout)
-        self.apply(self._init)
 
     @property
     def behaviour_codes(self) -> CodeEmbedding:
@@ -161,7 +170,6 @@ class Generator(nn.Module):
                 with torch.no_grad():
                     m.weight[m.padding_idx].zero_()
 
-    # ------------------------------------------------------------------ encoder
     def _pathway(self, name: str, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Tokens [B, T, E] and mask [B, T] of one pathway."""
         if name == "static":
@@ -187,6 +195,138 @@ class Generator(nn.Module):
             return x, mask.any(dim=1, keepdim=True).expand(-1, x.shape[1])
         return self.proj[name](x), mask
 
+    def decoder_inputs(self, prefix: Tensor) -> Tensor:
+        """[BOS] + embedded prefix codes: prefix [B, t] -> [B, t+1, E]."""
+        b, t = prefix.shape
+        parts = [self.bos.expand(b, 1, -1)]
+        if t:
+            depth = len(self.codebook_sizes)  # session-wise prefixes cycle through the levels
+            parts.append(torch.stack([self.codes.level(i % depth, prefix[:, i]) for i in range(t)], dim=1))
+        x = torch.cat(parts, dim=1)
+        return self.drop(x + self.dec_pos(torch.arange(t + 1, device=x.device)))
+
+    def forward(self, batch: dict[str, Tensor], *, label_smoothing: float = 0.0) -> Tensor:
+        """Teacher-forced next-token cross-entropy, averaged over the D positions (a scalar).
+
+        Each position has its own vocabulary (level t's codebook), so the loss is computed per
+        level rather than over one padded [B, D, max V] logits tensor. With ``session_len`` > 1 and
+        a ``session`` key in the batch, the target is the session's m*D tokens (OneRec V1), padded
+        items of short sessions masked out. ``label_smoothing`` (training only; validation losses
+        use 0) spreads that share of each target's probability uniformly over its level's codebook."""
+        memory, memory_mask = self.encode_batch(batch)
+        if self.cfg.session_len > 1 and "session" in batch:
+            return self._session_loss(batch["session"], batch["session_mask"], memory, memory_mask, label_smoothing)
+        target = batch["target"]
+        hidden = self.decode(target[:, :-1], memory, memory_mask)
+        losses = [F.cross_entropy(self.heads[t](hidden[:, t]), target[:, t], label_smoothing=label_smoothing)
+                  for t in range(target.shape[1])]
+        return torch.stack(losses).mean()
+
+    def _session_loss(self, session: Tensor, session_mask: Tensor, memory: Tensor, memory_mask: Tensor,
+                      label_smoothing: float = 0.0) -> Tensor:
+        b, m, depth = session.shape
+        tokens = session.reshape(b, m * depth)
+        valid = session_mask.repeat_interleave(depth, dim=1)
+        hidden = self.decode(tokens[:, :-1], memory, memory_mask)
+        total = hidden.new_zeros(())
+        for t in range(m * depth):
+            ce = F.cross_entropy(self.heads[t % depth](hidden[:, t]), tokens[:, t].clamp_min(0), reduction="none",
+                                 label_smoothing=label_smoothing)
+            total = total + (ce * valid[:, t]).sum()
+        return total / valid.sum().clamp_min(1)
+
+    def step_log_probs(self, prefix: Tensor, step: int, memory: Tensor, memory_mask: Tensor) -> Tensor:
+        """log p(s_step | prefix, history): prefix [M, step] -> [M, V_step] (for beam search)."""
+        hidden = self.decode(prefix, memory, memory_mask)
+        return F.log_softmax(self.heads[step](hidden[:, -1]).float(), dim=-1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def moe_layers(self) -> list[tuple[str, MoE]]:
+        return [(name, m) for name, m in self.named_modules() if isinstance(m, MoE)]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total parameters and those active for one token (all but the unchosen experts)."""
+        total = self.num_parameters()
+        idle = sum((m.n - m.k) * m.expert_params() for _, m in self.moe_layers())
+        return {"total": total, "active": total - idle}
+
+    def expert_load(self) -> dict[str, list[float]]:
+        """Share of routed tokens per expert in the last training step, per MoE layer (empty when dense)."""
+        return {name: [round(float(v), 4) for v in m.load_fraction()] for name, m in self.moe_layers()}
+
+    def decode_step(self, prefix: Tensor, step: int, ctx: DecodingContext,
+                    cache: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """log p(s_step | prefix, history) with a self-attention KV cache: equals
+        :meth:`step_log_probs` but feeds only the newest token through the decoder.
+
+        Args:
+            prefix: [U*beams, step] codes so far (row ``u*beams + k`` is user u's beam k; only the
+                last column is read). At step 0 every row starts from [BOS], so the step runs once per
+                user and its outputs are repeated to the beams.
+            ctx: from :meth:`start_decoding`.
+            cache: None at step 0, else the cache this method returned at the previous step, its rows
+                re-ordered to follow ``prefix`` (beam search's ``index_select`` on each tensor).
+
+        Returns:
+            (log-probs [U*beams, V_step] float32, the extended cache: per layer (k, v), each
+            [U*beams, heads, step+1, E/heads]).
+        """
+        u, g = ctx.users, ctx.beams
+        if step == 0:
+            x, group = self.bos.expand(u, 1, -1), 1
+        else:
+            x, group = self.codes.level(step - 1, prefix[:, step - 1])[:, None, :], g
+        x = x + self.dec_pos.weight[step]
+        new_cache = []
+        for i, block in enumerate(self.decoder):
+            x, kv = block.step(x, None if cache is None else cache[i], ctx.cross[i], ctx.mask, group)
+            new_cache.append(kv)
+        log_probs = F.log_softmax(self.heads[step](self.dec_norm(x[:, 0])).float(), dim=-1)
+        if step == 0 and g > 1:
+            log_probs = log_probs.repeat_interleave(g, dim=0)
+            new_cache = [(k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)) for k, v in new_cache]
+        return log_probs, new_cache
+
+    def beam_step_fn(self, memory: Tensor, memory_mask: Tensor, beams: int):
+        """A ``step_fn`` for :func:`onerec.generate.beam_search` over this model with the KV cache:
+        -> (step_fn, initial state). The state is the self-attention cache (leading dim U*beams, so beam
+        search re-orders it); the per-user cross-attention K/V live in the closure."""
+        ctx = self.start_decoding(memory, memory_mask, beams)
+
+        def step_fn(tokens: Tensor, step: int, cache):
+            return self.decode_step(tokens, step, ctx, cache)
+
+        return step_fn, None
+
+
+class Generator(SemanticIDModel):
+    """Encoder-decoder over semantic IDs.
+
+    Args:
+        cfg: sizes (d_model, heads, layers, ffn_mult, dropout, max_history).
+        codebook_sizes: V_t per semantic-ID position, e.g. [64, 64, 64, 3].
+    """
+
+    def __init__(self, cfg: ModelConfig, codebook_sizes: list[int]) -> None:
+        super().__init__()
+        ffn, fd = self._build_inputs(cfg, codebook_sizes, cfg.behaviour_features)
+        e = cfg.d_model
+        self.enc_pos = nn.Embedding(self.enc_len, e)  # learnable positions over all pathway tokens
+        self._build_side_pathways(ffn, fd)
+        self.encoder = nn.ModuleList(EncoderBlock(e, cfg.n_heads, self._ffn(ffn, "encoder"), cfg.dropout)
+                                     for _ in range(cfg.enc_layers))
+        self.enc_norm = RMSNorm(e)
+        # ---- decoder
+        self._build_decoder_inputs()
+        self.decoder = nn.ModuleList(DecoderBlock(e, cfg.n_heads, self._ffn(ffn, "decoder"), cfg.dropout)
+                                     for _ in range(cfg.dec_layers))
+        self.dec_norm = RMSNorm(e)
+        self._build_heads()
+        self.apply(self._init)
+
+    # ------------------------------------------------------------------ encoder
     def encode_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The one entry point from a featurized batch (see :mod:`onerec.features`) to the
         encoder: -> (memory [B, S, E], memory_mask bool [B, S], True = real token). Training,
@@ -233,16 +373,6 @@ class Generator(nn.Module):
         return self.encode_batch(batch)[0]
 
     # ------------------------------------------------------------------ decoder
-    def decoder_inputs(self, prefix: Tensor) -> Tensor:
-        """[BOS] + embedded prefix codes: prefix [B, t] -> [B, t+1, E]."""
-        b, t = prefix.shape
-        parts = [self.bos.expand(b, 1, -1)]
-        if t:
-            depth = len(self.codebook_sizes)  # session-wise prefixes cycle through the levels
-            parts.append(torch.stack([self.codes.level(i % depth, prefix[:, i]) for i in range(t)], dim=1))
-        x = torch.cat(parts, dim=1)
-        return self.drop(x + self.dec_pos(torch.arange(t + 1, device=x.device)))
-
     def decode(self, prefix: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
         """Hidden states [B, t+1, E] for prefix [B, t]."""
         x = self.decoder_inputs(prefix)
@@ -250,41 +380,6 @@ class Generator(nn.Module):
         for block in self.decoder:
             x = block(x, memory, key_ok[:, None, :], packing)
         return self.dec_norm(x)
-
-    def forward(self, batch: dict[str, Tensor], *, label_smoothing: float = 0.0) -> Tensor:
-        """Teacher-forced next-token cross-entropy, averaged over the D positions (a scalar).
-
-        Each position has its own vocabulary (level t's codebook), so the loss is computed per
-        level rather than over one padded [B, D, max V] logits tensor. With ``session_len`` > 1 and
-        a ``session`` key in the batch, the target is the session's m*D tokens (OneRec V1), padded
-        items of short sessions masked out. ``label_smoothing`` (training only; validation losses
-        use 0) spreads that share of each target's probability uniformly over its level's codebook."""
-        memory, memory_mask = self.encode_batch(batch)
-        if self.cfg.session_len > 1 and "session" in batch:
-            return self._session_loss(batch["session"], batch["session_mask"], memory, memory_mask, label_smoothing)
-        target = batch["target"]
-        hidden = self.decode(target[:, :-1], memory, memory_mask)
-        losses = [F.cross_entropy(self.heads[t](hidden[:, t]), target[:, t], label_smoothing=label_smoothing)
-                  for t in range(target.shape[1])]
-        return torch.stack(losses).mean()
-
-    def _session_loss(self, session: Tensor, session_mask: Tensor, memory: Tensor, memory_mask: Tensor,
-                      label_smoothing: float = 0.0) -> Tensor:
-        b, m, depth = session.shape
-        tokens = session.reshape(b, m * depth)
-        valid = session_mask.repeat_interleave(depth, dim=1)
-        hidden = self.decode(tokens[:, :-1], memory, memory_mask)
-        total = hidden.new_zeros(())
-        for t in range(m * depth):
-            ce = F.cross_entropy(self.heads[t % depth](hidden[:, t]), tokens[:, t].clamp_min(0), reduction="none",
-                                 label_smoothing=label_smoothing)
-            total = total + (ce * valid[:, t]).sum()
-        return total / valid.sum().clamp_min(1)
-
-    def step_log_probs(self, prefix: Tensor, step: int, memory: Tensor, memory_mask: Tensor) -> Tensor:
-        """log p(s_step | prefix, history): prefix [M, step] -> [M, V_step] (for beam search)."""
-        hidden = self.decode(prefix, memory, memory_mask)
-        return F.log_softmax(self.heads[step](hidden[:, -1]).float(), dim=-1)
 
     def upgrade_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Rename the keys of a generator v0 checkpoint (same model, older names) and give a pathway-type
@@ -294,22 +389,6 @@ class Generator(nn.Module):
         if old is not None and old.shape[0] < len(PATHWAYS):
             state["path_type.weight"] = torch.cat([old, old.new_zeros(len(PATHWAYS) - old.shape[0], old.shape[1])])
         return state
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def moe_layers(self) -> list[tuple[str, MoE]]:
-        return [(name, m) for name, m in self.named_modules() if isinstance(m, MoE)]
-
-    def parameter_counts(self) -> dict[str, int]:
-        """Total parameters and those active for one token (all but the unchosen experts)."""
-        total = self.num_parameters()
-        idle = sum((m.n - m.k) * m.expert_params() for _, m in self.moe_layers())
-        return {"total": total, "active": total - idle}
-
-    def expert_load(self) -> dict[str, list[float]]:
-        """Share of routed tokens per expert in the last training step, per MoE layer (empty when dense)."""
-        return {name: [round(float(v), 4) for v in m.load_fraction()] for name, m in self.moe_layers()}
 
     # ------------------------------------------------------------------ incremental decoding
     def start_decoding(self, memory: Tensor, memory_mask: Tensor, beams: int) -> DecodingContext:
@@ -321,51 +400,6 @@ class Generator(nn.Module):
         key_ok, packing = self._memory_keys(memory_mask)
         cross = [block.cross_attn.project_kv(memory, packing) for block in self.decoder]
         return DecodingContext(cross=cross, mask=key_ok[:, None, None, :], beams=beams, users=memory.shape[0])
-
-    def decode_step(self, prefix: Tensor, step: int, ctx: DecodingContext,
-                    cache: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """log p(s_step | prefix, history) with a self-attention KV cache: equals
-        :meth:`step_log_probs` but feeds only the newest token through the decoder.
-
-        Args:
-            prefix: [U*beams, step] codes so far (row ``u*beams + k`` is user u's beam k; only the
-                last column is read). At step 0 every row starts from [BOS], so the step runs once per
-                user and its outputs are repeated to the beams.
-            ctx: from :meth:`start_decoding`.
-            cache: None at step 0, else the cache this method returned at the previous step, its rows
-                re-ordered to follow ``prefix`` (beam search's ``index_select`` on each tensor).
-
-        Returns:
-            (log-probs [U*beams, V_step] float32, the extended cache: per layer (k, v), each
-            [U*beams, heads, step+1, E/heads]).
-        """
-        u, g = ctx.users, ctx.beams
-        if step == 0:
-            x, group = self.bos.expand(u, 1, -1), 1
-        else:
-            x, group = self.codes.level(step - 1, prefix[:, step - 1])[:, None, :], g
-        x = x + self.dec_pos.weight[step]
-        new_cache = []
-        for i, block in enumerate(self.decoder):
-            x, kv = block.step(x, None if cache is None else cache[i], ctx.cross[i], ctx.mask, group)
-            new_cache.append(kv)
-        log_probs = F.log_softmax(self.heads[step](self.dec_norm(x[:, 0])).float(), dim=-1)
-        if step == 0 and g > 1:
-            log_probs = log_probs.repeat_interleave(g, dim=0)
-            new_cache = [(k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)) for k, v in new_cache]
-        return log_probs, new_cache
-
-    def beam_step_fn(self, memory: Tensor, memory_mask: Tensor, beams: int):
-        """A ``step_fn`` for :func:`onerec.generate.beam_search` over this model with the KV cache:
-        -> (step_fn, initial state). The state is the self-attention cache (leading dim U*beams, so beam
-        search re-orders it); the per-user cross-attention K/V live in the closure."""
-        ctx = self.start_decoding(memory, memory_mask, beams)
-
-        def step_fn(tokens: Tensor, step: int, cache):
-            return self.decode_step(tokens, step, ctx, cache)
-
-        return step_fn, None
-
 
 @dataclass
 class DecodingContext:

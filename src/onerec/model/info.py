@@ -25,11 +25,11 @@ def codebook_sizes(cfg: RunConfig) -> list[int]:
 
 def model_info(cfg: RunConfig, preset: str | None = None) -> dict[str, Any]:
     """{"total", "active", "by_part", ...} for the generator ``cfg.model`` would build."""
-    from onerec.model.generator import Generator
+    from onerec.model import build_generator
 
     sizes = codebook_sizes(cfg)
     with torch.device("meta"):
-        model = Generator(cfg.model, sizes)
+        model = build_generator(cfg.model, sizes)
     counts = model.parameter_counts()
     by_part: dict[str, int] = {}
     for name, p in model.named_parameters():

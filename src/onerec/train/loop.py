@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from onerec.config import TrainConfig, check_choices, to_dict
 from onerec.errors import CheckpointError, ConfigError
-from onerec.features.history import EvalExamples, TrainExamples
+from onerec.features.history import EvalExamples, SequenceExamples, TrainExamples
 from onerec.io import write_json
 from onerec.model.generator import Generator
 from onerec.threads import set_threads
@@ -100,7 +100,7 @@ def validation_loss(model: Generator, examples: EvalExamples, device: torch.devi
 
 def train_generator(
     model: Generator,
-    train: TrainExamples,
+    train: TrainExamples | SequenceExamples,
     cfg: TrainConfig,
     out_dir: str | Path,
     *,
@@ -150,7 +150,9 @@ def train_generator(
     if n == 0:
         raise CheckpointError("no training examples: every user has a single positive event in the train split. "
                               "Fix: use more data or a looser data.positive rule.")
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    # a batch of sequences (train.objective=all_positions) holds about batch_size targets
+    batch_size = train.rows_per_batch(cfg.batch_size) if hasattr(train, "rows_per_batch") else cfg.batch_size
+    steps_per_epoch = math.ceil(n / batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     result, step = TrainResult(), 0
     if not resume and (out_dir / "checkpoints").exists():
@@ -184,7 +186,7 @@ def train_generator(
         if epoch != order_epoch:
             order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
             order_epoch = epoch
-        idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+        idx = order[pos * batch_size:(pos + 1) * batch_size]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -276,24 +276,32 @@ class LazyGenerator(SemanticIDModel):
         hist = self.cfg.max_history
         x, _ = self._pathway("positive", batch)
         states = self.context(self.drop(x))  # every behaviour's keys/values, once
-        # query item t sees behaviours j with t - H <= j < t (the sample's own history), nothing else
-        t = torch.arange(n, device=codes.device)
-        gap = t[:, None] - t[None, :]  # [L(t), L(j)]: 1 = the behaviour just before the target
-        visible = (gap >= 1) & (gap <= hist) & mask[:, None, :] & target[:, :, None]
-        # the bias the per-prefix sample would give key j: its right-aligned slot H - gap, and its age
+        # a row's targets are consecutive: the decoder runs on them only, not on the context before them
+        count = target.sum(dim=1)
+        first = torch.argmax(target.int(), dim=1)
+        m = int(count.max())
+        slot_ok = torch.arange(m, device=codes.device)[None, :] < count[:, None]  # [B, T]
+        tpos = (first[:, None] + torch.arange(m, device=codes.device)[None, :]).clamp_max(n - 1)  # [B, T]
+        # target t sees behaviours j with t - H <= j < t (its own sample's history), nothing else
+        gap = tpos[:, :, None] - torch.arange(n, device=codes.device)[None, None, :]  # [B, T, L]; 1 = just before
+        visible = (gap >= 1) & (gap <= hist) & mask[:, None, :] & slot_ok[:, :, None]
+        # the bias the per-prefix sample gives behaviour j: its right-aligned slot H - gap, and its age
         slot = (hist - gap).clamp(0, hist - 1) + self.offsets["positive"]
-        bias = self.pos_bias(slot).permute(2, 0, 1).unsqueeze(0)  # [1, H, L, L]
+        bias = self.pos_bias(slot)  # [B, T, L, H]
         if self.age_bias is not None:
-            bias = bias + self.age_bias(batch["seq_age"]).permute(0, 3, 1, 2)
-        visible = visible | ~visible.any(dim=2, keepdim=True)  # rows that are not targets: anything, ignored
-        bias = bias.masked_fill(~visible[:, None], NEG_INF).repeat_interleave(depth, dim=2)  # [B, H, L*D, L]
+            age = torch.gather(batch["seq_age"], 1, tpos[:, :, None].expand(-1, -1, n))
+            bias = bias + self.age_bias(age)
+        visible = visible | ~visible.any(dim=2, keepdim=True)  # padding slots: anything (ignored)
+        bias = bias.permute(0, 3, 1, 2).masked_fill(~visible[:, None], NEG_INF)
+        bias = bias.repeat_interleave(depth, dim=2)  # [B, H, T*D, L]: each of a target's D queries
+        goal = torch.gather(codes, 1, tpos[:, :, None].expand(-1, -1, depth))  # [B, T, D]
         # decoder input of target t: [BOS, s_1 .. s_{D-1}] of item t (arXiv 2508.20900 Sec. 2.2)
-        levels = [self.bos.expand(b, n, -1)] + [self.codes.level(i, codes[..., i]) for i in range(depth - 1)]
-        x = self.drop(torch.stack(levels, dim=2) + self.dec_pos.weight[:depth]).view(b, n * depth, -1)
+        levels = [self.bos.expand(b, m, -1)] + [self.codes.level(i, goal[..., i]) for i in range(depth - 1)]
+        x = self.drop(torch.stack(levels, dim=2) + self.dec_pos.weight[:depth]).view(b, m * depth, -1)
         for block, (k, v) in zip(self.decoder, self._kv(states)):
             x = block(x, k, v, bias, block=depth)
-        hidden = self.dec_norm(x).view(b, n, depth, -1)[target]  # [targets, D, E]
-        goal = codes[target]
+        hidden = self.dec_norm(x).view(b, m, depth, -1)[slot_ok]  # [targets, D, E]
+        goal = goal[slot_ok]
         losses = [F.cross_entropy(self.heads[i](hidden[:, i]), goal[:, i], label_smoothing=label_smoothing)
                   for i in range(depth)]
         return torch.stack(losses).mean()

@@ -188,3 +188,21 @@ def test_generator_fast_equals_reference_in_eval_and_without_dropout():
                 assert a.grad is None or not a.grad.any(), name
                 continue
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_rmsnorm_fast_backward_equals_reference():
+    torch.manual_seed(0)
+    fast = layers.RMSNorm(24)
+    with torch.no_grad():
+        fast.weight.normal_()
+    ref = copy.deepcopy(fast)
+    use_reference(ref)
+    assert fast.fast and not ref.fast
+    x = (torch.randn(3, 5, 24) * 3).requires_grad_()
+    out_f, out_r = fast(x), ref(x)
+    torch.testing.assert_close(out_f, out_r, rtol=1e-5, atol=1e-6)
+    g = torch.randn_like(out_f)
+    for a, b in zip(torch.autograd.grad(out_f, (x, fast.weight), g), torch.autograd.grad(out_r, (x, ref.weight), g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # inference: the reference formula itself, bit for bit
+        assert torch.equal(fast(x), ref(x))

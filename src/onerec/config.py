@@ -451,14 +451,18 @@ class AlignConfig:
     gbpo_reward: str = opt("duration", "gbpo: where its advantage comes from. duration: OneRec-V2's duration-aware "
                                        "shaping of real feedback -- each rollout that maps to an item is shown to its "
                                        "user in the simulated world (one sampled play time and dislike); A = +1 when "
-                                       "the play time is in the top align.top_share of the logged play times of its "
-                                       "duration bucket (log scale, align.duration_base), A = -1 for a dislike or an "
-                                       "illegal code, else 0; needs a simulated run | pscore: ECPO's group-normalised "
-                                       "P-Score advantage with the format reward (runs without a world)",
+                                       "its play time's percentile among the logged play times of its duration "
+                                       "bucket (log scale, align.duration_base) is in the top align.top_share "
+                                       "(align.top_of), A = -1 for a dislike or an illegal code, else 0; needs a "
+                                       "simulated run | pscore: ECPO's group-normalised P-Score advantage with the "
+                                       "format reward (runs without a world)",
                               choices=["duration", "pscore"])
     duration_base: float = opt(2.0, "gbpo duration reward: videos are bucketed by floor(log_base(duration in s))")
-    top_share: float = opt(0.25, "gbpo duration reward: share of each duration bucket's play-time percentiles "
-                                 "that earns A = +1 (OneRec-V2: the top 25%)")
+    top_share: float = opt(0.25, "gbpo duration reward: the share that earns A = +1 (OneRec-V2: the top 25%)")
+    top_of: str = opt("batch", "gbpo duration reward: what align.top_share is a share of. batch: of a round's shown "
+                               "rollouts, ranked by their within-bucket percentile | log: of the logged plays of the "
+                               "bucket (A = +1 when the percentile >= 1 - top_share; more positives as the policy "
+                               "beats the log)", choices=["batch", "log"])
     rsft_keep: float = opt(0.5, "rejection-sampling fine-tuning keeps this top share of samples by reward "
                                 "(gbpo duration: by play-time percentile) for the NTP loss (0 disables it: NTP "
                                 "on the logged targets)")

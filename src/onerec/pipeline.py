@@ -763,8 +763,7 @@ def align_setup(run: Path, cfg: RunConfig, model=None):
     world_dir = run / "data" / "world"
     world = World.load(world_dir) if (world_dir / "world.json").exists() else None
     if world is not None and "watch_time_ms" in ds.interactions.column_names:
-        ctx.feedback = SimulatedFeedback.from_log(world, ds.interactions, base=ac.duration_base,
-                                                  top_share=ac.top_share)
+        ctx.feedback = SimulatedFeedback.from_log(world, ds.interactions, base=ac.duration_base)
     return ctx, world, np.arange(n_eval), np.arange(n_eval, len(users))
 
 

@@ -64,12 +64,14 @@ def test_align_verb_scores_before_and_after(tiny_run):
     assert (tiny_run / "align" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("method", ["dpo", "ecpo", "gbpo", "gbpo-pscore"])
+VARIANTS = {"gbpo-log": {"top_of": "log"}, "gbpo-pscore": {"gbpo_reward": "pscore"}}
+
+
+@pytest.mark.parametrize("method", ["dpo", "ecpo", "gbpo", "gbpo-log", "gbpo-pscore"])
 def test_a_round_updates_the_policy(tiny_run, method):
     cfg, ctx, _, _, pool = _ctx(tiny_run)
     before = [p.detach().clone() for p in ctx.model.parameters()]
-    ac = dataclasses.replace(cfg.align, method=method.split("-")[0],
-                             gbpo_reward="pscore" if method == "gbpo-pscore" else "duration")
+    ac = dataclasses.replace(cfg.align, method=method.split("-")[0], **VARIANTS.get(method, {}))
     opt = torch.optim.Adam(ctx.model.parameters(), lr=1e-3)
     fn = {"dpo": dpo_round, "ecpo": ecpo_round, "gbpo": gbpo_round}[ac.method]
     stats = fn(ctx, ac, pool[:16], opt, np.random.default_rng(0))
@@ -78,8 +80,10 @@ def test_a_round_updates_the_policy(tiny_run, method):
         assert stats["pairs"] > 0 and stats["reward_best"] >= stats["reward_mean"]
     else:
         assert 0.0 <= stats["legal"] <= 1.0
-    if method == "gbpo":  # the users responded: some rollouts played in their bucket's top quarter
+    if method in ("gbpo", "gbpo-log"):  # the users responded: some rollouts played in their bucket's top quarter
         assert stats["positive"] > 0 and stats["play_s"] > 0 and 0.0 <= stats["negative"] <= 1.0
+    if method == "gbpo":  # the top quarter of the round's shown rollouts (ties aside)
+        assert stats["positive"] <= 0.25 * stats["legal"] + 0.02
     assert any(not torch.equal(a, b) for a, b in zip(before, ctx.model.parameters()))
 
 
@@ -107,6 +111,7 @@ def test_simulated_feedback_shows_only_real_items(tiny_run):
     assert np.isnan(fb["advantage"][:, 0]).all() and (fb["play_ms"][:, 0] == 0).all()
     shown = fb["advantage"][:, 1:]
     assert set(np.unique(shown)) <= {-1.0, 0.0, 1.0}
+    assert 1 <= (shown == 1).sum() <= 0.25 * shown.size + 1  # the top quarter of the shown batch (ties aside)
     assert ((fb["percentile"][:, 1:] >= 0) & (fb["percentile"][:, 1:] <= 1)).all()
     # the shaping's reference is the run's logged exposures, bucketed by the world's durations
     assert sum(len(r) for r in ctx.feedback.shaping.ref.values()) == 10000

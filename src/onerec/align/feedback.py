@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from onerec.reward.duration import DurationShaping
+from onerec.reward.duration import DurationShaping, from_percentile
 
 
 @dataclass
@@ -29,15 +29,16 @@ class SimulatedFeedback:
     shaping: DurationShaping
 
     @classmethod
-    def from_log(cls, world: Any, interactions: pa.Table, *, base: float = 2.0,
-                 top_share: float = 0.25) -> SimulatedFeedback:
+    def from_log(cls, world: Any, interactions: pa.Table, *, base: float = 2.0) -> SimulatedFeedback:
         """The shaping's per-bucket reference from a log's exposures (``watch_time_ms`` of every row)."""
         items = interactions["item_id"].to_numpy()
         play = interactions["watch_time_ms"].to_numpy(zero_copy_only=False)
-        return cls(world, DurationShaping(play, world.item_duration_ms[items], base=base, top_share=top_share))
+        return cls(world, DurationShaping(play, world.item_duration_ms[items], base=base))
 
-    def __call__(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Show ``items [B, G]`` (-1: an illegal code, not shown) to ``users [B]``.
+    def __call__(self, users: np.ndarray, items: np.ndarray, rng: np.random.Generator, *, top_share: float = 0.25,
+                 top_of: str = "batch") -> dict[str, np.ndarray]:
+        """Show ``items [B, G]`` (-1: an illegal code, not shown) to ``users [B]``; the shown items are the batch
+        of ``top_share`` / ``top_of`` (:meth:`onerec.reward.duration.DurationShaping.advantage`).
 
         Returns ``[B, G]`` arrays: ``advantage`` (V2's {-1, 0, +1}; NaN where not shown), ``percentile``
         (within the duration bucket; NaN where not shown), ``play_ms`` and ``dislike`` (0 where not shown).
@@ -54,7 +55,7 @@ class SimulatedFeedback:
         adv = np.full(items.shape, np.nan)
         pct = np.full(items.shape, np.nan)
         pct[shown] = self.shaping.percentile(play[shown], dur)
-        adv[shown] = self.shaping.from_percentile(pct[shown], dislike[shown])
+        adv[shown] = from_percentile(pct[shown], dislike[shown], top_share=top_share, top_of=top_of)
         return {"advantage": adv, "percentile": pct, "play_ms": play, "dislike": dislike}
 
 

@@ -16,11 +16,11 @@ round start; NTP alongside instead of a KL term.
 GBPO (OneRec-V2, arXiv 2508.20900, Sec. 4): the same group of G unconstrained beam rollouts per user; by
 default (``align.gbpo_reward=duration``) V2's real-feedback reward -- each rollout that maps to an item is
 shown to its user in the simulated world (:class:`onerec.align.feedback.SimulatedFeedback`), and the sampled
-play time and dislike are shaped into A in {-1, 0, +1} by duration-aware percentiles
-(:class:`onerec.reward.duration.DurationShaping`); an illegal code gets A = -1 (the format reward: V2 only
-ever shows real items, the choice is ours). ``gbpo_reward=pscore`` uses ECPO's advantages instead. The loss
-is the gradient-bounded surrogate (:func:`onerec.align.losses.gbpo_loss`), ``pi_old`` = the model of the
-round start, NTP alongside.
+play time and dislike are shaped into A in {-1, 0, +1} by duration-aware percentiles, the round's shown
+rollouts being the batch whose top 25% earns +1 (:class:`onerec.reward.duration.DurationShaping`); an
+illegal code gets A = -1 (the format reward: V2 only ever shows real items, the choice is ours).
+``gbpo_reward=pscore`` uses ECPO's advantages instead. The loss is the gradient-bounded surrogate
+(:func:`onerec.align.losses.gbpo_loss`), ``pi_old`` = the model of the round start, NTP alongside.
 
 Rejection-sampling fine-tuning (Technical Report Sec. 4): next-token loss on the top
 ``rsft_keep`` share of each round's legal samples by reward (the bottom ones are dropped).
@@ -277,11 +277,11 @@ def ecpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch
     return stats
 
 
-def _duration_advantages(ctx: AlignContext, rows: np.ndarray, items: np.ndarray,
+def _duration_advantages(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, items: np.ndarray,
                          rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, dict[str, float]]:
     """V2's real-feedback advantages [B, G]: shown items' sampled responses, duration-shaped; illegal codes
     get A = -1. Also the play-time percentile [B, G] (NaN = illegal, for rejection sampling) and stats."""
-    fb = ctx.feedback(ctx.users[rows], items, rng)
+    fb = ctx.feedback(ctx.users[rows], items, rng, top_share=cfg.top_share, top_of=cfg.top_of)
     legal = items >= 0
     adv = np.where(legal, fb["advantage"], -1.0)
     stats = {"legal": float(legal.mean()), "positive": float((adv > 0).mean()), "negative": float((adv < 0).mean()),
@@ -299,7 +299,7 @@ def gbpo_round(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: torch
     codes = generate_unconstrained(ctx, rows, cfg.beam_size)  # [B, G, D]
     items = ctx.index.lookup(codes)
     if cfg.gbpo_reward == "duration":
-        adv, reward, stats = _duration_advantages(ctx, rows, items, rng)
+        adv, reward, stats = _duration_advantages(ctx, cfg, rows, items, rng)
     else:
         reward = shaped_reward(ctx, cfg, rows, items)
         adv = group_advantages(torch.from_numpy(format_shaped_reward(reward, cfg.illegal_reward)).float())

@@ -1,4 +1,4 @@
-"""Preference alignment measured in the simulated world: pretrained vs IPA/DPO vs ECPO vs the cascade.
+"""Preference alignment measured in the simulated world: pretrained vs IPA/DPO vs ECPO vs GBPO vs the cascade.
 
 Per seed: simulate a world (its ground-truth response model plays the users), tokenize, pretrain the
 generator with next-token loss, train the P-Score reward model (and its DIN / no-SIM / no-CAN
@@ -9,13 +9,23 @@ ablations; AUC / GAUC on held-out exposures), then, from the same pretrained gen
   P-Score form DPO pairs, NTP + lambda * DPO, rejection-sampling fine-tuning), then top-K;
 * ``ecpo``: Technical Report ECPO (unconstrained beam rollouts, format reward, group advantages,
   early clipping, NTP alongside, rejection-sampling fine-tuning), then top-K;
+* ``gbpo``: OneRec-V2 GBPO with its duration-aware real-feedback reward (the same unconstrained beam
+  rollouts; each legal one is shown to its user in the world and one response sampled; the play time's
+  percentile in its duration bucket gives A = +1 to the round's top 25%, a dislike or an illegal code
+  A = -1; gradient-bounded surrogate, NTP alongside, rejection-sampling fine-tuning), then top-K;
+* ``gbpo-log``: the same, with the other reading of "top 25%" (``align.top_of=log``: plays in the top
+  quarter of the logged plays of their duration bucket);
+* ``gbpo-pscore``: the GBPO loss on ECPO's P-Score advantages (``align.gbpo_reward=pscore``): the loss
+  alone, with the reward DPO and ECPO get;
 * ``cascade``: SASRec retrieves candidates, the P-Score ranks them, top-K.
 
 Every list is scored on held-out users by the world's closed-form expected watch time, click, like
 and long-view per shown item; also the mean P-Score and the legality of unconstrained generation.
-The reward used for alignment is the learned P-Score only; the world's truth is used only to score.
+DPO, ECPO and gbpo-pscore align to the learned P-Score only. ``gbpo`` learns from sampled responses of
+the world's (other, non-held-out) users -- V2's setting, and more information about the world than a
+reward model fitted to the log: it is not a like-for-like comparison of the losses (gbpo-pscore is).
 
-    PYTHONPATH=src python benchmarks/alignment.py [--seeds 0 1 2] \\
+    PYTHONPATH=src python benchmarks/alignment.py [--seeds 0 1 2] [--methods dpo ecpo gbpo gbpo-log gbpo-pscore] \\
         [--out benchmarks/results/reward-alignment/alignment.json]
 """
 
@@ -51,9 +61,17 @@ OVERRIDES = [
 QUICK = ["data.sim.n_users=400", "data.sim.n_items=300", "data.sim.n_events=20000", "train.epochs=2",
          "align.iterations=2", "align.users_per_iter=64", "align.eval_users=100", "eval.sasrec.epochs=5"]
 METRICS = ("watch_time", "click", "like", "long_view", "pscore", "legality", "distinct_items")
+METHODS = ("dpo", "ecpo", "gbpo", "gbpo-log", "gbpo-pscore")
+VARIANTS = {"gbpo-log": {"method": "gbpo", "top_of": "log"}, "gbpo-pscore": {"method": "gbpo", "gbpo_reward": "pscore"}}
 
 
-def run_seed(seed: int, workdir: Path, extra: list[str], *, reuse: bool = False, prepare_only: bool = False) -> dict:
+def method_config(ac, method: str):
+    """The align config of a compared method (``gbpo-log``, ``gbpo-pscore``: GBPO with other rewards)."""
+    return dataclasses.replace(ac, **VARIANTS.get(method, {"method": method}))
+
+
+def run_seed(seed: int, workdir: Path, extra: list[str], *, reuse: bool = False, prepare_only: bool = False,
+             methods: tuple[str, ...] = METHODS) -> dict:
     torch.set_num_threads(1)
     run = workdir / f"seed{seed}"
     cfg = load_config(preset="quickstart", overrides=[*OVERRIDES, f"data.sim.seed={seed}", f"train.seed={seed}",
@@ -77,12 +95,12 @@ def run_seed(seed: int, workdir: Path, extra: list[str], *, reuse: bool = False,
     ac, k, beam = cfg.align, cfg.align.top_k, cfg.generate.beam_size
     out = {"seed": seed, "reward": reward["models"], "seconds": {"pretrain": round(t_pre, 1)}}
     res = {"pretrained": evaluate_generator(ctx, world, eval_rows, k=k, beam=beam)}
-    for method in ("dpo", "ecpo"):
+    for method in methods:
         t1 = time.perf_counter()
         mctx = AlignContext(clone_model(pretrained), ctx.codes, ctx.requests, ctx.ranker, ctx.rank_feat,
-                            ctx.train_examples, ctx.featurizer)
+                            ctx.train_examples, ctx.featurizer, ctx.feedback)
 
-        out[f"{method}_history"] = align(mctx, dataclasses.replace(ac, method=method), pool)
+        out[f"{method}_history"] = align(mctx, method_config(ac, method), pool)
         res[method] = evaluate_generator(mctx, world, eval_rows, k=k, beam=beam)
         out["seconds"][method] = round(time.perf_counter() - t1, 1)
         print(f"seed {seed}: {method} {res[method]}", flush=True)
@@ -108,13 +126,15 @@ def summarise(runs: list[dict]) -> dict:
             if not vals:
                 continue
             row[m] = float(np.mean(vals))
+            row[f"{m}_median"] = float(np.median(vals))
             row[f"{m}_std"] = float(np.std(vals))
             row[f"{m}_runs"] = vals
         sim[name] = row
     base = [r["simulated"]["pretrained"]["watch_time"] for r in runs]
-    for name in ("dpo", "ecpo", "cascade"):
+    for name in [n for n in sim if n not in ("pretrained", "oracle")]:
         gain = [100.0 * (r["simulated"][name]["watch_time"] / b - 1.0) for r, b in zip(runs, base)]
         sim[name]["watch_time_gain_pct"] = float(np.mean(gain))
+        sim[name]["watch_time_gain_pct_median"] = float(np.median(gain))
         sim[name]["watch_time_gain_pct_std"] = float(np.std(gain))
         sim[name]["watch_time_gain_pct_runs"] = gain
     reward: dict = {}
@@ -135,6 +155,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse trained generators / P-Scores found in --workdir")
     ap.add_argument("--prepare-only", action="store_true", help="only pretrain and fit the P-Score (with --workdir)")
     ap.add_argument("--merge", nargs="+", default=None, help="summarise the runs of these result files into --out")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                    help="the alignments to compare (default: all)")
     ap.add_argument("--quick", action="store_true", help="a small world, one seed (writes alignment.quick.json)")
     ap.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides")
     args = ap.parse_args()
@@ -156,8 +178,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
-        runs = [run_seed(s, work, args.overrides, reuse=args.reuse, prepare_only=args.prepare_only)
-                for s in args.seeds]
+        runs = [run_seed(s, work, args.overrides, reuse=args.reuse, prepare_only=args.prepare_only,
+                         methods=tuple(args.methods)) for s in args.seeds]
     if args.prepare_only:
         return
     result = {
@@ -171,7 +193,8 @@ def main() -> None:
     write_json(args.out, result)
     sim = result["simulated"]
     for name, row in sim.items():
-        print(f"{name:10s} watch {row['watch_time']:.2f}s ±{row['watch_time_std']:.2f}  click {row['click']:.4f}  "
+        print(f"{name:11s} watch {row['watch_time']:.2f}s ±{row['watch_time_std']:.2f} (median "
+              f"{row['watch_time_median']:.2f})  click {row['click']:.4f}  "
               f"like {row['like']:.4f}  legality {row.get('legality', float('nan')):.3f}  "
               f"gain {row.get('watch_time_gain_pct', 0.0):+.1f}%")
 

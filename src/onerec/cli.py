@@ -11,7 +11,7 @@
     onerec serve RUN [--port N]               HTTP service: POST /recommend, /healthz, /metrics
     onerec quickstart [--out DIR]             all of the above on a simulated world
     onerec config [RUN] [--preset NAME]       every config key with its value (a run's, or defaults) and help
-    onerec model-info PRESET [KEY=VALUE ...]  total / active parameter counts of a preset's model (JSON)
+    onerec model-info PRESET [OPTIONS]        parameters and forward GFLOPs of a preset's model (JSON)
     onerec bench amazon --category beauty     Amazon 2014 under the TIGER protocol, beside published numbers
     onerec bench scientific                   our semantic IDs vs published indexes (Amazon 2018 Scientific)
 
@@ -291,15 +291,20 @@ def config_cmd(run: Path | None, preset: str | None, stage: str | None, changed:
 
 @cli.command(name="model-info")
 @click.argument("preset")
+@click.option("--compare-arch", is_flag=True,
+              help="both architectures at equal parameters: the preset's, and the other one (lazy: dec_layers; "
+                   "encdec: enc_layers = dec_layers) with the layer count whose total is closest to the preset's")
 @_overrides
-def model_info_cmd(preset: str, overrides: tuple[str, ...]) -> None:
-    """Print the total and active (per-token) parameter counts of PRESET's generator as JSON, counted
-    without allocating it (e.g. onerec-0.015b, onerec-0.121b, onerec-0.935b, onerec-2.633b)."""
+def model_info_cmd(preset: str, compare_arch: bool, overrides: tuple[str, ...]) -> None:
+    """Print the total and active (per-token) parameter counts and the forward GFLOPs per sample (one
+    training sample, split into context and decoder) of PRESET's generator as JSON, counted on the meta
+    device without allocating it (e.g. onerec-0.015b .. onerec-2.633b, onerec-v2-0.1b .. onerec-v2-8b,
+    lazy-0.1m .. lazy-10m)."""
     import json
 
     from onerec.model.info import preset_info
 
-    click.echo(json.dumps(preset_info(preset, overrides), indent=2))
+    click.echo(json.dumps(preset_info(preset, overrides, compare=compare_arch), indent=2))
 
 
 from onerec.bench.cli import bench  # noqa: E402  (the `onerec bench` group lives in its own module)

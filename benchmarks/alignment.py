@@ -60,7 +60,8 @@ OVERRIDES = [
 ]
 QUICK = ["data.sim.n_users=400", "data.sim.n_items=300", "data.sim.n_events=20000", "train.epochs=2",
          "align.iterations=2", "align.users_per_iter=64", "align.eval_users=100", "eval.sasrec.epochs=5"]
-METRICS = ("watch_time", "click", "like", "long_view", "pscore", "legality", "distinct_items")
+METRICS = ("watch_time", "click", "like", "long_view", "complete_play", "duration", "play_fraction", "pscore",
+           "legality", "distinct_items")
 METHODS = ("dpo", "ecpo", "gbpo", "gbpo-log", "gbpo-pscore")
 VARIANTS = {"gbpo-log": {"method": "gbpo", "top_of": "log"}, "gbpo-pscore": {"method": "gbpo", "gbpo_reward": "pscore"}}
 

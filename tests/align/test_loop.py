@@ -61,6 +61,8 @@ def test_align_verb_scores_before_and_after(tiny_run):
     m = json.loads((tiny_run / "align" / "metrics.json").read_text())
     for when in ("before", "after"):
         assert m[when]["watch_time"] > 0 and 0 <= m[when]["legality"] <= 1 and 0 < m[when]["click"] < 1
+        assert 5 <= m[when]["duration"] <= 300 and 0 < m[when]["complete_play"] < m[when]["click"]
+        assert 0 < m[when]["play_fraction"] <= 2  # replays: up to twice the duration
     assert (tiny_run / "align" / "model.safetensors").exists()
 
 

@@ -1,9 +1,11 @@
 """Scoring recommended lists in the simulated world, whose ground-truth response model plays the users.
 
 For each user's top-K list: the expected watch time (seconds per recommended item), click,
-long-view and like probabilities from :meth:`onerec.data.simulator.World.expected` (closed forms,
-no sampling noise), the mean P-Score of the list (the reward the model was aligned to), and the
-legality of the model's *unconstrained* top-K generations (share of codes that map to an item).
+long-view, complete-play and like probabilities from :meth:`onerec.data.simulator.World.expected`
+(closed forms, no sampling noise), the shown videos' mean duration and expected play fraction (watch
+time / duration: what a duration-debiased reward such as OneRec-V2's aims at), the mean P-Score of the
+list (the reward DPO / ECPO were aligned to), and the legality of the model's *unconstrained* top-K
+generations (share of codes that map to an item).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ def world_scores(world, users: np.ndarray, items: np.ndarray) -> dict[str, float
     flat = items.reshape(-1)
     ok = flat >= 0
     exp = world.expected(u[ok], flat[ok])
+    dur = world.item_duration_ms[flat[ok]].astype(np.float64)
     return {"watch_time": float(exp["watch_time_ms"].mean() / 1000.0), "click": float(exp["click"].mean()),
             "long_view": float(exp["long_view"].mean()), "like": float(exp["like"].mean()),
-            "filled": float(ok.mean())}
+            "complete_play": float(exp["complete_play"].mean()), "duration": float(dur.mean() / 1000.0),
+            "play_fraction": float((exp["watch_time_ms"] / dur).mean()), "filled": float(ok.mean())}
 
 
 def evaluate_generator(ctx: AlignContext, world, rows: np.ndarray, *, k: int, beam: int,

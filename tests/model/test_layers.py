@@ -206,3 +206,18 @@ def test_rmsnorm_fast_backward_equals_reference():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # inference: the reference formula itself, bit for bit
         assert torch.equal(fast(x), ref(x))
+
+
+@pytest.mark.parametrize("fill", [0.4, 1.0, 0.0])
+def test_unpack_fast_equals_reference(monkeypatch, fill: float):
+    keep = torch.rand(5, 7, generator=torch.Generator().manual_seed(0)) < fill
+    packing = Packing(keep)
+    y = torch.randn(int(keep.sum()), 3, requires_grad=True)
+    g = torch.randn(5, 7, 3)
+    outs = []
+    for fast in (True, False):
+        monkeypatch.setattr(Packing, "fast", fast)
+        out = packing.unpack(y)
+        outs.append((out, torch.autograd.grad(out, y, g)[0]))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert (outs[0][0][~keep] == 0).all()

@@ -14,7 +14,8 @@ two agree):
   also draws ``bernoulli_`` masks and checks for fully masked rows (the reference: SDPA itself);
 * :class:`Attention` projects a self-attention's queries, keys and values in one matrix product (the
   reference: one for the queries, one for the keys and values);
-* :class:`RMSNorm` in training runs a hand-written backward (the reference: autograd through the formula).
+* :class:`RMSNorm` in training runs a hand-written backward (the reference: autograd through the formula);
+* :meth:`Packing.unpack` writes each position once (``Packing.fast``, a class-wide switch).
 
 Benchmark: ``python benchmarks/model_throughput.py --step-floor RUN`` (docs/benchmarks/model.md).
 """
@@ -170,6 +171,8 @@ class Packing:
         keep: bool [B, S], True = a token to compute (padding positions are False).
     """
 
+    fast = True
+
     def __init__(self, keep: Tensor) -> None:
         self.shape = keep.shape
         self.index = keep.reshape(-1).nonzero().squeeze(1)
@@ -180,9 +183,12 @@ class Packing:
         return x.reshape(-1, *x.shape[2:]).index_select(0, self.index)
 
     def unpack(self, y: Tensor) -> Tensor:
-        """[N, ...] -> [B, S, ...], zeros at the positions not kept. Each position is written once: zeros
-        at the others, then y in place (an out-of-place ``index_copy`` of zeros writes everything three
-        times)."""
+        """[N, ...] -> [B, S, ...], zeros at the positions not kept. ``Packing.fast`` (a class switch, the
+        default): each position is written once, zeros at the padding, then y in place; else the
+        reference, an out-of-place ``index_copy`` into zeros (which writes every position three times)."""
+        if not Packing.fast:
+            out = y.new_zeros(self.shape[0] * self.shape[1], *y.shape[1:])
+            return out.index_copy(0, self.index, y).view(*self.shape, *y.shape[1:])
         out = y.new_empty(self.shape[0] * self.shape[1], *y.shape[1:]).index_fill_(0, self.pad, 0)
         return out.index_copy_(0, self.index, y).view(*self.shape, *y.shape[1:])
 

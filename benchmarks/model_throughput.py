@@ -48,6 +48,7 @@ time against the step's wall time: the share of a step the device is busy. It ex
     python benchmarks/model_throughput.py --pathway-cost RUN  # training steps with vs without the succession pathway
     python benchmarks/model_throughput.py --mfu            # GPU: MFU of onerec-0.121b / 0.935b training steps
     python benchmarks/model_throughput.py --epoch-profile RUN [--device cuda]  # where a training epoch's time goes
+    python benchmarks/model_throughput.py --step-floor RUN  # a training step against its matmul floor, before/after
 
 ``--packing RUN`` takes a run directory that has its tokenizer stage (e.g. one seed of
 ``onerec bench amazon``), builds the run's generator twice with the same weights
@@ -61,6 +62,22 @@ encoder skips; the synthetic batches above have none, so they cannot show it.
 autocast (``train.precision=bf16``) the same way (3 rounds of ``--packing-steps`` steps, alternating;
 the median of the rounds' ratios). bf16 only pays on a CPU with bf16 matrix units (AVX-512 BF16 /
 AMX; ``bf16_matmul_cpu`` records the flag) or a GPU.
+
+``--step-floor RUN`` times training steps of a run's generator (its config and real train batches: forward,
+backward, gradient clipping and AdamW as in ``onerec train``) against their matrix-multiply floor, in one
+process: the model with the layers' plain reference implementations (the code before the CPU fast paths of
+:mod:`onerec.model.layers`), with the fast paths (the default), and with the fast paths but no
+attention-weight dropout (a what-if: it changes the trained function, so it is not the default), taking turns
+on the same batches, ``--floor-rounds`` rounds of ``--packing-steps`` steps each. The step's FLOPs are
+counted once by ``FlopCounterMode`` on the reference step (its attention goes through SDPA's math path, so
+the attention products are counted too). The matrix products the step runs (``mm``/``bmm`` with their
+shapes and layouts, recorded by a dispatch mode) are replayed alone, as plain fp32 products of random
+operands, right after every timed step: that replay's time is the step's floor, and ``floor_fraction`` is
+the median of floor / step time over the pairs (the pairs are seconds apart, so the shared machine's load
+moves both alike). Beside it, the rate of a plain 2048^3 fp32 product, timed once a round
+(``vs_matmul_2048`` = the step's FLOP rate over it, the median over the rounds). ``torch.profiler`` gives
+each variant's top operators by self time (share of the step). Results go to ``model.json`` under
+``"step_floor_cpu"``.
 
 Results merge into ``benchmarks/results/model/model.json`` under ``"throughput_cpu"``.
 """
@@ -354,6 +371,203 @@ def packing_speed(run: Path, steps: int, users: int) -> dict:
     }
 
 
+def _gemm_calls(fn) -> list[tuple[str, tuple, tuple]]:
+    """The matrix products (``mm``, ``bmm``, ``addmm``, ``baddbmm``) ``fn()`` runs, in order: (op, shapes of
+    the two matrix operands, their layouts: "row" = rows contiguous, "col" = a transposed contiguous matrix)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops = {torch.ops.aten.mm.default: "mm", torch.ops.aten.bmm.default: "bmm",
+           torch.ops.aten.addmm.default: "addmm", torch.ops.aten.baddbmm.default: "baddbmm"}
+    calls: list[tuple[str, tuple, tuple]] = []
+
+    def layout(t: torch.Tensor) -> str:
+        return "row" if t.stride(-1) == 1 else "col" if t.stride(-2) == 1 else "other"
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = ops.get(func)
+            if name is not None:
+                a, b = args[1:3] if name.startswith(("addmm", "baddbmm")) else args[:2]
+                calls.append((name, (tuple(a.shape), tuple(b.shape)), (layout(a), layout(b))))
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        fn()
+    return calls
+
+
+def _gemm_flops(call: tuple[str, tuple, tuple]) -> int:
+    (a, b) = call[1]
+    return 2 * (a[0] if len(a) == 3 else 1) * a[-2] * a[-1] * b[-1]
+
+
+def _gemm_replay(calls: list):
+    """A function that runs ``calls``' matrix products alone, in order, as plain fp32 products of random
+    operands with the same shapes and layouts (one pair of operands per distinct product, made once)."""
+
+    def operand(shape: tuple, layout: str) -> torch.Tensor:
+        if layout == "col":
+            return torch.randn(*shape[:-2], shape[-1], shape[-2]).transpose(-2, -1)
+        return torch.randn(shape)
+
+    made: dict = {}
+    for call in calls:
+        if call not in made:
+            op, shapes, layouts = call
+            made[call] = (torch.bmm if op in ("bmm", "baddbmm") else torch.mm,
+                          *(operand(sh, lay) for sh, lay in zip(shapes, layouts)))
+    plan = [made[c] for c in calls]
+
+    def replay() -> None:
+        for f, a, b in plan:
+            f(a, b)
+
+    return replay
+
+
+def _matmul_rate_cpu(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 FLOP/s of a plain n x n x n matrix product on this CPU (median of ``repeats``, after one)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        a @ b
+        if i:
+            times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def _top_ops(profiles: list, steps: int, top: int = 12) -> list[dict]:
+    """The operators with the most self CPU time over ``profiles`` (``torch.profiler`` runs of ``steps`` steps
+    in all): ms per step and share of the profiled self time."""
+    from collections import Counter
+
+    self_us, calls = Counter(), Counter()
+    for prof in profiles:
+        for e in prof.key_averages():
+            self_us[e.key] += e.self_cpu_time_total
+            calls[e.key] += e.count
+    total = sum(self_us.values())
+    return [{"op": k, "ms_per_step": round(t / 1e3 / steps, 2), "share": round(t / total, 4),
+             "calls_per_step": round(calls[k] / steps, 1)} for k, t in self_us.most_common(top)]
+
+
+def step_floor(run: Path, steps: int, rounds: int, profile_steps: int = 6) -> dict:
+    """A training step of ``run``'s generator (its config, its real train batches; forward + backward + gradient
+    clipping + AdamW with the loop's settings) against its matrix-multiply floor, for the layers' reference
+    implementations (``onerec.model.layers.use_reference`` and ``Packing.fast = False``: the code before the
+    fast paths) and their fast paths (the default), and, as a what-if that changes the trained function, the
+    fast paths with no attention-weight dropout (SDPA's fused CPU kernel). See the module docstring
+    (``--step-floor``)."""
+    import copy
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from onerec.model.layers import Attention, Packing, use_reference
+
+    cfg, _, sizes, train, _, _ = _run_data(run, 0)
+    torch.manual_seed(0)
+    base = Generator(cfg.model, sizes).train()
+    variants = ("reference", "fast", "fast_no_attention_dropout")
+    models = {v: copy.deepcopy(base) for v in variants}
+    use_reference(models["reference"])
+    for m in models["fast_no_attention_dropout"].modules():
+        if isinstance(m, Attention):
+            m.dropout = 0.0
+    tc = cfg.train
+    opts = {v: torch.optim.AdamW(m.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
+            for v, m in models.items()}
+    rng = np.random.default_rng(0)
+    bs = tc.batch_size
+
+    def one_step(v: str, batch: dict) -> None:
+        model, opt = models[v], opts[v]
+        Packing.fast = v != "reference"  # a class-wide switch: set for each step
+        try:
+            loss = model(batch, label_smoothing=tc.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+        finally:
+            Packing.fast = True
+
+    batch = train.batch(rng.choice(len(train), bs, replace=False))
+    for v in variants:  # AdamW state, allocator
+        one_step(v, batch)
+    flops, gemms = {}, {}
+    for v in ("reference", "fast"):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            one_step(v, batch)
+        flops[v] = counter.get_total_flops()
+        gemms[v] = _gemm_calls(lambda v=v: one_step(v, batch))
+    replays = {v: _gemm_replay(c) for v, c in gemms.items()}
+    for r in replays.values():
+        r()  # warm-up
+    # each step is followed at once by a replay of its matrix products alone (the floor), so the shared
+    # machine's load moves both alike; a plain 2048^3 product is timed once per round
+    per_round = []
+    for _ in range(rounds):
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        floors: dict[str, list[float]] = {v: [] for v in replays}
+        for i in range(steps):
+            batch = train.batch(rng.choice(len(train), bs, replace=False))
+            for v in variants[i % 3:] + variants[:i % 3]:  # each variant goes first in turn
+                t0 = time.perf_counter()
+                one_step(v, batch)
+                times[v].append(time.perf_counter() - t0)
+                if v in replays:
+                    t0 = time.perf_counter()
+                    replays[v]()
+                    floors[v].append(time.perf_counter() - t0)
+        row = {f"{v}_step_s": statistics.median(t) for v, t in times.items()}
+        row.update({f"{v}_gemm_floor_s": statistics.median(t) for v, t in floors.items()})
+        row.update({f"{v}_floor_fraction": statistics.median(f / t for f, t in zip(floors[v], times[v]))
+                    for v in replays})
+        row["matmul_2048_flops_per_s"] = _matmul_rate_cpu()
+        per_round.append(row)
+    runs: dict[str, list] = {v: [] for v in variants}
+    for _ in range(profile_steps):  # one step per variant in turn, each under its own profiler
+        batch = train.batch(rng.choice(len(train), bs, replace=False))
+        for v in variants:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                one_step(v, batch)
+            runs[v].append(prof)
+    profiles = {v: _top_ops(p, profile_steps) for v, p in runs.items()}
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in per_round)
+
+    model_flops = flops["reference"]
+    large = med("matmul_2048_flops_per_s")
+    out: dict = {"run": str(run), "model": to_dict(cfg.model), "batch_size": bs, "threads": torch.get_num_threads(),
+                 "steps_per_round": steps, "n_rounds": rounds, "profiled_steps": profile_steps,
+                 "history_fill": round(float(batch["hist_mask"].float().mean()), 4),
+                 "model_flops_per_step": model_flops,
+                 "flops_counted_fast": flops["fast"],
+                 "matmul_gflops_2048": round(large / 1e9, 1), "variants": {}}
+    for v in variants:
+        step = med(f"{v}_step_s")
+        row = {"step_s": round(step, 4), "achieved_gflops": round(model_flops / step / 1e9, 2),
+               "vs_matmul_2048": round(statistics.median(model_flops / r[f"{v}_step_s"] / r["matmul_2048_flops_per_s"]
+                                                         for r in per_round), 3)}
+        if v in gemms:
+            floor = med(f"{v}_gemm_floor_s")
+            gflops = sum(_gemm_flops(c) for c in gemms[v])
+            row.update(gemm_calls=len(gemms[v]), gemm_gflops=round(gflops / 1e9, 3),
+                       gemm_floor_s=round(floor, 4), matmul_gflops_at_step_shapes=round(gflops / floor / 1e9, 2),
+                       floor_fraction=round(med(f"{v}_floor_fraction"), 3))
+        row["speedup_vs_reference"] = round(statistics.median(r["reference_step_s"] / r[f"{v}_step_s"]
+                                                              for r in per_round), 3)
+        row["top_ops"] = profiles[v]
+        out["variants"][v] = row
+    out["rounds"] = [{k.replace("_flops_per_s", "_gflops"): round(x / 1e9, 1) if k.endswith("_flops_per_s")
+                      else round(x, 4) for k, x in r.items()} for r in per_round]
+    return out
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -484,6 +698,9 @@ def main() -> None:
                                                                   "on RUN's data (train.precision)")
     ap.add_argument("--pathway-cost", type=Path, metavar="RUN", help="only time training steps of RUN's generator "
                     "with and without the succession pathway")
+    ap.add_argument("--step-floor", type=Path, metavar="RUN", help="only time RUN's training step against its "
+                    "matrix-multiply floor: layers' reference paths vs fast paths, with a profile of each")
+    ap.add_argument("--floor-rounds", type=int, default=5, help="--step-floor: rounds of --packing-steps steps")
     ap.add_argument("--mfu", action="store_true", help="only measure training MFU on --device (a GPU)")
     ap.add_argument("--mfu-presets", default="onerec-0.121b,onerec-0.935b")
     ap.add_argument("--mfu-batches", default="8,32,128", help="comma-separated batch sizes, smallest first")
@@ -500,6 +717,8 @@ def main() -> None:
         device = torch.device(args.device)
         single = f"epoch_profile_{device.type}", epoch_profile(args.epoch_profile, device, max(args.steps, 20),
                                                               args.packing_users)
+    elif args.step_floor:
+        single = "step_floor_cpu", step_floor(args.step_floor, args.packing_steps, args.floor_rounds)
     elif args.mfu:
         single = "throughput_gpu", mfu(args.mfu_presets.split(","), [int(b) for b in args.mfu_batches.split(",")],
                                        args.steps, torch.device(args.device))

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from onerec.config import ModelConfig
 from onerec.errors import ConfigError
 from onerec.features.side import N_LOG_BUCKETS
-from onerec.model.layers import DecoderBlock, EncoderBlock, Packing, RMSNorm, ffn_hidden
+from onerec.model.layers import DecoderBlock, Dropout, EncoderBlock, Packing, RMSNorm, ffn_hidden
 from onerec.model.moe import MoE
 from onerec.model.pathways import (
     PATHWAYS,
@@ -145,7 +145,7 @@ class SemanticIDModel(nn.Module):
             self.heads = nn.ModuleList(TiedHead(t) for t in self.codes.tables)
         else:
             self.heads = nn.ModuleList(nn.Linear(e, v, bias=False) for v in self.codebook_sizes)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     @property
     def behaviour_codes(self) -> CodeEmbedding:

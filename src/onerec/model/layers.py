@@ -357,5 +357,5 @@ def use_reference(model: nn.Module, reference: bool = True) -> None:
     reference implementation, or back (``reference=False``). The same function: the benchmark
     (``--step-floor``) and the tests compare the two."""
     for m in model.modules():
-        if isinstance(m, (Dropout, Attention, RMSNorm)):
+        if isinstance(m, (Dropout, Attention, RMSNorm)) or hasattr(m, "fast"):
             m.fast = not reference

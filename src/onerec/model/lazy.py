@@ -52,7 +52,7 @@ from onerec.config import ModelConfig
 from onerec.errors import ConfigError
 from onerec.features.history import N_AGE_BUCKETS
 from onerec.model.generator import DecodingContext, SemanticIDModel
-from onerec.model.layers import Attention, RMSNorm, SwiGLU
+from onerec.model.layers import Attention, Dropout, RMSNorm, SwiGLU, attention
 from onerec.model.pathways import PATHWAYS, PREFIX
 
 NEG_INF = float("-inf")
@@ -108,6 +108,7 @@ class LazyCrossAttention(nn.Module):
         self.q = nn.Linear(d_model, d_model, bias=False)
         self.o = nn.Linear(d_model, d_model, bias=False)
         self.dropout = dropout
+        self.fast = True  # :func:`onerec.model.layers.attention`'s CPU path for weight dropout (False: SDPA's own)
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
         """x [B, T, E] against k, v [B, G, S, dh]; ``bias`` float [B, H, T or 1, S] (-inf = hidden) -> [B, T, E]."""
@@ -115,7 +116,7 @@ class LazyCrossAttention(nn.Module):
         r = self.h // self.g
         q = self.q(x).view(b, t, self.g, r, self.dh).permute(0, 2, 3, 1, 4).reshape(b, self.g, r * t, self.dh)
         mask = bias.expand(b, self.h, t, bias.shape[-1]).reshape(b, self.g, r * t, bias.shape[-1])
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        out = attention(q, k, v, mask, self.dropout if self.training else 0.0, fast=self.fast)
         return self.o(out.view(b, self.g, r, t, self.dh).permute(0, 3, 1, 2, 4).reshape(b, t, e))
 
 
@@ -129,7 +130,7 @@ class LazyBlock(nn.Module):
         self.cross_attn = LazyCrossAttention(d_model, n_heads, kv_heads, dropout)
         self.self_attn = Attention(d_model, n_heads, dropout)
         self.ffn = SwiGLU(d_model, ffn, dropout) if isinstance(ffn, int) else ffn
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor, block: int) -> Tensor:
         """x [B, Q, E]: Q queries in consecutive blocks of ``block`` tokens (one block per generated item);

@@ -1,0 +1,343 @@
+"""A scaling curve of OneRec-V2's lazy decoder-only generator: final valid loss against parameters.
+
+One fixed simulated world is built (``onerec data``) and tokenized (``onerec tokenize``) once; then each
+size preset ``lazy-0.1m`` .. ``lazy-10m`` (model keys only) is trained on the same train split with the
+same token budget and schedule: ``train.objective=auto`` (every position of a user's sequence in one
+pass), the same epochs, batch (``train.batch_size`` targets a step), warm-up + cosine learning rate, seed.
+Each size's final loss is the plain next-token cross-entropy (mean over the D semantic-ID levels, the
+training loss without label smoothing) on the WHOLE valid split (one next item per user), not the
+first 2,000 users ``onerec train``'s metrics.json reads. Then L(N) = a + b / N^alpha is fitted by least
+squares (a grid over alpha, linear least squares for a and b at each alpha), to the total parameters
+and, separately, to the non-embedding parameters (the context processor, decoder blocks and final norm:
+no semantic-ID embeddings, bias tables or output heads).
+
+    python benchmarks/scaling.py            # the study (about an hour of one CPU core)
+    python benchmarks/scaling.py --quick    # a tiny world and a few steps a size (a couple of minutes)
+    python benchmarks/scaling.py --seeds 1 --sizes lazy-0.1m,lazy-0.3m --resume   # a second seed, added
+
+Writes ``benchmarks/results/scaling.json`` (``scaling.quick.json`` with --quick) after every trained
+point, so ``--resume`` keeps the points already measured on the same world and settings and trains only
+the missing ones, and the plot ``docs/benchmarks/scaling.png`` (``benchmarks/results/scaling.quick.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from onerec.bench.machine import machine_info
+from onerec.config import load_config, to_dict
+from onerec.data.splits import load_splits
+from onerec.features import EvalExamples
+from onerec.io import read_json
+from onerec.model import build_generator
+from onerec.pipeline import load_codes, make_featurizer, train_examples
+from onerec.train import train_generator
+from onerec.train.checkpoint import model_meta
+from onerec.train.loop import validation_loss
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PLOT = ROOT / "docs" / "benchmarks" / "scaling.png"
+SIZES = ["lazy-0.1m", "lazy-0.3m", "lazy-1m", "lazy-3m", "lazy-10m"]
+# OneRec-V2 (arXiv 2508.20900), its lazy decoder-only dense family: L = 3.13 + 3660 / N^0.489
+V2_FIT = {"a": 3.13, "b": 3660.0, "alpha": 0.489}
+WORLD = {"full": {"n_users": 10000, "n_items": 2000, "n_events": 1_000_000},
+         "quick": {"n_users": 600, "n_items": 500, "n_events": 20_000}}
+NON_EMBEDDING = ("context.", "decoder.", "dec_norm.")
+
+
+def onerec(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "onerec.cli", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def history_free_loss(run: Path) -> float:
+    """The valid loss of a model that ignores the user: each level's code given the codes before it, counted over
+    the train split's targets (every positive but a user's first, as the generator trains on), add-0.5 smoothed;
+    the same mean over the D levels as the generator's loss. What the generator gains over it comes from the
+    history."""
+    codes = load_codes(run)
+    splits = load_splits(run / "data" / "split", n_items=len(codes))
+    train = splits["train"]["items"].combine_chunks()
+    offsets, items = train.offsets.to_numpy(), train.values.to_numpy()
+    first = np.zeros(len(items), dtype=bool)
+    first[offsets[:-1][np.diff(offsets) > 0]] = True
+    tc = codes[items[~first]]
+    vc = codes[EvalExamples(splits["valid"], make_featurizer(run, load_config().model, codes)).first_target]
+    sizes = codes.max(axis=0) + 1
+    total = 0.0
+    for d in range(codes.shape[1]):
+        def key(c: np.ndarray, d: int = d) -> np.ndarray:  # the prefix (s_1 .. s_d) as one integer
+            k = np.zeros(len(c), dtype=np.int64)
+            for i in range(d + 1):
+                k = k * sizes[i] + c[:, i]
+            return k
+        counts: dict[int, int] = dict(zip(*np.unique(key(tc), return_counts=True), strict=True))
+        prefix = dict(zip(*np.unique(key(tc[:, :d], d - 1), return_counts=True), strict=True)) if d else {}
+        num = np.array([counts.get(int(k), 0) + 0.5 for k in key(vc)])
+        den = np.array([prefix.get(int(k), 0) if d else len(tc) for k in key(vc[:, :d], d - 1)]) + 0.5 * sizes[d]
+        total += float(-np.log(num / den).mean())
+    return total / codes.shape[1]
+
+
+def build_world(run: Path, world: dict) -> dict:
+    """Simulate and tokenize the world once (reused when ``run`` already holds it with the same settings)."""
+    sim = [f"data.sim.{k}={v}" for k, v in world.items()]
+    marker = run / "scaling_world.json"
+    if marker.exists() and read_json(marker) == world and (run / "tokenizer" / "codes.parquet").exists():
+        print(f"world: reusing {run}", flush=True)
+    else:
+        t0 = time.perf_counter()
+        onerec("data", "--out", str(run), *sim, "train.threads=1")
+        onerec("tokenize", str(run), "train.threads=1")
+        marker.write_text(json.dumps(world))
+        print(f"world: simulated and tokenized in {time.perf_counter() - t0:.0f} s", flush=True)
+    summary = read_json(run / "data" / "summary.json")
+    tok = read_json(run / "tokenizer" / "metrics.json")
+    return {"settings": world, "commands": [f"onerec data --out RUN {' '.join(sim)}", "onerec tokenize RUN"],
+            "interactions": summary["interactions"], "positives": summary["positives"],
+            "train_users": summary["train_users"], "valid_examples": summary["valid_examples"],
+            "codebook_sizes": tok["codebook_sizes"],
+            "history_free_valid_loss": round(history_free_loss(run), 5)}
+
+
+def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Namespace, out: Path) -> dict:
+    """Train one size on the run's world; its whole-valid-split loss, parameters, seconds and targets."""
+    overrides = [f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.epochs}",
+                 f"train.batch_size={args.batch_size}", f"train.warmup_steps={args.warmup}",
+                 f"model.dropout={args.dropout}", "train.objective=auto", "train.threads=1", "train.logger=none",
+                 "train.checkpoint_every=1000000", "train.device=cpu"]
+    if args.max_steps:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    cfg = load_config(preset, overrides=overrides)
+    codes = load_codes(run)
+    splits = load_splits(run / "data" / "split", n_items=len(codes))
+    sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
+    feat = make_featurizer(run, cfg.model, codes, splits=splits)
+    train_ex = train_examples(splits["train"], feat, cfg)
+    valid_ex = EvalExamples(splits["valid"], feat)
+    torch.manual_seed(cfg.train.seed)
+    model = build_generator(cfg.model, sizes)
+    total = model.num_parameters()
+    non_emb = sum(p.numel() for n, p in model.named_parameters() if n.startswith(NON_EMBEDDING))
+    result = train_generator(model, train_ex, cfg.train, out, meta=model_meta(cfg.model, sizes, n_items=len(codes)),
+                             progress=False)
+    steps = len(result.loss)
+    rows_per_step = train_ex.rows_per_batch(cfg.train.batch_size)
+    epochs_done = min(steps * rows_per_step / len(train_ex), float(args.epochs))
+    t0 = time.perf_counter()
+    valid = validation_loss(model, valid_ex, torch.device("cpu"), limit=len(valid_ex))
+    valid_s = time.perf_counter() - t0
+    # forward + backward FLOPs of one training batch, per target (FlopCounterMode: matrix multiplies only)
+    idx = np.arange(min(rows_per_step, len(train_ex)))
+    batch = train_ex.batch(idx)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(batch).backward()
+    model.zero_grad(set_to_none=True)
+    flops_per_target = counter.get_total_flops() / int(batch["seq_target"].sum())
+    targets = round(train_ex.targets * epochs_done)
+    depth = codes.shape[1]
+    loss = np.asarray(result.loss)
+    every = max(1, steps // 100)
+    curve = [[int(s), round(float(loss[max(0, s - every):s].mean()), 4)] for s in range(every, steps + 1, every)]
+    return {"preset": preset, "seed": seed, "lr": lr, "parameters": total, "non_embedding_parameters": non_emb,
+            "model": {k: v for k, v in to_dict(cfg.model).items()
+                      if k in ("d_model", "n_heads", "dec_layers", "ffn_hidden", "kv_heads", "dropout")},
+            "valid_loss": round(valid, 5), "final_train_loss": round(float(loss[-50:].mean()), 5),
+            "steps": steps, "epochs": round(epochs_done, 4), "targets_seen": targets, "tokens_seen": targets * depth,
+            "train_seconds": round(result.seconds, 1), "valid_seconds": round(valid_s, 1),
+            "targets_per_s": round(targets / result.seconds, 1),
+            "train_flops_per_target": round(flops_per_target),
+            "train_flops": float(f"{flops_per_target * targets:.4g}"),
+            "train_loss_curve": curve}
+
+
+def fit_power_law(n: np.ndarray, loss: np.ndarray) -> dict:
+    """L = a + b / N^alpha by least squares: for each alpha of a fine grid, (a, b) by linear least squares
+    on [1, N^-alpha]; the alpha of the smallest squared error (b >= 0). Also the fit's residuals."""
+    best = None
+    for alpha in np.arange(0.005, 2.0001, 0.0005):
+        x = n ** -alpha
+        design = np.stack([np.ones_like(x), x], axis=1)
+        (a, b), *_ = np.linalg.lstsq(design, loss, rcond=None)
+        if b < 0:
+            continue
+        sse = float(((design @ np.array([a, b]) - loss) ** 2).sum())
+        if best is None or sse < best[0]:
+            best = (sse, float(alpha), float(a), float(b))
+    if best is None:
+        return {"ok": False, "why": "no alpha in (0, 2] gives b >= 0: the loss does not fall with N"}
+    sse, alpha, a, b = best
+    pred = a + b * n ** -alpha
+    return {"ok": True, "a": round(a, 5), "b": float(f"{b:.5g}"), "alpha": round(alpha, 4),
+            "rmse": float(f"{math.sqrt(sse / len(n)):.3g}"),
+            "at_grid_edge": bool(alpha <= 0.005 or alpha >= 2.0),
+            "residuals": [round(float(r), 5) for r in loss - pred]}
+
+
+def fits(points: list[dict], sizes: list[str]) -> dict:
+    """Fits over the sizes' mean valid loss (over seeds): on total and on non-embedding parameters, and the
+    same on every size but the largest (to show how much the largest point moves the curve)."""
+    rows = [[p for p in points if p["preset"] == s] for s in sizes]
+    rows = [r for r in rows if r]
+    if len(rows) < 3:
+        return {}
+    loss = np.array([np.mean([p["valid_loss"] for p in r]) for r in rows])
+    out = {"points": [r[0]["preset"] for r in rows], "mean_valid_loss": [round(float(v), 5) for v in loss]}
+    for key, name in (("parameters", "total"), ("non_embedding_parameters", "non_embedding")):
+        n = np.array([r[0][key] for r in rows], dtype=float)
+        out[name] = fit_power_law(n, loss)
+        if len(rows) >= 4:
+            out[f"{name}_without_largest"] = fit_power_law(n[:-1], loss[:-1])
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points, fit = result["points"], result["fit"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    seeds = sorted({p["seed"] for p in points})
+    for seed, marker in zip(seeds, "os^v"):
+        ps = [p for p in points if p["seed"] == seed]
+        ax.scatter([p["parameters"] for p in ps], [p["valid_loss"] for p in ps], marker=marker, zorder=3,
+                   label=f"measured (seed {seed})")
+    if fit.get("total", {}).get("ok"):
+        f = fit["total"]
+        n = np.array([p["parameters"] for p in points], dtype=float)
+        grid = np.geomspace(n.min() / 1.5, n.max() * 1.5, 200)
+        ax.plot(grid, f["a"] + f["b"] * grid ** -f["alpha"], "k-", lw=1,
+                label=f"fit: {f['a']:.3f} + {f['b']:.3g} / N^{f['alpha']:.3f}")
+        losses = [p["valid_loss"] for p in points]
+        span = max(losses) - min(losses)
+        if f["a"] > min(losses) - 2 * span:  # the asymptote, where it is near the measured range
+            ax.axhline(f["a"], color="gray", ls=":", lw=1, label=f"a = {f['a']:.3f}")
+        ax.set_ylim(min(min(losses), f["a"] if f["a"] > min(losses) - 2 * span else min(losses)) - 0.1 * span,
+                    max(losses) + 0.25 * span)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N (total)")
+    ax.set_ylabel("final valid loss (nats per semantic-ID token)")
+    ax.set_title("lazy decoder-only, one fixed simulated world")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    for p in points:
+        if p["seed"] != seeds[0]:
+            continue
+        curve = np.array(p["train_loss_curve"])
+        per_step = p["targets_seen"] / max(p["steps"], 1)
+        ax2.plot(curve[:, 0] * per_step, curve[:, 1], lw=1, label=p["preset"])
+    ax2.set_xlabel("training targets seen")
+    ax2.set_ylabel("training loss (mean over logged steps)")
+    ax2.set_title(f"training loss, seed {seeds[0]}")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a tiny world and at most 8 steps a size")
+    ap.add_argument("--sizes", default=",".join(SIZES), help="comma-separated lazy presets")
+    ap.add_argument("--seeds", type=int, default=1, help="train.seed 0 .. seeds-1 for every size")
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=1, help="passes over the train split, the same for every size")
+    ap.add_argument("--batch-size", type=int, default=256, help="training targets a step")
+    ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then cosine to 10%% of lr")
+    ap.add_argument("--lr", type=float, default=0.002, help="peak AdamW learning rate of every size")
+    ap.add_argument("--lr-by-size", default="", help="exceptions, e.g. lazy-10m=0.001,lazy-3m=0.0015")
+    ap.add_argument("--dropout", type=float, default=0.0, help="model.dropout (0: every target is seen once)")
+    ap.add_argument("--max-steps", type=int, default=None, help="cap on steps (--quick: 8)")
+    ap.add_argument("--workdir", type=Path, default=None, help="run folder of the world (default: a temp folder)")
+    ap.add_argument("--resume", action="store_true", help="keep the results file's points of the same settings")
+    ap.add_argument("--out", type=Path, default=None, help="results file")
+    ap.add_argument("--plot", type=Path, default=None, help="PNG")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.quick and args.max_steps is None:
+        args.max_steps = 8
+    out = args.out or RESULTS / ("scaling.quick.json" if args.quick else "scaling.json")
+    png = args.plot or (RESULTS / "scaling.quick.png" if args.quick else PLOT)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    lr_by = {k: float(v) for k, v in (item.split("=") for item in args.lr_by_size.split(",") if item)}
+    world = WORLD["quick" if args.quick else "full"]
+    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "warmup_steps": args.warmup,
+                "dropout": args.dropout, "max_steps": args.max_steps, "lr": args.lr, "lr_by_size": lr_by,
+                "objective": "auto (all_positions)", "schedule": "linear warm-up, cosine to 10% of lr",
+                "optimizer": "AdamW betas (0.9, 0.98), weight decay 0.01, grad clip 1.0", "threads": 1}
+    command = "python benchmarks/scaling.py " + shlex.join(sys.argv[1:])
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="onerec-scaling-")
+        args.workdir = Path(tmp.name)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    world_info = build_world(args.workdir / "world", world)
+    points, commands = [], [command]
+    if args.resume and out.exists():
+        old = json.loads(out.read_text())
+        if old["world"]["settings"] == world and {k: v for k, v in old["settings"].items() if k != "lr_by_size"} == \
+                {k: v for k, v in settings.items() if k != "lr_by_size"}:
+            points = old["points"]
+            commands = [*old.get("commands", []), command]
+            settings["lr_by_size"] = {**old["settings"].get("lr_by_size", {}), **lr_by}
+            print(f"resume: {len(points)} points kept from {out}", flush=True)
+    result = {}
+
+    def save() -> None:
+        nonlocal result
+        order = {s: i for i, s in enumerate(SIZES)}
+        points.sort(key=lambda p: (order.get(p["preset"], 99), p["seed"]))
+        result = {"benchmark": "scaling", "date": dt.date.today().isoformat(), "commands": commands,
+                  "machine": machine_info("2-core AMD EPYC, no GPU; the two cores shared with other jobs "
+                                          "(one torch thread per process)"),
+                  "world": world_info, "settings": settings, "loss": "mean next-token cross-entropy over the "
+                  "D semantic-ID levels (nats), on every example of the valid split", "reference_v2": V2_FIT,
+                  "points": points, "fit": fits(points, [s for s in SIZES if any(p["preset"] == s for p in points)])}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for preset in sizes:
+            lr = lr_by.get(preset, args.lr)
+            if any(p["preset"] == preset and p["seed"] == seed and p["lr"] == lr for p in points):
+                continue
+            points[:] = [p for p in points if not (p["preset"] == preset and p["seed"] == seed)]
+            p = train_point(args.workdir / "world", preset, seed, lr, args, args.workdir / f"{preset}-s{seed}")
+            points.append(p)
+            print(f"{preset:10s} seed {seed} lr {lr:g}: {p['parameters']:>10,} params  valid loss "
+                  f"{p['valid_loss']:.4f}  train loss {p['final_train_loss']:.4f}  {p['train_seconds']:.0f} s "
+                  f"({p['targets_per_s']:.0f} targets/s)", flush=True)
+            save()
+    save()
+    plot(result, png)
+    for name in ("total", "non_embedding"):
+        f = result["fit"].get(name, {})
+        if f.get("ok"):
+            print(f"fit ({name} parameters): L = {f['a']:.4f} + {f['b']:.4g} / N^{f['alpha']:.4f}, "
+                  f"residuals {f['residuals']}")
+    print(f"wall {time.perf_counter() - t_all:.0f} s; wrote {out} and {png}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

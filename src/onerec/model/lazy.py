@@ -177,7 +177,8 @@ class LazyGenerator(SemanticIDModel):
         if cfg.history_tokens != "item":
             raise ConfigError("model.arch=lazy reads one context token per behaviour. Fix: set "
                               "model.history_tokens=item")
-        if not 1 <= cfg.kv_layers <= max(cfg.dec_layers, 1) or cfg.kv_split not in (1, 2) or cfg.kv_heads < 1:
+        kv_heads = cfg.n_heads if cfg.kv_heads is None else cfg.kv_heads
+        if not 1 <= cfg.kv_layers <= max(cfg.dec_layers, 1) or cfg.kv_split not in (1, 2) or kv_heads < 1:
             raise ConfigError(f"model.kv_layers={cfg.kv_layers}, model.kv_split={cfg.kv_split}, model.kv_heads="
                               f"{cfg.kv_heads}: kv_layers must be in 1..dec_layers, kv_split 1 (keys and values "
                               "tied) or 2, kv_heads >= 1 and divide n_heads")
@@ -188,9 +189,9 @@ class LazyGenerator(SemanticIDModel):
         self._build_side_pathways(ffn, fd)
         self.pos_bias = nn.Embedding(self.enc_len, h)  # per head, by position in the context layout
         self.age_bias = nn.Embedding(N_AGE_BUCKETS, h) if "time" in cfg.behaviour_features else None
-        self.context = ContextProcessor(e, cfg.kv_layers, cfg.kv_split, cfg.kv_heads, e // h)
+        self.context = ContextProcessor(e, cfg.kv_layers, cfg.kv_split, kv_heads, e // h)
         self._build_decoder_inputs()
-        self.decoder = nn.ModuleList(LazyBlock(e, h, cfg.kv_heads, self._layer_ffn(ffn, i), cfg.dropout)
+        self.decoder = nn.ModuleList(LazyBlock(e, h, kv_heads, self._layer_ffn(ffn, i), cfg.dropout)
                                      for i in range(cfg.dec_layers))
         self.dec_norm = RMSNorm(e)
         self._build_heads()

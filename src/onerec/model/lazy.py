@@ -265,47 +265,35 @@ class LazyGenerator(SemanticIDModel):
         return super().forward(batch, label_smoothing=label_smoothing)
 
     def _all_positions_loss(self, batch: dict[str, Tensor], label_smoothing: float) -> Tensor:
-        """The mean next-item loss of every target of a sequence batch, in one pass.
+        """The mean next-item loss of every target of a sequence batch, each behaviour's context states computed once.
 
         Batch: ``hist_*`` [B, L] the windows' behaviours in order (left-aligned, ``hist_mask`` on real ones),
         ``seq_target`` [B, L] bool (positions that are targets), ``seq_age`` [B, L, L] the age bucket of
-        behaviour j at the time of behaviour t (the request time of the sample whose target is t)."""
+        behaviour j at the time of behaviour t (the request time of the sample whose target is t).
+
+        Target t's keys are the states of behaviours t-H .. t-1 gathered into the right-aligned layout its
+        per-prefix sample has, with that sample's biases (block-causal: nothing at or after t, nothing older
+        than H), so the decoder does exactly the per-prefix sample's work and no more."""
         if self.pathways != ["positive"]:
             raise ConfigError(f"training every position at once reads the positive pathway only (model.pathways="
                               f"{self.cfg.pathways}). Fix: train.objective=prefix, or model.pathways=[positive]")
         codes, mask, target = batch["hist_codes"], batch["hist_mask"], batch["seq_target"]
-        b, n, depth = codes.shape
         hist = self.cfg.max_history
         x, _ = self._pathway("positive", batch)
-        states = self.context(self.drop(x))  # every behaviour's keys/values, once
-        # a row's targets are consecutive: the decoder runs on them only, not on the context before them
-        count = target.sum(dim=1)
-        first = torch.argmax(target.int(), dim=1)
-        m = int(count.max())
-        slot_ok = torch.arange(m, device=codes.device)[None, :] < count[:, None]  # [B, T]
-        tpos = (first[:, None] + torch.arange(m, device=codes.device)[None, :]).clamp_max(n - 1)  # [B, T]
-        # target t sees behaviours j with t - H <= j < t (its own sample's history), nothing else
-        gap = tpos[:, :, None] - torch.arange(n, device=codes.device)[None, None, :]  # [B, T, L]; 1 = just before
-        visible = (gap >= 1) & (gap <= hist) & mask[:, None, :] & slot_ok[:, :, None]
-        # the bias the per-prefix sample gives behaviour j: its right-aligned slot H - gap, and its age
-        slot = (hist - gap).clamp(0, hist - 1) + self.offsets["positive"]
-        bias = self.pos_bias(slot)  # [B, T, L, H]
+        states = self.context(self.drop(x))  # [B, L, d_context]: every behaviour's keys/values, once
+        row, t = target.nonzero(as_tuple=True)  # [N] each target's row and position
+        pos = t[:, None] - hist + torch.arange(hist, device=t.device)  # [N, H] slot p holds behaviour t - H + p
+        ok = pos >= 0
+        pos = pos.clamp_min(0)
+        ok = ok & mask[row[:, None], pos]
+        bias = self.pos_bias.weight[self.offsets["positive"]:self.offsets["positive"] + hist].unsqueeze(0)
         if self.age_bias is not None:
-            age = torch.gather(batch["seq_age"], 1, tpos[:, :, None].expand(-1, -1, n))
-            bias = bias + self.age_bias(age)
-        visible = visible | ~visible.any(dim=2, keepdim=True)  # padding slots: anything (ignored)
-        bias = bias.permute(0, 3, 1, 2).masked_fill(~visible[:, None], NEG_INF)
-        bias = bias.repeat_interleave(depth, dim=2)  # [B, H, T*D, L]: each of a target's D queries
-        goal = torch.gather(codes, 1, tpos[:, :, None].expand(-1, -1, depth))  # [B, T, D]
-        # decoder input of target t: [BOS, s_1 .. s_{D-1}] of item t (arXiv 2508.20900 Sec. 2.2)
-        levels = [self.bos.expand(b, m, -1)] + [self.codes.level(i, goal[..., i]) for i in range(depth - 1)]
-        x = self.drop(torch.stack(levels, dim=2) + self.dec_pos.weight[:depth]).view(b, m * depth, -1)
-        for block, (k, v) in zip(self.decoder, self._kv(states)):
-            x = block(x, k, v, bias, block=depth)
-        hidden = self.dec_norm(x).view(b, m, depth, -1)[slot_ok]  # [targets, D, E]
-        goal = goal[slot_ok]
+            bias = bias + self.age_bias(batch["seq_age"][row[:, None], t[:, None], pos])
+        memory = torch.cat([states[row[:, None], pos], bias.expand(len(row), -1, -1)], dim=-1)
+        goal = codes[row, t]  # [N, D]
+        hidden = self.decode(goal[:, :-1], memory, ok)
         losses = [F.cross_entropy(self.heads[i](hidden[:, i]), goal[:, i], label_smoothing=label_smoothing)
-                  for i in range(depth)]
+                  for i in range(goal.shape[1])]
         return torch.stack(losses).mean()
 
     # ------------------------------------------------------------------ incremental decoding

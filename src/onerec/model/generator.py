@@ -405,7 +405,7 @@ class Generator(SemanticIDModel):
 class DecodingContext:
     """Per-user decoding inputs from :meth:`Generator.start_decoding` (U users, ``beams`` each)."""
 
-    cross: list[tuple[Tensor, Tensor]]  # per decoder layer (k, v) [U, heads, S, E/heads]
-    mask: Tensor  # bool [U, 1, 1, S]
+    cross: list[tuple[Tensor, Tensor]]  # per decoder layer (k, v) [U, heads (lazy: G_kv), S, E/heads]
+    mask: Tensor  # bool [U, 1, 1, S] (lazy: the float attention bias [U, heads, 1, S], -inf on hidden keys)
     beams: int
     users: int

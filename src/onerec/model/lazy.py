@@ -26,13 +26,13 @@ as a learned per-head *attention bias* instead of an embedding added to the toke
 key/value states are then the same for every request that sees it.
 
 **Training on every position.** A user's positives ``i_0 .. i_{n-1}`` give n-1 next-item samples.
-Per-prefix training (the encoder-decoder's, :class:`onerec.features.TrainExamples`) encodes the
-history of each sample separately. Here one forward pass over the sequence
-(:class:`onerec.features.SequenceExamples`) computes the context states of every behaviour once,
-runs the decoder for every target ``i_t`` at once, and gives target ``t``'s queries only the keys of
-``i_{t-H} .. i_{t-1}`` (a block-causal mask; H = ``model.max_history``) with the biases that sample
-would have had on its own. The loss equals the mean of the per-prefix losses of the same targets
-(``tests/model/test_lazy.py``).
+Per-prefix training (the encoder-decoder's, :class:`onerec.features.TrainExamples`) featurizes and maps the
+history of each sample separately. Here one pass over a window of the sequence
+(:class:`onerec.features.SequenceExamples`) maps every behaviour to its context states once; each target
+``i_t`` then gathers the states of ``i_{t-H} .. i_{t-1}`` (H = ``model.max_history``; nothing at or after
+``t``: block-causal) into the layout its own sample would have, with that sample's biases, and the decoder
+runs on every target at once. The loss and gradients equal those of the per-prefix samples of the same
+targets (``tests/model/test_lazy.py``).
 
 Memory layout of :meth:`LazyGenerator.encode_batch` (what generation, serving and alignment pass
 around, so they work unchanged): ``[B, S, d_context + n_heads]``, the context states followed by

@@ -98,7 +98,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from onerec.bench.machine import cpu_has, machine_info
+from onerec.bench.machine import cpu_has, machine_info, matmul_rate_cpu
 from onerec.config import ModelConfig, from_dict, load_config, to_dict
 from onerec.io import write_json
 from onerec.model.generator import Generator
@@ -425,18 +425,6 @@ def _gemm_replay(calls: list):
     return replay
 
 
-def _matmul_rate_cpu(n: int = 2048, repeats: int = 5) -> float:
-    """fp32 FLOP/s of a plain n x n x n matrix product on this CPU (median of ``repeats``, after one)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    times = []
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
-        a @ b
-        if i:
-            times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
-
-
 def _top_ops(profiles: list, steps: int, top: int = 12) -> list[dict]:
     """The operators with the most self CPU time over ``profiles`` (``torch.profiler`` runs of ``steps`` steps
     in all): ms per step and share of the profiled self time."""
@@ -526,7 +514,7 @@ def step_floor(run: Path, steps: int, rounds: int, profile_steps: int = 6) -> di
         row.update({f"{v}_gemm_floor_s": statistics.median(t) for v, t in floors.items()})
         row.update({f"{v}_floor_fraction": statistics.median(f / t for f, t in zip(floors[v], times[v]))
                     for v in replays})
-        row["matmul_2048_flops_per_s"] = _matmul_rate_cpu()
+        row["matmul_2048_flops_per_s"] = matmul_rate_cpu()
         per_round.append(row)
     runs: dict[str, list] = {v: [] for v in variants}
     for _ in range(profile_steps):  # one step per variant in turn, each under its own profiler

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from onerec.bench.machine import matmul_rate_cpu
 from onerec.config import from_dict, load_config, to_dict
 from onerec.data.splits import load_splits
 from onerec.io import read_json, write_json
@@ -57,17 +58,6 @@ def equal_size_lazy(cfg, sizes: list[int]) -> tuple[dict, int, int]:
         if best is None or abs(n - target) < abs(best[1] - target):
             best = (m, n)
     return best[0], best[1], target
-
-
-def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    times = []
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
-        a @ b
-        if i:
-            times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
 
 
 def measure(run: Path, steps: int, rounds: int) -> dict:
@@ -125,7 +115,7 @@ def measure(run: Path, steps: int, rounds: int) -> dict:
                 t0 = time.perf_counter()
                 targets[n].append(step(v, idx))
                 times[n].append(time.perf_counter() - t0)
-        per_round.append({"matmul_flops_per_s": matmul_rate(),
+        per_round.append({"matmul_flops_per_s": matmul_rate_cpu(),
                           **{n: (statistics.median(times[n]), float(np.mean(targets[n]))) for n in variants}})
     out = {"run": str(run), "threads": torch.get_num_threads(), "steps_per_round": steps, "rounds": rounds,
            "batch_size": tc.batch_size,

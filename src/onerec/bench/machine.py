@@ -83,3 +83,19 @@ def record_machines(merged: dict[str, Any], parts: list[dict[str, Any]], label: 
     merged.pop("machines", None)
     if any(not same_machine(rows[0]["machine"], r["machine"]) for r in rows):
         merged["machines"] = rows
+
+
+def matmul_rate_cpu(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 FLOP/s of a plain n x n x n matrix product on this CPU (median of ``repeats``, after one untimed): the
+    reference rate the training benchmarks divide a step's achieved FLOP/s by."""
+    import statistics
+    import time
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        a @ b
+        if i:
+            times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)

@@ -195,6 +195,17 @@ class SemanticIDModel(nn.Module):
             return x, mask.any(dim=1, keepdim=True).expand(-1, x.shape[1])
         return self.proj[name](x), mask
 
+    def _typed_pathways(self, batch: dict[str, Tensor]) -> list[tuple[str, Tensor, Tensor]]:
+        """(name, tokens [B, T, E] with the pathway-type embedding added, mask [B, T]) of every enabled pathway,
+        in :data:`PATHWAYS` order."""
+        out = []
+        for name in self.pathways:
+            x, m = self._pathway(name, batch)
+            if self.path_type is not None:
+                x = x + self.path_type.weight[PATHWAYS.index(name)]
+            out.append((name, x, m))
+        return out
+
     def decoder_inputs(self, prefix: Tensor) -> Tensor:
         """[BOS] + embedded prefix codes: prefix [B, t] -> [B, t+1, E]."""
         b, t = prefix.shape
@@ -335,14 +346,8 @@ class Generator(SemanticIDModel):
         S = the sum of the enabled pathways' token counts (static 1, short ``short_len``,
         positive ``max_history``, lifelong ``qformer_queries``), in that order; short and positive
         count D tokens per behaviour under ``history_tokens=code``."""
-        xs, ms = [], []
-        for name in self.pathways:
-            x, m = self._pathway(name, batch)
-            if self.path_type is not None:
-                x = x + self.path_type.weight[PATHWAYS.index(name)]
-            xs.append(x)
-            ms.append(m)
-        x, memory_mask = torch.cat(xs, dim=1), torch.cat(ms, dim=1)
+        parts = [(x, m) for _, x, m in self._typed_pathways(batch)]
+        x, memory_mask = torch.cat([x for x, _ in parts], dim=1), torch.cat([m for _, m in parts], dim=1)
         x = self.drop(x + self.enc_pos(torch.arange(x.shape[1], device=x.device)))
         key_ok, packing = self._memory_keys(memory_mask)
         mask = key_ok[:, None, :]

@@ -53,7 +53,7 @@ from onerec.errors import ConfigError
 from onerec.features.history import N_AGE_BUCKETS
 from onerec.model.generator import DecodingContext, SemanticIDModel
 from onerec.model.layers import Attention, Dropout, RMSNorm, SwiGLU, attention
-from onerec.model.pathways import PATHWAYS, PREFIX
+from onerec.model.pathways import PREFIX
 
 NEG_INF = float("-inf")
 
@@ -213,10 +213,7 @@ class LazyGenerator(SemanticIDModel):
     def _tokens(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Every pathway's tokens [B, S, E], mask [B, S] and each token's attention bias [B, S, H]."""
         xs, ms, ages = [], [], []
-        for name in self.pathways:
-            x, m = self._pathway(name, batch)
-            if self.path_type is not None:
-                x = x + self.path_type.weight[PATHWAYS.index(name)]
+        for name, x, m in self._typed_pathways(batch):
             xs.append(x)
             ms.append(m)
             key = f"{PREFIX.get(name)}_age"

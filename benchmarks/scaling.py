@@ -11,8 +11,8 @@ squares (a grid over alpha, linear least squares for a and b at each alpha), to 
 and, separately, to the non-embedding parameters (the context processor, decoder blocks and final norm:
 no semantic-ID embeddings, bias tables or output heads).
 
-    python benchmarks/scaling.py            # the study (about an hour of one CPU core)
-    python benchmarks/scaling.py --quick    # a tiny world and a few steps a size (a couple of minutes)
+    python benchmarks/scaling.py            # the study: 1M events, 2 epochs (about 2 hours of one shared core)
+    python benchmarks/scaling.py --quick    # a tiny world and 8 steps a size (a couple of minutes)
     python benchmarks/scaling.py --seeds 1 --sizes lazy-0.1m,lazy-0.3m --resume   # a second seed, added
 
 Writes ``benchmarks/results/scaling.json`` (``scaling.quick.json`` with --quick) after every trained
@@ -113,8 +113,21 @@ def build_world(run: Path, world: dict) -> dict:
             "history_free_valid_loss": round(history_free_loss(run), 5)}
 
 
+def code_state() -> dict:
+    """The commit the run started from and the files under src/onerec that differed from it (others may be
+    editing the tree while a study runs)."""
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "src_changed": [line[3:] for line in git("status", "--porcelain", "src/onerec").splitlines()]}
+
+
 def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Namespace, out: Path) -> dict:
     """Train one size on the run's world; its whole-valid-split loss, parameters, seconds and targets."""
+    code = code_state()  # at the start: the model code this point was trained with
     overrides = [f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.epochs}",
                  f"train.batch_size={args.batch_size}", f"train.warmup_steps={args.warmup}",
                  f"model.dropout={args.dropout}", "train.objective=auto", "train.threads=1", "train.logger=none",
@@ -162,7 +175,7 @@ def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Nam
             "targets_per_s": round(targets / result.seconds, 1),
             "train_flops_per_target": round(flops_per_target),
             "train_flops": float(f"{flops_per_target * targets:.4g}"),
-            "train_loss_curve": curve}
+            "code": code, "train_loss_curve": curve}
 
 
 def fit_power_law(n: np.ndarray, loss: np.ndarray) -> dict:
@@ -259,7 +272,7 @@ def main() -> None:
     ap.add_argument("--sizes", default=",".join(SIZES), help="comma-separated lazy presets")
     ap.add_argument("--seeds", type=int, default=1, help="train.seed 0 .. seeds-1 for every size")
     ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=1, help="passes over the train split, the same for every size")
+    ap.add_argument("--epochs", type=int, default=2, help="passes over the train split, the same for every size")
     ap.add_argument("--batch-size", type=int, default=256, help="training targets a step")
     ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then cosine to 10%% of lr")
     ap.add_argument("--lr", type=float, default=0.002, help="peak AdamW learning rate of every size")

@@ -153,14 +153,6 @@ def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Nam
     t0 = time.perf_counter()
     valid = validation_loss(model, valid_ex, torch.device("cpu"), limit=len(valid_ex))
     valid_s = time.perf_counter() - t0
-    # forward + backward FLOPs of one training batch, per target (FlopCounterMode: matrix multiplies only)
-    idx = np.arange(min(rows_per_step, len(train_ex)))
-    batch = train_ex.batch(idx)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(batch).backward()
-    model.zero_grad(set_to_none=True)
-    flops_per_target = counter.get_total_flops() / int(batch["seq_target"].sum())
     targets = round(train_ex.targets * epochs_done)
     depth = codes.shape[1]
     loss = np.asarray(result.loss)
@@ -173,16 +165,38 @@ def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Nam
             "steps": steps, "epochs": round(epochs_done, 4), "targets_seen": targets, "tokens_seen": targets * depth,
             "train_seconds": round(result.seconds, 1), "valid_seconds": round(valid_s, 1),
             "targets_per_s": round(targets / result.seconds, 1),
-            "train_flops_per_target": round(flops_per_target),
-            "train_flops": float(f"{flops_per_target * targets:.4g}"),
             "code": code, "train_loss_curve": curve}
+
+
+def train_flops_per_target(run: Path, preset: str, batch_size: int) -> float:
+    """Forward + backward FLOPs per target of the size's first training batch of ``batch_size`` targets (the same
+    rows for every size), counted by ``torch.utils.flop_counter.FlopCounterMode`` from shapes: every matrix
+    multiply, attention included, at 2 FLOPs a multiply-add. The model runs its reference layers
+    (:func:`onerec.model.layers.use_reference`), so that no fused kernel hides a multiply from the counter.
+    Depends on the size and the data only, not on the trained weights."""
+    from onerec.model.layers import use_reference
+
+    cfg = load_config(preset, overrides=["model.dropout=0.0", "train.objective=auto"])
+    codes = load_codes(run)
+    splits = load_splits(run / "data" / "split", n_items=len(codes))
+    sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
+    ex = train_examples(splits["train"], make_featurizer(run, cfg.model, codes, splits=splits), cfg)
+    batch = ex.batch(np.arange(min(ex.rows_per_batch(batch_size), len(ex))))
+    torch.manual_seed(0)
+    model = build_generator(cfg.model, sizes).train()
+    use_reference(model)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(batch).backward()
+    return counter.get_total_flops() / int(batch["seq_target"].sum())
 
 
 def fit_power_law(n: np.ndarray, loss: np.ndarray) -> dict:
     """L = a + b / N^alpha by least squares: for each alpha of a fine grid, (a, b) by linear least squares
     on [1, N^-alpha]; the alpha of the smallest squared error (b >= 0). Also the fit's residuals."""
     best = None
-    for alpha in np.arange(0.005, 2.0001, 0.0005):
+    grid = np.round(np.arange(0.005, 2.0001, 0.0005), 4)
+    for alpha in grid:
         x = n ** -alpha
         design = np.stack([np.ones_like(x), x], axis=1)
         (a, b), *_ = np.linalg.lstsq(design, loss, rcond=None)
@@ -197,7 +211,7 @@ def fit_power_law(n: np.ndarray, loss: np.ndarray) -> dict:
     pred = a + b * n ** -alpha
     return {"ok": True, "a": round(a, 5), "b": float(f"{b:.5g}"), "alpha": round(alpha, 4),
             "rmse": float(f"{math.sqrt(sse / len(n)):.3g}"),
-            "at_grid_edge": bool(alpha <= 0.005 or alpha >= 2.0),
+            "at_grid_edge": bool(alpha <= grid[0] or alpha >= grid[-1]),
             "residuals": [round(float(r), 5) for r in loss - pred]}
 
 
@@ -328,6 +342,16 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
 
+    flops: dict[str, float] = {}
+
+    def add_flops(p: dict) -> None:
+        if p["preset"] not in flops:
+            flops[p["preset"]] = train_flops_per_target(args.workdir / "world", p["preset"], args.batch_size)
+        p["train_flops_per_target"] = round(flops[p["preset"]])
+        p["train_flops"] = float(f"{flops[p['preset']] * p['targets_seen']:.4g}")
+
+    for p in points:  # counted again: the same count for every point of a size
+        add_flops(p)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for preset in sizes:
             lr = lr_by.get(preset, args.lr)
@@ -335,6 +359,7 @@ def main() -> None:
                 continue
             points[:] = [p for p in points if not (p["preset"] == preset and p["seed"] == seed)]
             p = train_point(args.workdir / "world", preset, seed, lr, args, args.workdir / f"{preset}-s{seed}")
+            add_flops(p)
             points.append(p)
             print(f"{preset:10s} seed {seed} lr {lr:g}: {p['parameters']:>10,} params  valid loss "
                   f"{p['valid_loss']:.4f}  train loss {p['final_train_loss']:.4f}  {p['train_seconds']:.0f} s "

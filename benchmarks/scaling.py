@@ -9,15 +9,21 @@ training loss without label smoothing) on the WHOLE valid split (one next item p
 first 2,000 users ``onerec train``'s metrics.json reads. Then L(N) = a + b / N^alpha is fitted by least
 squares (a grid over alpha, linear least squares for a and b at each alpha), to the total parameters
 and, separately, to the non-embedding parameters (the context processor, decoder blocks and final norm:
-no semantic-ID embeddings, bias tables or output heads).
+no semantic-ID embeddings, bias tables or output heads), beside a straight line in log10 N (its slope per
+decade and that slope's standard error: does the loss fall with size at all?). For scale, the results also hold
+the valid loss of a history-free model (each level's code given the codes before it, counted over the train
+targets).
 
-    python benchmarks/scaling.py            # the study: 1M events, 2 epochs (about 2 hours of one shared core)
-    python benchmarks/scaling.py --quick    # a tiny world and 8 steps a size (a couple of minutes)
-    python benchmarks/scaling.py --seeds 1 --sizes lazy-0.1m,lazy-0.3m --resume   # a second seed, added
+    python benchmarks/scaling.py --workdir DIR     # the study: 1M events, 2 epochs (1-2 hours of one shared core)
+    python benchmarks/scaling.py --workdir DIR --resume --first-seed 1 --sizes lazy-0.1m,lazy-0.3m  # seed 1, added
+    python benchmarks/scaling.py --quick           # a tiny world and 8 steps a size (0.5-2 minutes)
+    python benchmarks/scaling.py --n-events 10000000 --n-users 100000 --device cuda   # a larger world, on a GPU
 
-Writes ``benchmarks/results/scaling.json`` (``scaling.quick.json`` with --quick) after every trained
-point, so ``--resume`` keeps the points already measured on the same world and settings and trains only
-the missing ones, and the plot ``docs/benchmarks/scaling.png`` (``benchmarks/results/scaling.quick.png``).
+Writes ``benchmarks/results/scaling.json`` (``scaling.quick.json`` with --quick, or ``--out``) after every trained
+point, so ``--resume`` keeps the points already measured on the same world and settings and trains only the
+missing ones (it refuses a file measured otherwise), and the plot ``docs/benchmarks/scaling.png``
+(``benchmarks/results/scaling.quick.png``; beside ``--out`` when that is given). ``--workdir`` keeps the world
+(simulated and tokenized once) for later calls; without it, a temporary folder.
 """
 
 from __future__ import annotations
@@ -131,7 +137,7 @@ def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Nam
     overrides = [f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.epochs}",
                  f"train.batch_size={args.batch_size}", f"train.warmup_steps={args.warmup}",
                  f"model.dropout={args.dropout}", "train.objective=auto", "train.threads=1", "train.logger=none",
-                 "train.checkpoint_every=1000000", "train.device=cpu"]
+                 "train.checkpoint_every=1000000", f"train.device={args.device}"]
     if args.max_steps:
         overrides.append(f"train.max_steps={args.max_steps}")
     cfg = load_config(preset, overrides=overrides)
@@ -151,7 +157,7 @@ def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Nam
     rows_per_step = train_ex.rows_per_batch(cfg.train.batch_size)
     epochs_done = min(steps * rows_per_step / len(train_ex), float(args.epochs))
     t0 = time.perf_counter()
-    valid = validation_loss(model, valid_ex, torch.device("cpu"), limit=len(valid_ex))
+    valid = validation_loss(model, valid_ex, torch.device(args.device), limit=len(valid_ex))
     valid_s = time.perf_counter() - t0
     targets = round(train_ex.targets * epochs_done)
     depth = codes.shape[1]
@@ -224,6 +230,17 @@ def fits(points: list[dict], sizes: list[str]) -> dict:
         return {}
     loss = np.array([np.mean([p["valid_loss"] for p in r]) for r in rows])
     out = {"points": [r[0]["preset"] for r in rows], "mean_valid_loss": [round(float(v), 5) for v in loss]}
+    # the plainest question first: does the loss fall with log N at all? (least squares slope per decade, its
+    # standard error from the residuals; every seed's point counts, so the seed noise enters the error)
+    every = [p for r in rows for p in r]
+    x = np.log10([p["parameters"] for p in every])
+    y = np.array([p["valid_loss"] for p in every])
+    if len(every) > 2:
+        slope, icpt = np.polyfit(x, y, 1)
+        res = y - (slope * x + icpt)
+        se = math.sqrt(float(res @ res) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+        out["log_linear"] = {"slope_per_decade": round(float(slope), 5), "stderr": round(se, 5),
+                             "intercept_at_1": round(float(icpt), 5), "points": len(every)}
     for key, name in (("parameters", "total"), ("non_embedding_parameters", "non_embedding")):
         n = np.array([r[0][key] for r in rows], dtype=float)
         out[name] = fit_power_law(n, loss)
@@ -250,13 +267,17 @@ def plot(result: dict, path: Path) -> None:
         n = np.array([p["parameters"] for p in points], dtype=float)
         grid = np.geomspace(n.min() / 1.5, n.max() * 1.5, 200)
         ax.plot(grid, f["a"] + f["b"] * grid ** -f["alpha"], "k-", lw=1,
-                label=f"fit: {f['a']:.3f} + {f['b']:.3g} / N^{f['alpha']:.3f}")
+                label=f"fit: {f['a']:.3f} + {f['b']:.3g} / N^{f['alpha']:.3f}"
+                + (" (alpha at the grid's edge)" if f["at_grid_edge"] else ""))
         losses = [p["valid_loss"] for p in points]
         span = max(losses) - min(losses)
         if f["a"] > min(losses) - 2 * span:  # the asymptote, where it is near the measured range
             ax.axhline(f["a"], color="gray", ls=":", lw=1, label=f"a = {f['a']:.3f}")
         ax.set_ylim(min(min(losses), f["a"] if f["a"] > min(losses) - 2 * span else min(losses)) - 0.1 * span,
-                    max(losses) + 0.25 * span)
+                    max(losses) + 0.7 * span)
+    if "log_linear" in fit:
+        ll = fit["log_linear"]
+        ax.plot([], [], " ", label=f"slope {ll['slope_per_decade']:+.4f} +- {ll['stderr']:.4f} per decade of N")
     ax.set_xscale("log")
     ax.set_xlabel("parameters N (total)")
     ax.set_ylabel("final valid loss (nats per semantic-ID token)")
@@ -269,6 +290,9 @@ def plot(result: dict, path: Path) -> None:
         curve = np.array(p["train_loss_curve"])
         per_step = p["targets_seen"] / max(p["steps"], 1)
         ax2.plot(curve[:, 0] * per_step, curve[:, 1], lw=1, label=p["preset"])
+    free = result["world"].get("history_free_valid_loss")
+    if free is not None:
+        ax2.axhline(free, color="gray", ls="--", lw=1, label=f"history-free valid loss {free:.3f}")
     ax2.set_xlabel("training targets seen")
     ax2.set_ylabel("training loss (mean over logged steps)")
     ax2.set_title(f"training loss, seed {seeds[0]}")
@@ -284,32 +308,40 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a tiny world and at most 8 steps a size")
     ap.add_argument("--sizes", default=",".join(SIZES), help="comma-separated lazy presets")
-    ap.add_argument("--seeds", type=int, default=1, help="train.seed 0 .. seeds-1 for every size")
-    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=1, help="how many train.seeds for every size")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first train.seed (then +1, ...)")
     ap.add_argument("--epochs", type=int, default=2, help="passes over the train split, the same for every size")
     ap.add_argument("--batch-size", type=int, default=256, help="training targets a step")
     ap.add_argument("--warmup", type=int, default=100, help="linear warm-up steps, then cosine to 10%% of lr")
     ap.add_argument("--lr", type=float, default=0.002, help="peak AdamW learning rate of every size")
     ap.add_argument("--lr-by-size", default="", help="exceptions, e.g. lazy-10m=0.001,lazy-3m=0.0015")
-    ap.add_argument("--dropout", type=float, default=0.0, help="model.dropout (0: every target is seen once)")
+    ap.add_argument("--dropout", type=float, default=0.0, help="model.dropout of every size (not the presets' 0.1)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap on steps (--quick: 8)")
+    ap.add_argument("--n-users", type=int, default=None, help="the world's users (default 10,000; --quick 600)")
+    ap.add_argument("--n-items", type=int, default=None, help="the world's videos (default 2,000; --quick 500)")
+    ap.add_argument("--n-events", type=int, default=None, help="the world's exposures (default 1M; --quick 20,000)")
+    ap.add_argument("--device", default="cpu", help="torch device of training and validation, e.g. cuda")
     ap.add_argument("--workdir", type=Path, default=None, help="run folder of the world (default: a temp folder)")
     ap.add_argument("--resume", action="store_true", help="keep the results file's points of the same settings")
     ap.add_argument("--out", type=Path, default=None, help="results file")
-    ap.add_argument("--plot", type=Path, default=None, help="PNG")
+    ap.add_argument("--plot", type=Path, default=None, help="PNG (default: docs/benchmarks/scaling.png; beside --out)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.quick and args.max_steps is None:
         args.max_steps = 8
     out = args.out or RESULTS / ("scaling.quick.json" if args.quick else "scaling.json")
-    png = args.plot or (RESULTS / "scaling.quick.png" if args.quick else PLOT)
+    # another results file gets its plot beside it, not over the study's
+    png = args.plot or (out.with_suffix(".png") if args.out else RESULTS / "scaling.quick.png" if args.quick else PLOT)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     lr_by = {k: float(v) for k, v in (item.split("=") for item in args.lr_by_size.split(",") if item)}
-    world = WORLD["quick" if args.quick else "full"]
+    world = {**WORLD["quick" if args.quick else "full"],
+             **{k: v for k, v in (("n_users", args.n_users), ("n_items", args.n_items), ("n_events", args.n_events))
+                if v is not None}}
     settings = {"epochs": args.epochs, "batch_size": args.batch_size, "warmup_steps": args.warmup,
                 "dropout": args.dropout, "max_steps": args.max_steps, "lr": args.lr, "lr_by_size": lr_by,
                 "objective": "auto (all_positions)", "schedule": "linear warm-up, cosine to 10% of lr",
-                "optimizer": "AdamW betas (0.9, 0.98), weight decay 0.01, grad clip 1.0", "threads": 1}
+                "optimizer": "AdamW betas (0.9, 0.98), weight decay 0.01, grad clip 1.0", "threads": 1,
+                "device": args.device}
     command = "python benchmarks/scaling.py " + shlex.join(sys.argv[1:])
     tmp = None
     if args.workdir is None:
@@ -321,12 +353,19 @@ def main() -> None:
     points, commands = [], [command]
     if args.resume and out.exists():
         old = json.loads(out.read_text())
-        if old["world"]["settings"] == world and {k: v for k, v in old["settings"].items() if k != "lr_by_size"} == \
-                {k: v for k, v in settings.items() if k != "lr_by_size"}:
+        free = ("lr_by_size", "device")  # may differ between the calls of one study
+
+        def same(d: dict) -> dict:
+            return {k: v for k, v in d.items() if k not in free}
+
+        if old["world"]["settings"] == world and same(old["settings"]) == same(settings):
             points = old["points"]
             commands = [*old.get("commands", []), command]
             settings["lr_by_size"] = {**old["settings"].get("lr_by_size", {}), **lr_by}
             print(f"resume: {len(points)} points kept from {out}", flush=True)
+        else:
+            sys.exit(f"{out} was measured on another world or with other settings; --resume would overwrite it. "
+                     "Fix: the same world and settings as its commands, or another --out")
     result = {}
 
     def save() -> None:

@@ -49,7 +49,7 @@ from onerec.data.splits import load_splits
 from onerec.features import EvalExamples
 from onerec.io import read_json
 from onerec.model import build_generator
-from onerec.pipeline import load_codes, make_featurizer, train_examples
+from onerec.pipeline import load_codes, make_featurizer, training_data
 from onerec.train import train_generator
 from onerec.train.checkpoint import model_meta
 from onerec.train.loop import validation_loss
@@ -141,12 +141,7 @@ def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Nam
     if args.max_steps:
         overrides.append(f"train.max_steps={args.max_steps}")
     cfg = load_config(preset, overrides=overrides)
-    codes = load_codes(run)
-    splits = load_splits(run / "data" / "split", n_items=len(codes))
-    sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
-    feat = make_featurizer(run, cfg.model, codes, splits=splits)
-    train_ex = train_examples(splits["train"], feat, cfg)
-    valid_ex = EvalExamples(splits["valid"], feat)
+    codes, _, sizes, _, train_ex, valid_ex = training_data(run, cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_generator(cfg.model, sizes)
     total = model.num_parameters()
@@ -183,10 +178,7 @@ def train_flops_per_target(run: Path, preset: str, batch_size: int) -> float:
     from onerec.model.layers import use_reference
 
     cfg = load_config(preset, overrides=["model.dropout=0.0", "train.objective=auto"])
-    codes = load_codes(run)
-    splits = load_splits(run / "data" / "split", n_items=len(codes))
-    sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
-    ex = train_examples(splits["train"], make_featurizer(run, cfg.model, codes, splits=splits), cfg)
+    _, _, sizes, _, ex, _ = training_data(run, cfg)
     batch = ex.batch(np.arange(min(ex.rows_per_batch(batch_size), len(ex))))
     torch.manual_seed(0)
     model = build_generator(cfg.model, sizes).train()

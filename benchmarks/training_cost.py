@@ -78,9 +78,9 @@ def measure(run: Path, steps: int, rounds: int) -> dict:
         torch.manual_seed(0)
         model = build_generator(mcfg, sizes).train()
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
-        bs = ex.rows_per_batch(tc.batch_size) if hasattr(ex, "rows_per_batch") else tc.batch_size
+        bs = ex.rows_per_batch(tc.batch_size)
         variants[name] = {"model": model, "opt": opt, "ex": ex, "bs": bs,
-                          "targets": getattr(ex, "targets", len(ex)), "rows": len(ex)}
+                          "targets": ex.targets, "rows": len(ex)}
     rng = np.random.default_rng(0)
 
     def step(v: dict, idx: np.ndarray) -> int:
@@ -163,9 +163,10 @@ def main() -> None:
     res = measure(args.run, args.steps, args.rounds)
     res.update(command="python " + " ".join(sys.argv), date=dt.date.today().isoformat(), machine=args.machine)
     print(json.dumps(res, indent=1))
-    doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    path = RESULTS.with_suffix(".quick.json") if args.quick else RESULTS  # a smoke run never joins the results
+    doc = json.loads(path.read_text()) if path.exists() else {}
     doc[args.name or args.run.name] = res
-    write_json(RESULTS, doc)
+    write_json(path, doc)
 
 
 if __name__ == "__main__":

@@ -196,3 +196,4 @@ def tiny_vlm_builder():
         return build_tiny_vlm(folder, words, family)
 
     return build
+

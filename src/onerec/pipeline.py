@@ -374,19 +374,13 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
                 log=None) -> dict[str, Any]:
     """Next-token training of the generator -> RUN/train (``log``: one line per epoch, see
     :func:`onerec.train.train_generator`)."""
-    from onerec.features import EvalExamples
     from onerec.model import build_generator
     from onerec.train import train_generator
     from onerec.train.checkpoint import model_meta
     from onerec.train.logger import make_logger
 
     with staged(run, "train", resume=resume) as out:  # a killed run's --resume continues in RUN/train.staging
-        codes = load_codes(run)
-        splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
-        sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
-        feat = make_featurizer(run, cfg.model, codes, splits=splits)
-        train_ex = train_examples(splits["train"], feat, cfg)
-        valid_ex = EvalExamples(splits["valid"], feat)
+        codes, splits, sizes, feat, train_ex, valid_ex = training_data(run, cfg)
         torch.manual_seed(cfg.train.seed)
         model = build_generator(cfg.model, sizes)
         meta = model_meta(cfg.model, sizes, n_items=len(codes))
@@ -404,6 +398,18 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
         summary = _train_summary(model, train_ex, result, scorer is not None)
         write_json(out / "metrics.json", summary)
     return summary
+
+
+def training_data(run: Path, cfg: RunConfig):
+    """What training ``cfg.model`` on RUN reads: (semantic IDs, splits, codebook sizes, the featurizer, the
+    training examples ``cfg.train.objective`` asks for, the valid examples)."""
+    from onerec.features import EvalExamples
+
+    codes = load_codes(run)
+    splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
+    sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
+    feat = make_featurizer(run, cfg.model, codes, splits=splits)
+    return codes, splits, sizes, feat, train_examples(splits["train"], feat, cfg), EvalExamples(splits["valid"], feat)
 
 
 def train_examples(train: pa.Table, featurizer, cfg: RunConfig):
@@ -424,7 +430,7 @@ def train_examples(train: pa.Table, featurizer, cfg: RunConfig):
 
 def _train_summary(model, train_ex, result, selected: bool) -> dict[str, Any]:
     summary = {
-        "parameters": model.num_parameters(), "examples": getattr(train_ex, "targets", len(train_ex)),
+        "parameters": model.num_parameters(), "examples": train_ex.targets,
         "steps": len(result.loss),
         "final_loss": float(np.mean(result.loss[-50:])),
         "valid_loss": result.valid[-1]["loss"] if result.valid else None,

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from equivalence import assert_same_loss_and_grads
 from onerec.config import ModelConfig
 from onerec.model import layers
 from onerec.model.generator import Generator
@@ -180,14 +181,7 @@ def test_generator_fast_equals_reference_in_eval_and_without_dropout():
         use_reference(ref)
         if dropout:  # eval mode: dropout off, the same function
             fast.eval(), ref.eval()
-        loss_f, loss_r = fast(batch), ref(batch)
-        torch.testing.assert_close(loss_f, loss_r, rtol=1e-5, atol=1e-6)
-        loss_f.backward(), loss_r.backward()
-        for (name, a), (_, b) in zip(fast.named_parameters(), ref.named_parameters()):
-            if b.grad is None:
-                assert a.grad is None or not a.grad.any(), name
-                continue
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+        assert_same_loss_and_grads(fast, ref, batch)
 
 
 def test_rmsnorm_fast_backward_equals_reference():

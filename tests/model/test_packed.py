@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from equivalence import assert_same_loss_and_grads
 from onerec.config import ModelConfig, SimConfig
 from onerec.data.simulator import simulate
 from onerec.data.splits import make_splits
@@ -63,14 +64,7 @@ def test_packed_equals_padded_loss_memory_and_gradients(moe: bool):
     real = mask_r | ~mask_r.any(1, keepdim=True)  # what the decoder reads
     torch.testing.assert_close(mem_f[real], mem_r[real], rtol=1e-5, atol=1e-5)
     assert (mem_f[~real] == 0).all()
-    loss_f, loss_r = fast(batch), ref(batch)
-    torch.testing.assert_close(loss_f, loss_r, rtol=1e-5, atol=1e-6)
-    loss_f.backward(), loss_r.backward()
-    for (name, pf), (_, pr) in zip(fast.named_parameters(), ref.named_parameters()):
-        if pr.grad is None:
-            assert pf.grad is None or not pf.grad.any(), name
-            continue
-        torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_loss_and_grads(fast, ref, batch)
 
 
 @pytest.mark.parametrize("history_tokens", ["item", "code"])

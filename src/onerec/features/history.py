@@ -271,6 +271,15 @@ class TrainExamples:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def targets(self) -> int:
+        """Next-item targets (one per example; :class:`SequenceExamples` has several per row)."""
+        return len(self.rows)
+
+    def rows_per_batch(self, examples: int) -> int:
+        """Examples per step for ``examples`` targets: the same number (one target each)."""
+        return examples
+
     def batch(self, idx: np.ndarray) -> dict:
         rows, tgt = self.rows[idx], self.target_idx[idx]
         out = self.f.histories(self.seqs, rows, tgt, self.seqs.ts[tgt], self.users[rows], counted=True)

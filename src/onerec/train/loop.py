@@ -151,7 +151,7 @@ def train_generator(
         raise CheckpointError("no training examples: every user has a single positive event in the train split. "
                               "Fix: use more data or a looser data.positive rule.")
     # a batch of sequences (train.objective=all_positions) holds about batch_size targets
-    batch_size = train.rows_per_batch(cfg.batch_size) if hasattr(train, "rows_per_batch") else cfg.batch_size
+    batch_size = train.rows_per_batch(cfg.batch_size)
     steps_per_epoch = math.ceil(n / batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     result, step = TrainResult(), 0

@@ -479,6 +479,50 @@ class AlignConfig:
     seed: int = opt(0, "random seed")
 
 
+# -------------------------------------------------------------------------- explore
+@dataclass
+class ExploreConfig:
+    """Exploration for new items (``onerec explore``): AGE (arXiv 2112.11136) beside the classic bandit policies,
+    measured by unbiased offline replay (Li et al. 2011) of a uniformly random policy's log in the simulated world."""
+
+    policies: list[str] = opt(["random", "greedy", "epsilon", "ucb", "thompson", "age_ucb", "age_ts"],
+                              "policies replayed: random | greedy (the CTR model, no exploration) | epsilon "
+                              "(epsilon-greedy) | ucb (MC-dropout mean + alpha * spread) | thompson (one dropout "
+                              "mask) | age_ucb, age_ts (AGE with the UCB-style or Thompson-style uncertainty) | "
+                              "age_nounc (AGE with the uncertainty off: every item moves by the same step)")
+    seeds: list[int] = opt([0], "replay seeds: each draws its own log, model initialisation and dropout masks")
+    events: int = opt(40_000, "events in the logged stream; each shows explore.candidates items to one user and logs "
+                              "one of them, picked uniformly")
+    candidates: int = opt(10, "K: candidates per event (about 1/K of the events are accepted by a policy)")
+    pool: int = opt(100, "items live at any time: items arrive one by one over the stream and an event's candidates "
+                         "come from the explore.pool latest arrivals, so new items keep coming")
+    block: int = opt(100, "events decided with one state of the model; it then trains on the block's accepted "
+                          "events (one mini-batch)")
+    updates: int = opt(1, "gradient steps on each block's accepted events")
+    lr: float = opt(5e-3, "Adam learning rate of the online updates (CTR model and gate)")
+    d_model: int = opt(16, "embedding width of the CTR model (the DIN baseline of onerec.reward)")
+    tower_hidden: int = opt(32, "hidden width of the CTR model's towers and of the gate")
+    history: int = opt(16, "most recent logged positives of the user that the CTR model's DIN attention reads")
+    dropout: float = opt(0.1, "dropout rate in the towers, in training and in MC dropout")
+    mc_passes: int = opt(20, "N: dropout passes of the UCB-style uncertainty (the AGE paper uses 20)")
+    ucb_stat: str = opt("std", "spread over the N passes used as uncertainty by ucb and age_ucb: std | var",
+                        choices=["std", "var"])
+    ucb_alpha: float = opt(1.0, "ucb: score = mean + alpha * spread over the N passes")
+    epsilon: float = opt(0.1, "epsilon: share of events given a uniformly random pick")
+    age_lambda: float = opt(1.0, "AGE: lambda in h' = h + lambda * delta_y * g / ||g|| (h: the item representation, "
+                                 "g: the gradient of the predicted CTR at h, delta_y: the uncertainty)")
+    attack: str = opt("pgd", "AGE: fgm = one step | pgd = explore.pgd_steps steps of explore.pgd_step * lambda * "
+                             "delta_y along the gradient at the current point, projected back into the ball of "
+                             "radius lambda * |delta_y| around h", choices=["fgm", "pgd"])
+    pgd_steps: int = opt(3, "AGE pgd: number of steps")
+    pgd_step: float = opt(0.5, "AGE pgd: step size, as a share of the radius lambda * |delta_y|")
+    gate: bool = opt(True, "AGE: the dynamic gating unit -- explore an item only where its predicted CTR f(h) beats "
+                           "the threshold a shallow item-only model (category, author, duration) predicts; false: "
+                           "explore every item")
+    objective: str = opt("click", "the signal the policies maximise (the CTR model's tower they read)",
+                         choices=["click", "long_view"])
+
+
 # ------------------------------------------------------------------------------ run
 @dataclass
 class RunConfig:
@@ -494,6 +538,7 @@ class RunConfig:
     serve: ServeConfig = section(ServeConfig, "recommendation service")
     reward: RewardConfig = section(RewardConfig, "P-Score reward model")
     align: AlignConfig = section(AlignConfig, "preference alignment")
+    explore: ExploreConfig = section(ExploreConfig, "exploration for new items (AGE) and its replay")
 
 
 # ------------------------------------------------------------------ load and override

@@ -168,9 +168,22 @@ class PScoreModel(nn.Module):
         bits = (b["hist_flags"].unsqueeze(-1) >> torch.arange(len(SIGNALS), device=b["hist_flags"].device)) & 1
         return self._item_vec(b["hist_item"], b["hist_cat"]) + self.flag_emb(bits.float())
 
+    def item_vec(self, b: dict[str, Tensor]) -> Tensor:
+        """The target item's representation h [B, E] (item id + category embeddings)."""
+        return self._item_vec(b["item"], b["cat"])
+
     def forward(self, b: dict[str, Tensor]) -> dict[str, Tensor]:
+        x, out = self.features(b)
+        logits = torch.cat([t(x) for t in self.towers], dim=-1)  # [B, n_objectives]
+        out["logits"] = logits
+        out["score"] = self.fusion(logits.detach())[:, 0]
+        return out
+
+    def features(self, b: dict[str, Tensor], target: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The towers' input x [B, parts] and, with SIM, ``{"aux": logit [B]}``. ``target`` [B, E] replaces the
+        item representation :meth:`item_vec` (exploration perturbs it, :mod:`onerec.explore`)."""
         cfg = self.cfg
-        target = self._item_vec(b["item"], b["cat"])  # [B, E]
+        target = self.item_vec(b) if target is None else target  # [B, E]
         hist = self._behaviours(b)  # [B, L, E]
         mask = b["hist_mask"]
         s = min(cfg.short_len, hist.shape[1])
@@ -202,11 +215,7 @@ class PScoreModel(nn.Module):
             h_item, h_cat = b["hist_item"][:, -s:], b["hist_cat"][:, -s:]
             feats.append(self.can_item(b["item"], h_item, short_mask))
             feats.append(self.can_cat(b["cat"], h_cat, short_mask))
-        x = torch.cat(feats, dim=-1)
-        logits = torch.cat([t(x) for t in self.towers], dim=-1)  # [B, n_objectives]
-        out["logits"] = logits
-        out["score"] = self.fusion(logits.detach())[:, 0]
-        return out
+        return torch.cat(feats, dim=-1), out
 
     def loss(self, b: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """Sum of the towers' BCE, the fusion's soft-target BCE and (with SIM) the aux CTR loss."""

@@ -1,0 +1,77 @@
+"""Exploration policies in one harness: each scores the candidates of a block of events; the replay picks each
+event's best-scored candidate.
+
+=============  ================================================================================================
+random         uniform scores: the logging policy itself (the floor every policy should beat)
+greedy         f(h), the CTR model without dropout: no exploration
+epsilon        greedy, but a share ``explore.epsilon`` of the events get a uniformly random pick
+ucb            mean + alpha * spread of f over N MC-dropout passes (no adversarial step)
+thompson       f under one dropout mask (no adversarial step)
+age_ucb        AGE: f(h') with h' = h + lambda * spread * g/||g|| (FGM or PGD), gated
+age_ts         AGE: the same with delta_y = f under one mask - f(h), gated
+age_nounc      AGE with the uncertainty off: every candidate of the block moves by lambda * (the block's mean
+               spread), so the step is as long on average but the same for certain and uncertain items
+=============  ================================================================================================
+
+The score is the predicted probability of ``explore.objective`` (click by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from onerec.config import ExploreConfig
+from onerec.explore.age import fgm, gate_mask, gated_scores, mc_spread, pgd, thompson_delta, ucb_scores
+from onerec.explore.model import OBJECTIVES, ExplorationCTR, ItemGate
+
+POLICIES = ("random", "greedy", "epsilon", "ucb", "thompson", "age_ucb", "age_ts", "age_nounc")
+#: the policies that read the CTR model's MC-dropout passes
+MC_POLICIES = ("ucb", "thompson", "age_ucb", "age_ts", "age_nounc")
+
+
+def score_candidates(policy: str, model: ExplorationCTR, gate: ItemGate, b: dict[str, Tensor],
+                     cfg: ExploreConfig, gen: torch.Generator) -> tuple[Tensor, float | None]:
+    """Scores [B] of the rows of ``b`` under ``policy``, and for AGE the share of rows the gate let explore.
+
+    ``gen`` draws the random policy's scores; dropout masks come from torch's global generator (seeded by the
+    replay)."""
+    if policy == "random":
+        return torch.rand(b["item"].shape[0], generator=gen), None
+    j = OBJECTIVES.index(cfg.objective)
+    with torch.no_grad():
+        x, _ = model.features(b)
+        plain = torch.sigmoid(model.heads(x, dropout=False, only=j)[:, 0])
+        if policy in ("greedy", "epsilon"):
+            return plain, None
+        if policy == "thompson":
+            return torch.sigmoid(model.heads(x, dropout=True, only=j)[:, 0]), None
+        if policy in ("ucb", "age_ucb", "age_nounc"):
+            samples = torch.sigmoid(model.heads(x.expand(cfg.mc_passes, *x.shape), dropout=True, only=j)[..., 0])
+            if policy == "ucb":
+                return ucb_scores(samples, cfg.ucb_alpha, cfg.ucb_stat), None
+            delta = mc_spread(samples, cfg.ucb_stat)
+            if policy == "age_nounc":
+                delta = delta.mean().expand_as(delta)
+        elif policy == "age_ts":
+            delta = thompson_delta(torch.sigmoid(model.heads(x, dropout=True, only=j)[:, 0]), plain)
+        else:
+            raise ValueError(f"unknown policy {policy!r}; one of {POLICIES}")
+        explore = gate_mask(plain, torch.sigmoid(gate(b))) if cfg.gate else torch.ones_like(plain, dtype=torch.bool)
+    explored = age_explored(model, b, cfg.age_lambda * delta, cfg, j)
+    return gated_scores(plain, explored, explore), float(explore.float().mean())
+
+
+def age_explored(model: ExplorationCTR, b: dict[str, Tensor], radius: Tensor, cfg: ExploreConfig,
+                 j: int) -> Tensor:
+    """Pseudo-exploration: f(h') [B] with h' the FGM or PGD step of length ``radius`` [B] from h."""
+    f: Callable[[Tensor], Tensor] = lambda h: torch.sigmoid(model(b, h)[:, j])  # noqa: E731
+    h = model.item_vec(b).detach()
+    if cfg.attack == "fgm":
+        moved = fgm(f, h, radius)
+    else:
+        moved = pgd(f, h, radius, steps=cfg.pgd_steps, step=cfg.pgd_step)
+    with torch.no_grad():
+        return f(moved)

@@ -1,0 +1,161 @@
+"""The exploration CTR model, the policies in one harness, the random-exposure log, the replay and `onerec explore`."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from onerec.cli import cli
+from onerec.config import ExploreConfig, SimConfig
+from onerec.data.simulator import build_world
+from onerec.errors import ConfigError
+from onerec.explore import POLICIES, check_explore, replay_log, replay_policy, run_replay, score_candidates
+from onerec.explore import replay as replay_module
+from onerec.explore.model import ExplorationCTR, ItemGate
+
+CFG = ExploreConfig(events=1500, candidates=5, pool=30, block=50, d_model=8, tower_hidden=8, history=8,
+                    mc_passes=4, seeds=[0])
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.set_num_threads(1)
+    return build_world(SimConfig(n_users=150, n_items=120, n_events=1000, n_topics=6, n_authors=20,
+                                 calib_pairs=2000, seed=3))
+
+
+@pytest.fixture(scope="module")
+def log(world):
+    return replay_log(world, events=CFG.events, candidates=CFG.candidates, pool=CFG.pool, history=CFG.history, seed=0)
+
+
+def _models(log):
+    side = log.featurizer.side
+    torch.manual_seed(0)
+    return (ExplorationCTR(CFG, log.n_users, len(side.cat), side.n_cats, side.n_authors),
+            ItemGate(CFG, side.n_cats, side.n_authors))
+
+
+def _batch(log, n=40):
+    e = np.arange(n)
+    K = log.cand.shape[1]
+    return log.featurizer.batch(np.repeat(log.user[e], K), log.cand[e].ravel(), np.repeat(log.ts[e], K))
+
+
+def test_log_is_a_uniform_random_policy_over_a_turning_pool(world, log):
+    E, K = log.cand.shape
+    assert (CFG.events, CFG.candidates) == (E, K)
+    assert all(len(set(row)) == K for row in log.cand.tolist())  # K distinct candidates
+    assert np.bincount(log.logged, minlength=K).min() > 0.8 * E / K  # the logged one is uniform among them
+    arrival = log.arrival[log.cand]
+    assert (arrival <= np.arange(E)[:, None]).all()  # only items that have arrived
+    assert (log.arrival[log.cand].max(axis=1) > 0).mean() > 0.5  # new items keep coming
+    assert np.all(np.diff(log.ts) > 0)
+    # the world's random-exposure click rate (calibrated to KuaiRand's 0.176)
+    assert abs(log.rates()["click"] - 0.176) < 0.04
+
+
+def test_model_mc_dropout_and_item_representation(log):
+    model, gate = _models(log)
+    b = _batch(log)
+    x, _ = model.features(b)
+    plain = model.heads(x, dropout=False)
+    assert torch.equal(plain, model.heads(x, dropout=False))
+    assert not torch.allclose(plain, model.heads(x, dropout=True))  # fresh masks
+    passes = model.heads(x.expand(3, *x.shape), dropout=True, only=0)
+    assert passes.shape == (3, x.shape[0], 1) and passes.std(dim=0).mean() > 0
+    h = model.item_vec(b)
+    assert torch.allclose(model(b, h), plain, atol=1e-6)
+    assert not torch.allclose(model(b, h + 1.0), plain)  # h really is the input
+    thr = gate(b)
+    b2 = {**b, "user": torch.zeros_like(b["user"]), "hist_mask": torch.zeros_like(b["hist_mask"])}
+    assert torch.equal(thr, gate(b2))  # the gate sees the item only
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_policy_scores_every_row(log, policy):
+    model, gate = _models(log)
+    b = _batch(log)
+    scores, share = score_candidates(policy, model, gate, b, CFG, torch.Generator().manual_seed(0))
+    assert scores.shape == b["item"].shape and torch.isfinite(scores).all()
+    assert (share is not None) == policy.startswith("age")
+
+
+def test_age_without_a_step_is_greedy_and_the_gate_limits_exploration(log):
+    model, gate = _models(log)
+    b = _batch(log)
+    gen = torch.Generator()
+    greedy, _ = score_candidates("greedy", model, gate, b, CFG, gen)
+    still, _ = score_candidates("age_ucb", model, gate, b, dataclasses.replace(CFG, age_lambda=0.0), gen)
+    assert torch.allclose(still, greedy, atol=1e-6)
+    big = dataclasses.replace(CFG, age_lambda=50.0, gate=False)
+    torch.manual_seed(1)  # the same dropout masks for the gated and the ungated call
+    moved, share = score_candidates("age_ucb", model, gate, b, big, gen)
+    assert share == 1.0 and (moved > greedy + 1e-4).float().mean() > 0.9  # UCB's delta >= 0: scored up
+    torch.manual_seed(1)
+    gated, share = score_candidates("age_ucb", model, gate, b, dataclasses.replace(big, gate=True), gen)
+    thr = torch.sigmoid(gate(b))
+    kept = greedy <= thr
+    assert share == pytest.approx(1.0 - kept.float().mean().item())
+    assert torch.allclose(gated[kept], greedy[kept]) and torch.allclose(gated[~kept], moved[~kept])
+
+
+def test_replay_counts_only_events_whose_pick_is_the_logged_item(log, monkeypatch):
+    def first(policy, model, gate, b, cfg, gen):  # always picks candidate 0
+        n = b["item"].shape[0]
+        return (torch.arange(n) % CFG.candidates == 0).float(), None
+
+    monkeypatch.setattr(replay_module, "score_candidates", first)
+    out = replay_policy(log, "greedy", CFG, seed=0)
+    hit = log.logged == 0
+    assert out["accepted"] == hit.sum()
+    assert out["clicks"] == log.labels[hit, 0].sum() and out["long_views"] == log.labels[hit, 1].sum()
+    assert out["clicks_per_1000"] == pytest.approx(1000 * log.labels[hit, 0].mean())
+    assert out["curve"]["accepted"][-1] == out["accepted"]
+
+
+def test_replay_learns_online_and_summarises_over_seeds(world):
+    cfg = dataclasses.replace(CFG, policies=["random", "greedy", "age_ts"], seeds=[0, 1])
+    out = run_replay(world, cfg)
+    s = out["summary"]
+    assert set(s) == {"random", "greedy", "age_ts"}
+    for row in s.values():
+        vals = row["clicks_per_1000"]["values"]
+        assert len(vals) == 2 and row["clicks_per_1000"]["mean"] == pytest.approx(np.mean(vals))
+    assert 0.0 <= s["age_ts"]["explored_share"]["mean"] <= 1.0
+    random_rate = s["random"]["clicks_per_1000"]["mean"]
+    assert abs(random_rate - 1000 * np.mean([r["click"] for r in out["logged_rates"].values()])) < 60
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("policies", ["greedy", "age"], r"explore\.policies"), ("candidates", 1, r"explore\.candidates"),
+    ("pool", 3, r"explore\.pool"), ("dropout", 0.0, r"explore\.dropout"), ("epsilon", 1.5, r"explore\.epsilon"),
+])
+def test_bad_settings_name_the_key_and_the_fix(key, value, needle):
+    with pytest.raises(ConfigError, match=needle) as e:
+        check_explore(dataclasses.replace(CFG, **{"policies": ["greedy", "ucb"], key: value}))
+    assert "Fix:" in str(e.value)
+
+
+def test_pool_larger_than_the_world(world):
+    with pytest.raises(ConfigError, match=r"explore\.pool"):
+        check_explore(dataclasses.replace(CFG, pool=10_000), world.n_items)
+
+
+def test_cli_explore_runs_on_a_simulated_run(tmp_path):
+    run = tmp_path / "run"
+    runner = CliRunner()
+    sim = ["data.sim.n_users=120", "data.sim.n_items=100", "data.sim.n_events=2000", "data.sim.calib_pairs=2000",
+           "data.sim.n_topics=6"]
+    res = runner.invoke(cli, ["data", "--out", str(run), "--preset", "tiny", *sim])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["explore", str(run), "explore.events=600", "explore.pool=20", "explore.candidates=4",
+                              "explore.policies=[random,age_ts]", "explore.mc_passes=3", "explore.block=50"])
+    assert res.exit_code == 0, res.output
+    assert "age_ts" in res.output and (run / "explore" / "metrics.json").exists()
+    res = runner.invoke(cli, ["explore", str(run), "explore.policies=[greedy,agets]"])
+    assert res.exit_code != 0 and "explore.policies" in str(res.exception or res.output)
+    res = runner.invoke(cli, ["config"])
+    assert "explore.age_lambda" in res.output

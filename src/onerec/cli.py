@@ -7,6 +7,7 @@
     onerec tune-prior RUN [--weights ...]     choose the succession prior at decoding on the valid split
     onerec reward RUN [KEY=VALUE ...]         P-Score reward model (SIM + CAN) + ablations, AUC/GAUC
     onerec align RUN [KEY=VALUE ...]          align the generator to the P-Score (DPO / ECPO)
+    onerec explore RUN [KEY=VALUE ...]        AGE exploration vs bandit baselines, offline replay in the world
     onerec generate RUN --user ID ...         top-K recommendations for some users
     onerec serve RUN [--port N]               HTTP service: POST /recommend, /healthz, /metrics
     onerec quickstart [--out DIR]             all of the above on a simulated world
@@ -143,6 +144,24 @@ def align(run: Path, overrides: tuple[str, ...]) -> None:
             _summary(f"{out['method']} {when} (simulated world)", out[when])
 
 
+@cli.command()
+@_run_argument
+@_overrides
+def explore(run: Path, overrides: tuple[str, ...]) -> None:
+    """Exploration for new items (explore.*): AGE and the bandit baselines (greedy, epsilon-greedy, UCB and Thompson
+    from MC dropout, random) by unbiased offline replay of a uniformly random policy's log drawn in the run's
+    simulated world; clicks and long views per 1,000 accepted events. Writes RUN/explore."""
+    from onerec.explore import stage_explore
+    from onerec.pipeline import run_config
+
+    out = stage_explore(run, run_config(run, overrides=overrides))
+    _summary("explore replay: clicks / long views per 1,000 accepted events (mean +- std over seeds)",
+             {p: f"{m['clicks_per_1000']['mean']:.1f} +- {m['clicks_per_1000']['std']:.1f} / "
+                 f"{m['long_views_per_1000']['mean']:.1f} +- {m['long_views_per_1000']['std']:.1f}"
+              for p, m in out["summary"].items()})
+    click.echo(f"\nmetrics: {run / 'explore' / 'metrics.json'}")
+
+
 def _numbers(value: str | None, what: str, example: str, parse) -> list | None:
     if value is None:
         return None
@@ -262,7 +281,7 @@ def quickstart(run: Path, preset: str, overrides: tuple[str, ...]) -> None:
 @cli.command(name="config")
 @click.argument("run", required=False, type=click.Path(exists=True, path_type=Path))
 @_preset_option()
-@click.option("--stage", type=click.Choice(["data", "tokenizer", "train", "eval", "reward", "align"]),
+@click.option("--stage", type=click.Choice(["data", "tokenizer", "train", "eval", "reward", "align", "explore"]),
               help="with RUN: the config that stage ran with (RUN/<stage>/config.yaml).")
 @click.option("--changed", is_flag=True, help="only the keys whose value differs from the defaults.")
 def config_cmd(run: Path | None, preset: str | None, stage: str | None, changed: bool) -> None:

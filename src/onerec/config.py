@@ -509,8 +509,9 @@ class ExploreConfig:
                         choices=["std", "var"])
     ucb_alpha: float = opt(1.0, "ucb: score = mean + alpha * spread over the N passes")
     epsilon: float = opt(0.1, "epsilon: share of events given a uniformly random pick")
-    age_lambda: float = opt(1.0, "AGE: lambda in h' = h + lambda * delta_y * g / ||g|| (h: the item representation, "
-                                 "g: the gradient of the predicted CTR at h, delta_y: the uncertainty)")
+    age_lambda: float = opt(10.0, "AGE: lambda in h' = h + lambda * delta_y * g / ||g|| (h: the item representation, "
+                                  "g: the gradient of the predicted CTR at h, delta_y: the uncertainty); 10 was the "
+                                  "best of 1 / 10 / 30 / 100 for age_ts on a tuning seed of the replay")
     attack: str = opt("pgd", "AGE: fgm = one step | pgd = explore.pgd_steps steps of explore.pgd_step * lambda * "
                              "delta_y along the gradient at the current point, projected back into the ball of "
                              "radius lambda * |delta_y| around h", choices=["fgm", "pgd"])

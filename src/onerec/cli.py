@@ -94,10 +94,15 @@ def tokenize(run: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--resume", is_flag=True, help="continue from the latest checkpoint in RUN/train/checkpoints.")
 @_overrides
 def train(run: Path, resume: bool, overrides: tuple[str, ...]) -> None:
-    """Train the generator (model.*, train.*) with next-token loss. Writes RUN/train."""
-    from onerec.pipeline import run_config, stage_train
+    """Train the generator (model.*, train.*) with next-token loss. Writes RUN/train.
 
-    _summary("train", stage_train(run, run_config(run, overrides=overrides), resume=resume))
+    On several processes: `torchrun --nproc_per_node=N -m onerec train RUN` (train.strategy: ddp | fsdp)."""
+    from onerec.pipeline import run_config, stage_train
+    from onerec.train.distributed import launched_rank
+
+    summary = stage_train(run, run_config(run, overrides=overrides), resume=resume)
+    if launched_rank() == 0:  # under torchrun: rank 0 reports
+        _summary("train", summary)
 
 
 @cli.command(name="eval")

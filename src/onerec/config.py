@@ -264,7 +264,8 @@ class TrainConfig:
 
     epochs: int = opt(10, "passes over the training examples")
     max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides epochs)")
-    batch_size: int = opt(256, "examples per optimizer step")
+    batch_size: int = opt(256, "examples per optimizer step (with several processes or grad_accum: per process "
+                               "and micro-batch)")
     lr: float = opt(2e-3, "peak AdamW learning rate")
     weight_decay: float = opt(0.01, "AdamW weight decay")
     warmup_steps: int = opt(100, "linear warm-up steps before cosine decay")
@@ -304,6 +305,21 @@ class TrainConfig:
                                  "weights, optimizer and loss in fp32; for GPUs and for CPUs with AVX-512 BF16 or "
                                  "AMX, elsewhere it is slower). Validation and generation stay fp32",
                          choices=["fp32", "bf16"])
+    strategy: str = opt("auto", "several processes (torchrun --nproc_per_node=N -m onerec train RUN): ddp "
+                                "(DistributedDataParallel: every rank holds the whole model) | fsdp (FSDP2: "
+                                "parameters, gradients and optimizer state sharded over the ranks; sharded "
+                                "checkpoints) | auto: fsdp above 250M parameters, else ddp. One process: ignored",
+                        choices=["auto", "ddp", "fsdp"])
+    grad_accum: int = opt(1, "micro-batches of batch_size accumulated per optimizer step: the global batch is "
+                             "batch_size x processes x grad_accum, and the learning-rate schedule counts its steps")
+    activation_checkpointing: bool = opt(False, "recompute each transformer block's activations in the backward "
+                                                "pass instead of storing them (less memory, ~1/3 more compute)")
+    compile: bool = opt(False, "torch.compile the model for training (inductor; the first steps compile)")
+    fsdp_mixed_precision: str = opt("fp32", "train.strategy=fsdp: bf16 gathers parameters and computes in bfloat16 "
+                                            "(gradients reduced in fp32, fp32 master weights and optimizer) | fp32",
+                                    choices=["fp32", "bf16"])
+    fsdp_reshard_after_forward: bool = opt(True, "train.strategy=fsdp: free each block's gathered parameters after "
+                                                 "its forward (less memory; gathered again for the backward)")
 
 
 # ------------------------------------------------------------------------- generate

@@ -39,3 +39,7 @@ class ConfigError(OneRecError):
 
 class CheckpointError(OneRecError):
     """A checkpoint that is missing, truncated, or made for another config."""
+
+
+class DistributedError(OneRecError):
+    """A process of a multi-process job (torchrun) lost the others: one of them died or the network failed."""

@@ -373,31 +373,52 @@ def make_featurizer(run: Path, mcfg, codes: np.ndarray, dataset: Dataset | None 
 def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bool = True,
                 log=None) -> dict[str, Any]:
     """Next-token training of the generator -> RUN/train (``log``: one line per epoch, see
-    :func:`onerec.train.train_generator`)."""
+    :func:`onerec.train.train_generator`).
+
+    Under ``torchrun --nproc_per_node=N -m onerec train RUN`` every process runs this: they join one job
+    (:func:`onerec.train.distributed.process_group`), rank 0 owns RUN/train's staging folder and writes the run's
+    files, the others train their share into the same folder (FSDP's checkpoint shards) and write nothing else."""
+    from onerec.train.distributed import process_group
+
+    with process_group(cfg.train.device) as d:
+        if not d.main:
+            d.barrier()  # rank 0 has made (or, resuming, prepared) the staging folder
+            summary = _train_into(run, cfg, staging_folder(run, "train"), resume=resume, progress=False, log=None)
+            d.barrier()  # rank 0 has swapped it in
+            return summary
+        with staged(run, "train", resume=resume) as out:  # a killed run's --resume continues in RUN/train.staging
+            d.barrier()
+            summary = _train_into(run, cfg, out, resume=resume, progress=progress, log=log)
+            write_json(out / "metrics.json", summary)
+        d.barrier()
+    return summary
+
+
+def _train_into(run: Path, cfg: RunConfig, out: Path, *, resume: bool, progress: bool, log) -> dict[str, Any]:
     from onerec.model import build_generator
     from onerec.train import train_generator
     from onerec.train.checkpoint import model_meta
+    from onerec.train.distributed import current
     from onerec.train.logger import make_logger
 
-    with staged(run, "train", resume=resume) as out:  # a killed run's --resume continues in RUN/train.staging
-        codes, splits, sizes, feat, train_ex, valid_ex = training_data(run, cfg)
-        torch.manual_seed(cfg.train.seed)
-        model = build_generator(cfg.model, sizes)
-        meta = model_meta(cfg.model, sizes, n_items=len(codes))
+    main = current().main
+    codes, splits, sizes, feat, train_ex, valid_ex = training_data(run, cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = build_generator(cfg.model, sizes)
+    meta = model_meta(cfg.model, sizes, n_items=len(codes))
+    if main:
         save_config(run, cfg)  # before training: a killed run's `--resume` continues with the same config
         save_config(out, cfg)
-        scorer = valid_scorer(codes, splits["valid"], cfg, feat) if cfg.train.early_stop_metric else None
-        logger = make_logger(cfg.train.logger, run, "train")
-        if progress and logger.watch_hint():
-            print(f"watch training: {logger.watch_hint()}", flush=True)
-        try:
-            result = train_generator(model, train_ex, cfg.train, out, meta=meta, valid=valid_ex, resume=resume,
-                                     progress=progress, score_valid=scorer, log=log, logger=logger)
-        finally:
-            logger.close()
-        summary = _train_summary(model, train_ex, result, scorer is not None)
-        write_json(out / "metrics.json", summary)
-    return summary
+    scorer = valid_scorer(codes, splits["valid"], cfg, feat) if cfg.train.early_stop_metric and main else None
+    logger = make_logger(cfg.train.logger if main else "none", run, "train")
+    if progress and logger.watch_hint():
+        print(f"watch training: {logger.watch_hint()}", flush=True)
+    try:
+        result = train_generator(model, train_ex, cfg.train, out, meta=meta, valid=valid_ex, resume=resume,
+                                 progress=progress, score_valid=scorer, log=log, logger=logger)
+    finally:
+        logger.close()
+    return _train_summary(model, train_ex, result, scorer is not None)
 
 
 def training_data(run: Path, cfg: RunConfig):

@@ -93,8 +93,16 @@ class MoE(nn.Module):
 
     @torch.no_grad()
     def _balance(self, chosen: Tensor) -> None:
-        """Record the load and nudge the bias: over-loaded experts down, under-loaded up."""
+        """Record the load and nudge the bias: over-loaded experts down, under-loaded up.
+
+        In a job of several processes (torchrun) the load is summed over the ranks first, so every rank nudges
+        its bias the same way, as one process would on the whole batch. A forward that activation checkpointing
+        re-runs inside the backward pass nudges nothing (it already did)."""
+        if torch._C._current_graph_task_id() != -1:  # recomputed in backward (train.activation_checkpointing)
+            return
         load = torch.bincount(chosen.reshape(-1), minlength=self.n).to(self.route_bias.dtype)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(load)
         self.last_load.copy_(load)
         self.route_bias.add_(self.bias_step * torch.sign(load.mean() - load))
 

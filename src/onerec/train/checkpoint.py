@@ -22,9 +22,14 @@ from onerec.io import atomic_folder, atomic_path, read_json, whole_folders, writ
 
 
 def save_model(folder: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    save_weights(folder, model.state_dict(), meta)
+
+
+def save_weights(folder: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """``folder/model.safetensors`` (the tensors of ``state``, on the CPU) and ``folder/model.json`` (``meta``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(tensors, str(tmp))
     write_json(folder / "model.json", meta)

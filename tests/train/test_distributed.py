@@ -1,0 +1,217 @@
+"""Training on several processes (torch.distributed, gloo, 2 CPU processes): DDP and FSDP2 give the one-process
+loss curve at the same global batch, resuming across world sizes continues the curve, only rank 0 writes files
+(FSDP: plus each rank's checkpoint shard), and a rank killed under torchrun stops the job naming it while
+``--resume`` recovers.
+
+Tolerance: the runs differ only in how float32 sums are grouped (two ranks' mean gradients averaged instead of
+one mean over the whole batch), a relative error of ~1e-7 per step that training can amplify; over 10 steps of a
+tiny model the curves agree to ~1e-6, and 1e-4 (relative) leaves room for other CPUs' kernels while still failing
+on any real difference (a wrong shard, a missing sync or a mis-scaled loss moves the loss by 1e-2 or more)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from onerec.config import ModelConfig, TrainConfig
+from onerec.features import HistoryFeaturizer, TrainExamples
+from onerec.model.generator import Generator
+from onerec.train import train_generator
+from onerec.train.checkpoint import model_meta
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")
+
+RTOL = 1e-4
+MODEL = ModelConfig(d_model=32, n_heads=2, enc_layers=1, dec_layers=2, max_history=8, dropout=0.0, moe_experts=4,
+                    moe_top_k=2)  # MoE: its routing biases must stay equal across the ranks
+SIZES = [8, 5]
+
+
+def _examples() -> TrainExamples:
+    from conftest import cyclic_dataset
+    from onerec.data.splits import make_splits
+
+    ds = cyclic_dataset()
+    splits = make_splits(ds, protocol="loo")
+    codes = np.stack([np.arange(ds.n_items) // 5, np.arange(ds.n_items) % 5], axis=1)
+    np.random.default_rng(0).shuffle(codes)
+    return TrainExamples(splits["train"], HistoryFeaturizer(codes, MODEL.max_history))
+
+
+def _cfg(batch_size: int, **kw) -> TrainConfig:
+    return TrainConfig(max_steps=10, batch_size=batch_size, lr=3e-3, warmup_steps=2, checkpoint_every=5,
+                       device="cpu", threads=1, **{"logger": "none", **kw})
+
+
+def _train(out: Path, cfg: TrainConfig, **kw):
+    torch.manual_seed(0)
+    return train_generator(Generator(MODEL, SIZES), _examples(), cfg, out, meta=model_meta(MODEL, SIZES),
+                           progress=False, **kw)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, out: str, cfg: TrainConfig, kw: dict) -> None:
+    """One rank: join the job, train, and report (rank 0: the loss curve; rank 1: every file it wrote)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    written: list[str] = []
+    recording = [True]
+
+    def audit(event: str, args: tuple) -> None:  # every file this process opens for writing, makes or moves
+        if not recording[0]:
+            return
+        if event == "open" and len(args) >= 3:
+            path, mode, flags = args[0], args[1], args[2]
+            writes = (mode and any(c in str(mode) for c in "wax+")) or \
+                (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if writes and str(path).startswith(out):
+                written.append(str(path))
+        elif event in ("os.rename", "os.mkdir", "os.remove", "shutil.rmtree") and str(args[0]).startswith(out):
+            written.append(f"{event} {args[0]}")
+
+    sys.addaudithook(audit)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        result = _train(Path(out), cfg, **kw)
+    finally:
+        dist.destroy_process_group()
+    recording[0] = False
+    if rank == 0:
+        Path(out, "loss.json").write_text(json.dumps(result.loss))
+    else:
+        Path(out, "rank1-writes.json").write_text(json.dumps(written))
+
+
+def _spawn(out: Path, cfg: TrainConfig, **kw) -> tuple[list[float], list[str]]:
+    mp.spawn(_worker, args=(2, _free_port(), str(out), cfg, kw), nprocs=2)
+    return json.loads((out / "loss.json").read_text()), json.loads((out / "rank1-writes.json").read_text())
+
+
+def test_ddp_and_fsdp_give_the_one_process_curve(tmp_path):
+    """Global batch 32: one process x 32, one process x 16 x grad_accum 2 (dense forward path, no MoE difference
+    here since the routing counts each micro-batch), two processes x 16 under DDP and under FSDP."""
+    one = _train(tmp_path / "one", _cfg(32))
+    ddp, ddp_writes = _spawn(tmp_path / "ddp", _cfg(16, strategy="ddp"))
+    fsdp, fsdp_writes = _spawn(tmp_path / "fsdp", _cfg(16, strategy="fsdp"))
+    np.testing.assert_allclose(ddp, one.loss, rtol=RTOL)
+    np.testing.assert_allclose(fsdp, one.loss, rtol=RTOL)
+    # the exported model is one whole model.safetensors either way, with the one process's weights
+    from safetensors.torch import load_file
+
+    ref = load_file(str(tmp_path / "one" / "model.safetensors"))
+    torch.manual_seed(0)
+    init = Generator(MODEL, SIZES).state_dict()
+    assert max(float((ref[k] - init[k]).abs().max()) for k in ref) > 1e-3  # it trained: not two idle models
+    for name in ("ddp", "fsdp"):
+        got = load_file(str(tmp_path / name / "model.safetensors"))
+        assert set(got) == set(ref)
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-3, atol=1e-4)
+    assert (tmp_path / "fsdp" / "checkpoints" / "step-0000010" / "sharded").is_dir()
+    # rank 1 wrote nothing under DDP, and only its own checkpoint shards under FSDP
+    assert ddp_writes == []
+    shard = re.compile(r"\.tmp/sharded(/shard-[^/]*\.safetensors)?$")
+    assert fsdp_writes and all(shard.search(w) for w in fsdp_writes), fsdp_writes
+
+
+def test_grad_accum_is_the_larger_batch(tmp_path):
+    """One process: 2 micro-batches of 16 accumulated make the step of one batch of 32 (a dense model: an MoE's
+    routing bias moves once per forward, so there the two differ by design)."""
+    global MODEL
+    dense, MODEL = MODEL, ModelConfig(d_model=32, n_heads=2, enc_layers=1, dec_layers=1, max_history=8, dropout=0.0)
+    try:
+        one = _train(tmp_path / "one", _cfg(32))
+        acc = _train(tmp_path / "acc", _cfg(16, grad_accum=2))
+    finally:
+        MODEL = dense
+    np.testing.assert_allclose(acc.loss, one.loss, rtol=RTOL)
+
+
+def test_resume_across_world_sizes(tmp_path):
+    """FSDP on 2 processes stopped at step 5 and resumed on 1 process; 1 process stopped at 5 and resumed under FSDP
+    on 2: both continue the uninterrupted one-process curve."""
+    full = _train(tmp_path / "full", _cfg(32))
+    _spawn(tmp_path / "two-one", _cfg(16, strategy="fsdp"), stop_at=5)
+    assert (tmp_path / "two-one" / "checkpoints" / "step-0000005" / "sharded").is_dir()
+    resumed = _train(tmp_path / "two-one", _cfg(32), resume=True)
+    np.testing.assert_allclose(resumed.loss, full.loss, rtol=RTOL)
+
+    _train(tmp_path / "one-two", _cfg(32), stop_at=5)
+    loss, _ = _spawn(tmp_path / "one-two", _cfg(16, strategy="fsdp"), resume=True)
+    np.testing.assert_allclose(loss, full.loss, rtol=RTOL)
+
+
+def test_resume_refuses_another_global_batch(tmp_path):
+    from onerec.errors import CheckpointError
+
+    _train(tmp_path, _cfg(32), stop_at=5)
+    with pytest.raises(CheckpointError, match=r"32 examples per optimizer step.*takes 16.*Fix: keep the global batch"):
+        _train(tmp_path, _cfg(16), resume=True)
+
+
+# ------------------------------------------------------------------------------------------------ torchrun, end to end
+def _torchrun(run: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={_free_port()}", "-m", "onerec", "train", str(run), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+
+
+def _workers(pid: int) -> dict[int, int]:
+    """{rank: pid} of torchrun's worker processes."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            rank = [e for e in env if e.startswith(b"RANK=")]
+            if rank:
+                found[int(rank[0][5:])] = int(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finding torchrun's workers reads /proc (Linux)")
+def test_torchrun_rank_killed_then_resumed(tmp_path):
+    from click.testing import CliRunner
+
+    from onerec.cli import cli
+
+    run = tmp_path / "run"
+    for args in (["data", "--out", str(run), "--preset", "tiny"], ["tokenize", str(run)]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+    keys = ["train.checkpoint_every=5", "train.logger=none", "train.strategy=fsdp"]
+    job = _torchrun(run, "train.max_steps=300", *keys)
+    deadline = time.time() + 120
+    while not list((run / "train.staging" / "checkpoints").glob("step-0000010")) and time.time() < deadline:
+        assert job.poll() is None, job.communicate()[0]
+        time.sleep(0.05)
+    os.kill(_workers(job.pid)[1], signal.SIGKILL)
+    out, _ = job.communicate(timeout=120)
+    assert job.returncode != 0
+    assert re.search(r"Root Cause.*?rank\s*:\s*1 ", out, re.S), out[-2000:]  # torchrun names the dead rank
+    assert not (run / "train").exists()  # nothing half-written took RUN/train's place
+
+    job = _torchrun(run, "--resume", "train.max_steps=40", *keys)
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == 0, out[-3000:]
+    history = json.loads((run / "train" / "history.json").read_text())
+    assert history["steps"] == list(range(1, 41))  # the killed part's steps, then the resumed ones
+    assert (run / "train" / "model.safetensors").is_file() and (run / "train" / "metrics.json").is_file()

@@ -15,6 +15,7 @@ Ablation (all on age_ts, the paper's best): without the gating unit, FGM instead
 (``age_nounc``: every candidate moves by lambda times the block's mean MC-dropout spread).
 
     PYTHONPATH=src python benchmarks/exploration.py [--seeds 0 1 2] [--events 60000] [--quick] [--out PATH]
+    PYTHONPATH=src python benchmarks/exploration.py --plot-from benchmarks/results/exploration.json   # the plot
 """
 
 from __future__ import annotations
@@ -59,13 +60,44 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Cumulative clicks against stream events (first seed), and the running clicks per 1,000 accepted events."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, c in result["curves_seed0"].items():
+        if name.startswith("ablation.") and name != "ablation.age_ts_no_gate":
+            continue
+        label = name.split(".", 1)[1] + (" (ablation)" if name.startswith("ablation.") else "")
+        style = "-" if "age" in name else "--"
+        a.plot(c["events"], c["clicks"], style, label=label)
+        rate = [1000.0 * k / max(n, 1) for k, n in zip(c["clicks"], c["accepted"])]
+        b.plot(c["events"][2:], rate[2:], style, label=label)
+    a.set(xlabel="logged events streamed", ylabel="cumulative clicks (accepted events)", title="replay, seed 0")
+    b.set(xlabel="logged events streamed", ylabel="clicks per 1,000 accepted so far", title="running rate, seed 0")
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--events", type=int, default=60_000)
     ap.add_argument("--quick", action="store_true", help="6,000 events, one seed; writes exploration.quick.json")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--plot-from", type=Path, default=None, help="only draw the plot of this results file")
     args = ap.parse_args()
+    docs_png = Path(__file__).parent.parent / "docs" / "benchmarks" / "exploration.png"
+    if args.plot_from:
+        from onerec.io import read_json
+
+        plot(read_json(args.plot_from), docs_png)
+        return
     if args.quick:
         args.events, args.seeds = 6_000, args.seeds[:1]
     out = args.out or RESULTS / ("exploration.quick.json" if args.quick else "exploration.json")
@@ -114,6 +146,7 @@ def main() -> None:
         group, policy = name.split(".", 1)
         result[group][policy] = {**row, "seconds": [r["seconds"] for r in runs[name].values()]}
     write_json(out, result)
+    plot(result, out.with_suffix(".png") if args.quick or args.out else docs_png)
     print("\nreplay\n" + table(result["replay"]) + "\n\nablation\n" + table(result["ablation"]))
     print(f"\n{out} ({result['seconds']:.0f}s)")
 

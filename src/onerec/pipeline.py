@@ -126,9 +126,9 @@ def data_source(cfg: RunConfig) -> tuple[str, str | None]:
         raise ConfigError(f"data.source=simulate simulates a world, which would ignore data.path={dc.path}. Fix: "
                           "pass data.source=auto to read the dataset there (its layout picks the adapter), or "
                           "data.path=null to simulate")
+    if dc.source == "simulate" or (dc.source == "auto" and not dc.path):
+        return "simulate", dc.name
     if dc.source == "auto":
-        if not dc.path:
-            return "simulate", dc.name
         from onerec.data.adapters import detect_source
 
         source, name = detect_source(dc.path, dc.name)

@@ -111,6 +111,7 @@ def test_an_unknown_layout_lists_what_was_found(tmp_path: Path) -> None:
 def test_config_auto_simulates_without_a_path_and_detects_with_one(tmp_path: Path) -> None:
     assert load_config().data.source == "auto"
     assert data_source(load_config(preset="tiny")) == ("simulate", None)
+    assert data_source(load_config(preset="tiny", overrides=["data.source=simulate"])) == ("simulate", None)
     folder = write_recbole(tmp_path / "rb")
     assert data_source(load_config(preset="tiny", overrides=[f"data.path={folder}"])) == ("recbole", "tiny")
     # an explicit source is used as given (the adapter checks the files)

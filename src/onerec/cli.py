@@ -7,7 +7,7 @@
     onerec tune-prior RUN [--weights ...]     choose the succession prior at decoding on the valid split
     onerec reward RUN [KEY=VALUE ...]         P-Score reward model (SIM + CAN) + ablations, AUC/GAUC
     onerec align RUN [KEY=VALUE ...]          align the generator to the P-Score (DPO / ECPO)
-    onerec explore RUN [KEY=VALUE ...]        AGE exploration vs bandit baselines, offline replay in the world
+    onerec explore RUN [KEY=VALUE ...]        AGE exploration vs bandit baselines: replay and online days in the world
     onerec generate RUN --user ID ...         top-K recommendations for some users
     onerec serve RUN [--port N]               HTTP service: POST /recommend, /healthz, /metrics
     onerec quickstart [--out DIR]             all of the above on a simulated world
@@ -155,15 +155,23 @@ def align(run: Path, overrides: tuple[str, ...]) -> None:
 def explore(run: Path, overrides: tuple[str, ...]) -> None:
     """Exploration for new items (explore.*): AGE and the bandit baselines (greedy, epsilon-greedy, UCB and Thompson
     from MC dropout, random) by unbiased offline replay of a uniformly random policy's log drawn in the run's
-    simulated world; clicks and long views per 1,000 accepted events. Writes RUN/explore."""
+    simulated world (clicks and long views per 1,000 accepted events), and online: explore.online_days simulated
+    days with new videos arriving, the serving cascade retrained on its own exposures daily (watch time, new-item
+    coverage, first-day cost against no exploration). explore.evaluations picks which. Writes RUN/explore."""
     from onerec.explore import stage_explore
     from onerec.pipeline import run_config
 
     out = stage_explore(run, run_config(run, overrides=overrides))
-    _summary("explore replay: clicks / long views per 1,000 accepted events (mean +- std over seeds)",
-             {p: f"{m['clicks_per_1000']['mean']:.1f} +- {m['clicks_per_1000']['std']:.1f} / "
-                 f"{m['long_views_per_1000']['mean']:.1f} +- {m['long_views_per_1000']['std']:.1f}"
-              for p, m in out["summary"].items()})
+    if "replay" in out:
+        _summary("explore replay: clicks / long views per 1,000 accepted events (mean +- std over seeds)",
+                 {p: f"{m['clicks_per_1000']['mean']:.1f} +- {m['clicks_per_1000']['std']:.1f} / "
+                     f"{m['long_views_per_1000']['mean']:.1f} +- {m['long_views_per_1000']['std']:.1f}"
+                  for p, m in out["replay"]["summary"].items()})
+    if "online" in out:
+        _summary("explore online: watch time h (vs none) / new-item coverage / first-day cost (mean over seeds)",
+                 {p: f"{m['watch_time']['mean']:.1f} ({100 * m['watch_time_gain']['mean']:+.2f}%) / "
+                     f"{m['new_item_coverage']['mean']:.2f} / {100 * m['first_day_cost']['mean']:+.2f}%"
+                  for p, m in out["online"]["summary"].items()})
     click.echo(f"\nmetrics: {run / 'explore' / 'metrics.json'}")
 
 

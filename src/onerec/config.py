@@ -499,7 +499,8 @@ class AlignConfig:
 @dataclass
 class ExploreConfig:
     """Exploration for new items (``onerec explore``): AGE (arXiv 2112.11136) beside the classic bandit policies,
-    measured by unbiased offline replay (Li et al. 2011) of a uniformly random policy's log in the simulated world."""
+    measured by unbiased offline replay (Li et al. 2011) of a uniformly random policy's log in the simulated world,
+    and online: several simulated days with new videos arriving, the policy retrained on its own exposures daily."""
 
     policies: list[str] = opt(["random", "greedy", "epsilon", "ucb", "thompson", "age_ucb", "age_ts"],
                               "policies replayed: random | greedy (the CTR model, no exploration) | epsilon "
@@ -540,6 +541,34 @@ class ExploreConfig:
                          choices=["click", "long_view"])
 
 
+    evaluations: list[str] = opt(["replay", "online"], "what `onerec explore` runs: replay (the offline replay above) "
+                                 "| online (explore.online_days simulated days with new videos arriving daily, "
+                                 "the serving cascade retrained on its own exposures every day)")
+    online_days: int = opt(7, "online: simulated days; new videos arrive at the start of every day")
+    online_initial: int = opt(400, "online: videos in the catalogue before day 0, with a warm-up history")
+    online_new_per_day: int = opt(40, "online: new videos entering the catalogue each day, with content but no "
+                                      "history; they get semantic IDs from their content vectors (the tokenizer's "
+                                      "cold-start encode) and the CTR model reads the first SID level as category")
+    online_new_days: int = opt(3, "online: a video counts as new for this many days after it arrives (it is in the "
+                                  "new-candidate branch and the exploration slots may pick it)")
+    online_requests: int = opt(1500, "online: feed requests per day (users drawn by activity)")
+    online_slate: int = opt(6, "online: videos shown per request")
+    online_explore_slots: int = opt(1, "online: slots of each slate the exploration policy fills from the new "
+                                       "candidates; the others take the CTR model's best candidates (the 'none' "
+                                       "reference fills every slot that way). 0: no slot is reserved, the policy's "
+                                       "own scores (e.g. AGE's f(h')) rank every candidate")
+    online_candidates: int = opt(40, "online: candidates per request retrieved from the older videos, drawn by "
+                                     "popularity (1 + clicks so far)")
+    online_new_candidates: int = opt(10, "online: candidates per request drawn uniformly from the new videos")
+    online_warmup: int = opt(20_000, "online: uniformly random exposures of the initial catalogue that the CTR model "
+                                     "first trains on (day -1)")
+    online_epochs: int = opt(2, "online: passes over each day's exposures at the daily retrain (and the warm-up)")
+    online_fair: int = opt(30, "online: exposures that count as a fair amount; new-item coverage = share of the new "
+                               "videos that reach it within explore.online_new_days days of arriving")
+    online_good: float = opt(0.2, "online: the top share of new videos by ground-truth appeal (expected watch time "
+                                  "over a fixed sample of users, World.expected) that count as good")
+    online_codebook: int = opt(32, "online: codes per level of the two-level cold-start tokenizer fitted on the "
+                                   "initial catalogue's content vectors (at most explore.online_initial)")
 # ------------------------------------------------------------------------------ run
 @dataclass
 class RunConfig:
@@ -555,7 +584,7 @@ class RunConfig:
     serve: ServeConfig = section(ServeConfig, "recommendation service")
     reward: RewardConfig = section(RewardConfig, "P-Score reward model")
     align: AlignConfig = section(AlignConfig, "preference alignment")
-    explore: ExploreConfig = section(ExploreConfig, "exploration for new items (AGE) and its replay")
+    explore: ExploreConfig = section(ExploreConfig, "exploration for new items (AGE): its replay and online run")
 
 
 # ------------------------------------------------------------------ load and override

@@ -14,6 +14,7 @@ from onerec.errors import ConfigError
 from onerec.explore import POLICIES, check_explore, replay_log, replay_policy, run_replay, score_candidates
 from onerec.explore import replay as replay_module
 from onerec.explore.model import ExplorationCTR, ItemGate
+from onerec.io import read_json
 
 CFG = ExploreConfig(events=1500, candidates=5, pool=30, block=50, d_model=8, tower_hidden=8, history=8,
                     mc_passes=4, seeds=[0])
@@ -151,11 +152,23 @@ def test_cli_explore_runs_on_a_simulated_run(tmp_path):
            "data.sim.n_topics=6"]
     res = runner.invoke(cli, ["data", "--out", str(run), "--preset", "tiny", *sim])
     assert res.exit_code == 0, res.output
+    online = ["explore.online_days=2", "explore.online_initial=40", "explore.online_new_per_day=10",
+              "explore.online_requests=40", "explore.online_slate=3", "explore.online_candidates=10",
+              "explore.online_new_candidates=5", "explore.online_warmup=300", "explore.online_epochs=1",
+              "explore.online_codebook=4", "explore.online_new_days=1", "explore.d_model=8", "explore.tower_hidden=8"]
     res = runner.invoke(cli, ["explore", str(run), "explore.events=600", "explore.pool=20", "explore.candidates=4",
-                              "explore.policies=[random,age_ts]", "explore.mc_passes=3", "explore.block=50"])
+                              "explore.policies=[random,age_ts]", "explore.mc_passes=3", "explore.block=50", *online])
     assert res.exit_code == 0, res.output
-    assert "age_ts" in res.output and (run / "explore" / "metrics.json").exists()
+    assert "age_ts" in res.output and "explore online" in res.output
+    metrics = read_json(run / "explore" / "metrics.json")
+    assert set(metrics["replay"]["summary"]) == {"random", "age_ts"}
+    assert set(metrics["online"]["summary"]) == {"none", "random", "age_ts"}
+    assert metrics["online"]["summary"]["none"]["watch_time_gain"]["mean"] == 0.0
+    res = runner.invoke(cli, ["explore", str(run), "explore.evaluations=[replay,onlin]"])
+    assert res.exit_code != 0 and "explore.evaluations" in str(res.exception or res.output)
+    res = runner.invoke(cli, ["explore", str(run), "explore.evaluations=[online]", "explore.online_days=50"])
+    assert res.exit_code != 0 and "explore.online_days" in str(res.exception or res.output)
     res = runner.invoke(cli, ["explore", str(run), "explore.policies=[greedy,agets]"])
     assert res.exit_code != 0 and "explore.policies" in str(res.exception or res.output)
     res = runner.invoke(cli, ["config"])
-    assert "explore.age_lambda" in res.output
+    assert "explore.age_lambda" in res.output and "explore.online_explore_slots" in res.output

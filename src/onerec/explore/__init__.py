@@ -6,11 +6,14 @@ random-exposure log.
   spread, Thompson-style single mask), dynamic gating;
 * :mod:`onerec.explore.model` -- the CTR model with MC-dropout towers and the gate's item-only model;
 * :mod:`onerec.explore.policies` -- random, greedy, epsilon-greedy, UCB, Thompson, AGE-UCB, AGE-TS in one harness;
-* :mod:`onerec.explore.replay` -- the random-exposure log, the replay, ``onerec explore RUN``.
+* :mod:`onerec.explore.replay` -- the random-exposure log, the replay, ``onerec explore RUN``;
+* :mod:`onerec.explore.online` -- the online days in the simulated world, new videos arriving daily, the serving
+  cascade retrained on its own exposures.
 """
 
+from onerec.explore.online import check_online, run_online
 from onerec.explore.policies import POLICIES, score_candidates
 from onerec.explore.replay import ReplayLog, check_explore, replay_log, replay_policy, run_replay, stage_explore
 
-__all__ = ["POLICIES", "ReplayLog", "check_explore", "replay_log", "replay_policy", "run_replay", "score_candidates",
-           "stage_explore"]
+__all__ = ["POLICIES", "ReplayLog", "check_explore", "check_online", "replay_log", "replay_policy", "run_online",
+           "run_replay", "score_candidates", "stage_explore"]

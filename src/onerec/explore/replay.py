@@ -79,6 +79,10 @@ def check_explore(cfg: ExploreConfig, n_items: int | None = None) -> None:
                   f"pick from {', '.join(POLICIES)}, e.g. explore.policies=[greedy,age_ts]")
     if not cfg.seeds:
         raise bad("seeds", "no seed given", "e.g. explore.seeds=[0,1,2]")
+    wrong = [e for e in cfg.evaluations if e not in ("replay", "online")]
+    if not cfg.evaluations or wrong:
+        raise bad("evaluations", f"unknown evaluation {wrong[0]!r}" if wrong else "nothing to run",
+                  "pick from replay, online, e.g. explore.evaluations=[replay,online]")
     for key, low in (("events", 1), ("candidates", 2), ("block", 1), ("updates", 0), ("d_model", 1),
                      ("tower_hidden", 1), ("history", 1), ("mc_passes", 2), ("pgd_steps", 1)):
         if getattr(cfg, key) < low:
@@ -226,22 +230,43 @@ def run_replay(world: Any, cfg: ExploreConfig, *, progress: bool = False) -> dic
 
 
 def stage_explore(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
-    """``onerec explore RUN``: the replay in the run's simulated world -> RUN/explore/metrics.json."""
+    """``onerec explore RUN``: the evaluations of ``explore.evaluations`` in the run's simulated world -- the replay
+    (:func:`run_replay`) and the online days (:func:`onerec.explore.online.run_online`) -> RUN/explore/metrics.json
+    ``{"replay": ..., "online": ..., "settings": ...}``."""
+    from onerec.data.schema import FILES
     from onerec.data.simulator import WORLD_DIR, World
-    from onerec.io import write_json
+    from onerec.explore.online import check_online, run_online
+    from onerec.io import read_parquet, write_json
     from onerec.pipeline import save_config
     from onerec.rundir import staged
     from onerec.threads import set_threads
 
-    check_explore(cfg.explore)
+    ecfg = cfg.explore
+    check_explore(ecfg)
+    if "online" in ecfg.evaluations:
+        check_online(ecfg)
     world_dir = Path(run) / "data" / WORLD_DIR
     if not (world_dir / "world.json").exists():
-        raise DataError("no simulated world: the replay draws its random-exposure log from one", path=str(world_dir),
+        raise DataError("no simulated world: both evaluations draw their exposures and responses from one",
+                        path=str(world_dir),
                         fix=f"start a simulated run first: `onerec data --out {run} data.source=simulate`")
+    world = World.load(world_dir)
+    items = None
+    if "online" in ecfg.evaluations:
+        check_online(ecfg, world.n_items)
+        items_path = Path(run) / "data" / FILES["items"]
+        if not items_path.exists():
+            raise DataError("the simulated videos' table is missing (the online run embeds their captions)",
+                            path=str(items_path), fix=f"re-run `onerec data --out {run}`")
+        items = read_parquet(items_path)
     set_threads(cfg.train.threads)
     with staged(run, "explore") as out:
-        result = run_replay(World.load(world_dir), cfg.explore, progress=progress)
-        result["settings"] = dataclasses.asdict(cfg.explore)
+        result: dict[str, Any] = {}
+        if "replay" in ecfg.evaluations:
+            result["replay"] = run_replay(world, ecfg, progress=progress)
+        if items is not None:
+            result["online"] = run_online(world, items, ecfg, cfg.content, progress=progress)
+        result["settings"] = dataclasses.asdict(ecfg)
         write_json(out / "metrics.json", result)
         save_config(out, cfg)
     save_config(run, cfg)

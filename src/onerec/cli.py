@@ -129,7 +129,7 @@ def reward(run: Path, overrides: tuple[str, ...]) -> None:
     from onerec.pipeline import run_config, stage_reward
 
     out = stage_reward(run, run_config(run, overrides=overrides))
-    for name, m in out["models"].items():
+    for name, m in out.get("models", {}).items():  # under torchrun: rank 0 reports
         _summary(f"reward {name} (AUC / GAUC)", {o: f"{v['auc']:.4f} / {v['gauc']:.4f}" for o, v in m.items()
                                                  if isinstance(v, dict)})
 

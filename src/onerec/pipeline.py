@@ -728,22 +728,39 @@ def _reward_inputs(run: Path, cfg: RunConfig):
 def stage_reward(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train the P-Score model on the train exposures (and, with reward.ablations, the DIN baseline and
     the no-SIM / no-CAN ablations); AUC / GAUC per objective on held-out exposures -> RUN/reward."""
-    from onerec.reward.train import VARIANTS, fit_variants, save_pscore
+    from onerec.reward.train import VARIANTS, fit_variants
+    from onerec.train.distributed import process_group
 
     set_threads(cfg.train.threads)
-    with staged(run, "reward") as out:
-        ds, codes, splits, feat = _reward_inputs(run, cfg)
-        variants = VARIANTS if cfg.reward.ablations else {"pscore": VARIANTS["pscore"]}
-        models, metrics = fit_variants(cfg.reward, splits, feat, ds.n_users, variants=variants,
-                                       log_every=200 if progress else 0)
-        side = feat.side
-        meta = {"n_users": ds.n_users, "n_items": len(codes), "n_cats": side.n_cats, "n_authors": side.n_authors,
-                "author_ids": "dense"}  # ItemSide.build's numbering of authors
-        save_pscore(out, models["pscore"], meta)
-        summary = {"train_exposures": len(splits["train"]), "test_exposures": len(splits["test"]), "models": metrics}
-        write_json(out / "metrics.json", summary)
-        save_config(out, cfg)
+    variants = VARIANTS if cfg.reward.ablations else {"pscore": VARIANTS["pscore"]}
+    with process_group("cpu") as d:  # torchrun -m onerec reward RUN: data parallel (the reward model trains on CPU)
+        if not d.main:  # train each variant's share of every batch; rank 0 evaluates and writes
+            d.barrier()
+            ds, _, splits, feat = _reward_inputs(run, cfg)
+            fit_variants(cfg.reward, splits, feat, ds.n_users, variants=variants)
+            d.barrier()
+            return {}
+        with staged(run, "reward") as out:
+            d.barrier()
+            summary = _fit_reward(run, cfg, out, variants, progress)
+        d.barrier()
     save_config(run, cfg)
+    return summary
+
+
+def _fit_reward(run: Path, cfg: RunConfig, out: Path, variants, progress: bool) -> dict[str, Any]:
+    from onerec.reward.train import fit_variants, save_pscore
+
+    ds, codes, splits, feat = _reward_inputs(run, cfg)
+    models, metrics = fit_variants(cfg.reward, splits, feat, ds.n_users, variants=variants,
+                                   log_every=200 if progress else 0)
+    side = feat.side
+    meta = {"n_users": ds.n_users, "n_items": len(codes), "n_cats": side.n_cats, "n_authors": side.n_authors,
+            "author_ids": "dense"}  # ItemSide.build's numbering of authors
+    save_pscore(out, models["pscore"], meta)
+    summary = {"train_exposures": len(splits["train"]), "test_exposures": len(splits["test"]), "models": metrics}
+    write_json(out / "metrics.json", summary)
+    save_config(out, cfg)
     return summary
 
 
@@ -800,10 +817,22 @@ def stage_align(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str
 
     With a simulated world, the held-out users' top-K (see :func:`align_setup`) are scored by the
     world's ground truth before and after alignment."""
+    from onerec.align.loop import align
+    from onerec.train.distributed import process_group
+
     set_threads(cfg.train.threads)
-    with staged(run, "align") as out:
-        result = _align_generator(run, out, cfg, progress)
-        save_config(out, cfg)
+    with process_group(cfg.train.device) as d:  # torchrun -m onerec align RUN: data parallel
+        if not d.main:  # roll out and train on a share of each round's users; rank 0 evaluates and writes
+            d.barrier()
+            ctx, _, _, pool = align_setup(run, cfg)
+            align(ctx, cfg.align, pool)
+            d.barrier()
+            return {}
+        with staged(run, "align") as out:
+            d.barrier()
+            result = _align_generator(run, out, cfg, progress)
+            save_config(out, cfg)
+        d.barrier()
     save_config(run, cfg)
     return result
 

@@ -52,8 +52,8 @@ def _examples() -> TrainExamples:
 
 
 def _cfg(batch_size: int, **kw) -> TrainConfig:
-    return TrainConfig(max_steps=10, batch_size=batch_size, lr=3e-3, warmup_steps=2, checkpoint_every=5,
-                       device="cpu", threads=1, **{"logger": "none", **kw})
+    return TrainConfig(batch_size=batch_size, lr=3e-3, warmup_steps=2, checkpoint_every=5, device="cpu", threads=1,
+                       **{"max_steps": 10, "logger": "none", **kw})
 
 
 def _train(out: Path, cfg: TrainConfig, **kw):
@@ -215,3 +215,102 @@ def test_torchrun_rank_killed_then_resumed(tmp_path):
     history = json.loads((run / "train" / "history.json").read_text())
     assert history["steps"] == list(range(1, 41))  # the killed part's steps, then the resumed ones
     assert (run / "train" / "model.safetensors").is_file() and (run / "train" / "metrics.json").is_file()
+
+
+# -------------------------------------------------------------------------------------------- memory and speed options
+@pytest.mark.parametrize("arch", ["encdec", "lazy"])
+def test_activation_checkpointing_keeps_the_curve(tmp_path, arch):
+    """Recomputing every block's activations in backward changes memory, not the arithmetic (MoE included: the
+    recomputed forward does not nudge the routing bias a second time)."""
+    global MODEL
+    base = MODEL
+    MODEL = ModelConfig(**{**vars(base), "arch": arch})
+    try:
+        plain = _train(tmp_path / "plain", _cfg(32))
+        ckpt = _train(tmp_path / "ckpt", _cfg(32, activation_checkpointing=True))
+    finally:
+        MODEL = base
+    np.testing.assert_allclose(ckpt.loss, plain.loss, rtol=RTOL)
+
+
+def test_compiled_training_keeps_the_curve(tmp_path):
+    try:
+        torch.compile(lambda x: x + 1)(torch.ones(2))
+    except Exception as e:  # no C++ compiler for inductor, or no inductor on this platform
+        pytest.skip(f"torch.compile unavailable here: {str(e).splitlines()[0][:200]}")
+    global MODEL
+    base = MODEL
+    MODEL = ModelConfig(**{**vars(base), "moe_experts": 0})  # dense: compiling the MoE's routing takes long
+    try:
+        plain = _train(tmp_path / "plain", _cfg(32, max_steps=3))
+        compiled = _train(tmp_path / "compiled", _cfg(32, max_steps=3, compile=True))
+    finally:
+        MODEL = base
+    np.testing.assert_allclose(compiled.loss, plain.loss, rtol=1e-3)  # inductor fuses: float sums regrouped
+
+
+# ------------------------------------------------------------------------------------------------ reward and alignment
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="runs torchrun (Linux)")
+def test_torchrun_reward_and_align(tmp_path):
+    """The same launcher trains the reward model data-parallel (2 processes x 256 give the one process x 512
+    result) and aligns the generator data-parallel (each process rolls out a share of each round's users)."""
+    from click.testing import CliRunner
+
+    from onerec.cli import cli
+
+    run = tmp_path / "run"
+    tiny = ["data.sim.n_users=200", "data.sim.n_items=150", "data.sim.n_events=10000", "train.max_steps=20",
+            "train.threads=1", "reward.epochs=1", "reward.ablations=false", "align.iterations=1",
+            "align.users_per_iter=24", "align.steps_per_iter=2", "align.batch_users=8", "align.beam_size=6",
+            "align.eval_users=20", "generate.beam_size=8"]
+    for args in (["data", "--out", str(run), "--preset", "tiny", *tiny], ["tokenize", str(run)], ["train", str(run)],
+                 ["reward", str(run), "reward.batch_size=512"]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output + repr(res.exception)
+    one = json.loads((run / "reward" / "metrics.json").read_text())["models"]["pscore"]
+
+    def torchrun(*args: str) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                              f"--master_port={_free_port()}", "-m", "onerec", *args], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        assert res.returncode == 0, res.stdout[-3000:]
+
+    torchrun("reward", str(run), "reward.batch_size=256")
+    two = json.loads((run / "reward" / "metrics.json").read_text())["models"]["pscore"]
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=RTOL)
+    assert two["click"]["auc"] == pytest.approx(one["click"]["auc"], abs=1e-4)
+
+    torchrun("align", str(run), "align.method=ecpo")
+    metrics = json.loads((run / "align" / "metrics.json").read_text())
+    assert metrics["method"] == "ecpo" and len(metrics["history"]) == 1 and "after" in metrics
+    assert (run / "align" / "model.safetensors").is_file()
+
+
+def test_average_gradients_is_the_mean_over_processes(tmp_path):
+    mp.spawn(_average_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    from safetensors.torch import load_file
+
+    got = [load_file(str(tmp_path / f"grad{r}.safetensors")) for r in range(2)]
+    torch.testing.assert_close(got[0], got[1])
+    torch.testing.assert_close(got[0]["w"], torch.tensor([2.0, 3.0]))  # mean of (1, 2) and (3, 4)
+    torch.testing.assert_close(got[0]["b"], torch.tensor([0.5]))  # rank 0 had no gradient: it counts as zero
+
+
+def _average_worker(rank: int, world: int, port: int, out: str) -> None:
+    from onerec.align.loop import average_gradients
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = torch.nn.Module()
+        model.w = torch.nn.Parameter(torch.zeros(2))
+        model.b = torch.nn.Parameter(torch.zeros(1))
+        model.w.grad = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([3.0, 4.0])
+        model.b.grad = None if rank == 0 else torch.tensor([1.0])
+        average_gradients(model)
+        from safetensors.torch import save_file
+
+        save_file({"w": model.w.grad, "b": model.b.grad}, str(Path(out) / f"grad{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()

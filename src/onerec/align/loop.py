@@ -52,6 +52,7 @@ from onerec.reward.data import Positives, RankFeaturizer
 from onerec.reward.model import PScoreModel
 from onerec.reward.rewards import CodeIndex, group_advantages, industrial_reward
 from onerec.tokenizer.constraints import PrefixTable
+from onerec.train import distributed
 
 
 def request_table(pos: Positives, users: np.ndarray, request_ts: np.ndarray) -> pa.Table:
@@ -212,6 +213,7 @@ def _policy_steps(ctx: AlignContext, cfg: AlignConfig, rows: np.ndarray, opt: to
             loss = loss + _rsft(ctx, batch, rsft_codes[j], keep[j])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(ctx.model)  # several processes: the mean of their batches' gradients
         torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), 1.0)
         opt.step()
         losses.append(float(loss.detach()))
@@ -332,26 +334,52 @@ def align(ctx: AlignContext, cfg: AlignConfig, pool: np.ndarray | None = None, *
         raise ConfigError("align.method=gbpo with align.gbpo_reward=duration learns from users' responses to the "
                           "items it shows, which only a simulated world gives; this run has none. Fix: set "
                           "align.gbpo_reward=pscore (ECPO's P-Score advantages), or use a simulated run")
-    torch.manual_seed(cfg.seed)
+    d = distributed.current()
+    torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
     rng = np.random.default_rng(cfg.seed)
     pool = np.arange(len(ctx.users)) if pool is None else np.asarray(pool)
     opt = torch.optim.Adam(ctx.model.parameters(), lr=cfg.lr)
     round_fn = {"dpo": dpo_round, "ecpo": ecpo_round, "gbpo": gbpo_round}[cfg.method]
     history = []
-    bar = tqdm(total=cfg.iterations * cfg.steps_per_iter, desc=f"align {cfg.method}", unit="step", disable=not log,
-               dynamic_ncols=True)
+    bar = tqdm(total=cfg.iterations * cfg.steps_per_iter, desc=f"align {cfg.method}", unit="step",
+               disable=not log or not d.main, dynamic_ncols=True)
     for it in range(cfg.iterations):
         t0 = time.perf_counter()
         rows = rng.choice(pool, size=min(cfg.users_per_iter, len(pool)), replace=False)
         bar.set_postfix_str(f"round {it + 1}/{cfg.iterations}: sampling and scoring {len(rows)} users")
-        stats = {"iteration": it + 1, **round_fn(ctx, cfg, rows, opt, rng, bar if log else None),
-                 "seconds": round(time.perf_counter() - t0, 1)}
+        if d.world == 1:
+            stats = round_fn(ctx, cfg, rows, opt, rng, bar if log else None)
+        else:  # each process rolls out and trains on its share of the round's users, with its own draws
+            mine = distributed.rank_chunks(rows, d.world, 1, d.rank)[0]
+            stats = round_fn(ctx, cfg, mine, opt, np.random.default_rng([cfg.seed, it, d.rank]),
+                             bar if log and d.main else None)
+            numeric = [k for k, v in stats.items() if isinstance(v, (int, float))]
+            stats.update(zip(numeric, (v / d.world for v in d.sum([float(stats[k]) for k in numeric]))))
+        stats = {"iteration": it + 1, **stats, "seconds": round(time.perf_counter() - t0, 1)}
         history.append(stats)
-        if log:
+        if log and d.main:
             bar.write(f"  {cfg.method} round {it + 1}: {stats}")
     bar.close()
     ctx.model.eval()
     return history
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """In a job of several processes (``torchrun -m onerec align RUN``), replace every gradient by its mean over the
+    processes, in one all-reduce (a parameter without a gradient counts as zeros). DDP does the same inside its
+    wrapper's forward and backward; here the loss combines several of the model's methods (sequence log-probs, NTP),
+    so the mean is taken after the backward pass. Nothing on one process."""
+    d = distributed.current()
+    if d.world == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    torch.distributed.all_reduce(flat)
+    flat /= d.world
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
 
 
 def clone_model(model: torch.nn.Module) -> torch.nn.Module:

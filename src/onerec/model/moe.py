@@ -76,6 +76,7 @@ class MoE(nn.Module):
         self.register_buffer("route_bias", torch.zeros(n_experts))
         # tokens routed to each expert in the last training forward (for logging; not saved)
         self.register_buffer("last_load", torch.zeros(n_experts), persistent=False)
+        self._bias_seen: Tensor | None = None  # the routing bias of the last training forward (before its nudge)
 
     def expert_params(self) -> int:
         """Parameters of one expert (used to count active parameters)."""
@@ -97,9 +98,8 @@ class MoE(nn.Module):
 
         In a job of several processes (torchrun) the load is summed over the ranks first, so every rank nudges
         its bias the same way, as one process would on the whole batch. A forward that activation checkpointing
-        re-runs inside the backward pass nudges nothing (it already did)."""
-        if torch._C._current_graph_task_id() != -1:  # recomputed in backward (train.activation_checkpointing)
-            return
+        re-runs inside the backward pass nudges nothing (it already did) and routes with the bias the original
+        forward saw (``_bias_seen``), so it recomputes the same activations."""
         load = torch.bincount(chosen.reshape(-1), minlength=self.n).to(self.route_bias.dtype)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(load)
@@ -131,7 +131,8 @@ class MoE(nn.Module):
         return order, flat_e[order], order // self.k, torch.bincount(flat_e, minlength=self.n)
 
     def _grouped(self, x: Tensor, chosen: Tensor, gates: Tensor) -> Tensor:
-        if x.device.type != "cpu" or not hasattr(F, "grouped_mm"):
+        # under torch.compile (train.compile) the padded form: the fake-tensor kernel of grouped_mm takes bf16 only
+        if x.device.type != "cpu" or not hasattr(F, "grouped_mm") or torch.compiler.is_compiling():
             return self._padded(x, chosen, gates)
         order, _, tok, counts = self._sorted(chosen)
         offs = torch.cumsum(counts, 0).to(torch.int32)  # end of each expert's slice of the sorted rows
@@ -156,8 +157,17 @@ class MoE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         flat = x.reshape(-1, self.d)
-        chosen, gates = self.route(flat)
-        if self.training and torch.is_grad_enabled():
+        recomputed = torch._C._current_graph_task_id() != -1  # re-run in backward (train.activation_checkpointing)
+        if recomputed and self._bias_seen is not None:
+            bias, self.route_bias = self.route_bias, self._bias_seen  # route as the original forward did
+            try:
+                chosen, gates = self.route(flat)
+            finally:
+                self.route_bias = bias
+        else:
+            chosen, gates = self.route(flat)
+        if self.training and torch.is_grad_enabled() and not recomputed:
+            self._bias_seen = self.route_bias.clone()
             self._balance(chosen)
         impl = {"grouped": self._grouped, "padded": self._padded, "loop": self._loop}[self.impl]
         out = impl(flat, chosen, gates)

@@ -35,24 +35,38 @@ def build_pscore(cfg: RewardConfig, feat: RankFeaturizer, n_users: int) -> PScor
 def train_pscore(model: PScoreModel, train: Exposures, cfg: RewardConfig, *, log_every: int = 0,
                  desc: str = "p-score") -> list[float]:
     """Adam over shuffled exposures for ``cfg.epochs``; returns the loss of every step. ``log_every`` > 0: a tqdm
-    bar (``desc``) of the steps, showing the mean loss of the last ``log_every`` steps."""
+    bar (``desc``) of the steps, showing the mean loss of the last ``log_every`` steps.
+
+    In a job of several processes (``torchrun -m onerec reward RUN``) the model is wrapped in DDP and each step's
+    global batch (``reward.batch_size`` x processes) is split over them as in generator training
+    (:mod:`onerec.train.distributed`): the same steps as one process at that batch."""
     from tqdm.auto import tqdm
 
+    from onerec.train import distributed
+
+    d = distributed.current()
     torch.manual_seed(cfg.seed)
+    net = distributed.wrap(distributed.LossOf(model, "loss"), "ddp" if d.world > 1 else "none", torch.device("cpu"))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     losses = []
     model.train()
-    steps = -(-len(train) // cfg.batch_size)
-    bar = tqdm(total=cfg.epochs * steps, desc=desc, unit="step", disable=not log_every, dynamic_ncols=True)
+    step_size = cfg.batch_size * d.world
+    steps = -(-len(train) // step_size)
+    bar = tqdm(total=cfg.epochs * steps, desc=desc, unit="step", disable=not log_every or not d.main,
+               dynamic_ncols=True)
     for _ in range(cfg.epochs):
         order = rng.permutation(len(train))
-        for start in range(0, len(order), cfg.batch_size):
-            loss, _ = model.loss(train.batch(order[start:start + cfg.batch_size]))
+        for start in range(0, len(order), step_size):
+            idx = order[start:start + step_size]
+            mine = distributed.rank_chunks(idx, d.world, 1, d.rank)[0]
+            loss = net(train.batch(mine if len(mine) else idx[:1]))
+            total = len(idx)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scale = distributed.loss_scale(len(mine), total, d.world)
+            (loss if scale == 1.0 else loss * scale).backward()
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(d.sum([float(loss.detach()) * (len(mine) / total)])[0])
             bar.update(1)
             if log_every and len(losses) % log_every == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.4f}")
@@ -130,16 +144,20 @@ def fit_variants(cfg: RewardConfig, splits: dict[str, Exposures], feat: RankFeat
                  variants: dict[str, dict[str, Any]] | None = None,
                  log_every: int = 0) -> tuple[dict[str, PScoreModel], dict[str, Any]]:
     """Train each variant (the full P-Score and its ablations) and evaluate it on the held-out exposures."""
+    from onerec.train.distributed import current
+
     models, metrics = {}, {}
     variants = variants or VARIANTS
+    main = current().main
     for i, (name, over) in enumerate(variants.items(), 1):
         vcfg = dataclasses.replace(cfg, **over)
         t0 = time.perf_counter()
+        torch.manual_seed(vcfg.seed)  # the initialisation, whatever ran before in this process
         model = build_pscore(vcfg, feat, n_users)
         losses = train_pscore(model, splits["train"], vcfg, log_every=log_every,
                               desc=f"reward {name} ({i}/{len(variants)})")
-        metrics[name] = {**evaluate_pscore(model, splits["test"]), "parameters": sum(p.numel() for p in
-                                                                                   model.parameters()),
+        scores = evaluate_pscore(model, splits["test"]) if main else {}  # several processes: rank 0 reports
+        metrics[name] = {**scores, "parameters": sum(p.numel() for p in model.parameters()),
                          "final_loss": float(np.mean(losses[-20:])), "seconds": round(time.perf_counter() - t0, 1)}
         models[name] = model
     return models, metrics

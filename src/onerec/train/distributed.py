@@ -68,7 +68,8 @@ class Dist:
         """The element-wise sum of ``values`` over the ranks (float64; ``values`` itself on one process)."""
         if self.world == 1:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        t = torch.tensor(values, dtype=torch.float64, device=device)  # nccl reduces GPU tensors only
         dist.all_reduce(t)
         return t.tolist()
 
@@ -213,6 +214,19 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, *, fsdp_bf16: bo
             register_fsdp_forward_method(block, name)
     fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     return model
+
+
+class LossOf(nn.Module):
+    """A module whose forward is ``model.<method>(batch)``'s loss: DDP synchronises the gradients of what runs in its
+    wrapper's forward, and models such as the P-Score compute their training loss in a method of their own."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = getattr(self.model, self.method)(*args, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -144,6 +144,12 @@ def train_generator(
     _check_config(cfg, strategy)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
+    average = None
+    if cfg.ema_decay is not None:  # a copy of the plain model, before checkpointing, compiling or sharding it
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # buffers too: an MoE layer's routing bias is part of the function the average computes
+        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     if cfg.activation_checkpointing:
         distributed.checkpoint_activations(model)
     if cfg.compile:
@@ -154,12 +160,6 @@ def train_generator(
     if d.world > 1:  # each rank its own dropout stream (rank 0 keeps the one process's)
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    average = None
-    if cfg.ema_decay is not None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        # buffers too: an MoE layer's routing bias is part of the function the average computes
-        average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     bf16 = cfg.precision == "bf16"
     scored = model if average is None else average.module  # the weights validation and selection see
     n = len(train)
@@ -238,8 +238,7 @@ def train_generator(
                 result.expert_load.append({"step": step, "max_share": max(max(v) for v in load.values()),
                                            "layers": load})
                 logger.scalars({f"{layer}/max_share": max(v) for layer, v in load.items()}, step, prefix="moe/")
-        over_time = cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s
-        over_time = bool(d.sum([float(over_time)])[0])  # every rank stops at the same step
+        over_time = _over_time(cfg, t0, d)
         epoch_end = step % steps_per_epoch == 0 or step == total or over_time
         if valid is not None and epoch_end:
             result.valid.append({"step": step, "epoch": step / steps_per_epoch,
@@ -265,8 +264,7 @@ def train_generator(
         if log is not None and epoch_end and d.main:
             log(_epoch_line(result, step, steps_per_epoch, total, cfg, time.perf_counter() - t0))
         # re-read the clock: an epoch-end evaluation may itself have used up the budget
-        over_time = cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s
-        over_time = bool(d.sum([float(over_time)])[0])
+        over_time = _over_time(cfg, t0, d)
         if over_time and step < total and result.stopped is None:
             result.stopped = "time_budget"
         done = step == total or (stop_at is not None and step >= stop_at) or result.stopped is not None
@@ -291,6 +289,13 @@ def train_generator(
             write_json(out_dir / "history.json", result.to_dict())
         d.barrier()
     return result
+
+
+def _over_time(cfg: TrainConfig, t0: float, d: Dist) -> bool:
+    """Whether ``train.time_budget_s`` is used up; on several processes, whether it is on any (all stop together)."""
+    if cfg.time_budget_s is None:
+        return False
+    return bool(d.sum([float(time.perf_counter() - t0 > cfg.time_budget_s)])[0])
 
 
 def _check_config(cfg: TrainConfig, strategy: str) -> None:

@@ -1,0 +1,164 @@
+"""Training on several processes, measured through the product's own command (``torchrun -m onerec train RUN``).
+
+On one run directory (the quickstart's simulated world and tokenizer, made once under ``--work``):
+
+* **equality**: the loss curve of 1 process at global batch 2B against 2 processes x B under DDP and under FSDP
+  (``model.dropout=0``: the ranks' dropout streams differ by design), and against two torchrun "nodes" of one
+  process each meeting through c10d rendezvous on 127.0.0.1 (multi-node without a second machine). Booleans:
+  the largest relative difference of the curves under ``--rtol``.
+* **CPU scaling**: training samples/s of 1 and 2 processes (one thread each, ``train.batch_size`` per process, so
+  2 processes train twice the global batch) for the quickstart model and the Technical Report's 0.015B preset
+  (its model keys on the quickstart's tokenizer), in rounds that alternate 1 and 2 processes; throughput from the
+  training logger's ``train/examples_per_s`` after the first window (start-up excluded); medians over rounds.
+* **GPU**: tokens/s, memory and MFU need a GPU; without one the file says ``"gpu": null``.
+
+    python benchmarks/distributed.py [--work DIR] [--rounds 3] [--steps 40] [--quick]
+
+Writes ``benchmarks/results/distributed.json`` (``--quick``: ``distributed.quick.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from onerec.bench.machine import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "distributed.json"
+COMMAND = "python benchmarks/distributed.py"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def onerec(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "onerec", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def torchrun(run: Path, nproc: int, overrides: list[str], *, nodes: int = 1) -> dict:
+    """Train RUN under torchrun (``nodes`` > 1: that many torchrun agents of ``nproc`` each on 127.0.0.1, c10d
+    rendezvous); returns RUN/train/history.json and the logger's throughput rows."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = ["-m", "onerec", "train", str(run), "train.threads=1", "train.logger=csv", *overrides]
+    if nodes == 1:
+        cmds = [[sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                 f"--master_port={_port()}", *train]]
+    else:
+        endpoint = f"127.0.0.1:{_port()}"
+        cmds = [[sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={nproc}",
+                 f"--node_rank={r}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=onerec-bench",
+                 *train] for r in range(nodes)]
+    before = set((run / "logs").glob("train-*")) if (run / "logs").is_dir() else set()
+    jobs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds]
+    outs = [j.communicate()[0] for j in jobs]
+    for j, out in zip(jobs, outs):
+        if j.returncode != 0:
+            raise RuntimeError(f"torchrun failed ({j.returncode}):\n{out[-3000:]}")
+    logs = sorted(set((run / "logs").glob("train-*")) - before)
+    rates = []
+    if logs:
+        with open(logs[-1] / "scalars.csv") as f:
+            rates = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f)
+                     if r["name"] == "train/examples_per_s"]
+    return {"history": json.loads((run / "train" / "history.json").read_text()), "rates": rates,
+            "parameters": json.loads((run / "train" / "metrics.json").read_text())["parameters"]}
+
+
+def max_rel_diff(a: list[float], b: list[float]) -> float:
+    if len(a) != len(b):
+        return float("inf")
+    return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+
+
+def preset_model(name: str) -> list[str]:
+    """A preset's model keys as overrides (its tokenizer keys are left out: the run's tokenizer stays)."""
+    cfg = yaml.safe_load((ROOT / "src" / "onerec" / "presets" / f"{name}.yaml").read_text())
+    out = []
+    for k, v in cfg.get("model", {}).items():
+        out.append(f"model.{k}=" + (f"[{','.join(map(str, v))}]" if isinstance(v, list) else str(v)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("runs/bench-distributed"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--rtol", type=float, default=1e-4)
+    ap.add_argument("--quick", action="store_true", help="the tiny preset, 1 round, few steps (a smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.steps = 1, 10
+    run = args.work / ("tiny" if args.quick else "quickstart")
+    if not (run / "tokenizer").is_dir():
+        onerec("data", "--out", str(run), "--preset", "tiny" if args.quick else "quickstart")
+        onerec("tokenize", str(run))
+    t0 = time.time()
+    out: dict = {"command": COMMAND + (" --quick" if args.quick else ""), "date": dt.date.today().isoformat(),
+                 "machine": machine_info("2 processes x 1 thread on the same CPU"), "run": str(run),
+                 "rtol": args.rtol}
+
+    # --- equality: one process at global batch 2B, against 2 x B (DDP, FSDP) and two 1-process "nodes"
+    eq = ["train.max_steps=12", "train.checkpoint_every=1000", "train.log_every=4", "model.dropout=0",
+          "train.warmup_steps=3"]
+    one = torchrun(run, 1, [*eq, "train.batch_size=64"])["history"]["loss"]
+    curves = {"single": one}
+    for name, nproc, nodes, extra in (("ddp", 2, 1, ["train.strategy=ddp"]), ("fsdp", 2, 1, ["train.strategy=fsdp"]),
+                                      ("two_nodes", 1, 2, ["train.strategy=ddp"])):
+        curves[name] = torchrun(run, nproc, [*eq, "train.batch_size=32", *extra], nodes=nodes)["history"]["loss"]
+        diff = max_rel_diff(curves[name], one)
+        out[f"{name}_matches_single"] = diff <= args.rtol
+        out[f"{name}_max_rel_diff"] = diff
+        print(f"{name}: max relative difference to one process {diff:.2e}", flush=True)
+    out["curves"] = curves
+
+    # --- CPU scaling: samples/s at 1 and 2 processes, alternated rounds
+    models = {"quickstart": [], "onerec-0.015b": preset_model("onerec-0.015b")}
+    if args.quick:
+        models = {"tiny": []}
+    batch = {"quickstart": 256, "onerec-0.015b": 32, "tiny": 64}
+    scaling = {}
+    for name, keys in models.items():
+        per = {1: [], 2: []}
+        for _ in range(args.rounds):
+            for nproc in (1, 2):
+                res = torchrun(run, nproc, [*keys, f"train.max_steps={args.steps}", f"train.batch_size={batch[name]}",
+                                            "train.checkpoint_every=100000", "train.log_every=5"])
+                rates = [r for s, r in res["rates"] if s > 5]  # the first window holds the start-up
+                per[nproc].append(statistics.median(rates))
+                print(f"{name} x{nproc}: {per[nproc][-1]:.1f} samples/s", flush=True)
+        med = {n: statistics.median(v) for n, v in per.items()}
+        scaling[name] = {"samples_per_s_1proc": med[1], "samples_per_s_2proc": med[2],
+                         "ratio_2proc": med[2] / med[1], "efficiency": med[2] / med[1] / 2,
+                         "rounds": {str(n): v for n, v in per.items()}, "batch_size_per_process": batch[name],
+                         "parameters": res["parameters"]}
+    out["scaling"] = scaling
+    first = next(iter(scaling))
+    out["cpu_scaling_2proc"] = scaling[first]["ratio_2proc"]
+    out["gpu"] = None
+    out["gpu_note"] = ("no GPU on this machine: tokens/s, peak memory and MFU at bf16 for 0.015B / 0.121B / 0.935B, "
+                       "and the largest preset one GPU fits with FSDP + activation checkpointing, are not measured")
+    out["seconds"] = round(time.time() - t0, 1)
+    path = RESULTS.with_suffix(".quick.json") if args.quick else RESULTS
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k not in ("curves", "machine")}, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

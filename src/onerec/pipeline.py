@@ -409,7 +409,7 @@ def _train_into(run: Path, cfg: RunConfig, out: Path, *, resume: bool, progress:
     if main:
         save_config(run, cfg)  # before training: a killed run's `--resume` continues with the same config
         save_config(out, cfg)
-    scorer = valid_scorer(codes, splits["valid"], cfg, feat) if cfg.train.early_stop_metric and main else None
+    scorer = valid_scorer(codes, splits["valid"], cfg, feat) if cfg.train.early_stop_metric else None
     logger = make_logger(cfg.train.logger if main else "none", run, "train")
     if progress and logger.watch_hint():
         print(f"watch training: {logger.watch_hint()}", flush=True)
@@ -478,6 +478,7 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=
     see :func:`make_featurizer`) and harness as the test score."""
     from onerec.eval.harness import evaluate
     from onerec.generate.generative import GenerativeRecommender
+    from onerec.train.distributed import current
     from onerec.train.loop import resolve_device
 
     metric = cfg.train.early_stop_metric
@@ -486,9 +487,20 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=
     device = resolve_device(cfg.train.device)
 
     def score(model) -> float:
-        gen = GenerativeRecommender(model, codes, beam_size=max(cfg.generate.beam_size, k),
-                                    batch_size=cfg.generate.batch_size, device=device, featurizer=featurizer)
-        return evaluate(gen, valid, ks=(k,), batch_size=cfg.generate.batch_size)[metric]
+        # several processes (torchrun): each scores a contiguous share of the users with its own whole copy of
+        # the model (DDP), and the per-user means are combined by their user counts
+        d = current()
+        lo, hi = d.rank * len(valid) // d.world, (d.rank + 1) * len(valid) // d.world
+        mine = valid.slice(lo, hi - lo)
+        mean = 0.0
+        if len(mine):
+            gen = GenerativeRecommender(model, codes, beam_size=max(cfg.generate.beam_size, k),
+                                        batch_size=cfg.generate.batch_size, device=device, featurizer=featurizer)
+            mean = evaluate(gen, mine, ks=(k,), batch_size=cfg.generate.batch_size)[metric]
+        if d.world == 1:
+            return mean
+        total, users = d.sum([mean * len(mine), float(len(mine))])
+        return total / max(users, 1.0)
 
     return score
 

@@ -250,38 +250,81 @@ def test_compiled_training_keeps_the_curve(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ reward and alignment
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="runs torchrun (Linux)")
-def test_torchrun_reward_and_align(tmp_path):
-    """The same launcher trains the reward model data-parallel (2 processes x 256 give the one process x 512
-    result) and aligns the generator data-parallel (each process rolls out a share of each round's users)."""
+TINY = ["data.sim.n_users=200", "data.sim.n_items=150", "data.sim.n_events=10000", "train.max_steps=20",
+        "train.threads=1", "reward.epochs=1", "reward.ablations=false", "align.iterations=1", "align.users_per_iter=24",
+        "align.steps_per_iter=2", "align.batch_users=8", "align.beam_size=6", "align.eval_users=20",
+        "generate.beam_size=8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny simulated run with data and tokenizer (tests copy it before writing to it)."""
     from click.testing import CliRunner
 
     from onerec.cli import cli
 
-    run = tmp_path / "run"
-    tiny = ["data.sim.n_users=200", "data.sim.n_items=150", "data.sim.n_events=10000", "train.max_steps=20",
-            "train.threads=1", "reward.epochs=1", "reward.ablations=false", "align.iterations=1",
-            "align.users_per_iter=24", "align.steps_per_iter=2", "align.batch_users=8", "align.beam_size=6",
-            "align.eval_users=20", "generate.beam_size=8"]
-    for args in (["data", "--out", str(run), "--preset", "tiny", *tiny], ["tokenize", str(run)], ["train", str(run)],
-                 ["reward", str(run), "reward.batch_size=512"]):
+    run = tmp_path_factory.mktemp("dist") / "run"
+    for args in (["data", "--out", str(run), "--preset", "tiny", *TINY], ["tokenize", str(run)]):
         res = CliRunner().invoke(cli, args)
         assert res.exit_code == 0, res.output + repr(res.exception)
+    return run
+
+
+def _cli(*args: str) -> None:
+    from click.testing import CliRunner
+
+    from onerec.cli import cli
+
+    res = CliRunner().invoke(cli, list(args))
+    assert res.exit_code == 0, res.output + repr(res.exception)
+
+
+def _torchrun_ok(*args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", "-m", "onerec", *args], env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="runs torchrun (Linux)")
+def test_torchrun_early_stopping_scores_the_valid_users_in_shares(tiny_run, tmp_path):
+    """With train.early_stop_metric each process beam-searches a share of the valid users; the combined score,
+    the selected epoch and the curve are one process's at the same global batch."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    keys = ["train.max_steps=null", "train.epochs=3", "train.early_stop_metric=ndcg@10", "train.valid_users=80",
+            "model.dropout=0", "train.logger=none"]
+    _cli("train", str(run), *keys, "train.batch_size=256")
+    one = json.loads((run / "train" / "metrics.json").read_text())
+    _torchrun_ok("train", str(run), *keys, "train.batch_size=128")
+    two = json.loads((run / "train" / "metrics.json").read_text())
+    assert [r["epoch"] for r in two["valid_curve"]] == [r["epoch"] for r in one["valid_curve"]] == [1, 2, 3]
+    np.testing.assert_allclose([r["ndcg@10"] for r in two["valid_curve"]], [r["ndcg@10"] for r in one["valid_curve"]],
+                               atol=1e-6)
+    assert two["best_epoch"] == one["best_epoch"]
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=RTOL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="runs torchrun (Linux)")
+def test_torchrun_reward_and_align(tiny_run, tmp_path):
+    """The same launcher trains the reward model data-parallel (2 processes x 256 give the one process x 512
+    result) and aligns the generator data-parallel (each process rolls out a share of each round's users)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    _cli("train", str(run))
+    _cli("reward", str(run), "reward.batch_size=512")
     one = json.loads((run / "reward" / "metrics.json").read_text())["models"]["pscore"]
-
-    def torchrun(*args: str) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                              f"--master_port={_free_port()}", "-m", "onerec", *args], env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
-        assert res.returncode == 0, res.stdout[-3000:]
-
-    torchrun("reward", str(run), "reward.batch_size=256")
+    _torchrun_ok("reward", str(run), "reward.batch_size=256")
     two = json.loads((run / "reward" / "metrics.json").read_text())["models"]["pscore"]
     assert two["final_loss"] == pytest.approx(one["final_loss"], rel=RTOL)
     assert two["click"]["auc"] == pytest.approx(one["click"]["auc"], abs=1e-4)
 
-    torchrun("align", str(run), "align.method=ecpo")
+    _torchrun_ok("align", str(run), "align.method=ecpo")
     metrics = json.loads((run / "align" / "metrics.json").read_text())
     assert metrics["method"] == "ecpo" and len(metrics["history"]) == 1 and "after" in metrics
     assert (run / "align" / "model.safetensors").is_file()

@@ -197,7 +197,6 @@ def train_generator(
                              "patience" if state.get("stopped") == "patience" else None)
     t0 = time.perf_counter() - result.seconds
     select = cfg.early_stop_metric is not None and score_valid is not None
-    select = bool(d.sum([float(select)])[0])  # rank 0 holds the scorer; every rank takes part in selecting
     best_score, best_state, bad_epochs = -math.inf, None, 0
     if resume and select:
         best_score, best_state, bad_epochs = load_selection(ckpt, result.valid, cfg.early_stop_metric)
@@ -244,8 +243,7 @@ def train_generator(
             result.valid.append({"step": step, "epoch": step / steps_per_epoch,
                                  "loss": validation_loss(scored, valid, device, d=d)})
         if select and epoch_end:
-            # rank 0 scores (beam search over the valid users), the others take its score
-            score = d.sum([float(score_valid(scored)) if d.main else 0.0])[0]
+            score = float(score_valid(scored))  # several processes: each scores a share, combined (the same score)
             model.train()
             if result.valid and result.valid[-1]["step"] == step:
                 result.valid[-1][cfg.early_stop_metric] = score

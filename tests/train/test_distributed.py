@@ -27,7 +27,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from onerec.config import ModelConfig, TrainConfig
-from onerec.features import HistoryFeaturizer, TrainExamples
+from onerec.features import HistoryFeaturizer, SequenceExamples, TrainExamples
+from onerec.model import build_generator
 from onerec.model.generator import Generator
 from onerec.train import train_generator
 from onerec.train.checkpoint import model_meta
@@ -40,7 +41,8 @@ MODEL = ModelConfig(d_model=32, n_heads=2, enc_layers=1, dec_layers=2, max_histo
 SIZES = [8, 5]
 
 
-def _examples() -> TrainExamples:
+def _examples(model: ModelConfig) -> TrainExamples | SequenceExamples:
+    """The cyclic dataset's training examples: per prefix, or (a lazy model) whole sequences (every position)."""
     from conftest import cyclic_dataset
     from onerec.data.splits import make_splits
 
@@ -48,7 +50,8 @@ def _examples() -> TrainExamples:
     splits = make_splits(ds, protocol="loo")
     codes = np.stack([np.arange(ds.n_items) // 5, np.arange(ds.n_items) % 5], axis=1)
     np.random.default_rng(0).shuffle(codes)
-    return TrainExamples(splits["train"], HistoryFeaturizer(codes, MODEL.max_history))
+    kind = SequenceExamples if model.arch == "lazy" else TrainExamples
+    return kind(splits["train"], HistoryFeaturizer(codes, model.max_history))
 
 
 def _cfg(batch_size: int, **kw) -> TrainConfig:
@@ -56,9 +59,10 @@ def _cfg(batch_size: int, **kw) -> TrainConfig:
                        **{"max_steps": 10, "logger": "none", **kw})
 
 
-def _train(out: Path, cfg: TrainConfig, **kw):
+def _train(out: Path, cfg: TrainConfig, model: ModelConfig | None = None, **kw):
+    model = model or MODEL
     torch.manual_seed(0)
-    return train_generator(Generator(MODEL, SIZES), _examples(), cfg, out, meta=model_meta(MODEL, SIZES),
+    return train_generator(build_generator(model, SIZES), _examples(model), cfg, out, meta=model_meta(model, SIZES),
                            progress=False, **kw)
 
 
@@ -130,6 +134,15 @@ def test_ddp_and_fsdp_give_the_one_process_curve(tmp_path):
     assert ddp_writes == []
     shard = re.compile(r"\.tmp/sharded(/shard-[^/]*\.safetensors)?$")
     assert fsdp_writes and all(shard.search(w) for w in fsdp_writes), fsdp_writes
+
+
+def test_lazy_every_position_under_fsdp_gives_the_one_process_curve(tmp_path):
+    """OneRec-V2's lazy decoder trained on every position (sequence batches: targets per row vary, so the loss
+    weights count targets, not rows), sharded by FSDP over 2 processes."""
+    lazy = ModelConfig(**{**vars(MODEL), "arch": "lazy", "moe_experts": 0})
+    one = _train(tmp_path / "one", _cfg(32), model=lazy)
+    fsdp, _ = _spawn(tmp_path / "fsdp", _cfg(16, strategy="fsdp"), model=lazy)
+    np.testing.assert_allclose(fsdp, one.loss, rtol=RTOL)
 
 
 def test_grad_accum_is_the_larger_batch(tmp_path):

@@ -116,6 +116,8 @@ def eval_(run: Path, overrides: tuple[str, ...]) -> None:
 
     cfg = run_config(run, overrides=overrides)
     metrics = stage_eval(run, cfg)
+    if "models" not in metrics:  # under torchrun: rank 0 reports
+        return
     click.echo("\n" + metrics_table(metrics["models"], sorted(cfg.eval.ks)))
     click.echo(f"\nreport: {run / 'report.md'}")
 

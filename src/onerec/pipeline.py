@@ -476,7 +476,7 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=
     """``score(model) -> float``: ``cfg.train.early_stop_metric`` on the valid split (or a fixed random
     subset of ``cfg.train.valid_users`` rows), by the same beam search, featurizer (the training one:
     see :func:`make_featurizer`) and harness as the test score."""
-    from onerec.eval.harness import evaluate
+    from onerec.eval.harness import evaluate_shared
     from onerec.generate.generative import GenerativeRecommender
     from onerec.train.distributed import current
     from onerec.train.loop import resolve_device
@@ -487,20 +487,12 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=
     device = resolve_device(cfg.train.device)
 
     def score(model) -> float:
-        # several processes (torchrun): each scores a contiguous share of the users with its own whole copy of
-        # the model (DDP), and the per-user means are combined by their user counts
+        # several processes (torchrun): each scores a share of the users with its own whole copy of the model (DDP)
         d = current()
-        lo, hi = d.rank * len(valid) // d.world, (d.rank + 1) * len(valid) // d.world
-        mine = valid.slice(lo, hi - lo)
-        mean = 0.0
-        if len(mine):
-            gen = GenerativeRecommender(model, codes, beam_size=max(cfg.generate.beam_size, k),
-                                        batch_size=cfg.generate.batch_size, device=device, featurizer=featurizer)
-            mean = evaluate(gen, mine, ks=(k,), batch_size=cfg.generate.batch_size)[metric]
-        if d.world == 1:
-            return mean
-        total, users = d.sum([mean * len(mine), float(len(mine))])
-        return total / max(users, 1.0)
+        gen = GenerativeRecommender(model, codes, beam_size=max(cfg.generate.beam_size, k),
+                                    batch_size=cfg.generate.batch_size, device=device, featurizer=featurizer)
+        return evaluate_shared(gen, valid, rank=d.rank, world=d.world, sum_over_ranks=d.sum, ks=(k,),
+                               batch_size=cfg.generate.batch_size)[metric]
 
     return score
 
@@ -566,20 +558,46 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
     """Score the generator and the baselines on the held-out split -> RUN/eval; then RUN/metrics.json and the
     report."""
     from onerec.eval.report import write_report
+    from onerec.train.distributed import process_group
     from onerec.train.loop import resolve_device
 
     device = resolve_device(cfg.train.device)
     set_threads(cfg.train.threads)
-    with staged(run, "eval") as out:
-        codes = load_codes(run)
-        splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
-        metrics, curves = _evaluate(run, out, cfg, codes, splits, device, progress)
-        save_config(out, cfg)
-    write_json(run / "metrics.json", metrics)
-    history = read_json(run / "train" / "history.json") if (run / "train" / "history.json").exists() else {}
-    write_report(run, metrics, history, curves, sorted(cfg.eval.ks))
-    save_config(run, cfg)
+    # torchrun -m onerec eval RUN: every process beam-searches a share of the users; rank 0 fits the baselines
+    # and writes
+    with process_group(cfg.train.device) as d:
+        if not d.main:
+            d.barrier()
+            codes = load_codes(run)
+            _score_generator(run, cfg, codes, load_splits(_require(run / "data" / "split", "data"),
+                                                          n_items=len(codes)), device, False)
+            d.barrier()
+            return {}
+        with staged(run, "eval") as out:
+            d.barrier()
+            codes = load_codes(run)
+            splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
+            metrics, curves = _evaluate(run, out, cfg, codes, splits, device, progress)
+            save_config(out, cfg)
+        write_json(run / "metrics.json", metrics)
+        history = read_json(run / "train" / "history.json") if (run / "train" / "history.json").exists() else {}
+        write_report(run, metrics, history, curves, sorted(cfg.eval.ks))
+        save_config(run, cfg)
+        d.barrier()
     return metrics
+
+
+def _score_generator(run: Path, cfg: RunConfig, codes: np.ndarray, splits: dict[str, pa.Table], device,
+                     progress: bool):
+    """(the generator as a recommender, its scores on ``eval.split``): on several processes each scores a share."""
+    from onerec.eval.harness import evaluate_shared
+    from onerec.train.distributed import current
+
+    d = current()
+    gen = load_recommender(run, cfg, device, codes=codes, splits=splits, exclude_seen=cfg.eval.exclude_seen)
+    return gen, evaluate_shared(gen, splits[cfg.eval.split], rank=d.rank, world=d.world, sum_over_ranks=d.sum,
+                                ks=sorted(cfg.eval.ks), batch_size=cfg.generate.batch_size,
+                                progress=progress and d.main)
 
 
 def _evaluate(run: Path, out: Path, cfg: RunConfig, codes: np.ndarray, splits: dict[str, pa.Table], device,
@@ -594,8 +612,7 @@ def _evaluate(run: Path, out: Path, cfg: RunConfig, codes: np.ndarray, splits: d
     curves: dict[str, list[float]] = {}
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    gen = load_recommender(run, cfg, device, codes=codes, splits=splits, exclude_seen=cfg.eval.exclude_seen)
-    models["onerec"] = evaluate(gen, examples, ks=ks, batch_size=cfg.generate.batch_size, progress=progress)
+    gen, models["onerec"] = _score_generator(run, cfg, codes, splits, device, progress)
     seconds["onerec"] = round(time.perf_counter() - t0, 1)
     for name in cfg.eval.baselines:
         t0 = time.perf_counter()

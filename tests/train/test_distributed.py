@@ -301,9 +301,9 @@ def _torchrun_ok(*args: str) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="runs torchrun (Linux)")
-def test_torchrun_early_stopping_scores_the_valid_users_in_shares(tiny_run, tmp_path):
+def test_torchrun_early_stopping_and_eval_score_the_users_in_shares(tiny_run, tmp_path):
     """With train.early_stop_metric each process beam-searches a share of the valid users; the combined score,
-    the selected epoch and the curve are one process's at the same global batch."""
+    the selected epoch and the curve are one process's at the same global batch. `onerec eval` likewise."""
     import shutil
 
     run = tmp_path / "run"
@@ -319,6 +319,16 @@ def test_torchrun_early_stopping_scores_the_valid_users_in_shares(tiny_run, tmp_
                                atol=1e-6)
     assert two["best_epoch"] == one["best_epoch"]
     assert two["final_loss"] == pytest.approx(one["final_loss"], rel=RTOL)
+
+    # evaluation: every process beam-searches a share of the test users; the means are one process's
+    _cli("eval", str(run), "eval.baselines=[popular]")
+    single = json.loads((run / "metrics.json").read_text())["models"]
+    _torchrun_ok("eval", str(run), "eval.baselines=[popular]")
+    shared = json.loads((run / "metrics.json").read_text())["models"]
+    assert shared["onerec"]["n_users"] == single["onerec"]["n_users"] > 0
+    for key, value in single["onerec"].items():
+        assert shared["onerec"][key] == pytest.approx(value, abs=1e-9), key
+    assert shared["popular"] == single["popular"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="runs torchrun (Linux)")

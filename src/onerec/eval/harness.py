@@ -8,7 +8,7 @@ could not know (items never seen in training) simply count as misses; they stay 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,6 +64,25 @@ def evaluate(recommender: Recommender, examples: pa.Table, *, ks: Sequence[int] 
     n = examples.num_rows
     out: dict[str, float] = {key: (s / n if n else 0.0) for key, s in sums.items()}
     out["n_users"] = n
+    return out
+
+
+def evaluate_shared(recommender: Recommender, examples: pa.Table, *, rank: int, world: int,
+                    sum_over_ranks: Callable[[list[float]], list[float]], ks: Sequence[int] = DEFAULT_KS,
+                    batch_size: int = 1024, progress: bool = False) -> dict[str, float]:
+    """:func:`evaluate` with the rows split over ``world`` processes: process ``rank`` scores its contiguous share
+    and ``sum_over_ranks`` (an all-reduce, e.g. :meth:`onerec.train.distributed.Dist.sum`) adds the per-user sums,
+    so every process returns the means over all rows, as :func:`evaluate` on one process does."""
+    if world == 1:
+        return evaluate(recommender, examples, ks=ks, batch_size=batch_size, progress=progress)
+    n = examples.num_rows
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    part = evaluate(recommender, examples.slice(lo, hi - lo), ks=ks, batch_size=batch_size, progress=progress) \
+        if hi > lo else {key: 0.0 for key in metric_names(sorted({int(k) for k in ks}))} | {"n_users": 0}
+    keys = [k for k in part if k != "n_users"]
+    totals = sum_over_ranks([part[k] * part["n_users"] for k in keys] + [float(part["n_users"])])
+    out = {k: (t / totals[-1] if totals[-1] else 0.0) for k, t in zip(keys, totals)}
+    out["n_users"] = int(totals[-1])
     return out
 
 

@@ -1,0 +1,213 @@
+"""Aggregation on a tree of edge nodes (E-Tree), and the baselines' exchanges (FedAvg, gossip).
+
+A tree has ``depth`` aggregation levels above the devices (level 0). Level 1 nodes are the device
+groups (from :mod:`onerec.edge.grouping`); each higher level groups the heads of the level below by
+distance, ``fanout[l]`` children a node, and the top level is one root. Each node is run by a *head*:
+the child (device) nearest, in summed latency, to its children -- no central server. Level l averages
+every ``periods[l]`` local steps; a period must divide the next one, so when level l fires every level
+below fires too (E-Tree: groups aggregate often, higher levels rarely).
+
+Aggregation is the sample-weighted average: a node's model is ``sum_c n_c w_c / sum_c n_c`` over its
+children c, with n_c the samples under c. Done level by level this equals the weighted average over
+all devices under the node, which the tests check by hand.
+
+FedAvg is the depth-1 tree whose single node is headed by an outside server; gossip learning has no
+tree: each device averages with ``peers`` random others (:func:`gossip_round`).
+
+Cost model (simulated, not measured): a model transfer over a link takes ``latency + bytes /
+bandwidth``; at an aggregation every child sends its model up and gets the average back (2 transfers,
+2 x model bytes per child), the levels go one after another, and each level waits for its slowest
+link. Gossip: each device pulls its peers' models (one transfer each), all devices at once.
+
+Shapes: N = devices.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from onerec.edge.devices import latency_ms
+from onerec.edge.grouping import kmeans_groups
+from onerec.errors import ConfigError
+
+State = dict[str, torch.Tensor]
+
+
+def weighted_average(states: list[State], weights: np.ndarray | list[float]) -> State:
+    """``sum_i w_i s_i / sum_i w_i`` key by key (float32 tensors)."""
+    w = torch.as_tensor(np.asarray(weights, dtype=np.float64) / float(np.sum(weights)), dtype=torch.float32)
+    return {k: sum(wi * s[k] for wi, s in zip(w, states)) for k in states[0]}
+
+
+def model_bytes(state: State) -> int:
+    """Bytes of one model on the wire (its tensors, uncompressed)."""
+    return int(sum(t.numel() * t.element_size() for t in state.values()))
+
+
+@dataclass
+class Link:
+    """Network constants of the cost model."""
+
+    base_ms: float = 5.0
+    ms_per_unit: float = 100.0
+    bandwidth_mbps: float = 100.0
+
+    def transfer_ms(self, a: np.ndarray, b: np.ndarray, n_bytes: int) -> np.ndarray:
+        """Time to move ``n_bytes`` from points a to b (broadcast over leading dims)."""
+        lat = latency_ms(a, b, base_ms=self.base_ms, ms_per_unit=self.ms_per_unit)
+        return lat + n_bytes * 8 / (self.bandwidth_mbps * 1e3)  # Mbit/s = 1e3 bits per ms
+
+
+@dataclass
+class Tree:
+    """Levels of aggregation above the devices.
+
+    Attributes:
+        children: per level (1..depth), per node, the indices of its children in the level below
+            (devices for level 1).
+        heads: per level, float [nodes, 2] the position of each node's head.
+        periods: per level, local steps between its aggregations.
+    """
+
+    children: list[list[np.ndarray]]
+    heads: list[np.ndarray]
+    periods: list[int]
+
+    @property
+    def depth(self) -> int:
+        return len(self.children)
+
+    def leaves(self, level: int) -> list[np.ndarray]:
+        """Per node of ``level`` (1-based), the devices under it."""
+        under = [np.array([c]) for c in range(sum(len(ch) for ch in self.children[0]))]
+        for lvl in range(level):
+            under = [np.concatenate([under[c] for c in ch]) for ch in self.children[lvl]]
+        return under
+
+    def fired(self, step: int) -> int:
+        """The highest level that aggregates after local step ``step`` (0: none)."""
+        return max([lvl + 1 for lvl, p in enumerate(self.periods) if step % p == 0], default=0)
+
+
+def _check_periods(periods: list[int]) -> None:
+    if not periods or any(p < 1 for p in periods):
+        raise ConfigError(f"edge.periods={periods}: need one positive period (local steps) per level. "
+                          "Fix: e.g. edge.periods=[5,20]")
+    for lo, hi in itertools.pairwise(periods):
+        if hi % lo:
+            raise ConfigError(f"edge.periods={periods}: each level's period must be a multiple of the level "
+                              f"below's ({hi} is not a multiple of {lo}). Fix: e.g. edge.periods=[{lo},{lo * 4}]")
+
+
+def _head(points: np.ndarray) -> np.ndarray:
+    """The point with the least summed distance to the others (the medoid)."""
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1).sum(1)
+    return points[int(np.argmin(d))]
+
+
+def build_tree(positions: np.ndarray, groups: np.ndarray, *, fanout: list[int], periods: list[int],
+               seed: int = 0) -> Tree:
+    """E-Tree over devices already grouped (level 1 = ``groups``).
+
+    Args:
+        positions: float [N, 2] device positions.
+        groups: int64 [N] level-1 group of each device.
+        fanout: for levels 2..depth-1, children per node (the top level is one root over the rest);
+            ``depth = len(fanout) + 2`` when there is more than one group, 1 when there is one.
+        periods: local steps between aggregations, one per level (each a multiple of the one before).
+    """
+    _check_periods(periods)
+    positions = np.asarray(positions, dtype=np.float64)
+    children = [[np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]]
+    heads = [np.stack([_head(positions[c]) for c in children[0]])]
+    for f in fanout:
+        if f < 2:
+            raise ConfigError(f"edge.fanout={fanout}: a node needs at least 2 children. Fix: use values >= 2")
+        n_nodes = math.ceil(len(heads[-1]) / f)
+        if n_nodes == 1:
+            break
+        assign = kmeans_groups(heads[-1], n_nodes, seed=seed)
+        children.append([np.flatnonzero(assign == g) for g in range(n_nodes)])
+        heads.append(np.stack([_head(heads[-1][c]) for c in children[-1]]))
+    if len(heads[-1]) > 1:  # the root
+        children.append([np.arange(len(heads[-1]))])
+        heads.append(_head(heads[-1])[None])
+    if len(periods) != len(children):
+        raise ConfigError(f"edge.periods={periods} gives {len(periods)} levels but the tree over {len(groups)} "
+                          f"devices in {len(children[0])} groups with edge.fanout={fanout} has {len(children)}. "
+                          f"Fix: give {len(children)} periods")
+    return Tree(children, heads, list(periods))
+
+
+def server_tree(n_devices: int, server: np.ndarray, period: int) -> Tree:
+    """FedAvg as a tree: one node over every device, headed by an outside server at ``server``."""
+    _check_periods([period])
+    return Tree([[np.arange(n_devices)]], [np.asarray(server, dtype=np.float64)[None]], [period])
+
+
+def tree_aggregate(tree: Tree, states: list[State], samples: np.ndarray, level: int) -> list[State]:
+    """Aggregate levels 1..``level`` bottom-up, then hand each device its level-``level`` node's model.
+
+    Args:
+        states: per device, its current model.
+        samples: [N] training samples per device (the weights).
+
+    Returns:
+        per device, its new model (devices under one level-``level`` node share one state object).
+    """
+    values, weights = states, np.asarray(samples, dtype=np.float64)
+    for lvl in range(level):
+        kids = tree.children[lvl]
+        values = [weighted_average([values[c] for c in ch], weights[ch]) for ch in kids]
+        weights = np.array([weights[ch].sum() for ch in kids])
+    out: list[State] = list(states)
+    for node, devs in enumerate(tree.leaves(level)):
+        for d in devs:
+            out[d] = values[node]
+    return out
+
+
+def tree_cost(tree: Tree, positions: np.ndarray, level: int, n_bytes: int, link: Link) -> tuple[int, float]:
+    """(bytes moved, simulated ms) of one aggregation of levels 1..``level``: every child-to-head link
+    carries the model up and back; each level waits for its slowest link, up then down."""
+    total_bytes, ms = 0, 0.0
+    below = np.asarray(positions, dtype=np.float64)
+    for lvl in range(level):
+        slowest = 0.0
+        for node, ch in enumerate(tree.children[lvl]):
+            total_bytes += 2 * n_bytes * len(ch)
+            slowest = max(slowest, float(link.transfer_ms(below[ch], tree.heads[lvl][node], n_bytes).max()))
+        ms += 2 * slowest
+        below = tree.heads[lvl]
+    return total_bytes, ms
+
+
+def gossip_round(states: list[State], samples: np.ndarray, rng: np.random.Generator, *,
+                 peers: int = 1) -> tuple[list[State], np.ndarray]:
+    """Every device averages (sample-weighted) its model with ``peers`` random others' models, all from
+    the models before the round.
+
+    Returns:
+        (new models, int64 [N, peers] the peers each device pulled from).
+    """
+    n = len(states)
+    if not 1 <= peers < n:
+        raise ConfigError(f"edge.gossip_peers={peers} must be between 1 and the devices minus one ({n - 1}). "
+                          "Fix: e.g. edge.gossip_peers=1")
+    samples = np.asarray(samples, dtype=np.float64)
+    picked = np.stack([rng.choice(np.delete(np.arange(n), i), peers, replace=False) for i in range(n)])
+    new = [weighted_average([states[i]] + [states[j] for j in picked[i]], np.r_[samples[i], samples[picked[i]]])
+           for i in range(n)]
+    return new, picked
+
+
+def gossip_cost(positions: np.ndarray, picked: np.ndarray, n_bytes: int, link: Link) -> tuple[int, float]:
+    """(bytes, simulated ms) of a gossip round: one model transfer per pull, all in parallel."""
+    positions = np.asarray(positions, dtype=np.float64)
+    ms = link.transfer_ms(positions[picked], positions[:, None, :], n_bytes).max()
+    return int(picked.size * n_bytes), float(ms)

@@ -1,0 +1,100 @@
+"""Tree aggregation equals the hand-computed weighted average; costs; FedAvg and gossip exchanges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from onerec.edge.grouping import kmeans_groups
+from onerec.edge.tree import (
+    Link,
+    Tree,
+    build_tree,
+    gossip_cost,
+    gossip_round,
+    model_bytes,
+    server_tree,
+    tree_aggregate,
+    tree_cost,
+    weighted_average,
+)
+from onerec.errors import ConfigError
+
+
+def _states(values: list[float]) -> list[dict[str, torch.Tensor]]:
+    return [{"w": torch.full((2, 3), v), "b": torch.tensor([v, -v])} for v in values]
+
+
+def _toy_tree() -> Tree:
+    """Devices 0,1 in group A and 2,3,4 in group B; a root over both. Periods 2 and 4."""
+    return Tree(children=[[np.array([0, 1]), np.array([2, 3, 4])], [np.array([0, 1])]],
+                heads=[np.array([[0.0, 0.0], [1.0, 0.0]]), np.array([[0.0, 0.0]])], periods=[2, 4])
+
+
+def test_weighted_average_by_hand() -> None:
+    avg = weighted_average(_states([1.0, 3.0]), [1, 3])
+    assert torch.allclose(avg["w"], torch.full((2, 3), 2.5)) and torch.allclose(avg["b"], torch.tensor([2.5, -2.5]))
+
+
+def test_tree_aggregation_equals_hand_computed_weighted_average() -> None:
+    tree, samples = _toy_tree(), np.array([1, 1, 2, 2, 4])
+    states = _states([1.0, 2.0, 3.0, 4.0, 5.0])
+    groups = tree_aggregate(tree, states, samples, level=1)
+    # A: (1 + 2) / 2 = 1.5;  B: (2*3 + 2*4 + 4*5) / 8 = 4.25
+    assert [float(s["w"][0, 0]) for s in groups] == pytest.approx([1.5, 1.5, 4.25, 4.25, 4.25])
+    root = tree_aggregate(tree, states, samples, level=2)
+    # (1 + 2 + 6 + 8 + 20) / 10 = 3.7, the same as (2 * 1.5 + 8 * 4.25) / 10
+    assert [float(s["b"][1]) for s in root] == pytest.approx([-3.7] * 5)
+    assert tree_aggregate(tree, states, samples, level=0) == states
+    assert [tree.fired(t) for t in (1, 2, 3, 4, 8)] == [0, 1, 0, 2, 2]
+
+
+def test_server_tree_is_fedavg() -> None:
+    states, samples = _states([0.0, 10.0, 20.0]), np.array([2, 1, 1])
+    out = tree_aggregate(server_tree(3, np.array([0.5, 0.5]), 5), states, samples, level=1)
+    assert all(float(s["w"][1, 2]) == pytest.approx(7.5) for s in out)  # (0 + 10 + 20) / 4
+
+
+def test_tree_cost_by_hand() -> None:
+    tree = _toy_tree()
+    pos = np.array([[0.0, 0.0], [0.0, 2.0], [1.0, 0.0], [1.0, 1.0], [4.0, 0.0]])
+    link = Link(base_ms=1.0, ms_per_unit=10.0, bandwidth_mbps=8.0)  # 8 Mbit/s = 1000 bytes per ms
+    p = 500  # bytes: 0.5 ms on the wire
+    n_bytes, ms = tree_cost(tree, pos, 1, p, link)
+    # 5 devices up and down; slowest level-1 link: device 4 to head (1, 0): 1 + 30 + 0.5, twice
+    assert n_bytes == 2 * 5 * p and ms == pytest.approx(2 * 31.5)
+    n_bytes, ms = tree_cost(tree, pos, 2, p, link)
+    # plus 2 heads to the root (0, 0): the slowest 1 + 10 + 0.5, twice
+    assert n_bytes == 2 * 7 * p and ms == pytest.approx(2 * 31.5 + 2 * 11.5)
+
+
+def test_built_tree_levels_cover_every_device_once() -> None:
+    rng = np.random.default_rng(0)
+    pos = rng.random((100, 2))
+    groups = kmeans_groups(pos, 10)
+    two = build_tree(pos, groups, fanout=[], periods=[5, 20])
+    three = build_tree(pos, groups, fanout=[4], periods=[5, 10, 40])
+    assert two.depth == 2 and three.depth == 3 and len(three.children[1]) == 3
+    for tree in (two, three):
+        for level in range(1, tree.depth + 1):
+            assert sorted(np.concatenate(tree.leaves(level)).tolist()) == list(range(100))
+        assert len(tree.leaves(tree.depth)) == 1
+    with pytest.raises(ConfigError, match=r"edge\.periods"):
+        build_tree(pos, groups, fanout=[], periods=[5, 12])
+    with pytest.raises(ConfigError, match="give 2 periods"):
+        build_tree(pos, groups, fanout=[], periods=[5])
+
+
+def test_gossip_round_and_cost() -> None:
+    states, samples = _states([1.0, 4.0]), np.array([3, 1])
+    new, picked = gossip_round(states, samples, np.random.default_rng(0), peers=1)
+    assert picked.tolist() == [[1], [0]]
+    assert all(float(s["w"][0, 0]) == pytest.approx(1.75) for s in new)  # (3 * 1 + 4) / 4
+    p = model_bytes(states[0])
+    assert p == 8 * 4
+    n_bytes, ms = gossip_cost(np.array([[0.0, 0.0], [0.3, 0.4]]), picked, p,
+                              Link(base_ms=0.0, ms_per_unit=100.0, bandwidth_mbps=1e9))
+    assert n_bytes == 2 * p and ms == pytest.approx(50.0, abs=1e-3)
+    with pytest.raises(ConfigError, match=r"edge\.gossip_peers"):
+        gossip_round(states, samples, np.random.default_rng(0), peers=2)

@@ -13,11 +13,19 @@ x 16 sub-topics, generated from a fixed seed):
    and its metrics (utilisation, entropy, reconstruction error, collisions);
 4. optionally one level with a large K (``--large-k 8192``): seeding time and time per iteration.
 
+``--chunking`` instead times only the distance blocks of one Lloyd level (issue 43): onerec's cache-sized
+blocks (the default on CPU) against its previous blocks of ~2^25 distances (one ``[N, K]`` block up to
+N = 131,072 at K = 256) and against ``faiss.Kmeans`` (all points) where faiss is installed, interleaved
+in one process (A, B, faiss, A, B, faiss, ...), median of ``--repeats``, the same initial centroids for
+both onerec variants, whose assignments must be identical; every method runs exactly ``--iters`` Lloyd
+iterations and a final assignment. Writes ``kmeans_chunking.json``.
+
 Usage::
 
     python benchmarks/tokenizer_kmeans.py --quick   # ~2 min: 100k x 64, K=256, 25 iters, 3 repeats
     python benchmarks/tokenizer_kmeans.py           # ~12 min: 1M x 256, K=256, 10 iters, 1 repeat,
                                                     #   + one K=8192 level (1 iteration)
+    python benchmarks/tokenizer_kmeans.py --chunking --n 100000 --dim 64 --threads 1   # ~2 min
 
 Writes ``benchmarks/results/tokenizer/tokenizer_kmeans[.quick].json`` and prints a Markdown table.
 """
@@ -47,7 +55,15 @@ from onerec.tokenizer import (
     inertia,
     kmeans_plus_plus,
 )
-from onerec.tokenizer.kmeans import kmeans
+from onerec.tokenizer.kmeans import (
+    _BLOCK_ELEMENTS,
+    _update_centroids,
+    auto_chunk,
+    kmeans,
+    nearest_centroid,
+    nearest_centroid_reference,
+    sq_norms,
+)
 
 RESULTS = Path(__file__).parent / "results" / "tokenizer"
 
@@ -171,6 +187,91 @@ def large_k(x: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def lloyd_fixed(x: torch.Tensor, init: torch.Tensor, iters: int,
+                chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly ``iters`` Lloyd iterations of onerec's k-means from ``init`` (``kmeans`` itself stops once the
+    assignment repeats; faiss does not), then the final assignment, as ``run_faiss`` does."""
+    c, x_sq = init.clone(), sq_norms(x)
+    for _ in range(iters):
+        a, d = nearest_centroid(x, c, chunk=chunk, x_sq=x_sq)
+        c = _update_centroids(x, a, d, c)
+    return c, nearest_centroid(x, c, chunk=chunk, x_sq=x_sq)[0]
+
+
+def chunking(x: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Cache-sized distance blocks against the previous ~2^25-element blocks and faiss, interleaved (see the
+    module docstring): one assignment pass, and one Lloyd level of ``iters`` iterations from the same start."""
+    xt = torch.from_numpy(x)
+    n, k = xt.shape[0], args.k
+    new_rows, old_rows = auto_chunk(n, k, "cpu"), max(1, min(n, _BLOCK_ELEMENTS // k))
+    init = kmeans_plus_plus(xt, k, seed=args.seed)
+    a_new, _ = nearest_centroid(xt, init)
+    a_ref, _ = nearest_centroid_reference(xt, init) if old_rows >= n else nearest_centroid(xt, init, chunk=old_rows)
+    lloyd_new = lloyd_fixed(xt, init, args.iters, None)
+    lloyd_old = lloyd_fixed(xt, init, args.iters, old_rows)
+    try:
+        import faiss  # noqa: F401
+
+        has_faiss = True
+    except ImportError:
+        has_faiss = False
+    timings: dict[str, Callable[[], Any]] = {
+        "assign_chunked": lambda: nearest_centroid(xt, init),
+        "assign_previous": lambda: nearest_centroid(xt, init, chunk=old_rows),
+        "lloyd_chunked": lambda: lloyd_fixed(xt, init, args.iters, None),
+        "lloyd_previous": lambda: lloyd_fixed(xt, init, args.iters, old_rows)}
+    if has_faiss:
+        timings["lloyd_faiss_all_points"] = lambda: run_faiss(x, k, args.iters, args.seed, all_points=True)
+    times: dict[str, list[float]] = {name: [] for name in timings}
+    for fn in timings.values():
+        fn()  # warm-up
+    for _ in range(args.repeats):  # interleaved: every variant once per round
+        for name, fn in timings.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    out: dict[str, Any] = {
+        "n": n, "dim": x.shape[1], "k": k, "iters": args.iters, "repeats": args.repeats,
+        "rows_per_block_chunked": new_rows, "rows_per_block_previous": old_rows,
+        "identical_assignments_one_pass": bool(torch.equal(a_new, a_ref)),
+        "identical_lloyd_result": bool(torch.equal(lloyd_new[1], lloyd_old[1])
+                                       and torch.equal(lloyd_new[0], lloyd_old[0])),
+        "times_s": times, "median_s": med,
+        "assign_speedup": med["assign_previous"] / med["assign_chunked"],
+        "lloyd_speedup": med["lloyd_previous"] / med["lloyd_chunked"],
+        "inertia_chunked": inertia(x, lloyd_new[0]), "faiss": None if has_faiss else "not installed"}
+    if has_faiss:
+        out["faiss"] = __import__("faiss").__version__
+        out["faiss_over_chunked_time"] = med["lloyd_faiss_all_points"] / med["lloyd_chunked"]
+    print(json.dumps({key: v for key, v in out.items() if key != "times_s"}, indent=1), flush=True)
+    return out
+
+
+def chunking_main(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+        versions = {"faiss": faiss.__version__}
+    except ImportError:
+        versions = {"faiss": None}
+    cmd = " ".join(["python", "benchmarks/tokenizer_kmeans.py", *sys.argv[1:]])
+    res: dict[str, Any] = {"benchmark": "tokenizer_kmeans --chunking", "command": cmd,
+                           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                           "machine": machine_info(note="shared machine (up to 3 jobs)", numpy=np.__version__,
+                                                   **versions)}
+    x = make_data(args.n, args.dim, args.seed)
+    res["result"] = chunking(x, args)
+    res["machine"]["loadavg_1m_end"] = machine_info()["loadavg_1m"]
+    out = args.out if args.out_given else RESULTS / "kmeans_chunking.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {out}")
+    return res
+
+
 # --------------------------------------------------------------------------------- report
 def markdown(res: dict[str, Any]) -> str:
     d = res["data"]
@@ -226,6 +327,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-sklearn", action="store_true")
     p.add_argument("--threads", type=int, default=2, help="torch / faiss threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunking", action="store_true",
+                   help="only time cache-sized distance blocks against the previous ones and faiss (interleaved)")
     p.add_argument("--out", type=Path,
                    help="JSON path (default benchmarks/results/tokenizer/tokenizer_kmeans[.quick].json)")
     a = p.parse_args(argv)
@@ -236,12 +339,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.repeats = a.repeats or (3 if q else 1)
     a.balanced_repeats = a.balanced_repeats or a.repeats
     a.large_k = a.large_k if a.large_k is not None else (0 if q else 8192)
+    a.out_given = a.out is not None
     a.out = a.out or RESULTS / f"tokenizer_kmeans{'.quick' if q else ''}.json"
     return a
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.chunking:
+        return chunking_main(args)
     torch.set_num_threads(args.threads)
     if not args.no_faiss:
         import faiss

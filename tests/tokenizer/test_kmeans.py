@@ -19,8 +19,9 @@ from onerec.tokenizer import (
     inertia,
     kmeans_plus_plus,
     nearest_centroid,
+    nearest_centroid_reference,
 )
-from onerec.tokenizer.kmeans import kmeans
+from onerec.tokenizer.kmeans import auto_chunk, kmeans
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
@@ -79,6 +80,21 @@ def test_nearest_centroid_chunks_agree() -> None:
     assert torch.equal(a_full, a_chunk)
     torch.testing.assert_close(d_full, d_chunk)
     torch.testing.assert_close(d_full, torch.cdist(x, c).pow(2).min(1).values, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(5003, 64, 256), (3001, 16, 40), (500, 8, 300)])
+def test_cache_sized_chunks_assign_exactly_as_the_one_block_reference(n: int, d: int, k: int) -> None:
+    """The CPU default (blocks of ~2^16 distances, several of them here, the last one partial) makes the
+    same assignments as one [N, K] block, bit for bit, on points near several centroids at once."""
+    g = torch.Generator().manual_seed(n)
+    c = torch.randn(k, d, generator=g)
+    x = c[torch.randint(0, k, (n,), generator=g)] + 0.3 * torch.randn(n, d, generator=g)
+    chunk = auto_chunk(n, k, x.device)
+    assert chunk < n  # the default really splits the rows
+    a_ref, d_ref = nearest_centroid_reference(x, c)
+    a, dist = nearest_centroid(x, c)
+    assert torch.equal(a, a_ref) and torch.equal(dist, d_ref)
+    assert torch.equal(kmeans(x, k, iters=3, seed=0)[1], kmeans(x, k, iters=3, seed=0, chunk=n)[1])
 
 
 def test_empty_clusters_are_reseeded() -> None:

@@ -16,6 +16,7 @@ from onerec.tokenizer.kmeans import (
     inertia,
     kmeans_plus_plus,
     nearest_centroid,
+    nearest_centroid_reference,
 )
 from onerec.tokenizer.rq import (
     ResidualKMeansTokenizer,
@@ -40,6 +41,7 @@ __all__ = [
     "inertia",
     "kmeans_plus_plus",
     "nearest_centroid",
+    "nearest_centroid_reference",
     "reconstruction_metrics",
     "residual_decode",
     "residual_encode",

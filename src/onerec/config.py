@@ -352,6 +352,14 @@ class ServeConfig:
     host: str = opt("127.0.0.1", "interface to listen on (0.0.0.0 exposes it to the network)")
     port: int = opt(8000, "TCP port")
     max_k: int = opt(100, "largest k a request may ask for (beam width is max(generate.beam_size, k))")
+    explore_slots: int = opt(0, "N > 0: the last N positions of each onerec answer go to new items chosen by AGE "
+                                "(onerec.explore.serving; the answer marks them explore: true). The exploration CTR "
+                                "model is trained on the run's log when the service starts (explore.* settings); 0: "
+                                "off")
+    explore_new: int = opt(30, "serve.explore_slots: items shown fewer times than this in the run's log count as new")
+    explore_policy: str = opt("age_ucb", "serve.explore_slots: the AGE variant that scores the new items (age_ucb: "
+                                         "MC-dropout spread as uncertainty; age_ts: one dropout mask)",
+                              choices=["age_ucb", "age_ts"])
     max_batch: int = opt(64, "most requests decoded together in one micro-batched beam search")
     batch_wait_ms: float = opt(2.0, "how long the first queued request waits for others to join its batch")
     max_body_bytes: int = opt(65536, "larger request bodies are refused with 413")
@@ -539,8 +547,6 @@ class ExploreConfig:
                            "explore every item")
     objective: str = opt("click", "the signal the policies maximise (the CTR model's tower they read)",
                          choices=["click", "long_view"])
-
-
     evaluations: list[str] = opt(["replay", "online"], "what `onerec explore` runs: replay (the offline replay above) "
                                  "| online (explore.online_days simulated days with new videos arriving daily, "
                                  "the serving cascade retrained on its own exposures every day)")
@@ -569,6 +575,8 @@ class ExploreConfig:
                                   "over a fixed sample of users, World.expected) that count as good")
     online_codebook: int = opt(32, "online: codes per level of the two-level cold-start tokenizer fitted on the "
                                    "initial catalogue's content vectors (at most explore.online_initial)")
+
+
 # ------------------------------------------------------------------------------ run
 @dataclass
 class RunConfig:

@@ -172,3 +172,4 @@ def test_cli_explore_runs_on_a_simulated_run(tmp_path):
     assert res.exit_code != 0 and "explore.policies" in str(res.exception or res.output)
     res = runner.invoke(cli, ["config"])
     assert "explore.age_lambda" in res.output and "explore.online_explore_slots" in res.output
+    assert "serve.explore_slots" in res.output

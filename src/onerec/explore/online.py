@@ -310,7 +310,7 @@ def _train(model: ExplorationCTR, gate: ItemGate, opt: torch.optim.Optimizer, fe
            log: pa.Table, epochs: int, rng: np.random.Generator) -> None:
     """``epochs`` passes of the CTR model and the gate over the exposures of ``log``, in shuffled mini-batches."""
     user, item, ts = (log[c].to_numpy() for c in ("user_id", "item_id", "timestamp"))
-    labels = np.stack([log[o].to_numpy().astype(np.float32) for o in OBJECTIVES], axis=1)
+    labels = np.stack([log[o].fill_null(0).to_numpy().astype(np.float32) for o in OBJECTIVES], axis=1)
     model.train()
     for _ in range(epochs):
         perm = rng.permutation(len(user))

@@ -119,6 +119,8 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
                                          "plus prior weight x log(1 + succession score)); popular: train "
                                          "interactions; transitions: its succession score")
         title: str
+        explore: bool = Field(False, description="serve.explore_slots: a new item that AGE put into one of the last "
+                                                 "positions; its score is then AGE's click probability")
 
     class RecommendResponse(BaseModel):
         user_id: str | None
@@ -226,11 +228,14 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
         if isinstance(got, Response):
             return got
         items, scores = got[0]
+        explored = [False] * len(items)
+        if service.explorer is not None:
+            items, scores, explored = await asyncio.to_thread(service.explore, query, items, scores)
         return RecommendResponse(
             user_id=req.user_id, k=req.k, model=req.model, exclude_seen=query.exclude_seen,
             history_length=len(query.items),
-            items=[Item(item_id=service.item_ids[i], item_index=i, score=finite(s), title=service.titles[i])
-                   for i, s in zip(items, scores)])
+            items=[Item(item_id=service.item_ids[i], item_index=i, score=finite(s), title=service.titles[i],
+                        explore=e) for i, s, e in zip(items, scores, explored)])
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -105,6 +105,12 @@ class RecommendService:
         self.data_dir = data
         self.covers = self._covers(data, ds.items)
         self.lock = threading.Lock()  # one search at a time per model
+        self.explorer = None  # serve.explore_slots: AGE's picks of new items (onerec.explore.serving)
+        if cfg.serve.explore_slots:
+            from onerec.explore.serving import Explorer
+
+            self.explorer = Explorer.fit(ds.interactions, ds.n_users, np.asarray(self.rec.codes), ds.items, cfg)
+        self.explore_lock = threading.Lock()
 
     def _fit_baselines(self, splits: dict) -> dict[tuple[str, bool], Any]:
         """Most-popular and transitions fitted on the train split (the transitions' window and decay chosen on at
@@ -175,6 +181,16 @@ class RecommendService:
         f = np.asarray(flags if flags is not None else [DEFAULT_FLAGS] * n, dtype=np.int64)
         return Query(np.asarray(items, dtype=np.int64), t, f, int(t.max()) + 1 if ts is not None else 0, k,
                      model=model, exclude_seen=exclude_seen)
+
+    def explore(self, query: Query, items: list[int], scores: list[float]) -> tuple[list[int], list[float],
+                                                                                     list[bool]]:
+        """``serve.explore_slots``: the answer of ``query`` with its last N positions given to new items AGE chose,
+        and which ones those are (:meth:`onerec.explore.serving.Explorer.fill`); unchanged without an explorer or
+        for the baselines."""
+        if self.explorer is None or query.model != "onerec":
+            return list(items), list(scores), [False] * len(items)
+        with self.explore_lock:
+            return self.explorer.fill(query, items, scores)
 
     def beam_width(self, k: int) -> int:
         return max(self.cfg.generate.beam_size, k)

@@ -4,6 +4,7 @@ Idle, half-sent, slow-body and huge-header connections must be closed within the
 timeouts (set small here through ``serve.*`` overrides); a full queue answers 503 with Retry-After,
 a passed deadline 504, and work for clients that went away is dropped before it is decoded; no
 client input gets a 5xx; every answer carries an X-Request-ID and every 5xx is logged with it.
+``--workers 2`` runs two worker processes on one port, both answering.
 """
 
 from __future__ import annotations
@@ -290,3 +291,43 @@ def test_an_exception_is_a_logged_500_with_the_request_id(run, caplog):  # noqa:
     assert "beam search exploded" not in r.text  # no internals leak to the client
     record = next(rec for rec in caplog.records if "req-42" in rec.getMessage())
     assert record.exc_info is not None and "beam search exploded" in str(record.exc_info[1])
+
+
+# ---------------------------------------------------------------------- onerec serve --workers N
+def spawned_workers(parent: int) -> set[int]:
+    """Pids of the live processes that ``parent`` spawned with multiprocessing (uvicorn's workers), read from /proc."""
+    pids = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if not d.name.isdigit() or int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            if b"spawn_main" in (d / "cmdline").read_bytes():
+                pids.add(int(d.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker processes from /proc (Linux)")
+def test_two_workers_each_load_the_model_and_answer(run, tmp_path):  # noqa: F811
+    proc, port = start_server(run[0], tmp_path / "server.log", ["--workers", "2"])
+    try:
+        deadline = time.time() + 60
+        while len(workers := spawned_workers(proc.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(workers) == 2, f"expected 2 worker processes of {proc.pid}, found {workers}"
+        answered, answers = set(), []
+        deadline = time.time() + 60
+        while answered != workers and time.time() < deadline:  # each connection goes to whichever worker accepts
+            status, _, body = request(port, "GET", "/healthz")
+            if status == 200:  # a worker still loading its model does not accept yet
+                answered.add(json.loads(body)["pid"])
+            status, _, body = post(port, {"history_index": [1, 2, 3], "k": 4})
+            assert status == 200, body
+            answers.append([it["item_index"] for it in json.loads(body)["items"]])
+        assert answered == workers  # both workers answered, from their own process
+        assert all(a == answers[0] and len(set(a)) == 4 for a in answers)  # the same model gives the same answer
+    finally:
+        stop(proc)
+    assert proc.returncode is not None
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)  # stopping the parent stops its workers

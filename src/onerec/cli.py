@@ -9,7 +9,7 @@
     onerec align RUN [KEY=VALUE ...]          align the generator to the P-Score (DPO / ECPO)
     onerec explore RUN [KEY=VALUE ...]        AGE exploration vs bandit baselines: replay and online days in the world
     onerec generate RUN --user ID ...         top-K recommendations for some users
-    onerec serve RUN [--port N]               HTTP service: POST /recommend, /healthz, /metrics
+    onerec serve RUN [--port N] [--workers N] HTTP service: POST /recommend, /healthz, /metrics
     onerec quickstart [--out DIR]             all of the above on a simulated world
     onerec config [RUN] [--preset NAME]       every config key with its value (a run's, or defaults) and help
     onerec model-info PRESET [OPTIONS]        parameters and forward GFLOPs of a preset's model (JSON)
@@ -248,8 +248,10 @@ def generate(run: Path, users: tuple[str, ...], top_k: int, exclude_seen: bool |
 @_run_argument
 @click.option("--host", default=None, help="interface (default serve.host, 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="TCP port (default serve.port, 8000).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="worker processes, each with its own model (default serve.workers, 1): N x the memory.")
 @_overrides
-def serve(run: Path, host: str | None, port: int | None, overrides: tuple[str, ...]) -> None:
+def serve(run: Path, host: str | None, port: int | None, workers: int | None, overrides: tuple[str, ...]) -> None:
     """Serve recommendations over HTTP (needs the `serve` extra): POST /recommend, /healthz, /metrics, /docs."""
     try:
         import fastapi  # noqa: F401
@@ -262,6 +264,7 @@ def serve(run: Path, host: str | None, port: int | None, overrides: tuple[str, .
     from onerec.train.loop import resolve_device
 
     extra = [f"serve.host={host}"] * (host is not None) + [f"serve.port={port}"] * (port is not None)
+    extra += [f"serve.workers={workers}"] * (workers is not None)
     cfg = run_config(run, overrides=(*overrides, *extra))
     serve_run(run, cfg, str(resolve_device(cfg.train.device)))
 

@@ -381,6 +381,8 @@ class ServeConfig:
                                       "answers new requests with 503")
     torch_threads: int = opt(1, "torch intra-op threads of the server's beam search (0: torch's default, one per "
                                 "core); on a busy shared CPU more than one makes requests stall")
+    workers: int = opt(1, "worker processes on one listening socket (uvicorn's workers), each with its own model "
+                          "and micro-batcher: N workers run N searches at once and hold N copies of the model")
 
 
 # ----------------------------------------------------------------------------- eval

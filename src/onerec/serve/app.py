@@ -4,6 +4,7 @@
 # No ``from __future__ import annotations``: FastAPI must see the request models defined in create_app.
 import asyncio
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,7 @@ def create_app(service: RecommendService, cfg: RunConfig | None = None):
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "items": n_items, "users": len(service.user_index),
                 "beam_size": service.cfg.generate.beam_size, "max_k": max_k,
-                "queued": batcher.queued()}
+                "queued": batcher.queued(), "pid": os.getpid()}  # pid: which worker process answered
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
@@ -372,9 +373,16 @@ def ui_page() -> tuple[str, str]:
 
 
 def serve(run: Path, cfg: RunConfig, device: str = "cpu") -> None:
-    """Load the run and serve it with uvicorn on ``serve.host:serve.port`` until interrupted."""
+    """Load the run and serve it with uvicorn on ``serve.host:serve.port`` until interrupted; with
+    ``serve.workers`` > 1 in that many processes (:mod:`onerec.serve.workers`)."""
     import uvicorn
 
+    if cfg.serve.workers < 1:
+        raise ValueError(f"serve.workers={cfg.serve.workers}: give at least 1 worker process")
+    if cfg.serve.workers > 1:
+        from onerec.serve.workers import serve_workers
+
+        return serve_workers(run, cfg, device)
     if cfg.serve.torch_threads > 0:
         torch.set_num_threads(cfg.serve.torch_threads)
     app = create_app(RecommendService(run, cfg, device), cfg)

@@ -238,20 +238,26 @@ def guarded_protocol(read_timeout_s: float):
     return GuardedH11Protocol
 
 
-def uvicorn_config(app, cfg: RunConfig, log_level: str = "info"):
-    """The uvicorn Config of ``onerec serve``: every limit from ``serve.*``."""
+def uvicorn_options(cfg: RunConfig, log_level: str = "info") -> dict[str, Any]:
+    """uvicorn's settings of ``onerec serve`` from ``serve.*``, apart from the app and the HTTP protocol
+    (``guarded_protocol(serve.read_timeout_s)``): keyword arguments of ``uvicorn.Config`` / ``uvicorn.run``."""
     import copy
 
-    import uvicorn
     from uvicorn.config import LOGGING_CONFIG
 
     sc = cfg.serve
     log_config = copy.deepcopy(LOGGING_CONFIG)  # onerec.serve's 5xx reports go where uvicorn's logs go
     log_config["loggers"]["onerec"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    return uvicorn.Config(
-        app, host=sc.host, port=sc.port, log_level=log_level, log_config=log_config,
-        http=guarded_protocol(sc.read_timeout_s),
-        timeout_keep_alive=sc.keep_alive_s,  # type: ignore[arg-type]  # a float works (loop.call_later)
+    return dict(
+        host=sc.host, port=sc.port, log_level=log_level, log_config=log_config,
+        timeout_keep_alive=sc.keep_alive_s,  # a float works (loop.call_later)
         limit_concurrency=sc.limit_concurrency,
         h11_max_incomplete_event_size=sc.max_header_bytes,  # h11 refuses an unfinished head over this with 400
         timeout_graceful_shutdown=max(1, math.ceil(sc.request_timeout_ms / 1000.0)))
+
+
+def uvicorn_config(app, cfg: RunConfig, log_level: str = "info"):
+    """The uvicorn Config of ``onerec serve`` in one process: every limit from ``serve.*``."""
+    import uvicorn
+
+    return uvicorn.Config(app, http=guarded_protocol(cfg.serve.read_timeout_s), **uvicorn_options(cfg, log_level))

@@ -1,0 +1,235 @@
+"""Single-process simulation of training across edge devices: many devices (100+) in one process.
+
+Every device holds a SASRec (:mod:`onerec.baselines.sasrec`) trained only on its own users' train
+sequences, with its own Adam (optimizer moments stay on the device and are never averaged). All
+devices start from the same initial weights and take one local step each per tick; after the tick the
+scheme exchanges models:
+
+* ``etree`` -- :func:`onerec.edge.tree.tree_aggregate` on a tree whose groups come from KMA, distance-only
+  or random grouping (``grouping``); the level that fires follows ``periods``;
+* ``fedavg`` -- one outside server at the plane's centre averages every device every ``periods[0]``
+  local steps (the same local steps between rounds as E-Tree's groups);
+* ``gossip`` -- every ``periods[0]`` local steps each device averages with ``gossip_peers`` random peers;
+* ``local`` -- no exchange;
+* ``central`` -- one model on the pooled data, ``local_steps * n_devices`` steps (the same number of
+  training samples as all devices together): the upper bound.
+
+Recall@10 / NDCG@10 come from :func:`onerec.eval.harness.evaluate` with each user scored by *their
+device's* model (what on-device recommendation serves); under a scheme that just aggregated every
+device holds the same model. Bytes and the simulated clock follow the cost model of
+:mod:`onerec.edge.tree`; a local step costs ``step_ms`` of simulated time on every device at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from onerec.baselines.sasrec import SASRecRecommender, _left_pad, _trim
+from onerec.config import SasrecConfig
+from onerec.data.splits import list_column
+from onerec.edge.devices import Devices
+from onerec.edge.grouping import kma_groups, kmeans_groups, model_signature, random_groups
+from onerec.edge.tree import (
+    Link,
+    build_tree,
+    gossip_cost,
+    gossip_round,
+    model_bytes,
+    server_tree,
+    tree_aggregate,
+    tree_cost,
+)
+from onerec.errors import ConfigError
+from onerec.eval.harness import evaluate
+
+SCHEMES = ("etree", "fedavg", "gossip", "local", "central")
+GROUPINGS = ("kma", "distance", "random")
+
+
+@dataclass
+class EdgeSettings:
+    """How the devices train and exchange (a scheme's run)."""
+
+    local_steps: int = 60  # local steps per device over the whole run
+    batch_size: int = 16
+    lr: float = 5e-3
+    group_size: int = 10  # devices per level-1 group: n_groups = ceil(N / group_size)
+    fanout: list[int] = field(default_factory=list)  # children per node above level 1, below the root
+    periods: list[int] = field(default_factory=lambda: [5, 20])  # local steps between aggregations, per level
+    grouping: str = "kma"
+    kma_balance: float = 1.0
+    signature_steps: int = 5  # local steps from the shared start that give each device its KMA signature
+    gossip_peers: int = 1
+    eval_every: int = 20  # local steps between points of the accuracy curve
+    step_ms: float = 20.0  # simulated compute time of one local step
+    link: Link = field(default_factory=Link)
+    seed: int = 0
+
+
+def check_settings(s: EdgeSettings, scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ConfigError(f"edge.scheme='{scheme}' is not one of {', '.join(SCHEMES)}. Fix: pick one of those")
+    if s.grouping not in GROUPINGS:
+        raise ConfigError(f"edge.grouping='{s.grouping}' is not one of {', '.join(GROUPINGS)}. Fix: pick one")
+    for key in ("local_steps", "batch_size", "group_size", "eval_every"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"edge.{key}={getattr(s, key)} must be >= 1. Fix: use a positive integer")
+
+
+@dataclass
+class DeviceData:
+    """Per device: its training windows (token rows, as SASRec trains on) and its users' test rows."""
+
+    windows: list[np.ndarray]  # int64 [rows, max_len + 1] per device
+    test: list[pa.Table]
+    samples: np.ndarray  # int64 [N] training windows per device (the aggregation weights)
+
+
+def device_data(devices: Devices, train: pa.Table, test: pa.Table, max_len: int) -> DeviceData:
+    """Split the train / test tables by the users' devices (a device with no train rows is an error)."""
+    windows, tests = [], []
+    for d, users in enumerate(devices.users):
+        keep = pc.is_in(train["user_id"], value_set=pa.array(users, pa.int64()))
+        seqs = [s + 1 for s in list_column(train.filter(keep), "items") if len(s) >= 2]
+        if not seqs:
+            raise ConfigError(f"device {d} has no user with 2 or more train items. Fix: use fewer edge.n_devices "
+                              "or a larger data set")
+        windows.append(_left_pad(seqs, max_len + 1))
+        tests.append(test.filter(pc.is_in(test["user_id"], value_set=pa.array(users, pa.int64()))))
+    return DeviceData(windows, tests, np.array([len(w) for w in windows], dtype=np.int64))
+
+
+class _Fleet:
+    """The devices' models and optimizers (one SASRecRecommender each, for its loss and recommend)."""
+
+    def __init__(self, n: int, n_items: int, cfg: SasrecConfig, lr: float, seed: int) -> None:
+        torch.manual_seed(seed)
+        base = SASRecRecommender(cfg)
+        base.model = base._build(n_items)
+        self.recs = []
+        for _ in range(n):
+            rec = SASRecRecommender(cfg)
+            rec.model, rec.n_items = copy.deepcopy(base.model), n_items
+            self.recs.append(rec)
+        self.opts = [torch.optim.Adam(r.model.parameters(), lr=lr, betas=(0.9, 0.98)) for r in self.recs]
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def states(self) -> list[dict[str, torch.Tensor]]:
+        return [r.model.state_dict() for r in self.recs]
+
+    def load(self, states: list[dict[str, torch.Tensor]]) -> None:
+        """Copy new weights into every device's own tensors (shared results are never aliased)."""
+        with torch.no_grad():
+            for r, s in zip(self.recs, states):
+                for k, v in r.model.state_dict().items():
+                    v.copy_(s[k])
+
+    def step(self, d: int, windows: np.ndarray, batch_size: int, rng: np.random.Generator) -> float:
+        rec, opt = self.recs[d], self.opts[d]
+        rows = rng.choice(len(windows), size=min(batch_size, len(windows)), replace=False)
+        rec.model.train()
+        loss = rec._batch_loss(torch.as_tensor(_trim(windows[rows], keep=2)), self.gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+
+def _score(recs: list[SASRecRecommender], tests: list[pa.Table]) -> dict[str, float]:
+    """Recall@10 / NDCG@10 over all users, each scored by their own device's model."""
+    sums, n = {"recall@10": 0.0, "ndcg@10": 0.0}, 0
+    for rec, t in zip(recs, tests):
+        if t.num_rows == 0:
+            continue
+        rec.model.eval()
+        m = evaluate(rec, t, ks=(10,))
+        for k in sums:
+            sums[k] += m[k] * t.num_rows
+        n += t.num_rows
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def make_groups(devices: Devices, data: DeviceData, n_items: int, cfg: SasrecConfig, s: EdgeSettings) -> np.ndarray:
+    """Level-1 groups by ``s.grouping``; KMA's signatures come from ``signature_steps`` local steps."""
+    n_groups = max(1, math.ceil(devices.n / s.group_size))
+    if s.grouping == "random":
+        return random_groups(devices.n, n_groups, seed=s.seed)
+    if s.grouping == "distance":
+        return kmeans_groups(devices.positions, n_groups, seed=s.seed)
+    fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed)
+    start = {k: v.clone() for k, v in fleet.recs[0].model.state_dict().items()}
+    rng = np.random.default_rng(s.seed + 1)
+    for d in range(devices.n):
+        for _ in range(s.signature_steps):
+            fleet.step(d, data.windows[d], s.batch_size, rng)
+    sig = np.stack([model_signature(start, st, seed=s.seed) for st in fleet.states()])
+    return kma_groups(devices.positions, sig, n_groups, samples=data.samples, balance=s.kma_balance, seed=s.seed)
+
+
+def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cfg: SasrecConfig,
+               s: EdgeSettings, groups: np.ndarray | None = None) -> dict:
+    """Train under one scheme; returns ``{"curve": [{step, exchanges, bytes, sim_s, recall@10, ndcg@10}],
+    "final": {...}, "model_bytes", "seconds"}``."""
+    check_settings(s, scheme)
+    t0 = time.monotonic()
+    if scheme == "central":
+        return _run_central(devices, data, n_items, cfg, s, t0)
+    fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed)
+    p = model_bytes(fleet.recs[0].model.state_dict())
+    tree = None
+    if scheme == "etree":
+        if groups is None:
+            groups = make_groups(devices, data, n_items, cfg, s)
+        tree = build_tree(devices.positions, groups, fanout=s.fanout, periods=s.periods, seed=s.seed)
+    elif scheme == "fedavg":
+        tree = server_tree(devices.n, np.array([0.5, 0.5]), s.periods[0])
+    rng = np.random.default_rng(s.seed + 2)
+    total_bytes, sim_ms, exchanges = 0, 0.0, 0
+    curve = []
+    for step in range(1, s.local_steps + 1):
+        for d in range(devices.n):
+            fleet.step(d, data.windows[d], s.batch_size, rng)
+        sim_ms += s.step_ms
+        if tree is not None and (level := tree.fired(step)):
+            fleet.load(tree_aggregate(tree, fleet.states(), data.samples, level))
+            b, ms = tree_cost(tree, devices.positions, level, p, s.link)
+            total_bytes, sim_ms, exchanges = total_bytes + b, sim_ms + ms, exchanges + 1
+        elif scheme == "gossip" and step % s.periods[0] == 0:
+            new, picked = gossip_round(fleet.states(), data.samples, rng, peers=s.gossip_peers)
+            fleet.load(new)
+            b, ms = gossip_cost(devices.positions, picked, p, s.link)
+            total_bytes, sim_ms, exchanges = total_bytes + b, sim_ms + ms, exchanges + 1
+        if step % s.eval_every == 0 or step == s.local_steps:
+            curve.append({"step": step, "exchanges": exchanges, "bytes": total_bytes, "sim_s": sim_ms / 1e3,
+                          **_score(fleet.recs, data.test)})
+    return {"curve": curve, "final": curve[-1], "model_bytes": p, "seconds": time.monotonic() - t0}
+
+
+def _run_central(devices: Devices, data: DeviceData, n_items: int, cfg: SasrecConfig, s: EdgeSettings,
+                 t0: float) -> dict:
+    fleet = _Fleet(1, n_items, cfg, s.lr, s.seed)
+    pooled = np.concatenate(data.windows)
+    test = pa.concat_tables([t for t in data.test if t.num_rows])
+    rng = np.random.default_rng(s.seed + 2)
+    curve = []
+    for step in range(1, s.local_steps + 1):
+        for _ in range(devices.n):  # the samples all devices see in one tick
+            fleet.step(0, pooled, s.batch_size, rng)
+        if step % s.eval_every == 0 or step == s.local_steps:
+            curve.append({"step": step, "exchanges": 0, "bytes": 0, "sim_s": step * devices.n * s.step_ms / 1e3,
+                          **_score(fleet.recs, [test])})
+    p = model_bytes(fleet.recs[0].model.state_dict())
+    return {"curve": curve, "final": curve[-1], "model_bytes": p, "seconds": time.monotonic() - t0}
+
+
+def settings_dict(s: EdgeSettings) -> dict:
+    return dataclasses.asdict(s)

@@ -1,0 +1,85 @@
+"""The single-process simulation: schemes learn, bytes and clock follow the cost model, FedAvg averages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from onerec.config import SasrecConfig
+from onerec.edge.devices import partition_dirichlet
+from onerec.edge.simulate import EdgeSettings, _Fleet, device_data, run_scheme
+from onerec.edge.tree import Link, server_tree, tree_aggregate
+from onerec.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+N_ITEMS, N_USERS = 30, 120
+LISTS = pa.list_(pa.int64())
+CFG = SasrecConfig(d_model=16, n_layers=1, n_heads=1, dropout=0.0, max_len=8, lr=1e-2)
+FAST = EdgeSettings(local_steps=20, batch_size=8, lr=1e-2, group_size=3, periods=[2, 4], eval_every=10,
+                    signature_steps=2, step_ms=10.0, link=Link(base_ms=1.0, ms_per_unit=0.0, bandwidth_mbps=1e12))
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Item i is followed by i+1; users fall into 3 clusters by their starting item (the non-IID label)."""
+    rng = np.random.default_rng(0)
+    starts = rng.integers(N_ITEMS, size=N_USERS)
+    seqs = [(s + np.arange(rng.integers(6, 12))) % N_ITEMS for s in starts]
+    train = pa.table({"user_id": np.arange(N_USERS), "items": pa.array([q[:-1].tolist() for q in seqs], LISTS)})
+    test = pa.table({"user_id": np.arange(N_USERS), "history": pa.array([q[:-1].tolist() for q in seqs], LISTS),
+                     "targets": pa.array([[int(q[-1])] for q in seqs], LISTS)})
+    devices = partition_dirichlet(starts * 3 // N_ITEMS, 6, alpha=0.3, seed=0)
+    return devices, device_data(devices, train, test, CFG.max_len)
+
+
+def test_fedavg_bytes_clock_and_learning(world) -> None:
+    devices, data = world
+    out = run_scheme("fedavg", devices, data, N_ITEMS, CFG, FAST)
+    p = out["model_bytes"]
+    assert p == sum(t.numel() * 4 for t in _Fleet(1, N_ITEMS, CFG, 0.01, 0).recs[0].model.state_dict().values())
+    final = out["final"]
+    assert final["exchanges"] == 10 and final["bytes"] == 10 * 2 * 6 * p
+    # 20 steps of 10 ms; each round: up + down at 1 ms latency (infinite bandwidth, no distance term)
+    assert final["sim_s"] == pytest.approx((20 * 10 + 10 * 2 * 1.0) / 1e3, rel=1e-6)
+    assert [c["step"] for c in out["curve"]] == [10, 20]
+    assert final["ndcg@10"] > 0.3  # random ranking: ~10/30 recall, ndcg ~0.15
+
+
+def test_local_moves_nothing_and_etree_counts_levels(world) -> None:
+    devices, data = world
+    local = run_scheme("local", devices, data, N_ITEMS, CFG, FAST)
+    assert local["final"]["bytes"] == 0 and local["final"]["exchanges"] == 0
+    etree = run_scheme("etree", devices, data, N_ITEMS, CFG, dataclasses.replace(FAST, grouping="distance"))
+    p = etree["model_bytes"]
+    # 2 groups of 3 + a root over 2 heads; 10 group rounds, 5 of them also root rounds
+    assert etree["final"]["exchanges"] == 10 and etree["final"]["bytes"] == (10 * 6 + 5 * 2) * 2 * p
+    gossip = run_scheme("gossip", devices, data, N_ITEMS, CFG, FAST)
+    assert gossip["final"]["bytes"] == 10 * 6 * p
+    central = run_scheme("central", devices, data, N_ITEMS, CFG, dataclasses.replace(FAST, local_steps=10))
+    assert central["final"]["ndcg@10"] > 0.3
+
+
+def test_fleet_aggregation_is_the_weighted_average_of_trained_models(world) -> None:
+    devices, data = world
+    fleet = _Fleet(devices.n, N_ITEMS, CFG, 1e-2, 0)
+    rng = np.random.default_rng(0)
+    for d in range(devices.n):
+        fleet.step(d, data.windows[d], 8, rng)
+    before = fleet.states()
+    key = "item_emb.weight"
+    expect = sum(int(n) * before[d][key].clone() for d, n in enumerate(data.samples)) / data.samples.sum()
+    fleet.load(tree_aggregate(server_tree(devices.n, np.zeros(2), 1), before, data.samples, 1))
+    for d in range(devices.n):
+        assert torch.allclose(fleet.recs[d].model.state_dict()[key], expect, atol=1e-6)
+    assert fleet.recs[0].model.item_emb.weight.data_ptr() != fleet.recs[1].model.item_emb.weight.data_ptr()
+
+
+def test_bad_scheme_names_the_key(world) -> None:
+    devices, data = world
+    with pytest.raises(ConfigError, match=r"edge\.scheme"):
+        run_scheme("fedprox", devices, data, N_ITEMS, CFG, FAST)

@@ -11,8 +11,9 @@ scheme exchanges models:
   local steps (the same local steps between rounds as E-Tree's groups);
 * ``gossip`` -- every ``periods[0]`` local steps each device averages with ``gossip_peers`` random peers;
 * ``local`` -- no exchange;
-* ``central`` -- one model on the pooled data, ``local_steps * n_devices`` steps (the same number of
-  training samples as all devices together): the upper bound.
+* ``central`` -- one model on the pooled data, ``local_steps`` steps of ``batch_size * n_devices``
+  sequences: the same sequential updates and the same training samples as all devices together, i.e.
+  perfectly synchronous data-parallel training, the upper bound the averaging schemes approximate.
 
 Recall@10 / NDCG@10 come from :func:`onerec.eval.harness.evaluate` with each user scored by *their
 device's* model (what on-device recommendation serves); under a scheme that just aggregated every
@@ -61,7 +62,7 @@ class EdgeSettings:
 
     local_steps: int = 60  # local steps per device over the whole run
     batch_size: int = 16
-    lr: float = 5e-3
+    lr: float = 1e-2
     group_size: int = 10  # devices per level-1 group: n_groups = ceil(N / group_size)
     fanout: list[int] = field(default_factory=list)  # children per node above level 1, below the root
     periods: list[int] = field(default_factory=lambda: [5, 20])  # local steps between aggregations, per level
@@ -222,10 +223,9 @@ def _run_central(devices: Devices, data: DeviceData, n_items: int, cfg: SasrecCo
     rng = np.random.default_rng(s.seed + 2)
     curve = []
     for step in range(1, s.local_steps + 1):
-        for _ in range(devices.n):  # the samples all devices see in one tick
-            fleet.step(0, pooled, s.batch_size, rng)
+        fleet.step(0, pooled, s.batch_size * devices.n, rng)  # the samples all devices see in one tick
         if step % s.eval_every == 0 or step == s.local_steps:
-            curve.append({"step": step, "exchanges": 0, "bytes": 0, "sim_s": step * devices.n * s.step_ms / 1e3,
+            curve.append({"step": step, "exchanges": 0, "bytes": 0, "sim_s": step * s.step_ms / 1e3,
                           **_score(fleet.recs, [test])})
     p = model_bytes(fleet.recs[0].model.state_dict())
     return {"curve": curve, "final": curve[-1], "model_bytes": p, "seconds": time.monotonic() - t0}

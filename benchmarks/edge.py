@@ -7,9 +7,10 @@ Beauty), with SASRec only (not the generator), in the single-process simulation 
 
 Per seed: one simulated world (``WORLD``, seeded by the seed), leave-one-out split; its users partitioned over
 ``--devices`` devices, non-IID (Dirichlet(``--alpha``) over ``--clusters`` clusters of the users' dominant
-interest, devices placed near their main cluster) and IID (the control). Every scheme starts from the same
-weights and gives every device ``--steps`` local Adam steps (batch 16, lr 1e-2); centralised: the same number
-of steps on the pooled data with batches of 16 x devices (synchronous data parallel, the same samples).
+interest, at least 10 users a device, devices placed near their main cluster) and IID (the control). Every
+scheme starts from the same weights and gives every device ``--steps`` local Adam steps (batch 16, lr 1e-2);
+centralised: the same number of steps on the pooled data with batches of 16 x devices (synchronous data
+parallel, the same samples).
 E-Tree: groups of 10 devices (KMA, distance-only or random), groups average every 5 local steps, the root
 every 20; FedAvg and gossip (one random peer) exchange every 5 local steps. Metrics: recall@10 / ndcg@10 on
 the test split, each user scored by their own device's model. Bytes and the wall-clock are *simulated*
@@ -59,7 +60,7 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     for part in args.partitions:
         if part == "noniid":
             devices = partition_dirichlet(world_clusters(world.interest, args.clusters), args.devices,
-                                          alpha=args.alpha, seed=seed)
+                                          alpha=args.alpha, min_users=10, seed=seed)
         else:
             devices = partition_iid(n_users, args.devices, seed=seed)
         data = device_data(devices, splits["train"], splits["test"], MODEL.max_len)

@@ -21,6 +21,7 @@ def test_every_user_on_exactly_one_device() -> None:
         assert sorted(everyone.tolist()) == list(range(200))
         assert devices.sizes.min() >= 1 and devices.positions.shape == (30, 2)
         assert (devices.device_of_user(200) >= 0).all()
+    assert partition_dirichlet(labels, 30, alpha=0.05, min_users=5, seed=1).sizes.min() == 5
 
 
 def test_small_alpha_is_skewed_and_iid_is_not() -> None:

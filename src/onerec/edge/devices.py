@@ -83,15 +83,16 @@ def _check(n_devices: int, n_users: int, alpha: float | None) -> None:
                           "(smaller: more skewed devices)")
 
 
-def _fill_empty(assign: np.ndarray, n_devices: int, rng: np.random.Generator) -> np.ndarray:
-    """Give every empty device one user taken from the currently largest device."""
+def _fill_small(assign: np.ndarray, n_devices: int, min_users: int, rng: np.random.Generator) -> np.ndarray:
+    """Top every device up to ``min_users`` users, each taken from the currently largest device."""
     counts = np.bincount(assign, minlength=n_devices)
-    for d in np.flatnonzero(counts == 0):
-        donor = int(np.argmax(counts))
-        user = rng.choice(np.flatnonzero(assign == donor))
-        assign[user] = d
-        counts[donor] -= 1
-        counts[d] += 1
+    for d in np.flatnonzero(counts < min_users):
+        while counts[d] < min_users:
+            donor = int(np.argmax(counts))
+            user = rng.choice(np.flatnonzero(assign == donor))
+            assign[user] = d
+            counts[donor] -= 1
+            counts[d] += 1
     return assign
 
 
@@ -105,7 +106,7 @@ def partition_iid(n_users: int, n_devices: int, seed: int = 0) -> Devices:
 
 
 def partition_dirichlet(labels: np.ndarray, n_devices: int, *, alpha: float = 0.3, spread: float = 0.08,
-                        seed: int = 0) -> Devices:
+                        min_users: int = 1, seed: int = 0) -> Devices:
     """Non-IID split: each cluster's users shared over devices by a Dirichlet(alpha) draw.
 
     Args:
@@ -114,10 +115,14 @@ def partition_dirichlet(labels: np.ndarray, n_devices: int, *, alpha: float = 0.
         alpha: Dirichlet concentration (0.1: nearly one cluster per device; 100: close to IID).
         spread: standard deviation of a device's position around its home cluster's centre; the C
             centres sit evenly on a circle of radius 0.35 around (0.5, 0.5).
+        min_users: every device ends with at least this many users (taken from the largest devices).
         seed: random seed.
     """
     labels = np.asarray(labels, dtype=np.int64)
     _check(n_devices, len(labels), alpha)
+    if min_users * n_devices > len(labels):
+        raise ConfigError(f"edge.min_users={min_users} x {n_devices} devices exceeds the {len(labels)} users. "
+                          "Fix: lower edge.min_users or edge.n_devices")
     rng = np.random.default_rng(seed)
     n_clusters = int(labels.max()) + 1
     assign = np.empty(len(labels), dtype=np.int64)
@@ -125,7 +130,7 @@ def partition_dirichlet(labels: np.ndarray, n_devices: int, *, alpha: float = 0.
         members = rng.permutation(np.flatnonzero(labels == c))
         share = rng.dirichlet(np.full(n_devices, alpha))
         assign[members] = rng.choice(n_devices, size=len(members), p=share)
-    assign = _fill_empty(assign, n_devices, rng)
+    assign = _fill_small(assign, n_devices, max(min_users, 1), rng)
     users = [np.flatnonzero(assign == d) for d in range(n_devices)]
     home = np.array([np.bincount(labels[u], minlength=n_clusters).argmax() for u in users], dtype=np.int64)
     angle = 2 * np.pi * home / n_clusters

@@ -112,8 +112,11 @@ def device_data(devices: Devices, train: pa.Table, test: pa.Table, max_len: int)
 class _Fleet:
     """The devices' models and optimizers (one SASRecRecommender each, for its loss and recommend)."""
 
-    def __init__(self, n: int, n_items: int, cfg: SasrecConfig, lr: float, seed: int) -> None:
+    def __init__(self, n: int, n_items: int, cfg: SasrecConfig, lr: float, seed: int, stream: int = 0) -> None:
         torch.manual_seed(seed)
+        # one batch-sampling stream per device, so that a device's batches do not depend on the others
+        # (the multi-process mode, one device a process, draws the same ones)
+        self.rngs = [np.random.default_rng([seed, stream, d]) for d in range(n)]
         base = SASRecRecommender(cfg)
         base.model = base._build(n_items)
         self.recs = []
@@ -134,9 +137,9 @@ class _Fleet:
                 for k, v in r.model.state_dict().items():
                     v.copy_(s[k])
 
-    def step(self, d: int, windows: np.ndarray, batch_size: int, rng: np.random.Generator) -> float:
+    def step(self, d: int, windows: np.ndarray, batch_size: int) -> float:
         rec, opt = self.recs[d], self.opts[d]
-        rows = rng.choice(len(windows), size=min(batch_size, len(windows)), replace=False)
+        rows = self.rngs[d].choice(len(windows), size=min(batch_size, len(windows)), replace=False)
         rec.model.train()
         loss = rec._batch_loss(torch.as_tensor(_trim(windows[rows], keep=2)), self.gen)
         opt.zero_grad(set_to_none=True)
@@ -166,12 +169,11 @@ def make_groups(devices: Devices, data: DeviceData, n_items: int, cfg: SasrecCon
         return random_groups(devices.n, n_groups, seed=s.seed)
     if s.grouping == "distance":
         return kmeans_groups(devices.positions, n_groups, seed=s.seed)
-    fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed)
+    fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed, stream=1)
     start = {k: v.clone() for k, v in fleet.recs[0].model.state_dict().items()}
-    rng = np.random.default_rng(s.seed + 1)
     for d in range(devices.n):
         for _ in range(s.signature_steps):
-            fleet.step(d, data.windows[d], s.batch_size, rng)
+            fleet.step(d, data.windows[d], s.batch_size)
     sig = np.stack([model_signature(start, st, seed=s.seed) for st in fleet.states()])
     return kma_groups(devices.positions, sig, n_groups, samples=data.samples, balance=s.kma_balance, seed=s.seed)
 
@@ -198,7 +200,7 @@ def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cf
     curve = []
     for step in range(1, s.local_steps + 1):
         for d in range(devices.n):
-            fleet.step(d, data.windows[d], s.batch_size, rng)
+            fleet.step(d, data.windows[d], s.batch_size)
         sim_ms += s.step_ms
         if tree is not None and (level := tree.fired(step)):
             fleet.load(tree_aggregate(tree, fleet.states(), data.samples, level))
@@ -220,10 +222,9 @@ def _run_central(devices: Devices, data: DeviceData, n_items: int, cfg: SasrecCo
     fleet = _Fleet(1, n_items, cfg, s.lr, s.seed)
     pooled = np.concatenate(data.windows)
     test = pa.concat_tables([t for t in data.test if t.num_rows])
-    rng = np.random.default_rng(s.seed + 2)
     curve = []
     for step in range(1, s.local_steps + 1):
-        fleet.step(0, pooled, s.batch_size * devices.n, rng)  # the samples all devices see in one tick
+        fleet.step(0, pooled, s.batch_size * devices.n)  # the samples all devices see in one tick
         if step % s.eval_every == 0 or step == s.local_steps:
             curve.append({"step": step, "exchanges": 0, "bytes": 0, "sim_s": step * s.step_ms / 1e3,
                           **_score(fleet.recs, [test])})

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from conftest import random_codes
 from onerec.config import ModelConfig
 from onerec.features import EvalExamples, HistoryFeaturizer
-from onerec.generate import PrefixTable, beam_search_reference
+from onerec.generate import PrefixTable, beam_search, beam_search_reference
 from onerec.generate.generative import GenerativeRecommender
 from onerec.model.generator import Generator
+from onerec.model.kv_cache import StaticKVCache
+from onerec.model.layers import RMSNorm
 
 
 def _model(sizes: list[int], seed: int = 0, dec_layers: int = 2) -> Generator:
@@ -64,6 +66,103 @@ def test_cached_step_equals_uncached_decode_at_every_step(dec_layers: int) -> No
             cache = [(k[rows], v[rows]) for k, v in cache]
             new = torch.randint(0, sizes[step], (users * beams, 1), generator=g)
             prefix = torch.cat([prefix[rows], new], dim=1)
+
+
+@pytest.mark.parametrize("dec_layers", [1, 3])
+def test_static_cache_equals_the_plain_cache_through_reorders(dec_layers: int) -> None:
+    """The preallocated cache, written and re-ordered in place, gives the plain (concatenated) cache's
+    log-probs and holds its keys and values at every step; it never allocates a third buffer."""
+    sizes = [6, 5, 4, 3]
+    model = _model(sizes, dec_layers=dec_layers)
+    codes = random_codes(sizes, 50, seed=0).numpy()
+    users, beams = 3, 5
+    with torch.no_grad():
+        memory, memory_mask = model.encode_batch(_batch(codes, users, seed=1))
+        ctx = model.start_decoding(memory, memory_mask, beams)
+        _, static = model.beam_step_fn(memory, memory_mask, beams)
+        assert isinstance(static, StaticKVCache)
+        g = torch.Generator().manual_seed(3)
+        prefix, plain, buffers = torch.zeros(users * beams, 0, dtype=torch.long), None, set()
+        for step in range(len(sizes)):
+            want, plain = model.decode_step(prefix, step, ctx, plain)
+            got, static = model.decode_step(prefix, step, ctx, static)
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+            assert static.t == step + 1
+            for i, (k, v) in enumerate(plain):
+                sk, sv = static.layer_kv(i)
+                assert sk.shape == k.shape
+                torch.testing.assert_close(sk, k, atol=1e-6, rtol=1e-6)
+                torch.testing.assert_close(sv, v, atol=1e-6, rtol=1e-6)
+            within = torch.randint(0, beams, (users, beams), generator=g)
+            rows = (within + torch.arange(users)[:, None] * beams).reshape(-1)
+            plain = [(k[rows], v[rows]) for k, v in plain]
+            static.reorder_(rows)
+            buffers |= {static.buf.data_ptr(), static.spare.data_ptr()}
+            prefix = torch.cat([prefix[rows], torch.randint(0, sizes[step], (users * beams, 1), generator=g)], dim=1)
+        assert len(buffers) == 2  # the two preallocated buffers swap roles; nothing else is allocated
+
+
+def test_static_cache_reorders_rows_across_users_and_skips_only_no_ops() -> None:
+    """2 users x 2 beams, 1 layer, 1 head, dk 1: the worked example of onerec.model.kv_cache, plus a re-order
+    across users right after the first position (not a no-op, so it must not be skipped)."""
+    cache = StaticKVCache(layers=1, rows=4, length=3)
+    k0 = torch.tensor([1.0, 2.0]).view(2, 1, 1, 1)  # user 0's [BOS] key 1, user 1's 2
+    cache.fill_first([(k0, -k0)], group=2)
+    cache.reorder_(torch.tensor([1, 0, 3, 2]))  # within users: nothing changes (skipped)
+    assert cache.layer_kv(0)[0].flatten().tolist() == [1, 1, 2, 2]
+    cache.reorder_(torch.tensor([2, 2, 0, 1]))  # across users: applied
+    assert cache.layer_kv(0)[0].flatten().tolist() == [2, 2, 1, 1]
+    k, _ = cache.write(0, torch.tensor([10.0, 11, 12, 13]).view(4, 1, 1, 1), torch.zeros(4, 1, 1, 1))
+    cache.advance()
+    assert k.shape == (4, 1, 2, 1) and k[:, 0, :, 0].tolist() == [[2, 10], [2, 11], [1, 12], [1, 13]]
+    cache.reorder_(torch.tensor([1, 1, 3, 2]))
+    assert cache.layer_kv(0)[0][:, 0, :, 0].tolist() == [[2, 11], [2, 11], [1, 13], [1, 12]]
+    assert cache.layer_kv(0)[1][:, 0, :, 0].tolist() == [[-2, 0], [-2, 0], [-1, 0], [-1, 0]]
+
+
+def test_static_and_plain_cache_searches_agree() -> None:
+    sizes = [8, 8, 4]
+    codes = random_codes(sizes, 200, seed=5)
+    model = _model(sizes, dec_layers=2)
+    table = PrefixTable.from_codes(codes, sizes)
+
+    with torch.no_grad():
+        memory, mask = model.encode_batch(_batch(codes.numpy(), 3, seed=6))
+        out = []
+        for static in (True, False):
+            step_fn, state = model.beam_step_fn(memory, mask, 16, static_cache=static)
+            out.append(beam_search(step_fn, batch_size=3, table=table, beam_size=16, top_k=16, state=state))
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-5, rtol=0)
+    same = out[0][0] == out[1][0]
+    assert same.all() or bool(((out[0][1] - out[1][1]).abs() < 1e-5)[~same].all())
+
+
+def test_rms_norm_fused_without_gradients_is_one_op_and_equals_the_formula() -> None:
+    norm = RMSNorm(16)
+    norm.fused_inference = True  # the default off CPU
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        x = torch.randn(7, 3, 16)
+        fused = norm(x)
+        norm.fast = False
+        torch.testing.assert_close(fused, norm(x), atol=1e-6, rtol=1e-5)
+        norm.fast = True
+    ops: list[str] = []
+    with torch.no_grad(), CountOps(ops):
+        norm(x)
+    assert "rms_norm" in ops and not {"pow", "mean", "rsqrt", "mul", "__mul__"} & set(ops)
+
+
+class CountOps(torch.overrides.TorchFunctionMode):
+    """Names of the torch functions called inside it."""
+
+    def __init__(self, ops: list[str]) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.ops.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
 
 
 def test_cross_attention_kv_is_per_user_not_per_beam() -> None:

@@ -19,6 +19,8 @@ level t, W_t = ``table.max_degree[t]`` (most children of one level-t prefix).
   :func:`expand_to_beams`). After each step but the last the search re-ranks beams and
   re-orders every tensor leaf with ``index_select(0, parent_rows)``, so at the next call row r of
   the state belongs to the beam whose prefix is ``tokens[r]``. Non-tensor leaves pass unchanged.
+  Or an object with a ``reorder_(parent_rows)`` method that re-orders itself in place (a
+  preallocated KV cache, :class:`onerec.model.kv_cache.StaticKVCache`).
 
 Dead beams: only user b's beam 0 is live at step 0 (the others start at -inf), so beams never
 duplicate. When a user has fewer than K valid prefixes (or ``step_fn`` gives -inf to valid
@@ -265,7 +267,13 @@ def map_state(fn: Callable[[Tensor, str], Tensor], state: Any, path: str = "stat
 
 
 def reorder_state(state: Any, rows: Tensor, num_rows: int) -> Any:
-    """``index_select(0, rows)`` on every tensor leaf; each must have leading dim ``num_rows`` (B*K)."""
+    """``index_select(0, rows)`` on every tensor leaf; each must have leading dim ``num_rows`` (B*K).
+
+    A state object with a ``reorder_(rows)`` method (e.g. :class:`onerec.model.kv_cache.StaticKVCache`, a
+    preallocated KV cache) re-orders its own rows in place instead, and is returned as it is."""
+    if hasattr(state, "reorder_") and not isinstance(state, Tensor):
+        state.reorder_(rows)
+        return state
 
     def pick(x: Tensor, path: str) -> Tensor:
         if x.dim() == 0 or x.shape[0] != num_rows:

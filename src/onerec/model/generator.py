@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from onerec.config import ModelConfig
 from onerec.errors import ConfigError
 from onerec.features.side import N_LOG_BUCKETS
+from onerec.model.kv_cache import StaticKVCache
 from onerec.model.layers import DecoderBlock, Dropout, EncoderBlock, Packing, RMSNorm, ffn_hidden
 from onerec.model.moe import MoE
 from onerec.model.pathways import (
@@ -268,7 +269,8 @@ class SemanticIDModel(nn.Module):
         return {name: [round(float(v), 4) for v in m.load_fraction()] for name, m in self.moe_layers()}
 
     def decode_step(self, prefix: Tensor, step: int, ctx: DecodingContext,
-                    cache: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                    cache: list[tuple[Tensor, Tensor]] | StaticKVCache | None
+                    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]] | StaticKVCache]:
         """log p(s_step | prefix, history) with a self-attention KV cache: equals
         :meth:`step_log_probs` but feeds only the newest token through the decoder.
 
@@ -277,14 +279,17 @@ class SemanticIDModel(nn.Module):
                 last column is read). At step 0 every row starts from [BOS], so the step runs once per
                 user and its outputs are repeated to the beams.
             ctx: from :meth:`start_decoding`.
-            cache: None at step 0, else the cache this method returned at the previous step, its rows
-                re-ordered to follow ``prefix`` (beam search's ``index_select`` on each tensor).
+            cache: the plain cache (the reference): None at step 0, else the cache this method returned at
+                the previous step, its rows re-ordered to follow ``prefix`` (beam search's ``index_select``
+                on each tensor). Or a :class:`StaticKVCache` of U*beams rows, empty at step 0: written in
+                place at every step and returned (beam search re-orders it in place, ``reorder_``).
 
         Returns:
-            (log-probs [U*beams, V_step] float32, the extended cache: per layer (k, v), each
-            [U*beams, heads, step+1, E/heads]).
+            (log-probs [U*beams, V_step] float32, the cache: the plain one extended, per layer (k, v), each
+            [U*beams, heads, step+1, E/heads]; or the same StaticKVCache, one position further).
         """
         u, g = ctx.users, ctx.beams
+        static = isinstance(cache, StaticKVCache)
         if step == 0:
             x, group = self.bos.expand(u, 1, -1), 1
         else:
@@ -292,24 +297,39 @@ class SemanticIDModel(nn.Module):
         x = x + self.dec_pos.weight[step]
         new_cache = []
         for i, block in enumerate(self.decoder):
-            x, kv = block.step(x, None if cache is None else cache[i], ctx.cross[i], ctx.mask, group)
+            if cache is None or step == 0:
+                layer_cache = None
+            else:
+                layer_cache = cache.slots[i] if static else cache[i]
+            x, kv = block.step(x, layer_cache, ctx.cross[i], ctx.mask, group)
             new_cache.append(kv)
         log_probs = F.log_softmax(self.heads[step](self.dec_norm(x[:, 0])).float(), dim=-1)
         if step == 0 and g > 1:
             log_probs = log_probs.repeat_interleave(g, dim=0)
+        if static:
+            if step == 0:
+                cache.fill_first(new_cache, g)
+            else:
+                cache.advance()
+            return log_probs, cache
+        if step == 0 and g > 1:
             new_cache = [(k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)) for k, v in new_cache]
         return log_probs, new_cache
 
-    def beam_step_fn(self, memory: Tensor, memory_mask: Tensor, beams: int):
+    def beam_step_fn(self, memory: Tensor, memory_mask: Tensor, beams: int, *, static_cache: bool = True):
         """A ``step_fn`` for :func:`onerec.generate.beam_search` over this model with the KV cache:
-        -> (step_fn, initial state). The state is the self-attention cache (leading dim U*beams, so beam
-        search re-orders it); the per-user cross-attention K/V live in the closure."""
+        -> (step_fn, initial state). The state is the self-attention cache (U*beams rows, so beam search
+        re-orders it): a preallocated :class:`StaticKVCache`, re-ordered in place, or with
+        ``static_cache=False`` the plain cache grown by concatenation (the reference). The per-user
+        cross-attention K/V live in the closure."""
         ctx = self.start_decoding(memory, memory_mask, beams)
 
         def step_fn(tokens: Tensor, step: int, cache):
             return self.decode_step(tokens, step, ctx, cache)
 
-        return step_fn, None
+        if not static_cache:
+            return step_fn, None
+        return step_fn, StaticKVCache(len(self.decoder), ctx.users * beams, self.dec_pos.num_embeddings)
 
 
 class Generator(SemanticIDModel):

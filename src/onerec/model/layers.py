@@ -14,7 +14,9 @@ two agree):
   also draws ``bernoulli_`` masks and checks for fully masked rows (the reference: SDPA itself);
 * :class:`Attention` projects a self-attention's queries, keys and values in one matrix product (the
   reference: one for the queries, one for the keys and values);
-* :class:`RMSNorm` in training runs a hand-written backward (the reference: autograd through the formula);
+* :class:`RMSNorm` in training runs a hand-written backward (the reference: autograd through the formula), and
+  without gradients torch's fused ``F.rms_norm`` off CPU (``RMSNorm.fused_inference``; the reference: the
+  formula's five ops);
 * :meth:`Packing.unpack` writes each position once (``Packing.fast``, a class-wide switch).
 
 Benchmark: ``python benchmarks/model_throughput.py --step-floor RUN`` (docs/benchmarks/model.md).
@@ -27,6 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from onerec.model.kv_cache import CacheSlot, extend_cache
 
 
 def dropout_mask(shape: tuple[int, ...] | torch.Size, p: float, device: torch.device | str = "cpu") -> Tensor:
@@ -120,9 +124,15 @@ class _RMSNormFn(torch.autograd.Function):
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm (Zhang & Sennrich 2019): x / rms(x) * weight. ``fast`` (the default):
     in training (fp32, gradients wanted, no autocast) through :class:`_RMSNormFn`, ~2x cheaper forward +
-    backward on CPU; ``fast = False``, and always without gradients, the plain formula (the reference)."""
+    backward on CPU, and without gradients (inference, decoding; no autocast) torch's fused ``F.rms_norm`` (one
+    op instead of five) where :attr:`fused_inference` says; ``fast = False`` is the plain formula (the
+    reference)."""
 
     fast = True
+    #: without gradients, torch's ``F.rms_norm``: True, False, or None = off CPU only (on CPU, torch 2.13's
+    #: ``rms_norm`` is a composite of small ops, and the decode step measured no faster with it than with the
+    #: formula; ``benchmarks/decode_step.py``)
+    fused_inference: bool | None = None
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -133,6 +143,10 @@ class RMSNorm(nn.Module):
         if (self.fast and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
                 and x.dtype == self.weight.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)):
             return _RMSNormFn.apply(x, self.weight, self.eps)
+        fused = x.device.type != "cpu" if self.fused_inference is None else self.fused_inference
+        if (fused and self.fast and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+                and not torch.is_autocast_enabled(x.device.type)):  # under autocast: the formula's dtypes, as before
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
@@ -322,7 +336,7 @@ class DecoderBlock(nn.Module):
         x = x + self.drop(self.cross_attn.attend(self.n2(x), k, v, memory_mask))
         return x + self.ffn(self.n3(x))
 
-    def step(self, x: Tensor, cache: tuple[Tensor, Tensor] | None, cross_kv: tuple[Tensor, Tensor],
+    def step(self, x: Tensor, cache: tuple[Tensor, Tensor] | CacheSlot | None, cross_kv: tuple[Tensor, Tensor],
              cross_mask: Tensor | None, group: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One incremental decoding step (inference; equals :meth:`forward`'s last position).
 
@@ -330,20 +344,20 @@ class DecoderBlock(nn.Module):
             x: the new token's input [M, 1, D], M = U * group rows (U users, ``group`` beams each,
                 user-major: row ``u * group + g``).
             cache: this layer's self-attention (k, v) of the earlier positions, each [M, H, t, dk],
-                or None at the first position.
+                or None at the first position, or its slot of a preallocated
+                :class:`~onerec.model.kv_cache.StaticKVCache` (written in place; see
+                :func:`~onerec.model.kv_cache.extend_cache`).
             cross_kv: the encoder memory's cross-attention (k, v), each [U, H, S, dk], computed once
                 per user (:meth:`Attention.project_kv`) and shared by its beams, never repeated per beam.
             cross_mask: bool [U, 1, 1, S] (True = may attend) or None.
             group: beams per user.
 
         Returns:
-            (output [M, 1, D], the cache extended by this position).
+            (output [M, 1, D], the cache extended by this position: (k, v) [M, H, t+1, dk]).
         """
         m, _, d = x.shape
         h = self.n1(x)
-        k, v = self.self_attn.project_kv(h)
-        if cache is not None:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        k, v = extend_cache(cache, *self.self_attn.project_kv(h))
         x = x + self.self_attn.attend(h, k, v)
         # a user's beams are that user's query positions: [U*G, 1, D] -> [U, G, D] against [U, H, S, dk]
         c = self.cross_attn.attend(self.n2(x).view(m // group, group, d), *cross_kv, cross_mask)

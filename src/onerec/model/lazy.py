@@ -52,6 +52,7 @@ from onerec.config import ModelConfig
 from onerec.errors import ConfigError
 from onerec.features.history import N_AGE_BUCKETS
 from onerec.model.generator import DecodingContext, SemanticIDModel
+from onerec.model.kv_cache import CacheSlot, extend_cache
 from onerec.model.layers import Attention, Dropout, RMSNorm, SwiGLU, attention
 from onerec.model.pathways import PREFIX
 
@@ -141,13 +142,14 @@ class LazyBlock(nn.Module):
         x = x + self.drop(self.self_attn(h, causal=True).view(b, q, e))
         return x + self.ffn(self.n3(x))
 
-    def step(self, x: Tensor, cache: tuple[Tensor, Tensor] | None, kv: tuple[Tensor, Tensor], bias: Tensor,
-             group: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def step(self, x: Tensor, cache: tuple[Tensor, Tensor] | CacheSlot | None, kv: tuple[Tensor, Tensor],
+             bias: Tensor, group: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One incremental decoding step (equals :meth:`forward`'s last position).
 
         Args:
             x: the new token [M, 1, E], M = U * group rows (user-major).
-            cache: this layer's self-attention (k, v) of the earlier positions [M, H, t, dh], or None.
+            cache: this layer's self-attention (k, v) of the earlier positions [M, H, t, dh], or None, or its slot
+                of a preallocated :class:`~onerec.model.kv_cache.StaticKVCache`.
             kv: the user's context keys/values [U, G, S, dh], shared by its ``group`` beams.
             bias: [U, H, 1, S].
         """
@@ -155,9 +157,7 @@ class LazyBlock(nn.Module):
         c = self.cross_attn(self.n1(x).view(m // group, group, e), *kv, bias)  # a user's beams are its queries
         x = x + c.view(m, 1, e)
         h = self.n2(x)
-        k, v = self.self_attn.project_kv(h)
-        if cache is not None:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        k, v = extend_cache(cache, *self.self_attn.project_kv(h))
         x = x + self.self_attn.attend(h, k, v)
         return x + self.ffn(self.n3(x)), (k, v)
 

@@ -1,0 +1,171 @@
+"""The beam search's decode step against its matrix-multiply floor (issue 43): the plain KV cache against the
+preallocated static one, interleaved in one process.
+
+Variants, the same weights and inputs, timed in rounds (every variant and then its matrix products alone once per
+round, the order rotating), medians of ``--reps`` rounds; ratios are medians of the per-round ratios:
+
+* ``previous``: the code before issue 43, the plain cache (``beam_step_fn(static_cache=False)``: each layer's
+  keys and values concatenated anew every step and re-ordered by ``index_select``) and RMSNorm as its five-op
+  formula (``RMSNorm.fused_inference = False``, what inference ran before);
+* ``static``: the preallocated, statically shaped cache (:class:`onerec.model.kv_cache.StaticKVCache`: written
+  and re-ordered in place), RMSNorm still the formula: the default on CPU now;
+* ``static_fused_norm``: the same with ``F.rms_norm`` (the default off CPU, ``RMSNorm.fused_inference``).
+
+Per search (the encoder excluded: its output is computed once), ``search_s`` is the whole constrained beam
+search and ``step_s`` the model's share of it: the step function (the decoder over the new token, the cache
+writes) plus the re-ordering of the cache between steps. ``floor_ratio`` = ``step_s`` / the time of the same
+steps' matrix multiplies alone: every ``mm`` / ``addmm`` / ``bmm`` / ``baddbmm`` a search runs, recorded with
+their shapes and layouts and replayed in order as plain fp32 products of the same shapes (SDPA's fused
+attention kernel is not among them; it took 6-14% of the search in profiles at batch 1, beam 128). No exact fp32
+implementation of the same model can take less than the floor on this machine.
+
+Model and catalogue as ``benchmarks/generation.py``: d_model 128, 4 heads, 4 encoder + 4 decoder layers,
+SwiGLU 256 (the 0.015B layout without its MoE), 50,000 items over 3 x 256 codes, histories of 50. One torch
+thread.
+
+    python benchmarks/decode_step.py                        # batch 1, beam 128 (about a minute)
+    python benchmarks/decode_step.py --batch 64 --beam 128
+
+Writes ``benchmarks/results/generation/decode_step[.bB_beamK].json`` (batch 1, beam 128 without the suffix;
+``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import onerec.generate.beam as beam_module
+from generation import HISTORY, RESULTS, catalogue, histories
+from model_throughput import _gemm_calls, _gemm_replay
+from onerec.bench.machine import machine_info
+from onerec.config import ModelConfig
+from onerec.generate.beam import beam_search
+from onerec.io import write_json
+from onerec.model.generator import Generator
+from onerec.model.layers import RMSNorm
+from onerec.tokenizer.constraints import PrefixTable
+
+#: name: (static cache, F.rms_norm)
+VARIANTS = {"previous": (False, False), "static": (True, False), "static_fused_norm": (True, True)}
+DEFAULT = "static"  # what the code runs by default on CPU
+
+
+def search(model: Generator, memory, mask, table: PrefixTable, beam: int, top_k: int, variant: str) -> dict:
+    """One beam search of ``variant``: {"search_s", "step_s", "items"}."""
+    static, fused = VARIANTS[variant]
+    RMSNorm.fused_inference = fused
+    step_fn, state = model.beam_step_fn(memory, mask, beam, static_cache=static)
+    spent = [0.0]
+
+    def timed_step(tokens, step, st):
+        t0 = time.perf_counter()
+        out = step_fn(tokens, step, st)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    reorder = beam_module.reorder_state
+
+    def timed_reorder(st, rows, n):
+        t0 = time.perf_counter()
+        out = reorder(st, rows, n)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    beam_module.reorder_state = timed_reorder
+    try:
+        t0 = time.perf_counter()
+        items, scores = beam_search(timed_step, batch_size=memory.shape[0], table=table, beam_size=beam, top_k=top_k,
+                                    state=state)
+        total = time.perf_counter() - t0
+    finally:
+        beam_module.reorder_state = reorder
+    return {"search_s": total, "step_s": spent[0], "items": items, "scores": scores}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--beam", type=int, default=128)
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--items", type=int, default=50_000)
+    ap.add_argument("--reps", type=int, default=150, help="rounds (each variant and its matmuls once per round)")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    sizes = [256, 256, 256]
+    codes = catalogue(sizes, args.items, seed=0)
+    torch.manual_seed(0)
+    model = Generator(ModelConfig(d_model=128, n_heads=4, enc_layers=4, dec_layers=4, ffn_mult=3.0, dropout=0.0,
+                                  max_history=HISTORY), sizes).eval()
+    table = PrefixTable.from_codes(torch.from_numpy(codes), sizes)
+    batch, _ = histories(codes, args.batch, seed=args.batch)
+    top_k = min(args.top_k, args.beam)
+    with torch.no_grad():
+        memory, mask = model.encode_batch(batch)
+        run = {v: (lambda v=v: search(model, memory, mask, table, args.beam, top_k, v)) for v in VARIANTS}
+        first = {v: fn() for v, fn in run.items()}  # warm-up, and the answers must agree
+        ref = first["previous"]
+        agree = {v: bool(torch.equal(r["items"], ref["items"])) and
+                 float((r["scores"] - ref["scores"]).abs().max()) for v, r in first.items()}
+        replays, n_calls = {}, {}
+        for v in VARIANTS:  # each variant's matrix products, recorded once, replayed alone in the rounds below
+            calls = _gemm_calls(run[v])
+            replays[v], n_calls[v] = _gemm_replay(calls), len(calls)
+            replays[v]()
+        times = {v: {"search_s": [], "step_s": [], "gemm_s": []} for v in VARIANTS}
+        names = list(VARIANTS)
+        for r in range(args.reps):
+            for v in names[r % len(names):] + names[:r % len(names)]:  # rotate which variant goes first
+                out = run[v]()
+                t0 = time.perf_counter()
+                replays[v]()
+                times[v]["gemm_s"].append(time.perf_counter() - t0)
+                times[v]["search_s"].append(out["search_s"])
+                times[v]["step_s"].append(out["step_s"])
+
+    def paired(num: list[float], den: list[float]) -> float:
+        """Median over rounds of a ratio of two times taken in the same round (robust to the load drifting)."""
+        return statistics.median(a / b for a, b in zip(num, den))
+
+    rows = {}
+    for v in VARIANTS:
+        tv, prev = times[v], times["previous"]
+        rows[v] = {key: statistics.median(tv[key]) for key in ("step_s", "search_s", "gemm_s")}
+        rows[v].update(gemm_calls=n_calls[v], floor_ratio=paired(tv["step_s"], tv["gemm_s"]),
+                       step_speedup_over_previous=paired(prev["step_s"], tv["step_s"]),
+                       search_speedup_over_previous=paired(prev["search_s"], tv["search_s"]),
+                       same_items_as_previous=agree[v] is not False, max_score_diff=agree[v] or 0.0)
+        print(f"{v:>18}: step {rows[v]['step_s'] * 1e3:7.2f} ms  search {rows[v]['search_s'] * 1e3:7.2f} ms  "
+              f"matmuls alone {rows[v]['gemm_s'] * 1e3:6.2f} ms  floor ratio {rows[v]['floor_ratio']:.2f}  "
+              f"step x{rows[v]['step_speedup_over_previous']:.3f} over previous", flush=True)
+    key = f"b{args.batch}_beam{args.beam}"
+    result = {
+        "benchmark": "decode_step", "command": " ".join(["python", "benchmarks/decode_step.py", *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(note="shared machine (up to 3 jobs); torch.set_num_threads(1)"),
+        "model": "d_model 128, 4 heads, 4+4 layers, SwiGLU 256 (0.015B layout without MoE), as generation.py",
+        "catalogue": {"items": args.items, "codebook_sizes": sizes, "history": HISTORY},
+        "batch": args.batch, "beam": args.beam, "top_k": top_k, "rounds": args.reps, "variants": rows,
+        "default": DEFAULT,
+        f"floor_ratio_{key}": rows[DEFAULT]["floor_ratio"],
+        f"floor_ratio_{key}_previous": rows["previous"]["floor_ratio"],
+        f"step_speedup_{key}": rows[DEFAULT]["step_speedup_over_previous"],
+        f"search_speedup_{key}": rows[DEFAULT]["search_speedup_over_previous"],
+    }
+    out = args.out or RESULTS / ("decode_step.json" if key == "b1_beam128" else f"decode_step.{key}.json")
+    write_json(out, result)
+    print(f"floor_ratio_{key} {result[f'floor_ratio_{key}']:.2f} (previous {result[f'floor_ratio_{key}_previous']:.2f})"
+          f", step x{result[f'step_speedup_{key}']:.2f}, search x{result[f'search_speedup_{key}']:.2f}; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

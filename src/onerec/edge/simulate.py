@@ -112,11 +112,12 @@ def device_data(devices: Devices, train: pa.Table, test: pa.Table, max_len: int)
 class _Fleet:
     """The devices' models and optimizers (one SASRecRecommender each, for its loss and recommend)."""
 
-    def __init__(self, n: int, n_items: int, cfg: SasrecConfig, lr: float, seed: int, stream: int = 0) -> None:
+    def __init__(self, n: int, n_items: int, cfg: SasrecConfig, lr: float, seed: int, stream: int = 0,
+                 ids: list[int] | None = None) -> None:
         torch.manual_seed(seed)
-        # one batch-sampling stream per device, so that a device's batches do not depend on the others
-        # (the multi-process mode, one device a process, draws the same ones)
-        self.rngs = [np.random.default_rng([seed, stream, d]) for d in range(n)]
+        # one batch-sampling stream per device (``ids``: which devices these are), so that a device's batches do
+        # not depend on the others: the multi-process mode, one device a process, draws the same ones
+        self.rngs = [np.random.default_rng([seed, stream, d]) for d in (ids if ids is not None else range(n))]
         base = SASRecRecommender(cfg)
         base.model = base._build(n_items)
         self.recs = []
@@ -179,9 +180,10 @@ def make_groups(devices: Devices, data: DeviceData, n_items: int, cfg: SasrecCon
 
 
 def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cfg: SasrecConfig,
-               s: EdgeSettings, groups: np.ndarray | None = None) -> dict:
+               s: EdgeSettings, groups: np.ndarray | None = None, *, keep_states: bool = False) -> dict:
     """Train under one scheme; returns ``{"curve": [{step, exchanges, bytes, sim_s, recall@10, ndcg@10}],
-    "final": {...}, "model_bytes", "seconds"}``."""
+    "final": {...}, "model_bytes", "seconds"}`` (+ ``"states"``, every device's final weights, with
+    ``keep_states``)."""
     check_settings(s, scheme)
     t0 = time.monotonic()
     if scheme == "central":
@@ -214,7 +216,10 @@ def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cf
         if step % s.eval_every == 0 or step == s.local_steps:
             curve.append({"step": step, "exchanges": exchanges, "bytes": total_bytes, "sim_s": sim_ms / 1e3,
                           **_score(fleet.recs, data.test)})
-    return {"curve": curve, "final": curve[-1], "model_bytes": p, "seconds": time.monotonic() - t0}
+    out = {"curve": curve, "final": curve[-1], "model_bytes": p, "seconds": time.monotonic() - t0}
+    if keep_states:
+        out["states"] = [{k: v.clone() for k, v in st.items()} for st in fleet.states()]
+    return out
 
 
 def _run_central(devices: Devices, data: DeviceData, n_items: int, cfg: SasrecConfig, s: EdgeSettings,

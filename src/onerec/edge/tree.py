@@ -211,3 +211,19 @@ def gossip_cost(positions: np.ndarray, picked: np.ndarray, n_bytes: int, link: L
     positions = np.asarray(positions, dtype=np.float64)
     ms = link.transfer_ms(positions[picked], positions[:, None, :], n_bytes).max()
     return int(picked.size * n_bytes), float(ms)
+
+
+def head_devices(tree: Tree, positions: np.ndarray) -> list[np.ndarray]:
+    """Per level, int64 [nodes] the device that heads each node (the same medoid rule as :func:`build_tree`:
+    a level-1 head is one of the group's devices, a higher head one of its children's heads)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    below = np.arange(len(positions))
+    out = []
+    for kids in tree.children:
+        heads = []
+        for ch in kids:
+            pts = positions[below[ch]]
+            heads.append(below[ch][int(np.argmin(np.linalg.norm(pts[:, None] - pts[None], axis=-1).sum(1)))])
+        below = np.array(heads, dtype=np.int64)
+        out.append(below)
+    return out

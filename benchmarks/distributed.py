@@ -65,7 +65,12 @@ def torchrun(run: Path, nproc: int, overrides: list[str], *, nodes: int = 1) -> 
                  *train] for r in range(nodes)]
     before = set((run / "logs").glob("train-*")) if (run / "logs").is_dir() else set()
     jobs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds]
-    outs = [j.communicate()[0] for j in jobs]
+    outs, peak = [], 0
+    for j in jobs:
+        outs.append(j.stdout.read())
+        _, status, usage = os.wait4(j.pid, 0)  # the agent's rusage holds the largest of its reaped workers' peaks
+        j.returncode = os.waitstatus_to_exitcode(status)
+        peak = max(peak, usage.ru_maxrss)  # KiB on Linux
     for j, out in zip(jobs, outs):
         if j.returncode != 0:
             raise RuntimeError(f"torchrun failed ({j.returncode}):\n{out[-3000:]}")
@@ -76,7 +81,8 @@ def torchrun(run: Path, nproc: int, overrides: list[str], *, nodes: int = 1) -> 
             rates = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f)
                      if r["name"] == "train/examples_per_s"]
     return {"history": json.loads((run / "train" / "history.json").read_text()), "rates": rates,
-            "parameters": json.loads((run / "train" / "metrics.json").read_text())["parameters"]}
+            "parameters": json.loads((run / "train" / "metrics.json").read_text())["parameters"],
+            "peak_rss_mib": peak / 1024}
 
 
 def max_rel_diff(a: list[float], b: list[float]) -> float:
@@ -101,7 +107,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--quick", action="store_true", help="the tiny preset, 1 round, few steps (a smoke run)")
+    ap.add_argument("--parts", default="equality,scaling,memory",
+                    help="comma-separated: equality, scaling, memory (the others' results are kept from the file)")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     if args.quick:
         args.rounds, args.steps = 1, 10
     run = args.work / ("tiny" if args.quick else "quickstart")
@@ -109,11 +118,33 @@ def main() -> None:
         onerec("data", "--out", str(run), "--preset", "tiny" if args.quick else "quickstart")
         onerec("tokenize", str(run))
     t0 = time.time()
-    out: dict = {"command": COMMAND + (" --quick" if args.quick else ""), "date": dt.date.today().isoformat(),
-                 "machine": machine_info("2 processes x 1 thread on the same CPU"), "run": str(run),
-                 "rtol": args.rtol}
+    path = RESULTS.with_suffix(".quick.json") if args.quick else RESULTS
+    out: dict = json.loads(path.read_text()) if path.is_file() else {}
+    if "command" in out:  # a file from before the parts were stamped one by one: its stamp is the first two parts'
+        first = {k: out.pop(k) for k in ("command", "date", "machine")}
+        out.setdefault("parts", {}).update(equality=first, scaling=first)
+    stamp = {"command": COMMAND + (" --quick" if args.quick else "") + f" --parts {args.parts}",
+             "date": dt.date.today().isoformat(), "machine": machine_info("2 processes x 1 thread on the same CPU")}
+    out.setdefault("parts", {}).update(dict.fromkeys(sorted(parts), stamp))
+    out.update(run=str(run), rtol=args.rtol)
 
-    # --- equality: one process at global batch 2B, against 2 x B (DDP, FSDP) and two 1-process "nodes"
+    if "equality" in parts:
+        equality(run, args, out)
+    if "scaling" in parts:
+        scaling(run, args, out)
+    if "memory" in parts:
+        memory(run, args, out)
+    out["gpu"] = None
+    out["gpu_note"] = ("no GPU on this machine: tokens/s, peak memory and MFU at bf16 for 0.015B / 0.121B / 0.935B, "
+                       "and the largest preset one GPU fits with FSDP + activation checkpointing, are not measured")
+    out["seconds"] = round(time.time() - t0, 1)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k not in ("curves", "parts")}, indent=2))
+    print(f"wrote {path}")
+
+
+def equality(run: Path, args, out: dict) -> None:
+    """One process at global batch 2B, against 2 x B (DDP, FSDP) and two 1-process "nodes"."""
     eq = ["train.max_steps=12", "train.checkpoint_every=1000", "train.log_every=4", "model.dropout=0",
           "train.warmup_steps=3"]
     one = torchrun(run, 1, [*eq, "train.batch_size=64"])["history"]["loss"]
@@ -127,12 +158,14 @@ def main() -> None:
         print(f"{name}: max relative difference to one process {diff:.2e}", flush=True)
     out["curves"] = curves
 
-    # --- CPU scaling: samples/s at 1 and 2 processes, alternated rounds
+
+def scaling(run: Path, args, out: dict) -> None:
+    """CPU scaling: samples/s at 1 and 2 processes, alternated rounds."""
     models = {"quickstart": [], "onerec-0.015b": preset_model("onerec-0.015b")}
     if args.quick:
         models = {"tiny": []}
     batch = {"quickstart": 256, "onerec-0.015b": 32, "tiny": 64}
-    scaling = {}
+    table = {}
     for name, keys in models.items():
         per = {1: [], 2: []}
         for _ in range(args.rounds):
@@ -143,21 +176,34 @@ def main() -> None:
                 per[nproc].append(statistics.median(rates))
                 print(f"{name} x{nproc}: {per[nproc][-1]:.1f} samples/s", flush=True)
         med = {n: statistics.median(v) for n, v in per.items()}
-        scaling[name] = {"samples_per_s_1proc": med[1], "samples_per_s_2proc": med[2],
-                         "ratio_2proc": med[2] / med[1], "efficiency": med[2] / med[1] / 2,
-                         "rounds": {str(n): v for n, v in per.items()}, "batch_size_per_process": batch[name],
-                         "parameters": res["parameters"]}
-    out["scaling"] = scaling
-    first = next(iter(scaling))
-    out["cpu_scaling_2proc"] = scaling[first]["ratio_2proc"]
-    out["gpu"] = None
-    out["gpu_note"] = ("no GPU on this machine: tokens/s, peak memory and MFU at bf16 for 0.015B / 0.121B / 0.935B, "
-                       "and the largest preset one GPU fits with FSDP + activation checkpointing, are not measured")
-    out["seconds"] = round(time.time() - t0, 1)
-    path = RESULTS.with_suffix(".quick.json") if args.quick else RESULTS
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k not in ("curves", "machine")}, indent=2))
-    print(f"wrote {path}")
+        table[name] = {"samples_per_s_1proc": med[1], "samples_per_s_2proc": med[2],
+                       "ratio_2proc": med[2] / med[1], "efficiency": med[2] / med[1] / 2,
+                       "rounds": {str(n): v for n, v in per.items()}, "batch_size_per_process": batch[name],
+                       "parameters": res["parameters"]}
+    out["scaling"] = table
+    out["cpu_scaling_2proc"] = table[next(iter(table))]["ratio_2proc"]
+
+
+def memory(run: Path, args, out: dict) -> None:
+    """Peak resident memory of the largest process: the Technical Report's 0.121B preset's transformer (its model
+    keys on the run's codebooks, reading the positive pathway over 64 behaviours: 89M parameters; the four pathways
+    and the lifelong QFormer's features alone took 8 GB of host memory in one process) trained a few steps on 1
+    process, and on 2 under DDP, FSDP, and FSDP with activation checkpointing. Weights, gradients and AdamW's two
+    moments are 16 bytes a parameter: DDP keeps all of them on every process, FSDP half of them on each of 2."""
+    keys = [] if args.quick else [*preset_model("onerec-0.121b"), "model.pathways=[positive]", "model.max_history=64"]
+    steps = ["train.max_steps=3", "train.batch_size=4", "train.checkpoint_every=100000", "train.logger=none",
+             "train.warmup_steps=1"]
+    variants = {"1 process": (1, []), "ddp": (2, ["train.strategy=ddp"]), "fsdp": (2, ["train.strategy=fsdp"]),
+                "fsdp + activation checkpointing": (2, ["train.strategy=fsdp", "train.activation_checkpointing=true"])}
+    rows = {}
+    for name, (nproc, extra) in variants.items():
+        res = torchrun(run, nproc, [*keys, *steps, *extra])
+        rows[name] = {"peak_rss_mib": round(res["peak_rss_mib"], 1), "parameters": res["parameters"],
+                      "states_mib_per_process": round(16 * res["parameters"] / (nproc if "fsdp" in name else 1)
+                                                      / 2**20, 1)}
+        print(f"memory {name}: peak {rows[name]['peak_rss_mib']:.0f} MiB", flush=True)
+    out["memory"] = {"model": "onerec-0.121b" if not args.quick else "tiny", "batch_size_per_process": 4,
+                     "variants": rows}
 
 
 if __name__ == "__main__":

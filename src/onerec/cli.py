@@ -8,6 +8,7 @@
     onerec reward RUN [KEY=VALUE ...]         P-Score reward model (SIM + CAN) + ablations, AUC/GAUC
     onerec align RUN [KEY=VALUE ...]          align the generator to the P-Score (DPO / ECPO)
     onerec explore RUN [KEY=VALUE ...]        AGE exploration vs bandit baselines: replay and online days in the world
+    onerec edge RUN [KEY=VALUE ...]           training across edge devices: E-Tree vs FedAvg, gossip, local, central
     onerec generate RUN --user ID ...         top-K recommendations for some users
     onerec serve RUN [--port N] [--workers N] HTTP service: POST /recommend, /healthz, /metrics
     onerec quickstart [--out DIR]             all of the above on a simulated world
@@ -175,6 +176,24 @@ def explore(run: Path, overrides: tuple[str, ...]) -> None:
                      f"{m['new_item_coverage']['mean']:.2f} / {100 * m['first_day_cost']['mean']:+.2f}%"
                   for p, m in out["online"]["summary"].items()})
     click.echo(f"\nmetrics: {run / 'explore' / 'metrics.json'}")
+
+
+@cli.command()
+@_run_argument
+@_overrides
+def edge(run: Path, overrides: tuple[str, ...]) -> None:
+    """Training across edge devices (edge.*): the run's users partitioned over edge.n_devices devices (non-IID by
+    the simulated world's interests, or IID), SASRec on every device, and E-Tree (KMA groups, per-level
+    aggregation periods) against FedAvg, gossip learning, local-only and centralised training, in one process:
+    recall@10 / ndcg@10, simulated bytes and wall-clock. Writes RUN/edge."""
+    from onerec.edge.stage import stage_edge
+    from onerec.pipeline import run_config
+
+    out = stage_edge(run, run_config(run, overrides=overrides))
+    _summary("edge: ndcg@10 / recall@10 / MB moved / simulated s",
+             {s: f"{m['final']['ndcg@10']:.4f} / {m['final']['recall@10']:.4f} / {m['final']['bytes'] / 1e6:.1f} / "
+                 f"{m['final']['sim_s']:.1f}" for s, m in out["schemes"].items()})
+    click.echo(f"\nmetrics: {run / 'edge' / 'metrics.json'}")
 
 
 def _numbers(value: str | None, what: str, example: str, parse) -> list | None:

@@ -579,6 +579,35 @@ class ExploreConfig:
                                    "initial catalogue's content vectors (at most explore.online_initial)")
 
 
+@dataclass
+class EdgeConfig:
+    """Training across edge devices (``onerec edge``, ``onerec.edge``): E-Tree against FedAvg, gossip learning,
+    local-only and centralised training, SASRec on every device, in the single-process simulation."""
+
+    schemes: list[str] = opt(["etree", "fedavg", "gossip", "local", "central"],
+                             "schemes to run: etree, fedavg, gossip, local, central")
+    n_devices: int = opt(100, "edge devices the run's users are partitioned over")
+    partition: str = opt("noniid", "noniid: a Dirichlet split over user clusters (the simulated world's dominant "
+                                   "interests) | iid: users dealt at random", choices=["noniid", "iid"])
+    alpha: float = opt(0.3, "noniid: Dirichlet concentration (smaller: each device holds fewer clusters)")
+    n_clusters: int = opt(6, "noniid: user clusters (dominant topic mod n_clusters)")
+    min_users: int = opt(5, "noniid: users every device holds at least")
+    grouping: str = opt("kma", "E-Tree's level-1 groups: kma (network distance + model similarity) | distance | "
+                               "random", choices=["kma", "distance", "random"])
+    kma_balance: float = opt(1.0, "KMA: weight of the group-data-balance term against the distance term")
+    group_size: int = opt(10, "devices per level-1 group")
+    fanout: list[int] = opt([], "children per node on the levels between the groups and the root")
+    periods: list[int] = opt([5, 20], "local steps between aggregations, per tree level (each a multiple of the "
+                                      "one below); FedAvg and gossip exchange every periods[0] steps")
+    local_steps: int = opt(60, "local steps per device over the run")
+    batch_size: int = opt(16, "sequences per local step")
+    lr: float = opt(1e-2, "Adam learning rate on every device")
+    gossip_peers: int = opt(1, "gossip: random peers each device averages with per exchange")
+    eval_every: int = opt(20, "local steps between points of the accuracy curve")
+    step_ms: float = opt(20.0, "simulated time of one local step (for the simulated clock)")
+    seed: int = opt(0, "random seed of the partition, positions, initial weights and batches")
+
+
 # ------------------------------------------------------------------------------ run
 @dataclass
 class RunConfig:
@@ -595,6 +624,7 @@ class RunConfig:
     reward: RewardConfig = section(RewardConfig, "P-Score reward model")
     align: AlignConfig = section(AlignConfig, "preference alignment")
     explore: ExploreConfig = section(ExploreConfig, "exploration for new items (AGE): its replay and online run")
+    edge: EdgeConfig = section(EdgeConfig, "training across edge devices: E-Tree, FedAvg, gossip, local, central")
 
 
 # ------------------------------------------------------------------ load and override

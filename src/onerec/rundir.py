@@ -45,11 +45,12 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "reward": ("data", "tokenizer"),
     "align": ("data", "tokenizer", "train", "reward"),
     "explore": ("data",),
+    "edge": ("data",),
 }
 # the command that (re)writes each stage folder
 COMMANDS = {"data": "onerec data --out {run}", "tokenizer": "onerec tokenize {run}", "train": "onerec train {run}",
             "eval": "onerec eval {run}", "reward": "onerec reward {run}", "align": "onerec align {run}",
-            "explore": "onerec explore {run}"}
+            "explore": "onerec explore {run}", "edge": "onerec edge {run}"}
 # sub-folders that are not part of what a stage produced: caches and resume state that later runs rewrite
 # (the content-vector cache and rendered covers in data/, a SASRec fit's epochs in tokenizer/, training checkpoints)
 VOLATILE: dict[str, tuple[str, ...]] = {"data": ("cache", "covers"), "tokenizer": ("sasrec",),

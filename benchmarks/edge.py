@@ -110,6 +110,31 @@ def table(keys: dict[str, Any], partition: str) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """ndcg@10 against local steps, per scheme (mean over seeds), one panel per partition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = result["settings"].get("partitions", ["noniid", "iid"])
+    fig, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4), squeeze=False)
+    for ax, part in zip(axes[0], parts):
+        for name in SCHEMES:
+            runs = [c for k, c in result["curves"].items() if k.split(".", 1)[1] == f"{part}.{name}"]
+            if not runs:
+                continue
+            steps = [p["step"] for p in runs[0]]
+            mean = np.mean([[p["ndcg@10"] for p in c] for c in runs], axis=0)
+            ax.plot(steps, mean, marker="o", label=name, linestyle="--" if name == "central" else "-")
+        ax.set(title=f"{part}: {result['settings']['devices']} devices", xlabel="local steps per device",
+               ylabel="test ndcg@10 (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -121,7 +146,13 @@ def main() -> None:
     ap.add_argument("--partitions", nargs="+", default=["noniid", "iid"], choices=["noniid", "iid"])
     ap.add_argument("--quick", action="store_true", help="1 seed, 20 devices, 40 local steps")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--plot-from", type=Path, default=None, help="only draw the plot of a results file")
     args = ap.parse_args()
+    if args.plot_from is not None:
+        from onerec.io import read_json
+
+        plot(read_json(args.plot_from), Path("docs/benchmarks/edge.png"))
+        return
     if args.quick:
         args.seeds, args.devices, args.steps = [0], 20, 40
     torch.set_num_threads(1)
@@ -134,7 +165,8 @@ def main() -> None:
         "machine": machine_info(note="torch.set_num_threads(1); the 2 cores shared with other engineers' jobs"),
         "seconds": time.monotonic() - t0,
         "world": dataclasses.asdict(WORLD), "model": dataclasses.asdict(MODEL),
-        "settings": {"devices": args.devices, "steps": args.steps, "alpha": args.alpha, "clusters": args.clusters,
+        "settings": {"devices": args.devices, "partitions": args.partitions, "steps": args.steps, "alpha": args.alpha,
+                     "clusters": args.clusters,
                      **{k: v for k, v in dataclasses.asdict(EdgeSettings()).items()
                         if k not in ("local_steps", "seed", "eval_every")}},
         "keys": keys,

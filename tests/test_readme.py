@@ -89,7 +89,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 def test_config_keys_in_readme_exist():
     keys = {k for k, _, _ in describe()}
-    for key in set(re.findall(r"\b((?:data|content|tokenizer|model|train|generate|eval|serve|align|reward)"
+    for key in set(re.findall(r"\b((?:data|content|tokenizer|model|train|generate|eval|serve|align|reward|explore)"
                               r"\.[a-z_.]+)=", README)):
         assert key in keys or key.startswith("data.options."), f"README mentions unknown config key {key}"
 
@@ -122,7 +122,13 @@ def test_readme_pipeline_runs_verbatim_at_small_scale(tmp_path, monkeypatch):
     is not started; its curl requests are sent to the same service in-process, verbatim."""
     small = {"data": ["--preset", "tiny", "data.sim.n_items=500"], "train": ["train.max_steps=30"],
              "eval": ["eval.sasrec.epochs=2"], "tune-prior": ["--users", "50"],
-             "reward": ["reward.epochs=1", "reward.ablations=false"], "align": ["align.iterations=1"]}
+             "reward": ["reward.epochs=1", "reward.ablations=false"], "align": ["align.iterations=1"],
+             "explore": ["explore.events=600", "explore.pool=20", "explore.candidates=4", "explore.mc_passes=3",
+                         "explore.policies=[random,age_ts]", "explore.block=50", "explore.online_days=2",
+                         "explore.online_initial=40", "explore.online_new_per_day=10", "explore.online_requests=40",
+                         "explore.online_slate=3", "explore.online_candidates=10", "explore.online_new_candidates=5",
+                         "explore.online_warmup=300", "explore.online_epochs=1", "explore.online_codebook=4",
+                         "explore.online_new_days=1"]}
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     ran = []

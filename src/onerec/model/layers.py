@@ -143,7 +143,8 @@ class RMSNorm(nn.Module):
         if (self.fast and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
                 and x.dtype == self.weight.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)):
             return _RMSNormFn.apply(x, self.weight, self.eps)
-        fused = x.device.type != "cpu" if self.fused_inference is None else self.fused_inference
+        # not on the CPU (measured slower there) nor on the meta device (FLOP counting), which autocast does not know
+        fused = x.device.type not in ("cpu", "meta") if self.fused_inference is None else self.fused_inference
         if (fused and self.fast and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
                 and not torch.is_autocast_enabled(x.device.type)):  # under autocast: the formula's dtypes, as before
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)

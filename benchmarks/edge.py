@@ -120,13 +120,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     parts = result["settings"].get("partitions", ["noniid", "iid"])
     fig, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4), squeeze=False)
     for ax, part in zip(axes[0], parts):
-        for name in SCHEMES:
+        for i, name in enumerate(SCHEMES):
             runs = [c for k, c in result["curves"].items() if k.split(".", 1)[1] == f"{part}.{name}"]
             if not runs:
                 continue
             steps = [p["step"] for p in runs[0]]
             mean = np.mean([[p["ndcg@10"] for p in c] for c in runs], axis=0)
-            ax.plot(steps, mean, marker="o", label=name, linestyle="--" if name == "central" else "-")
+            ax.plot(steps, mean, marker="o", label=name, color=f"C{i}", linestyle="--" if name == "central" else "-")
         ax.set(title=f"{part}: {result['settings']['devices']} devices", xlabel="local steps per device",
                ylabel="test ndcg@10 (mean over seeds)")
         ax.grid(alpha=0.3)

@@ -12,10 +12,11 @@ scheme starts from the same weights and gives every device ``--steps`` local Ada
 centralised: the same number of steps on the pooled data with batches of 16 x devices (synchronous data
 parallel, the same samples).
 E-Tree: groups of 10 devices (KMA, distance-only or random), groups average every 5 local steps, the root
-every 20; FedAvg and gossip (one random peer) exchange every 5 local steps. Metrics: recall@10 / ndcg@10 on
-the test split, each user scored by their own device's model. Bytes and the wall-clock are *simulated*
-from the cost model in ``onerec.edge.tree`` (latency 5 ms + 100 ms per unit of distance, 100 Mbit/s, 20 ms
-per local step), not measured on a network.
+every 20; FedAvg and gossip (one random peer) exchange every 5 local steps. Faults (non-IID): after half the
+local steps the aggregator of group 0 dies; E-Tree re-attaches its devices to the root, FedAvg loses its server.
+Metrics: recall@10 / ndcg@10 on the test split, each user scored by their own device's model. Bytes and the
+wall-clock are *simulated* from the cost model in ``onerec.edge.tree`` (latency 5 ms + 100 ms per unit of
+distance, 100 Mbit/s, 20 ms per local step), not measured on a network.
 
     PYTHONPATH=src python benchmarks/edge.py [--seeds 0 1 2] [--devices 50] [--steps 80] [--quick] [--out PATH]
 """
@@ -47,7 +48,9 @@ MODEL = SasrecConfig(d_model=32, n_layers=1, n_heads=1, dropout=0.2, max_len=20)
 #: result name -> (scheme, grouping)
 SCHEMES = {"etree": ("etree", "kma"), "etree_distance": ("etree", "distance"), "etree_random": ("etree", "random"),
            "fedavg": ("fedavg", "kma"), "gossip": ("gossip", "kma"), "local": ("local", "kma"),
-           "central": ("central", "kma")}
+           "central": ("central", "kma"),
+           # faults (non-IID only): after half the local steps the aggregator of level-1 group 0 dies
+           "etree_fault": ("etree", "kma"), "fedavg_fault": ("fedavg", "kma")}
 METRICS = ("ndcg@10", "recall@10", "bytes", "sim_s")
 
 
@@ -67,10 +70,12 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         groups = {g: make_groups(devices, data, ds.n_items, MODEL, dataclasses.replace(settings, grouping=g))
                   for g in ("kma", "distance", "random")}
         for name, (scheme, grouping) in SCHEMES.items():
-            if part == "iid" and name in ("etree_distance", "etree_random"):
-                continue  # the grouping comparison is a non-IID question; IID is the control
+            if part == "iid" and name in ("etree_distance", "etree_random", "etree_fault", "fedavg_fault"):
+                continue  # the grouping and fault comparisons are non-IID questions; IID is the control
             t0 = time.monotonic()
-            run = run_scheme(scheme, devices, data, ds.n_items, MODEL, dataclasses.replace(settings, grouping=grouping),
+            fail = args.steps // 2 if name.endswith("_fault") else None
+            run = run_scheme(scheme, devices, data, ds.n_items, MODEL,
+                             dataclasses.replace(settings, grouping=grouping, fail_step=fail),
                              groups=groups[grouping] if scheme == "etree" else None)
             out[f"{part}.{name}"] = run
             f = run["final"]

@@ -56,8 +56,9 @@ def test_local_moves_nothing_and_etree_counts_levels(world) -> None:
     assert local["final"]["bytes"] == 0 and local["final"]["exchanges"] == 0
     etree = run_scheme("etree", devices, data, N_ITEMS, CFG, dataclasses.replace(FAST, grouping="distance"))
     p = etree["model_bytes"]
-    # 2 groups of 3 + a root over 2 heads; 10 group rounds, 5 of them also root rounds
-    assert etree["final"]["exchanges"] == 10 and etree["final"]["bytes"] == (10 * 6 + 5 * 2) * 2 * p
+    # 2 groups of 3 + a root over the 2 heads; 10 group rounds (4 devices send: the heads' models stay put),
+    # 5 of them also root rounds (1 head sends to the other)
+    assert etree["final"]["exchanges"] == 10 and etree["final"]["bytes"] == (10 * 4 + 5 * 1) * 2 * p
     gossip = run_scheme("gossip", devices, data, N_ITEMS, CFG, FAST)
     assert gossip["final"]["bytes"] == 10 * 6 * p
     central = run_scheme("central", devices, data, N_ITEMS, CFG, dataclasses.replace(FAST, local_steps=10))
@@ -82,3 +83,14 @@ def test_bad_scheme_names_the_key(world) -> None:
     devices, data = world
     with pytest.raises(ConfigError, match=r"edge\.scheme"):
         run_scheme("fedprox", devices, data, N_ITEMS, CFG, FAST)
+
+
+def test_a_dead_aggregator_stops_fedavg_but_not_etree(world) -> None:
+    devices, data = world
+    faulty = dataclasses.replace(FAST, fail_step=9, grouping="distance")
+    fedavg = run_scheme("fedavg", devices, data, N_ITEMS, CFG, faulty)
+    p = fedavg["model_bytes"]
+    assert fedavg["final"]["exchanges"] == 4 and fedavg["final"]["bytes"] == 4 * 2 * 6 * p  # steps 2, 4, 6, 8 only
+    etree = run_scheme("etree", devices, data, N_ITEMS, CFG, faulty, keep_states=True)
+    assert etree["final"]["exchanges"] == 10  # the groups' devices now average at the root's head
+    assert all(torch.equal(s["item_emb.weight"], etree["states"][0]["item_emb.weight"]) for s in etree["states"])

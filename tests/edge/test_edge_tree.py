@@ -14,6 +14,7 @@ from onerec.edge.tree import (
     gossip_cost,
     gossip_round,
     model_bytes,
+    reattach,
     server_tree,
     tree_aggregate,
     tree_cost,
@@ -62,11 +63,11 @@ def test_tree_cost_by_hand() -> None:
     link = Link(base_ms=1.0, ms_per_unit=10.0, bandwidth_mbps=8.0)  # 8 Mbit/s = 1000 bytes per ms
     p = 500  # bytes: 0.5 ms on the wire
     n_bytes, ms = tree_cost(tree, pos, 1, p, link)
-    # 5 devices up and down; slowest level-1 link: device 4 to head (1, 0): 1 + 30 + 0.5, twice
-    assert n_bytes == 2 * 5 * p and ms == pytest.approx(2 * 31.5)
+    # devices 1, 3, 4 up and down (0 and 2 are the heads); slowest link: device 4 to head (1, 0): 1 + 30 + 0.5, twice
+    assert n_bytes == 2 * 3 * p and ms == pytest.approx(2 * 31.5)
     n_bytes, ms = tree_cost(tree, pos, 2, p, link)
-    # plus 2 heads to the root (0, 0): the slowest 1 + 10 + 0.5, twice
-    assert n_bytes == 2 * 7 * p and ms == pytest.approx(2 * 31.5 + 2 * 11.5)
+    # plus head (1, 0) to the root head (0, 0): 1 + 10 + 0.5, twice
+    assert n_bytes == 2 * 4 * p and ms == pytest.approx(2 * 31.5 + 2 * 11.5)
 
 
 def test_built_tree_levels_cover_every_device_once() -> None:
@@ -98,3 +99,22 @@ def test_gossip_round_and_cost() -> None:
     assert n_bytes == 2 * p and ms == pytest.approx(50.0, abs=1e-3)
     with pytest.raises(ConfigError, match=r"edge\.gossip_peers"):
         gossip_round(states, samples, np.random.default_rng(0), peers=2)
+
+
+def test_dead_group_aggregator_reattaches_its_devices_to_the_root() -> None:
+    tree, samples = _toy_tree(), np.array([1, 1, 2, 2, 4])
+    pos = np.array([[0.0, 0.0], [0.0, 2.0], [1.0, 0.0], [1.0, 1.0], [4.0, 0.0]])
+    after = reattach(tree, pos, group=1)  # group B (devices 2, 3, 4) loses its aggregator
+    assert [c.tolist() for c in after.children[0]] == [[0, 1], [2], [3], [4]]
+    assert after.children[1][0].tolist() == [0, 1, 2, 3]
+    states = _states([1.0, 2.0, 3.0, 4.0, 5.0])
+    # group rounds: A still averages (1.5); B's devices no longer average with each other
+    assert [float(s["w"][0, 0]) for s in tree_aggregate(after, states, samples, 1)] == pytest.approx(
+        [1.5, 1.5, 3.0, 4.0, 5.0])
+    # root rounds: the same weighted average of everybody as before the fault, 3.7
+    assert [float(s["w"][0, 0]) for s in tree_aggregate(after, states, samples, 2)] == pytest.approx([3.7] * 5)
+    # before: devices 1, 3, 4 to their heads, head (1, 0) to the root; after: device 1 to its head, devices
+    # 2, 3, 4 to the root head (0, 0) -- the same 4 links, B's now go further
+    assert tree_cost(tree, pos, 2, 10, Link())[0] == tree_cost(after, pos, 2, 10, Link())[0] == 2 * 4 * 10
+    assert tree_cost(after, pos, 2, 10, Link())[1] > tree_cost(tree, pos, 2, 10, Link())[1]
+    assert reattach(server_tree(5, np.zeros(2), 1), pos, group=0) is None  # FedAvg's server: nothing left

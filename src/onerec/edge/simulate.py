@@ -15,6 +15,10 @@ scheme exchanges models:
   sequences: the same sequential updates and the same training samples as all devices together, i.e.
   perfectly synchronous data-parallel training, the upper bound the averaging schemes approximate.
 
+Faults (``fail_step``): after that local step the aggregator of one level-1 node dies
+(:func:`onerec.edge.tree.reattach`): E-Tree re-attaches the group's devices to the level above, while FedAvg,
+whose only aggregator is the server, has nothing left and its devices train on alone.
+
 Recall@10 / NDCG@10 come from :func:`onerec.eval.harness.evaluate` with each user scored by *their
 device's* model (what on-device recommendation serves); under a scheme that just aggregated every
 device holds the same model. Bytes and the simulated clock follow the cost model of
@@ -45,6 +49,7 @@ from onerec.edge.tree import (
     gossip_cost,
     gossip_round,
     model_bytes,
+    reattach,
     server_tree,
     tree_aggregate,
     tree_cost,
@@ -72,6 +77,8 @@ class EdgeSettings:
     gossip_peers: int = 1
     eval_every: int = 20  # local steps between points of the accuracy curve
     step_ms: float = 20.0  # simulated compute time of one local step
+    fail_step: int | None = None  # after this local step the aggregator of level-1 group ``fail_group`` dies
+    fail_group: int = 0  # (E-Tree re-attaches its devices to the level above; FedAvg's one server is gone)
     link: Link = field(default_factory=Link)
     seed: int = 0
 
@@ -204,6 +211,8 @@ def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cf
         for d in range(devices.n):
             fleet.step(d, data.windows[d], s.batch_size)
         sim_ms += s.step_ms
+        if tree is not None and step == s.fail_step:
+            tree = reattach(tree, devices.positions, s.fail_group)
         if tree is not None and (level := tree.fired(step)):
             fleet.load(tree_aggregate(tree, fleet.states(), data.samples, level))
             b, ms = tree_cost(tree, devices.positions, level, p, s.link)

@@ -16,8 +16,9 @@ tree: each device averages with ``peers`` random others (:func:`gossip_round`).
 
 Cost model (simulated, not measured): a model transfer over a link takes ``latency + bytes /
 bandwidth``; at an aggregation every child sends its model up and gets the average back (2 transfers,
-2 x model bytes per child), the levels go one after another, and each level waits for its slowest
-link. Gossip: each device pulls its peers' models (one transfer each), all devices at once.
+2 x model bytes per child; nothing for the child that is the head itself), the levels go one after
+another, and each level waits for its slowest link. Gossip: each device pulls its peers' models (one
+transfer each), all devices at once.
 
 Shapes: N = devices.
 """
@@ -174,14 +175,18 @@ def tree_aggregate(tree: Tree, states: list[State], samples: np.ndarray, level: 
 
 def tree_cost(tree: Tree, positions: np.ndarray, level: int, n_bytes: int, link: Link) -> tuple[int, float]:
     """(bytes moved, simulated ms) of one aggregation of levels 1..``level``: every child-to-head link
-    carries the model up and back; each level waits for its slowest link, up then down."""
+    carries the model up and back (the head's own model stays put); each level waits for its slowest link, up
+    then down."""
     total_bytes, ms = 0, 0.0
     below = np.asarray(positions, dtype=np.float64)
     for lvl in range(level):
         slowest = 0.0
         for node, ch in enumerate(tree.children[lvl]):
-            total_bytes += 2 * n_bytes * len(ch)
-            slowest = max(slowest, float(link.transfer_ms(below[ch], tree.heads[lvl][node], n_bytes).max()))
+            # the head's own model (a child at the head's position) never leaves its device
+            away = below[ch][np.linalg.norm(below[ch] - tree.heads[lvl][node], axis=-1) > 0]
+            total_bytes += 2 * n_bytes * len(away)
+            if len(away):
+                slowest = max(slowest, float(link.transfer_ms(away, tree.heads[lvl][node], n_bytes).max()))
         ms += 2 * slowest
         below = tree.heads[lvl]
     return total_bytes, ms
@@ -227,3 +232,28 @@ def head_devices(tree: Tree, positions: np.ndarray) -> list[np.ndarray]:
         below = np.array(heads, dtype=np.int64)
         out.append(below)
     return out
+
+
+def reattach(tree: Tree, positions: np.ndarray, group: int) -> Tree | None:
+    """The tree after level-1 node ``group``'s aggregator dies (the device keeps training; its aggregator role is
+    gone): E-Tree re-attaches the group's devices straight to the next level up, each as a one-device node headed
+    by itself. With no level above (FedAvg's server, or a one-level tree's root) nothing aggregates any more:
+    returns None, and the devices train on alone.
+
+    Node indices of level 1 stay valid: ``group`` keeps its first device, the others are appended.
+    """
+    if tree.depth == 1:
+        return None
+    positions = np.asarray(positions, dtype=np.float64)
+    level1 = [c.copy() for c in tree.children[0]]
+    heads1 = list(tree.heads[0])
+    devices = level1[group]
+    level1[group] = devices[:1]
+    heads1[group] = positions[devices[0]]
+    new_nodes = list(range(len(level1), len(level1) + len(devices) - 1))
+    level1 += [np.array([d]) for d in devices[1:]]
+    heads1 += [positions[d] for d in devices[1:]]
+    level2 = [c.copy() for c in tree.children[1]]
+    parent = next(i for i, c in enumerate(level2) if group in c)
+    level2[parent] = np.concatenate([level2[parent], np.array(new_nodes, dtype=np.int64)])
+    return Tree([level1, level2, *tree.children[2:]], [np.stack(heads1), *tree.heads[1:]], list(tree.periods))

@@ -89,7 +89,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 def test_config_keys_in_readme_exist():
     keys = {k for k, _, _ in describe()}
-    for key in set(re.findall(r"\b((?:data|content|tokenizer|model|train|generate|eval|serve|align|reward|explore)"
+    for key in set(re.findall(r"\b((?:data|content|tokenizer|model|train|generate|eval|serve|align|reward|explore|edge)"
                               r"\.[a-z_.]+)=", README)):
         assert key in keys or key.startswith("data.options."), f"README mentions unknown config key {key}"
 
@@ -128,7 +128,10 @@ def test_readme_pipeline_runs_verbatim_at_small_scale(tmp_path, monkeypatch):
                          "explore.online_initial=40", "explore.online_new_per_day=10", "explore.online_requests=40",
                          "explore.online_slate=3", "explore.online_candidates=10", "explore.online_new_candidates=5",
                          "explore.online_warmup=300", "explore.online_epochs=1", "explore.online_codebook=4",
-                         "explore.online_new_days=1"]}
+                         "explore.online_new_days=1"],
+             "edge": ["edge.n_devices=8", "edge.group_size=4", "edge.periods=[2,4]", "edge.local_steps=4",
+                      "edge.eval_every=4", "edge.min_users=8", "edge.n_clusters=3", "eval.sasrec.d_model=8",
+                      "eval.sasrec.n_layers=1", "eval.sasrec.max_len=8"]}
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     ran = []

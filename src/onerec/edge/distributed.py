@@ -18,12 +18,17 @@ additions, which a test checks on a small case. Gossip in this mode is not built
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from onerec.edge.tree import Tree, head_devices
+
+if TYPE_CHECKING:
+    from onerec.config import SasrecConfig
+    from onerec.edge.simulate import EdgeSettings
 
 
 @dataclass
@@ -82,7 +87,7 @@ def aggregate(model: torch.nn.Module, ng: NodeGroups, level: int) -> None:
 
 
 def train_rank(tree: Tree, positions: np.ndarray, windows: np.ndarray, samples: np.ndarray, n_items: int,
-               cfg, s) -> dict[str, torch.Tensor]:
+               cfg: SasrecConfig, s: EdgeSettings) -> dict[str, torch.Tensor]:
     """This rank's device: ``s.local_steps`` local steps with the tree's aggregations (collectives) after the
     steps where a level fires, as :func:`onerec.edge.simulate.run_scheme` does for all devices at once.
 

@@ -23,8 +23,9 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +371,26 @@ def make_featurizer(run: Path, mcfg, codes: np.ndarray, dataset: Dataset | None 
 
 
 # ----------------------------------------------------------------------------- train
+@contextlib.contextmanager
+def stage_on_ranks(run: Path, stage: str, device: str = "auto", *, resume: bool = False
+                   ) -> Iterator[tuple[Any, Path]]:
+    """:func:`onerec.rundir.staged` for a stage that may run under torchrun: yields (this process's
+    :class:`onerec.train.distributed.Dist`, the stage's staging folder). Rank 0 (and a single process) owns the folder,
+    swapped in whole when the block completes; the other ranks get its path once rank 0 has made (or, resuming,
+    prepared) it, may write there only what is theirs (FSDP's checkpoint shards), and all leave after the swap."""
+    from onerec.train.distributed import process_group
+
+    with process_group(device) as d:
+        if d.main:
+            with staged(run, stage, resume=resume) as out:
+                d.barrier()
+                yield d, out
+        else:
+            d.barrier()
+            yield d, staging_folder(run, stage)
+        d.barrier()
+
+
 def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bool = True,
                 log=None) -> dict[str, Any]:
     """Next-token training of the generator -> RUN/train (``log``: one line per epoch, see
@@ -378,19 +399,10 @@ def stage_train(run: Path, cfg: RunConfig, *, resume: bool = False, progress: bo
     Under ``torchrun --nproc_per_node=N -m onerec train RUN`` every process runs this: they join one job
     (:func:`onerec.train.distributed.process_group`), rank 0 owns RUN/train's staging folder and writes the run's
     files, the others train their share into the same folder (FSDP's checkpoint shards) and write nothing else."""
-    from onerec.train.distributed import process_group
-
-    with process_group(cfg.train.device) as d:
-        if not d.main:
-            d.barrier()  # rank 0 has made (or, resuming, prepared) the staging folder
-            summary = _train_into(run, cfg, staging_folder(run, "train"), resume=resume, progress=False, log=None)
-            d.barrier()  # rank 0 has swapped it in
-            return summary
-        with staged(run, "train", resume=resume) as out:  # a killed run's --resume continues in RUN/train.staging
-            d.barrier()
-            summary = _train_into(run, cfg, out, resume=resume, progress=progress, log=log)
+    with stage_on_ranks(run, "train", cfg.train.device, resume=resume) as (d, out):
+        summary = _train_into(run, cfg, out, resume=resume, progress=progress, log=log)
+        if d.main:
             write_json(out / "metrics.json", summary)
-        d.barrier()
     return summary
 
 
@@ -558,32 +570,24 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
     """Score the generator and the baselines on the held-out split -> RUN/eval; then RUN/metrics.json and the
     report."""
     from onerec.eval.report import write_report
-    from onerec.train.distributed import process_group
     from onerec.train.loop import resolve_device
 
     device = resolve_device(cfg.train.device)
     set_threads(cfg.train.threads)
     # torchrun -m onerec eval RUN: every process beam-searches a share of the users; rank 0 fits the baselines
     # and writes
-    with process_group(cfg.train.device) as d:
+    with stage_on_ranks(run, "eval", cfg.train.device) as (d, out):
+        codes = load_codes(run)
+        splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
         if not d.main:
-            d.barrier()
-            codes = load_codes(run)
-            _score_generator(run, cfg, codes, load_splits(_require(run / "data" / "split", "data"),
-                                                          n_items=len(codes)), device, False)
-            d.barrier()
+            _score_generator(run, cfg, codes, splits, device, False)
             return {}
-        with staged(run, "eval") as out:
-            d.barrier()
-            codes = load_codes(run)
-            splits = load_splits(_require(run / "data" / "split", "data"), n_items=len(codes))
-            metrics, curves = _evaluate(run, out, cfg, codes, splits, device, progress)
-            save_config(out, cfg)
-        write_json(run / "metrics.json", metrics)
-        history = read_json(run / "train" / "history.json") if (run / "train" / "history.json").exists() else {}
-        write_report(run, metrics, history, curves, sorted(cfg.eval.ks))
-        save_config(run, cfg)
-        d.barrier()
+        metrics, curves = _evaluate(run, out, cfg, codes, splits, device, progress)
+        save_config(out, cfg)
+    write_json(run / "metrics.json", metrics)
+    history = read_json(run / "train" / "history.json") if (run / "train" / "history.json").exists() else {}
+    write_report(run, metrics, history, curves, sorted(cfg.eval.ks))
+    save_config(run, cfg)
     return metrics
 
 
@@ -757,32 +761,26 @@ def _reward_inputs(run: Path, cfg: RunConfig):
 def stage_reward(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train the P-Score model on the train exposures (and, with reward.ablations, the DIN baseline and
     the no-SIM / no-CAN ablations); AUC / GAUC per objective on held-out exposures -> RUN/reward."""
-    from onerec.reward.train import VARIANTS, fit_variants
-    from onerec.train.distributed import process_group
+    from onerec.reward.train import VARIANTS
 
     set_threads(cfg.train.threads)
     variants = VARIANTS if cfg.reward.ablations else {"pscore": VARIANTS["pscore"]}
-    with process_group("cpu") as d:  # torchrun -m onerec reward RUN: data parallel (the reward model trains on CPU)
-        if not d.main:  # train each variant's share of every batch; rank 0 evaluates and writes
-            d.barrier()
-            ds, _, splits, feat = _reward_inputs(run, cfg)
-            fit_variants(cfg.reward, splits, feat, ds.n_users, variants=variants)
-            d.barrier()
-            return {}
-        with staged(run, "reward") as out:
-            d.barrier()
-            summary = _fit_reward(run, cfg, out, variants, progress)
-        d.barrier()
-    save_config(run, cfg)
+    # torchrun -m onerec reward RUN: data parallel (the reward model trains on CPU); rank 0 evaluates and writes
+    with stage_on_ranks(run, "reward", "cpu") as (d, out):
+        summary = _fit_reward(run, cfg, out, variants, progress, d.main)
+    if d.main:
+        save_config(run, cfg)
     return summary
 
 
-def _fit_reward(run: Path, cfg: RunConfig, out: Path, variants, progress: bool) -> dict[str, Any]:
+def _fit_reward(run: Path, cfg: RunConfig, out: Path, variants, progress: bool, main: bool) -> dict[str, Any]:
     from onerec.reward.train import fit_variants, save_pscore
 
     ds, codes, splits, feat = _reward_inputs(run, cfg)
     models, metrics = fit_variants(cfg.reward, splits, feat, ds.n_users, variants=variants,
-                                   log_every=200 if progress else 0)
+                                   log_every=200 if progress and main else 0)
+    if not main:  # another rank of a torchrun job: it trained its shares, rank 0 writes
+        return {}
     side = feat.side
     meta = {"n_users": ds.n_users, "n_items": len(codes), "n_cats": side.n_cats, "n_authors": side.n_authors,
             "author_ids": "dense"}  # ItemSide.build's numbering of authors
@@ -847,21 +845,18 @@ def stage_align(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str
     With a simulated world, the held-out users' top-K (see :func:`align_setup`) are scored by the
     world's ground truth before and after alignment."""
     from onerec.align.loop import align
-    from onerec.train.distributed import process_group
 
     set_threads(cfg.train.threads)
-    with process_group(cfg.train.device) as d:  # torchrun -m onerec align RUN: data parallel
-        if not d.main:  # roll out and train on a share of each round's users; rank 0 evaluates and writes
-            d.barrier()
-            ctx, _, _, pool = align_setup(run, cfg)
-            align(ctx, cfg.align, pool)
-            d.barrier()
-            return {}
-        with staged(run, "align") as out:
-            d.barrier()
+    # torchrun -m onerec align RUN: data parallel; the other ranks roll out and train on a share of each round's
+    # users, rank 0 evaluates and writes
+    with stage_on_ranks(run, "align", cfg.train.device) as (d, out):
+        if d.main:
             result = _align_generator(run, out, cfg, progress)
             save_config(out, cfg)
-        d.barrier()
+        else:
+            ctx, _, _, pool = align_setup(run, cfg)
+            align(ctx, cfg.align, pool)
+            return {}
     save_config(run, cfg)
     return result
 

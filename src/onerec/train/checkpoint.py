@@ -119,13 +119,18 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: dict[str, Any]) -> None:
+def optimizer_state(tensors: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    """The per-parameter optimizer state of :func:`optimizer_tensors`' flat ``state.<index>.<name>`` tensors."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, val in tensors.items():
         if key.startswith("state."):
             _, idx, name = key.split(".", 2)
             state.setdefault(int(idx), {})[name] = val
-    opt.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+    return state
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: dict[str, Any]) -> None:
+    opt.load_state_dict({"state": optimizer_state(tensors), "param_groups": groups["param_groups"]})
 
 
 def save_training_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,

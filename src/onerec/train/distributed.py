@@ -330,12 +330,10 @@ def load_whole_into_sharded(model: nn.Module, opt: torch.optim.Optimizer, weight
     model sharded by FSDP2: every rank reads the same files and keeps its own shard."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+    from onerec.train.checkpoint import optimizer_state
+
     names = [name for name, _ in model.named_parameters()]
-    state: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in moments.items():
-        if key.startswith("state."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(names[int(idx)], {})[name] = value
+    state = {names[idx]: value for idx, value in optimizer_state(moments).items()}
     param_groups = [{**g, "params": [names[i] for i in g["params"]]} for g in groups["param_groups"]]
     set_state_dict(model, opt, model_state_dict=weights,
                    optim_state_dict={"state": state, "param_groups": param_groups},

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from onerec.config import TrainConfig, check_choices, to_dict
 from onerec.errors import CheckpointError, ConfigError
 from onerec.features.history import EvalExamples, SequenceExamples, TrainExamples
-from onerec.io import read_json, write_json
+from onerec.io import read_json, whole_folders, write_json
 from onerec.model.generator import Generator
 from onerec.threads import set_threads
 from onerec.train import distributed
@@ -398,7 +398,6 @@ def _checkpoint(out_dir: Path, net: torch.nn.Module, opt: torch.optim.Optimizer,
     if d.main:  # keep the two most recent checkpoints
         import shutil
 
-        for old in sorted((out_dir / "checkpoints").glob("step-*"))[:-2]:
-            if not old.name.endswith(".tmp"):
-                shutil.rmtree(old, ignore_errors=True)
+        for old in whole_folders(out_dir / "checkpoints", "step-*")[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
     d.barrier()

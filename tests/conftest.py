@@ -247,3 +247,14 @@ def scripted_scorer():
         return score, seen
 
     return make
+
+
+@pytest.fixture(scope="module")
+def explore_world():
+    """A small simulated world (150 users, 120 videos) for the exploration tests, one torch thread."""
+    from onerec.config import SimConfig
+    from onerec.data.simulator import build_world
+
+    torch.set_num_threads(1)
+    return build_world(SimConfig(n_users=150, n_items=120, n_events=1000, n_topics=6, n_authors=20,
+                                 calib_pairs=2000, seed=3))

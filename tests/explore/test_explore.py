@@ -8,8 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from onerec.cli import cli
-from onerec.config import ExploreConfig, SimConfig
-from onerec.data.simulator import build_world
+from onerec.config import ExploreConfig
 from onerec.errors import ConfigError
 from onerec.explore import POLICIES, check_explore, replay_log, replay_policy, run_replay, score_candidates
 from onerec.explore import replay as replay_module
@@ -21,10 +20,8 @@ CFG = ExploreConfig(events=1500, candidates=5, pool=30, block=50, d_model=8, tow
 
 
 @pytest.fixture(scope="module")
-def world():
-    torch.set_num_threads(1)
-    return build_world(SimConfig(n_users=150, n_items=120, n_events=1000, n_topics=6, n_authors=20,
-                                 calib_pairs=2000, seed=3))
+def world(explore_world):
+    return explore_world
 
 
 @pytest.fixture(scope="module")

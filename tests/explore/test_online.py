@@ -5,10 +5,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
-from onerec.config import ContentConfig, ExploreConfig, SimConfig
-from onerec.data.simulator import build_world
+from onerec.config import ContentConfig, ExploreConfig
 from onerec.errors import ConfigError
 from onerec.explore import online
 from onerec.explore.online import (
@@ -35,10 +33,8 @@ CFG = ExploreConfig(d_model=8, tower_hidden=8, history=8, mc_passes=4, seeds=[0]
 
 
 @pytest.fixture(scope="module")
-def world():
-    torch.set_num_threads(1)
-    return build_world(SimConfig(n_users=150, n_items=120, n_events=1000, n_topics=6, n_authors=20,
-                                 calib_pairs=2000, seed=3))
+def world(explore_world):
+    return explore_world
 
 
 @pytest.fixture(scope="module")

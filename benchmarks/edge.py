@@ -38,7 +38,7 @@ from onerec.bench.machine import machine_info
 from onerec.config import SasrecConfig, SimConfig
 from onerec.data.simulator import simulate
 from onerec.data.splits import make_splits
-from onerec.edge.devices import partition_dirichlet, partition_iid, world_clusters
+from onerec.edge.devices import item_label_clusters, partition_dirichlet, partition_iid, world_clusters
 from onerec.edge.simulate import EdgeSettings, device_data, make_groups, run_scheme
 from onerec.io import write_json
 
@@ -54,27 +54,93 @@ SCHEMES = {"etree": ("etree", "kma"), "etree_distance": ("etree", "distance"), "
 METRICS = ("ndcg@10", "recall@10", "bytes", "sim_s")
 
 
+def generator_world(seed: int, preset: str, workdir: Path) -> tuple[Any, int, int, dict[str, Any], np.ndarray]:
+    """The simulated world ``WORLD`` (seeded) through the project's own stages under ``preset``: ``onerec data``
+    and ``onerec tokenize`` into ``workdir``; returns (the generator spec, users, items, splits, the world's
+    interests)."""
+    from onerec.config import load_config
+    from onerec.data.simulator import WORLD_DIR, World
+    from onerec.data.splits import load_splits
+    from onerec.edge.simulate import GeneratorSpec
+    from onerec.io import read_json
+    from onerec.pipeline import load_codes, make_featurizer, stage_data, stage_tokenize, train_examples
+
+    sim = {**dataclasses.asdict(WORLD), "seed": seed}
+    cfg = load_config(preset=preset, overrides=[f"data.sim.{k}={sim[k]}" for k in
+                                                ("n_users", "n_items", "n_events", "n_topics", "calib_pairs",
+                                                 "seed")] + [f"tokenizer.seed={seed}", f"train.seed={seed}"])
+    run = workdir / f"{preset}-seed{seed}"
+    if not (run / "tokenizer" / "metrics.json").exists():
+        stage_data(run, cfg, progress=False)
+        stage_tokenize(run, cfg, progress=False)
+    codes = load_codes(run)
+    splits = load_splits(run / "data" / "split", n_items=len(codes))
+    feat = make_featurizer(run, cfg.model, codes, splits=splits)
+    spec = GeneratorSpec(cfg.model, codes, read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"],
+                         lambda t: train_examples(t, feat, cfg), feat, cfg.train, beam_size=16)
+    users = int(read_json(run / "data" / "summary.json").get("users", 0)) or sim["n_users"]
+    interest = World.load(run / "data" / WORLD_DIR).interest
+    return spec, max(users, len(interest)), len(codes), splits, interest
+
+
+def load_data(args: argparse.Namespace, seed: int) -> tuple[int, int, dict[str, Any], np.ndarray]:
+    """(users, items, splits, non-IID cluster of each user) of ``args.dataset``.
+
+    simulated: one world per seed, users clustered by their dominant interest (topic mod ``--clusters``).
+    beauty: Amazon 2014 Beauty (the same data for every seed), users clustered by the top-level category
+    (under "Beauty") that most of their *train* items belong to: Skin Care, Hair Care, Makeup, Tools &
+    Accessories, Bath & Body, Fragrance."""
+    if args.model == "generator":
+        spec, n_users, n_items, splits, interest = generator_world(seed, args.preset, Path(args.workdir))
+        _CACHE["spec"] = spec
+        return n_users, n_items, splits, world_clusters(interest, args.clusters)
+    if args.dataset == "simulated":
+        ds, world = simulate(dataclasses.replace(WORLD, seed=seed))
+        return ds.n_users, ds.n_items, make_splits(ds), world_clusters(world.interest, args.clusters)
+    if "beauty" not in _CACHE:
+        from onerec.data.adapters.amazon2014 import load_amazon2014
+        from onerec.data.splits import list_column
+
+        root = Path(args.datasets)
+        ds = load_amazon2014(root / "amazon2014_s3rec", "Beauty", text_path=root / "amazon2014_text")
+        splits = make_splits(ds)  # leave-one-out, as `onerec bench amazon`
+        top = [(c or "").split(" > ")[1] if len((c or "").split(" > ")) > 1 else "" for c in
+               ds.items["category"].to_pylist()]
+        names = sorted({t for t in top if t})
+        item_labels = np.array([names.index(t) if t else -1 for t in top], dtype=np.int64)
+        train = splits["train"]
+        labels = item_label_clusters(train["user_id"].to_numpy(), list_column(train, "items"), item_labels,
+                                     ds.n_users)
+        _CACHE["beauty"] = (ds.n_users, ds.n_items, splits, labels)
+    return _CACHE["beauty"]
+
+
+_CACHE: dict[str, Any] = {}
+
+
 def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    ds, world = simulate(dataclasses.replace(WORLD, seed=seed))
-    splits = make_splits(ds)
-    n_users = ds.n_users
-    settings = EdgeSettings(local_steps=args.steps, eval_every=args.eval_every, seed=seed)
+    n_users, n_items, splits, labels = load_data(args, seed)
+    spec = _CACHE.get("spec") if args.model == "generator" else None
+    model = spec if spec is not None else MODEL
+    settings = EdgeSettings(local_steps=args.steps, eval_every=args.eval_every, seed=seed,
+                            **({"lr": args.lr} if args.lr is not None else {}))
     out: dict[str, dict[str, Any]] = {}
     for part in args.partitions:
         if part == "noniid":
-            devices = partition_dirichlet(world_clusters(world.interest, args.clusters), args.devices,
-                                          alpha=args.alpha, min_users=10, seed=seed)
+            devices = partition_dirichlet(labels, args.devices, alpha=args.alpha, min_users=10, seed=seed)
         else:
             devices = partition_iid(n_users, args.devices, seed=seed)
-        data = device_data(devices, splits["train"], splits["test"], MODEL.max_len)
-        groups = {g: make_groups(devices, data, ds.n_items, MODEL, dataclasses.replace(settings, grouping=g))
-                  for g in ("kma", "distance", "random")}
-        for name, (scheme, grouping) in SCHEMES.items():
-            if part == "iid" and name in ("etree_distance", "etree_random", "etree_fault", "fedavg_fault"):
-                continue  # the grouping and fault comparisons are non-IID questions; IID is the control
+        data = device_data(devices, splits["train"], splits[args.split], MODEL.max_len, spec)
+        names = [n for n in SCHEMES if n in args.schemes
+                 and not (part == "iid" and n in ("etree_distance", "etree_random", "etree_fault", "fedavg_fault"))]
+        # the grouping and fault comparisons are non-IID questions; IID is the control
+        groups = {g: make_groups(devices, data, n_items, model, dataclasses.replace(settings, grouping=g))
+                  for g in {SCHEMES[n][1] for n in names if SCHEMES[n][0] == "etree"}}
+        for name in names:
+            scheme, grouping = SCHEMES[name]
             t0 = time.monotonic()
             fail = args.steps // 2 if name.endswith("_fault") else None
-            run = run_scheme(scheme, devices, data, ds.n_items, MODEL,
+            run = run_scheme(scheme, devices, data, n_items, model,
                              dataclasses.replace(settings, grouping=grouping, fail_step=fail),
                              groups=groups[grouping] if scheme == "etree" else None)
             out[f"{part}.{name}"] = run
@@ -89,29 +155,31 @@ def rounds_to_target(curve: list[dict[str, Any]], target: float) -> int | None:
     return next((int(c["step"]) for c in curve if c["ndcg@10"] >= target), None)
 
 
-def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+def summarise(per_seed: list[dict[str, dict[str, Any]]], dataset: str = "simulated") -> dict[str, Any]:
     keys: dict[str, Any] = {}
     for key in per_seed[0]:
         part = key.split(".")[0]
         for m in METRICS:
             vals = np.array([float(s[key]["final"][m]) for s in per_seed])
-            keys[f"simulated.{key}.{m}"] = {"mean": float(vals.mean()), "std": float(vals.std())}
+            keys[f"{dataset}.{key}.{m}"] = {"mean": float(vals.mean()), "std": float(vals.std())}
         # target: 95% of the centralised model's final ndcg@10 in the same seed and partition
-        reach = [rounds_to_target(s[key]["curve"], 0.95 * s[f"{part}.central"]["final"]["ndcg@10"]) for s in per_seed]
-        keys[f"simulated.{key}.rounds_to_target"] = reach
+        if f"{part}.central" in per_seed[0]:
+            reach = [rounds_to_target(s[key]["curve"], 0.95 * s[f"{part}.central"]["final"]["ndcg@10"])
+                     for s in per_seed]
+            keys[f"{dataset}.{key}.rounds_to_target"] = reach
     return keys
 
 
-def table(keys: dict[str, Any], partition: str) -> str:
+def table(keys: dict[str, Any], partition: str, dataset: str = "simulated") -> str:
     lines = [f"| {partition} scheme | ndcg@10 | recall@10 | MB moved | simulated s | steps to 95% of central |",
              "|---|---|---|---|---|---|"]
     for name in SCHEMES:
-        k = f"simulated.{partition}.{name}"
+        k = f"{dataset}.{partition}.{name}"
         if f"{k}.ndcg@10" not in keys:
             continue
         n, r, b, s = (keys[f"{k}.{m}"] for m in METRICS)
         lines.append(f"| {name} | {n['mean']:.4f} +- {n['std']:.4f} | {r['mean']:.4f} +- {r['std']:.4f} | "
-                     f"{b['mean'] / 1e6:.1f} | {s['mean']:.1f} | {keys[f'{k}.rounds_to_target']} |")
+                     f"{b['mean'] / 1e6:.1f} | {s['mean']:.1f} | {keys.get(f'{k}.rounds_to_target', '-')} |")
     return "\n".join(lines)
 
 
@@ -140,6 +208,32 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(files: list[Path], out: Path | None) -> None:
+    """One results file from several of the same settings and different seeds (e.g. seeds run as parallel
+    processes): the seeds' curves joined, the keys summarised again over all seeds."""
+    from onerec.io import read_json
+
+    parts = [read_json(f) for f in files]
+    first = parts[0]
+    for p in parts[1:]:
+        for k in ("dataset", "split", "model", "settings"):
+            if p.get(k) != first.get(k):
+                raise SystemExit(f"cannot merge: '{k}' differs between {files[0]} and another file")
+    curves = {k: c for p in parts for k, c in p["curves"].items()}
+    seeds = sorted({int(k.split(".")[0].removeprefix("seed")) for k in curves})
+    per_seed = [{k.split(".", 1)[1]: {"curve": c, "final": c[-1]} for k, c in curves.items()
+                 if k.split(".")[0] == f"seed{s}"} for s in seeds]
+    keys = summarise(per_seed, first.get("dataset", "simulated"))
+    result = {**first, "command": " ; ".join(p["command"] for p in parts) + " ; then --merge",
+              "seconds": sum(p["seconds"] for p in parts), "seeds": seeds, "keys": keys, "curves": curves}
+    stem = "edge" if first.get("dataset", "simulated") == "simulated" else f"edge-{first['dataset']}"
+    out = out or RESULTS / f"{stem}.json"
+    write_json(out, result)
+    for part in first["settings"]["partitions"]:
+        print(table(keys, part, first.get("dataset", "simulated")))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -149,10 +243,27 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.1)
     ap.add_argument("--clusters", type=int, default=6)
     ap.add_argument("--partitions", nargs="+", default=["noniid", "iid"], choices=["noniid", "iid"])
+    ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
+    ap.add_argument("--dataset", default="simulated", choices=["simulated", "beauty"],
+                    help="beauty: Amazon 2014 Beauty from --datasets (users clustered by their items' category)")
+    ap.add_argument("--datasets", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets"),
+                    help="folder holding amazon2014_s3rec/ and amazon2014_text/")
+    ap.add_argument("--model", default="sasrec", choices=["sasrec", "generator"],
+                    help="generator: the --preset generator on every device (simulated world only)")
+    ap.add_argument("--preset", default="tiny", help="the generator's preset (data and tokenizer stages too)")
+    ap.add_argument("--workdir", default="runs/edge-bench", help="run folders of the generator's data and IDs")
+    ap.add_argument("--lr", type=float, default=None, help="local learning rate (default: EdgeSettings.lr)")
+    ap.add_argument("--split", default="test", choices=["test", "valid"],
+                    help="the split scored (choose settings on valid, report test)")
     ap.add_argument("--quick", action="store_true", help="1 seed, 20 devices, 40 local steps")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot-from", type=Path, default=None, help="only draw the plot of a results file")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="join results files of single seeds (same settings, run apart) into --out")
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     if args.plot_from is not None:
         from onerec.io import read_json
 
@@ -160,27 +271,34 @@ def main() -> None:
         return
     if args.quick:
         args.seeds, args.devices, args.steps = [0], 20, 40
+    if args.model == "generator" and args.dataset != "simulated":
+        ap.error("--model generator runs on the simulated world only")
     torch.set_num_threads(1)
     t0 = time.monotonic()
     per_seed = [one_seed(s, args) for s in args.seeds]
-    keys = summarise(per_seed)
+    keys = summarise(per_seed, args.dataset)
     result = {
         "command": "PYTHONPATH=src python benchmarks/edge.py " + " ".join(sys.argv[1:]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(note="torch.set_num_threads(1); the 2 cores shared with other engineers' jobs"),
         "seconds": time.monotonic() - t0,
-        "world": dataclasses.asdict(WORLD), "model": dataclasses.asdict(MODEL),
+        "dataset": args.dataset, "split": args.split,
+        "world": dataclasses.asdict(WORLD) if args.dataset == "simulated" else None,
+        "model": dataclasses.asdict(MODEL) if args.model == "sasrec" else
+        {"generator": args.preset, **dataclasses.asdict(_CACHE["spec"].model)},
         "settings": {"devices": args.devices, "partitions": args.partitions, "steps": args.steps, "alpha": args.alpha,
-                     "clusters": args.clusters,
+                     "clusters": args.clusters, "schemes": args.schemes, "lr": args.lr,
                      **{k: v for k, v in dataclasses.asdict(EdgeSettings()).items()
                         if k not in ("local_steps", "seed", "eval_every")}},
         "keys": keys,
         "curves": {f"seed{s}.{k}": run["curve"] for s, runs in zip(args.seeds, per_seed) for k, run in runs.items()},
     }
-    out = args.out or RESULTS / ("edge.quick.json" if args.quick else "edge.json")
+    stem = "edge" if args.dataset == "simulated" else f"edge-{args.dataset}"
+    stem += "-generator" if args.model == "generator" else ""
+    out = args.out or RESULTS / (f"{stem}.quick.json" if args.quick else f"{stem}.json")
     write_json(out, result)
     for part in args.partitions:
-        print(table(keys, part))
+        print(table(keys, part, args.dataset))
     print(f"wrote {out}")
 
 

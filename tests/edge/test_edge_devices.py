@@ -57,3 +57,14 @@ def test_bad_settings_name_the_key() -> None:
         partition_iid(5, 10)
     with pytest.raises(ConfigError, match=r"edge\.alpha"):
         partition_dirichlet(np.zeros(10, dtype=np.int64), 2, alpha=0.0)
+
+
+def test_item_label_clusters_take_each_users_most_frequent_item_label() -> None:
+    from onerec.edge.devices import item_label_clusters
+
+    labels = np.array([0, 0, 1, 2, -1])  # item 4 has no label
+    users = np.array([0, 1, 2, 0])
+    items = [np.array([0, 2]), np.array([2, 3, 3, 4]), np.array([4]), np.array([1, 2, 2])]
+    got = item_label_clusters(users, items, labels, n_users=4)
+    # user 0: labels 0, 1, 0, 1, 1 -> 1; user 1: 1, 2, 2 -> 2; users 2 and 3: nothing labelled -> overall top (1)
+    assert got.tolist() == [1, 2, 1, 1]

@@ -145,3 +145,30 @@ def world_clusters(interest: np.ndarray, n_clusters: int) -> np.ndarray:
     if n_clusters < 1:
         raise ConfigError(f"edge.n_clusters={n_clusters}: need at least one cluster. Fix: set edge.n_clusters >= 1")
     return (np.asarray(interest).argmax(axis=1) % n_clusters).astype(np.int64)
+
+
+def item_label_clusters(user_ids: np.ndarray, items: list[np.ndarray], item_labels: np.ndarray,
+                        n_users: int) -> np.ndarray:
+    """int64 [U] a user's cluster from the labels of the items they interacted with: the most frequent label
+    among their items (ties: the smaller label; a user with no labelled item: the most common label overall).
+
+    For data sets without regions or a simulated world (Amazon: an item's top-level category under the root).
+
+    Args:
+        user_ids: int64 [R] the user of each row of ``items`` (e.g. the train split's rows).
+        items: per row, that user's item ids (e.g. the train split's ``items``, never valid / test targets).
+        item_labels: int64 [N_items] label of each item (0..C-1; -1: unknown, ignored).
+        n_users: U.
+    """
+    item_labels = np.asarray(item_labels, dtype=np.int64)
+    n_labels = int(item_labels.max()) + 1 if len(item_labels) else 0
+    if n_labels < 1:
+        raise ConfigError("no item has a label, so users cannot be clustered by their items' labels. Fix: give "
+                          "the items a category (e.g. the Amazon text files' categories)")
+    counts = np.zeros((n_users, n_labels), dtype=np.int64)
+    for u, seq in zip(np.asarray(user_ids, dtype=np.int64), items):
+        lab = item_labels[np.asarray(seq, dtype=np.int64)]
+        counts[u] += np.bincount(lab[lab >= 0], minlength=n_labels)
+    out = counts.argmax(axis=1)
+    out[counts.sum(axis=1) == 0] = int(counts.sum(axis=0).argmax())
+    return out.astype(np.int64)

@@ -1,7 +1,9 @@
 """Single-process simulation of training across edge devices: many devices (100+) in one process.
 
-Every device holds a SASRec (:mod:`onerec.baselines.sasrec`) trained only on its own users' train
-sequences, with its own Adam (optimizer moments stay on the device and are never averaged). All
+Every device holds a SASRec (:mod:`onerec.baselines.sasrec`; ``cfg`` a :class:`SasrecConfig`) or a generator
+(:mod:`onerec.model`; ``cfg`` a :class:`GeneratorSpec`, trained by the project's training step
+:func:`onerec.train.loop._step` and scored by beam search) trained only on its own users' train sequences, with its
+own Adam (optimizer moments stay on the device and are never averaged). All
 devices start from the same initial weights and take one local step each per tick; after the tick the
 scheme exchanges models:
 
@@ -31,7 +33,9 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -94,37 +98,76 @@ def check_settings(s: EdgeSettings, scheme: str) -> None:
 
 
 @dataclass
+class GeneratorSpec:
+    """A generator on every device: its model config, the items' semantic IDs and the training examples' maker.
+
+    Attributes:
+        model: the generator's :class:`onerec.config.ModelConfig` (e.g. the ``tiny`` preset's).
+        codes: int64 [N_items, D] semantic IDs (unique per item).
+        sizes: codebook size per level.
+        examples: ``examples(train_table) -> TrainExamples | SequenceExamples`` (with the run's featurizer,
+            e.g. ``lambda t: onerec.pipeline.train_examples(t, featurizer, cfg)``).
+        featurizer: the featurizer the examples use (for scoring).
+        train: the training config (label smoothing, weight decay, precision) of the project's training step.
+        beam_size: beams per user when scoring (>= 10).
+    """
+
+    model: Any
+    codes: np.ndarray
+    sizes: list[int]
+    examples: Callable[[pa.Table], Any]
+    featurizer: Any
+    train: Any
+    beam_size: int = 16
+
+
+ModelSpec = SasrecConfig | GeneratorSpec
+
+
+@dataclass
 class DeviceData:
-    """Per device: its training windows (token rows, as SASRec trains on) and its users' test rows."""
+    """Per device: its training data (SASRec: token windows; generator: training examples) and its users' test
+    rows."""
 
-    windows: list[np.ndarray]  # int64 [rows, max_len + 1] per device
+    windows: list[Any]  # SASRec: int64 [rows, max_len + 1] per device; generator: TrainExamples per device
     test: list[pa.Table]
-    samples: np.ndarray  # int64 [N] training windows per device (the aggregation weights)
+    samples: np.ndarray  # int64 [N] training windows (examples) per device (the aggregation weights)
+    pooled: Any = None  # generator: the examples of every device's users together (centralised training)
 
 
-def device_data(devices: Devices, train: pa.Table, test: pa.Table, max_len: int) -> DeviceData:
-    """Split the train / test tables by the users' devices (a device with no train rows is an error)."""
-    windows, tests = [], []
+def device_data(devices: Devices, train: pa.Table, test: pa.Table, max_len: int,
+                spec: GeneratorSpec | None = None) -> DeviceData:
+    """Split the train / test tables by the users' devices (a device with no train rows is an error); with
+    ``spec``, each device's training examples for the generator."""
+    windows, tests, kept = [], [], []
     for d, users in enumerate(devices.users):
         keep = pc.is_in(train["user_id"], value_set=pa.array(users, pa.int64()))
-        seqs = [s + 1 for s in list_column(train.filter(keep), "items") if len(s) >= 2]
+        mine = train.filter(keep)
+        seqs = [s + 1 for s in list_column(mine, "items") if len(s) >= 2]
         if not seqs:
             raise ConfigError(f"device {d} has no user with 2 or more train items. Fix: use fewer edge.n_devices "
                               "or a larger data set")
-        windows.append(_left_pad(seqs, max_len + 1))
+        windows.append(_left_pad(seqs, max_len + 1) if spec is None else spec.examples(mine))
+        kept.append(mine)
         tests.append(test.filter(pc.is_in(test["user_id"], value_set=pa.array(users, pa.int64()))))
-    return DeviceData(windows, tests, np.array([len(w) for w in windows], dtype=np.int64))
+    pooled = spec.examples(pa.concat_tables(kept)) if spec is not None else None
+    return DeviceData(windows, tests, np.array([len(w) for w in windows], dtype=np.int64), pooled)
 
 
 class _Fleet:
-    """The devices' models and optimizers (one SASRecRecommender each, for its loss and recommend)."""
+    """The devices' models and optimizers (one SASRecRecommender or GenerativeRecommender each, for its loss and
+    recommend)."""
 
-    def __init__(self, n: int, n_items: int, cfg: SasrecConfig, lr: float, seed: int, stream: int = 0,
+    def __init__(self, n: int, n_items: int, cfg: ModelSpec, lr: float, seed: int, stream: int = 0,
                  ids: list[int] | None = None) -> None:
         torch.manual_seed(seed)
         # one batch-sampling stream per device (``ids``: which devices these are), so that a device's batches do
         # not depend on the others: the multi-process mode, one device a process, draws the same ones
         self.rngs = [np.random.default_rng([seed, stream, d]) for d in (ids if ids is not None else range(n))]
+        self.spec = cfg if isinstance(cfg, GeneratorSpec) else None
+        if self.spec is not None:
+            self._generators(n, lr, seed)
+            return
         base = SASRecRecommender(cfg)
         base.model = base._build(n_items)
         self.recs = []
@@ -133,6 +176,19 @@ class _Fleet:
             rec.model, rec.n_items = copy.deepcopy(base.model), n_items
             self.recs.append(rec)
         self.opts = [torch.optim.Adam(r.model.parameters(), lr=lr, betas=(0.9, 0.98)) for r in self.recs]
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def _generators(self, n: int, lr: float, seed: int) -> None:
+        from onerec.generate.generative import GenerativeRecommender
+        from onerec.model import build_generator
+
+        spec = self.spec
+        base = build_generator(spec.model, spec.sizes)
+        self.recs = [GenerativeRecommender(copy.deepcopy(base), spec.codes, beam_size=spec.beam_size,
+                                           featurizer=spec.featurizer) for _ in range(n)]
+        # AdamW as the project's trainer (onerec.train.loop), at the edge settings' constant learning rate
+        self.opts = [torch.optim.AdamW(r.model.parameters(), lr=lr, weight_decay=spec.train.weight_decay,
+                                       betas=(0.9, 0.98)) for r in self.recs]
         self.gen = torch.Generator().manual_seed(seed)
 
     def states(self) -> list[dict[str, torch.Tensor]]:
@@ -145,10 +201,21 @@ class _Fleet:
                 for k, v in r.model.state_dict().items():
                     v.copy_(s[k])
 
-    def step(self, d: int, windows: np.ndarray, batch_size: int) -> float:
+    def step(self, d: int, windows: Any, batch_size: int) -> float:
         rec, opt = self.recs[d], self.opts[d]
         rows = self.rngs[d].choice(len(windows), size=min(batch_size, len(windows)), replace=False)
         rec.model.train()
+        if self.spec is not None:  # the project's training step: forward, backward, gradients left in the model
+            from onerec.train import distributed
+            from onerec.train.loop import _step
+
+            tc = self.spec.train
+            loss = _step(rec.model, windows, rows, distributed.current(), tc, torch.device("cpu"),
+                         tc.precision == "bf16")
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(rec.model.parameters(), tc.grad_clip)
+            opt.step()
+            return loss
         loss = rec._batch_loss(torch.as_tensor(_trim(windows[rows], keep=2)), self.gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -156,7 +223,7 @@ class _Fleet:
         return float(loss.detach())
 
 
-def _score(recs: list[SASRecRecommender], tests: list[pa.Table]) -> dict[str, float]:
+def _score(recs: list[Any], tests: list[pa.Table]) -> dict[str, float]:
     """Recall@10 / NDCG@10 over all users, each scored by their own device's model."""
     sums, n = {"recall@10": 0.0, "ndcg@10": 0.0}, 0
     for rec, t in zip(recs, tests):
@@ -170,7 +237,7 @@ def _score(recs: list[SASRecRecommender], tests: list[pa.Table]) -> dict[str, fl
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def make_groups(devices: Devices, data: DeviceData, n_items: int, cfg: SasrecConfig, s: EdgeSettings) -> np.ndarray:
+def make_groups(devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec, s: EdgeSettings) -> np.ndarray:
     """Level-1 groups by ``s.grouping``; KMA's signatures come from ``signature_steps`` local steps."""
     n_groups = max(1, math.ceil(devices.n / s.group_size))
     if s.grouping == "random":
@@ -186,7 +253,7 @@ def make_groups(devices: Devices, data: DeviceData, n_items: int, cfg: SasrecCon
     return kma_groups(devices.positions, sig, n_groups, samples=data.samples, balance=s.kma_balance, seed=s.seed)
 
 
-def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cfg: SasrecConfig,
+def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec,
                s: EdgeSettings, groups: np.ndarray | None = None, *, keep_states: bool = False) -> dict:
     """Train under one scheme; returns ``{"curve": [{step, exchanges, bytes, sim_s, recall@10, ndcg@10}],
     "final": {...}, "model_bytes", "seconds"}`` (+ ``"states"``, every device's final weights, with
@@ -231,10 +298,10 @@ def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cf
     return out
 
 
-def _run_central(devices: Devices, data: DeviceData, n_items: int, cfg: SasrecConfig, s: EdgeSettings,
+def _run_central(devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec, s: EdgeSettings,
                  t0: float) -> dict:
     fleet = _Fleet(1, n_items, cfg, s.lr, s.seed)
-    pooled = np.concatenate(data.windows)
+    pooled = np.concatenate(data.windows) if data.pooled is None else data.pooled
     test = pa.concat_tables([t for t in data.test if t.num_rows])
     curve = []
     for step in range(1, s.local_steps + 1):

@@ -565,6 +565,12 @@ class ExploreConfig:
                                        "candidates; the others take the CTR model's best candidates (the 'none' "
                                        "reference fills every slot that way). 0: no slot is reserved, the policy's "
                                        "own scores (e.g. AGE's f(h')) rank every candidate")
+    online_explore_budget: float = opt(1.0, "online: how much predicted value an exploration slot may give up: it "
+                                            "shows the policy's best new candidate only where that candidate's "
+                                            "exploration score (e.g. AGE's gated f(h')) is at least (1 - budget) "
+                                            "x the CTR model's prediction for the candidate it displaces, else "
+                                            "that candidate keeps the slot; 1 = always explore (a reserved slot), "
+                                            "0 = only where the exploration score reaches that prediction")
     online_candidates: int = opt(40, "online: candidates per request retrieved from the older videos, drawn by "
                                      "popularity (1 + clicks so far)")
     online_new_candidates: int = opt(10, "online: candidates per request drawn uniformly from the new videos")

@@ -84,8 +84,23 @@ def test_fill_slate_ctr_slots_then_exploration_slots_from_the_new_columns():
     assert fill_slate(plain, explore, n_old=2, slate=4, slots=2).tolist() == [[0, 3, 2, 1], [3, 0, 2, 1]]
 
 
+def test_fill_slate_budget_explores_only_where_the_new_candidate_is_worth_the_displaced_one():
+    # the slot displaces plain's best remaining candidate (.8); it explores where explore >= (1 - budget) * .8
+    plain = np.array([[.9, .8, .5, .1]])
+    explore = np.array([[.3, .7]])
+    assert fill_slate(plain, explore, n_old=2, slate=2, slots=1, budget=0.1).tolist() == [[0, 1]]  # .7 < .72
+    assert fill_slate(plain, explore, n_old=2, slate=2, slots=1, budget=0.2).tolist() == [[0, 3]]  # .7 >= .64
+    assert fill_slate(plain, explore, n_old=2, slate=2, slots=1, budget=0.0).tolist() == [[0, 1]]
+    # budget 1 (the default): the slot always explores, as without a budget
+    assert fill_slate(plain, explore, n_old=2, slate=2, slots=1, budget=1.0).tolist() == [[0, 3]]
+    assert fill_slate(plain, explore, n_old=2, slate=2, slots=1).tolist() == [[0, 3]]
+    # the displaced candidate is itself new: the slot takes the policy's best new one either way
+    assert fill_slate(np.array([[.9, .1, .5, .8]]), explore, n_old=2, slate=2, slots=1, budget=0.0).tolist() == [[0, 3]]
+
+
 @pytest.mark.parametrize("key,value", [
-    ("online_days", 0), ("online_explore_slots", 7), ("online_slate", 100), ("online_candidates", 50),
+    ("online_days", 0), ("online_explore_budget", -0.1),
+    ("online_explore_slots", 7), ("online_slate", 100), ("online_candidates", 50),
     ("online_new_candidates", 20), ("online_codebook", 41), ("online_good", 1.0),
 ])
 def test_bad_online_settings_name_the_key_and_the_fix(key, value):
@@ -191,3 +206,14 @@ def test_without_a_reserved_slot_the_policy_ranks_every_candidate(world, cat, wa
     assert abs(np.mean(rand["per_day"]["new_share"]) - share) < 0.1
     age = online_policy(world, cat, warm, "age_ucb", dataclasses.replace(cfg, gate=False, age_lambda=50.0), seed=0)
     assert age["explored_share"] == 1.0 and age["per_day"] != none["per_day"]
+
+
+def test_budget_zero_slot_explores_less_and_grown_share_counts_good_videos_past_their_window(world, cat, warm):
+    always = online_policy(world, cat, warm, "age_ucb", CFG, seed=0)
+    frugal = online_policy(world, cat, warm, "age_ucb", dataclasses.replace(CFG, online_explore_budget=0.0), seed=0)
+    # budget 0: the slot shows a new video only where AGE scores it at least as high as the displaced one
+    assert np.mean(frugal["per_day"]["new_share"]) < np.mean(always["per_day"]["new_share"])
+    for r in (always, frugal):
+        # day 0: no video has left its new window yet
+        assert r["per_day"]["good_grown_share"][0] == 0.0
+        assert 0.0 <= r["good_grown_share_last_day"] == r["per_day"]["good_grown_share"][-1] <= 1.0

@@ -15,7 +15,9 @@ What runs (``onerec explore RUN`` with ``explore.evaluations`` holding ``online`
   ones (arrived less than ``explore.online_new_days`` days ago). The exploration CTR model
   (:class:`~onerec.explore.model.ExplorationCTR`) ranks them; ``explore.online_slate`` - N slots take its best
   candidates, and the N = ``explore.online_explore_slots`` exploration slots take the policy's best *new*
-  candidates not already shown (:func:`fill_slate`). The reference ``none`` is no exploration: every slot takes
+  candidates not already shown (:func:`fill_slate`); with ``explore.online_explore_budget`` < 1 a slot explores
+  only where that candidate's exploration score is at least (1 - budget) x the CTR model's prediction for the
+  candidate it displaces, else the displaced one keeps it. The reference ``none`` is no exploration: every slot takes
   the CTR model's best. With ``explore.online_explore_slots=0`` no slot is reserved: the policy's own scores
   (AGE's f(h'), UCB's mean + alpha * spread, ...) rank every candidate, new or old.
 * **Daily retrain.** The CTR model (and the gate) first train on a uniformly random warm-up log of the initial
@@ -117,6 +119,9 @@ def check_online(cfg: ExploreConfig, n_items: int | None = None) -> None:
     if cfg.online_codebook > cfg.online_initial:
         raise bad("online_codebook", f"more codes than the explore.online_initial={cfg.online_initial} videos the "
                   "tokenizer is fitted on", f"set explore.online_codebook <= {cfg.online_initial}")
+    if cfg.online_explore_budget < 0.0:
+        raise bad("online_explore_budget", "must be at least 0", "e.g. explore.online_explore_budget=1 (always "
+                  "explore) or 0 (only where the new candidate scores at least as high)")
     if not 0.0 < cfg.online_good < 1.0:
         raise bad("online_good", "must be in (0, 1)", "e.g. explore.online_good=0.2")
     need = cfg.online_initial + cfg.online_days * cfg.online_new_per_day
@@ -211,7 +216,8 @@ def median_or_none(x: np.ndarray) -> float | None:
 
 
 # ----------------------------------------------------------------------------- serving
-def fill_slate(plain: np.ndarray, explore: np.ndarray | None, n_old: int, slate: int, slots: int) -> np.ndarray:
+def fill_slate(plain: np.ndarray, explore: np.ndarray | None, n_old: int, slate: int, slots: int,
+               budget: float = 1.0) -> np.ndarray:
     """Columns [R, slate] of the shown candidates of each request: the ``slate - slots`` best by the CTR model's
     ``plain`` scores [R, K] (all candidates), then ``slots`` exploration slots, one at a time: the best new
     candidate (columns ``n_old..K-1``) by the policy's ``explore`` scores [R, K - n_old] among those not shown yet
@@ -222,6 +228,14 @@ def fill_slate(plain: np.ndarray, explore: np.ndarray | None, n_old: int, slate:
     the new columns 2, 3 score .3, .7: column 3 -> [0, 3]. With plain [.9, .1, .5, .95] column 3 is already the
     CTR model's best, so the exploration slot takes column 2: [3, 2]; a second exploration slot would find no new
     column left and take plain's best remaining, column 0: [3, 2, 0].
+
+    ``budget`` (``explore.online_explore_budget``) makes the slot conditional: it explores only where the policy's
+    score of its best new candidate is at least ``(1 - budget)`` times the CTR model's prediction for the candidate
+    it would displace (plain's best remaining one); elsewhere that candidate keeps the slot. With budget 1 (the
+    default) the slot always explores. Example: plain [.9, .1, .5, .8], explore [.3, .7], slate 2, slots 1: the
+    slot would displace column 3 (.8); budget 0.2 needs .7 >= .8 * .8 = .64: explore, [0, 3] -- the same column
+    here, as column 3 is new; with plain [.9, .8, .5, .1] it would displace column 1 (.8), and budget 0.1 needs
+    explore >= .72: .7 is not, so the slot keeps column 1: [0, 1]; budget 0.2 (.64) explores: [0, 3].
     """
     order = np.argsort(-plain, axis=1, kind="stable")
     if explore is None or slots == 0:
@@ -235,7 +249,8 @@ def fill_slate(plain: np.ndarray, explore: np.ndarray | None, n_old: int, slate:
         ex = np.where(taken[:, n_old:], -np.inf, explore)
         j = np.argmax(ex, axis=1)
         fallback = np.argmax(np.where(taken, -np.inf, plain), axis=1)
-        col = np.where(np.isfinite(ex[rows, j]), j + n_old, fallback)
+        worth = explore[rows, j] >= (1.0 - budget) * plain[rows, fallback]
+        col = np.where(np.isfinite(ex[rows, j]) & worth, j + n_old, fallback)
         taken[rows, col] = True
         cols.append(col[:, None])
     return np.concatenate(cols, axis=1)
@@ -296,7 +311,8 @@ def _serve(policy: str, model: ExplorationCTR, gate: ItemGate, feat: RankFeaturi
                 plain = np.where(wild[:, None], rng.random(plain.shape), plain)
             else:
                 explore = np.where(wild[:, None], rng.random(explore.shape), explore)
-        cols = fill_slate(plain, explore, C, cfg.online_slate, slots if policy != NONE else 0)
+        cols = fill_slate(plain, explore, C, cfg.online_slate, slots if policy != NONE else 0,
+                          cfg.online_explore_budget)
         shown.append(np.take_along_axis(req["cand"][r], cols, axis=1))
     return np.concatenate(shown), shares
 
@@ -370,7 +386,11 @@ def online_policy(world: Any, cat: Catalogue, warm: Warm, policy: str, cfg: Expl
     n = world.n_items
     shows = np.zeros(n, np.int64)
     fair_day = np.full(n, NEVER, np.int64)
-    per_day: dict[str, list[float]] = {k: [] for k in ("watch_time_h", "clicks", "long_views", "new_share")}
+    per_day: dict[str, list[float]] = {k: [] for k in ("watch_time_h", "clicks", "long_views", "new_share",
+                                                        "good_grown_share")}
+    new = cat.new_items()
+    good_mask = np.zeros(world.n_items, bool)
+    good_mask[new[cat.appeal[new] >= np.quantile(cat.appeal[new], 1.0 - cfg.online_good)]] = True
     shares: list[float] = []
     S = cfg.online_slate
     for day in range(cfg.online_days):
@@ -387,6 +407,8 @@ def online_policy(world: Any, cat: Catalogue, warm: Warm, policy: str, cfg: Expl
         per_day["long_views"].append(float(exp["long_view"].sum()))
         is_new = (cat.arrival[item] >= 0) & (day - cat.arrival[item] < cfg.online_new_days)
         per_day["new_share"].append(float(is_new.mean()))
+        # good new videos past their new window, shown as ordinary catalogue (did what was learnt stick?)
+        per_day["good_grown_share"].append(float((good_mask[item] & ~is_new).mean()))
         shows += np.bincount(item, minlength=n)
         fair_day[(shows >= cfg.online_fair) & (fair_day == NEVER)] = day
         resp = world.respond(user, item, np.random.default_rng([seed, 44, day]), current_topic=cur)
@@ -397,8 +419,7 @@ def online_policy(world: Any, cat: Catalogue, warm: Warm, policy: str, cfg: Expl
                               cfg.history)
         if day < cfg.online_days - 1:  # the last day's retrain would serve nobody
             _train(model, gate, opt, feat, log, cfg.online_epochs, np.random.default_rng([seed, 47, day]))
-    new = cat.new_items()
-    good = new[cat.appeal[new] >= np.quantile(cat.appeal[new], 1.0 - cfg.online_good)]
+    good = np.flatnonzero(good_mask)
     days = days_to_fair(cat.arrival, fair_day, good[cat.arrival[good] <= cfg.online_days - cfg.online_new_days])
     cover = dict(new_days=cfg.online_new_days, days=cfg.online_days)
     out: dict[str, Any] = {
@@ -408,6 +429,7 @@ def online_policy(world: Any, cat: Catalogue, warm: Warm, policy: str, cfg: Expl
         "good_new_item_coverage": new_item_coverage(cat.arrival, fair_day, items=good, **cover),
         "good_days_to_fair": median_or_none(days), "good_reached_fair": float(np.isfinite(days).mean()),
         "new_exposure_share": float(np.mean(per_day["new_share"])),
+        "good_grown_share_last_day": per_day["good_grown_share"][-1],
         "first_day_watch_time_h": per_day["watch_time_h"][0], "per_day": per_day,
         "seconds": round(time.perf_counter() - t_start, 2),
     }
@@ -433,6 +455,7 @@ def summarise_online(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, di
                           ("new_item_coverage", "new_item_coverage"),
                           ("good_new_item_coverage", "good_new_item_coverage"),
                           ("good_reached_fair", "good_reached_fair"), ("new_exposure_share", "new_exposure_share"),
+                          ("good_grown_share_last_day", "good_grown_share_last_day"),
                           ("first_day_watch_time_h", "first_day_watch_time"), ("explored_share", "explored_share")):
             vals = [r[key] for r in by_seed.values() if key in r]
             if vals:

@@ -356,6 +356,9 @@ class ServeConfig:
                                 "(onerec.explore.serving; the answer marks them explore: true). The exploration CTR "
                                 "model is trained on the run's log when the service starts (explore.* settings); 0: "
                                 "off")
+    explore_budget: float = opt(1.0, "serve.explore_slots: a new item takes an exploration position only where its "
+                                     "AGE score is at least (1 - budget) x the exploration CTR model's prediction "
+                                     "for the item it displaces (explore.online_explore_budget online); 1: always")
     explore_new: int = opt(30, "serve.explore_slots: items shown fewer times than this in the run's log count as new")
     explore_policy: str = opt("age_ucb", "serve.explore_slots: the AGE variant that scores the new items (age_ucb: "
                                          "MC-dropout spread as uncertainty; age_ts: one dropout mask)",

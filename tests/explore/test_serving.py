@@ -7,7 +7,7 @@ import torch
 
 from onerec.config import load_config
 from onerec.errors import ConfigError
-from onerec.explore.serving import check_serve_explore, place
+from onerec.explore.serving import check_serve_explore, place, worth_exploring
 
 
 def test_place_puts_the_picks_last_and_marks_them():
@@ -19,7 +19,18 @@ def test_place_puts_the_picks_last_and_marks_them():
     assert place([1, 2, 3], [.4, .3, .2], [7, 8, 9], [.7, .8, .9], 2)[0] == [7, 8]  # never more than k
 
 
+def test_budget_keeps_the_picks_worth_their_displaced_items():
+    assert worth_exploring([.5, .3], [.4, .6], 0.0) == 1  # .5 >= .4, then .3 < .6
+    assert worth_exploring([.5, .3], [.4, .6], 0.5) == 2  # .3 >= .5 * .6
+    assert worth_exploring([.3, .5], [.4, .1], 0.0) == 0  # the first falls short: none (a prefix is kept)
+    assert worth_exploring([.1, .1], [.9, .9], 1.0) == 2  # budget 1: always
+    assert worth_exploring([.1, .1], [.9], 0.0) == 0
+    assert worth_exploring([.5, .1], [.4], 0.0) == 2  # a short answer: the second pick displaces nothing
+    assert worth_exploring([], [.4], 0.0) == 0
+
+
 @pytest.mark.parametrize("override,needle", [("serve.explore_slots=-1", "serve.explore_slots"),
+                                             ("serve.explore_budget=-1", "serve.explore_budget"),
                                              ("serve.explore_slots=500", "serve.explore_slots"),
                                              ("serve.explore_new=0", "serve.explore_new"),
                                              ("explore.dropout=0", "explore.dropout")])
@@ -84,3 +95,11 @@ def test_served_answers_end_with_marked_new_items_chosen_by_age(run):
     assert [it["explore"] for it in hist["items"]] == [False] * 3 + [True] * 2
     assert not {0, 1, 2} & {it["item_index"] for it in hist["items"]}  # exclude_seen holds for the picks too
     assert not any(it["explore"] for it in pop["items"])  # the baselines are not explored
+    frugal = RecommendService(path, dataclasses.replace(cfg2, serve=dataclasses.replace(cfg2.serve,
+                                                                                       explore_budget=0.0)))
+    with TestClient(create_app(frugal)) as c:
+        some = c.post("/recommend", json={"user_id": user, "k": 6}).json()["items"]
+    flags = [it["explore"] for it in some]
+    m = sum(flags)
+    assert m <= 2 and flags == [False] * (6 - m) + [True] * m  # budget 0: at most the 2 slots, always last
+    assert [it["item_index"] for it in some[:6 - m]] == [it["item_index"] for it in before[:6 - m]]

@@ -11,6 +11,9 @@ AGE chose, and the answer marks them (``explore: true``).
   gate lets the item be explored, f(h) elsewhere) for the request's user and history; the best N take the last N
   positions (:func:`place`). Their ``score`` is that AGE score, a click probability, not the generator's
   log-probability. MC dropout draws fresh masks, so two identical requests may explore different items.
+* **Budget** (``serve.explore_budget`` < 1, :func:`worth_exploring`): a pick takes a position only where its AGE
+  score is at least (1 - budget) x the exploration CTR model's plain prediction for the item it displaces; the
+  others leave the generator's item in place (1, the default: the last N positions always explore).
 
 The generator itself does not explore: a new item reaches users through these slots until its own log earns it
 a place in the generator's training data.
@@ -61,12 +64,32 @@ def place(items: list[int], scores: list[float], picks: list[int], pick_scores: 
     return out, out_s, flag
 
 
+def worth_exploring(pick_scores: list[float], displaced: list[float], budget: float) -> int:
+    """How many of the picks (best first) take a position under ``serve.explore_budget``: pick j displaces the
+    j-th item from the end of the answer, whose plain CTR is ``displaced[j]`` (shorter than the picks where the
+    answer is short: those picks displace nothing and are free); the picks are kept up to the first whose score is
+    below (1 - budget) x the value it displaces.
+
+    Example: picks .5, .3 against displaced .4, .6 with budget 0 -> 1 (.5 >= .4, .3 < .6); budget 0.5 -> 2
+    (.3 >= .3); budget 1 -> all.
+    """
+    m = 0
+    for j, s in enumerate(pick_scores):
+        if j < len(displaced) and s < (1.0 - budget) * displaced[j]:
+            break
+        m += 1
+    return m
+
+
 def check_serve_explore(cfg: RunConfig, inter: pa.Table | None = None) -> None:
     """ConfigError naming the serve.explore_* key and the fix for a setting the service cannot explore with."""
     sc = cfg.serve
     if sc.explore_slots < 0 or sc.explore_slots > sc.max_k:
         raise ConfigError(f"serve.explore_slots={sc.explore_slots}: must be in 0..serve.max_k={sc.max_k}. Fix: "
                           "e.g. serve.explore_slots=2 (0: no exploration)")
+    if sc.explore_budget < 0.0:
+        raise ConfigError(f"serve.explore_budget={sc.explore_budget}: must be at least 0. Fix: e.g. "
+                          "serve.explore_budget=1 (always explore) or 0")
     if sc.explore_new < 1:
         raise ConfigError(f"serve.explore_new={sc.explore_new}: must be at least 1. Fix: e.g. serve.explore_new=30")
     if sc.explore_policy not in ("age_ucb", "age_ts"):
@@ -122,8 +145,9 @@ class Explorer:
         drop = np.asarray(list(shown) + ([] if history is None else list(history)), dtype=np.int64)
         return self.new_items[~np.isin(self.new_items, drop)][:MAX_CANDIDATES]
 
-    def scores(self, query: Any, cand: np.ndarray) -> np.ndarray:
-        """AGE scores [len(cand)] of the candidates for the query's user (or an anonymous one) and history."""
+    def scores(self, query: Any, cand: np.ndarray, policy: str | None = None) -> np.ndarray:
+        """AGE scores [len(cand)] of the candidates for the query's user (or an anonymous one) and history
+        (``policy``: another policy's, e.g. greedy for the plain prediction)."""
         L, C = len(query.items), len(cand)
         pos = Positives(np.array([0, L], dtype=np.int64), np.asarray(query.items, dtype=np.int64),
                         np.asarray(query.ts, dtype=np.int64), np.asarray(query.flags, dtype=np.int64))
@@ -131,17 +155,24 @@ class Explorer:
         b = feat.batch(np.zeros(C, np.int64), cand, np.full(C, query.request_ts, np.int64),
                        ends=np.full(C, L, np.int64))  # the whole given history, whatever its timestamps
         b["user"] = torch.full((C,), self.anonymous if query.user is None else int(query.user), dtype=torch.long)
-        out, _ = score_candidates(self.cfg.serve.explore_policy, self.model, self.gate, b, self.cfg.explore,
-                                  torch.Generator())
+        out, _ = score_candidates(policy or self.cfg.serve.explore_policy, self.model, self.gate, b,
+                                  self.cfg.explore, torch.Generator())
         return out.numpy()
 
     def fill(self, query: Any, items: list[int], scores: list[float]) -> tuple[list[int], list[float], list[bool]]:
         """``items`` / ``scores`` (the generator's answer, k long) with the last ``serve.explore_slots`` positions
-        given to the best new items by AGE (:func:`place`), and which positions those are."""
+        given to the best new items by AGE (:func:`place`), as many as ``serve.explore_budget`` allows
+        (:func:`worth_exploring`), and which positions those are."""
         k, n = query.k, min(self.cfg.serve.explore_slots, query.k)
         cand = self.candidates(items[:k - n], query.items if query.exclude_seen else None)
         if n == 0 or len(cand) == 0:
             return list(items), list(scores), [False] * len(items)
         s = self.scores(query, cand)
         best = np.argsort(-s, kind="stable")[:n]
-        return place(items, scores, cand[best].tolist(), s[best].astype(float).tolist(), k)
+        picks, pick_s = cand[best].tolist(), s[best].astype(float).tolist()
+        if self.cfg.serve.explore_budget < 1.0:
+            tail = list(items[max(0, k - n):k])[::-1]  # what the picks displace, the last position first
+            value = self.scores(query, np.asarray(tail, np.int64), "greedy").tolist() if tail else []
+            m = worth_exploring(pick_s, value, self.cfg.serve.explore_budget)
+            picks, pick_s = picks[:m], pick_s[:m]
+        return place(items, scores, picks, pick_s, k)

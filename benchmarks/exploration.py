@@ -103,8 +103,9 @@ def online_table(rows: dict[str, dict[str, Any]]) -> str:
         return f"{scale * r[key]['mean']:{sign}{fmt}} +- {scale * r[key]['std']:{fmt}}"
 
     lines = ["| policy | watch time (h) | vs none | first-day cost | clicks | long views | new-item coverage | "
-             "good new: coverage | good new: days to fair | new videos' share of exposures |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "good new: coverage | good new: days to fair | new videos' share of exposures | "
+             "good grown videos' share, last day |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         days = r["good_days_to_fair"]["values"]
         lines.append(f"| {name} | {ms(r, 'watch_time')} | {ms(r, 'watch_time_gain', 100, '.2f', '+')}% | "
@@ -112,18 +113,18 @@ def online_table(rows: dict[str, dict[str, Any]]) -> str:
                      f"{ms(r, 'long_views', fmt='.0f')} | {ms(r, 'new_item_coverage', fmt='.3f')} | "
                      f"{ms(r, 'good_new_item_coverage', fmt='.3f')} | "
                      f"{', '.join('>run' if d is None else f'{d:g}' for d in days)} | "
-                     f"{ms(r, 'new_exposure_share', fmt='.3f')} |")
+                     f"{ms(r, 'new_exposure_share', fmt='.3f')} | {ms(r, 'good_grown_share_last_day', fmt='.3f')} |")
     return "\n".join(lines)
 
 
-def plot_online(result: dict[str, Any], path: Path) -> None:
+def plot_online(result: dict[str, Any], path: Path, key: str = "online") -> None:
     """Per day: watch time against no exploration (mean over seeds), and the new videos' share of exposures."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    per_day = result["online_run"]["per_day_mean"]
+    per_day = result[f"{key}_run"]["per_day_mean"]
     ref = per_day[NONE]["watch_time_h"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for name, d in per_day.items():
@@ -131,8 +132,8 @@ def plot_online(result: dict[str, Any], path: Path) -> None:
         days = list(range(len(ref)))
         a.plot(days, [100.0 * (w / r - 1.0) for w, r in zip(d["watch_time_h"], ref)], style, label=name)
         b.plot(days, d["new_share"], style, label=name)
-    a.set(xlabel="day", ylabel="watch time vs none (%)", title="online, mean over seeds")
-    b.set(xlabel="day", ylabel="new videos' share of exposures", title="online, mean over seeds")
+    a.set(xlabel="day", ylabel="watch time vs none (%)", title=f"{key}, mean over seeds")
+    b.set(xlabel="day", ylabel="new videos' share of exposures", title=f"{key}, mean over seeds")
     a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -191,15 +192,27 @@ def replay_part(args: argparse.Namespace) -> dict[str, Any]:
 #: the second online setting: no reserved slot, the policy's scores rank every candidate (random and epsilon left
 #: out: a random slate is not a policy anyone would serve, and the time goes to the seeds)
 RANK_POLICIES = ("greedy", "ucb", "thompson", "age_ucb", "age_ts")
+#: the third online setting: one exploration slot that explores only where the policy's score of its best new
+#: candidate is at least (1 - BUDGET) x the CTR model's prediction for the candidate it displaces. BUDGET = 0 was
+#: chosen among 0 / 0.1 / 0.25 / 0.5 (and 1, the reserved slot) for age_ucb and age_ts on separate tuning seeds
+#: (10, 11, 12), not on the seeds reported; greedy with budget 0 is none (the new candidate must beat the displaced
+#: one by the same score), random and epsilon have no score to weigh, so they are left out
+BUDGET = 0.0
+BUDGET_POLICIES = ("ucb", "thompson", "age_ucb", "age_ts")
+SETTINGS = ("online", "online_rank", "online_budget")
 
 
 def online_part(args: argparse.Namespace, key: str = "online") -> dict[str, Any]:
-    """The online days: ``online`` (one exploration slot of 6; keys online.*, online_run) or ``online_rank`` (no
-    reserved slot, the policy ranks every candidate; keys online_rank.*, online_rank_run)."""
+    """The online days: ``online`` (one exploration slot of 6; keys online.*, online_run), ``online_rank`` (no
+    reserved slot, the policy ranks every candidate; keys online_rank.*, online_rank_run) or ``online_budget``
+    (one slot with the exploration budget :data:`BUDGET`; keys online_budget.*, online_budget_run)."""
     if key == "online":
         cfg = ExploreConfig(seeds=list(args.seeds), policies=list(POLICIES))
-    else:
+    elif key == "online_rank":
         cfg = ExploreConfig(seeds=list(args.seeds), policies=list(RANK_POLICIES), online_explore_slots=0)
+    else:
+        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(BUDGET_POLICIES), online_explore_budget=BUDGET)
+    cfg = dataclasses.replace(cfg, online_days=args.online_days)
     if args.quick:
         cfg = dataclasses.replace(cfg, online_days=3, online_requests=400, online_warmup=5000)
     check_online(cfg, WORLD.n_items)
@@ -211,7 +224,7 @@ def online_part(args: argparse.Namespace, key: str = "online") -> dict[str, Any]
             print(f"seed {seed} {policy:10s} watch {r['watch_time_h']:8.1f} h  day 0 "
                   f"{r['first_day_watch_time_h']:7.1f} h  coverage {r['new_item_coverage']:.3f}  "
                   f"{r['seconds']:.0f}s", flush=True)
-    keys = ("watch_time_h", "new_share")
+    keys = ("watch_time_h", "new_share", "good_grown_share")
     per_day_mean = {p: {k: np.mean([r["per_day"][k] for r in by_seed.values()], axis=0).tolist() for k in keys}
                     for p, by_seed in out["runs"].items()}
     online = {p: {**row, "seconds": [r["seconds"] for r in out["runs"][p].values()]}
@@ -219,8 +232,11 @@ def online_part(args: argparse.Namespace, key: str = "online") -> dict[str, Any]
     run_info = {
         "claim": "online, AGE raises new-item coverage and cumulative watch time over no exploration ('none') "
                  "without losing more than 1% watch time over the first day (issue 41); measured, not assumed",
-        "setting": "one exploration slot of online_slate, filled by the policy from the new candidates"
-                   if key == "online" else "no reserved slot: the policy's scores rank every candidate",
+        "setting": {"online": "one exploration slot of online_slate, filled by the policy from the new candidates",
+                    "online_rank": "no reserved slot: the policy's scores rank every candidate",
+                    "online_budget": f"one exploration slot with online_explore_budget={BUDGET}: it shows the "
+                                     "policy's best new candidate only where its score is at least (1 - budget) x "
+                                     "the CTR model's prediction for the candidate it displaces"}[key],
         "command": "PYTHONPATH=src python benchmarks/exploration.py " + " ".join(sys.argv[1:]),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(note="torch.set_num_threads(1); the 2 cores shared with another engineer's jobs"),
@@ -229,12 +245,16 @@ def online_part(args: argparse.Namespace, key: str = "online") -> dict[str, Any]
         "settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k == "seeds" or k.startswith("online_")
                      or k in ("d_model", "tower_hidden", "history", "dropout", "mc_passes", "lr", "age_lambda",
                               "attack", "pgd_steps", "pgd_step", "gate", "epsilon", "ucb_alpha", "objective")},
+        "selection": "online_explore_budget chosen among 0 / 0.1 / 0.25 / 0.5 / 1 for age_ucb and age_ts on tuning "
+                     "seeds 10, 11, 12 (7 days), not on the reported seeds" if key == "online_budget" else None,
         "units": "watch_time: hours of expected watch time (World.expected) summed over all exposures of the run; "
                  "clicks, long_views: expected counts; watch_time_gain: watch time / none's - 1 on the same seed; "
                  "first_day_cost: 1 - day-0 watch time / none's; new_item_coverage: share of the new videos shown "
                  "at least online_fair times within online_new_days days of arriving (videos with that window "
                  "inside the run); good_*: the top online_good share of new videos by ground-truth appeal; "
-                 "good_days_to_fair: per seed, the median days to online_fair exposures (null: over half never)",
+                 "good_days_to_fair: per seed, the median days to online_fair exposures (null: over half never); "
+                 "good_grown_share_last_day: share of the last day's exposures that went to good new videos past "
+                 "their online_new_days window (shown as ordinary catalogue: what exploring found and kept)",
         "catalogue": {str(s): c for s, c in out["catalogue"].items()},
         "per_day_mean": per_day_mean,
     }
@@ -250,6 +270,9 @@ def main() -> None:
                     help="online: only the online days, merged into the results file's other keys")
     ap.add_argument("--quick", action="store_true", help="6,000 events, one seed, 3 online days of 400 requests; "
                                                          "writes exploration.quick.json")
+    ap.add_argument("--online", nargs="+", choices=SETTINGS, default=list(SETTINGS),
+                    help="which online settings --part online/all runs (the others' keys are kept)")
+    ap.add_argument("--online-days", type=int, default=7, help="simulated days of the online settings")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot-from", type=Path, default=None, help="only draw the plots of this results file")
     args = ap.parse_args()
@@ -258,8 +281,9 @@ def main() -> None:
         result = read_json(args.plot_from)
         if "curves_seed0" in result:
             plot(result, docs / "exploration.png")
-        if "online_run" in result:
-            plot_online(result, docs / "exploration-online.png")
+        for key, name in (("online", "exploration-online.png"), ("online_budget", "exploration-online-budget.png")):
+            if f"{key}_run" in result:
+                plot_online(result, docs / name, key)
         return
     if args.quick:
         args.events, args.seeds = 6_000, args.seeds[:1]
@@ -272,17 +296,19 @@ def main() -> None:
     if args.part in ("all", "replay"):
         result.update(replay_part(args))
     if args.part in ("all", "online"):
-        result.update(online_part(args, "online"))
-        write_json(out, result)  # the slot setting is kept if the second one is stopped
-        result.update(online_part(args, "online_rank"))
+        for key in args.online:
+            result.update(online_part(args, key))
+            write_json(out, result)  # the settings done are kept if a later one is stopped
     write_json(out, result)
     own = args.quick or args.out
     if args.part in ("all", "replay"):
         plot(result, out.with_suffix(".png") if own else docs / "exploration.png")
     if args.part in ("all", "online"):
         stem = out.stem.removesuffix(".quick")
-        name = f"{stem}-online{'.quick' if out.stem.endswith('.quick') else ''}.png"  # *.quick.png is ignored
-        plot_online(result, out.with_name(name) if own else docs / "exploration-online.png")
+        for key, png in (("online", "online"), ("online_budget", "online-budget")):
+            if f"{key}_run" in result:
+                name = f"{stem}-{png}{'.quick' if out.stem.endswith('.quick') else ''}.png"  # *.quick.png: ignored
+                plot_online(result, out.with_name(name) if own else docs / f"exploration-{png}.png", key)
     print(f"\n{out} ({time.perf_counter() - t0:.0f}s)")
 
 

@@ -211,7 +211,7 @@ def online_part(args: argparse.Namespace, key: str = "online") -> dict[str, Any]
     elif key == "online_rank":
         cfg = ExploreConfig(seeds=list(args.seeds), policies=list(RANK_POLICIES), online_explore_slots=0)
     else:
-        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(BUDGET_POLICIES), online_explore_budget=BUDGET)
+        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(BUDGET_POLICIES), online_explore_budget=args.budget)
     cfg = dataclasses.replace(cfg, online_days=args.online_days)
     if args.quick:
         cfg = dataclasses.replace(cfg, online_days=3, online_requests=400, online_warmup=5000)
@@ -234,7 +234,7 @@ def online_part(args: argparse.Namespace, key: str = "online") -> dict[str, Any]
                  "without losing more than 1% watch time over the first day (issue 41); measured, not assumed",
         "setting": {"online": "one exploration slot of online_slate, filled by the policy from the new candidates",
                     "online_rank": "no reserved slot: the policy's scores rank every candidate",
-                    "online_budget": f"one exploration slot with online_explore_budget={BUDGET}: it shows the "
+                    "online_budget": f"one exploration slot with online_explore_budget={args.budget}: it shows the "
                                      "policy's best new candidate only where its score is at least (1 - budget) x "
                                      "the CTR model's prediction for the candidate it displaces"}[key],
         "command": "PYTHONPATH=src python benchmarks/exploration.py " + " ".join(sys.argv[1:]),
@@ -273,6 +273,7 @@ def main() -> None:
     ap.add_argument("--online", nargs="+", choices=SETTINGS, default=list(SETTINGS),
                     help="which online settings --part online/all runs (the others' keys are kept)")
     ap.add_argument("--online-days", type=int, default=7, help="simulated days of the online settings")
+    ap.add_argument("--budget", type=float, default=BUDGET, help="explore.online_explore_budget of online_budget")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot-from", type=Path, default=None, help="only draw the plots of this results file")
     args = ap.parse_args()

@@ -199,7 +199,47 @@ RANK_POLICIES = ("greedy", "ucb", "thompson", "age_ucb", "age_ts")
 #: one by the same score), random and epsilon have no score to weigh, so they are left out
 BUDGET = 0.0
 BUDGET_POLICIES = ("ucb", "thompson", "age_ucb", "age_ts")
-SETTINGS = ("online", "online_rank", "online_budget")
+SETTINGS = ("online", "online_rank", "online_budget", "online_ablation")
+#: the online ablation, all with the online_budget setting: AGE-UCB, without the gating unit, FGM instead of PGD,
+#: the uncertainty off (age_nounc)
+ONLINE_ABLATION: dict[str, tuple[str, dict[str, Any]]] = {
+    "age_ucb": ("age_ucb", {}), "age_ucb_no_gate": ("age_ucb", {"gate": False}),
+    "age_ucb_fgm": ("age_ucb", {"attack": "fgm"}), "age_nounc": ("age_nounc", {}),
+}
+
+
+def online_ablation_part(args: argparse.Namespace) -> dict[str, Any]:
+    """The ablation of AGE-UCB online, in the online_budget setting (keys online_ablation.*, online_ablation_run):
+    each variant against none on the same seed, one catalogue and warm start per seed shared by all."""
+    from onerec.config import ContentConfig
+    from onerec.explore.online import build_catalogue, content_vectors, online_policy, summarise_online, warm_start
+
+    cfg = ExploreConfig(seeds=list(args.seeds), online_explore_budget=args.budget, online_days=args.online_days)
+    if args.quick:
+        cfg = dataclasses.replace(cfg, online_days=3, online_requests=400, online_warmup=5000)
+    check_online(cfg, WORLD.n_items)
+    t0 = time.perf_counter()
+    world = build_world(WORLD)
+    vectors = content_vectors(world.items, ContentConfig(cache=False))
+    runs: dict[str, dict[int, dict[str, Any]]] = {NONE: {}, **{k: {} for k in ONLINE_ABLATION}}
+    for seed in args.seeds:
+        cat = build_catalogue(world, vectors, cfg, seed)
+        warm = warm_start(world, cat, cfg, seed)
+        runs[NONE][seed] = online_policy(world, cat, warm, NONE, cfg, seed)
+        for name, (policy, over) in ONLINE_ABLATION.items():
+            r = runs[name][seed] = online_policy(world, cat, warm, policy, dataclasses.replace(cfg, **over), seed)
+            print(f"seed {seed} {name:16s} watch {r['watch_time_h']:8.1f} h  day 0 {r['first_day_watch_time_h']:7.1f} h"
+                  f"  coverage {r['new_item_coverage']:.3f}  {r['seconds']:.0f}s", flush=True)
+    summary = summarise_online(runs)
+    online = {p: {**row, "seconds": [r["seconds"] for r in runs[p].values()]} for p, row in summary.items()}
+    print("\nonline_ablation\n" + online_table(online))
+    return {"online_ablation": online, "online_ablation_run": {
+        "setting": f"online_budget (online_explore_budget={args.budget}); variants of age_ucb: no gate, fgm, "
+                   "uncertainty off (age_nounc)",
+        "command": "PYTHONPATH=src python benchmarks/exploration.py " + " ".join(sys.argv[1:]),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(note="torch.set_num_threads(1); the 2 cores shared with another engineer's jobs"),
+        "seconds": round(time.perf_counter() - t0, 1), "days": cfg.online_days}}
 
 
 def online_part(args: argparse.Namespace, key: str = "online") -> dict[str, Any]:
@@ -262,15 +302,59 @@ def online_part(args: argparse.Namespace, key: str = "online") -> dict[str, Any]
     return {key: online, f"{key}_run": run_info}
 
 
+def check_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Ground truth and the model's uncertainty at the start of the online run (key online_check), per seed: the
+    appeal (:func:`onerec.explore.online.appeal`) of the initial catalogue against the new videos', and, after the
+    warm-up, the CTR model's plain prediction and MC-dropout spread (``explore.mc_passes`` passes) on random
+    (user, video) pairs of either group: whether the spread that AGE scales its step by knows which videos the
+    model has seen (the initial ones about online_warmup / online_initial times each, the new ones never)."""
+    from onerec.config import ContentConfig
+    from onerec.explore.age import mc_spread
+    from onerec.explore.online import INITIAL, appeal, build_catalogue, content_vectors, warm_start
+    from onerec.reward.data import Positives, RankFeaturizer
+
+    cfg = ExploreConfig(seeds=list(args.seeds))
+    world = build_world(WORLD)
+    vectors = content_vectors(world.items, ContentConfig(cache=False))
+    out: dict[str, Any] = {"command": "PYTHONPATH=src python benchmarks/exploration.py " + " ".join(sys.argv[1:]),
+                           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                           "units": "appeal: expected watch time (ms) over a fixed sample of 500 users; q80: its "
+                                    "80th percentile (where the good fifth starts); pred: the CTR model's f(h) "
+                                    "after the warm-up; mc_std: the std over mc_passes dropout passes",
+                           "seeds": {}}
+    for seed in args.seeds:
+        cat = build_catalogue(world, vectors, cfg, seed)
+        warm = warm_start(world, cat, cfg, seed)
+        feat = RankFeaturizer(Positives.from_interactions(warm.log, world.n_users, "auto"), cat.side, cfg.history)
+        rng = np.random.default_rng([seed, 41, 9])
+        init, new = np.flatnonzero(cat.arrival == INITIAL), cat.new_items()
+        row: dict[str, Any] = {}
+        for name, pool, value in (("initial", init, appeal(world, init, seed)), ("new", new, cat.appeal[new])):
+            users, items = rng.choice(world.n_users, 2000), rng.choice(pool, 2000)
+            b = feat.batch(users, items, np.full(2000, warm.t0))
+            warm.model.eval()
+            with torch.no_grad():
+                x, _ = warm.model.features(b)
+                pred = torch.sigmoid(warm.model.heads(x, dropout=False, only=0)[:, 0])
+                many = x.expand(cfg.mc_passes, *x.shape)
+                passes = torch.sigmoid(warm.model.heads(many, dropout=True, only=0)[..., 0])
+            row[name] = {"appeal_mean_ms": float(value.mean()), "appeal_q80_ms": float(np.quantile(value, 0.8)),
+                         "pred_mean": float(pred.mean()), "mc_std_mean": float(mc_spread(passes).mean())}
+        out["seeds"][str(seed)] = row
+        print(seed, row, flush=True)
+    return {"online_check": out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--events", type=int, default=60_000)
-    ap.add_argument("--part", choices=["all", "replay", "online"], default="all",
-                    help="online: only the online days, merged into the results file's other keys")
+    ap.add_argument("--part", choices=["all", "replay", "online", "check"], default="all",
+                    help="online: only the online days, merged into the results file's other keys; check: the "
+                         "ground truth and MC-dropout spread of new against initial videos (key online_check)")
     ap.add_argument("--quick", action="store_true", help="6,000 events, one seed, 3 online days of 400 requests; "
                                                          "writes exploration.quick.json")
-    ap.add_argument("--online", nargs="+", choices=SETTINGS, default=list(SETTINGS),
+    ap.add_argument("--online", nargs="+", choices=SETTINGS, default=list(SETTINGS[:3]),
                     help="which online settings --part online/all runs (the others' keys are kept)")
     ap.add_argument("--online-days", type=int, default=7, help="simulated days of the online settings")
     ap.add_argument("--budget", type=float, default=BUDGET, help="explore.online_explore_budget of online_budget")
@@ -292,13 +376,15 @@ def main() -> None:
     torch.set_num_threads(1)  # a shared 2-core machine
     t0 = time.perf_counter()
     result: dict[str, Any] = {}
-    if args.part == "online" and out.exists():
+    if args.part in ("online", "check") and out.exists():
         result = read_json(out)  # keep the replay's keys
     if args.part in ("all", "replay"):
         result.update(replay_part(args))
+    if args.part == "check":
+        result.update(check_part(args))
     if args.part in ("all", "online"):
         for key in args.online:
-            result.update(online_part(args, key))
+            result.update(online_ablation_part(args) if key == "online_ablation" else online_part(args, key))
             write_json(out, result)  # the settings done are kept if a later one is stopped
     write_json(out, result)
     own = args.quick or args.out

@@ -200,7 +200,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
             steps = [p["step"] for p in runs[0]]
             mean = np.mean([[p["ndcg@10"] for p in c] for c in runs], axis=0)
             ax.plot(steps, mean, marker="o", label=name, color=f"C{i}", linestyle="--" if name == "central" else "-")
-        ax.set(title=f"{part}: {result['settings']['devices']} devices", xlabel="local steps per device",
+        title = f"{result.get('dataset', 'simulated')} {part}: {result['settings']['devices']} devices"
+        ax.set(title=title, xlabel="local steps per device",
                ylabel="test ndcg@10 (mean over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -215,15 +216,20 @@ def merge(files: list[Path], out: Path | None) -> None:
 
     parts = [read_json(f) for f in files]
     first = parts[0]
-    for p in parts[1:]:
-        for k in ("dataset", "split", "model", "settings"):
-            if p.get(k) != first.get(k):
-                raise SystemExit(f"cannot merge: '{k}' differs between {files[0]} and another file")
+    def same(p: dict[str, Any]) -> dict[str, Any]:  # what must agree (files may hold different schemes)
+        return {k: p.get(k) if k != "settings" else {**p[k], "schemes": None}
+                for k in ("dataset", "split", "model", "settings")}
+
+    for f, p in zip(files[1:], parts[1:]):
+        if same(p) != same(first):
+            raise SystemExit(f"cannot merge {f} with {files[0]}: dataset, split, model or settings differ")
     curves = {k: c for p in parts for k, c in p["curves"].items()}
     seeds = sorted({int(k.split(".")[0].removeprefix("seed")) for k in curves})
     per_seed = [{k.split(".", 1)[1]: {"curve": c, "final": c[-1]} for k, c in curves.items()
                  if k.split(".")[0] == f"seed{s}"} for s in seeds]
     keys = summarise(per_seed, first.get("dataset", "simulated"))
+    schemes = [n for n in SCHEMES if any(n in p["settings"].get("schemes", SCHEMES) for p in parts)]
+    first["settings"]["schemes"] = schemes
     result = {**first, "command": " ; ".join(p["command"] for p in parts) + " ; then --merge",
               "seconds": sum(p["seconds"] for p in parts), "seeds": seeds, "keys": keys, "curves": curves}
     stem = "edge" if first.get("dataset", "simulated") == "simulated" else f"edge-{first['dataset']}"
@@ -258,6 +264,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 seed, 20 devices, 40 local steps")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot-from", type=Path, default=None, help="only draw the plot of a results file")
+    ap.add_argument("--plot-to", type=Path, default=Path("docs/benchmarks/edge.png"), help="where --plot-from draws")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="join results files of single seeds (same settings, run apart) into --out")
     args = ap.parse_args()
@@ -267,7 +274,7 @@ def main() -> None:
     if args.plot_from is not None:
         from onerec.io import read_json
 
-        plot(read_json(args.plot_from), Path("docs/benchmarks/edge.png"))
+        plot(read_json(args.plot_from), args.plot_to)
         return
     if args.quick:
         args.seeds, args.devices, args.steps = [0], 20, 40

@@ -9,7 +9,11 @@ round, the order rotating), medians of ``--reps`` rounds; ratios are medians of 
   formula (``RMSNorm.fused_inference = False``, what inference ran before);
 * ``static``: the preallocated, statically shaped cache (:class:`onerec.model.kv_cache.StaticKVCache`: written
   and re-ordered in place), RMSNorm still the formula: the default on CPU now;
-* ``static_fused_norm``: the same with ``F.rms_norm`` (the default off CPU, ``RMSNorm.fused_inference``).
+* ``static_fused_norm``: the same with ``F.rms_norm`` (the default off CPU, ``RMSNorm.fused_inference``);
+* ``compiled``: ``generate.compile=true``, the step through ``torch.compile`` (inductor's C++ kernels, the plain
+  cache, :mod:`onerec.model.compiled`); compiled once before the rounds. Its matrix products are the
+  ``previous`` variant's (the same model and shapes; inductor calls the same GEMM kernels), so its floor is that
+  one's replay.
 
 Per search (the encoder excluded: its output is computed once), ``search_s`` is the whole constrained beam
 search and ``step_s`` the model's share of it: the step function (the decoder over the new token, the cache
@@ -54,16 +58,17 @@ from onerec.model.generator import Generator
 from onerec.model.layers import RMSNorm
 from onerec.tokenizer.constraints import PrefixTable
 
-#: name: (static cache, F.rms_norm)
-VARIANTS = {"previous": (False, False), "static": (True, False), "static_fused_norm": (True, True)}
+#: name: (static cache, F.rms_norm, torch.compile)
+VARIANTS = {"previous": (False, False, False), "static": (True, False, False), "static_fused_norm": (True, True, False),
+            "compiled": (False, False, True)}
 DEFAULT = "static"  # what the code runs by default on CPU
 
 
 def search(model: Generator, memory, mask, table: PrefixTable, beam: int, top_k: int, variant: str) -> dict:
     """One beam search of ``variant``: {"search_s", "step_s", "items"}."""
-    static, fused = VARIANTS[variant]
+    static, fused, compiled = VARIANTS[variant]
     RMSNorm.fused_inference = fused
-    step_fn, state = model.beam_step_fn(memory, mask, beam, static_cache=static)
+    step_fn, state = model.beam_step_fn(memory, mask, beam, static_cache=static, compiled=compiled)
     spent = [0.0]
 
     def timed_step(tokens, step, st):
@@ -99,6 +104,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=50_000)
     ap.add_argument("--reps", type=int, default=150, help="rounds (each variant and its matmuls once per round)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--note", default="torch.set_num_threads(1)", help="stored with the machine (e.g. its load)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     sizes = [256, 256, 256]
@@ -118,7 +124,7 @@ def main() -> None:
                  float((r["scores"] - ref["scores"]).abs().max()) for v, r in first.items()}
         replays, n_calls = {}, {}
         for v in VARIANTS:  # each variant's matrix products, recorded once, replayed alone in the rounds below
-            calls = _gemm_calls(run[v])
+            calls = _gemm_calls(run["previous" if VARIANTS[v][2] else v])
             replays[v], n_calls[v] = _gemm_replay(calls), len(calls)
             replays[v]()
         times = {v: {"search_s": [], "step_s": [], "gemm_s": []} for v in VARIANTS}
@@ -151,7 +157,7 @@ def main() -> None:
     result = {
         "benchmark": "decode_step", "command": " ".join(["python", "benchmarks/decode_step.py", *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(note="shared machine (up to 3 jobs); torch.set_num_threads(1)"),
+        "machine": machine_info(note=args.note),
         "model": "d_model 128, 4 heads, 4+4 layers, SwiGLU 256 (0.015B layout without MoE), as generation.py",
         "catalogue": {"items": args.items, "codebook_sizes": sizes, "history": HISTORY},
         "batch": args.batch, "beam": args.beam, "top_k": top_k, "rounds": args.reps, "variants": rows,
@@ -160,11 +166,16 @@ def main() -> None:
         f"floor_ratio_{key}_previous": rows["previous"]["floor_ratio"],
         f"step_speedup_{key}": rows[DEFAULT]["step_speedup_over_previous"],
         f"search_speedup_{key}": rows[DEFAULT]["search_speedup_over_previous"],
+        # generate.compile=true against the eager default, paired per round
+        f"floor_ratio_{key}_compiled": rows["compiled"]["floor_ratio"],
+        f"compiled_over_eager_step_{key}": paired(times[DEFAULT]["step_s"], times["compiled"]["step_s"]),
+        f"compiled_over_eager_search_{key}": paired(times[DEFAULT]["search_s"], times["compiled"]["search_s"]),
     }
     out = args.out or RESULTS / ("decode_step.json" if key == "b1_beam128" else f"decode_step.{key}.json")
     write_json(out, result)
     print(f"floor_ratio_{key} {result[f'floor_ratio_{key}']:.2f} (previous {result[f'floor_ratio_{key}_previous']:.2f})"
-          f", step x{result[f'step_speedup_{key}']:.2f}, search x{result[f'search_speedup_{key}']:.2f}; wrote {out}")
+          f", step x{result[f'step_speedup_{key}']:.2f}, search x{result[f'search_speedup_{key}']:.2f}; compiled over "
+          f"eager: search x{result[f'compiled_over_eager_search_{key}']:.2f}; wrote {out}")
 
 
 if __name__ == "__main__":

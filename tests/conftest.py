@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -258,3 +259,14 @@ def explore_world():
     torch.set_num_threads(1)
     return build_world(SimConfig(n_users=150, n_items=120, n_events=1000, n_topics=6, n_authors=20,
                                  calib_pairs=2000, seed=3))
+
+
+@functools.cache
+def compile_unavailable() -> str | None:
+    """Why ``torch.compile`` (inductor) cannot run on this machine, or None: for the tests of ``generate.compile``
+    to skip with that message."""
+    try:
+        torch.compile(lambda x: torch.relu(x) + 1, dynamic=False)(torch.zeros(3))
+    except Exception as e:  # no C++ compiler, an unsupported platform or Python
+        return f"torch.compile does not run on this machine ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    return None

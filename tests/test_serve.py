@@ -57,6 +57,34 @@ def test_recommend_by_user_matches_the_cli_path(run, service, client):
         recommend_users(path, cfg, [user], 5)[user]
 
 
+def test_a_compiled_service_warms_up_at_start_and_answers_as_the_eager_one(run, service, monkeypatch):
+    """generate.compile=true reaches the service's searches, whose graphs are made when the service starts (one
+    user, then two), not on the first requests' clock. torch.compile is replaced by the identity here: the compiled
+    step's equality with the eager one is tests/generate/test_compiled.py's (its C++ compilation costs seconds)."""
+    import copy
+
+    import torch
+
+    calls = []
+
+    def fake_compile(fn, **kw):
+        def traced(prefix, step, ctx, cache):
+            calls.append(ctx.mask.shape[0])  # users of each compiled-step call
+            return fn(prefix, step, ctx, cache)
+        return traced
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    path, cfg = run
+    cfg = copy.deepcopy(cfg)
+    cfg.generate.compile = True
+    fast = RecommendService(path, cfg)
+    assert sorted(set(calls)) == [1, 2]  # warmed up at start: one user, then two
+    users = list(service.user_index)[:3]
+    for queries in ([service.user_query(users[0], 5)], [service.user_query(u, 5) for u in users]):
+        assert fast.recommend(queries) == service.recommend(queries)
+    assert 3 in calls  # the requests went through the compiled step
+
+
 def test_a_model_with_every_pathway_serves_known_users_as_evaluated(tmp_path):
     """Known users are featurized as in evaluation (full log, user and item features) and ranked as in it (here
     with the succession prior); an explicit history stands in for the log."""

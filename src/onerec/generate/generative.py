@@ -44,6 +44,8 @@ class GenerativeRecommender:
             side information; refused for a model that needs it, see :func:`onerec.pipeline.make_featurizer`).
         exclude_seen: :meth:`recommend` (and :meth:`rank_by_priors`) never return an item of the row's
             ``history`` (all of it, not only the ``max_history`` items the encoder reads).
+        compile: decode with the step through ``torch.compile`` (``generate.compile``,
+            :mod:`onerec.model.compiled`); the first search per semantic-ID level compiles (seconds).
     """
 
     name = "onerec"
@@ -52,7 +54,7 @@ class GenerativeRecommender:
                  device: str | torch.device = "cpu", progress: bool = False,
                  featurizer: HistoryFeaturizer | None = None, prior: Succession | None = None,
                  prior_weight: float = 0.0, prior_pool: int = 20, prior_window: int = 10,
-                 prior_decay: float = 0.1, exclude_seen: bool = False) -> None:
+                 prior_decay: float = 0.1, exclude_seen: bool = False, compile: bool = False) -> None:
         self.model = model.to(device).eval()
         self.codes = np.asarray(codes, dtype=np.int64)
         self.device = torch.device(device)
@@ -65,6 +67,7 @@ class GenerativeRecommender:
         self.prior, self.prior_weight, self.prior_pool = prior, prior_weight, prior_pool
         self.prior_window, self.prior_decay = prior_window, prior_decay
         self.exclude_seen = exclude_seen
+        self.compile = compile
 
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:
         """Training happens in :func:`onerec.train.train_generator`; nothing to do here."""
@@ -277,7 +280,7 @@ class GenerativeRecommender:
         b = memory.shape[0]
         beam = max(self.beam_size, k) if beam_size is None else beam_size
         if cached:
-            step_fn, state = self.model.beam_step_fn(memory, memory_mask, beam)
+            step_fn, state = self.model.beam_step_fn(memory, memory_mask, beam, compiled=self.compile)
         else:
             state = {"memory": memory.repeat_interleave(beam, dim=0),
                      "mask": memory_mask.repeat_interleave(beam, dim=0)}

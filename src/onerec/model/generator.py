@@ -288,7 +288,9 @@ class SemanticIDModel(nn.Module):
             (log-probs [U*beams, V_step] float32, the cache: the plain one extended, per layer (k, v), each
             [U*beams, heads, step+1, E/heads]; or the same StaticKVCache, one position further).
         """
-        u, g = ctx.users, ctx.beams
+        # users and beams read off tensors (== ctx.users, ctx.beams): under torch.compile both stay dynamic
+        u = ctx.mask.shape[0]
+        g = prefix.shape[0] // u
         static = isinstance(cache, StaticKVCache)
         if step == 0:
             x, group = self.bos.expand(u, 1, -1), 1
@@ -316,16 +318,23 @@ class SemanticIDModel(nn.Module):
             new_cache = [(k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)) for k, v in new_cache]
         return log_probs, new_cache
 
-    def beam_step_fn(self, memory: Tensor, memory_mask: Tensor, beams: int, *, static_cache: bool = True):
+    def beam_step_fn(self, memory: Tensor, memory_mask: Tensor, beams: int, *, static_cache: bool = True,
+                     compiled: bool = False):
         """A ``step_fn`` for :func:`onerec.generate.beam_search` over this model with the KV cache:
         -> (step_fn, initial state). The state is the self-attention cache (U*beams rows, so beam search
         re-orders it): a preallocated :class:`StaticKVCache`, re-ordered in place, or with
         ``static_cache=False`` the plain cache grown by concatenation (the reference). The per-user
-        cross-attention K/V live in the closure."""
+        cross-attention K/V live in the closure. ``compiled``: the step through ``torch.compile``
+        (``generate.compile``, :mod:`onerec.model.compiled`), with the plain cache."""
         ctx = self.start_decoding(memory, memory_mask, beams)
+        step_call = self.decode_step
+        if compiled:
+            from onerec.model.compiled import compiled_decode_step
+
+            step_call, static_cache = compiled_decode_step(self), False
 
         def step_fn(tokens: Tensor, step: int, cache):
-            return self.decode_step(tokens, step, ctx, cache)
+            return step_call(tokens, step, ctx, cache)
 
         if not static_cache:
             return step_fn, None

@@ -1,0 +1,142 @@
+"""Pass@512 over a 1M-item catalogue: OneRec's production setting (issue 43), on CPU.
+
+OneRec serves 512 candidates per request (the whole final beam of a beam-512 search), which the reward model then
+scores. Here, per preset: a request's encoder pass and its constrained beam search at beam 512 with all 512
+returned, over 1,000,000 items on 3 x 256 codes (47 MB of prefix tables), histories of 50. Weights are random:
+latency does not depend on them.
+
+The model is the preset's encoder and decoder (sizes, heads, MoE experts and routing) over the positive pathway only
+and the default behaviour features (the other pathways and features need side information that a synthetic request
+does not have; they add encoder tokens and embedding tables, not decoder work). Each preset runs in its own
+process, so that its peak resident memory (``VmHWM``) is its own: the Python process, torch, the model, the prefix
+tables and the search's activations.
+
+Per preset and batch (requests decoded together): the median latency of ``--reps`` searches after one warm-up,
+requests per second (batch / latency), and with ``--compile`` the same search with ``generate.compile=true``
+(interleaved with the eager one, paired ratio).
+
+    python benchmarks/pass512.py                                  # 0.015B and 0.121B, batch 1 and 8 (~10 min)
+    python benchmarks/pass512.py --presets onerec-0.015b --batches 1 --reps 3 --compile
+
+Writes ``benchmarks/results/generation/pass512.json`` and the ``pass512_1m`` key of ``generation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generation import HISTORY, RESULTS, catalogue, histories
+from onerec.bench.machine import machine_info
+from onerec.config import ModelConfig, load_config
+from onerec.generate.generative import GenerativeRecommender
+from onerec.io import write_json
+from onerec.model import build_generator
+
+SIZES = [256, 256, 256]
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (Linux ``VmHWM``), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def one(preset: str, items: int, batches: list[int], reps: int, compile: bool) -> dict:
+    """Every measurement of one preset, in this process."""
+    torch.set_num_threads(1)
+    cfg = load_config(preset).model
+    cfg.pathways, cfg.max_history = ["positive"], HISTORY
+    cfg.behaviour_features = ModelConfig().behaviour_features  # what a request without side information has
+    torch.manual_seed(0)
+    model = build_generator(cfg, SIZES).eval()
+    t0 = time.perf_counter()
+    codes = catalogue(SIZES, items, seed=0)
+    recs = {"eager": GenerativeRecommender(model, codes, beam_size=512)}
+    table_s = time.perf_counter() - t0
+    if compile:
+        recs["compiled"] = GenerativeRecommender(model, codes, beam_size=512, compile=True)
+    table = recs["eager"].table
+    out = {"preset": preset, "parameters": sum(p.numel() for p in model.parameters()),
+           "d_model": cfg.d_model, "layers": [cfg.enc_layers, cfg.dec_layers], "moe_experts": cfg.moe_experts,
+           "table_mb": round(sum(t.numel() * t.element_size() for t in (
+               table.codes, table.leaf_item, *table.child_ptr, *table.child_tok, *table.child_key)) / 1e6, 1),
+           "catalogue_s": round(table_s, 2), "rows": []}
+    for b in batches:
+        batch, _ = histories(codes, b, seed=b)
+        times: dict[str, list[float]] = {k: [] for k in recs}
+        with torch.no_grad():
+            for name, rec in recs.items():  # warm-up (and the compile)
+                t0 = time.perf_counter()
+                items_, _, _ = rec.generate(batch, 512, beam_size=512)
+                if name == "compiled":
+                    out["compile_s"] = round(time.perf_counter() - t0, 1)
+                assert int((items_ >= 0).sum(1).min()) == 512  # 512 distinct valid items per request
+            for _ in range(reps):
+                for name, rec in recs.items():
+                    t0 = time.perf_counter()
+                    rec.generate(batch, 512, beam_size=512)
+                    times[name].append(time.perf_counter() - t0)
+        row = {"batch": b, "latency_s": statistics.median(times["eager"]),
+               "requests_per_s": b / statistics.median(times["eager"]), "reps": reps}
+        if compile:
+            row["compiled_latency_s"] = statistics.median(times["compiled"])
+            row["compiled_over_eager"] = statistics.median(e / c for e, c in zip(times["eager"], times["compiled"]))
+        out["rows"].append(row)
+        print(f"{preset} batch {b}: {row['latency_s']:.3f} s per search, {row['requests_per_s']:.2f} requests/s"
+              + (f", compiled x{row['compiled_over_eager']:.2f}" if compile else ""), file=sys.stderr, flush=True)
+    out["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--presets", nargs="*", default=["onerec-0.015b", "onerec-0.121b"])
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 8])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="also time generate.compile=true, interleaved")
+    ap.add_argument("--note", default="torch.set_num_threads(1)", help="stored with the machine (e.g. its load)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one preset in this process
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.items, args.batches, args.reps, args.compile)))
+        return
+    results = []
+    for preset in args.presets:
+        cmd = [sys.executable, __file__, "--one", preset, "--items", str(args.items), "--reps", str(args.reps),
+               "--batches", *map(str, args.batches)] + (["--compile"] if args.compile else [])
+        done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = {"benchmark": "pass512", "command": " ".join(["python", "benchmarks/pass512.py", *sys.argv[1:]]),
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine_info(note=args.note),
+              "catalogue": {"items": args.items, "codebook_sizes": SIZES, "history": HISTORY},
+              "beam": 512, "top_k": 512, "presets": results}
+    write_json(RESULTS / "pass512.json", result)
+    gen_path = RESULTS / "generation.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+    gen["pass512_1m"] = {r["preset"]: {"latency_s_b1": next((x["latency_s"] for x in r["rows"] if x["batch"] == 1),
+                                                             None),
+                                       "rows": r["rows"], "peak_rss_mib": r["peak_rss_mib"]} for r in results}
+    gen["pass512_1m"]["source"] = "benchmarks/pass512.py -> pass512.json, " + result["date"]
+    write_json(gen_path, gen)
+    print(f"wrote {RESULTS / 'pass512.json'} and the pass512_1m key of {gen_path}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

@@ -1,0 +1,129 @@
+"""generate.compile: the decode step through torch.compile gives the eager step's search (issue 43).
+
+The compiled graphs are made once per model and level (inductor's C++ kernels; the numbers of users and beams are
+dynamic), so the tests share one small model per architecture; hypothesis then varies the catalogue, the beam width
+and the number of users without recompiling."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import compile_unavailable, random_codes
+from onerec.config import ModelConfig
+from onerec.features import EvalExamples, HistoryFeaturizer
+from onerec.generate import PrefixTable, beam_search_reference
+from onerec.generate.generative import GenerativeRecommender
+from onerec.model import build_generator
+from onerec.model.compiled import CompiledDecodeStep, compiled_decode_step
+
+SIZES = [5, 4, 3]
+
+
+_WHY = compile_unavailable()
+pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+
+
+def _batch(codes: np.ndarray, n_users: int, seed: int) -> dict[str, torch.Tensor]:
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        n = 0 if u == 1 else int(rng.integers(1, 10))
+        rows.append({"history": rng.integers(0, len(codes), n).tolist(),
+                     "history_ts": list(range(1000, 1000 + 60 * n, 60)),
+                     "history_flags": rng.integers(0, 4, n).tolist(), "target_ts": 5000})
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("history", pa.list_(pa.int64())), ("history_ts", pa.list_(pa.int64())),
+        ("history_flags", pa.list_(pa.int16())), ("target_ts", pa.int64())]))
+    return EvalExamples(table, HistoryFeaturizer(codes, 6)).batch(np.arange(n_users))
+
+
+@functools.cache
+def _model(arch: str):
+    """One small model per architecture for the whole module: its compiled graphs are made once."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, d_model=16, n_heads=2, enc_layers=1, dec_layers=1, max_history=6, dropout=0.0)
+    return build_generator(cfg, SIZES).eval()
+
+
+def _search(model, codes: np.ndarray, batch, k: int, beam: int, compile: bool):
+    rec = GenerativeRecommender(model, codes, beam_size=beam, compile=compile)
+    return rec.generate(batch, k, beam_size=beam)
+
+
+@pytest.mark.parametrize("arch", ["encdec", "lazy"])
+def test_compiled_search_equals_the_eager_search(arch: str) -> None:
+    model = _model(arch)
+    codes = random_codes(SIZES, 40, seed=1).numpy()
+    for users, beam in [(3, 6), (2, 9)]:  # the second shape reuses the first one's graphs (dynamic sizes)
+        batch = _batch(codes, users, seed=users)
+        eager = _search(model, codes, batch, 5, beam, compile=False)
+        fast = _search(model, codes, batch, 5, beam, compile=True)
+        torch.testing.assert_close(fast[1], eager[1], atol=1e-5, rtol=0)
+        same = fast[0] == eager[0]
+        assert same.all() or bool(((fast[1] - eager[1]).abs() < 1e-5)[~same].all())  # near-ties only
+    step = compiled_decode_step(model)
+    assert isinstance(step, CompiledDecodeStep) and step.failed is None  # it did compile, not fall back
+    assert compiled_decode_step(model) is step  # made once per model
+    assert not any("compiled" in key for key in model.state_dict())  # never saved with the weights
+
+
+@settings(max_examples=6, deadline=None)
+@given(n=st.integers(1, 60), beam=st.integers(2, 12), users=st.integers(2, 4), seed=st.integers(0, 2**16),
+       data=st.data())
+def test_compiled_search_matches_the_reference(n, beam, users, seed, data) -> None:
+    """The compiled, cached search == the plain reference search (uncached decoder, Python trie) on random
+    catalogues: the property test of the eager path (tests/model/test_decode_cache.py), on the compiled step. The
+    encoder-decoder only (the lazy model's compiled search is compared with its eager one above): each model's
+    graphs cost seconds of C++ compilation."""
+    model = _model("encdec")
+    n = min(n, math.prod(SIZES))
+    codes = random_codes(SIZES, n, seed)
+    top_k = data.draw(st.integers(1, beam))
+    batch = _batch(codes.numpy(), users, seed)
+    items, scores, out_codes = _search(model, codes.numpy(), batch, top_k, beam, compile=True)
+    with torch.no_grad():
+        memory, mask = model.encode_batch(batch)
+        state = {"m": memory.repeat_interleave(beam, 0), "k": mask.repeat_interleave(beam, 0)}
+        ref = beam_search_reference(lambda t, s, st_: (model.step_log_probs(t, s, st_["m"], st_["k"]), st_),
+                                    batch_size=users, table=PrefixTable.from_codes(codes, SIZES), beam_size=beam,
+                                    top_k=top_k, state=state, return_codes=True)
+    torch.testing.assert_close(scores, ref[1], atol=1e-4, rtol=0)
+    same = items == ref[0]
+    assert same.all() or bool(((scores - ref[1]).abs() < 1e-4)[~same].all())
+    live = items >= 0
+    assert torch.equal(out_codes[live], codes[items[live]])
+    assert int(live.sum(1).min()) == min(top_k, n)
+
+
+def test_a_machine_that_cannot_compile_decodes_eagerly_with_one_warning(caplog) -> None:
+    model = _model("lazy")
+    codes = random_codes(SIZES, 30, seed=2).numpy()
+    batch = _batch(codes, 2, seed=3)
+    eager = _search(model, codes, batch, 4, 5, compile=False)
+    step = CompiledDecodeStep(model)
+
+    def broken(*args, **kwargs):
+        raise torch._dynamo.exc.TorchDynamoException("no C++ compiler")
+
+    step.fn = broken
+    with torch.no_grad():
+        memory, mask = model.encode_batch(batch)
+        ctx = model.start_decoding(memory, mask, 5)
+        prefix, cache = torch.zeros(10, 0, dtype=torch.long), None
+        with caplog.at_level("WARNING", logger="onerec.generate"):
+            lp0, cache = step(prefix, 0, ctx, cache)
+            lp0_again, _ = step(prefix, 0, ctx, None)
+    assert step.failed and "no C++ compiler" in step.failed
+    assert sum("generate.compile=false" in r.message for r in caplog.records) == 1
+    ref, _ = model.decode_step(prefix, 0, ctx, None)
+    torch.testing.assert_close(lp0, ref) and torch.testing.assert_close(lp0_again, ref)
+    assert eager[0].shape == (2, 4)

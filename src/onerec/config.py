@@ -344,9 +344,9 @@ class GenerateConfig:
                                     "Evaluation has its own setting, eval.exclude_seen")
     compile: bool = opt(False, "decode with the beam search's step through torch.compile (inductor's C++ kernels on "
                                "CPU, CUDA graphs on GPU) in eval, generate, serve and tune-prior: the first search "
-                               "compiles (a minute or more on a CPU), later ones run faster (CPU, beam 128-512: 1.1-1.3x, "
-                               "docs/benchmarks/generation.md); serve compiles before it listens; without a C++ "
-                               "compiler it warns and decodes eagerly")
+                               "compiles (a minute or more on a CPU), later ones run faster (CPU, beam 128-512: "
+                               "1.1-1.3x, docs/benchmarks/generation.md); serve compiles before it listens; without a "
+                               "C++ compiler it warns and decodes eagerly")
 
 
 # ---------------------------------------------------------------------------- serve

@@ -2,8 +2,10 @@
 
 Claim measured (issue 42's goal): under non-IID data, E-Tree (arXiv 2008.01553) beats FedAvg and gossip
 learning at equal local steps and at equal bytes, and comes within 5% of centralised training; KMA grouping
-against random and distance-only grouping. This first version measures the simulated world only (not Amazon
-Beauty), with SASRec only (not the generator), in the single-process simulation (``onerec.edge.simulate``).
+against random and distance-only grouping. All in the single-process simulation (``onerec.edge.simulate``).
+Data sets (``--dataset``): the simulated world, or Amazon 2014 Beauty (``beauty``: users clustered by the
+top-level category of most of their train items, see :func:`load_data`). Models (``--model``): SASRec, or the
+generator of ``--preset`` (simulated world only; its data and semantic IDs from ``onerec data`` / ``tokenize``).
 
 Per seed: one simulated world (``WORLD``, seeded by the seed), leave-one-out split; its users partitioned over
 ``--devices`` devices, non-IID (Dirichlet(``--alpha``) over ``--clusters`` clusters of the users' dominant
@@ -14,11 +16,14 @@ parallel, the same samples).
 E-Tree: groups of 10 devices (KMA, distance-only or random), groups average every 5 local steps, the root
 every 20; FedAvg and gossip (one random peer) exchange every 5 local steps. Faults (non-IID): after half the
 local steps the aggregator of group 0 dies; E-Tree re-attaches its devices to the root, FedAvg loses its server.
-Metrics: recall@10 / ndcg@10 on the test split, each user scored by their own device's model. Bytes and the
+Metrics: recall@10 / ndcg@10 on the test split (``--split valid`` to choose settings), each user scored by their
+own device's model. Bytes and the
 wall-clock are *simulated* from the cost model in ``onerec.edge.tree`` (latency 5 ms + 100 ms per unit of
 distance, 100 Mbit/s, 20 ms per local step), not measured on a network.
 
     PYTHONPATH=src python benchmarks/edge.py [--seeds 0 1 2] [--devices 50] [--steps 80] [--quick] [--out PATH]
+        [--dataset simulated|beauty] [--model sasrec|generator] [--schemes ...] [--split test|valid]
+    PYTHONPATH=src python benchmarks/edge.py --merge FILE... --out PATH   # join per-seed (or per-scheme) files
 """
 
 from __future__ import annotations

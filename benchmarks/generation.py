@@ -358,6 +358,7 @@ def main() -> None:
         "catalogue": {"items": args.items, "codebook_sizes": sizes, "history": HISTORY},
         "speedup_beam128": at128["speedup"] if at128 else None,
         "speedup_ceiling_beam128": at128["speedup_ceiling"] if at128 else None,
+        "speedup_b64_beam128": next((r["speedup"] for r in rows if r["beam"] == 128 and r["batch"] == 64), None),
         "constraint_share": statistics.median(r["constraint_share"] for r in rows),
         "constraint_share_max": max(r["constraint_share"] for r in rows),
         "rows": rows,

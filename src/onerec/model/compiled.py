@@ -12,7 +12,7 @@ semantic-ID level and fuses the elementwise work between the matrix products:
 The compiled step uses the plain KV cache (a layer's keys and values concatenated per position, re-ordered by
 ``index_select`` between steps): a pure function of its inputs, which compiles without graph breaks. The
 preallocated :class:`~onerec.model.kv_cache.StaticKVCache` writes its buffer in place; under ``torch.compile``
-that mutation made the step 1.4-2.4x slower than eager on CPU (measured at batch 1 and 64, beam 128), so it is
+that mutation made the step 1.3-2.4x slower than eager on CPU (measured at batch 1 and 64, beam 128), so it is
 only used by the eager step.
 
 The eager step stays the reference: ``tests/generate/test_compiled.py`` checks that both return the same items

@@ -26,8 +26,20 @@ overrides on top of the tiny preset's data).
     python benchmarks/serve_load.py            # tiny and 0.015B, 2,000 requests (or 60 s) per level
     python benchmarks/serve_load.py --quick    # tiny only, 150 requests (or 10 s) per level: ~1 minute
 
-Writes ``benchmarks/results/serving/serve_load[.quick].json`` and prints a Markdown table. Loopback only;
-every loop is bounded in requests and seconds.
+Writes ``benchmarks/results/serving/serve_load[.quick].json`` and prints a Markdown table.
+
+``--sweep`` measures how the micro-batch settings trade latency for throughput: for the 0.015B size it
+starts the server once per combination of ``serve.max_batch`` in {1, 4, 16, 64} and
+``serve.batch_wait_ms`` in {0, 2, 10} and drives the ``plain`` mix at concurrency 16 and 64, 1,000
+requests (or 30 s) per level. It writes ``benchmarks/results/serving/serve_sweep[.quick].json`` and the
+plot ``docs/benchmarks/serve_sweep.png`` (throughput against p99 latency, one line per
+``batch_wait_ms``, one panel per concurrency; ``--quick``: tiny, 100 requests or 10 s per level, plot
+next to the JSON).
+
+    python benchmarks/serve_load.py --sweep          # ~15-20 minutes on 2 shared cores
+    python benchmarks/serve_load.py --sweep --quick  # tiny: ~2 minutes
+
+Loopback only; every loop is bounded in requests and seconds.
 """
 
 from __future__ import annotations
@@ -54,6 +66,9 @@ from onerec.bench.machine import machine_info
 from onerec.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving"
+PLOT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "serve_sweep.png"
+SWEEP_MAX_BATCH = (1, 4, 16, 64)
+SWEEP_WAIT_MS = (0, 2, 10)
 SIZES = {
     "tiny": [],
     "0.015B": ["model.d_model=128", "model.n_heads=4", "model.enc_layers=4", "model.dec_layers=4",
@@ -80,10 +95,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
+def start_server(run: Path, port: int, threads: int, log: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads) if threads > 0 else str(os.cpu_count()))
     cmd = [sys.executable, "-c", "from onerec.cli import main; main()", "serve", str(run), "--port", str(port),
-           f"serve.torch_threads={threads}", *SERVER_OVERRIDES]
+           f"serve.torch_threads={threads}", *SERVER_OVERRIDES, *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -287,19 +302,125 @@ def table(rows: list[dict], probes: list[dict]) -> str:
     return "\n".join(out)
 
 
+def sweep_table(rows: list[dict]) -> str:
+    out = ["| C | serve.max_batch | serve.batch_wait_ms | requests | p50 | p99 | throughput | mean batch | 5xx | "
+           "other errors |", "|" + "---:|" * 10]
+    for r in sorted(rows, key=lambda r: (r["concurrency"], r["max_batch"], r["batch_wait_ms"])):
+        out.append(f"| {r['concurrency']} | {r['max_batch']} | {r['batch_wait_ms']:g} | {r['requests']:,} | "
+                   f"{r['p50_ms']:,.0f} ms | {r['p99_ms']:,.0f} ms | {r['throughput_rps']:,.0f} req/s | "
+                   f"{r['mean_batch']:.1f} | {r['server_errors']} | {r['errors'] - r['server_errors']} |")
+    return "\n".join(out)
+
+
+def sweep_plot(rows: list[dict], path: Path, title: str) -> None:
+    """Throughput (x) against p99 latency (y): one panel per concurrency, one line per batch_wait_ms,
+    each point labelled with its max_batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    levels = sorted({r["concurrency"] for r in rows})
+    waits = sorted({r["batch_wait_ms"] for r in rows})
+    fig, axes = plt.subplots(1, len(levels), figsize=(6 * len(levels), 4), squeeze=False)
+    for ax, c in zip(axes[0], levels):
+        for i, w in enumerate(waits):
+            pts = sorted((r for r in rows if r["concurrency"] == c and r["batch_wait_ms"] == w),
+                         key=lambda r: r["max_batch"])
+            xs, ys = [r["throughput_rps"] for r in pts], [r["p99_ms"] for r in pts]
+            ax.plot(xs, ys, marker="o", color=f"C{i}", label=f"batch_wait_ms {w:g}")
+            for r, x, y in zip(pts, xs, ys):
+                ax.annotate(str(r["max_batch"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8,
+                            color=f"C{i}")
+        ax.set(title=f"{title}, {c} concurrent clients", xlabel="throughput (requests/s)", ylabel="p99 latency (ms)")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title="labels: max_batch", title_fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_sweep(args) -> None:
+    """Each (serve.max_batch, serve.batch_wait_ms) setting on a fresh server; the plain mix at each concurrency."""
+    size = (args.sizes or (["tiny"] if args.quick else ["0.015B"]))[0]
+    levels = args.concurrency if args.concurrency_given else [16, 64]
+    n_requests = args.requests or (100 if args.quick else 1000)
+    args.seconds = args.seconds or (10.0 if args.quick else 30.0)
+    load0 = os.getloadavg()
+    rows = []
+    t_start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / size
+        build_run(run, SIZES[size])
+        users = pq.read_table(run / "data" / "users.parquet", columns=["raw_id"])["raw_id"].to_pylist()
+        for max_batch in SWEEP_MAX_BATCH:
+            for wait in SWEEP_WAIT_MS:
+                setting = (f"serve.max_batch={max_batch}", f"serve.batch_wait_ms={wait}")
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                proc = start_server(run, port, args.threads, Path(tmp) / f"sweep-{max_batch}-{wait}.log", setting)
+                try:
+                    asyncio.run(drive(url, users, args.k, max(levels), 2 * max(levels), 30))  # warm-up
+                    for c in levels:
+                        row = level(proc, url, users, size, args, c, n_requests, "plain")
+                        rows.append({"max_batch": max_batch, "batch_wait_ms": wait, **row})
+                finally:
+                    stop_server(proc)
+    load1 = os.getloadavg()
+    result = {
+        "command": "python benchmarks/serve_load.py --sweep" + (" --quick" if args.quick else ""),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": round(time.time() - t_start, 1),
+        "machine": machine_info(note="client and server on the same cores, shared with other jobs (a training job); "
+                                     f"load average (1/5/15 min) {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f} at the "
+                                     f"start, {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} at the end; read ratios "
+                                     "within the run, not absolute times"),
+        "setup": {"size": size, "k": args.k, "beam_size": 32, "mix": "plain", "concurrency": levels,
+                  "requests_per_level": n_requests, "seconds_per_level": args.seconds,
+                  "max_batch": list(SWEEP_MAX_BATCH), "batch_wait_ms": list(SWEEP_WAIT_MS),
+                  "server_overrides": [f"serve.torch_threads={args.threads}", *SERVER_OVERRIDES],
+                  "warm_up": "2 x max(concurrency) requests at max(concurrency) after each server start"},
+        "total_server_errors": sum(r["server_errors"] for r in rows),
+        "total_errors": sum(r["errors"] for r in rows),
+        "rows": rows,
+    }
+    out = RESULTS / f"serve_sweep{'.quick' if args.quick else ''}.json"
+    write_json(out, result)
+    plot = RESULTS / "serve_sweep.quick.png" if args.quick else PLOT
+    sweep_plot(rows, plot, size)
+    print()
+    print(sweep_table(rows))
+    print(f"\nwrote {out} and {plot}; 5xx {result['total_server_errors']}, errors {result['total_errors']}; "
+          f"{result['elapsed_s']:.0f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny only, 150 requests or 10 s per level")
     ap.add_argument("--sizes", nargs="*", default=None, help=f"of {list(SIZES)} (default all; quick: tiny)")
-    ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 16, 64])
+    ap.add_argument("--sweep", action="store_true",
+                    help="micro-batch sweep: serve.max_batch x serve.batch_wait_ms, plain mix (see above)")
+    ap.add_argument("--concurrency", type=int, nargs="*", default=None,
+                    help="client counts per level (default 1 16 64; sweep: 16 64)")
     ap.add_argument("--mixes", nargs="*", default=list(MIXES), choices=MIXES)
-    ap.add_argument("--requests", type=int, default=None, help="requests per level (default 2000; quick 150)")
-    ap.add_argument("--seconds", type=float, default=None, help="time bound per level (default 60; quick 10)")
+    ap.add_argument("--requests", type=int, default=None,
+                    help="requests per level (default 2000; quick 150; sweep 1000, sweep quick 100)")
+    ap.add_argument("--seconds", type=float, default=None, help="time bound per level (default 60; quick 10; sweep 30)")
     ap.add_argument("--probe-requests", type=int, default=None,
                     help="sequential requests per torch-threads setting (default 400; quick 60; 0: skip)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="serve.torch_threads of the server in the load levels")
     args = ap.parse_args()
+    args.concurrency_given = args.concurrency is not None
+    if args.sweep:
+        run_sweep(args)
+        return
+    args.concurrency = args.concurrency or [1, 16, 64]
     sizes = args.sizes or (["tiny"] if args.quick else list(SIZES))
     n_requests = args.requests or (150 if args.quick else 2000)
     args.seconds = args.seconds or (10.0 if args.quick else 60.0)

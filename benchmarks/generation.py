@@ -364,8 +364,9 @@ def main() -> None:
         "rows": rows,
     }
     out = RESULTS / f"generation{'.quick' if args.quick else ''}{'.cuda' if gpu else ''}.json"
-    if out.exists():  # keys other benchmarks keep in this file (benchmarks/pass512.py's pass512_1m)
-        result.update({k: v for k, v in json.loads(out.read_text()).items() if k in ("pass512_1m",)})
+    if out.exists():  # keys other benchmarks keep in this file (pass512.py's, decode_step.py's)
+        kept = ("pass512_1m", "floor_ratio_b1_beam128", "floor_ratio_b1_beam128_compiled", "floor_ratio_source")
+        result.update({k: v for k, v in json.loads(out.read_text()).items() if k in kept})
     write_json(out, result)  # atomic; creates the folder
     print(f"speedup at beam 128, batch 1: x{result['speedup_beam128'] or float('nan'):.1f}; constraint share (median) "
           f"{result['constraint_share']:.1%}; wrote {out}")

@@ -10,9 +10,17 @@ On one run directory (the quickstart's simulated world and tokenizer, made once 
   2 processes train twice the global batch) for the quickstart model and the Technical Report's 0.015B preset
   (its model keys on the quickstart's tokenizer), in rounds that alternate 1 and 2 processes; throughput from the
   training logger's ``train/examples_per_s`` after the first window (start-up excluded); medians over rounds.
-* **GPU**: tokens/s, memory and MFU need a GPU; without one the file says ``"gpu": null``.
+* **GPU** (``--parts gpu``, on a machine with CUDA): for the Technical Report's 0.015B, 0.121B and 0.935B presets
+  (their models keyed on the run's codebooks, the positive pathway over 64 behaviours, as the memory part),
+  ``torchrun --nproc_per_node=<all GPUs>`` with ``train.precision=bf16`` (autocast, fp32 master weights), DDP for
+  the two small ones and FSDP for 0.935B: training samples/s and target tokens/s from the logger (start-up
+  excluded), each process's peak GPU memory (``train/gpu_peak_gib``), and MFU = samples/s x 3 x forward FLOPs per
+  sample (``onerec.model.info``: the backward pass counted as twice the forward) / (GPUs x the GPU's dense bf16
+  peak, ``PEAK_BF16`` by device name or ``--peak-tflops``). The Technical Report reports 23.7% training MFU.
+  Without CUDA the file says ``"gpu": null``.
 
     python benchmarks/distributed.py [--work DIR] [--rounds 3] [--steps 40] [--quick]
+    python benchmarks/distributed.py --parts gpu [--gpu-steps 60]     # on a GPU machine (~5 minutes)
 
 Writes ``benchmarks/results/distributed.json`` (``--quick``: ``distributed.quick.json``).
 """
@@ -108,7 +116,10 @@ def main() -> None:
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--quick", action="store_true", help="the tiny preset, 1 round, few steps (a smoke run)")
     ap.add_argument("--parts", default="equality,scaling,memory",
-                    help="comma-separated: equality, scaling, memory (the others' results are kept from the file)")
+                    help="comma-separated: equality, scaling, memory, gpu (the others' results are kept from the file)")
+    ap.add_argument("--gpu-steps", type=int, default=60, help="gpu: training steps per preset")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="gpu: the GPU's dense bf16 peak in TFLOP/s (default: PEAK_BF16 by device name)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     if args.quick:
@@ -134,9 +145,8 @@ def main() -> None:
         scaling(run, args, out)
     if "memory" in parts:
         memory(run, args, out)
-    out["gpu"] = None
-    out["gpu_note"] = ("no GPU on this machine: tokens/s, peak memory and MFU at bf16 for 0.015B / 0.121B / 0.935B, "
-                       "and the largest preset one GPU fits with FSDP + activation checkpointing, are not measured")
+    if "gpu" in parts or "gpu" not in out:
+        gpu(run, args, out)
     out["seconds"] = round(time.time() - t0, 1)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k not in ("curves", "parts")}, indent=2))
@@ -204,6 +214,67 @@ def memory(run: Path, args, out: dict) -> None:
         print(f"memory {name}: peak {rows[name]['peak_rss_mib']:.0f} MiB", flush=True)
     out["memory"] = {"model": "onerec-0.121b" if not args.quick else "tiny", "batch_size_per_process": 4,
                      "variants": rows}
+
+
+#: dense (no sparsity) bf16 peak of one GPU in FLOP/s, from the vendors' datasheets, by a part of torch's device name
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "L4": 121e12}
+GPU_PRESETS = {"onerec-0.015b": (256, "ddp"), "onerec-0.121b": (64, "ddp"), "onerec-0.935b": (16, "fsdp")}
+
+
+def train_flops_per_sample(run: Path, keys: list[str]) -> int:
+    """3 x the forward FLOPs of one training sample of the model ``keys`` build on ``run``'s codebooks."""
+    from onerec.config import load_config
+    from onerec.model.info import _build_meta, forward_flops
+
+    cfg = load_config(file=run / "config.yaml", overrides=keys)
+    sizes = json.loads((run / "tokenizer" / "metrics.json").read_text())["codebook_sizes"]
+    return 3 * forward_flops(_build_meta(cfg.model, sizes))["total"]
+
+
+def gpu(run: Path, args, out: dict) -> None:
+    """GPU training throughput, memory and MFU (see the module docstring)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        out["gpu"] = None
+        out["gpu_note"] = ("no GPU on this machine: tokens/s, peak memory and MFU at bf16 for 0.015B / 0.121B / "
+                           "0.935B are not measured (python benchmarks/distributed.py --parts gpu on a GPU machine)")
+        return
+    name, n = torch.cuda.get_device_name(0), torch.cuda.device_count()
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in name), None)
+    rows = {}
+    for preset, (batch, strategy) in GPU_PRESETS.items():
+        keys = [*preset_model(preset), "model.pathways=[positive]", "model.max_history=64"]
+        res = torchrun_gpu(run, n, [*keys, f"train.max_steps={args.gpu_steps}", f"train.batch_size={batch}",
+                                    f"train.strategy={strategy}", "train.precision=bf16", "train.device=cuda",
+                                    "train.checkpoint_every=100000", "train.log_every=10"])
+        rates = [r for s, r in res["rates"] if s > 10]  # the first window holds the start-up and CUDA warm-up
+        samples = statistics.median(rates) if rates else float("nan")
+        flops = train_flops_per_sample(run, keys)
+        rows[preset] = {"gpus": n, "strategy": strategy, "batch_size_per_gpu": batch, "parameters": res["parameters"],
+                        "samples_per_s": samples, "target_tokens_per_s": samples * res["depth"],
+                        "train_gflops_per_sample": flops / 1e9,
+                        "mfu": samples * flops / (n * peak) if peak else None,
+                        "gpu_peak_gib": max((m for _, m in res["memory"]), default=None)}
+        print(f"gpu {preset}: {samples:.0f} samples/s, MFU {rows[preset]['mfu']}", flush=True)
+    out["gpu"] = {"device": name, "gpus": n, "peak_bf16_flops": peak, "presets": rows,
+                  "machine": machine_info(f"{n} x {name}")}
+    out.pop("gpu_note", None)
+
+
+def torchrun_gpu(run: Path, nproc: int, overrides: list[str]) -> dict:
+    """:func:`torchrun` on GPUs (torchrun gives each process its LOCAL_RANK's GPU), with the logger's GPU memory
+    rows and the number of semantic-ID levels (target tokens per sample)."""
+    res = torchrun(run, nproc, overrides)
+    logs = sorted((run / "logs").glob("train-*"))
+    memory = []
+    if logs:
+        with open(logs[-1] / "scalars.csv") as f:
+            memory = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f)
+                      if r["name"] == "train/gpu_peak_gib"]
+    res["memory"] = memory
+    res["depth"] = len(json.loads((run / "tokenizer" / "metrics.json").read_text())["codebook_sizes"])
+    return res
 
 
 if __name__ == "__main__":

@@ -132,7 +132,8 @@ def train_generator(
         score_valid: with ``cfg.early_stop_metric``, scores the model on the valid split after each
             epoch (higher is better); the best epoch's weights become the saved model.
         logger: receives the scalars to watch live (:mod:`onerec.train.logger`): every ``cfg.log_every`` steps
-            ``train/loss``, ``train/lr``, ``train/steps_per_s``, ``train/examples_per_s`` and the MoE layers'
+            ``train/loss``, ``train/lr``, ``train/steps_per_s``, ``train/examples_per_s`` (on a GPU
+            ``train/gpu_peak_gib``) and the MoE layers'
             ``moe/<layer>/max_share``; every epoch ``valid/loss`` and the valid metric. The caller closes it.
     """
     out_dir = Path(out_dir)
@@ -228,9 +229,11 @@ def train_generator(
             bar.set_postfix(loss=f"{recent:.3f}")
             now = time.perf_counter()
             rate = (step - tick_step) / max(now - tick, 1e-9)
-            logger.scalars({"loss": recent, "lr": opt.param_groups[0]["lr"], "steps_per_s": rate,
-                            "examples_per_s": rate * cfg.batch_size * d.world * cfg.grad_accum}, step,
-                           prefix="train/")
+            scalars = {"loss": recent, "lr": opt.param_groups[0]["lr"], "steps_per_s": rate,
+                       "examples_per_s": rate * cfg.batch_size * d.world * cfg.grad_accum}
+            if device.type == "cuda":  # this process's peak GPU memory so far (weights, optimizer, activations)
+                scalars["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            logger.scalars(scalars, step, prefix="train/")
             tick, tick_step = now, step
             load = model.expert_load() if hasattr(model, "expert_load") else {}
             if load:  # loss-free balancing at work: max share 1/X is perfectly even

@@ -335,6 +335,7 @@ def sweep_plot(rows: list[dict], path: Path, title: str) -> None:
                             color=f"C{i}")
         ax.set(title=f"{title}, {c} concurrent clients", xlabel="throughput (requests/s)", ylabel="p99 latency (ms)")
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 3, 5)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)

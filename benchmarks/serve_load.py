@@ -303,12 +303,13 @@ def table(rows: list[dict], probes: list[dict]) -> str:
 
 
 def sweep_table(rows: list[dict]) -> str:
-    out = ["| C | serve.max_batch | serve.batch_wait_ms | requests | p50 | p99 | throughput | mean batch | 5xx | "
-           "other errors |", "|" + "---:|" * 10]
+    out = ["| C | serve.max_batch | serve.batch_wait_ms | requests | p50 | p99 | throughput | mean batch | "
+           "server CPU / request | 5xx | other errors |", "|" + "---:|" * 11]
     for r in sorted(rows, key=lambda r: (r["concurrency"], r["max_batch"], r["batch_wait_ms"])):
         out.append(f"| {r['concurrency']} | {r['max_batch']} | {r['batch_wait_ms']:g} | {r['requests']:,} | "
                    f"{r['p50_ms']:,.0f} ms | {r['p99_ms']:,.0f} ms | {r['throughput_rps']:,.0f} req/s | "
-                   f"{r['mean_batch']:.1f} | {r['server_errors']} | {r['errors'] - r['server_errors']} |")
+                   f"{r['mean_batch']:.1f} | {r['server_cpu_ms_per_request']:.1f} ms | {r['server_errors']} | "
+                   f"{r['errors'] - r['server_errors']} |")
     return "\n".join(out)
 
 

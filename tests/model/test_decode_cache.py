@@ -120,6 +120,30 @@ def test_static_cache_reorders_rows_across_users_and_skips_only_no_ops() -> None
     assert cache.layer_kv(0)[1][:, 0, :, 0].tolist() == [[-2, 0], [-2, 0], [-1, 0], [-1, 0]]
 
 
+def test_a_finished_search_frees_its_static_cache_without_the_cycle_collector() -> None:
+    """The cache's buffers go when the search's last reference does: no reference cycle keeps them for Python's
+    cyclic collector (one did: +160 MB a batch of Amazon Beauty's valid scoring, 13 GB at the peak)."""
+    import gc
+    import weakref
+
+    sizes = [6, 5, 4]
+    model = _model(sizes)
+    codes = random_codes(sizes, 40, seed=0)
+    table = PrefixTable.from_codes(codes, sizes)
+    with torch.no_grad():
+        memory, mask = model.encode_batch(_batch(codes.numpy(), 3, seed=1))
+        gc.disable()
+        try:
+            step_fn, cache = model.beam_step_fn(memory, mask, 4)
+            assert isinstance(cache, StaticKVCache)
+            beam_search(step_fn, batch_size=3, table=table, beam_size=4, top_k=2, state=cache)
+            buf = weakref.ref(cache.buf)
+            del step_fn, cache
+            assert buf() is None
+        finally:
+            gc.enable()
+
+
 def test_static_and_plain_cache_searches_agree() -> None:
     sizes = [8, 8, 4]
     codes = random_codes(sizes, 200, seed=5)

@@ -302,7 +302,7 @@ class SemanticIDModel(nn.Module):
             if cache is None or step == 0:
                 layer_cache = None
             else:
-                layer_cache = cache.slots[i] if static else cache[i]
+                layer_cache = cache.slot(i) if static else cache[i]
             x, kv = block.step(x, layer_cache, ctx.cross[i], ctx.mask, group)
             new_cache.append(kv)
         log_probs = F.log_softmax(self.heads[step](self.dec_norm(x[:, 0])).float(), dim=-1)

@@ -30,8 +30,9 @@ class StaticKVCache:
     Use: :meth:`fill_first` with the first position's per-user (k, v) (each [U, H, 1, dk]; every beam of a user
     starts from the same [BOS]), then at each later step each layer (through its :meth:`slot`) calls :meth:`write`
     with its new token's (k, v) and reads back the whole sequence, and :meth:`advance` moves to the next position
-    once all layers have written; between steps beam search calls :meth:`reorder_` (see :func:`onerec.generate.beam.reorder_state`).
-    The buffers are allocated at :meth:`fill_first`, with the dtype and device of the keys.
+    once all layers have written; between steps beam search calls :meth:`reorder_` (see
+    :func:`onerec.generate.beam.reorder_state`). The buffers are allocated at :meth:`fill_first`, with the dtype and
+    device of the keys.
     """
 
     def __init__(self, layers: int, rows: int, length: int) -> None:

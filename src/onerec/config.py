@@ -296,7 +296,8 @@ class TrainConfig:
     valid_users: int | None = opt(None, "early stopping: score only this many valid users (a fixed random subset; "
                                         "None: all)")
     time_budget_s: float | None = opt(None, "stop training after this many seconds, keeping the best (or last) "
-                                            "weights; the cosine schedule still spans the planned steps")
+                                            "weights; the cosine schedule still spans the planned steps. Counts "
+                                            "the whole training, the time before a --resume included")
     ema_decay: float | None = opt(None, "keep an exponential moving average of the weights, updated after every "
                                         "optimizer step with this decay (e.g. 0.999: a horizon of ~1,000 steps); "
                                         "the average is what the valid split scores, early stopping keeps and the "

@@ -47,7 +47,8 @@ def bench() -> None:
 @click.option("--max-history", default=20, show_default=True, help="history length (the TIGER protocol: 20).")
 @click.option("--budget-s", type=float, default=None,
               help="wall-time cap in seconds for training each model (sets train.time_budget_s and "
-                   "eval.sasrec.time_budget_s); the best valid epoch so far is kept.")
+                   "eval.sasrec.time_budget_s); the best valid epoch so far is kept. It counts the model's whole "
+                   "training, earlier runs resumed with --resume included.")
 @click.option("--note", default="", help="free text stored in the results (e.g. the machine's load).")
 @click.option("--resume", is_flag=True,
               help="continue the runs in --out: keep their data and semantic IDs, resume onerec from its latest "

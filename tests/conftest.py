@@ -270,3 +270,46 @@ def compile_unavailable() -> str | None:
     except Exception as e:  # no C++ compiler, an unsupported platform or Python
         return f"torch.compile does not run on this machine ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
     return None
+
+
+def history_batch(codes: np.ndarray, n_users: int, seed: int, *, max_history: int, longest: int
+                  ) -> dict[str, torch.Tensor]:
+    """Featurized histories of ``n_users`` random users (1 .. ``longest`` - 1 items each; user 1's is empty), read
+    through ``max_history`` (built by onerec.features)."""
+    from onerec.features import EvalExamples
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        n = 0 if u == 1 else int(rng.integers(1, longest))
+        hist = rng.integers(0, len(codes), n).tolist()
+        rows.append({"history": hist, "history_ts": list(range(1000, 1000 + 60 * n, 60)),
+                     "history_flags": rng.integers(0, 4, n).tolist(), "target_ts": 5000})
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("history", pa.list_(pa.int64())), ("history_ts", pa.list_(pa.int64())),
+        ("history_flags", pa.list_(pa.int16())), ("target_ts", pa.int64())]))
+    return EvalExamples(table, HistoryFeaturizer(codes, max_history)).batch(np.arange(n_users))
+
+
+def assert_search_matches_reference(model, codes: torch.Tensor, sizes: list[int], batch: dict, beam: int,
+                                    top_k: int, got: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    """A search's (items, scores, codes) ``got`` == the plain reference search (uncached decoder, Python trie) of
+    ``model`` over the catalogue ``codes``: scores to 1e-4, items equal but for near-ties, every item valid, and as
+    many items per user as the catalogue has (at most ``top_k``)."""
+    from onerec.generate import PrefixTable, beam_search_reference
+
+    items, scores, out_codes = got
+    users = items.shape[0]
+    with torch.no_grad():
+        memory, mask = model.encode_batch(batch)
+        state = {"m": memory.repeat_interleave(beam, 0), "k": mask.repeat_interleave(beam, 0)}
+        ref = beam_search_reference(lambda t, s, st_: (model.step_log_probs(t, s, st_["m"], st_["k"]), st_),
+                                    batch_size=users, table=PrefixTable.from_codes(codes, sizes), beam_size=beam,
+                                    top_k=top_k, state=state, return_codes=True)
+    # random weights give continuous scores; equal items up to float noise in near-ties
+    torch.testing.assert_close(scores, ref[1], atol=1e-4, rtol=0)
+    same = items == ref[0]
+    assert same.all() or bool(((scores - ref[1]).abs() < 1e-4)[~same].all())
+    live = items >= 0
+    assert torch.equal(out_codes[live], codes[items[live]])
+    assert int(live.sum(1).min()) == min(top_k, len(codes))  # as many items as exist, never an invalid one

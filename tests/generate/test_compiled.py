@@ -15,10 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import compile_unavailable, random_codes
+from conftest import assert_search_matches_reference, compile_unavailable, history_batch, random_codes
 from onerec.config import ModelConfig
-from onerec.features import EvalExamples, HistoryFeaturizer
-from onerec.generate import PrefixTable, beam_search_reference
 from onerec.generate.generative import GenerativeRecommender
 from onerec.model import build_generator
 from onerec.model.compiled import CompiledDecodeStep, compiled_decode_step
@@ -31,19 +29,7 @@ pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
 
 
 def _batch(codes: np.ndarray, n_users: int, seed: int) -> dict[str, torch.Tensor]:
-    import pyarrow as pa
-
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        n = 0 if u == 1 else int(rng.integers(1, 10))
-        rows.append({"history": rng.integers(0, len(codes), n).tolist(),
-                     "history_ts": list(range(1000, 1000 + 60 * n, 60)),
-                     "history_flags": rng.integers(0, 4, n).tolist(), "target_ts": 5000})
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("history", pa.list_(pa.int64())), ("history_ts", pa.list_(pa.int64())),
-        ("history_flags", pa.list_(pa.int16())), ("target_ts", pa.int64())]))
-    return EvalExamples(table, HistoryFeaturizer(codes, 6)).batch(np.arange(n_users))
+    return history_batch(codes, n_users, seed, max_history=6, longest=10)
 
 
 @functools.cache
@@ -89,19 +75,8 @@ def test_compiled_search_matches_the_reference(n, beam, users, seed, data) -> No
     codes = random_codes(SIZES, n, seed)
     top_k = data.draw(st.integers(1, beam))
     batch = _batch(codes.numpy(), users, seed)
-    items, scores, out_codes = _search(model, codes.numpy(), batch, top_k, beam, compile=True)
-    with torch.no_grad():
-        memory, mask = model.encode_batch(batch)
-        state = {"m": memory.repeat_interleave(beam, 0), "k": mask.repeat_interleave(beam, 0)}
-        ref = beam_search_reference(lambda t, s, st_: (model.step_log_probs(t, s, st_["m"], st_["k"]), st_),
-                                    batch_size=users, table=PrefixTable.from_codes(codes, SIZES), beam_size=beam,
-                                    top_k=top_k, state=state, return_codes=True)
-    torch.testing.assert_close(scores, ref[1], atol=1e-4, rtol=0)
-    same = items == ref[0]
-    assert same.all() or bool(((scores - ref[1]).abs() < 1e-4)[~same].all())
-    live = items >= 0
-    assert torch.equal(out_codes[live], codes[items[live]])
-    assert int(live.sum(1).min()) == min(top_k, n)
+    got = _search(model, codes.numpy(), batch, top_k, beam, compile=True)
+    assert_search_matches_reference(model, codes, SIZES, batch, beam, top_k, got)
 
 
 def test_a_machine_that_cannot_compile_decodes_eagerly_with_one_warning(caplog) -> None:

@@ -10,10 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import random_codes
+from conftest import assert_search_matches_reference, history_batch, random_codes
 from onerec.config import ModelConfig
-from onerec.features import EvalExamples, HistoryFeaturizer
-from onerec.generate import PrefixTable, beam_search, beam_search_reference
+from onerec.generate import PrefixTable, beam_search
 from onerec.generate.generative import GenerativeRecommender
 from onerec.model.generator import Generator
 from onerec.model.kv_cache import StaticKVCache
@@ -27,20 +26,8 @@ def _model(sizes: list[int], seed: int = 0, dec_layers: int = 2) -> Generator:
 
 
 def _batch(codes: np.ndarray, n_users: int, seed: int) -> dict[str, torch.Tensor]:
-    """Featurized histories of random users, one with an empty history (built by onerec.features)."""
-    import pyarrow as pa
-
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        n = 0 if u == 1 else int(rng.integers(1, 12))
-        hist = rng.integers(0, len(codes), n).tolist()
-        rows.append({"history": hist, "history_ts": list(range(1000, 1000 + 60 * n, 60)),
-                     "history_flags": rng.integers(0, 4, n).tolist(), "target_ts": 5000})
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("history", pa.list_(pa.int64())), ("history_ts", pa.list_(pa.int64())),
-        ("history_flags", pa.list_(pa.int16())), ("target_ts", pa.int64())]))
-    return EvalExamples(table, HistoryFeaturizer(codes, 8)).batch(np.arange(n_users))
+    """Featurized histories of random users, one with an empty history."""
+    return history_batch(codes, n_users, seed, max_history=8, longest=12)
 
 
 @pytest.mark.parametrize("dec_layers", [1, 3])
@@ -207,23 +194,9 @@ def test_model_beam_search_matches_reference(sizes, n, beam, seed, data) -> None
     codes = random_codes(sizes, n, seed)
     model = _model(sizes, seed=seed % 7, dec_layers=1)
     top_k = data.draw(st.integers(1, beam))
-    table = PrefixTable.from_codes(codes, sizes)
     rec = GenerativeRecommender(model, codes.numpy(), beam_size=beam)
     batch = _batch(codes.numpy(), 3, seed)
-    items, scores, out_codes = rec.generate(batch, top_k, beam_size=beam)
-    with torch.no_grad():
-        memory, mask = model.encode_batch(batch)
-        state = {"m": memory.repeat_interleave(beam, 0), "k": mask.repeat_interleave(beam, 0)}
-        ref = beam_search_reference(lambda t, s, st_: (model.step_log_probs(t, s, st_["m"], st_["k"]), st_),
-                                    batch_size=3, table=table, beam_size=beam, top_k=top_k, state=state,
-                                    return_codes=True)
-    # random weights give continuous scores; equal items up to float noise in near-ties
-    torch.testing.assert_close(scores, ref[1], atol=1e-4, rtol=0)
-    same = items == ref[0]
-    assert same.all() or bool(((scores - ref[1]).abs() < 1e-4)[~same].all())
-    live = items >= 0
-    assert torch.equal(out_codes[live], codes[items[live]])
-    assert int(live.sum(1).min()) == min(top_k, n)  # as many items as exist, never an invalid one
+    assert_search_matches_reference(model, codes, sizes, batch, beam, top_k, rec.generate(batch, top_k, beam_size=beam))
 
 
 @pytest.mark.parametrize("beam", [1, 7, 128, 512])

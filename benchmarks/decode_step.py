@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
 import sys
 import time
@@ -54,7 +53,7 @@ from model_throughput import _gemm_calls, _gemm_replay
 from onerec.bench.machine import machine_info
 from onerec.config import ModelConfig
 from onerec.generate.beam import beam_search
-from onerec.io import write_json
+from onerec.io import update_json, write_json
 from onerec.model.generator import Generator
 from onerec.model.layers import RMSNorm
 from onerec.tokenizer.constraints import PrefixTable
@@ -175,11 +174,9 @@ def main() -> None:
     out = args.out or RESULTS / ("decode_step.json" if key == "b1_beam128" else f"decode_step.{key}.json")
     write_json(out, result)
     if key == "b1_beam128" and args.out is None:  # issue 43's key, beside the others in generation.json
-        gen_path = RESULTS / "generation.json"
-        gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
-        gen.update({k: result[k] for k in ("floor_ratio_b1_beam128", "floor_ratio_b1_beam128_compiled")},
-                   floor_ratio_source=f"benchmarks/decode_step.py -> decode_step.json, {result['date']}")
-        write_json(gen_path, gen)
+        update_json(RESULTS / "generation.json",
+                    {**{k: result[k] for k in ("floor_ratio_b1_beam128", "floor_ratio_b1_beam128_compiled")},
+                     "floor_ratio_source": f"benchmarks/decode_step.py -> decode_step.json, {result['date']}"})
     print(f"floor_ratio_{key} {result[f'floor_ratio_{key}']:.2f} (previous {result[f'floor_ratio_{key}_previous']:.2f})"
           f", step x{result[f'step_speedup_{key}']:.2f}, search x{result[f'search_speedup_{key}']:.2f}; compiled over "
           f"eager: search x{result[f'compiled_over_eager_search_{key}']:.2f}; wrote {out}")

@@ -83,12 +83,13 @@ def torchrun(run: Path, nproc: int, overrides: list[str], *, nodes: int = 1) -> 
         if j.returncode != 0:
             raise RuntimeError(f"torchrun failed ({j.returncode}):\n{out[-3000:]}")
     logs = sorted(set((run / "logs").glob("train-*")) - before)
-    rates = []
+    scalars: dict[str, list[tuple[int, float]]] = {}
     if logs:
         with open(logs[-1] / "scalars.csv") as f:
-            rates = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f)
-                     if r["name"] == "train/examples_per_s"]
-    return {"history": json.loads((run / "train" / "history.json").read_text()), "rates": rates,
+            for r in csv.DictReader(f):
+                scalars.setdefault(r["name"], []).append((int(r["step"]), float(r["value"])))
+    return {"history": json.loads((run / "train" / "history.json").read_text()),
+            "rates": scalars.get("train/examples_per_s", []), "scalars": scalars,
             "parameters": json.loads((run / "train" / "metrics.json").read_text())["parameters"],
             "peak_rss_mib": peak / 1024}
 
@@ -221,13 +222,12 @@ PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362.05e
 GPU_PRESETS = {"onerec-0.015b": (256, "ddp"), "onerec-0.121b": (64, "ddp"), "onerec-0.935b": (16, "fsdp")}
 
 
-def train_flops_per_sample(run: Path, keys: list[str]) -> int:
-    """3 x the forward FLOPs of one training sample of the model ``keys`` build on ``run``'s codebooks."""
+def train_flops_per_sample(run: Path, keys: list[str], sizes: list[int]) -> int:
+    """3 x the forward FLOPs of one training sample of the model ``keys`` build on the codebooks ``sizes``."""
     from onerec.config import load_config
     from onerec.model.info import _build_meta, forward_flops
 
     cfg = load_config(file=run / "config.yaml", overrides=keys)
-    sizes = json.loads((run / "tokenizer" / "metrics.json").read_text())["codebook_sizes"]
     return 3 * forward_flops(_build_meta(cfg.model, sizes))["total"]
 
 
@@ -242,39 +242,26 @@ def gpu(run: Path, args, out: dict) -> None:
         return
     name, n = torch.cuda.get_device_name(0), torch.cuda.device_count()
     peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in name), None)
+    sizes = json.loads((run / "tokenizer" / "metrics.json").read_text())["codebook_sizes"]
     rows = {}
     for preset, (batch, strategy) in GPU_PRESETS.items():
         keys = [*preset_model(preset), "model.pathways=[positive]", "model.max_history=64"]
-        res = torchrun_gpu(run, n, [*keys, f"train.max_steps={args.gpu_steps}", f"train.batch_size={batch}",
+        res = torchrun(run, n, [*keys, f"train.max_steps={args.gpu_steps}", f"train.batch_size={batch}",
                                     f"train.strategy={strategy}", "train.precision=bf16", "train.device=cuda",
                                     "train.checkpoint_every=100000", "train.log_every=10"])
         rates = [r for s, r in res["rates"] if s > 10]  # the first window holds the start-up and CUDA warm-up
         samples = statistics.median(rates) if rates else float("nan")
-        flops = train_flops_per_sample(run, keys)
+        flops = train_flops_per_sample(run, keys, sizes)
+        memory = [m for _, m in res["scalars"].get("train/gpu_peak_gib", [])]  # torchrun gives each rank its GPU
         rows[preset] = {"gpus": n, "strategy": strategy, "batch_size_per_gpu": batch, "parameters": res["parameters"],
-                        "samples_per_s": samples, "target_tokens_per_s": samples * res["depth"],
+                        "samples_per_s": samples, "target_tokens_per_s": samples * len(sizes),
                         "train_gflops_per_sample": flops / 1e9,
                         "mfu": samples * flops / (n * peak) if peak else None,
-                        "gpu_peak_gib": max((m for _, m in res["memory"]), default=None)}
+                        "gpu_peak_gib": max(memory, default=None)}
         print(f"gpu {preset}: {samples:.0f} samples/s, MFU {rows[preset]['mfu']}", flush=True)
     out["gpu"] = {"device": name, "gpus": n, "peak_bf16_flops": peak, "presets": rows,
                   "machine": machine_info(f"{n} x {name}")}
     out.pop("gpu_note", None)
-
-
-def torchrun_gpu(run: Path, nproc: int, overrides: list[str]) -> dict:
-    """:func:`torchrun` on GPUs (torchrun gives each process its LOCAL_RANK's GPU), with the logger's GPU memory
-    rows and the number of semantic-ID levels (target tokens per sample)."""
-    res = torchrun(run, nproc, overrides)
-    logs = sorted((run / "logs").glob("train-*"))
-    memory = []
-    if logs:
-        with open(logs[-1] / "scalars.csv") as f:
-            memory = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f)
-                      if r["name"] == "train/gpu_peak_gib"]
-    res["memory"] = memory
-    res["depth"] = len(json.loads((run / "tokenizer" / "metrics.json").read_text())["codebook_sizes"])
-    return res
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import json
 import statistics
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ from onerec.bench.machine import machine_info
 from onerec.config import ModelConfig
 from onerec.features.history import HistoryFeaturizer, Ragged
 from onerec.generate.generative import GenerativeRecommender
-from onerec.io import write_json
+from onerec.io import update_json
 from onerec.model.generator import Generator
 from onerec.model.layers import ffn_hidden
 from onerec.tokenizer.constraints import PrefixTable
@@ -364,10 +363,7 @@ def main() -> None:
         "rows": rows,
     }
     out = RESULTS / f"generation{'.quick' if args.quick else ''}{'.cuda' if gpu else ''}.json"
-    if out.exists():  # keys other benchmarks keep in this file (pass512.py's, decode_step.py's)
-        kept = ("pass512_1m", "floor_ratio_b1_beam128", "floor_ratio_b1_beam128_compiled", "floor_ratio_source")
-        result.update({k: v for k, v in json.loads(out.read_text()).items() if k in kept})
-    write_json(out, result)  # atomic; creates the folder
+    update_json(out, result)  # atomic; keeps the keys pass512.py and decode_step.py keep in this file
     print(f"speedup at beam 128, batch 1: x{result['speedup_beam128'] or float('nan'):.1f}; constraint share (median) "
           f"{result['constraint_share']:.1%}; wrote {out}")
 

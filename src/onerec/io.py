@@ -81,6 +81,15 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def update_json(path: str | os.PathLike[str], updates: dict[str, Any]) -> None:
+    """Set ``updates``' keys in the JSON object at ``path`` (created when missing), keeping its other keys: for
+    results files that several writers share. Atomic, as :func:`write_json`."""
+    path = Path(path)
+    doc = read_json(path) if path.exists() else {}
+    doc.update(updates)
+    write_json(path, doc)
+
+
 def _json_default(o: Any) -> Any:
     import numpy as np
 

@@ -18,7 +18,8 @@ from onerec.errors import ConfigError, DataError
 from onerec.pipeline import stage_data
 
 N_USERS, N_ITEMS = 40, 30
-TINY = ["content.dim=8", "tokenizer.levels=2", "tokenizer.codebook_size=4", "tokenizer.iters=5",
+TINY = ["content.dim=8", "content.alignment.steps=20", "content.alignment.d_model=16", "tokenizer.levels=2",
+        "tokenizer.codebook_size=4", "tokenizer.iters=5",
         "model.d_model=16", "model.n_heads=2", "model.enc_layers=1", "model.dec_layers=1",
         "train.epochs=2", "train.batch_size=64", "train.warmup_steps=2", "train.valid_users=20",
         "train.checkpoint_every=1000", "generate.beam_size=10", "generate.batch_size=64",

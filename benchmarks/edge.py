@@ -66,9 +66,9 @@ def generator_world(seed: int, preset: str, workdir: Path) -> tuple[Any, int, in
     from onerec.config import load_config
     from onerec.data.simulator import WORLD_DIR, World
     from onerec.data.splits import load_splits
-    from onerec.edge.simulate import GeneratorSpec
+    from onerec.edge.stage import generator_spec
     from onerec.io import read_json
-    from onerec.pipeline import load_codes, make_featurizer, stage_data, stage_tokenize, train_examples
+    from onerec.pipeline import stage_data, stage_tokenize
 
     sim = {**dataclasses.asdict(WORLD), "seed": seed}
     cfg = load_config(preset=preset, overrides=[f"data.sim.{k}={sim[k]}" for k in
@@ -78,14 +78,11 @@ def generator_world(seed: int, preset: str, workdir: Path) -> tuple[Any, int, in
     if not (run / "tokenizer" / "metrics.json").exists():
         stage_data(run, cfg, progress=False)
         stage_tokenize(run, cfg, progress=False)
-    codes = load_codes(run)
-    splits = load_splits(run / "data" / "split", n_items=len(codes))
-    feat = make_featurizer(run, cfg.model, codes, splits=splits)
-    spec = GeneratorSpec(cfg.model, codes, read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"],
-                         lambda t: train_examples(t, feat, cfg), feat, cfg.train, beam_size=16)
+    spec = generator_spec(run, cfg)  # the generator `onerec edge RUN edge.model=generator` trains
+    splits = load_splits(run / "data" / "split", n_items=len(spec.codes))
     users = int(read_json(run / "data" / "summary.json").get("users", 0)) or sim["n_users"]
     interest = World.load(run / "data" / WORLD_DIR).interest
-    return spec, max(users, len(interest)), len(codes), splits, interest
+    return spec, max(users, len(interest)), len(spec.codes), splits, interest
 
 
 def load_data(args: argparse.Namespace, seed: int) -> tuple[int, int, dict[str, Any], np.ndarray]:

@@ -183,14 +183,15 @@ def explore(run: Path, overrides: tuple[str, ...]) -> None:
 @_overrides
 def edge(run: Path, overrides: tuple[str, ...]) -> None:
     """Training across edge devices (edge.*): the run's users partitioned over edge.n_devices devices (non-IID by
-    the simulated world's interests, or IID), SASRec on every device, and E-Tree (KMA groups, per-level
-    aggregation periods) against FedAvg, gossip learning, local-only and centralised training, in one process:
-    recall@10 / ndcg@10, simulated bytes and wall-clock. Writes RUN/edge."""
+    the simulated world's interests, or IID), SASRec on every device (edge.model=generator: the run's generator,
+    after `onerec tokenize RUN`), and E-Tree (KMA groups, per-level aggregation periods) against FedAvg, gossip
+    learning, local-only and centralised training, in one process: recall@10 / ndcg@10, simulated bytes and
+    wall-clock. Writes RUN/edge."""
     from onerec.edge.stage import stage_edge
     from onerec.pipeline import run_config
 
     out = stage_edge(run, run_config(run, overrides=overrides))
-    _summary("edge: ndcg@10 / recall@10 / MB moved / simulated s",
+    _summary(f"edge ({out['model']} on every device): ndcg@10 / recall@10 / MB moved / simulated s",
              {s: f"{m['final']['ndcg@10']:.4f} / {m['final']['recall@10']:.4f} / {m['final']['bytes'] / 1e6:.1f} / "
                  f"{m['final']['sim_s']:.1f}" for s, m in out["schemes"].items()})
     click.echo(f"\nmetrics: {run / 'edge' / 'metrics.json'}")

@@ -597,8 +597,13 @@ class ExploreConfig:
 @dataclass
 class EdgeConfig:
     """Training across edge devices (``onerec edge``, ``onerec.edge``): E-Tree against FedAvg, gossip learning,
-    local-only and centralised training, SASRec on every device, in the single-process simulation."""
+    local-only and centralised training, SASRec or the generator on every device, in the single-process
+    simulation."""
 
+    model: str = opt("sasrec", "the model on every device: sasrec (eval.sasrec's SASRec, needs only the data "
+                               "stage) | generator (the run's model.* generator on its semantic IDs, trained by "
+                               "the project's training step and scored by beam search: needs `onerec tokenize "
+                               "RUN` first, slower)", choices=["sasrec", "generator"])
     schemes: list[str] = opt(["etree", "fedavg", "gossip", "local", "central"],
                              "schemes to run: etree, fedavg, gossip, local, central")
     n_devices: int = opt(100, "edge devices the run's users are partitioned over")
@@ -616,7 +621,7 @@ class EdgeConfig:
                                       "one below); FedAvg and gossip exchange every periods[0] steps")
     local_steps: int = opt(60, "local steps per device over the run")
     batch_size: int = opt(16, "sequences per local step")
-    lr: float = opt(1e-2, "Adam learning rate on every device")
+    lr: float = opt(1e-2, "learning rate on every device (Adam for SASRec, AdamW for the generator)")
     gossip_peers: int = opt(1, "gossip: random peers each device averages with per exchange")
     eval_every: int = opt(20, "local steps between points of the accuracy curve")
     step_ms: float = opt(20.0, "simulated time of one local step (for the simulated clock)")

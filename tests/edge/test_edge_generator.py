@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
 import torch
 
 from onerec.config import ModelConfig, TrainConfig
-from onerec.edge.devices import partition_iid
+from onerec.edge.devices import Devices, partition_iid
 from onerec.edge.simulate import EdgeSettings, GeneratorSpec, device_data, run_scheme
 from onerec.edge.tree import Link
 from onerec.features import HistoryFeaturizer, TrainExamples
@@ -52,3 +53,21 @@ def test_generator_etree_with_kma_groups(setup) -> None:
     ds, spec, devices, data = setup
     out = run_scheme("etree", devices, data, ds.n_items, spec, dataclasses.replace(SETTINGS, grouping="kma"))
     assert out["final"]["exchanges"] == 2 and out["final"]["bytes"] > 0
+
+
+def test_generator_fedavg_round_is_the_weighted_average_of_the_local_models(setup, cyclic) -> None:
+    """Until the first round a FedAvg device trains as a local-only one (same start, same batches): the round's
+    model is the sample-weighted average of those local models, by hand, key by key (devices of 6 to 27 users)."""
+    ds, spec, even, _ = setup
+    bounds = [0, 6, 15, 33, ds.n_users]
+    devices = Devices([np.arange(a, b) for a, b in itertools.pairwise(bounds)], even.positions, even.home)
+    data = device_data(devices, cyclic[1]["train"], cyclic[1]["test"], 8, spec)
+    assert len(set(data.samples.tolist())) == devices.n
+    two = dataclasses.replace(SETTINGS, local_steps=2, periods=[2], eval_every=2)
+    local = run_scheme("local", devices, data, ds.n_items, spec, two, keep_states=True)["states"]
+    fedavg = run_scheme("fedavg", devices, data, ds.n_items, spec, two, keep_states=True)["states"]
+    n = data.samples.astype(np.float64)
+    for k in local[0]:
+        expect = sum(float(n[d]) * local[d][k].double() for d in range(devices.n)) / n.sum()
+        for d in range(devices.n):
+            assert torch.allclose(fedavg[d][k].double(), expect, atol=1e-6), (k, d)

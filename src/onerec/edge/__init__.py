@@ -6,7 +6,8 @@ and centralised training, under non-IID data (issue 42).
 * :mod:`onerec.edge.grouping` -- KMA, distance-only and random grouping;
 * :mod:`onerec.edge.tree` -- the tree, sample-weighted aggregation, FedAvg and gossip exchanges, the cost
   model (bytes, simulated time), faults;
-* :mod:`onerec.edge.simulate` -- the single-process simulation of many devices (SASRec on each);
+* :mod:`onerec.edge.simulate` -- the single-process simulation of many devices (SASRec or the generator on
+  each);
 * :mod:`onerec.edge.distributed` -- one device a process under torch.distributed (gloo), a subgroup per
   tree node;
 * :mod:`onerec.edge.stage` -- ``onerec edge RUN``.

@@ -1,4 +1,5 @@
-"""``onerec edge RUN``: the edge schemes of ``edge.schemes`` on the run's data -> RUN/edge/metrics.json."""
+"""``onerec edge RUN``: the edge schemes of ``edge.schemes`` on the run's data, SASRec or the run's generator on
+every device (``edge.model``) -> RUN/edge/metrics.json."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from onerec.config import EdgeConfig, RunConfig
 from onerec.edge.devices import partition_dirichlet, partition_iid, world_clusters
-from onerec.edge.simulate import SCHEMES, EdgeSettings, device_data, make_groups, run_scheme
+from onerec.edge.simulate import SCHEMES, EdgeSettings, GeneratorSpec, device_data, make_groups, run_scheme
 from onerec.edge.tree import _check_periods
 from onerec.errors import ConfigError, DataError
 
@@ -26,11 +27,40 @@ def settings_from(ecfg: EdgeConfig) -> EdgeSettings:
                         eval_every=ecfg.eval_every, step_ms=ecfg.step_ms, seed=ecfg.seed)
 
 
+def generator_spec(run: Path, cfg: RunConfig, splits: dict[str, Any] | None = None, *,
+                   n_items: int | None = None) -> GeneratorSpec:
+    """The generator of ``cfg.model`` for every device, on the run's semantic IDs (RUN/tokenizer), with the
+    run's featurizer and the training examples ``cfg.train.objective`` asks for.
+
+    Args:
+        splits: the run's splits when the caller has them loaded (the succession pathway reads the train split).
+        n_items: the run's item count, when known: semantic IDs for another count are an error.
+    """
+    from onerec.io import read_json
+    from onerec.pipeline import load_codes, make_featurizer, train_examples
+    from onerec.rundir import command
+
+    folder = Path(run) / "tokenizer"
+    if not (folder / "metrics.json").exists():
+        raise DataError("edge.model=generator trains the run's generator on its semantic IDs, and this run has no "
+                        "tokenizer stage", path=str(folder),
+                        fix=f"run `{command('tokenizer', run)}` first, or use edge.model=sasrec")
+    codes = load_codes(run)
+    if n_items is not None and len(codes) != n_items:
+        raise DataError(f"the semantic IDs cover {len(codes)} items and the run's data {n_items}",
+                        path=str(folder), fix=f"run `{command('tokenizer', run)}` again on this data")
+    feat = make_featurizer(run, cfg.model, codes, splits=splits)
+    return GeneratorSpec(cfg.model, codes, read_json(folder / "metrics.json")["codebook_sizes"],
+                         lambda t: train_examples(t, feat, cfg), feat, cfg.train)
+
+
 def stage_edge(run: Path, cfg: RunConfig) -> dict[str, Any]:
-    """Partition the run's users over ``edge.n_devices`` devices and run every scheme (single process).
+    """Partition the run's users over ``edge.n_devices`` devices and run every scheme (single process), with
+    ``edge.model`` on every device.
 
     Returns:
-        ``{"schemes": {name: {"final": ..., "curve": [...], "model_bytes": ...}}, "settings": {...}}``.
+        ``{"model": "sasrec" | "generator", "model_config": {...}, "schemes": {name: {"final": ...,
+        "curve": [...], "model_bytes": ...}}, "settings": {...}, "split": ...}``.
     """
     from onerec.data.schema import FILES
     from onerec.data.simulator import WORLD_DIR, World
@@ -47,6 +77,7 @@ def stage_edge(run: Path, cfg: RunConfig) -> dict[str, Any]:
         raise DataError("the run has no data split", path=str(split_dir), fix=f"run `onerec data --out {run}` first")
     n_items = read_parquet(items_path).num_rows
     splits = load_splits(split_dir, n_items=n_items)
+    spec = generator_spec(run, cfg, splits, n_items=n_items) if ecfg.model == "generator" else None
     user_ids = splits["train"]["user_id"].to_numpy()
     n_users = int(max(user_ids.max(), splits["test"]["user_id"].to_numpy().max())) + 1
     if ecfg.partition == "noniid":
@@ -61,10 +92,12 @@ def stage_edge(run: Path, cfg: RunConfig) -> dict[str, Any]:
     else:
         devices = partition_iid(n_users, ecfg.n_devices, seed=ecfg.seed)
     set_threads(cfg.train.threads)
-    model = cfg.eval.sasrec
-    data = device_data(devices, splits["train"], splits[cfg.eval.split], model.max_len)
+    model = spec if spec is not None else cfg.eval.sasrec
+    data = device_data(devices, splits["train"], splits[cfg.eval.split], cfg.eval.sasrec.max_len, spec)
     groups = make_groups(devices, data, n_items, model, settings) if "etree" in ecfg.schemes else None
-    result: dict[str, Any] = {"schemes": {}, "settings": dataclasses.asdict(ecfg), "split": cfg.eval.split}
+    result: dict[str, Any] = {"model": ecfg.model,
+                              "model_config": dataclasses.asdict(cfg.model if spec is not None else cfg.eval.sasrec),
+                              "schemes": {}, "settings": dataclasses.asdict(ecfg), "split": cfg.eval.split}
     for scheme in ecfg.schemes:
         out = run_scheme(scheme, devices, data, n_items, model, settings, groups=groups)
         result["schemes"][scheme] = {k: out[k] for k in ("final", "curve", "model_bytes")}

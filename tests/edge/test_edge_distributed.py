@@ -1,5 +1,5 @@
 """Multi-process E-Tree (one device a gloo process, each node a new_group collective) equals the
-single-process simulation on a small case."""
+single-process simulation on a small case, for SASRec and for the generator."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from onerec.baselines.sasrec import SASRec
-from onerec.config import SasrecConfig
+from onerec.config import ModelConfig, SasrecConfig, TrainConfig
 from onerec.edge.devices import Devices
 from onerec.edge.distributed import train_rank
-from onerec.edge.simulate import EdgeSettings, device_data, run_scheme
+from onerec.edge.simulate import EdgeSettings, GeneratorSpec, device_data, run_scheme
 from onerec.edge.tree import Link, Tree, build_tree, head_devices, server_tree
+from onerec.errors import ConfigError
+from onerec.features import HistoryFeaturizer, TrainExamples
 
 N_DEV, N_ITEMS = 4, 20
 LISTS = pa.list_(pa.int64())
@@ -30,16 +32,30 @@ KINDS = ("etree", "fedavg")
 POSITIONS = np.array([[0.0, 0.0], [0.1, 0.0], [0.9, 1.0], [1.0, 1.0]])
 
 
-def _case() -> tuple[Devices, object]:
+def _generator(moe_experts: int = 0) -> GeneratorSpec:
+    """A tiny generator on 2-level semantic IDs (4 x 5) of the N_ITEMS items."""
+    codes = np.random.default_rng(1).permutation(np.stack([np.arange(N_ITEMS) // 5, np.arange(N_ITEMS) % 5], 1))
+    mcfg = ModelConfig(d_model=8, n_heads=2, enc_layers=1, dec_layers=1, max_history=6, dropout=0.0,
+                       moe_experts=moe_experts)
+    feat = HistoryFeaturizer(codes, mcfg.max_history)
+    return GeneratorSpec(mcfg, codes, [4, 5], lambda t: TrainExamples(t, feat), feat, TrainConfig(), beam_size=10)
+
+
+def _case(spec: GeneratorSpec | None = None) -> tuple[Devices, object]:
     rng = np.random.default_rng(0)
     seqs = [(rng.integers(N_ITEMS) + np.arange(rng.integers(4, 8)) * (1 + u % 2)) % N_ITEMS for u in range(24)]
-    train = pa.table({"user_id": np.arange(24), "items": pa.array([q[:-1].tolist() for q in seqs], LISTS)})
-    test = pa.table({"user_id": np.arange(24), "history": pa.array([q[:-1].tolist() for q in seqs], LISTS),
-                     "targets": pa.array([[int(q[-1])] for q in seqs], LISTS)})
+    # the split tables' columns (the generator's examples read times and feedback flags too)
+    ts = pa.array([list(range(len(q) - 1)) for q in seqs], LISTS)
+    flags = pa.array([[0] * (len(q) - 1) for q in seqs], pa.list_(pa.int16()))
+    history = pa.array([q[:-1].tolist() for q in seqs], LISTS)
+    train = pa.table({"user_id": np.arange(24), "items": history, "ts": ts, "flags": flags})
+    test = pa.table({"user_id": np.arange(24), "history": history, "history_ts": ts, "history_flags": flags,
+                     "targets": pa.array([[int(q[-1])] for q in seqs], LISTS),
+                     "target_ts": [len(q) - 1 for q in seqs]})
     # device sizes 3, 5, 7, 9 users: unequal weights
     bounds = np.cumsum([0, 3, 5, 7, 9])
     devices = Devices([np.arange(bounds[d], bounds[d + 1]) for d in range(N_DEV)], POSITIONS, np.zeros(N_DEV, int))
-    return devices, device_data(devices, train, test, CFG.max_len)
+    return devices, device_data(devices, train, test, CFG.max_len, spec)
 
 
 def _tree(kind: str) -> Tree:
@@ -52,10 +68,11 @@ def _worker(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=N_DEV)
     try:
-        _, data = _case()
-        for kind in KINDS:
-            state = train_rank(_tree(kind), POSITIONS, data.windows[rank], data.samples, N_ITEMS, CFG, SETTINGS)
-            save_file(state, os.path.join(out, f"{kind}{rank}.safetensors"))
+        for model, spec in (("sasrec", CFG), ("generator", _generator())):
+            _, data = _case(spec if model == "generator" else None)
+            for kind in KINDS:
+                state = train_rank(_tree(kind), POSITIONS, data.windows[rank], data.samples, N_ITEMS, spec, SETTINGS)
+                save_file(state, os.path.join(out, f"{model}-{kind}{rank}.safetensors"))
     finally:
         dist.destroy_process_group()
 
@@ -73,6 +90,13 @@ def _scores(state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tenso
     return model.eval()(tokens)
 
 
+def _single(kind: str, devices: Devices, data: object, cfg: object) -> list[dict[str, torch.Tensor]]:
+    """Every device's final weights in the single-process simulation (the same tree as ``_tree``)."""
+    settings = dataclasses.replace(SETTINGS, periods=[2] if kind == "fedavg" else [2, 4])
+    return run_scheme(kind, devices, data, N_ITEMS, cfg, settings,
+                      groups=np.array([0, 0, 1, 1]) if kind == "etree" else None, keep_states=True)["states"]
+
+
 @pytest.mark.slow  # starts 4 gloo processes: ~10-30 s on a shared 2-core machine
 def test_multi_process_equals_single_process(tmp_path) -> None:
     devices, data = _case()
@@ -80,11 +104,9 @@ def test_multi_process_equals_single_process(tmp_path) -> None:
     tokens = torch.as_tensor(np.concatenate(data.windows)[:, 1:])
     d_model = CFG.d_model
     for kind in KINDS:
-        settings = dataclasses.replace(SETTINGS, periods=[2] if kind == "fedavg" else [2, 4])
-        single = run_scheme(kind, devices, data, N_ITEMS, CFG, settings,
-                            groups=np.array([0, 0, 1, 1]) if kind == "etree" else None, keep_states=True)["states"]
+        single = _single(kind, devices, data, CFG)
         for d in range(N_DEV):
-            multi = load_file(str(tmp_path / f"{kind}{d}.safetensors"))
+            multi = load_file(str(tmp_path / f"sasrec-{kind}{d}.safetensors"))
             for k, v in single[d].items():
                 got = multi[k]
                 if k.endswith("qkv.bias"):
@@ -96,5 +118,21 @@ def test_multi_process_equals_single_process(tmp_path) -> None:
             assert torch.allclose(_scores(multi, tokens), _scores(single[d], tokens), atol=1e-4), (kind, d)
         # the last step (8) is a root / server aggregation: every device holds the same model
         for d in range(1, N_DEV):
-            other = load_file(str(tmp_path / f"{kind}{d}.safetensors"))
+            other = load_file(str(tmp_path / f"sasrec-{kind}{d}.safetensors"))
             assert torch.allclose(other["item_emb.weight"], single[0]["item_emb.weight"], atol=1e-5)
+    spec = _generator()
+    devices, data = _case(spec)
+    for kind in KINDS:
+        single = _single(kind, devices, data, spec)
+        for d in range(N_DEV):
+            multi = load_file(str(tmp_path / f"generator-{kind}{d}.safetensors"))
+            assert multi.keys() == single[d].keys()
+            for k, v in single[d].items():
+                assert torch.allclose(multi[k], v, atol=1e-5), ("generator", kind, d, k)
+                assert torch.allclose(multi[k], single[0][k], atol=1e-5)  # step 8 aggregates every device
+
+
+def test_multi_process_refuses_a_moe_generator() -> None:
+    _, data = _case()
+    with pytest.raises(ConfigError, match="moe_experts"):
+        train_rank(_tree("fedavg"), POSITIONS, data.windows[0], data.samples, N_ITEMS, _generator(2), SETTINGS)

@@ -12,23 +12,26 @@ the same order, as PyTorch requires):
 
 FedAvg is the depth-1 tree (one group of every rank; the server's sum is the all-reduce). The arithmetic
 is the single-process simulation's (:func:`onerec.edge.tree.tree_aggregate`) up to the order of float
-additions, which a test checks on a small case. Gossip in this mode is not built yet.
+additions, which a test checks on a small case, for SASRec and for the generator. Gossip in this mode is not
+built yet, nor a MoE generator (its routing balance sums the experts' load over every process, i.e. over
+devices that should not see each other's data). This is a library mode: ``onerec edge RUN`` runs the
+single-process simulation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from onerec.edge.tree import Tree, head_devices
+from onerec.errors import ConfigError
 
 if TYPE_CHECKING:
-    from onerec.config import SasrecConfig
-    from onerec.edge.simulate import EdgeSettings
+    from onerec.edge.simulate import EdgeSettings, ModelSpec
 
 
 @dataclass
@@ -86,19 +89,25 @@ def aggregate(model: torch.nn.Module, ng: NodeGroups, level: int) -> None:
                 dist.broadcast(t, src=int(ng.heads[lvl][node]), group=pg)
 
 
-def train_rank(tree: Tree, positions: np.ndarray, windows: np.ndarray, samples: np.ndarray, n_items: int,
-               cfg: SasrecConfig, s: EdgeSettings) -> dict[str, torch.Tensor]:
+def train_rank(tree: Tree, positions: np.ndarray, windows: Any, samples: np.ndarray, n_items: int,
+               cfg: ModelSpec, s: EdgeSettings) -> dict[str, torch.Tensor]:
     """This rank's device: ``s.local_steps`` local steps with the tree's aggregations (collectives) after the
     steps where a level fires, as :func:`onerec.edge.simulate.run_scheme` does for all devices at once.
 
     Args:
-        windows: this device's training windows; samples: [N] every device's sample count (the weights).
-        cfg: the SasrecConfig; s: the EdgeSettings.
+        windows: this device's training data (``DeviceData.windows[rank]``: SASRec's token windows or the
+            generator's training examples); samples: [N] every device's sample count (the weights).
+        cfg: a SasrecConfig or a GeneratorSpec (a dense generator); s: the EdgeSettings.
 
     Returns:
         this device's final weights.
     """
-    from onerec.edge.simulate import _Fleet
+    from onerec.edge.simulate import GeneratorSpec, _Fleet
+
+    if isinstance(cfg, GeneratorSpec) and cfg.model.moe_experts:
+        raise ConfigError(f"model.moe_experts={cfg.model.moe_experts}: the multi-process edge mode trains dense "
+                          "generators only (a MoE's routing balance sums the load over every process). Fix: "
+                          "model.moe_experts=0, or the single-process simulation (onerec.edge.simulate)")
 
     rank = dist.get_rank()
     ng = node_groups(tree, positions, samples)

@@ -206,12 +206,12 @@ class _Fleet:
         rows = self.rngs[d].choice(len(windows), size=min(batch_size, len(windows)), replace=False)
         rec.model.train()
         if self.spec is not None:  # the project's training step: forward, backward, gradients left in the model
-            from onerec.train import distributed
+            from onerec.train.distributed import Dist
             from onerec.train.loop import _step
 
             tc = self.spec.train
-            loss = _step(rec.model, windows, rows, distributed.current(), tc, torch.device("cpu"),
-                         tc.precision == "bf16")
+            # a device trains alone (Dist(): one process), also when it is one rank of the multi-process mode
+            loss = _step(rec.model, windows, rows, Dist(), tc, torch.device("cpu"), tc.precision == "bf16")
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(rec.model.parameters(), tc.grad_clip)
             opt.step()

@@ -23,6 +23,8 @@ from onerec.edge.tree import Link, Tree, build_tree, head_devices, server_tree
 from onerec.errors import ConfigError
 from onerec.features import HistoryFeaturizer, TrainExamples
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # this process's simulation: tiny models on busy cores
+
 N_DEV, N_ITEMS = 4, 20
 LISTS = pa.list_(pa.int64())
 CFG = SasrecConfig(d_model=8, n_layers=1, n_heads=1, dropout=0.0, max_len=6)

@@ -101,6 +101,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from onerec.bench.machine import cpu_has, machine_info, matmul_rate_cpu
 from onerec.config import ModelConfig, from_dict, load_config, to_dict
 from onerec.io import write_json
+from onerec.model import build_generator
 from onerec.model.generator import Generator
 from onerec.model.info import codebook_sizes
 
@@ -172,7 +173,7 @@ def measure(preset: str, batch_size: int, optim: str, steps: int, *, device: tor
     cfg = load_config(preset=preset)
     sizes = codebook_sizes(cfg)  # levels x codebook_size (the paper presets: 3 x 8192)
     torch.manual_seed(0)
-    model = Generator(cfg.model, sizes).to(device).train()
+    model = build_generator(cfg.model, sizes).to(device).train()
     counts = model.parameter_counts()
     opt = make_optimizer(model, optim, lr=1e-4)
     batch = {k: v.to(device) for k, v in synthetic_batch(model, batch_size).items()}
@@ -246,9 +247,8 @@ def moe_speed(repeats: int = 5) -> dict:
 def _run_data(run: Path, users: int, *, pathways: list[str] | None = None):
     """A run directory's config, item codes, codebook sizes, train examples, first ``users`` valid rows
     and the featurizer it trained with (``pathways``: built for the run's model with these pathways instead)."""
-    from onerec.features import TrainExamples
     from onerec.io import read_json
-    from onerec.pipeline import load_codes, load_splits, make_featurizer, run_config
+    from onerec.pipeline import load_codes, load_splits, make_featurizer, run_config, train_examples
 
     cfg = run_config(run)
     codes = load_codes(run)
@@ -256,7 +256,15 @@ def _run_data(run: Path, users: int, *, pathways: list[str] | None = None):
     sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
     mcfg = cfg.model if pathways is None else from_dict(ModelConfig, {**to_dict(cfg.model), "pathways": pathways})
     feat = make_featurizer(run, mcfg, codes)
-    return cfg, codes, sizes, TrainExamples(splits["train"], feat), splits["valid"].slice(0, users), feat
+    # the examples the run trains on (train.objective: every position at once for the lazy model)
+    return cfg, codes, sizes, train_examples(splits["train"], feat, cfg), splits["valid"].slice(0, users), feat
+
+
+def _encdec_only(cfg, what: str) -> None:
+    """``what`` compares variants of the encoder-decoder's encoder: refused for a run of another architecture."""
+    if cfg.model.arch != "encdec":
+        raise SystemExit(f"{what} compares encoder variants of model.arch=encdec; this run's model.arch is "
+                         f"{cfg.model.arch}")
 
 
 def _alternate_train_steps(models: dict, opts: dict, train, batch_size: int, steps: int, rng: np.random.Generator,
@@ -268,7 +276,7 @@ def _alternate_train_steps(models: dict, opts: dict, train, batch_size: int, ste
     each batch's share of filled history slots."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for s in range(steps + warmup):
-        batch = train.batch(rng.choice(len(train), batch_size, replace=False))
+        batch = train.batch(rng.choice(len(train), train.rows_per_batch(batch_size), replace=False))
         if fill is not None:
             fill.append(float(batch["hist_mask"].float().mean()))
         for name, model in models.items():
@@ -290,7 +298,7 @@ def precision_speed(run: Path, steps: int, repeats: int = 3) -> dict:
     cfg, _, sizes, train, _, _ = _run_data(run, 0)
     modes = ("fp32", "bf16")
     torch.manual_seed(0)
-    models = {p: Generator(cfg.model, sizes) for p in modes}
+    models = {p: build_generator(cfg.model, sizes) for p in modes}
     models["bf16"].load_state_dict(models["fp32"].state_dict())
     opts = {p: torch.optim.AdamW(m.parameters(), lr=cfg.train.lr) for p, m in models.items()}
     rng = np.random.default_rng(0)
@@ -313,6 +321,7 @@ def pathway_cost(run: Path, steps: int, repeats: int = 3) -> dict:
     turns; ``repeats`` rounds of ``steps`` steps. Also the real encoder tokens per training row of each."""
     variants = {"positive": ["positive"], "positive+succession": ["positive", "succession"]}
     cfg, _, sizes, train, _, _ = _run_data(run, 0, pathways=variants["positive+succession"])
+    _encdec_only(cfg, "--pathway-cost")
     mcfgs = {v: from_dict(ModelConfig, {**to_dict(cfg.model), "pathways": p}) for v, p in variants.items()}
     torch.manual_seed(0)
     models = {v: Generator(m, sizes) for v, m in mcfgs.items()}
@@ -336,6 +345,7 @@ def packing_speed(run: Path, steps: int, users: int) -> dict:
     from onerec.generate.generative import GenerativeRecommender
 
     cfg, codes, sizes, train, valid, feat = _run_data(run, users)
+    _encdec_only(cfg, "--packing")
     torch.manual_seed(0)
     impls = ("packed", "padded")
     models = {i: Generator(from_dict(ModelConfig, {**to_dict(cfg.model), "encoder_impl": i}), sizes) for i in impls}
@@ -455,7 +465,7 @@ def step_floor(run: Path, steps: int, rounds: int, profile_steps: int = 6) -> di
 
     cfg, _, sizes, train, _, _ = _run_data(run, 0)
     torch.manual_seed(0)
-    base = Generator(cfg.model, sizes).train()
+    base = build_generator(cfg.model, sizes).train()
     variants = ("reference", "fast", "fast_no_attention_dropout")
     models = {v: copy.deepcopy(base) for v in variants}
     use_reference(models["reference"])
@@ -466,7 +476,7 @@ def step_floor(run: Path, steps: int, rounds: int, profile_steps: int = 6) -> di
     opts = {v: torch.optim.AdamW(m.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
             for v, m in models.items()}
     rng = np.random.default_rng(0)
-    bs = tc.batch_size
+    bs = train.rows_per_batch(tc.batch_size)  # train.batch_size counts targets (rows of every-position examples)
 
     def one_step(v: str, batch: dict) -> None:
         model, opt = models[v], opts[v]
@@ -614,15 +624,16 @@ def epoch_profile(run: Path, device: torch.device, steps: int, users: int) -> di
     cfg, codes, sizes, train, every_valid, feat = _run_data(run, 1 << 62)
     valid, n_valid = every_valid.slice(0, users), every_valid.num_rows
     torch.manual_seed(0)
-    model = Generator(cfg.model, sizes).to(device).train()
+    model = build_generator(cfg.model, sizes).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
     rng = np.random.default_rng(0)
     bs = cfg.train.batch_size
+    rows = train.rows_per_batch(bs)  # bs counts targets, as in the training loop; a row may hold several
     feat_s, step_s = [], []
 
     def one_step() -> None:
         t0 = time.perf_counter()
-        batch = {k: v.to(device) for k, v in train.batch(rng.choice(len(train), bs, replace=False)).items()}
+        batch = {k: v.to(device) for k, v in train.batch(rng.choice(len(train), rows, replace=False)).items()}
         t1 = time.perf_counter()
         loss = model(batch)
         opt.zero_grad(set_to_none=True)
@@ -657,9 +668,9 @@ def epoch_profile(run: Path, device: torch.device, steps: int, users: int) -> di
     rec.recommend(users_table, k=10)
     _sync(device)
     per_1000 = (time.perf_counter() - t0) / valid.num_rows * 1000
-    steps_per_epoch = -(-len(train) // bs)
+    steps_per_epoch = -(-len(train) // rows)
     out = {"run": str(run), "device": torch.cuda.get_device_name(device) if gpu else "cpu",
-           "batch_size": bs, "steps_timed": steps, "train_step_s_median": round(step, 5),
+           "batch_size": bs, "rows_per_step": rows, "steps_timed": steps, "train_step_s_median": round(step, 5),
            "featurize_share": round(statistics.median(feat_s) / step, 4),
            "top_level_ops_per_step": round(ops / 3), "valid_users_timed": valid.num_rows,
            "beam_size": cfg.generate.beam_size, "valid_s_per_1000_users": round(per_1000, 3),

@@ -21,6 +21,9 @@ Faults (``fail_step``): after that local step the aggregator of one level-1 node
 (:func:`onerec.edge.tree.reattach`): E-Tree re-attaches the group's devices to the level above, while FedAvg,
 whose only aggregator is the server, has nothing left and its devices train on alone.
 
+A scheme's schedule (:func:`schedule`: exchanges, fault, costs, curve) is shared with the multi-process mode
+(:mod:`onerec.edge.distributed`, one device a process), which holds the devices differently (:class:`Exchanges`).
+
 Recall@10 / NDCG@10 come from :func:`onerec.eval.harness.evaluate` with each user scored by *their
 device's* model (what on-device recommendation serves); under a scheme that just aggregated every
 device holds the same model. Bytes and the simulated clock follow the cost model of
@@ -35,7 +38,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -49,9 +52,11 @@ from onerec.edge.devices import Devices
 from onerec.edge.grouping import kma_groups, kmeans_groups, model_signature, random_groups
 from onerec.edge.tree import (
     Link,
+    Tree,
     build_tree,
+    gossip_average,
     gossip_cost,
-    gossip_round,
+    gossip_peers,
     model_bytes,
     reattach,
     server_tree,
@@ -62,6 +67,7 @@ from onerec.errors import ConfigError
 from onerec.eval.harness import evaluate
 
 SCHEMES = ("etree", "fedavg", "gossip", "local", "central")
+METRICS = ("recall@10", "ndcg@10")
 GROUPINGS = ("kma", "distance", "random")
 
 
@@ -223,34 +229,105 @@ class _Fleet:
         return float(loss.detach())
 
 
-def _score(recs: list[Any], tests: list[pa.Table]) -> dict[str, float]:
-    """Recall@10 / NDCG@10 over all users, each scored by their own device's model."""
-    sums, n = {"recall@10": 0.0, "ndcg@10": 0.0}, 0
-    for rec, t in zip(recs, tests):
-        if t.num_rows == 0:
+def device_score(rec: Any, test: pa.Table) -> dict[str, float]:
+    """Recall@10 / NDCG@10 of one device's model over its own users (zeros when it has none)."""
+    if test.num_rows == 0:
+        return dict.fromkeys(METRICS, 0.0)
+    rec.model.eval()
+    m = evaluate(rec, test, ks=(10,))
+    return {k: m[k] for k in METRICS}
+
+
+def pooled_score(scores: list[dict[str, float]], rows: list[int]) -> dict[str, float]:
+    """The means over all users of per-device means (``scores``, from :func:`device_score`) over ``rows`` users
+    each, summed in device order (so that every mode adds the same floats in the same order)."""
+    sums, n = dict.fromkeys(METRICS, 0.0), 0
+    for m, r in zip(scores, rows):
+        if r == 0:
             continue
-        rec.model.eval()
-        m = evaluate(rec, t, ks=(10,))
         for k in sums:
-            sums[k] += m[k] * t.num_rows
-        n += t.num_rows
+            sums[k] += m[k] * r
+        n += r
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def make_groups(devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec, s: EdgeSettings) -> np.ndarray:
-    """Level-1 groups by ``s.grouping``; KMA's signatures come from ``signature_steps`` local steps."""
+def _score(recs: list[Any], tests: list[pa.Table]) -> dict[str, float]:
+    """Recall@10 / NDCG@10 over all users, each scored by their own device's model."""
+    return pooled_score([device_score(r, t) for r, t in zip(recs, tests)], [t.num_rows for t in tests])
+
+
+def device_signatures(fleet: _Fleet, data: DeviceData, ids: list[int], s: EdgeSettings) -> np.ndarray:
+    """float [len(ids), 32] KMA's model signatures of devices ``ids`` (held by ``fleet``, in that order, all at the
+    shared start): how far ``signature_steps`` local steps move each one's model
+    (:func:`onerec.edge.grouping.model_signature`)."""
+    start = {k: v.clone() for k, v in fleet.recs[0].model.state_dict().items()}
+    for i, d in enumerate(ids):
+        for _ in range(s.signature_steps):
+            fleet.step(i, data.windows[d], s.batch_size)
+    return np.stack([model_signature(start, st, seed=s.seed) for st in fleet.states()])
+
+
+def make_groups(devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec, s: EdgeSettings,
+                signatures: np.ndarray | None = None) -> np.ndarray:
+    """Level-1 groups by ``s.grouping``; KMA's signatures come from ``signature_steps`` local steps
+    (``signatures``: already computed, e.g. one a process and gathered, else computed here for every device)."""
     n_groups = max(1, math.ceil(devices.n / s.group_size))
     if s.grouping == "random":
         return random_groups(devices.n, n_groups, seed=s.seed)
     if s.grouping == "distance":
         return kmeans_groups(devices.positions, n_groups, seed=s.seed)
-    fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed, stream=1)
-    start = {k: v.clone() for k, v in fleet.recs[0].model.state_dict().items()}
-    for d in range(devices.n):
-        for _ in range(s.signature_steps):
-            fleet.step(d, data.windows[d], s.batch_size)
-    sig = np.stack([model_signature(start, st, seed=s.seed) for st in fleet.states()])
-    return kma_groups(devices.positions, sig, n_groups, samples=data.samples, balance=s.kma_balance, seed=s.seed)
+    if signatures is None:
+        fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed, stream=1)
+        signatures = device_signatures(fleet, data, list(range(devices.n)), s)
+    return kma_groups(devices.positions, signatures, n_groups, samples=data.samples, balance=s.kma_balance,
+                      seed=s.seed)
+
+
+def scheme_tree(scheme: str, devices: Devices, s: EdgeSettings, groups: np.ndarray | None) -> Tree | None:
+    """The aggregation tree of ``scheme``: E-Tree over ``groups``, FedAvg's one server at the plane's centre, or
+    None (gossip, local)."""
+    if scheme == "etree":
+        return build_tree(devices.positions, groups, fanout=s.fanout, periods=s.periods, seed=s.seed)
+    if scheme == "fedavg":
+        return server_tree(devices.n, np.array([0.5, 0.5]), s.periods[0])
+    return None
+
+
+class Exchanges(Protocol):
+    """What a scheme's schedule asks of the devices: the single-process simulation holds them all
+    (:class:`Simulated`), the multi-process mode one a process (:class:`onerec.edge.distributed.RankDevice`)."""
+
+    def tick(self) -> None:
+        """One local step on every device (that this process holds)."""
+
+    def tree_exchange(self, tree: Tree, level: int) -> None:
+        """Aggregate levels 1..``level`` of ``tree``; each device then holds its level-``level`` node's model."""
+
+    def gossip_exchange(self, picked: np.ndarray) -> None:
+        """Each device i averages with its peers ``picked[i]`` (from the models before the round)."""
+
+    def score(self) -> dict[str, float]:
+        """Recall@10 / NDCG@10 over every device's users, each scored by their own device's model."""
+
+
+class Simulated:
+    """Every device in this process (:class:`_Fleet`)."""
+
+    def __init__(self, fleet: _Fleet, data: DeviceData, batch_size: int) -> None:
+        self.fleet, self.data, self.batch_size = fleet, data, batch_size
+
+    def tick(self) -> None:
+        for d, windows in enumerate(self.data.windows):
+            self.fleet.step(d, windows, self.batch_size)
+
+    def tree_exchange(self, tree: Tree, level: int) -> None:
+        self.fleet.load(tree_aggregate(tree, self.fleet.states(), self.data.samples, level))
+
+    def gossip_exchange(self, picked: np.ndarray) -> None:
+        self.fleet.load(gossip_average(self.fleet.states(), self.data.samples, picked))
+
+    def score(self) -> dict[str, float]:
+        return _score(self.fleet.recs, self.data.test)
 
 
 def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec,
@@ -263,39 +340,47 @@ def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cf
     if scheme == "central":
         return _run_central(devices, data, n_items, cfg, s, t0)
     fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed)
-    p = model_bytes(fleet.recs[0].model.state_dict())
-    tree = None
-    if scheme == "etree":
-        if groups is None:
-            groups = make_groups(devices, data, n_items, cfg, s)
-        tree = build_tree(devices.positions, groups, fanout=s.fanout, periods=s.periods, seed=s.seed)
-    elif scheme == "fedavg":
-        tree = server_tree(devices.n, np.array([0.5, 0.5]), s.periods[0])
-    rng = np.random.default_rng(s.seed + 2)
-    total_bytes, sim_ms, exchanges = 0, 0.0, 0
-    curve = []
-    for step in range(1, s.local_steps + 1):
-        for d in range(devices.n):
-            fleet.step(d, data.windows[d], s.batch_size)
-        sim_ms += s.step_ms
-        if tree is not None and step == s.fail_step:
-            tree = reattach(tree, devices.positions, s.fail_group)
-        if tree is not None and (level := tree.fired(step)):
-            fleet.load(tree_aggregate(tree, fleet.states(), data.samples, level))
-            b, ms = tree_cost(tree, devices.positions, level, p, s.link)
-            total_bytes, sim_ms, exchanges = total_bytes + b, sim_ms + ms, exchanges + 1
-        elif scheme == "gossip" and step % s.periods[0] == 0:
-            new, picked = gossip_round(fleet.states(), data.samples, rng, peers=s.gossip_peers)
-            fleet.load(new)
-            b, ms = gossip_cost(devices.positions, picked, p, s.link)
-            total_bytes, sim_ms, exchanges = total_bytes + b, sim_ms + ms, exchanges + 1
-        if step % s.eval_every == 0 or step == s.local_steps:
-            curve.append({"step": step, "exchanges": exchanges, "bytes": total_bytes, "sim_s": sim_ms / 1e3,
-                          **_score(fleet.recs, data.test)})
-    out = {"curve": curve, "final": curve[-1], "model_bytes": p, "seconds": time.monotonic() - t0}
+    if scheme == "etree" and groups is None:
+        groups = make_groups(devices, data, n_items, cfg, s)
+    n_bytes = model_bytes(fleet.recs[0].model.state_dict())
+    out = schedule(scheme, Simulated(fleet, data, s.batch_size), devices.positions,
+                   scheme_tree(scheme, devices, s, groups), n_bytes, s)
+    out["seconds"] = time.monotonic() - t0
     if keep_states:
         out["states"] = [{k: v.clone() for k, v in st.items()} for st in fleet.states()]
     return out
+
+
+def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree | None, n_bytes: int,
+             s: EdgeSettings) -> dict:
+    """A scheme's run, whichever mode holds the devices: ``s.local_steps`` ticks, the exchanges after the ticks
+    where they fire, the fault, the simulated bytes and clock (:mod:`onerec.edge.tree`'s cost model) and the
+    accuracy curve.
+
+    Returns:
+        ``{"curve": [{step, exchanges, bytes, sim_s, recall@10, ndcg@10}], "final": curve[-1], "model_bytes"}``.
+    """
+    rng = np.random.default_rng(s.seed + 2)  # gossip's peers: every process draws the same
+    total_bytes, sim_ms, exchanges = 0, 0.0, 0
+    curve = []
+    for step in range(1, s.local_steps + 1):
+        devices.tick()
+        sim_ms += s.step_ms
+        if tree is not None and step == s.fail_step:
+            tree = reattach(tree, positions, s.fail_group)
+        if tree is not None and (level := tree.fired(step)):
+            devices.tree_exchange(tree, level)
+            b, ms = tree_cost(tree, positions, level, n_bytes, s.link)
+            total_bytes, sim_ms, exchanges = total_bytes + b, sim_ms + ms, exchanges + 1
+        elif scheme == "gossip" and step % s.periods[0] == 0:
+            picked = gossip_peers(len(positions), rng, s.gossip_peers)
+            devices.gossip_exchange(picked)
+            b, ms = gossip_cost(positions, picked, n_bytes, s.link)
+            total_bytes, sim_ms, exchanges = total_bytes + b, sim_ms + ms, exchanges + 1
+        if step % s.eval_every == 0 or step == s.local_steps:
+            curve.append({"step": step, "exchanges": exchanges, "bytes": total_bytes, "sim_s": sim_ms / 1e3,
+                          **devices.score()})
+    return {"curve": curve, "final": curve[-1], "model_bytes": n_bytes}
 
 
 def _run_central(devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec, s: EdgeSettings,

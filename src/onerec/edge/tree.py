@@ -192,6 +192,24 @@ def tree_cost(tree: Tree, positions: np.ndarray, level: int, n_bytes: int, link:
     return total_bytes, ms
 
 
+def gossip_peers(n: int, rng: np.random.Generator, peers: int = 1) -> np.ndarray:
+    """int64 [N, peers] the random peers each of ``n`` devices pulls from in one gossip round (never itself).
+
+    Every process of the multi-process mode draws the same peers from the same ``rng`` state."""
+    if not 1 <= peers < n:
+        raise ConfigError(f"edge.gossip_peers={peers} must be between 1 and the devices minus one ({n - 1}). "
+                          "Fix: e.g. edge.gossip_peers=1")
+    return np.stack([rng.choice(np.delete(np.arange(n), i), peers, replace=False) for i in range(n)])
+
+
+def gossip_average(states: list[State], samples: np.ndarray, picked: np.ndarray) -> list[State]:
+    """Per device i, the sample-weighted average of its model and its peers' ``picked[i]``, all from the models
+    before the round."""
+    samples = np.asarray(samples, dtype=np.float64)
+    return [weighted_average([states[i]] + [states[j] for j in picked[i]], np.r_[samples[i], samples[picked[i]]])
+            for i in range(len(states))]
+
+
 def gossip_round(states: list[State], samples: np.ndarray, rng: np.random.Generator, *,
                  peers: int = 1) -> tuple[list[State], np.ndarray]:
     """Every device averages (sample-weighted) its model with ``peers`` random others' models, all from
@@ -200,15 +218,8 @@ def gossip_round(states: list[State], samples: np.ndarray, rng: np.random.Genera
     Returns:
         (new models, int64 [N, peers] the peers each device pulled from).
     """
-    n = len(states)
-    if not 1 <= peers < n:
-        raise ConfigError(f"edge.gossip_peers={peers} must be between 1 and the devices minus one ({n - 1}). "
-                          "Fix: e.g. edge.gossip_peers=1")
-    samples = np.asarray(samples, dtype=np.float64)
-    picked = np.stack([rng.choice(np.delete(np.arange(n), i), peers, replace=False) for i in range(n)])
-    new = [weighted_average([states[i]] + [states[j] for j in picked[i]], np.r_[samples[i], samples[picked[i]]])
-           for i in range(n)]
-    return new, picked
+    picked = gossip_peers(len(states), rng, peers)
+    return gossip_average(states, samples, picked), picked
 
 
 def gossip_cost(positions: np.ndarray, picked: np.ndarray, n_bytes: int, link: Link) -> tuple[int, float]:

@@ -1,9 +1,11 @@
-"""Multi-process E-Tree (one device a gloo process, each node a new_group collective) equals the
-single-process simulation on a small case, for SASRec and for the generator."""
+"""The multi-process mode (one device a gloo process, each tree node or gossip pull a new_group collective) equals
+the single-process simulation on a small case, for SASRec and for the generator: E-Tree (also with a dead
+aggregator), FedAvg and gossip."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -19,7 +21,7 @@ from onerec.config import ModelConfig, SasrecConfig, TrainConfig
 from onerec.edge.devices import Devices
 from onerec.edge.distributed import train_rank
 from onerec.edge.simulate import EdgeSettings, GeneratorSpec, device_data, run_scheme
-from onerec.edge.tree import Link, Tree, build_tree, head_devices, server_tree
+from onerec.edge.tree import Link, build_tree, head_devices
 from onerec.errors import ConfigError
 from onerec.features import HistoryFeaturizer, TrainExamples
 
@@ -30,8 +32,9 @@ LISTS = pa.list_(pa.int64())
 CFG = SasrecConfig(d_model=8, n_layers=1, n_heads=1, dropout=0.0, max_len=6)
 SETTINGS = EdgeSettings(local_steps=8, batch_size=4, periods=[2, 4], group_size=2, grouping="distance",
                         eval_every=8, link=Link())
-KINDS = ("etree", "fedavg")
+KINDS = ("etree", "fedavg", "gossip", "etree-fault")  # etree-fault: group 0's aggregator dies after step 3
 POSITIONS = np.array([[0.0, 0.0], [0.1, 0.0], [0.9, 1.0], [1.0, 1.0]])
+GROUPS = np.array([0, 0, 1, 1])
 
 
 def _generator(moe_experts: int = 0) -> GeneratorSpec:
@@ -60,10 +63,10 @@ def _case(spec: GeneratorSpec | None = None) -> tuple[Devices, object]:
     return devices, device_data(devices, train, test, CFG.max_len, spec)
 
 
-def _tree(kind: str) -> Tree:
-    if kind == "fedavg":
-        return server_tree(N_DEV, np.array([0.5, 0.5]), 2)
-    return build_tree(POSITIONS, np.array([0, 0, 1, 1]), fanout=[], periods=[2, 4])
+def _scheme(kind: str) -> tuple[str, EdgeSettings]:
+    if kind == "etree-fault":
+        return "etree", dataclasses.replace(SETTINGS, fail_step=3, fail_group=0)
+    return kind, SETTINGS
 
 
 def _worker(rank: int, store: str, out: str) -> None:
@@ -71,16 +74,19 @@ def _worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=N_DEV)
     try:
         for model, spec in (("sasrec", CFG), ("generator", _generator())):
-            _, data = _case(spec if model == "generator" else None)
+            devices, data = _case(spec if model == "generator" else None)
             for kind in KINDS:
-                state = train_rank(_tree(kind), POSITIONS, data.windows[rank], data.samples, N_ITEMS, spec, SETTINGS)
-                save_file(state, os.path.join(out, f"{model}-{kind}{rank}.safetensors"))
+                scheme, settings = _scheme(kind)
+                res = train_rank(scheme, devices, data, N_ITEMS, spec, settings, groups=GROUPS, keep_state=True)
+                save_file(res["state"], os.path.join(out, f"{model}-{kind}{rank}.safetensors"))
+                with open(os.path.join(out, f"{model}-{kind}{rank}.json"), "w") as f:
+                    json.dump(res["final"], f)
     finally:
         dist.destroy_process_group()
 
 
 def test_head_devices_match_tree_heads() -> None:
-    tree = _tree("etree")
+    tree = build_tree(POSITIONS, GROUPS, fanout=[], periods=[2, 4])
     heads = head_devices(tree, POSITIONS)
     for lvl in range(tree.depth):
         assert np.allclose(POSITIONS[heads[lvl]], tree.heads[lvl])
@@ -92,11 +98,19 @@ def _scores(state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tenso
     return model.eval()(tokens)
 
 
-def _single(kind: str, devices: Devices, data: object, cfg: object) -> list[dict[str, torch.Tensor]]:
-    """Every device's final weights in the single-process simulation (the same tree as ``_tree``)."""
-    settings = dataclasses.replace(SETTINGS, periods=[2] if kind == "fedavg" else [2, 4])
-    return run_scheme(kind, devices, data, N_ITEMS, cfg, settings,
-                      groups=np.array([0, 0, 1, 1]) if kind == "etree" else None, keep_states=True)["states"]
+def _single(kind: str, devices: Devices, data: object, cfg: object) -> dict:
+    """The single-process simulation's run, every device's final weights kept."""
+    scheme, settings = _scheme(kind)
+    return run_scheme(scheme, devices, data, N_ITEMS, cfg, settings, groups=GROUPS, keep_states=True)
+
+
+def _same_final(tmp_path, name: str, single: dict) -> None:
+    """Every rank reports the simulation's final point: accuracy, exchanges, bytes, simulated clock."""
+    for d in range(N_DEV):
+        multi = json.loads((tmp_path / f"{name}{d}.json").read_text())
+        assert multi.keys() == single["final"].keys()
+        for k, v in single["final"].items():
+            assert multi[k] == pytest.approx(v, abs=1e-5), (name, d, k)
 
 
 @pytest.mark.slow  # starts 4 gloo processes: ~10-30 s on a shared 2-core machine
@@ -106,7 +120,9 @@ def test_multi_process_equals_single_process(tmp_path) -> None:
     tokens = torch.as_tensor(np.concatenate(data.windows)[:, 1:])
     d_model = CFG.d_model
     for kind in KINDS:
-        single = _single(kind, devices, data, CFG)
+        run = _single(kind, devices, data, CFG)
+        _same_final(tmp_path, f"sasrec-{kind}", run)
+        single = run["states"]
         for d in range(N_DEV):
             multi = load_file(str(tmp_path / f"sasrec-{kind}{d}.safetensors"))
             for k, v in single[d].items():
@@ -118,6 +134,8 @@ def test_multi_process_equals_single_process(tmp_path) -> None:
                     v, got = (torch.cat([t[:d_model], t[2 * d_model:]]) for t in (v, got))
                 assert torch.allclose(got, v, atol=1e-5), (kind, d, k)
             assert torch.allclose(_scores(multi, tokens), _scores(single[d], tokens), atol=1e-4), (kind, d)
+        if kind == "gossip":
+            continue
         # the last step (8) is a root / server aggregation: every device holds the same model
         for d in range(1, N_DEV):
             other = load_file(str(tmp_path / f"sasrec-{kind}{d}.safetensors"))
@@ -125,16 +143,18 @@ def test_multi_process_equals_single_process(tmp_path) -> None:
     spec = _generator()
     devices, data = _case(spec)
     for kind in KINDS:
-        single = _single(kind, devices, data, spec)
+        run = _single(kind, devices, data, spec)
+        _same_final(tmp_path, f"generator-{kind}", run)
+        single = run["states"]
         for d in range(N_DEV):
             multi = load_file(str(tmp_path / f"generator-{kind}{d}.safetensors"))
             assert multi.keys() == single[d].keys()
             for k, v in single[d].items():
                 assert torch.allclose(multi[k], v, atol=1e-5), ("generator", kind, d, k)
-                assert torch.allclose(multi[k], single[0][k], atol=1e-5)  # step 8 aggregates every device
+                if kind != "gossip":  # step 8 aggregates every device
+                    assert torch.allclose(multi[k], single[0][k], atol=1e-5)
 
 
 def test_multi_process_refuses_a_moe_generator() -> None:
-    _, data = _case()
     with pytest.raises(ConfigError, match="moe_experts"):
-        train_rank(_tree("fedavg"), POSITIONS, data.windows[0], data.samples, N_ITEMS, _generator(2), SETTINGS)
+        train_rank("fedavg", *_case(), N_ITEMS, _generator(2), SETTINGS)

@@ -621,7 +621,9 @@ class EdgeConfig:
                                       "one below); FedAvg and gossip exchange every periods[0] steps")
     local_steps: int = opt(60, "local steps per device over the run")
     batch_size: int = opt(16, "sequences per local step")
-    lr: float = opt(1e-2, "learning rate on every device (Adam for SASRec, AdamW for the generator)")
+    lr: float | None = opt(None, "learning rate on every device (Adam for SASRec, AdamW for the generator); null: "
+                                 "the model's own, 1e-2 for SASRec (the edge studies' rate, not eval.sasrec.lr) and "
+                                 "train.lr for the generator")
     gossip_peers: int = opt(1, "gossip: random peers each device averages with per exchange")
     eval_every: int = opt(20, "local steps between points of the accuracy curve")
     step_ms: float = opt(20.0, "simulated time of one local step (for the simulated clock)")

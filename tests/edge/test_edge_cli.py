@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from onerec.cli import cli
+from onerec.config import load_config
+from onerec.edge.stage import settings_from
 from onerec.io import read_json
 from onerec.pipeline import run_config
 
@@ -41,6 +43,7 @@ def test_cli_edge_runs_on_a_simulated_run(data_run, tmp_path):
     metrics = read_json(run / "edge" / "metrics.json")
     assert set(metrics["schemes"]) == {"etree", "fedavg", "local"}
     assert metrics["model"] == "sasrec" and metrics["model_config"]["d_model"] == 8
+    assert metrics["settings"]["lr"] == 1e-2  # edge.lr null: SASRec's 1e-2
     assert metrics["schemes"]["local"]["final"]["bytes"] == 0 and metrics["schemes"]["fedavg"]["final"]["bytes"] > 0
     assert "edge (sasrec on every device): ndcg@10" in res.output
     res = runner.invoke(cli, ["edge", str(run), *SMALL, "edge.schemes=[etree,fedprox]"])
@@ -69,9 +72,17 @@ def test_cli_edge_trains_the_generator(data_run, tmp_path):
     metrics = read_json(run / "edge" / "metrics.json")
     assert metrics["model"] == "generator" and metrics["settings"]["model"] == "generator"
     assert metrics["model_config"] == dataclasses.asdict(run_config(run).model)
+    assert metrics["settings"]["lr"] == run_config(run).train.lr  # edge.lr null: the generator's train.lr
     assert set(metrics["schemes"]) == {"etree", "fedavg", "gossip", "local", "central"}
     for name, scheme in metrics["schemes"].items():
         final = scheme["final"]
         assert 0.0 <= final["ndcg@10"] <= final["recall@10"] <= 1.0, name
         assert final["step"] == 4 and (final["bytes"] > 0) == (name in ("etree", "fedavg", "gossip")), name
     assert "edge (generator on every device): ndcg@10" in res.output
+
+
+def test_edge_lr_defaults_to_the_models_own() -> None:
+    cfg = load_config(preset="tiny")
+    assert cfg.edge.lr is None and settings_from(cfg).lr == 1e-2  # SASRec: the edge studies' rate
+    assert settings_from(load_config(preset="tiny", overrides=["edge.model=generator"])).lr == cfg.train.lr
+    assert settings_from(load_config(preset="tiny", overrides=["edge.model=generator", "edge.lr=0.05"])).lr == 0.05

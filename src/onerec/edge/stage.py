@@ -7,21 +7,24 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from onerec.config import EdgeConfig, RunConfig
+from onerec.config import RunConfig
 from onerec.edge.devices import partition_dirichlet, partition_iid, world_clusters
 from onerec.edge.simulate import SCHEMES, EdgeSettings, GeneratorSpec, device_data, make_groups, run_scheme
 from onerec.edge.tree import _check_periods
 from onerec.errors import ConfigError, DataError
 
 
-def settings_from(ecfg: EdgeConfig) -> EdgeSettings:
-    """The simulation settings of an ``edge`` config section."""
+def settings_from(cfg: RunConfig) -> EdgeSettings:
+    """The simulation settings of a run's ``edge`` section (``edge.lr`` null: 1e-2 for SASRec, ``train.lr`` for the
+    generator)."""
+    ecfg = cfg.edge
     unknown = [s for s in ecfg.schemes if s not in SCHEMES]
     if unknown or not ecfg.schemes:
         raise ConfigError(f"edge.schemes={ecfg.schemes}: unknown or none ({', '.join(unknown) or 'empty'}). "
                           f"Fix: choose among {', '.join(SCHEMES)}")
     _check_periods(list(ecfg.periods))
-    return EdgeSettings(local_steps=ecfg.local_steps, batch_size=ecfg.batch_size, lr=ecfg.lr,
+    lr = ecfg.lr if ecfg.lr is not None else cfg.train.lr if ecfg.model == "generator" else EdgeSettings.lr
+    return EdgeSettings(local_steps=ecfg.local_steps, batch_size=ecfg.batch_size, lr=lr,
                         group_size=ecfg.group_size, fanout=list(ecfg.fanout), periods=list(ecfg.periods),
                         grouping=ecfg.grouping, kma_balance=ecfg.kma_balance, gossip_peers=ecfg.gossip_peers,
                         eval_every=ecfg.eval_every, step_ms=ecfg.step_ms, seed=ecfg.seed)
@@ -71,7 +74,7 @@ def stage_edge(run: Path, cfg: RunConfig) -> dict[str, Any]:
     from onerec.threads import set_threads
 
     ecfg, run = cfg.edge, Path(run)
-    settings = settings_from(ecfg)
+    settings = settings_from(cfg)
     split_dir, items_path = run / "data" / "split", run / "data" / FILES["items"]
     if not split_dir.exists() or not items_path.exists():
         raise DataError("the run has no data split", path=str(split_dir), fix=f"run `onerec data --out {run}` first")
@@ -97,7 +100,8 @@ def stage_edge(run: Path, cfg: RunConfig) -> dict[str, Any]:
     groups = make_groups(devices, data, n_items, model, settings) if "etree" in ecfg.schemes else None
     result: dict[str, Any] = {"model": ecfg.model,
                               "model_config": dataclasses.asdict(cfg.model if spec is not None else cfg.eval.sasrec),
-                              "schemes": {}, "settings": dataclasses.asdict(ecfg), "split": cfg.eval.split}
+                              "schemes": {}, "settings": {**dataclasses.asdict(ecfg), "lr": settings.lr},
+                              "split": cfg.eval.split}
     for scheme in ecfg.schemes:
         out = run_scheme(scheme, devices, data, n_items, model, settings, groups=groups)
         result["schemes"][scheme] = {k: out[k] for k in ("final", "curve", "model_bytes")}

@@ -186,11 +186,18 @@ def edge(run: Path, overrides: tuple[str, ...]) -> None:
     the simulated world's interests, or IID), SASRec on every device (edge.model=generator: the run's generator,
     after `onerec tokenize RUN`), and E-Tree (KMA groups, per-level aggregation periods) against FedAvg, gossip
     learning, local-only and centralised training, in one process: recall@10 / ndcg@10, simulated bytes and
-    wall-clock. Writes RUN/edge."""
+    wall-clock. Writes RUN/edge.
+
+    One device a process: `torchrun --nproc_per_node=N -m onerec edge RUN edge.n_devices=N` (gloo; the same
+    numbers up to rounding when training draws nothing at random, e.g. dropout 0; centralised training is skipped
+    there)."""
     from onerec.edge.stage import stage_edge
     from onerec.pipeline import run_config
+    from onerec.train.distributed import launched_rank
 
     out = stage_edge(run, run_config(run, overrides=overrides))
+    if launched_rank() != 0:  # under torchrun: rank 0 reports
+        return
     _summary(f"edge ({out['model']} on every device): ndcg@10 / recall@10 / MB moved / simulated s",
              {s: f"{m['final']['ndcg@10']:.4f} / {m['final']['recall@10']:.4f} / {m['final']['bytes'] / 1e6:.1f} / "
                  f"{m['final']['sim_s']:.1f}" for s, m in out["schemes"].items()})

@@ -598,7 +598,7 @@ class ExploreConfig:
 class EdgeConfig:
     """Training across edge devices (``onerec edge``, ``onerec.edge``): E-Tree against FedAvg, gossip learning,
     local-only and centralised training, SASRec or the generator on every device, in the single-process
-    simulation."""
+    simulation or, under ``torchrun``, one device a process."""
 
     model: str = opt("sasrec", "the model on every device: sasrec (eval.sasrec's SASRec, needs only the data "
                                "stage) | generator (the run's model.* generator on its semantic IDs, trained by "
@@ -606,7 +606,8 @@ class EdgeConfig:
                                "RUN` first, slower)", choices=["sasrec", "generator"])
     schemes: list[str] = opt(["etree", "fedavg", "gossip", "local", "central"],
                              "schemes to run: etree, fedavg, gossip, local, central")
-    n_devices: int = opt(100, "edge devices the run's users are partitioned over")
+    n_devices: int = opt(100, "edge devices the run's users are partitioned over (under torchrun: one a process, "
+                              "so --nproc_per_node must equal it)")
     partition: str = opt("noniid", "noniid: a Dirichlet split over user clusters (the simulated world's dominant "
                                    "interests) | iid: users dealt at random", choices=["noniid", "iid"])
     alpha: float = opt(0.3, "noniid: Dirichlet concentration (smaller: each device holds fewer clusters)")

@@ -22,17 +22,6 @@ SMALL = ["edge.n_devices=8", "edge.group_size=4", "edge.periods=[2,4]", "edge.lo
          "eval.sasrec.max_len=8", "train.threads=1"]  # stage_edge sets train.threads: tiny models, busy cores
 
 
-@pytest.fixture(scope="module")
-def data_run(tmp_path_factory):
-    """A tiny simulated run with its data stage only (the tiny preset's generator in its config)."""
-    run = tmp_path_factory.mktemp("edge") / "run"
-    sim = ["data.sim.n_users=120", "data.sim.n_items=60", "data.sim.n_events=3000", "data.sim.calib_pairs=2000",
-           "data.sim.n_topics=6"]
-    res = CliRunner().invoke(cli, ["data", "--out", str(run), "--preset", "tiny", *sim])
-    assert res.exit_code == 0, res.output
-    return run
-
-
 @pytest.mark.slow  # trains SASRec under 3 schemes on 8 devices: a few seconds
 def test_cli_edge_runs_on_a_simulated_run(data_run, tmp_path):
     run = tmp_path / "run"
@@ -43,7 +32,7 @@ def test_cli_edge_runs_on_a_simulated_run(data_run, tmp_path):
     metrics = read_json(run / "edge" / "metrics.json")
     assert set(metrics["schemes"]) == {"etree", "fedavg", "local"}
     assert metrics["model"] == "sasrec" and metrics["model_config"]["d_model"] == 8
-    assert metrics["settings"]["lr"] == 1e-2  # edge.lr null: SASRec's 1e-2
+    assert metrics["mode"] == "simulation" and metrics["settings"]["lr"] == 1e-2  # edge.lr null: SASRec's 1e-2
     assert metrics["schemes"]["local"]["final"]["bytes"] == 0 and metrics["schemes"]["fedavg"]["final"]["bytes"] > 0
     assert "edge (sasrec on every device): ndcg@10" in res.output
     res = runner.invoke(cli, ["edge", str(run), *SMALL, "edge.schemes=[etree,fedprox]"])

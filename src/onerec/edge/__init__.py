@@ -9,6 +9,6 @@ and centralised training, under non-IID data (issue 42).
 * :mod:`onerec.edge.simulate` -- the single-process simulation of many devices (SASRec or the generator on
   each);
 * :mod:`onerec.edge.distributed` -- one device a process under torch.distributed (gloo), a subgroup per
-  tree node;
+  tree node and gossip pull (``torchrun -m onerec edge RUN``);
 * :mod:`onerec.edge.stage` -- ``onerec edge RUN``.
 """

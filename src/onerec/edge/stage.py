@@ -1,5 +1,10 @@
 """``onerec edge RUN``: the edge schemes of ``edge.schemes`` on the run's data, SASRec or the run's generator on
-every device (``edge.model``) -> RUN/edge/metrics.json."""
+every device (``edge.model``) -> RUN/edge/metrics.json.
+
+Two modes, one schedule (:func:`onerec.edge.simulate.schedule`): one process simulates every device
+(:mod:`onerec.edge.simulate`), or, under ``torchrun --nproc_per_node=N -m onerec edge RUN edge.n_devices=N``, each
+device is a process (:mod:`onerec.edge.distributed`; centralised training, not a device scheme, is skipped there).
+They give the same numbers up to rounding when training draws nothing at random (dropout 0)."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from onerec.config import RunConfig
+from onerec.config import EdgeConfig, RunConfig
 from onerec.edge.devices import partition_dirichlet, partition_iid, world_clusters
 from onerec.edge.simulate import SCHEMES, EdgeSettings, GeneratorSpec, device_data, make_groups, run_scheme
 from onerec.edge.tree import _check_periods
@@ -57,24 +62,42 @@ def generator_spec(run: Path, cfg: RunConfig, splits: dict[str, Any] | None = No
                          lambda t: train_examples(t, feat, cfg), feat, cfg.train)
 
 
+def _device_schemes(ecfg: EdgeConfig, world: int) -> tuple[list[str], dict[str, str]]:
+    """The schemes that run (and those skipped, with why) when ``world`` processes are the devices."""
+    if world == 1:
+        return list(ecfg.schemes), {}
+    from onerec.edge.distributed import CENTRAL, check_world
+
+    check_world(ecfg.n_devices, world)
+    schemes = [s for s in ecfg.schemes if s != "central"]
+    if not schemes:
+        raise ConfigError(f"edge.schemes={ecfg.schemes}: {CENTRAL}. Fix: run it in one process (`onerec edge RUN` "
+                          "without torchrun), or add device schemes (etree, fedavg, gossip, local)")
+    return schemes, ({"central": CENTRAL} if "central" in ecfg.schemes else {})
+
+
 def stage_edge(run: Path, cfg: RunConfig) -> dict[str, Any]:
-    """Partition the run's users over ``edge.n_devices`` devices and run every scheme (single process), with
-    ``edge.model`` on every device.
+    """Partition the run's users over ``edge.n_devices`` devices and run every scheme, with ``edge.model`` on every
+    device: in one process, or under torchrun one device a process (rank 0 writes RUN/edge).
 
     Returns:
         ``{"model": "sasrec" | "generator", "model_config": {...}, "schemes": {name: {"final": ...,
-        "curve": [...], "model_bytes": ...}}, "settings": {...}, "split": ...}``.
+        "curve": [...], "model_bytes": ...}}, "settings": {...}, "split": ..., "mode": "simulation" | "processes"}``
+        (+ ``"skipped": {scheme: why}`` when torchrun skipped centralised training).
     """
     from onerec.data.schema import FILES
     from onerec.data.simulator import WORLD_DIR, World
     from onerec.data.splits import load_splits
     from onerec.io import read_parquet, write_json
-    from onerec.pipeline import save_config
+    from onerec.pipeline import log, save_config
     from onerec.rundir import staged
     from onerec.threads import set_threads
+    from onerec.train.distributed import launched_world, process_group
 
     ecfg, run = cfg.edge, Path(run)
     settings = settings_from(cfg)
+    world = launched_world()
+    schemes, skipped = _device_schemes(ecfg, world)
     split_dir, items_path = run / "data" / "split", run / "data" / FILES["items"]
     if not split_dir.exists() or not items_path.exists():
         raise DataError("the run has no data split", path=str(split_dir), fix=f"run `onerec data --out {run}` first")
@@ -97,16 +120,29 @@ def stage_edge(run: Path, cfg: RunConfig) -> dict[str, Any]:
     set_threads(cfg.train.threads)
     model = spec if spec is not None else cfg.eval.sasrec
     data = device_data(devices, splits["train"], splits[cfg.eval.split], cfg.eval.sasrec.max_len, spec)
-    groups = make_groups(devices, data, n_items, model, settings) if "etree" in ecfg.schemes else None
     result: dict[str, Any] = {"model": ecfg.model,
                               "model_config": dataclasses.asdict(cfg.model if spec is not None else cfg.eval.sasrec),
                               "schemes": {}, "settings": {**dataclasses.asdict(ecfg), "lr": settings.lr},
-                              "split": cfg.eval.split}
-    for scheme in ecfg.schemes:
-        out = run_scheme(scheme, devices, data, n_items, model, settings, groups=groups)
-        result["schemes"][scheme] = {k: out[k] for k in ("final", "curve", "model_bytes")}
-    with staged(run, "edge") as folder:
-        write_json(folder / "metrics.json", result)
-        save_config(folder, cfg)
-    save_config(run, cfg)
+                              "split": cfg.eval.split, "mode": "simulation" if world == 1 else "processes"}
+    if skipped:
+        result["skipped"] = skipped
+    with process_group("cpu", recovery="Nothing was written: run the same command again.") as d:
+        if d.main:
+            for scheme, why in skipped.items():
+                log(f"note: edge scheme {scheme} skipped under torchrun: {why} (`onerec edge RUN` runs it)")
+        if world == 1:
+            train, grouping = run_scheme, make_groups
+        else:  # rank d trains device d; KMA's signatures are gathered from the ranks
+            from onerec.edge.distributed import rank_groups, train_rank
+
+            train, grouping = train_rank, rank_groups
+        groups = grouping(devices, data, n_items, model, settings) if "etree" in schemes else None
+        for scheme in schemes:
+            out = train(scheme, devices, data, n_items, model, settings, groups=groups)
+            result["schemes"][scheme] = {k: out[k] for k in ("final", "curve", "model_bytes")}
+    if d.main:
+        with staged(run, "edge") as folder:
+            write_json(folder / "metrics.json", result)
+            save_config(folder, cfg)
+        save_config(run, cfg)
     return result

@@ -45,6 +45,8 @@ from onerec.errors import ConfigError, DistributedError
 
 FSDP_AUTO_PARAMS = 250_000_000  # train.strategy=auto: fsdp above this many parameters, ddp up to it
 TIMEOUT = datetime.timedelta(hours=1)  # a collective waits this long (a rank-0-only step such as a save)
+RESUME = ("The run is resumable: run the same torchrun command with --resume (at this or another number of "
+          "processes).")
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def process_group(device: str = "auto") -> Iterator[Dist]:
+def process_group(device: str = "auto", *, recovery: str = RESUME) -> Iterator[Dist]:
     """Join torchrun's job for the block (nccl for a GPU device, gloo for the CPU) and leave it afterwards;
-    without torchrun (``WORLD_SIZE`` unset or 1), or with a group already joined, yield :func:`current`."""
+    without torchrun (``WORLD_SIZE`` unset or 1), or with a group already joined, yield :func:`current`.
+    ``recovery``: what the error says to do when another process of the job is lost."""
     if launched_world() == 1 or dist.is_initialized():
         yield current()
         return
@@ -124,8 +127,7 @@ def process_group(device: str = "auto") -> Iterator[Dist]:
             raise
         raise DistributedError(
             f"rank {d.rank} of {d.world}: lost contact with another process of the job ({str(e).splitlines()[0]}); "
-            "torchrun's 'Root Cause' names the rank that failed first. The run is resumable: run the same torchrun "
-            "command with --resume (at this or another number of processes).") from None
+            f"torchrun's 'Root Cause' names the rank that failed first. {recovery}") from None
     finally:
         dist.destroy_process_group()
 

@@ -17,6 +17,7 @@ FLOPs of a step (``torch.utils.flop_counter``) and the achieved rate against a p
 same process.
 
     python benchmarks/training_cost.py RUN [--steps 10] [--rounds 3] [--threads 1] [--quick]
+    python benchmarks/training_cost.py LAZY_RUN --encdec model.dec_layers=2   # a lazy run: name its encdec
 
 Writes ``benchmarks/results/model/training_cost.json`` (one section per run name).
 """
@@ -60,8 +61,21 @@ def equal_size_lazy(cfg, sizes: list[int]) -> tuple[dict, int, int]:
     return best[0], best[1], target
 
 
-def measure(run: Path, steps: int, rounds: int) -> dict:
+def encdec_config(run: Path, overrides: list[str]):
+    """The run's config with the encoder-decoder as its model: the run's own for an encdec run; for a run of
+    another architecture its model section with ``arch=encdec`` and ``overrides`` (``model.KEY=VALUE``: e.g. the
+    preset's ``model.dec_layers=2``, which a lazy run has overridden), which must then be given."""
     cfg = load_config(file=run / "config.yaml")
+    if cfg.model.arch == "encdec" and not overrides:
+        return cfg
+    if not overrides:
+        raise SystemExit(f"this run's model.arch is {cfg.model.arch}: name the encoder-decoder to compare with by "
+                         "the model keys it differs in, e.g. --encdec model.dec_layers=2 (the amazon preset's)")
+    return load_config(file=run / "config.yaml", overrides=["model.arch=encdec", *overrides])
+
+
+def measure(run: Path, steps: int, rounds: int, encdec: list[str] = ()) -> dict:
+    cfg = encdec_config(run, list(encdec))
     codes = load_codes(run)
     splits = load_splits(run / "data" / "split", n_items=len(codes))
     sizes = read_json(run / "tokenizer" / "metrics.json")["codebook_sizes"]
@@ -156,11 +170,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--machine", default="", help="describe the machine (sharing, load)")
     ap.add_argument("--quick", action="store_true", help="2 steps, 1 round: a smoke run (seconds to a minute)")
+    ap.add_argument("--encdec", nargs="+", default=[], metavar="model.KEY=VALUE",
+                    help="a run of another architecture (e.g. lazy): the encoder-decoder to compare with, as the "
+                         "model keys it differs in (model.arch=encdec is implied)")
     args = ap.parse_args()
     if args.quick:
         args.steps, args.rounds = 2, 1
     torch.set_num_threads(args.threads)
-    res = measure(args.run, args.steps, args.rounds)
+    res = measure(args.run, args.steps, args.rounds, args.encdec)
     res.update(command="python " + " ".join(sys.argv), date=dt.date.today().isoformat(), machine=args.machine)
     print(json.dumps(res, indent=1))
     path = RESULTS.with_suffix(".quick.json") if args.quick else RESULTS  # a smoke run never joins the results

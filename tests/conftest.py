@@ -261,6 +261,23 @@ def explore_world():
                                  calib_pairs=2000, seed=3))
 
 
+@pytest.fixture(scope="session")
+def data_run(tmp_path_factory):
+    """A tiny simulated run with its data stage only (the tiny preset's generator in its config), for the
+    `onerec edge` tests; copy it before writing into it. (Here, not in a tests/edge/conftest.py: a second module
+    named conftest would shadow this one for the test files that import its helpers.)"""
+    from click.testing import CliRunner
+
+    from onerec.cli import cli
+
+    run = tmp_path_factory.mktemp("edge") / "run"
+    sim = ["data.sim.n_users=120", "data.sim.n_items=60", "data.sim.n_events=3000", "data.sim.calib_pairs=2000",
+           "data.sim.n_topics=6"]
+    res = CliRunner().invoke(cli, ["data", "--out", str(run), "--preset", "tiny", *sim])
+    assert res.exit_code == 0, res.output
+    return run
+
+
 @functools.cache
 def compile_unavailable() -> str | None:
     """Why ``torch.compile`` (inductor) cannot run on this machine, or None: for the tests of ``generate.compile``

@@ -391,3 +391,19 @@ def test_onerec_prior_ranks_the_trained_generator_with_the_succession_prior(amaz
     assert isinstance(res.exception, ConfigError) and "add onerec to --models" in str(res.exception)
     res = CliRunner().invoke(cli, [*base, "--models", "onerec_prior,onerec", "--out", str(tmp_path / "fresh")])
     assert isinstance(res.exception, ConfigError) and "list onerec first" in str(res.exception)
+
+
+def test_resume_refuses_another_experiment_but_not_a_changed_default_it_never_reads(tmp_path):
+    """--resume compares the saved config with the new one: a changed model or training field is another
+    experiment (refused, naming the field); a section the benchmark never reads (serving, alignment,
+    exploration, edge training) may differ, e.g. when onerec changed one of its defaults since the run began."""
+    from onerec.bench.amazon import check_resumable
+    from onerec.config import load_config, to_dict
+    from onerec.io import write_yaml
+
+    run = tmp_path / "seed0"
+    run.mkdir()
+    write_yaml(run / "config.yaml", to_dict(load_config(overrides=["edge.lr=0.01"])))
+    check_resumable(run, load_config(overrides=["edge.lr=0.5", "align.method=dpo", "train.threads=2"]))
+    with pytest.raises(ConfigError, match=r"cannot resume.*train\.lr"):
+        check_resumable(run, load_config(overrides=["train.lr=0.5"]))

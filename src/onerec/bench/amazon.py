@@ -512,12 +512,19 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     return result
 
 
+# config sections no benchmark stage reads (serving, the reward model, alignment, exploration, edge training): a
+# change of their defaults must not make a run unresumable or two results files unpoolable
+UNREAD_SECTIONS = ("serve", "reward", "align", "explore", "edge")
+
+
 def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names of the config fields whose values differ between two results files. A field
-    that only one file has was added to onerec after the other was written (new fields default to
-    the old behaviour), so it is not a difference."""
+    """Dotted names of the config fields whose values differ between two results files (or run configs), the
+    sections in :data:`UNREAD_SECTIONS` left out. A field that only one file has was added to onerec after the
+    other was written (new fields default to the old behaviour), so it is not a difference."""
     out = []
     for key in sorted(set(a) & set(b)):
+        if not prefix and key in UNREAD_SECTIONS:
+            continue
         va, vb = a[key], b[key]
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_differences(va, vb, f"{prefix}{key}.")

@@ -114,12 +114,13 @@ def _bench_row(tmp_path: Path, base: list[str], name: str, model: str, *extra: s
     return res, json.loads((tmp_path / f"{name}.json").read_text())["runs"][0]["models"][model]
 
 
-def test_bench_amazon_resumes_a_killed_run(amazon_dir, tmp_path):
+def test_bench_amazon_resumes_a_killed_run(amazon_dir, tmp_path, monkeypatch):
     """A run killed in its last epoch and continued with --resume ends as the uninterrupted run did."""
     base = ["bench", "amazon", "--category", "beauty", "--datasets", str(amazon_dir), "--seeds", "0",
             "--models", "onerec", *TINY, "train.epochs=3"]
 
     def bench(name, *extra):
+        monkeypatch.setattr("sys.argv", ["onerec", *base, *extra])  # what the CLI records as the command
         return _bench_row(tmp_path, base, name, "onerec", *extra)
 
     _, full = bench("full")
@@ -131,6 +132,9 @@ def test_bench_amazon_resumes_a_killed_run(amazon_dir, tmp_path):
     for f in ("model.safetensors", "metrics.json", "history.json"):
         (train / f).unlink()
     res, resumed = bench("killed", "--resume", "--budget-s", "9999")  # a new time cap is allowed
+    # the results file names every invocation that trained the run: the first one's and the resume's
+    history = json.loads((tmp_path / "killed.json").read_text())["commands"]
+    assert len(history) == 2 and "--resume" not in history[0]["command"] and "--resume" in history[1]["command"]
     assert f"resuming from {sorted((train / 'checkpoints').glob('step-*'))[0]}" in res.output
     assert resumed["resumed_from_step"] < full["steps"] == resumed["steps"]
     assert resumed["best_epoch"] == full["best_epoch"] and resumed["stopped"] == full["stopped"]

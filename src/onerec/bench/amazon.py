@@ -457,6 +457,23 @@ def item_id_rows(cfg: RunConfig, n_items: int, log=print) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, sparse_buckets=rows))
 
 
+def command_history(out: Path, command: str, resume: bool) -> list[dict[str, str]]:
+    """Every invocation that made the runs in ``out``, oldest first (``OUT/commands.jsonl``, one JSON object a
+    line: date and command): a ``--resume`` adds ``command`` to the ones before it, a new run starts the list. A
+    results file records them all, since the last command alone does not say how a resumed run was trained."""
+    from onerec.io import write_text
+
+    path = out / "commands.jsonl"
+    entries = []
+    if resume and path.is_file():
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if command:
+        entries.append({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command})
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(path, "".join(json.dumps(e) + "\n" for e in entries))
+    return entries
+
+
 def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: list[int],
                models: tuple[str, ...] | list[str] = MODELS, preset: str = "amazon", config_file: str | None = None,
                overrides: tuple[str, ...] | list[str] = (), text: bool = True, max_history: int = PROTOCOL_HISTORY,
@@ -481,6 +498,7 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     out = Path(out)
     first = out / f"seed{seeds[0]}"
     t0 = time.perf_counter()
+    history = command_history(out, command, resume)
     log(f"== data: {cfg.data.name} ==")
     summary = prepared_data(first, cfg, progress=progress, resume=resume)
     check_protocol(first, cfg)
@@ -499,7 +517,7 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     result: dict[str, Any] = {
         "benchmark": f"amazon-{category}", "category": cfg.data.name,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command, "note": note, "machine": machine_info(), "seeds": list(seeds),
+        "command": command, "commands": history, "note": note, "machine": machine_info(), "seeds": list(seeds),
         "models": [result_key(m) for m in models],
         **aggregate(runs),
         "published": {k: dict(zip(METRICS, v)) for k, v in PUBLISHED.get(category, {}).items()},
@@ -583,6 +601,7 @@ def _merge_seeds(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str]
     out["tokenizer"] = [t for i in order for t in parts[i].get("tokenizer", [])]
     out["seconds"] = sum(p["seconds"] for p in parts)
     out["command"] = " && ".join(parts[i].get("command", "") for i in order if parts[i].get("command"))
+    out["commands"] = [c for i in order for c in parts[i].get("commands", [])]
     out["note"] = " | ".join(f"seeds {parts[i]['seeds']}: {parts[i]['note']}" for i in order if parts[i].get("note"))
     if allowed:
         out["config_differences"] = allowed
@@ -630,6 +649,7 @@ def merge_results(parts: list[dict[str, Any]], allow: tuple[str, ...] | list[str
     out["runs"] = [runs[s] for s in out["seeds"]]
     out["seconds"] = sum(p["seconds"] for p in parts)
     out["command"] = " && ".join(p.get("command", "") for p in parts if p.get("command"))
+    out["commands"] = [c for p in parts for c in p.get("commands", [])]
     out["note"] = " | ".join(f"{', '.join(p['models'])}: {p['note']}" for p in parts if p.get("note"))
     out.pop("config_differences", None)
     if differing:

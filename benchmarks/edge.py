@@ -1,8 +1,11 @@
 """Training across edge devices (issue 42): E-Tree against FedAvg, gossip, local-only and centralised.
 
 Claim measured (issue 42's goal): under non-IID data, E-Tree (arXiv 2008.01553) beats FedAvg and gossip
-learning at equal local steps and at equal bytes, and comes within 5% of centralised training; KMA grouping
+learning at equal rounds and at equal bytes, and comes within 5% of centralised training; KMA grouping
 against random and distance-only grouping. All in the single-process simulation (``onerec.edge.simulate``).
+"Rounds" two ways: equal local steps (FedAvg exchanging as often as E-Tree's groups, ``fedavg``) and equal
+global rounds (FedAvg's server averaging as often as E-Tree's root, ``fedavg_root``); bytes two ways: bytes moved,
+and byte-distance (bytes x the length of the links they cross: the load on the network).
 Data sets (``--dataset``): the simulated world, or Amazon 2014 Beauty (``beauty``: users clustered by the
 top-level category of most of their train items, see :func:`load_data`). Models (``--model``): SASRec, or the
 generator of ``--preset`` (simulated world only; its data and semantic IDs from ``onerec data`` / ``tokenize``).
@@ -14,7 +17,8 @@ scheme starts from the same weights and gives every device ``--steps`` local Ada
 centralised: the same number of steps on the pooled data with batches of 16 x devices (synchronous data
 parallel, the same samples).
 E-Tree: groups of 10 devices (KMA, distance-only or random), groups average every 5 local steps, the root
-every 20; FedAvg and gossip (one random peer) exchange every 5 local steps. Faults (non-IID): after half the
+every 20; FedAvg and gossip (one random peer) exchange every 5 local steps; ``fedavg_root``: FedAvg every 20,
+``fedavg_10``: every 10. Faults (non-IID): after half the
 local steps the aggregator of group 0 dies; E-Tree re-attaches its devices to the root, FedAvg loses its server.
 Metrics: recall@10 / ndcg@10 on the test split (``--split valid`` to choose settings), each user scored by their
 own device's model. Bytes and the
@@ -52,11 +56,16 @@ WORLD = SimConfig(n_users=2000, n_items=400, n_events=80_000, n_topics=12, calib
 MODEL = SasrecConfig(d_model=32, n_layers=1, n_heads=1, dropout=0.2, max_len=20)
 #: result name -> (scheme, grouping)
 SCHEMES = {"etree": ("etree", "kma"), "etree_distance": ("etree", "distance"), "etree_random": ("etree", "random"),
-           "fedavg": ("fedavg", "kma"), "gossip": ("gossip", "kma"), "local": ("local", "kma"),
+           "fedavg": ("fedavg", "kma"),
+           # FedAvg at E-Tree's root period: as many global (server / root) rounds as E-Tree at every step
+           "fedavg_root": ("fedavg", "kma"),
+           # FedAvg every 10 local steps: between the two in rounds, bytes and byte-distance
+           "fedavg_10": ("fedavg", "kma"),
+           "gossip": ("gossip", "kma"), "local": ("local", "kma"),
            "central": ("central", "kma"),
            # faults (non-IID only): after half the local steps the aggregator of level-1 group 0 dies
            "etree_fault": ("etree", "kma"), "fedavg_fault": ("fedavg", "kma")}
-METRICS = ("ndcg@10", "recall@10", "bytes", "sim_s")
+METRICS = ("ndcg@10", "recall@10", "bytes", "byte_distance", "sim_s")
 
 
 def generator_world(seed: int, preset: str, workdir: Path) -> tuple[Any, int, int, dict[str, Any], np.ndarray]:
@@ -142,8 +151,9 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             scheme, grouping = SCHEMES[name]
             t0 = time.monotonic()
             fail = args.steps // 2 if name.endswith("_fault") else None
+            periods = {"fedavg_root": settings.periods[-1:], "fedavg_10": [10]}.get(name, settings.periods)
             run = run_scheme(scheme, devices, data, n_items, model,
-                             dataclasses.replace(settings, grouping=grouping, fail_step=fail),
+                             dataclasses.replace(settings, grouping=grouping, fail_step=fail, periods=periods),
                              groups=groups[grouping] if scheme == "etree" else None)
             out[f"{part}.{name}"] = run
             f = run["final"]
@@ -162,6 +172,8 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]], dataset: str = "simulat
     for key in per_seed[0]:
         part = key.split(".")[0]
         for m in METRICS:
+            if any(m not in s[key]["final"] for s in per_seed):
+                continue  # a file from before the metric existed
             vals = np.array([float(s[key]["final"][m]) for s in per_seed])
             keys[f"{dataset}.{key}.{m}"] = {"mean": float(vals.mean()), "std": float(vals.std())}
         # target: 95% of the centralised model's final ndcg@10 in the same seed and partition
@@ -173,42 +185,56 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]], dataset: str = "simulat
 
 
 def table(keys: dict[str, Any], partition: str, dataset: str = "simulated") -> str:
-    lines = [f"| {partition} scheme | ndcg@10 | recall@10 | MB moved | simulated s | steps to 95% of central |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| {partition} scheme | ndcg@10 | recall@10 | MB moved | MB x distance | simulated s | "
+             "steps to 95% of central |", "|---|---|---|---|---|---|---|"]
+    nan = {"mean": float("nan")}
     for name in SCHEMES:
         k = f"{dataset}.{partition}.{name}"
         if f"{k}.ndcg@10" not in keys:
             continue
-        n, r, b, s = (keys[f"{k}.{m}"] for m in METRICS)
+        n, r, b, bd, s = (keys.get(f"{k}.{m}", nan) for m in METRICS)
         lines.append(f"| {name} | {n['mean']:.4f} +- {n['std']:.4f} | {r['mean']:.4f} +- {r['std']:.4f} | "
-                     f"{b['mean'] / 1e6:.1f} | {s['mean']:.1f} | {keys.get(f'{k}.rounds_to_target', '-')} |")
+                     f"{b['mean'] / 1e6:.1f} | {bd['mean'] / 1e6:.1f} | {s['mean']:.1f} | "
+                     f"{keys.get(f'{k}.rounds_to_target', '-')} |")
     return "\n".join(lines)
 
 
+#: x axes of the plot: curve key, label, scale
+AXES = (("step", "local steps per device", 1.0), ("bytes", "MB moved", 1e-6),
+        ("byte_distance", "MB x link length moved", 1e-6), ("sim_s", "simulated seconds", 1.0))
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
-    """ndcg@10 against local steps, per scheme (mean over seeds), one panel per partition."""
+    """ndcg@10 (mean over seeds) of each scheme against local steps, bytes moved, byte-distance and the simulated
+    clock: one row per partition, one column per axis (axes a results file lacks are left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     parts = result["settings"].get("partitions", ["noniid", "iid"])
-    fig, axes = plt.subplots(1, len(parts), figsize=(6 * len(parts), 4), squeeze=False)
-    for ax, part in zip(axes[0], parts):
-        for i, name in enumerate(SCHEMES):
-            runs = [c for k, c in result["curves"].items() if k.split(".", 1)[1] == f"{part}.{name}"]
-            if not runs:
-                continue
-            steps = [p["step"] for p in runs[0]]
-            mean = np.mean([[p["ndcg@10"] for p in c] for c in runs], axis=0)
-            ax.plot(steps, mean, marker="o", label=name, color=f"C{i}", linestyle="--" if name == "central" else "-")
-        title = f"{result.get('dataset', 'simulated')} {part}: {result['settings']['devices']} devices"
-        ax.set(title=title, xlabel="local steps per device",
-               ylabel="test ndcg@10 (mean over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    tab = plt.get_cmap("tab20").colors
+    colors = tab[::2] + tab[1::2]  # 20 colours, the 10 strong ones first: one per scheme
+    first = next(iter(result["curves"].values()))[0]
+    axes_used = [a for a in AXES if a[0] in first]
+    fig, axes = plt.subplots(len(parts), len(axes_used), figsize=(5 * len(axes_used), 3.8 * len(parts)),
+                             squeeze=False)
+    for row, part in zip(axes, parts):
+        for ax, (key, label, scale) in zip(row, axes_used):
+            for i, name in enumerate(SCHEMES):
+                runs = [c for k, c in result["curves"].items() if k.split(".", 1)[1] == f"{part}.{name}"]
+                if not runs or (key != "step" and (name in ("central", "local") or name.endswith("_fault"))):
+                    continue  # the cost panels: the schemes that exchange models, without faults
+                x = np.mean([[p[key] * scale for p in c] for c in runs], axis=0)
+                y = np.mean([[p["ndcg@10"] for p in c] for c in runs], axis=0)
+                ax.plot(x, y, marker="o", markersize=3, label=name, color=colors[i],
+                        linestyle="--" if name == "central" else "-")
+            ax.set(title=f"{result.get('dataset', 'simulated')} {part}: {result['settings']['devices']} devices",
+                   xlabel=label + (" (mean over seeds)" if key != "step" else ""), ylabel="test ndcg@10")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def merge(files: list[Path], out: Path | None) -> None:

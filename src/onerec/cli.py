@@ -198,9 +198,11 @@ def edge(run: Path, overrides: tuple[str, ...]) -> None:
     out = stage_edge(run, run_config(run, overrides=overrides))
     if launched_rank() != 0:  # under torchrun: rank 0 reports
         return
-    _summary(f"edge ({out['model']} on every device): ndcg@10 / recall@10 / MB moved / simulated s",
+    _summary(f"edge ({out['model']} on every device): ndcg@10 / recall@10 / MB moved / MB x link length / "
+             "simulated s",
              {s: f"{m['final']['ndcg@10']:.4f} / {m['final']['recall@10']:.4f} / {m['final']['bytes'] / 1e6:.1f} / "
-                 f"{m['final']['sim_s']:.1f}" for s, m in out["schemes"].items()})
+                 f"{m['final']['byte_distance'] / 1e6:.1f} / {m['final']['sim_s']:.1f}"
+              for s, m in out["schemes"].items()})
     click.echo(f"\nmetrics: {run / 'edge' / 'metrics.json'}")
 
 

@@ -43,7 +43,10 @@ def test_fedavg_bytes_clock_and_learning(world) -> None:
     p = out["model_bytes"]
     assert p == sum(t.numel() * 4 for t in _Fleet(1, N_ITEMS, CFG, 0.01, 0).recs[0].model.state_dict().values())
     final = out["final"]
-    assert final["exchanges"] == 10 and final["bytes"] == 10 * 2 * 6 * p
+    assert final["exchanges"] == final["top_rounds"] == 10 and final["bytes"] == 10 * 2 * 6 * p
+    # every device to the server at the plane's centre and back, every round
+    dist = np.linalg.norm(devices.positions - 0.5, axis=-1).sum()
+    assert final["byte_distance"] == pytest.approx(10 * 2 * p * dist)
     # 20 steps of 10 ms; each round: up + down at 1 ms latency (infinite bandwidth, no distance term)
     assert final["sim_s"] == pytest.approx((20 * 10 + 10 * 2 * 1.0) / 1e3, rel=1e-6)
     assert [c["step"] for c in out["curve"]] == [10, 20]
@@ -59,6 +62,7 @@ def test_local_moves_nothing_and_etree_counts_levels(world) -> None:
     # 2 groups of 3 + a root over the 2 heads; 10 group rounds (4 devices send: the heads' models stay put),
     # 5 of them also root rounds (1 head sends to the other)
     assert etree["final"]["exchanges"] == 10 and etree["final"]["bytes"] == (10 * 4 + 5 * 1) * 2 * p
+    assert etree["final"]["top_rounds"] == 5
     gossip = run_scheme("gossip", devices, data, N_ITEMS, CFG, FAST)
     assert gossip["final"]["bytes"] == 10 * 6 * p
     central = run_scheme("central", devices, data, N_ITEMS, CFG, dataclasses.replace(FAST, local_steps=10))

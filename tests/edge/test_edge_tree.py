@@ -62,12 +62,15 @@ def test_tree_cost_by_hand() -> None:
     pos = np.array([[0.0, 0.0], [0.0, 2.0], [1.0, 0.0], [1.0, 1.0], [4.0, 0.0]])
     link = Link(base_ms=1.0, ms_per_unit=10.0, bandwidth_mbps=8.0)  # 8 Mbit/s = 1000 bytes per ms
     p = 500  # bytes: 0.5 ms on the wire
-    n_bytes, ms = tree_cost(tree, pos, 1, p, link)
+    n_bytes, ms, byte_distance = tree_cost(tree, pos, 1, p, link)
     # devices 1, 3, 4 up and down (0 and 2 are the heads); slowest link: device 4 to head (1, 0): 1 + 30 + 0.5, twice
     assert n_bytes == 2 * 3 * p and ms == pytest.approx(2 * 31.5)
-    n_bytes, ms = tree_cost(tree, pos, 2, p, link)
-    # plus head (1, 0) to the root head (0, 0): 1 + 10 + 0.5, twice
+    # links of lengths 2 (device 1), 1 (device 3), 3 (device 4), each crossed twice
+    assert byte_distance == pytest.approx(2 * p * (2 + 1 + 3))
+    n_bytes, ms, byte_distance = tree_cost(tree, pos, 2, p, link)
+    # plus head (1, 0) to the root head (0, 0): 1 + 10 + 0.5, twice, over a link of length 1
     assert n_bytes == 2 * 4 * p and ms == pytest.approx(2 * 31.5 + 2 * 11.5)
+    assert byte_distance == pytest.approx(2 * p * (2 + 1 + 3 + 1))
 
 
 def test_built_tree_levels_cover_every_device_once() -> None:
@@ -94,9 +97,10 @@ def test_gossip_round_and_cost() -> None:
     assert all(float(s["w"][0, 0]) == pytest.approx(1.75) for s in new)  # (3 * 1 + 4) / 4
     p = model_bytes(states[0])
     assert p == 8 * 4
-    n_bytes, ms = gossip_cost(np.array([[0.0, 0.0], [0.3, 0.4]]), picked, p,
-                              Link(base_ms=0.0, ms_per_unit=100.0, bandwidth_mbps=1e9))
+    n_bytes, ms, byte_distance = gossip_cost(np.array([[0.0, 0.0], [0.3, 0.4]]), picked, p,
+                                             Link(base_ms=0.0, ms_per_unit=100.0, bandwidth_mbps=1e9))
     assert n_bytes == 2 * p and ms == pytest.approx(50.0, abs=1e-3)
+    assert byte_distance == pytest.approx(2 * p * 0.5)  # two pulls over the one link of length 0.5
     with pytest.raises(ConfigError, match=r"edge\.gossip_peers"):
         gossip_round(states, samples, np.random.default_rng(0), peers=2)
 

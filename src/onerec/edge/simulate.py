@@ -332,7 +332,7 @@ class Simulated:
 
 def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec,
                s: EdgeSettings, groups: np.ndarray | None = None, *, keep_states: bool = False) -> dict:
-    """Train under one scheme; returns ``{"curve": [{step, exchanges, bytes, sim_s, recall@10, ndcg@10}],
+    """Train under one scheme; returns ``{"curve": [...] (see :func:`schedule`),
     "final": {...}, "model_bytes", "seconds"}`` (+ ``"states"``, every device's final weights, with
     ``keep_states``)."""
     check_settings(s, scheme)
@@ -358,28 +358,34 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
     accuracy curve.
 
     Returns:
-        ``{"curve": [{step, exchanges, bytes, sim_s, recall@10, ndcg@10}], "final": curve[-1], "model_bytes"}``.
+        ``{"curve": [{step, exchanges, top_rounds, bytes, byte_distance, sim_s, recall@10, ndcg@10}], "final":
+        curve[-1], "model_bytes"}``: ``exchanges`` counts every exchange, ``top_rounds`` those that reached the top
+        of the tree (E-Tree's root, FedAvg's server: global rounds), ``byte_distance`` the bytes times the
+        lengths of the links they crossed (:class:`onerec.edge.tree.Cost`).
     """
     rng = np.random.default_rng(s.seed + 2)  # gossip's peers: every process draws the same
-    total_bytes, sim_ms, exchanges = 0, 0.0, 0
+    total_bytes, sim_ms, byte_distance, exchanges, top_rounds = 0, 0.0, 0.0, 0, 0
     curve = []
     for step in range(1, s.local_steps + 1):
         devices.tick()
         sim_ms += s.step_ms
+        cost = None
         if tree is not None and step == s.fail_step:
             tree = reattach(tree, positions, s.fail_group)
         if tree is not None and (level := tree.fired(step)):
             devices.tree_exchange(tree, level)
-            b, ms = tree_cost(tree, positions, level, n_bytes, s.link)
-            total_bytes, sim_ms, exchanges = total_bytes + b, sim_ms + ms, exchanges + 1
+            cost = tree_cost(tree, positions, level, n_bytes, s.link)
+            top_rounds += level == tree.depth
         elif scheme == "gossip" and step % s.periods[0] == 0:
             picked = gossip_peers(len(positions), rng, s.gossip_peers)
             devices.gossip_exchange(picked)
-            b, ms = gossip_cost(positions, picked, n_bytes, s.link)
-            total_bytes, sim_ms, exchanges = total_bytes + b, sim_ms + ms, exchanges + 1
+            cost = gossip_cost(positions, picked, n_bytes, s.link)
+        if cost is not None:
+            total_bytes, sim_ms, exchanges = total_bytes + cost.bytes, sim_ms + cost.ms, exchanges + 1
+            byte_distance += cost.byte_distance
         if step % s.eval_every == 0 or step == s.local_steps:
-            curve.append({"step": step, "exchanges": exchanges, "bytes": total_bytes, "sim_s": sim_ms / 1e3,
-                          **devices.score()})
+            curve.append({"step": step, "exchanges": exchanges, "top_rounds": top_rounds, "bytes": total_bytes,
+                          "byte_distance": byte_distance, "sim_s": sim_ms / 1e3, **devices.score()})
     return {"curve": curve, "final": curve[-1], "model_bytes": n_bytes}
 
 
@@ -392,7 +398,8 @@ def _run_central(devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpe
     for step in range(1, s.local_steps + 1):
         fleet.step(0, pooled, s.batch_size * devices.n)  # the samples all devices see in one tick
         if step % s.eval_every == 0 or step == s.local_steps:
-            curve.append({"step": step, "exchanges": 0, "bytes": 0, "sim_s": step * s.step_ms / 1e3,
+            curve.append({"step": step, "exchanges": 0, "top_rounds": 0, "bytes": 0, "byte_distance": 0.0,
+                          "sim_s": step * s.step_ms / 1e3,
                           **_score(fleet.recs, [test])})
     p = model_bytes(fleet.recs[0].model.state_dict())
     return {"curve": curve, "final": curve[-1], "model_bytes": p, "seconds": time.monotonic() - t0}

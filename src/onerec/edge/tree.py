@@ -18,7 +18,10 @@ Cost model (simulated, not measured): a model transfer over a link takes ``laten
 bandwidth``; at an aggregation every child sends its model up and gets the average back (2 transfers,
 2 x model bytes per child; nothing for the child that is the head itself), the levels go one after
 another, and each level waits for its slowest link. Gossip: each device pulls its peers' models (one
-transfer each), all devices at once.
+transfer each), all devices at once. Besides bytes and time, each exchange counts its *byte-distance*: every
+transfer's bytes times the length of its link (plane units), the load it puts on the network. A byte that
+crosses a short link near the edge loads the network less than one that crosses the plane to a server, which
+raw bytes do not tell.
 
 Shapes: N = devices.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -173,23 +177,32 @@ def tree_aggregate(tree: Tree, states: list[State], samples: np.ndarray, level: 
     return out
 
 
-def tree_cost(tree: Tree, positions: np.ndarray, level: int, n_bytes: int, link: Link) -> tuple[int, float]:
-    """(bytes moved, simulated ms) of one aggregation of levels 1..``level``: every child-to-head link
-    carries the model up and back (the head's own model stays put); each level waits for its slowest link, up
-    then down."""
-    total_bytes, ms = 0, 0.0
+class Cost(NamedTuple):
+    """What one exchange costs in the simulated network."""
+
+    bytes: int  # bytes moved over every link
+    ms: float  # simulated wall-clock
+    byte_distance: float  # sum over transfers of bytes x link length (plane units)
+
+
+def tree_cost(tree: Tree, positions: np.ndarray, level: int, n_bytes: int, link: Link) -> Cost:
+    """The :class:`Cost` of one aggregation of levels 1..``level``: every child-to-head link carries the model
+    up and back (the head's own model stays put); each level waits for its slowest link, up then down."""
+    total_bytes, ms, byte_distance = 0, 0.0, 0.0
     below = np.asarray(positions, dtype=np.float64)
     for lvl in range(level):
         slowest = 0.0
         for node, ch in enumerate(tree.children[lvl]):
             # the head's own model (a child at the head's position) never leaves its device
-            away = below[ch][np.linalg.norm(below[ch] - tree.heads[lvl][node], axis=-1) > 0]
+            dist = np.linalg.norm(below[ch] - tree.heads[lvl][node], axis=-1)
+            away = below[ch][dist > 0]
             total_bytes += 2 * n_bytes * len(away)
+            byte_distance += 2 * n_bytes * float(dist.sum())
             if len(away):
                 slowest = max(slowest, float(link.transfer_ms(away, tree.heads[lvl][node], n_bytes).max()))
         ms += 2 * slowest
         below = tree.heads[lvl]
-    return total_bytes, ms
+    return Cost(total_bytes, ms, byte_distance)
 
 
 def gossip_peers(n: int, rng: np.random.Generator, peers: int = 1) -> np.ndarray:
@@ -222,11 +235,12 @@ def gossip_round(states: list[State], samples: np.ndarray, rng: np.random.Genera
     return gossip_average(states, samples, picked), picked
 
 
-def gossip_cost(positions: np.ndarray, picked: np.ndarray, n_bytes: int, link: Link) -> tuple[int, float]:
-    """(bytes, simulated ms) of a gossip round: one model transfer per pull, all in parallel."""
+def gossip_cost(positions: np.ndarray, picked: np.ndarray, n_bytes: int, link: Link) -> Cost:
+    """The :class:`Cost` of a gossip round: one model transfer per pull, all in parallel."""
     positions = np.asarray(positions, dtype=np.float64)
     ms = link.transfer_ms(positions[picked], positions[:, None, :], n_bytes).max()
-    return int(picked.size * n_bytes), float(ms)
+    dist = np.linalg.norm(positions[picked] - positions[:, None, :], axis=-1)
+    return Cost(int(picked.size * n_bytes), float(ms), float(n_bytes * dist.sum()))
 
 
 def head_devices(tree: Tree, positions: np.ndarray) -> list[np.ndarray]:

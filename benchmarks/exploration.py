@@ -62,13 +62,17 @@ ABLATION: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
-    lines = ["| policy | clicks / 1,000 accepted | long views / 1,000 | accepted events | explored share |",
-             "|---|---|---|---|---|"]
+    lines = ["| policy | clicks / 1,000 accepted | long views / 1,000 | accepted events | explored share | "
+             "expected clicks / 1,000 events | expected long views / 1,000 |", "|---|---|---|---|---|---|---|"]
+
+    def cell(r: dict[str, Any], key: str) -> str:
+        return f"{r[key]['mean']:.1f} +- {r[key]['std']:.1f}" if key in r else "-"
+
     for name, r in rows.items():
-        c, lv, acc = r["clicks_per_1000"], r["long_views_per_1000"], r["accepted"]
         ex = f"{r['explored_share']['mean']:.2f}" if "explored_share" in r else "-"
-        lines.append(f"| {name} | {c['mean']:.1f} +- {c['std']:.1f} | {lv['mean']:.1f} +- {lv['std']:.1f} | "
-                     f"{acc['mean']:.0f} | {ex} |")
+        lines.append(f"| {name} | {cell(r, 'clicks_per_1000')} | {cell(r, 'long_views_per_1000')} | "
+                     f"{r['accepted']['mean']:.0f} | {ex} | {cell(r, 'expected_clicks_per_1000')} | "
+                     f"{cell(r, 'expected_long_views_per_1000')} |")
     return "\n".join(lines)
 
 
@@ -167,7 +171,8 @@ def replay_part(args: argparse.Namespace) -> dict[str, Any]:
             done.setdefault(name, {})[seed] = runs[name][seed]
             r = runs[name][seed]
             print(f"seed {seed} {name:24s} clicks/1000 {r['clicks_per_1000']:6.1f}  long views/1000 "
-                  f"{r['long_views_per_1000']:6.1f}  accepted {r['accepted']}  {r['seconds']:.0f}s", flush=True)
+                  f"{r['long_views_per_1000']:6.1f}  accepted {r['accepted']}  expected clicks/1000 "
+                  f"{r['expected_clicks_per_1000']:6.1f}  {r['seconds']:.0f}s", flush=True)
     summary = summarise(runs)
     result: dict[str, Any] = {
         "claim": "AGE ahead of greedy, UCB and Thompson sampling in replay clicks per 1,000 accepted events "

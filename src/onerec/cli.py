@@ -166,9 +166,11 @@ def explore(run: Path, overrides: tuple[str, ...]) -> None:
 
     out = stage_explore(run, run_config(run, overrides=overrides))
     if "replay" in out:
-        _summary("explore replay: clicks / long views per 1,000 accepted events (mean +- std over seeds)",
+        _summary("explore replay: clicks / long views per 1,000 accepted events; the world's expected clicks per "
+                 "1,000 events of every pick (mean +- std over seeds)",
                  {p: f"{m['clicks_per_1000']['mean']:.1f} +- {m['clicks_per_1000']['std']:.1f} / "
-                     f"{m['long_views_per_1000']['mean']:.1f} +- {m['long_views_per_1000']['std']:.1f}"
+                     f"{m['long_views_per_1000']['mean']:.1f} +- {m['long_views_per_1000']['std']:.1f}; "
+                     f"{m['expected_clicks_per_1000']['mean']:.1f} +- {m['expected_clicks_per_1000']['std']:.1f}"
                   for p, m in out["replay"]["summary"].items()})
     if "online" in out:
         _summary("explore online: watch time h (vs none) / new-item coverage / first-day cost (mean over seeds)",

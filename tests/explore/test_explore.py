@@ -112,6 +112,25 @@ def test_replay_counts_only_events_whose_pick_is_the_logged_item(log, monkeypatc
     assert out["clicks"] == log.labels[hit, 0].sum() and out["long_views"] == log.labels[hit, 1].sum()
     assert out["clicks_per_1000"] == pytest.approx(1000 * log.labels[hit, 0].mean())
     assert out["curve"]["accepted"][-1] == out["accepted"]
+    # the truth of the picks at every event, accepted or not: candidate 0's true probabilities
+    assert out["expected_clicks_per_1000"] == pytest.approx(1000 * log.truth[:, 0, 0].mean(), rel=1e-5)
+    assert out["expected_long_views_per_1000"] == pytest.approx(1000 * log.truth[:, 0, 1].mean(), rel=1e-5)
+
+
+def test_replay_log_truth_is_the_worlds_expectation_and_the_logged_labels_follow_it(log, world):
+    events, k = log.cand.shape
+    assert log.truth.shape == (events, k, 2)
+    assert np.all((log.truth >= 0) & (log.truth <= 1)) and np.all(log.truth[..., 1] <= log.truth[..., 0] + 1e-7)
+    picked = log.truth[np.arange(events), log.logged]  # the logged items' truth
+    # the logged responses were drawn from it: their rate agrees with its mean within sampling noise
+    for j in range(2):
+        p = picked[:, j].astype(np.float64)
+        assert abs(log.labels[:, j].mean() - p.mean()) < 4 * np.sqrt((p * (1 - p)).sum()) / events
+    # and each event's row is World.expected of its user and candidates under one current interest (the event's)
+    for e in range(20):
+        rows = [np.stack([world.expected(np.repeat(log.user[e], k), log.cand[e], current_topic=t)[o]
+                          for o in ("click", "long_view")], axis=1) for t in range(world.cfg.n_topics)]
+        assert any(np.allclose(r, log.truth[e], atol=1e-6) for r in rows)
 
 
 def test_replay_learns_online_and_summarises_over_seeds(world):
@@ -122,6 +141,7 @@ def test_replay_learns_online_and_summarises_over_seeds(world):
     for row in s.values():
         vals = row["clicks_per_1000"]["values"]
         assert len(vals) == 2 and row["clicks_per_1000"]["mean"] == pytest.approx(np.mean(vals))
+        assert len(row["expected_clicks_per_1000"]["values"]) == 2
     assert 0.0 <= s["age_ts"]["explored_share"]["mean"] <= 1.0
     random_rate = s["random"]["clicks_per_1000"]["mean"]
     assert abs(random_rate - 1000 * np.mean([r["click"] for r in out["logged_rates"].values()])) < 60

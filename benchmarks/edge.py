@@ -238,14 +238,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def merge(files: list[Path], out: Path | None) -> None:
-    """One results file from several of the same settings and different seeds (e.g. seeds run as parallel
-    processes): the seeds' curves joined, the keys summarised again over all seeds."""
+    """One results file from several of the same settings and different seeds, schemes or partitions (e.g. run
+    as parallel processes): the curves joined, the keys summarised again over all seeds."""
     from onerec.io import read_json
 
     parts = [read_json(f) for f in files]
     first = parts[0]
-    def same(p: dict[str, Any]) -> dict[str, Any]:  # what must agree (files may hold different schemes)
-        return {k: p.get(k) if k != "settings" else {**p[k], "schemes": None}
+    def same(p: dict[str, Any]) -> dict[str, Any]:  # what must agree (files may hold other schemes or partitions)
+        return {k: p.get(k) if k != "settings" else {**p[k], "schemes": None, "partitions": None}
                 for k in ("dataset", "split", "model", "settings")}
 
     for f, p in zip(files[1:], parts[1:]):
@@ -258,6 +258,8 @@ def merge(files: list[Path], out: Path | None) -> None:
     keys = summarise(per_seed, first.get("dataset", "simulated"))
     schemes = [n for n in SCHEMES if any(n in p["settings"].get("schemes", SCHEMES) for p in parts)]
     first["settings"]["schemes"] = schemes
+    first["settings"]["partitions"] = [q for q in ("noniid", "iid")
+                                       if any(q in p["settings"].get("partitions", []) for p in parts)]
     result = {**first, "command": " ; ".join(p["command"] for p in parts) + " ; then --merge",
               "seconds": sum(p["seconds"] for p in parts), "seeds": seeds, "keys": keys, "curves": curves}
     stem = "edge" if first.get("dataset", "simulated") == "simulated" else f"edge-{first['dataset']}"

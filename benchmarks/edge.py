@@ -54,17 +54,16 @@ from onerec.io import write_json
 RESULTS = Path(__file__).parent / "results"
 WORLD = SimConfig(n_users=2000, n_items=400, n_events=80_000, n_topics=12, calib_pairs=20_000)
 MODEL = SasrecConfig(d_model=32, n_layers=1, n_heads=1, dropout=0.2, max_len=20)
-#: result name -> (scheme, grouping)
-SCHEMES = {"etree": ("etree", "kma"), "etree_distance": ("etree", "distance"), "etree_random": ("etree", "random"),
-           "fedavg": ("fedavg", "kma"),
+#: result name -> (scheme, grouping, periods: None for EdgeSettings' own, or "root" for its last (top) one)
+SCHEMES = {"etree": ("etree", "kma", None), "etree_distance": ("etree", "distance", None),
+           "etree_random": ("etree", "random", None), "fedavg": ("fedavg", "kma", None),
            # FedAvg at E-Tree's root period: as many global (server / root) rounds as E-Tree at every step
-           "fedavg_root": ("fedavg", "kma"),
+           "fedavg_root": ("fedavg", "kma", "root"),
            # FedAvg every 10 local steps: between the two in rounds, bytes and byte-distance
-           "fedavg_10": ("fedavg", "kma"),
-           "gossip": ("gossip", "kma"), "local": ("local", "kma"),
-           "central": ("central", "kma"),
+           "fedavg_10": ("fedavg", "kma", [10]),
+           "gossip": ("gossip", "kma", None), "local": ("local", "kma", None), "central": ("central", "kma", None),
            # faults (non-IID only): after half the local steps the aggregator of level-1 group 0 dies
-           "etree_fault": ("etree", "kma"), "fedavg_fault": ("fedavg", "kma")}
+           "etree_fault": ("etree", "kma", None), "fedavg_fault": ("fedavg", "kma", None)}
 METRICS = ("ndcg@10", "recall@10", "bytes", "byte_distance", "sim_s")
 
 
@@ -148,10 +147,10 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         groups = {g: make_groups(devices, data, n_items, model, dataclasses.replace(settings, grouping=g))
                   for g in {SCHEMES[n][1] for n in names if SCHEMES[n][0] == "etree"}}
         for name in names:
-            scheme, grouping = SCHEMES[name]
+            scheme, grouping, periods = SCHEMES[name]
+            periods = settings.periods[-1:] if periods == "root" else periods or settings.periods
             t0 = time.monotonic()
             fail = args.steps // 2 if name.endswith("_fault") else None
-            periods = {"fedavg_root": settings.periods[-1:], "fedavg_10": [10]}.get(name, settings.periods)
             run = run_scheme(scheme, devices, data, n_items, model,
                              dataclasses.replace(settings, grouping=grouping, fail_step=fail, periods=periods),
                              groups=groups[grouping] if scheme == "etree" else None)

@@ -457,21 +457,22 @@ def item_id_rows(cfg: RunConfig, n_items: int, log=print) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, sparse_buckets=rows))
 
 
-def command_history(out: Path, command: str, resume: bool) -> list[dict[str, str]]:
-    """Every invocation that made the runs in ``out``, oldest first (``OUT/commands.jsonl``, one JSON object a
-    line: date and command): a ``--resume`` adds ``command`` to the ones before it, a new run starts the list. A
-    results file records them all, since the last command alone does not say how a resumed run was trained."""
-    from onerec.io import write_text
-
-    path = out / "commands.jsonl"
-    entries = []
-    if resume and path.is_file():
-        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if command:
-        entries.append({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command})
-        out.mkdir(parents=True, exist_ok=True)
-        write_text(path, "".join(json.dumps(e) + "\n" for e in entries))
-    return entries
+def command_history(runs: list[Path], command: str, resume: bool) -> list[dict[str, str]]:
+    """Every invocation that made the seed runs ``runs``, oldest first, each once (``RUN/commands.json`` per seed:
+    a list of {date, command}). A ``--resume`` adds ``command`` to a run's list, a new run starts it: per seed, since
+    the seeds of one ``OUT`` are often run by separate invocations. A results file records them all, since the last
+    command alone does not say how a resumed run was trained."""
+    entry = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command}
+    history: list[dict[str, str]] = []
+    for run in runs:
+        path = run / "commands.json"
+        entries = read_json(path) if resume and path.is_file() else []
+        if command:
+            entries.append(entry)
+            run.mkdir(parents=True, exist_ok=True)
+            write_json(path, entries)
+        history += [e for e in entries if e not in history]
+    return history
 
 
 def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: list[int],
@@ -498,7 +499,7 @@ def run_amazon(category: str, datasets: str | Path, out: str | Path, *, seeds: l
     out = Path(out)
     first = out / f"seed{seeds[0]}"
     t0 = time.perf_counter()
-    history = command_history(out, command, resume)
+    history = command_history([out / f"seed{s}" for s in seeds], command, resume)
     log(f"== data: {cfg.data.name} ==")
     summary = prepared_data(first, cfg, progress=progress, resume=resume)
     check_protocol(first, cfg)

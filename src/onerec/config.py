@@ -66,13 +66,14 @@ class SimConfig:
 class DataConfig:
     """Which dataset to load or simulate, and how to split it."""
 
-    source: str = opt("auto", "auto | simulate | amazon2014 | lcrec | recbole | kuairand | kuairec | parquet. "
-                              "auto: simulate a world when data.path is unset, else the layout found at data.path "
-                              "(.inter: recbole, .inter.json: lcrec, <Cat>.txt + <Cat>_item2attributes.json: "
-                              "amazon2014, log_*.csv: kuairand, small/big_matrix.csv: kuairec, dataset.json: "
-                              "parquet; none or several is an error naming what was found). simulate with a "
-                              "data.path is an error",
-                      choices=["auto", "simulate", "amazon2014", "lcrec", "recbole", "kuairand", "kuairec", "parquet"])
+    source: str = opt("auto", "auto | simulate | amazon2014 | lcrec | recbole | kuairand | kuairec | table | "
+                              "parquet. auto: simulate a world when data.path is unset, else the layout found at "
+                              "data.path (.inter: recbole, .inter.json: lcrec, <Cat>.txt + <Cat>_item2attributes.json: "
+                              "amazon2014, log_*.csv: kuairand, small/big_matrix.csv: kuairec, interactions.csv|tsv|"
+                              "parquet: table (your own tables), dataset.json: parquet; none or several is an error "
+                              "naming what was found). simulate with a data.path is an error",
+                      choices=["auto", "simulate", "amazon2014", "lcrec", "recbole", "kuairand", "kuairec", "table",
+                               "parquet"])
     path: str | None = opt(None, "folder (or main file) of the dataset; never ignored: with data.source=auto its "
                                  "layout picks the adapter")
     name: str | None = opt(None, "dataset name inside the folder, e.g. Beauty for amazon2014, Scientific for lcrec, "
@@ -84,7 +85,9 @@ class DataConfig:
     positive: str = opt("auto", "which events count as positive behaviour: auto | all | a '|'-joined list of "
                                 "signal columns, e.g. 'long_view|like|follow'")
     options: dict[str, Any] = opt({}, "adapter options, e.g. data.options.text_path=DIR (amazon2014 titles), "
-                                  "data.options.matrix=big (kuairec), data.options.logs=random (kuairand)")
+                                  "data.options.matrix=big (kuairec), data.options.logs=random (kuairand), "
+                                  "data.options.time_unit=ms / user_column / item_column / time_column / "
+                                  "tag_separator (table)")
     min_positives: int = opt(3, "users with fewer positive events are left out of the split (leave-one-out needs 3)")
     sim: SimConfig = section(SimConfig, "simulated world settings (source=simulate)")
 

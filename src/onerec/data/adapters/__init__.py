@@ -13,6 +13,7 @@ lcrec          LC-Rec ``<name>.inter.json`` + ``<name>.item.json``         :func
 recbole        RecBole atomic ``.inter`` / ``.item`` / ``.user``           :func:`load_recbole`
 kuairand       KuaiRand official CSVs (``log_*.csv``, feature files)       :func:`load_kuairand`
 kuairec        KuaiRec 2.0 official CSVs (``small/big_matrix.csv``, ...)   :func:`load_kuairec`
+table          your own ``interactions.csv|tsv|parquet`` (+ items, users)  :func:`load_table`
 parquet        a folder already in canonical layout                        :meth:`Dataset.load`
 =============  ==========================================================  ====================
 
@@ -32,6 +33,7 @@ from onerec.data.adapters.kuairand import load_kuairand
 from onerec.data.adapters.kuairec import load_kuairec
 from onerec.data.adapters.lcrec import load_lcrec
 from onerec.data.adapters.recbole import load_recbole
+from onerec.data.adapters.table import load_table
 from onerec.data.schema import Dataset
 from onerec.errors import DataError
 
@@ -50,6 +52,7 @@ ADAPTERS: dict[str, Callable[..., Dataset]] = {
     "recbole": load_recbole,
     "kuairand": load_kuairand,
     "kuairec": load_kuairec,
+    "table": load_table,
     "parquet": load_parquet,
 }
 
@@ -59,12 +62,12 @@ def load(source: str, path: str | Path, name: str | None = None, **options: Any)
 
     Args:
         source: One of :data:`ADAPTERS` (``amazon2014``, ``lcrec``, ``recbole``, ``kuairand``,
-            ``kuairec``, ``parquet``), or ``auto``: the layout found at ``path`` (:func:`detect_source`,
+            ``kuairec``, ``table``, ``parquet``), or ``auto``: the layout found at ``path`` (:func:`detect_source`,
             which also infers ``name`` where the layout names one dataset).
         path: The dataset's folder (or main file).
         name: Dataset name inside the folder (e.g. ``Beauty``), where the layout has several.
         **options: Adapter options, e.g. ``text_path`` (amazon2014), ``matrix`` (kuairec),
-            ``logs`` (kuairand), ``keep_unused``.
+            ``logs`` (kuairand), ``time_unit`` / ``user_column`` (table), ``keep_unused``.
 
     Returns:
         The validated :class:`~onerec.data.schema.Dataset`.
@@ -95,4 +98,5 @@ __all__ = [
     "load_lcrec",
     "load_parquet",
     "load_recbole",
+    "load_table",
 ]

@@ -12,11 +12,13 @@ lcrec          ``<name>.inter.json`` (LC-Rec; ``<name>.item.json`` optional)
 amazon2014     ``<Cat>.txt`` together with ``<Cat>_item2attributes.json`` (S3Rec)
 kuairand       ``log_*.csv`` (official KuaiRand logs)
 kuairec        ``small_matrix.csv`` or ``big_matrix.csv`` (official KuaiRec 2.0)
+table          ``interactions.csv``, ``.tsv`` or ``.parquet`` without a ``dataset.json`` (your own tables)
 =============  ======================================================================================
 
 A path that is a file is read by its ending: ``.inter`` (recbole), ``.inter.json`` (lcrec), ``<Cat>.txt``
-beside ``<Cat>_item2attributes.json`` (amazon2014). Where the layout names its datasets (recbole, lcrec,
-amazon2014) the name is inferred when the folder holds one; a folder holding several needs ``data.name``.
+beside ``<Cat>_item2attributes.json`` (amazon2014), ``.csv`` / ``.tsv`` / ``.parquet`` (table: the interactions).
+Where the layout names its datasets (recbole, lcrec, amazon2014) the name is inferred when the folder holds one;
+a folder holding several needs ``data.name``.
 No match, or matches of several layouts that ``data.name`` does not settle, is a :class:`DataError` that
 lists what was found and the ``data.source=...`` to pass.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onerec.data.adapters._common import find_data_dir
+from onerec.data.adapters.table import ENDINGS, table_files
 from onerec.data.checks import broken_link
 from onerec.errors import DataError
 
@@ -42,6 +45,7 @@ LAYOUTS = {
     "amazon2014": "<Cat>.txt + <Cat>_item2attributes.json",
     "kuairand": "log_*.csv (+ user_features_*.csv, video_features_basic_*.csv)",
     "kuairec": "small_matrix.csv or big_matrix.csv (+ side tables)",
+    "table": "interactions.csv|tsv|parquet (+ items.*, users.*)",
 }
 
 
@@ -108,6 +112,8 @@ def _file_matches(p: Path) -> list[_Match]:
         return [_Match("recbole", [fname[: -len(".inter")]])]
     if fname.endswith(".txt") and (p.parent / f"{p.stem}_item2attributes.json").is_file():
         return [_Match("amazon2014", [p.stem])]
+    if p.suffix in ENDINGS:
+        return [_Match("table")]
     return []
 
 
@@ -129,6 +135,8 @@ def _folder_matches(p: Path) -> list[_Match]:
         out.append(_Match("amazon2014", amazon))
     if any(f.is_file() for f in find_data_dir(p, "log_*.csv", _KUAIRAND_SUBDIRS).glob("log_*.csv")):
         out.append(_Match("kuairand"))
+    if "dataset.json" not in names and "interactions" in table_files(p):
+        out.append(_Match("table"))
     for matrix in ("small", "big"):
         if (find_data_dir(p, f"{matrix}_matrix.csv", _KUAIREC_SUBDIRS) / f"{matrix}_matrix.csv").is_file():
             out.append(_Match("kuairec"))

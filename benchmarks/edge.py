@@ -132,7 +132,7 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     n_users, n_items, splits, labels = load_data(args, seed)
     spec = _CACHE.get("spec") if args.model == "generator" else None
     model = spec if spec is not None else MODEL
-    settings = EdgeSettings(local_steps=args.steps, eval_every=args.eval_every, seed=seed,
+    settings = EdgeSettings(local_steps=args.steps, eval_every=args.eval_every, seed=seed, optimizer=args.optimizer,
                             **({"lr": args.lr} if args.lr is not None else {}))
     out: dict[str, dict[str, Any]] = {}
     for part in args.partitions:
@@ -288,6 +288,8 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny", help="the generator's preset (data and tokenizer stages too)")
     ap.add_argument("--workdir", default="runs/edge-bench", help="run folders of the generator's data and IDs")
     ap.add_argument("--lr", type=float, default=None, help="local learning rate (default: EdgeSettings.lr)")
+    ap.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                    help="each device's optimizer (and centralised training's): adam, or plain sgd as FedAvg")
     ap.add_argument("--split", default="test", choices=["test", "valid"],
                     help="the split scored (choose settings on valid, report test)")
     ap.add_argument("--quick", action="store_true", help="1 seed, 20 devices, 40 local steps")
@@ -323,9 +325,10 @@ def main() -> None:
         "model": dataclasses.asdict(MODEL) if args.model == "sasrec" else
         {"generator": args.preset, **dataclasses.asdict(_CACHE["spec"].model)},
         "settings": {"devices": args.devices, "partitions": args.partitions, "steps": args.steps, "alpha": args.alpha,
-                     "clusters": args.clusters, "schemes": args.schemes, "lr": args.lr,
+                     "clusters": args.clusters, "schemes": args.schemes, "optimizer": args.optimizer,
+                     "lr": args.lr if args.lr is not None else EdgeSettings.lr,
                      **{k: v for k, v in dataclasses.asdict(EdgeSettings()).items()
-                        if k not in ("local_steps", "seed", "eval_every")}},
+                        if k not in ("local_steps", "seed", "eval_every", "lr", "optimizer")}},
         "keys": keys,
         "curves": {f"seed{s}.{k}": run["curve"] for s, runs in zip(args.seeds, per_seed) for k, run in runs.items()},
     }

@@ -628,6 +628,9 @@ class EdgeConfig:
     lr: float | None = opt(None, "learning rate on every device (Adam for SASRec, AdamW for the generator); null: "
                                  "the model's own, 1e-2 for SASRec (the edge studies' rate, not eval.sasrec.lr) and "
                                  "train.lr for the generator")
+    optimizer: str = opt("adam", "each device's optimizer (and centralised training's): adam (AdamW with "
+                                 "train.weight_decay for the generator) | sgd (plain SGD, FedAvg's local update; needs "
+                                 "a far larger edge.lr)", choices=["adam", "sgd"])
     gossip_peers: int = opt(1, "gossip: random peers each device averages with per exchange")
     eval_every: int = opt(20, "local steps between points of the accuracy curve")
     step_ms: float = opt(20.0, "simulated time of one local step (for the simulated clock)")

@@ -87,6 +87,23 @@ def test_bad_scheme_names_the_key(world) -> None:
     devices, data = world
     with pytest.raises(ConfigError, match=r"edge\.scheme"):
         run_scheme("fedprox", devices, data, N_ITEMS, CFG, FAST)
+    with pytest.raises(ConfigError, match=r"edge\.optimizer='adagrad'"):
+        run_scheme("fedavg", devices, data, N_ITEMS, CFG, dataclasses.replace(FAST, optimizer="adagrad"))
+
+
+def test_sgd_devices_take_plain_gradient_steps(world) -> None:
+    """optimizer="sgd": a local step is w - lr * grad (FedAvg's local update), whose average over devices is the
+    average of their gradients; Adam's per-coordinate normalisation is not."""
+    devices, data = world
+    fleet = _Fleet(2, N_ITEMS, CFG, 0.5, 0, optimizer="sgd")
+    model = fleet.recs[0].model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fleet.step(0, data.windows[0], 8)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert isinstance(fleet.opts[0], torch.optim.SGD)
+    for name, param in model.named_parameters():
+        assert torch.allclose(param.detach(), before[name] - 0.5 * grads[name], atol=1e-6), name
+    assert any(not torch.equal(model.state_dict()[k], before[k]) for k in before)
 
 
 def test_a_dead_aggregator_stops_fedavg_but_not_etree(world) -> None:

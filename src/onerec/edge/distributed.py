@@ -143,7 +143,7 @@ def _rank_fleet(n_items: int, cfg: ModelSpec, s: EdgeSettings, stream: int) -> _
     device's own batches, then its own stream for dropout and sampled negatives (every process would otherwise
     draw the same masks)."""
     rank = dist.get_rank()
-    fleet = _Fleet(1, n_items, cfg, s.lr, s.seed, stream=stream, ids=[rank])
+    fleet = _Fleet(1, n_items, cfg, s.lr, s.seed, stream=stream, ids=[rank], optimizer=s.optimizer)
     seed = int(np.random.SeedSequence([s.seed, stream, rank]).generate_state(1)[0])
     torch.manual_seed(seed)
     fleet.gen.manual_seed(seed)

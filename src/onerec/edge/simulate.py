@@ -3,7 +3,7 @@
 Every device holds a SASRec (:mod:`onerec.baselines.sasrec`; ``cfg`` a :class:`SasrecConfig`) or a generator
 (:mod:`onerec.model`; ``cfg`` a :class:`GeneratorSpec`, trained by the project's training step
 :func:`onerec.train.loop._step` and scored by beam search) trained only on its own users' train sequences, with its
-own Adam (optimizer moments stay on the device and are never averaged). All
+own Adam (optimizer moments stay on the device and are never averaged; ``optimizer="sgd"``: plain SGD). All
 devices start from the same initial weights and take one local step each per tick; after the tick the
 scheme exchanges models:
 
@@ -69,6 +69,7 @@ from onerec.eval.harness import evaluate
 SCHEMES = ("etree", "fedavg", "gossip", "local", "central")
 METRICS = ("recall@10", "ndcg@10")
 GROUPINGS = ("kma", "distance", "random")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
@@ -78,6 +79,7 @@ class EdgeSettings:
     local_steps: int = 60  # local steps per device over the whole run
     batch_size: int = 16
     lr: float = 1e-2
+    optimizer: str = "adam"  # each device's own: adam (AdamW for the generator) | sgd (plain SGD, FedAvg's)
     group_size: int = 10  # devices per level-1 group: n_groups = ceil(N / group_size)
     fanout: list[int] = field(default_factory=list)  # children per node above level 1, below the root
     periods: list[int] = field(default_factory=lambda: [5, 20])  # local steps between aggregations, per level
@@ -96,6 +98,8 @@ class EdgeSettings:
 def check_settings(s: EdgeSettings, scheme: str) -> None:
     if scheme not in SCHEMES:
         raise ConfigError(f"edge.scheme='{scheme}' is not one of {', '.join(SCHEMES)}. Fix: pick one of those")
+    if s.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"edge.optimizer='{s.optimizer}' is not one of {', '.join(OPTIMIZERS)}. Fix: pick one")
     if s.grouping not in GROUPINGS:
         raise ConfigError(f"edge.grouping='{s.grouping}' is not one of {', '.join(GROUPINGS)}. Fix: pick one")
     for key in ("local_steps", "batch_size", "group_size", "eval_every"):
@@ -165,14 +169,14 @@ class _Fleet:
     recommend)."""
 
     def __init__(self, n: int, n_items: int, cfg: ModelSpec, lr: float, seed: int, stream: int = 0,
-                 ids: list[int] | None = None) -> None:
+                 ids: list[int] | None = None, optimizer: str = "adam") -> None:
         torch.manual_seed(seed)
         # one batch-sampling stream per device (``ids``: which devices these are), so that a device's batches do
         # not depend on the others: the multi-process mode, one device a process, draws the same ones
         self.rngs = [np.random.default_rng([seed, stream, d]) for d in (ids if ids is not None else range(n))]
         self.spec = cfg if isinstance(cfg, GeneratorSpec) else None
         if self.spec is not None:
-            self._generators(n, lr, seed)
+            self._generators(n, lr, seed, optimizer)
             return
         base = SASRecRecommender(cfg)
         base.model = base._build(n_items)
@@ -181,10 +185,10 @@ class _Fleet:
             rec = SASRecRecommender(cfg)
             rec.model, rec.n_items = copy.deepcopy(base.model), n_items
             self.recs.append(rec)
-        self.opts = [torch.optim.Adam(r.model.parameters(), lr=lr, betas=(0.9, 0.98)) for r in self.recs]
+        self.opts = [_optimizer(optimizer, r.model, lr) for r in self.recs]
         self.gen = torch.Generator().manual_seed(seed)
 
-    def _generators(self, n: int, lr: float, seed: int) -> None:
+    def _generators(self, n: int, lr: float, seed: int, optimizer: str) -> None:
         from onerec.generate.generative import GenerativeRecommender
         from onerec.model import build_generator
 
@@ -193,8 +197,7 @@ class _Fleet:
         self.recs = [GenerativeRecommender(copy.deepcopy(base), spec.codes, beam_size=spec.beam_size,
                                            featurizer=spec.featurizer) for _ in range(n)]
         # AdamW as the project's trainer (onerec.train.loop), at the edge settings' constant learning rate
-        self.opts = [torch.optim.AdamW(r.model.parameters(), lr=lr, weight_decay=spec.train.weight_decay,
-                                       betas=(0.9, 0.98)) for r in self.recs]
+        self.opts = [_optimizer(optimizer, r.model, lr, spec.train.weight_decay) for r in self.recs]
         self.gen = torch.Generator().manual_seed(seed)
 
     def states(self) -> list[dict[str, torch.Tensor]]:
@@ -227,6 +230,17 @@ class _Fleet:
         loss.backward()
         opt.step()
         return float(loss.detach())
+
+
+def _optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: float | None = None
+               ) -> torch.optim.Optimizer:
+    """A device's optimizer: ``adam`` (Adam; AdamW with the generator's weight decay) or ``sgd`` (plain SGD, as
+    FedAvg and E-Tree train locally: the average of the devices' steps is then the average of their gradients)."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr)
+    if weight_decay is None:
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98))
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
 
 
 def device_score(rec: Any, test: pa.Table) -> dict[str, float]:
@@ -277,7 +291,7 @@ def make_groups(devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec
     if s.grouping == "distance":
         return kmeans_groups(devices.positions, n_groups, seed=s.seed)
     if signatures is None:
-        fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed, stream=1)
+        fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed, stream=1, optimizer=s.optimizer)
         signatures = device_signatures(fleet, data, list(range(devices.n)), s)
     return kma_groups(devices.positions, signatures, n_groups, samples=data.samples, balance=s.kma_balance,
                       seed=s.seed)
@@ -339,7 +353,7 @@ def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cf
     t0 = time.monotonic()
     if scheme == "central":
         return _run_central(devices, data, n_items, cfg, s, t0)
-    fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed)
+    fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed, optimizer=s.optimizer)
     if scheme == "etree" and groups is None:
         groups = make_groups(devices, data, n_items, cfg, s)
     n_bytes = model_bytes(fleet.recs[0].model.state_dict())
@@ -391,7 +405,7 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
 
 def _run_central(devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec, s: EdgeSettings,
                  t0: float) -> dict:
-    fleet = _Fleet(1, n_items, cfg, s.lr, s.seed)
+    fleet = _Fleet(1, n_items, cfg, s.lr, s.seed, optimizer=s.optimizer)
     pooled = np.concatenate(data.windows) if data.pooled is None else data.pooled
     test = pa.concat_tables([t for t in data.test if t.num_rows])
     curve = []

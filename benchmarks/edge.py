@@ -18,7 +18,7 @@ centralised: the same number of steps on the pooled data with batches of 16 x de
 parallel, the same samples).
 E-Tree: groups of 10 devices (KMA, distance-only or random), groups average every 5 local steps, the root
 every 20; FedAvg and gossip (one random peer) exchange every 5 local steps; ``fedavg_root``: FedAvg every 20,
-``fedavg_10``: every 10. Faults (non-IID): after half the
+``fedavg_10``: every 10, ``fedavg_1``: after every local step. Faults (non-IID): after half the
 local steps the aggregator of group 0 dies; E-Tree re-attaches its devices to the root, FedAvg loses its server.
 Metrics: recall@10 / ndcg@10 on the test split (``--split valid`` to choose settings), each user scored by their
 own device's model. Bytes and the
@@ -61,6 +61,8 @@ SCHEMES = {"etree": ("etree", "kma", None), "etree_distance": ("etree", "distanc
            "fedavg_root": ("fedavg", "kma", "root"),
            # FedAvg every 10 local steps: between the two in rounds, bytes and byte-distance
            "fedavg_10": ("fedavg", "kma", [10]),
+           # FedAvg after every local step: what is left of the gap to centralised training is the local optimizer
+           "fedavg_1": ("fedavg", "kma", [1]),
            "gossip": ("gossip", "kma", None), "local": ("local", "kma", None), "central": ("central", "kma", None),
            # faults (non-IID only): after half the local steps the aggregator of level-1 group 0 dies
            "etree_fault": ("etree", "kma", None), "fedavg_fault": ("fedavg", "kma", None)}

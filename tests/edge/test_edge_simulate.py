@@ -94,7 +94,7 @@ def test_bad_scheme_names_the_key(world) -> None:
 def test_sgd_devices_take_plain_gradient_steps(world) -> None:
     """optimizer="sgd": a local step is w - lr * grad (FedAvg's local update), whose average over devices is the
     average of their gradients; Adam's per-coordinate normalisation is not."""
-    devices, data = world
+    _, data = world
     fleet = _Fleet(2, N_ITEMS, CFG, 0.5, 0, optimizer="sgd")
     model = fleet.recs[0].model
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -103,7 +103,8 @@ def load_table(path: str | Path, name: str | None = None, *, user_column: str = 
     Args:
         path: the folder holding ``interactions.csv`` (``.tsv``, ``.parquet``), or that file itself.
         name: the data set's name (default: the folder's name).
-        user_column, item_column: the id columns, in every table.
+        user_column: the user id column, in the interactions and users tables.
+        item_column: the item id column, in the interactions and items tables.
         time_column: the interactions' time column; None: the file order within each user.
         time_unit: ``s`` or ``ms``, for a numeric time column.
         tag_separator: what separates the tags of a text ``tags`` column of the items table.

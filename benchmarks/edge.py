@@ -135,6 +135,7 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     spec = _CACHE.get("spec") if args.model == "generator" else None
     model = spec if spec is not None else MODEL
     settings = EdgeSettings(local_steps=args.steps, eval_every=args.eval_every, seed=seed, optimizer=args.optimizer,
+                            server_lr=args.server_lr,
                             **({"lr": args.lr} if args.lr is not None else {}))
     out: dict[str, dict[str, Any]] = {}
     for part in args.partitions:
@@ -292,6 +293,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None, help="local learning rate (default: EdgeSettings.lr)")
     ap.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
                     help="each device's optimizer (and centralised training's): adam, or plain sgd as FedAvg")
+    ap.add_argument("--server-lr", type=float, default=None,
+                    help="Adam at the top of every tree (E-Tree's root, FedAvg's server) with this rate (FedAdam)")
     ap.add_argument("--split", default="test", choices=["test", "valid"],
                     help="the split scored (choose settings on valid, report test)")
     ap.add_argument("--quick", action="store_true", help="1 seed, 20 devices, 40 local steps")
@@ -328,9 +331,10 @@ def main() -> None:
         {"generator": args.preset, **dataclasses.asdict(_CACHE["spec"].model)},
         "settings": {"devices": args.devices, "partitions": args.partitions, "steps": args.steps, "alpha": args.alpha,
                      "clusters": args.clusters, "schemes": args.schemes, "optimizer": args.optimizer,
+                     "server_lr": args.server_lr,
                      "lr": args.lr if args.lr is not None else EdgeSettings.lr,
                      **{k: v for k, v in dataclasses.asdict(EdgeSettings()).items()
-                        if k not in ("local_steps", "seed", "eval_every", "lr", "optimizer")}},
+                        if k not in ("local_steps", "seed", "eval_every", "lr", "optimizer", "server_lr")}},
         "keys": keys,
         "curves": {f"seed{s}.{k}": run["curve"] for s, runs in zip(args.seeds, per_seed) for k, run in runs.items()},
     }

@@ -631,6 +631,9 @@ class EdgeConfig:
     optimizer: str = opt("adam", "each device's optimizer (and centralised training's): adam (AdamW with "
                                  "train.weight_decay for the generator) | sgd (plain SGD, FedAvg's local update; needs "
                                  "a far larger edge.lr)", choices=["adam", "sgd"])
+    server_lr: float | None = opt(None, "null: the tree's top (E-Tree's root, FedAvg's server) takes the plain "
+                                        "average; a rate: it moves the global model by Adam's step on (global - "
+                                        "average) instead (FedAdam, Reddi et al. 2021; not in E-Tree's paper)")
     gossip_peers: int = opt(1, "gossip: random peers each device averages with per exchange")
     eval_every: int = opt(20, "local steps between points of the accuracy curve")
     step_ms: float = opt(20.0, "simulated time of one local step (for the simulated clock)")

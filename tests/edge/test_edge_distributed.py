@@ -32,7 +32,8 @@ LISTS = pa.list_(pa.int64())
 CFG = SasrecConfig(d_model=8, n_layers=1, n_heads=1, dropout=0.0, max_len=6)
 SETTINGS = EdgeSettings(local_steps=8, batch_size=4, periods=[2, 4], group_size=2, grouping="distance",
                         eval_every=8, link=Link())
-KINDS = ("etree", "fedavg", "gossip", "etree-fault")  # etree-fault: group 0's aggregator dies after step 3
+# etree-fault: group 0's aggregator dies after step 3; etree-server: Adam at the root (edge.server_lr)
+KINDS = ("etree", "fedavg", "gossip", "etree-fault", "etree-server")
 POSITIONS = np.array([[0.0, 0.0], [0.1, 0.0], [0.9, 1.0], [1.0, 1.0]])
 GROUPS = np.array([0, 0, 1, 1])
 
@@ -66,6 +67,8 @@ def _case(spec: GeneratorSpec | None = None) -> tuple[Devices, object]:
 def _scheme(kind: str) -> tuple[str, EdgeSettings]:
     if kind == "etree-fault":
         return "etree", dataclasses.replace(SETTINGS, fail_step=3, fail_group=0)
+    if kind == "etree-server":
+        return "etree", dataclasses.replace(SETTINGS, server_lr=0.005)
     return kind, SETTINGS
 
 

@@ -115,3 +115,28 @@ def test_a_dead_aggregator_stops_fedavg_but_not_etree(world) -> None:
     etree = run_scheme("etree", devices, data, N_ITEMS, CFG, faulty, keep_states=True)
     assert etree["final"]["exchanges"] == 10  # the groups' devices now average at the root's head
     assert all(torch.equal(s["item_emb.weight"], etree["states"][0]["item_emb.weight"]) for s in etree["states"])
+
+
+def test_server_adam_steps_at_global_rounds_only(world, monkeypatch) -> None:
+    """edge.server_lr: E-Tree's root rounds (not its group rounds) and FedAvg's rounds go through ServerAdam, and
+    afterwards every device holds the server's model."""
+    import onerec.edge.simulate as sim
+
+    calls = []
+
+    class Counting(sim.ServerAdam):
+        def step(self, average):
+            calls.append(len(average))
+            return super().step(average)
+
+    monkeypatch.setattr(sim, "ServerAdam", Counting)
+    devices, data = world
+    s = dataclasses.replace(FAST, server_lr=0.01, grouping="distance")
+    out = run_scheme("etree", devices, data, N_ITEMS, CFG, s, keep_states=True)
+    assert len(calls) == out["final"]["top_rounds"] == 5  # 20 steps, root every 4 (groups every 2)
+    last = out["states"]
+    assert all(torch.equal(last[0][k], st[k]) for st in last for k in st)  # step 20 is a root round
+    calls.clear()
+    plain = run_scheme("fedavg", devices, data, N_ITEMS, CFG, FAST)
+    adam = run_scheme("fedavg", devices, data, N_ITEMS, CFG, dataclasses.replace(FAST, server_lr=0.01))
+    assert len(calls) == 10 and adam["final"]["ndcg@10"] != plain["final"]["ndcg@10"]

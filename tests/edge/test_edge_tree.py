@@ -9,6 +9,7 @@ import torch
 from onerec.edge.grouping import kmeans_groups
 from onerec.edge.tree import (
     Link,
+    ServerAdam,
     Tree,
     build_tree,
     gossip_cost,
@@ -122,3 +123,22 @@ def test_dead_group_aggregator_reattaches_its_devices_to_the_root() -> None:
     assert tree_cost(tree, pos, 2, 10, Link())[0] == tree_cost(after, pos, 2, 10, Link())[0] == 2 * 4 * 10
     assert tree_cost(after, pos, 2, 10, Link())[1] > tree_cost(tree, pos, 2, 10, Link())[1]
     assert reattach(server_tree(5, np.zeros(2), 1), pos, group=0) is None  # FedAvg's server: nothing left
+
+
+def test_server_adam_follows_its_formula() -> None:
+    """Two global rounds by hand: g = w - average; Adam's bias-corrected step on g from the round before's model."""
+    lr, b1, b2, eps = 0.1, 0.9, 0.99, 1e-6
+    server = ServerAdam(lr, (b1, b2), eps)
+    w = torch.tensor([1.0, -2.0, 0.5])
+    server.start([w])
+    m = v = torch.zeros(3)
+    for t, avg in enumerate((torch.tensor([0.9, -1.0, 0.5]), torch.tensor([0.7, -1.5, 0.6])), start=1):
+        g = w - avg
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w = w - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+        (got,) = server.step([avg])
+        assert torch.allclose(got, w, atol=1e-6)
+    # the first step moves every coordinate towards the average by ~lr, whatever the distance
+    s2 = ServerAdam(0.1)
+    s2.start([torch.zeros(2)])
+    assert torch.allclose(s2.step([torch.tensor([-1e-3, 5.0])])[0], torch.tensor([-0.1, 0.1]), atol=1e-3)

@@ -206,6 +206,13 @@ class RankDevice:
         for t, v in zip(params, mine):
             t.copy_(v)
 
+    def weights(self) -> list[torch.Tensor]:
+        return _weights(self.model)
+
+    def set_weights(self, weights: list[torch.Tensor]) -> None:
+        for t, w in zip(_weights(self.model), weights):
+            t.copy_(w)
+
     def score(self) -> dict[str, float]:
         test = self.data.test[self.rank]
         m = device_score(self.fleet.recs[0], test)

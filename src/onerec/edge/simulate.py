@@ -52,6 +52,7 @@ from onerec.edge.devices import Devices
 from onerec.edge.grouping import kma_groups, kmeans_groups, model_signature, random_groups
 from onerec.edge.tree import (
     Link,
+    ServerAdam,
     Tree,
     build_tree,
     gossip_average,
@@ -80,6 +81,7 @@ class EdgeSettings:
     batch_size: int = 16
     lr: float = 1e-2
     optimizer: str = "adam"  # each device's own: adam (AdamW for the generator) | sgd (plain SGD, FedAvg's)
+    server_lr: float | None = None  # Adam at the tree's top (ServerAdam, FedAdam) with this rate; None: plain averaging
     group_size: int = 10  # devices per level-1 group: n_groups = ceil(N / group_size)
     fanout: list[int] = field(default_factory=list)  # children per node above level 1, below the root
     periods: list[int] = field(default_factory=lambda: [5, 20])  # local steps between aggregations, per level
@@ -320,6 +322,12 @@ class Exchanges(Protocol):
     def gossip_exchange(self, picked: np.ndarray) -> None:
         """Each device i averages with its peers ``picked[i]`` (from the models before the round)."""
 
+    def weights(self) -> list[torch.Tensor]:
+        """The model tensors of the first device this process holds (after a global round: every device's)."""
+
+    def set_weights(self, weights: list[torch.Tensor]) -> None:
+        """Every device this process holds takes these model tensors (in :meth:`weights`' order)."""
+
     def score(self) -> dict[str, float]:
         """Recall@10 / NDCG@10 over every device's users, each scored by their own device's model."""
 
@@ -339,6 +347,13 @@ class Simulated:
 
     def gossip_exchange(self, picked: np.ndarray) -> None:
         self.fleet.load(gossip_average(self.fleet.states(), self.data.samples, picked))
+
+    def weights(self) -> list[torch.Tensor]:
+        return list(self.fleet.recs[0].model.state_dict().values())
+
+    def set_weights(self, weights: list[torch.Tensor]) -> None:
+        state = dict(zip(self.fleet.recs[0].model.state_dict(), weights))
+        self.fleet.load([state] * len(self.fleet.recs))
 
     def score(self) -> dict[str, float]:
         return _score(self.fleet.recs, self.data.test)
@@ -368,7 +383,8 @@ def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cf
 def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree | None, n_bytes: int,
              s: EdgeSettings) -> dict:
     """A scheme's run, whichever mode holds the devices: ``s.local_steps`` ticks, the exchanges after the ticks
-    where they fire, the fault, the simulated bytes and clock (:mod:`onerec.edge.tree`'s cost model) and the
+    where they fire (with ``s.server_lr``, every global round's average goes through :class:`ServerAdam`), the fault,
+    the simulated bytes and clock (:mod:`onerec.edge.tree`'s cost model) and the
     accuracy curve.
 
     Returns:
@@ -380,6 +396,9 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
     rng = np.random.default_rng(s.seed + 2)  # gossip's peers: every process draws the same
     total_bytes, sim_ms, byte_distance, exchanges, top_rounds = 0, 0.0, 0.0, 0, 0
     curve = []
+    server = ServerAdam(s.server_lr) if s.server_lr is not None and tree is not None else None
+    if server is not None:
+        server.start(devices.weights())
     for step in range(1, s.local_steps + 1):
         devices.tick()
         sim_ms += s.step_ms
@@ -388,6 +407,8 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
             tree = reattach(tree, positions, s.fail_group)
         if tree is not None and (level := tree.fired(step)):
             devices.tree_exchange(tree, level)
+            if level == tree.depth and server is not None:  # the average, read as a step, through Adam
+                devices.set_weights(server.step(devices.weights()))
             cost = tree_cost(tree, positions, level, n_bytes, s.link)
             top_rounds += level == tree.depth
         elif scheme == "gossip" and step % s.periods[0] == 0:

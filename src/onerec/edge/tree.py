@@ -49,6 +49,50 @@ def weighted_average(states: list[State], weights: np.ndarray | list[float]) -> 
     return {k: sum(wi * s[k] for wi, s in zip(w, states)) for k in states[0]}
 
 
+class ServerAdam:
+    """Adam where the models meet, at the top of the tree (FedAdam: Reddi et al., "Adaptive Federated Optimization",
+    ICLR 2021; not part of E-Tree's paper). A global round's sample-weighted average is read as one step of a
+    pseudo-gradient ``g = w - avg`` from the global model ``w`` of the round before, and the aggregator moves ``w`` by
+    Adam's step on ``g`` instead of to the average:
+
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        w <- w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    Adam's step does not depend on the scale of ``g``, so the devices' own learning rate sets only how far they drift
+    between rounds; with plain SGD on the devices and a round after every local step this is Adam on the average of
+    their gradients, i.e. centralised Adam on the pooled batch. ``eps`` is larger than an optimizer's usual 1e-8 so
+    that a weight without any gradient, whose average differs from it by float rounding alone, does not take
+    Adam's full-size step on that noise.
+    """
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-6) -> None:
+        self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
+        self.w: list[torch.Tensor] | None = None
+        self.m: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.t = 0
+
+    def start(self, weights: list[torch.Tensor]) -> None:
+        """The global model before the first round (the devices' shared start)."""
+        self.w = [t.detach().clone() for t in weights]
+        self.m = [torch.zeros_like(t) for t in self.w]
+        self.v = [torch.zeros_like(t) for t in self.w]
+        self.t = 0
+
+    def step(self, average: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The new global model from this round's average (the same order of tensors as :meth:`start`'s)."""
+        if self.w is None:
+            raise RuntimeError("ServerAdam.step before start")
+        self.t += 1
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        for w, m, v, a in zip(self.w, self.m, self.v, average):
+            g = w - a
+            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            w.sub_(self.lr * (m / c1) / ((v / c2).sqrt() + self.eps))
+        return [w.clone() for w in self.w]
+
+
 def model_bytes(state: State) -> int:
     """Bytes of one model on the wire (its tensors, uncompressed)."""
     return int(sum(t.numel() * t.element_size() for t in state.values()))

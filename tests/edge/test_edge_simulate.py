@@ -89,6 +89,8 @@ def test_bad_scheme_names_the_key(world) -> None:
         run_scheme("fedprox", devices, data, N_ITEMS, CFG, FAST)
     with pytest.raises(ConfigError, match=r"edge\.optimizer='adagrad'"):
         run_scheme("fedavg", devices, data, N_ITEMS, CFG, dataclasses.replace(FAST, optimizer="adagrad"))
+    with pytest.raises(ConfigError, match=r"edge\.server_lr=0\.0 must be > 0"):
+        run_scheme("fedavg", devices, data, N_ITEMS, CFG, dataclasses.replace(FAST, server_lr=0.0))
 
 
 def test_sgd_devices_take_plain_gradient_steps(world) -> None:

@@ -102,6 +102,8 @@ def check_settings(s: EdgeSettings, scheme: str) -> None:
         raise ConfigError(f"edge.scheme='{scheme}' is not one of {', '.join(SCHEMES)}. Fix: pick one of those")
     if s.optimizer not in OPTIMIZERS:
         raise ConfigError(f"edge.optimizer='{s.optimizer}' is not one of {', '.join(OPTIMIZERS)}. Fix: pick one")
+    if s.server_lr is not None and not s.server_lr > 0:
+        raise ConfigError(f"edge.server_lr={s.server_lr} must be > 0. Fix: a positive rate, or null (plain averaging)")
     if s.grouping not in GROUPINGS:
         raise ConfigError(f"edge.grouping='{s.grouping}' is not one of {', '.join(GROUPINGS)}. Fix: pick one")
     for key in ("local_steps", "batch_size", "group_size", "eval_every"):

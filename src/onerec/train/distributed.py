@@ -122,6 +122,9 @@ def process_group(device: str = "auto", *, recovery: str = RESUME) -> Iterator[D
     d = current()
     try:
         yield d
+        # the ranks leave together: a rank tearing its group down while another still holds it (busy with rank-0-only
+        # work such as a report) could abort at exit under gloo ("terminate called without an active exception")
+        dist.barrier()
     except Exception as e:
         if not _lost_peer(e):
             raise

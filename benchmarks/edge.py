@@ -130,13 +130,17 @@ def load_data(args: argparse.Namespace, seed: int) -> tuple[int, int, dict[str, 
 _CACHE: dict[str, Any] = {}
 
 
+def edge_settings(args: argparse.Namespace, seed: int = 0) -> EdgeSettings:
+    """The simulation settings of a seed's runs (what the results file's ``settings`` records)."""
+    return EdgeSettings(local_steps=args.steps, eval_every=args.eval_every, seed=seed, optimizer=args.optimizer,
+                        server_lr=args.server_lr, **({"lr": args.lr} if args.lr is not None else {}))
+
+
 def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     n_users, n_items, splits, labels = load_data(args, seed)
     spec = _CACHE.get("spec") if args.model == "generator" else None
     model = spec if spec is not None else MODEL
-    settings = EdgeSettings(local_steps=args.steps, eval_every=args.eval_every, seed=seed, optimizer=args.optimizer,
-                            server_lr=args.server_lr,
-                            **({"lr": args.lr} if args.lr is not None else {}))
+    settings = edge_settings(args, seed)
     out: dict[str, dict[str, Any]] = {}
     for part in args.partitions:
         if part == "noniid":
@@ -330,11 +334,9 @@ def main() -> None:
         "model": dataclasses.asdict(MODEL) if args.model == "sasrec" else
         {"generator": args.preset, **dataclasses.asdict(_CACHE["spec"].model)},
         "settings": {"devices": args.devices, "partitions": args.partitions, "steps": args.steps, "alpha": args.alpha,
-                     "clusters": args.clusters, "schemes": args.schemes, "optimizer": args.optimizer,
-                     "server_lr": args.server_lr,
-                     "lr": args.lr if args.lr is not None else EdgeSettings.lr,
-                     **{k: v for k, v in dataclasses.asdict(EdgeSettings()).items()
-                        if k not in ("local_steps", "seed", "eval_every", "lr", "optimizer", "server_lr")}},
+                     "clusters": args.clusters, "schemes": args.schemes,
+                     **{k: v for k, v in dataclasses.asdict(edge_settings(args)).items()
+                        if k not in ("local_steps", "seed", "eval_every")}},
         "keys": keys,
         "curves": {f"seed{s}.{k}": run["curve"] for s, runs in zip(args.seeds, per_seed) for k, run in runs.items()},
     }

@@ -128,9 +128,8 @@ def test_dead_group_aggregator_reattaches_its_devices_to_the_root() -> None:
 def test_server_adam_follows_its_formula() -> None:
     """Two global rounds by hand: g = w - average; Adam's bias-corrected step on g from the round before's model."""
     lr, b1, b2, eps = 0.1, 0.9, 0.99, 1e-6
-    server = ServerAdam(lr, (b1, b2), eps)
     w = torch.tensor([1.0, -2.0, 0.5])
-    server.start([w])
+    server = ServerAdam(lr, [w], (b1, b2), eps)
     m = v = torch.zeros(3)
     for t, avg in enumerate((torch.tensor([0.9, -1.0, 0.5]), torch.tensor([0.7, -1.5, 0.6])), start=1):
         g = w - avg
@@ -139,6 +138,5 @@ def test_server_adam_follows_its_formula() -> None:
         (got,) = server.step([avg])
         assert torch.allclose(got, w, atol=1e-6)
     # the first step moves every coordinate towards the average by ~lr, whatever the distance
-    s2 = ServerAdam(0.1)
-    s2.start([torch.zeros(2)])
+    s2 = ServerAdam(0.1, [torch.zeros(2)])
     assert torch.allclose(s2.step([torch.tensor([-1e-3, 5.0])])[0], torch.tensor([-0.1, 0.1]), atol=1e-3)

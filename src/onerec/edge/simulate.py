@@ -398,9 +398,7 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
     rng = np.random.default_rng(s.seed + 2)  # gossip's peers: every process draws the same
     total_bytes, sim_ms, byte_distance, exchanges, top_rounds = 0, 0.0, 0.0, 0, 0
     curve = []
-    server = ServerAdam(s.server_lr) if s.server_lr is not None and tree is not None else None
-    if server is not None:
-        server.start(devices.weights())
+    server = ServerAdam(s.server_lr, devices.weights()) if s.server_lr is not None and tree is not None else None
     for step in range(1, s.local_steps + 1):
         devices.tick()
         sim_ms += s.step_ms

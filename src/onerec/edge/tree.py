@@ -62,35 +62,21 @@ class ServerAdam:
     between rounds; with plain SGD on the devices and a round after every local step this is Adam on the average of
     their gradients, i.e. centralised Adam on the pooled batch. ``eps`` is larger than an optimizer's usual 1e-8 so
     that a weight without any gradient, whose average differs from it by float rounding alone, does not take
-    Adam's full-size step on that noise.
+    Adam's full-size step on that noise. The step is torch's own Adam, given ``g`` as the gradient.
     """
 
-    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-6) -> None:
-        self.lr, self.b1, self.b2, self.eps = lr, betas[0], betas[1], eps
-        self.w: list[torch.Tensor] | None = None
-        self.m: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        self.t = 0
-
-    def start(self, weights: list[torch.Tensor]) -> None:
-        """The global model before the first round (the devices' shared start)."""
-        self.w = [t.detach().clone() for t in weights]
-        self.m = [torch.zeros_like(t) for t in self.w]
-        self.v = [torch.zeros_like(t) for t in self.w]
-        self.t = 0
+    def __init__(self, lr: float, weights: list[torch.Tensor], betas: tuple[float, float] = (0.9, 0.99),
+                 eps: float = 1e-6) -> None:
+        """``weights``: the global model before the first round (the devices' shared start)."""
+        self.w = [torch.nn.Parameter(t.detach().clone(), requires_grad=False) for t in weights]
+        self.opt = torch.optim.Adam(self.w, lr=lr, betas=betas, eps=eps)
 
     def step(self, average: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The new global model from this round's average (the same order of tensors as :meth:`start`'s)."""
-        if self.w is None:
-            raise RuntimeError("ServerAdam.step before start")
-        self.t += 1
-        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
-        for w, m, v, a in zip(self.w, self.m, self.v, average):
-            g = w - a
-            m.mul_(self.b1).add_(g, alpha=1 - self.b1)
-            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            w.sub_(self.lr * (m / c1) / ((v / c2).sqrt() + self.eps))
-        return [w.clone() for w in self.w]
+        """The new global model from this round's average (the same order of tensors as the start weights)."""
+        for w, a in zip(self.w, average):
+            w.grad = w.detach() - a
+        self.opt.step()
+        return [w.detach().clone() for w in self.w]
 
 
 def model_bytes(state: State) -> int:

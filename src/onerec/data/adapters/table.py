@@ -55,7 +55,9 @@ from onerec.data.checks import (
     check_header,
     check_id_text,
     check_timestamps,
+    fail,
     first_bad_cast,
+    first_true,
     optional_file,
 )
 from onerec.data.schema import ITEM_TYPES, SIGNALS, Dataset, make_dataset
@@ -161,9 +163,11 @@ def _read(path: Path, required: dict[str, str]) -> pa.Table:
             raise DataError(f"missing column '{col}' (header has: {', '.join(header)})", path=str(path), column=col,
                             fix=f"rename the column that holds the {role} to '{col}', or name it with "
                                 f"data.options.{_OPTION[role]}=...")
-    if delimiter is None:
+    if delimiter is None:  # read_csv checks a delimited file's rows, by line
         if table.num_rows == 0:
             raise DataError("the file has no rows", path=str(path), fix="check the source file")
+        for col in required.values():
+            _no_nulls(table[col], path, col)
         return table.combine_chunks()
     return read_csv(path, required=list(required.values()), types={c: pa.string() for c in required.values()},
                     optional=None, delimiter=delimiter)
@@ -175,40 +179,32 @@ def _interactions(path: Path, ids: dict[str, str], time_column: str | None, time
     t = _read(path, {"user": user, "item": item, **({"time": time_column} if time_column else {})})
     where = where_fn() if ENDINGS[path.suffix] is not None else None
     for col in (user, item):
-        _no_nulls(t[col], path, col, where)
         check_id_text(t[col], path=path, column=col, where=where)
     cols: dict[str, pa.Array | pa.ChunkedArray] = {"user_id": t[user], "item_id": t[item]}
     if time_column:
-        _no_nulls(t[time_column], path, time_column, where)
         cols["timestamp"] = _seconds(t[time_column], path, time_column, time_unit, where)
     else:  # no time: file order stands in for time (make_dataset keeps it within each user)
         cols["timestamp"] = pa.array(np.arange(t.num_rows, dtype=np.int64))
     for col in _KEPT:
         if col not in t.column_names:
             continue
+        value = t[col] if col == "policy" else _number(t[col], path, col, where)
         if col in SIGNALS:
-            check_binary(_number(t[col], path, col, where), path=path, column=col, where=where)
+            check_binary(value, path=path, column=col, where=where)
         elif col == "rating":
-            check_finite(_number(t[col], path, col, where), path=path, column=col, where=where, what="rating",
-                         lo=-F32_MAX, hi=F32_MAX)
+            check_finite(value, path=path, column=col, where=where, what="rating", lo=-F32_MAX, hi=F32_MAX)
         elif col == "watch_time_ms":
-            check_finite(_number(t[col], path, col, where), path=path, column=col, where=where,
-                         what="watch time", lo=0, hi=2.0**53)
-        cols[col] = t[col] if col == "policy" else _number(t[col], path, col, where)
+            check_finite(value, path=path, column=col, where=where, what="watch time", lo=0, hi=2.0**53)
+        cols[col] = value
     ignored = [c for c in t.column_names if c not in {user, item, time_column, *_KEPT}]
     return pa.table(cols), ({"interactions": ignored} if ignored else {})
 
 
-def _no_nulls(col: pa.ChunkedArray, path: Path, name: str, where) -> None:
+def _no_nulls(col: pa.ChunkedArray, path: Path, name: str) -> None:
+    """A Parquet table's required column has no empty value (a delimited file's is checked by ``read_csv``)."""
     if col.null_count:
-        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise _fail("empty value in a required column", row, path, name, "fill or drop that row", where)
-
-
-def _fail(problem: str, row: int, path: Path, column: str, fix: str, where) -> DataError:
-    if where is not None:
-        return DataError(f"{where(row)}: {problem}", path=str(path), column=column, fix=fix)
-    return DataError(problem, path=str(path), row=row, column=column, fix=fix)
+        raise fail("empty value in a required column", first_true(col.is_null().to_numpy(zero_copy_only=False)),
+                   path=path, column=name, fix="fill or drop that row")
 
 
 def _number(col: pa.ChunkedArray, path: Path, name: str, where) -> pa.ChunkedArray:
@@ -217,12 +213,9 @@ def _number(col: pa.ChunkedArray, path: Path, name: str, where) -> pa.ChunkedArr
         return col.cast(pa.int8()) if pa.types.is_boolean(col.type) else col
     bad = first_bad_cast(col, pa.float64())
     if bad is not None:
-        raise _fail(f"cannot read {col[bad].as_py()!r} as a number", bad, path, name,
-                    f"'{name}' must hold numbers; fix or drop that row", where)
-    as_float = col.cast(pa.float64())
-    if first_bad_cast(col, pa.int64()) is None:
-        return col.cast(pa.int64())
-    return as_float
+        raise fail(f"cannot read {col[bad].as_py()!r} as a number", bad, path=path, column=name,
+                   fix=f"'{name}' must hold numbers; fix or drop that row", where=where)
+    return col.cast(pa.int64() if first_bad_cast(col, pa.int64()) is None else pa.float64())
 
 
 def _seconds(col: pa.ChunkedArray, path: Path, name: str, unit: str, where) -> pa.Array:
@@ -236,8 +229,8 @@ def _seconds(col: pa.ChunkedArray, path: Path, name: str, unit: str, where) -> p
         if bad is None:
             col = col.cast(pa.float64())
         elif bad > 0:  # the column starts with numbers: a cell that is not one is the error, not ISO text
-            raise _fail(f"cannot read {col[bad].as_py()!r} as a time: the rows above hold numbers (Unix time)", bad,
-                        path, name, "fix or drop that row", where)
+            raise fail(f"cannot read {col[bad].as_py()!r} as a time: the rows above hold numbers (Unix time)", bad,
+                       path=path, column=name, fix="fix or drop that row", where=where)
         else:
             return _iso_seconds(col, path, name, where)
     per = TIME_UNITS[unit]
@@ -245,8 +238,9 @@ def _seconds(col: pa.ChunkedArray, path: Path, name: str, unit: str, where) -> p
         top = pc.max(col).as_py()
         if top is not None and MAX_TIMESTAMP < top <= MAX_TIMESTAMP * 1000:
             row = int(np.argmax(col.to_numpy(zero_copy_only=False)))
-            raise _fail(f"timestamp {top!r} is too large for Unix seconds: it looks like milliseconds", row, path,
-                        name, "set data.options.time_unit=ms (or divide the column by 1000)", where)
+            raise fail(f"timestamp {top!r} is too large for Unix seconds: it looks like milliseconds", row,
+                       path=path, column=name, fix="set data.options.time_unit=ms (or divide the column by 1000)",
+                       where=where)
     check_timestamps(col, path=path, column=name, where=where, per_second=per)
     if per == 1:
         return floor_int64(col)
@@ -264,14 +258,15 @@ def _iso_seconds(col: pa.Array, path: Path, name: str, where) -> pa.Array:
         part = col.take(pa.array(rows))
         bad = first_bad_cast(part, typ)
         if bad is not None:
-            raise _fail(f"cannot read {part[bad].as_py()!r} as a time", int(rows[bad]), path, name,
-                        f"write '{name}' as Unix seconds or ISO 8601 (2024-05-01 13:45:00, 2024-05-01T13:45:00Z); "
-                        "fix or drop that row", where)
+            raise fail(f"cannot read {part[bad].as_py()!r} as a time", int(rows[bad]), path=path, column=name,
+                       fix=f"write '{name}' as Unix seconds or ISO 8601 (2024-05-01 13:45:00, 2024-05-01T13:45:00Z); "
+                           "fix or drop that row", where=where)
         ns = part.cast(typ).cast(pa.int64()).to_numpy(zero_copy_only=False)
         out[rows] = np.floor_divide(ns, 1_000_000_000)
     if (out < 0).any():
         row = int(np.flatnonzero(out < 0)[0])
-        raise _fail(f"time {col[row].as_py()!r} is before 1970", row, path, name, "fix or drop that row", where)
+        raise fail(f"time {col[row].as_py()!r} is before 1970", row, path=path, column=name,
+                   fix="fix or drop that row", where=where)
     return pa.array(out)
 
 
@@ -283,7 +278,6 @@ def _side(path: Path | None, id_col: str, used: pa.ChunkedArray, inter_path: Pat
         return None
     t = _read(path, {"item" if tag_separator is not None else "user": id_col})
     where = where_fn() if ENDINGS[path.suffix] is not None else None
-    _no_nulls(t[id_col], path, id_col, where)
     check_id_text(t[id_col], path=path, column=id_col, where=where)
     check_unique(t[id_col], path, id_col)
     check_known(used.cast(pa.string()), t[id_col].cast(pa.string()), inter_path, id_col, path)

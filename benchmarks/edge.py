@@ -133,7 +133,8 @@ _CACHE: dict[str, Any] = {}
 def edge_settings(args: argparse.Namespace, seed: int = 0) -> EdgeSettings:
     """The simulation settings of a seed's runs (what the results file's ``settings`` records)."""
     return EdgeSettings(local_steps=args.steps, eval_every=args.eval_every, seed=seed, optimizer=args.optimizer,
-                        server_lr=args.server_lr, **({"lr": args.lr} if args.lr is not None else {}))
+                        server_lr=args.server_lr, group_lr=args.group_lr,
+                        **({"lr": args.lr} if args.lr is not None else {}))
 
 
 def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -299,6 +300,8 @@ def main() -> None:
                     help="each device's optimizer (and centralised training's): adam, or plain sgd as FedAvg")
     ap.add_argument("--server-lr", type=float, default=None,
                     help="Adam at the top of every tree (E-Tree's root, FedAvg's server) with this rate (FedAdam)")
+    ap.add_argument("--group-lr", type=float, default=None,
+                    help="Adam at every E-Tree aggregator below the root with this rate (hierarchical FedAdam)")
     ap.add_argument("--split", default="test", choices=["test", "valid"],
                     help="the split scored (choose settings on valid, report test)")
     ap.add_argument("--quick", action="store_true", help="1 seed, 20 devices, 40 local steps")

@@ -634,6 +634,10 @@ class EdgeConfig:
     server_lr: float | None = opt(None, "null: the tree's top (E-Tree's root, FedAvg's server) takes the plain "
                                         "average; a rate: it moves the global model by Adam's step on (global - "
                                         "average) instead (FedAdam, Reddi et al. 2021; not in E-Tree's paper)")
+    group_lr: float | None = opt(None, "null: E-Tree's aggregators below the root take the plain average; a rate: "
+                                       "each (groups, middle levels) moves its model by Adam's step on (its model - "
+                                       "its devices' average) at its rounds, with its own Adam state (a "
+                                       "hierarchical FedAdam; FedAvg has no such level)")
     gossip_peers: int = opt(1, "gossip: random peers each device averages with per exchange")
     eval_every: int = opt(20, "local steps between points of the accuracy curve")
     step_ms: float = opt(20.0, "simulated time of one local step (for the simulated clock)")

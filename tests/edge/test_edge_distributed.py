@@ -32,8 +32,9 @@ LISTS = pa.list_(pa.int64())
 CFG = SasrecConfig(d_model=8, n_layers=1, n_heads=1, dropout=0.0, max_len=6)
 SETTINGS = EdgeSettings(local_steps=8, batch_size=4, periods=[2, 4], group_size=2, grouping="distance",
                         eval_every=8, link=Link())
-# etree-fault: group 0's aggregator dies after step 3; etree-server: Adam at the root (edge.server_lr)
-KINDS = ("etree", "fedavg", "gossip", "etree-fault", "etree-server")
+# etree-fault: group 0's aggregator dies after step 3; etree-server: Adam at the root (edge.server_lr);
+# etree-adam: Adam at every aggregator (edge.group_lr too), with the fault
+KINDS = ("etree", "fedavg", "gossip", "etree-fault", "etree-server", "etree-adam")
 POSITIONS = np.array([[0.0, 0.0], [0.1, 0.0], [0.9, 1.0], [1.0, 1.0]])
 GROUPS = np.array([0, 0, 1, 1])
 
@@ -69,6 +70,8 @@ def _scheme(kind: str) -> tuple[str, EdgeSettings]:
         return "etree", dataclasses.replace(SETTINGS, fail_step=3, fail_group=0)
     if kind == "etree-server":
         return "etree", dataclasses.replace(SETTINGS, server_lr=0.005)
+    if kind == "etree-adam":
+        return "etree", dataclasses.replace(SETTINGS, server_lr=0.005, group_lr=0.01, fail_step=5, fail_group=1)
     return kind, SETTINGS
 
 
@@ -107,6 +110,14 @@ def _single(kind: str, devices: Devices, data: object, cfg: object) -> dict:
     return run_scheme(scheme, devices, data, N_ITEMS, cfg, settings, groups=GROUPS, keep_states=True)
 
 
+def _atol(kind: str) -> float:
+    """Weights agree to 1e-5, but with Adam at the groups: a weight no device changed (a position no sequence
+    reaches) has a pseudo-gradient of pure rounding (~1e-8, the averages' summation order differing between the
+    modes), on which every group round takes a step of about lr * 1e-8 / eps (eps 1e-6) = 1e-4. A wrong reference
+    or a step missed would be off by lr = 1e-2."""
+    return 1e-3 if kind == "etree-adam" else 1e-5
+
+
 def _same_final(tmp_path, name: str, single: dict) -> None:
     """Every rank reports the simulation's final point: accuracy, exchanges, bytes, simulated clock."""
     for d in range(N_DEV):
@@ -135,7 +146,7 @@ def test_multi_process_equals_single_process(tmp_path) -> None:
                     # normalised step there is rounding noise, which the averages' summation order changes:
                     # it is compared through the scores below instead
                     v, got = (torch.cat([t[:d_model], t[2 * d_model:]]) for t in (v, got))
-                assert torch.allclose(got, v, atol=1e-5), (kind, d, k)
+                assert torch.allclose(got, v, atol=_atol(kind)), (kind, d, k)
             assert torch.allclose(_scores(multi, tokens), _scores(single[d], tokens), atol=1e-4), (kind, d)
         if kind == "gossip":
             continue
@@ -153,7 +164,7 @@ def test_multi_process_equals_single_process(tmp_path) -> None:
             multi = load_file(str(tmp_path / f"generator-{kind}{d}.safetensors"))
             assert multi.keys() == single[d].keys()
             for k, v in single[d].items():
-                assert torch.allclose(multi[k], v, atol=1e-5), ("generator", kind, d, k)
+                assert torch.allclose(multi[k], v, atol=_atol(kind)), ("generator", kind, d, k)
                 if kind != "gossip":  # step 8 aggregates every device
                     assert torch.allclose(multi[k], single[0][k], atol=1e-5)
 

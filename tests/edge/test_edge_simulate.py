@@ -121,17 +121,17 @@ def test_a_dead_aggregator_stops_fedavg_but_not_etree(world) -> None:
 
 def test_server_adam_steps_at_global_rounds_only(world, monkeypatch) -> None:
     """edge.server_lr: E-Tree's root rounds (not its group rounds) and FedAvg's rounds go through ServerAdam, and
-    afterwards every device holds the server's model."""
-    import onerec.edge.simulate as sim
+    afterwards every device holds the server's model; edge.group_lr: each group's rounds, one step per group."""
+    import onerec.edge.tree as tree_mod
 
     calls = []
 
-    class Counting(sim.ServerAdam):
+    class Counting(tree_mod.ServerAdam):
         def step(self, average):
             calls.append(len(average))
             return super().step(average)
 
-    monkeypatch.setattr(sim, "ServerAdam", Counting)
+    monkeypatch.setattr(tree_mod, "ServerAdam", Counting)
     devices, data = world
     s = dataclasses.replace(FAST, server_lr=0.01, grouping="distance")
     out = run_scheme("etree", devices, data, N_ITEMS, CFG, s, keep_states=True)
@@ -142,3 +142,10 @@ def test_server_adam_steps_at_global_rounds_only(world, monkeypatch) -> None:
     plain = run_scheme("fedavg", devices, data, N_ITEMS, CFG, FAST)
     adam = run_scheme("fedavg", devices, data, N_ITEMS, CFG, dataclasses.replace(FAST, server_lr=0.01))
     assert len(calls) == 10 and adam["final"]["ndcg@10"] != plain["final"]["ndcg@10"]
+    calls.clear()
+    groups = run_scheme("etree", devices, data, N_ITEMS, CFG, dataclasses.replace(s, server_lr=None, group_lr=0.01))
+    assert len(calls) == 5 * 2  # group rounds at steps 2, 6, 10, 14, 18; 6 devices in 2 groups of 3
+    plain = run_scheme("etree", devices, data, N_ITEMS, CFG, dataclasses.replace(s, server_lr=None))
+    assert groups["final"]["ndcg@10"] != plain["final"]["ndcg@10"]
+    with pytest.raises(ConfigError, match=r"edge\.group_lr=-1\.0 must be > 0"):
+        run_scheme("etree", devices, data, N_ITEMS, CFG, dataclasses.replace(s, group_lr=-1.0))

@@ -8,6 +8,7 @@ import torch
 
 from onerec.edge.grouping import kmeans_groups
 from onerec.edge.tree import (
+    AggregatorAdam,
     Link,
     ServerAdam,
     Tree,
@@ -140,3 +141,54 @@ def test_server_adam_follows_its_formula() -> None:
     # the first step moves every coordinate towards the average by ~lr, whatever the distance
     s2 = ServerAdam(0.1, [torch.zeros(2)])
     assert torch.allclose(s2.step([torch.tensor([-1e-3, 5.0])])[0], torch.tensor([-0.1, 0.1]), atol=1e-3)
+
+
+def _adam_by_hand(lr: float, w: torch.Tensor, avgs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """ServerAdam's formula: the models after each average in ``avgs``, from ``w`` (b1 0.9, b2 0.99, eps 1e-6)."""
+    m = v = torch.zeros_like(w)
+    out = []
+    for t, avg in enumerate(avgs, start=1):
+        g = w - avg
+        m, v = 0.9 * m + 0.1 * g, 0.99 * v + 0.01 * g * g
+        w = w - lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.99 ** t)).sqrt() + 1e-6)
+        out.append(w)
+    return out
+
+
+def test_aggregator_adam_steps_each_node_and_restarts_the_ones_below() -> None:
+    """edge.group_lr / edge.server_lr on the toy tree: each group takes Adam's step from its own reference and
+    moments; the root from the start; after a root round the groups measure from the root's model."""
+    tree, start = _toy_tree(), torch.tensor([1.0, -1.0])
+    adam = AggregatorAdam(server_lr=0.2, group_lr=0.1, start=[start])
+    a1, b1 = torch.tensor([0.5, -0.5]), torch.tensor([2.0, -3.0])
+    out = adam.step(tree, 1, {0: [a1], 1: [b1]})
+    assert torch.allclose(out[0][0], _adam_by_hand(0.1, start, [a1])[0], atol=1e-6)
+    assert torch.allclose(out[1][0], _adam_by_hand(0.1, start, [b1])[0], atol=1e-6)
+    root_avg = torch.tensor([1.2, -1.8])
+    (root,) = adam.step(tree, 2, {0: [root_avg]})[0]
+    assert torch.allclose(root, _adam_by_hand(0.2, start, [root_avg])[0], atol=1e-6)
+    # group A's second round: pseudo-gradient from the root's model, its own moments from round one
+    a2 = torch.tensor([0.8, -1.2])
+    g1, g2 = start - a1, root - a2
+    m = 0.9 * 0.1 * g1 + 0.1 * g2
+    v = 0.99 * 0.01 * g1 * g1 + 0.01 * g2 * g2
+    want = root - 0.1 * (m / (1 - 0.9 ** 2)) / ((v / (1 - 0.99 ** 2)).sqrt() + 1e-6)
+    assert torch.allclose(adam.step(tree, 1, {0: [a2]})[0][0], want, atol=1e-6)
+
+
+def test_aggregator_adam_without_a_rate_and_after_a_fault() -> None:
+    """A level without a rate keeps the plain average (and still restarts the nodes below); a node first seen on a
+    re-attached tree keeps its first average, then steps from it."""
+    tree, start = _toy_tree(), torch.zeros(2)
+    adam = AggregatorAdam(server_lr=None, group_lr=0.1, start=[start])
+    adam.step(tree, 1, {0: [torch.ones(2)], 1: [torch.ones(2)]})
+    root_avg = torch.tensor([3.0, 3.0])
+    assert torch.equal(adam.step(tree, 2, {0: [root_avg]})[0][0], root_avg)
+    assert all(torch.equal(opt.w[0], root_avg) for opt in adam.nodes.values())
+    after = reattach(tree, np.array([[0.0, 0], [0, 0], [1, 0], [1, 0], [1, 0]]), group=1)
+    first = {n: [torch.full((2,), float(n))] for n in range(len(after.children[0]))}
+    out = adam.step(after, 1, first, initial=False)
+    assert torch.equal(out[1][0], first[1][0]) and torch.equal(out[2][0], first[2][0])  # new nodes: the average
+    assert not torch.equal(out[0][0], first[0][0])  # group A's node is the same devices: it steps
+    (stepped,) = adam.step(after, 1, {2: [torch.full((2,), 3.0)]}, initial=False)[2]
+    assert torch.allclose(stepped, _adam_by_hand(0.1, torch.full((2,), 2.0), [torch.full((2,), 3.0)])[0])

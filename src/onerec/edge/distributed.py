@@ -209,9 +209,14 @@ class RankDevice:
     def weights(self) -> list[torch.Tensor]:
         return _weights(self.model)
 
-    def set_weights(self, weights: list[torch.Tensor]) -> None:
-        for t, w in zip(_weights(self.model), weights):
-            t.copy_(w)
+    def node_models(self, tree: Tree, level: int) -> dict[int, list[torch.Tensor]]:
+        node = next(n for n, devs in enumerate(tree.leaves(level)) if self.rank in devs)
+        return {node: _weights(self.model)}
+
+    def set_node_models(self, tree: Tree, level: int, models: dict[int, list[torch.Tensor]]) -> None:
+        for weights in models.values():  # the one node over this device
+            for t, w in zip(_weights(self.model), weights):
+                t.copy_(w)
 
     def score(self) -> dict[str, float]:
         test = self.data.test[self.rank]

@@ -51,8 +51,8 @@ from onerec.data.splits import list_column
 from onerec.edge.devices import Devices
 from onerec.edge.grouping import kma_groups, kmeans_groups, model_signature, random_groups
 from onerec.edge.tree import (
+    AggregatorAdam,
     Link,
-    ServerAdam,
     Tree,
     build_tree,
     gossip_average,
@@ -82,6 +82,7 @@ class EdgeSettings:
     lr: float = 1e-2
     optimizer: str = "adam"  # each device's own: adam (AdamW for the generator) | sgd (plain SGD, FedAvg's)
     server_lr: float | None = None  # Adam at the tree's top (ServerAdam, FedAdam) with this rate; None: plain averaging
+    group_lr: float | None = None  # Adam at every aggregator below the top (AggregatorAdam); None: plain averaging
     group_size: int = 10  # devices per level-1 group: n_groups = ceil(N / group_size)
     fanout: list[int] = field(default_factory=list)  # children per node above level 1, below the root
     periods: list[int] = field(default_factory=lambda: [5, 20])  # local steps between aggregations, per level
@@ -102,8 +103,10 @@ def check_settings(s: EdgeSettings, scheme: str) -> None:
         raise ConfigError(f"edge.scheme='{scheme}' is not one of {', '.join(SCHEMES)}. Fix: pick one of those")
     if s.optimizer not in OPTIMIZERS:
         raise ConfigError(f"edge.optimizer='{s.optimizer}' is not one of {', '.join(OPTIMIZERS)}. Fix: pick one")
-    if s.server_lr is not None and not s.server_lr > 0:
-        raise ConfigError(f"edge.server_lr={s.server_lr} must be > 0. Fix: a positive rate, or null (plain averaging)")
+    for key in ("server_lr", "group_lr"):
+        if getattr(s, key) is not None and not getattr(s, key) > 0:
+            raise ConfigError(f"edge.{key}={getattr(s, key)} must be > 0. Fix: a positive rate, or null (plain "
+                              "averaging)")
     if s.grouping not in GROUPINGS:
         raise ConfigError(f"edge.grouping='{s.grouping}' is not one of {', '.join(GROUPINGS)}. Fix: pick one")
     for key in ("local_steps", "batch_size", "group_size", "eval_every"):
@@ -325,10 +328,14 @@ class Exchanges(Protocol):
         """Each device i averages with its peers ``picked[i]`` (from the models before the round)."""
 
     def weights(self) -> list[torch.Tensor]:
-        """The model tensors of the first device this process holds (after a global round: every device's)."""
+        """The model tensors of the first device this process holds (before the first tick: every device's)."""
 
-    def set_weights(self, weights: list[torch.Tensor]) -> None:
-        """Every device this process holds takes these model tensors (in :meth:`weights`' order)."""
+    def node_models(self, tree: Tree, level: int) -> dict[int, list[torch.Tensor]]:
+        """Right after :meth:`tree_exchange` at ``level``: per level-``level`` node over a device this process
+        holds, the node's model (its tensors, in :meth:`weights`' order)."""
+
+    def set_node_models(self, tree: Tree, level: int, models: dict[int, list[torch.Tensor]]) -> None:
+        """Every device this process holds under each node of ``models`` takes that node's tensors."""
 
     def score(self) -> dict[str, float]:
         """Recall@10 / NDCG@10 over every device's users, each scored by their own device's model."""
@@ -353,9 +360,16 @@ class Simulated:
     def weights(self) -> list[torch.Tensor]:
         return list(self.fleet.recs[0].model.state_dict().values())
 
-    def set_weights(self, weights: list[torch.Tensor]) -> None:
-        state = dict(zip(self.fleet.recs[0].model.state_dict(), weights))
-        self.fleet.load([state] * len(self.fleet.recs))
+    def node_models(self, tree: Tree, level: int) -> dict[int, list[torch.Tensor]]:
+        states = self.fleet.states()
+        return {node: list(states[devs[0]].values()) for node, devs in enumerate(tree.leaves(level))}
+
+    def set_node_models(self, tree: Tree, level: int, models: dict[int, list[torch.Tensor]]) -> None:
+        states, keys = self.fleet.states(), list(self.fleet.recs[0].model.state_dict())
+        for node, devs in enumerate(tree.leaves(level)):
+            for d in devs:
+                states[d] = dict(zip(keys, models[node]))
+        self.fleet.load(states)
 
     def score(self) -> dict[str, float]:
         return _score(self.fleet.recs, self.data.test)
@@ -385,7 +399,8 @@ def run_scheme(scheme: str, devices: Devices, data: DeviceData, n_items: int, cf
 def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree | None, n_bytes: int,
              s: EdgeSettings) -> dict:
     """A scheme's run, whichever mode holds the devices: ``s.local_steps`` ticks, the exchanges after the ticks
-    where they fire (with ``s.server_lr``, every global round's average goes through :class:`ServerAdam`), the fault,
+    where they fire (with ``s.server_lr`` / ``s.group_lr``, a round's average goes through its aggregators' Adam,
+    :class:`onerec.edge.tree.AggregatorAdam`), the fault,
     the simulated bytes and clock (:mod:`onerec.edge.tree`'s cost model) and the
     accuracy curve.
 
@@ -398,7 +413,9 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
     rng = np.random.default_rng(s.seed + 2)  # gossip's peers: every process draws the same
     total_bytes, sim_ms, byte_distance, exchanges, top_rounds = 0, 0.0, 0.0, 0, 0
     curve = []
-    server = ServerAdam(s.server_lr, devices.weights()) if s.server_lr is not None and tree is not None else None
+    adam = None
+    if tree is not None and (s.server_lr is not None or s.group_lr is not None):
+        adam, first_tree = AggregatorAdam(s.server_lr, s.group_lr, devices.weights()), tree
     for step in range(1, s.local_steps + 1):
         devices.tick()
         sim_ms += s.step_ms
@@ -407,8 +424,11 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
             tree = reattach(tree, positions, s.fail_group)
         if tree is not None and (level := tree.fired(step)):
             devices.tree_exchange(tree, level)
-            if level == tree.depth and server is not None:  # the average, read as a step, through Adam
-                devices.set_weights(server.step(devices.weights()))
+            if adam is not None:  # the averages, read as steps, through the aggregators' Adam
+                models = devices.node_models(tree, level)
+                stepped = adam.step(tree, level, models, initial=tree is first_tree)
+                if adam.rate(tree, level) is not None:
+                    devices.set_node_models(tree, level, stepped)
             cost = tree_cost(tree, positions, level, n_bytes, s.link)
             top_rounds += level == tree.depth
         elif scheme == "gossip" and step % s.periods[0] == 0:

@@ -78,6 +78,61 @@ class ServerAdam:
         self.opt.step()
         return [w.detach().clone() for w in self.w]
 
+    def restart(self, weights: list[torch.Tensor]) -> None:
+        """A node above handed its devices ``weights``: this node's next pseudo-gradient is measured from them
+        (Adam's moments are kept)."""
+        with torch.no_grad():
+            for w, t in zip(self.w, weights):
+                w.copy_(t)
+
+
+class AggregatorAdam:
+    """Adam at the aggregators of a tree: :class:`ServerAdam` with ``server_lr`` at the top level's node (E-Tree's
+    root, FedAvg's server) and with ``group_lr`` at every node below it (E-Tree's groups and middle levels; a
+    hierarchical FedAdam, not in E-Tree's paper). A round that fires level L averages levels 1..L plainly (the
+    sample-weighted average over every device under each level-L node, :func:`tree_aggregate`) and then, where
+    level L has a rate, each level-L node moves its own model by Adam's step on ``its model - that average`` and
+    hands the result down. Every node keeps its own Adam state, keyed by its level and the devices under it (so a
+    fault, which re-attaches one group's devices, keeps the other nodes' states). After a level-L round the nodes
+    below L measure their next pseudo-gradient from the model handed down.
+
+    Each process keeps the state of the nodes over its own devices only (the multi-process mode: a device's rank
+    steps the nodes above it; all the ranks under one node compute the same step from the same average).
+    """
+
+    def __init__(self, server_lr: float | None, group_lr: float | None, start: list[torch.Tensor]) -> None:
+        """``start``: the devices' shared initial model, every node's first reference."""
+        self.server_lr, self.group_lr = server_lr, group_lr
+        self.start = [t.detach().clone() for t in start]
+        self.nodes: dict[tuple[int, tuple[int, ...]], ServerAdam] = {}
+
+    def rate(self, tree: Tree, level: int) -> float | None:
+        return self.server_lr if level == tree.depth else self.group_lr
+
+    def step(self, tree: Tree, level: int, models: dict[int, list[torch.Tensor]], *,
+             initial: bool = True) -> dict[int, list[torch.Tensor]]:
+        """Level ``level``'s nodes' new models from their averages ``models`` (node index -> tensors; the nodes
+        this process holds), or ``models`` unchanged where the level has no rate. A node first seen on a tree that
+        is not the ``initial`` one (re-attached after a fault) has no reference yet: its first round keeps the plain
+        average, from which it measures the next. Either way the nodes below restart from the models handed down."""
+        leaves = tree.leaves(level)
+        rate = self.rate(tree, level)
+        out = dict(models)
+        if rate is not None:
+            for node, average in models.items():
+                key = (level, tuple(sorted(int(d) for d in leaves[node])))
+                opt = self.nodes.get(key)
+                if opt is None:
+                    self.nodes[key] = opt = ServerAdam(rate, self.start if initial else average)
+                    if not initial:  # no reference yet: this round keeps the average
+                        continue
+                out[node] = opt.step(average)
+        owner = {int(d): node for node, devs in enumerate(leaves) for d in devs}
+        for (lvl, devs), opt in self.nodes.items():  # the nodes below start from what was handed down
+            if lvl < level and owner.get(devs[0]) in out:
+                opt.restart(out[owner[devs[0]]])
+        return out
+
 
 def model_bytes(state: State) -> int:
     """Bytes of one model on the wire (its tensors, uncompressed)."""

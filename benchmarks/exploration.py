@@ -146,8 +146,10 @@ def plot_online(result: dict[str, Any], path: Path, key: str = "online") -> None
 
 def replay_part(args: argparse.Namespace) -> dict[str, Any]:
     """The replay and its ablation (the keys replay.*, ablation.*, curves_seed0)."""
-    base = ExploreConfig(events=args.events, seeds=list(args.seeds))
+    base = ExploreConfig(events=args.events, seeds=list(args.seeds), max_impressions=args.max_impressions)
     variants = {**{f"replay.{k}": v for k, v in POLICIES.items()}, **{f"ablation.{k}": v for k, v in ABLATION.items()}}
+    if args.policies:  # these replay policies only, no ablation
+        variants = {f"replay.{k}": POLICIES[k] for k in args.policies}
     cfgs = {name: dataclasses.replace(base, policies=[policy], **over) for name, (policy, over) in variants.items()}
     for cfg in cfgs.values():
         check_explore(cfg, WORLD.n_items)
@@ -363,6 +365,11 @@ def main() -> None:
                     help="which online settings --part online/all runs (the others' keys are kept)")
     ap.add_argument("--online-days", type=int, default=7, help="simulated days of the online settings")
     ap.add_argument("--budget", type=float, default=BUDGET, help="explore.online_explore_budget of online_budget")
+    ap.add_argument("--max-impressions", type=int, default=None,
+                    help="explore.max_impressions of the replay: ucb, thompson and AGE explore only items accepted "
+                         "fewer times than this")
+    ap.add_argument("--policies", nargs="+", choices=list(POLICIES), default=None,
+                    help="replay only these policies (and no ablation)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot-from", type=Path, default=None, help="only draw the plots of this results file")
     args = ap.parse_args()

@@ -556,6 +556,10 @@ class ExploreConfig:
                              "radius lambda * |delta_y| around h", choices=["fgm", "pgd"])
     pgd_steps: int = opt(3, "AGE pgd: number of steps")
     pgd_step: float = opt(0.5, "AGE pgd: step size, as a share of the radius lambda * |delta_y|")
+    max_impressions: int | None = opt(None, "ucb, thompson and AGE explore only items shown fewer times than this "
+                                            "(the replay: the policy's accepted events of the item; online: its "
+                                            "exposures) and score the others as greedy; the AGE paper's online "
+                                            "deployment explored items with < 3,000 impressions. null: every item")
     gate: bool = opt(True, "AGE: the dynamic gating unit -- explore an item only where its predicted CTR f(h) beats "
                            "the threshold a shallow item-only model (category, author, duration) predicts; false: "
                            "explore every item")

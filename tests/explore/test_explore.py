@@ -100,8 +100,45 @@ def test_age_without_a_step_is_greedy_and_the_gate_limits_exploration(log):
     assert torch.allclose(gated[kept], greedy[kept]) and torch.allclose(gated[~kept], moved[~kept])
 
 
+def test_max_impressions_explores_only_fresh_items(log):
+    """explore.max_impressions: where ``fresh`` is False, ucb, thompson and AGE score as greedy; where True, as
+    without the cap (the same dropout masks)."""
+    model, gate = _models(log)
+    b = _batch(log)
+    fresh = torch.arange(b["item"].shape[0]) % 3 == 0
+    cfg = dataclasses.replace(CFG, age_lambda=50.0, gate=False)
+    greedy, _ = score_candidates("greedy", model, gate, b, cfg, torch.Generator())
+    for policy in ("ucb", "thompson", "age_ucb", "age_ts"):
+        torch.manual_seed(3)
+        free, _ = score_candidates(policy, model, gate, b, cfg, torch.Generator())
+        torch.manual_seed(3)
+        capped, share = score_candidates(policy, model, gate, b, cfg, torch.Generator(), fresh)
+        assert torch.allclose(capped[~fresh], greedy[~fresh]), policy
+        assert torch.allclose(capped[fresh], free[fresh]), policy
+        assert not torch.allclose(free[~fresh], greedy[~fresh]), policy  # the cap is what made them greedy
+        if share is not None:
+            assert share == pytest.approx(fresh.float().mean().item())
+
+
+def test_replay_counts_an_items_accepted_events_for_max_impressions(log, monkeypatch):
+    seen = []
+
+    def first(policy, model, gate, b, cfg, gen, fresh=None):  # always picks candidate 0
+        seen.append((b["item"].numpy().copy(), fresh.numpy().copy()))
+        return (torch.arange(b["item"].shape[0]) % CFG.candidates == 0).float(), None
+
+    monkeypatch.setattr(replay_module, "score_candidates", first)
+    replay_policy(log, "ucb", dataclasses.replace(CFG, max_impressions=2), seed=0)
+    counts = np.zeros(len(log.featurizer.side.cat), np.int64)
+    for start, (items, fresh) in zip(range(0, len(log), CFG.block), seen):
+        assert np.array_equal(fresh, counts[items] < 2)
+        ev = np.arange(start, min(len(log), start + CFG.block))
+        np.add.at(counts, log.logged_item[ev[log.logged[ev] == 0]], 1)
+    assert (counts >= 2).any()  # the cap was reached
+
+
 def test_replay_counts_only_events_whose_pick_is_the_logged_item(log, monkeypatch):
-    def first(policy, model, gate, b, cfg, gen):  # always picks candidate 0
+    def first(policy, model, gate, b, cfg, gen, fresh=None):  # always picks candidate 0
         n = b["item"].shape[0]
         return (torch.arange(n) % CFG.candidates == 0).float(), None
 
@@ -150,6 +187,7 @@ def test_replay_learns_online_and_summarises_over_seeds(world):
 @pytest.mark.parametrize("key,value,needle", [
     ("policies", ["greedy", "age"], r"explore\.policies"), ("candidates", 1, r"explore\.candidates"),
     ("pool", 3, r"explore\.pool"), ("dropout", 0.0, r"explore\.dropout"), ("epsilon", 1.5, r"explore\.epsilon"),
+    ("max_impressions", 0, r"explore\.max_impressions"),
 ])
 def test_bad_settings_name_the_key_and_the_fix(key, value, needle):
     with pytest.raises(ConfigError, match=needle) as e:

@@ -206,6 +206,13 @@ def test_without_a_reserved_slot_the_policy_ranks_every_candidate(world, cat, wa
     assert abs(np.mean(rand["per_day"]["new_share"]) - share) < 0.1
     age = online_policy(world, cat, warm, "age_ucb", dataclasses.replace(cfg, gate=False, age_lambda=50.0), seed=0)
     assert age["explored_share"] == 1.0 and age["per_day"] != none["per_day"]
+    # explore.max_impressions: a video shown once is no longer explored (a cap nothing reaches changes nothing)
+    capped = online_policy(world, cat, warm, "age_ucb",
+                           dataclasses.replace(cfg, gate=False, age_lambda=50.0, max_impressions=1), seed=0)
+    assert capped["explored_share"] < 0.9 and capped["per_day"] != age["per_day"]
+    loose = online_policy(world, cat, warm, "age_ucb",
+                          dataclasses.replace(cfg, gate=False, age_lambda=50.0, max_impressions=10**9), seed=0)
+    assert loose["per_day"] == age["per_day"]
 
 
 def test_budget_zero_slot_explores_less_and_grown_share_counts_good_videos_past_their_window(world, cat, warm):

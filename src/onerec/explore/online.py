@@ -279,8 +279,10 @@ def _take(b: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tens
 
 
 def _serve(policy: str, model: ExplorationCTR, gate: ItemGate, feat: RankFeaturizer, req: dict[str, np.ndarray],
-           cfg: ExploreConfig, gen: torch.Generator, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
-    """Shown videos [R, slate] of the day's requests under ``policy``, and the AGE gate's explore shares.
+           cfg: ExploreConfig, gen: torch.Generator, rng: np.random.Generator,
+           shows: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Shown videos [R, slate] of the day's requests under ``policy``, and the AGE gate's explore shares
+    (``shows`` [N]: each video's exposures so far, for ``explore.max_impressions``).
 
     With ``explore.online_explore_slots`` = N > 0: N exploration slots (:func:`fill_slate`); with 0, no slot is
     reserved and the policy's scores rank every candidate (epsilon: a share ``explore.epsilon`` of the requests get
@@ -294,14 +296,17 @@ def _serve(policy: str, model: ExplorationCTR, gate: ItemGate, feat: RankFeaturi
     for s in range(0, R, SCORE_CHUNK):
         r = np.arange(s, min(R, s + SCORE_CHUNK))
         b = feat.batch(np.repeat(req["user"][r], K), req["cand"][r].ravel(), np.repeat(req["ts"][r], K))
-        plain_t, share = score_candidates(policy if whole else "greedy", model, gate, b, cfg, gen)
+        fresh = None if cfg.max_impressions is None else torch.from_numpy(shows[req["cand"][r].ravel()]
+                                                                          < cfg.max_impressions)
+        plain_t, share = score_candidates(policy if whole else "greedy", model, gate, b, cfg, gen, fresh)
         plain = plain_t.view(len(r), K).numpy()
         if share is not None:
             shares.append(share)
         explore = None
         if slots and policy != NONE:
             rows = (np.arange(len(r))[:, None] * K + np.arange(C, K)[None, :]).ravel()
-            ex, share = score_candidates(policy, model, gate, _take(b, torch.from_numpy(rows)), cfg, gen)
+            ex, share = score_candidates(policy, model, gate, _take(b, torch.from_numpy(rows)), cfg, gen,
+                                         None if fresh is None else fresh[rows])
             if share is not None:
                 shares.append(share)
             explore = ex.view(len(r), K - C).numpy()
@@ -397,7 +402,7 @@ def online_policy(world: Any, cat: Catalogue, warm: Warm, policy: str, cfg: Expl
         req = _draw_day(world, cat, cfg, day, clicks, seed, warm.t0)
         torch.manual_seed(seed * 1000 + day)  # the dropout masks of the day
         gen = torch.Generator().manual_seed(seed * 1000 + day)
-        shown, sh = _serve(policy, model, gate, feat, req, cfg, gen, np.random.default_rng([seed, 46, day]))
+        shown, sh = _serve(policy, model, gate, feat, req, cfg, gen, np.random.default_rng([seed, 46, day]), shows)
         shares += sh
         user, item = np.repeat(req["user"], S), shown.ravel()
         cur, ts = np.repeat(req["cur"], S), np.repeat(req["ts"], S)

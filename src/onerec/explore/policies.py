@@ -13,7 +13,10 @@ age_nounc      AGE with the uncertainty off: every candidate of the block moves 
                spread), so the step is as long on average but the same for certain and uncertain items
 =============  ================================================================================================
 
-The score is the predicted probability of ``explore.objective`` (click by default).
+The score is the predicted probability of ``explore.objective`` (click by default). With
+``explore.max_impressions`` (the AGE paper's online deployment explored only items with fewer than 3,000
+impressions), ucb, thompson and AGE explore only the items shown fewer times than that, and score the others as
+greedy does.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ MC_POLICIES = ("ucb", "thompson", "age_ucb", "age_ts", "age_nounc")
 
 
 def score_candidates(policy: str, model: ExplorationCTR, gate: ItemGate, b: dict[str, Tensor],
-                     cfg: ExploreConfig, gen: torch.Generator) -> tuple[Tensor, float | None]:
+                     cfg: ExploreConfig, gen: torch.Generator,
+                     fresh: Tensor | None = None) -> tuple[Tensor, float | None]:
     """Scores [B] of the rows of ``b`` under ``policy``, and for AGE the share of rows the gate let explore.
 
     ``gen`` draws the random policy's scores; dropout masks come from torch's global generator (seeded by the
-    replay)."""
+    replay). ``fresh`` [B] bool: the rows whose item may be explored (``explore.max_impressions``: shown fewer times
+    than that); ucb, thompson and AGE score the others as greedy does. None: every row."""
     if policy == "random":
         return torch.rand(b["item"].shape[0], generator=gen), None
     j = OBJECTIVES.index(cfg.objective)
@@ -47,11 +52,11 @@ def score_candidates(policy: str, model: ExplorationCTR, gate: ItemGate, b: dict
         if policy in ("greedy", "epsilon"):
             return plain, None
         if policy == "thompson":
-            return torch.sigmoid(model.heads(x, dropout=True, only=j)[:, 0]), None
+            return _fresh_only(torch.sigmoid(model.heads(x, dropout=True, only=j)[:, 0]), plain, fresh), None
         if policy in ("ucb", "age_ucb", "age_nounc"):
             samples = torch.sigmoid(model.heads(x.expand(cfg.mc_passes, *x.shape), dropout=True, only=j)[..., 0])
             if policy == "ucb":
-                return ucb_scores(samples, cfg.ucb_alpha, cfg.ucb_stat), None
+                return _fresh_only(ucb_scores(samples, cfg.ucb_alpha, cfg.ucb_stat), plain, fresh), None
             delta = mc_spread(samples, cfg.ucb_stat)
             if policy == "age_nounc":
                 delta = delta.mean().expand_as(delta)
@@ -60,8 +65,15 @@ def score_candidates(policy: str, model: ExplorationCTR, gate: ItemGate, b: dict
         else:
             raise ValueError(f"unknown policy {policy!r}; one of {POLICIES}")
         explore = gate_mask(plain, torch.sigmoid(gate(b))) if cfg.gate else torch.ones_like(plain, dtype=torch.bool)
+        if fresh is not None:
+            explore = explore & fresh
     explored = age_explored(model, b, cfg.age_lambda * delta, cfg, j)
     return gated_scores(plain, explored, explore), float(explore.float().mean())
+
+
+def _fresh_only(scores: Tensor, plain: Tensor, fresh: Tensor | None) -> Tensor:
+    """A baseline's exploring ``scores`` where ``fresh``, the plain prediction elsewhere."""
+    return scores if fresh is None else torch.where(fresh, scores, plain)
 
 
 def age_explored(model: ExplorationCTR, b: dict[str, Tensor], radius: Tensor, cfg: ExploreConfig,

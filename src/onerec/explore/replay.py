@@ -109,6 +109,9 @@ def check_explore(cfg: ExploreConfig, n_items: int | None = None) -> None:
     if not 0.0 <= cfg.dropout < 1.0 or (mc and cfg.dropout == 0.0):
         raise bad("dropout", f"must be in (0, 1){' for ' + mc[0] + ' (MC dropout)' if mc else ''}",
                   "e.g. explore.dropout=0.1")
+    if cfg.max_impressions is not None and cfg.max_impressions < 1:
+        raise bad("max_impressions", "must be at least 1 (or null: explore every item)",
+                  "e.g. explore.max_impressions=50")
     if cfg.pgd_step <= 0.0 or cfg.lr <= 0.0:
         key = "pgd_step" if cfg.pgd_step <= 0.0 else "lr"
         raise bad(key, "must be positive", f"e.g. explore.{key}={0.5 if key == 'pgd_step' else 5e-3}")
@@ -172,12 +175,16 @@ def replay_policy(log: ReplayLog, policy: str, cfg: ExploreConfig, seed: int) ->
     E, K = log.cand.shape
     got, expected = np.zeros(len(OBJECTIVES)), np.zeros(len(OBJECTIVES))
     accepted, explored, curve = 0, [], []
+    shown = np.zeros(len(side.cat), np.int64)  # accepted events per item: what the model has learnt from
+    logged_item = log.logged_item
     t0 = time.perf_counter()
     for start in range(0, E, cfg.block):
         ev = np.arange(start, min(E, start + cfg.block))
         b = log.featurizer.batch(np.repeat(log.user[ev], K), log.cand[ev].ravel(), np.repeat(log.ts[ev], K))
         model.eval()
-        scores, share = score_candidates(policy, model, gate, b, cfg, gen)
+        fresh = None if cfg.max_impressions is None else torch.from_numpy(shown[log.cand[ev].ravel()]
+                                                                          < cfg.max_impressions)
+        scores, share = score_candidates(policy, model, gate, b, cfg, gen, fresh)
         if share is not None:
             explored.append(share)
         pick = scores.view(len(ev), K).argmax(dim=1).numpy()
@@ -188,6 +195,7 @@ def replay_policy(log: ReplayLog, policy: str, cfg: ExploreConfig, seed: int) ->
             expected += log.truth[ev, pick].sum(axis=0, dtype=np.float64)
         hit = np.flatnonzero(pick == log.logged[ev])
         accepted += len(hit)
+        np.add.at(shown, logged_item[ev[hit]], 1)
         got += log.labels[ev[hit]].sum(axis=0)
         curve.append((int(ev[-1]) + 1, accepted, int(got[0])))
         if len(hit) and policy != "random":

@@ -559,7 +559,8 @@ class ExploreConfig:
     max_impressions: int | None = opt(None, "ucb, thompson and AGE explore only items shown fewer times than this "
                                             "(the replay: the policy's accepted events of the item; online: its "
                                             "exposures) and score the others as greedy; the AGE paper's online "
-                                            "deployment explored items with < 3,000 impressions. null: every item")
+                                            "deployment explored items with < 3,000 impressions. null: every item. "
+                                            "Serving has its own cap: serve.explore_new")
     gate: bool = opt(True, "AGE: the dynamic gating unit -- explore an item only where its predicted CTR f(h) beats "
                            "the threshold a shallow item-only model (category, author, duration) predicts; false: "
                            "explore every item")

@@ -56,7 +56,7 @@ from onerec.config import ContentConfig, ExploreConfig, TokenizerConfig
 from onerec.data.schema import SIGNALS
 from onerec.errors import ConfigError
 from onerec.explore.model import OBJECTIVES, ExplorationCTR, ItemGate
-from onerec.explore.policies import POLICIES, score_candidates
+from onerec.explore.policies import POLICIES, fresh_rows, score_candidates
 from onerec.reward.data import ItemSide, Positives, RankFeaturizer, duration_bucket
 
 #: arrival day of the initial catalogue (live before day 0, with a warm-up history)
@@ -296,8 +296,7 @@ def _serve(policy: str, model: ExplorationCTR, gate: ItemGate, feat: RankFeaturi
     for s in range(0, R, SCORE_CHUNK):
         r = np.arange(s, min(R, s + SCORE_CHUNK))
         b = feat.batch(np.repeat(req["user"][r], K), req["cand"][r].ravel(), np.repeat(req["ts"][r], K))
-        fresh = None if cfg.max_impressions is None else torch.from_numpy(shows[req["cand"][r].ravel()]
-                                                                          < cfg.max_impressions)
+        fresh = fresh_rows(shows, req["cand"][r].ravel(), cfg.max_impressions)
         plain_t, share = score_candidates(policy if whole else "greedy", model, gate, b, cfg, gen, fresh)
         plain = plain_t.view(len(r), K).numpy()
         if share is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,6 +70,12 @@ def score_candidates(policy: str, model: ExplorationCTR, gate: ItemGate, b: dict
             explore = explore & fresh
     explored = age_explored(model, b, cfg.age_lambda * delta, cfg, j)
     return gated_scores(plain, explored, explore), float(explore.float().mean())
+
+
+def fresh_rows(shows: np.ndarray, items: np.ndarray, cap: int | None) -> Tensor | None:
+    """``score_candidates``' ``fresh`` mask [B] for candidate ``items`` [B]: shown (``shows`` [N], per item) fewer
+    than ``cap`` times; None without a cap."""
+    return None if cap is None else torch.from_numpy(shows[items] < cap)
 
 
 def _fresh_only(scores: Tensor, plain: Tensor, fresh: Tensor | None) -> Tensor:

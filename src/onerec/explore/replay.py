@@ -40,7 +40,7 @@ from onerec.config import ExploreConfig, RunConfig
 from onerec.data.schema import SIGNALS
 from onerec.errors import ConfigError, DataError
 from onerec.explore.model import OBJECTIVES, ExplorationCTR, ItemGate
-from onerec.explore.policies import MC_POLICIES, POLICIES, score_candidates
+from onerec.explore.policies import MC_POLICIES, POLICIES, fresh_rows, score_candidates
 from onerec.reward.data import ItemSide, Positives, RankFeaturizer, duration_bucket
 
 EVENT_GAP_S = 30  # seconds between consecutive events of the stream
@@ -182,8 +182,7 @@ def replay_policy(log: ReplayLog, policy: str, cfg: ExploreConfig, seed: int) ->
         ev = np.arange(start, min(E, start + cfg.block))
         b = log.featurizer.batch(np.repeat(log.user[ev], K), log.cand[ev].ravel(), np.repeat(log.ts[ev], K))
         model.eval()
-        fresh = None if cfg.max_impressions is None else torch.from_numpy(shown[log.cand[ev].ravel()]
-                                                                          < cfg.max_impressions)
+        fresh = fresh_rows(shown, log.cand[ev].ravel(), cfg.max_impressions)
         scores, share = score_candidates(policy, model, gate, b, cfg, gen, fresh)
         if share is not None:
             explored.append(share)

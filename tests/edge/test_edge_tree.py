@@ -159,7 +159,7 @@ def test_aggregator_adam_steps_each_node_and_restarts_the_ones_below() -> None:
     """edge.group_lr / edge.server_lr on the toy tree: each group takes Adam's step from its own reference and
     moments; the root from the start; after a root round the groups measure from the root's model."""
     tree, start = _toy_tree(), torch.tensor([1.0, -1.0])
-    adam = AggregatorAdam(server_lr=0.2, group_lr=0.1, start=[start])
+    adam = AggregatorAdam(server_lr=0.2, group_lr=0.1, start=[start], tree=tree)
     a1, b1 = torch.tensor([0.5, -0.5]), torch.tensor([2.0, -3.0])
     out = adam.step(tree, 1, {0: [a1], 1: [b1]})
     assert torch.allclose(out[0][0], _adam_by_hand(0.1, start, [a1])[0], atol=1e-6)
@@ -180,15 +180,15 @@ def test_aggregator_adam_without_a_rate_and_after_a_fault() -> None:
     """A level without a rate keeps the plain average (and still restarts the nodes below); a node first seen on a
     re-attached tree keeps its first average, then steps from it."""
     tree, start = _toy_tree(), torch.zeros(2)
-    adam = AggregatorAdam(server_lr=None, group_lr=0.1, start=[start])
+    adam = AggregatorAdam(server_lr=None, group_lr=0.1, start=[start], tree=tree)
     adam.step(tree, 1, {0: [torch.ones(2)], 1: [torch.ones(2)]})
     root_avg = torch.tensor([3.0, 3.0])
     assert torch.equal(adam.step(tree, 2, {0: [root_avg]})[0][0], root_avg)
     assert all(torch.equal(opt.w[0], root_avg) for opt in adam.nodes.values())
     after = reattach(tree, np.array([[0.0, 0], [0, 0], [1, 0], [1, 0], [1, 0]]), group=1)
     first = {n: [torch.full((2,), float(n))] for n in range(len(after.children[0]))}
-    out = adam.step(after, 1, first, initial=False)
+    out = adam.step(after, 1, first)  # not the run's first tree
     assert torch.equal(out[1][0], first[1][0]) and torch.equal(out[2][0], first[2][0])  # new nodes: the average
     assert not torch.equal(out[0][0], first[0][0])  # group A's node is the same devices: it steps
-    (stepped,) = adam.step(after, 1, {2: [torch.full((2,), 3.0)]}, initial=False)[2]
+    (stepped,) = adam.step(after, 1, {2: [torch.full((2,), 3.0)]})[2]
     assert torch.allclose(stepped, _adam_by_hand(0.1, torch.full((2,), 2.0), [torch.full((2,), 3.0)])[0])

@@ -361,8 +361,8 @@ class Simulated:
         return list(self.fleet.recs[0].model.state_dict().values())
 
     def node_models(self, tree: Tree, level: int) -> dict[int, list[torch.Tensor]]:
-        states = self.fleet.states()
-        return {node: list(states[devs[0]].values()) for node, devs in enumerate(tree.leaves(level))}
+        recs = self.fleet.recs
+        return {node: list(recs[devs[0]].model.state_dict().values()) for node, devs in enumerate(tree.leaves(level))}
 
     def set_node_models(self, tree: Tree, level: int, models: dict[int, list[torch.Tensor]]) -> None:
         states, keys = self.fleet.states(), list(self.fleet.recs[0].model.state_dict())
@@ -415,7 +415,7 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
     curve = []
     adam = None
     if tree is not None and (s.server_lr is not None or s.group_lr is not None):
-        adam, first_tree = AggregatorAdam(s.server_lr, s.group_lr, devices.weights()), tree
+        adam = AggregatorAdam(s.server_lr, s.group_lr, devices.weights(), tree)
     for step in range(1, s.local_steps + 1):
         devices.tick()
         sim_ms += s.step_ms
@@ -426,7 +426,7 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
             devices.tree_exchange(tree, level)
             if adam is not None:  # the averages, read as steps, through the aggregators' Adam
                 models = devices.node_models(tree, level)
-                stepped = adam.step(tree, level, models, initial=tree is first_tree)
+                stepped = adam.step(tree, level, models)
                 if adam.rate(tree, level) is not None:
                     devices.set_node_models(tree, level, stepped)
             cost = tree_cost(tree, positions, level, n_bytes, s.link)

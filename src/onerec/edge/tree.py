@@ -100,22 +100,23 @@ class AggregatorAdam:
     steps the nodes above it; all the ranks under one node compute the same step from the same average).
     """
 
-    def __init__(self, server_lr: float | None, group_lr: float | None, start: list[torch.Tensor]) -> None:
-        """``start``: the devices' shared initial model, every node's first reference."""
-        self.server_lr, self.group_lr = server_lr, group_lr
+    def __init__(self, server_lr: float | None, group_lr: float | None, start: list[torch.Tensor],
+                 tree: Tree) -> None:
+        """``start``: the devices' shared initial model, every node's first reference; ``tree``: the tree the run
+        starts on (a node first seen on another, after a fault, has no reference yet)."""
+        self.server_lr, self.group_lr, self.tree = server_lr, group_lr, tree
         self.start = [t.detach().clone() for t in start]
         self.nodes: dict[tuple[int, tuple[int, ...]], ServerAdam] = {}
 
     def rate(self, tree: Tree, level: int) -> float | None:
         return self.server_lr if level == tree.depth else self.group_lr
 
-    def step(self, tree: Tree, level: int, models: dict[int, list[torch.Tensor]], *,
-             initial: bool = True) -> dict[int, list[torch.Tensor]]:
+    def step(self, tree: Tree, level: int, models: dict[int, list[torch.Tensor]]) -> dict[int, list[torch.Tensor]]:
         """Level ``level``'s nodes' new models from their averages ``models`` (node index -> tensors; the nodes
-        this process holds), or ``models`` unchanged where the level has no rate. A node first seen on a tree that
-        is not the ``initial`` one (re-attached after a fault) has no reference yet: its first round keeps the plain
+        this process holds), or ``models`` unchanged where the level has no rate. A node first seen on a tree other
+        than the run's first (re-attached after a fault) has no reference yet: its first round keeps the plain
         average, from which it measures the next. Either way the nodes below restart from the models handed down."""
-        leaves = tree.leaves(level)
+        leaves, initial = tree.leaves(level), tree is self.tree
         rate = self.rate(tree, level)
         out = dict(models)
         if rate is not None:

@@ -56,6 +56,7 @@ from onerec.generate.beam import beam_search
 from onerec.io import update_json, write_json
 from onerec.model.generator import Generator
 from onerec.model.layers import RMSNorm
+from onerec.threads import keep_freed_memory
 from onerec.tokenizer.constraints import PrefixTable
 
 #: name: (static cache, F.rms_norm, torch.compile)
@@ -106,6 +107,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--note", default="torch.set_num_threads(1)", help="stored with the machine (e.g. its load)")
     args = ap.parse_args()
+    keep_freed_memory()  # the allocator policy of the onerec command (onerec.threads); recorded in "machine"
     torch.set_num_threads(1)
     sizes = [256, 256, 256]
     codes = catalogue(sizes, args.items, seed=0)

@@ -43,6 +43,7 @@ from onerec.config import ModelConfig, load_config
 from onerec.generate.generative import GenerativeRecommender
 from onerec.io import update_json, write_json
 from onerec.model import build_generator
+from onerec.threads import keep_freed_memory
 
 SIZES = [256, 256, 256]
 
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--note", default="torch.set_num_threads(1)", help="stored with the machine (e.g. its load)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one preset in this process
     args = ap.parse_args()
+    keep_freed_memory()  # the allocator policy of the onerec command (onerec.threads); recorded in "machine"
     if args.one:
         print(json.dumps(one(args.one, args.items, args.batches, args.reps, args.compile)))
         return

@@ -381,6 +381,9 @@ cli.add_command(bench)
 
 
 def main() -> None:
+    from onerec.threads import keep_freed_memory
+
+    keep_freed_memory()  # glibc keeps freed blocks for the next search instead of unmapping them (onerec.threads)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

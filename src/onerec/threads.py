@@ -1,12 +1,22 @@
-"""CPU threads for torch: physical cores, shared out among the processes of one machine.
+"""The CPU runtime: torch's threads, and how the C allocator hands memory back.
 
 torch's default intra-op thread count can oversubscribe a CPU: hyper-threads count as cores, and every process that
 ``torchrun`` starts on a machine takes all of them. :func:`set_threads` gives each process its share of the physical
 cores it may run on, unless ``train.threads`` (or ``OMP_NUM_THREADS``) says otherwise.
+
+torch on CPU allocates every tensor with the C library's ``malloc``. glibc serves a large block (from 128 KB up to
+32 MB, a threshold it moves as blocks come and go) by a fresh ``mmap`` and unmaps it on ``free``, and returns free
+memory at the top of its heap to the kernel: the next search then touches new pages, and the kernel zeroes each one
+on its first touch (about 0.5 ms a MB here). Beam search at batch 64, beam 128 allocates ~100 MB blocks every step
+(the KV cache, its re-order, the logits), so a quarter of its time went to page faults.
+:func:`keep_freed_memory` tells glibc to keep what is freed for the next allocation; the ``onerec`` command calls it
+at start (``ONEREC_MALLOC=system`` keeps glibc's defaults). Measured: ``benchmarks/allocator.py``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from pathlib import Path
 
@@ -41,3 +51,38 @@ def set_threads(requested: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's ``malloc`` keep freed memory in this process for reuse: no ``mmap`` per large block
+    (``M_MMAP_MAX`` 0: blocks come from the heap, and a block no heap can hold still falls back to ``mmap``), no
+    returning of the heap's free top to the kernel below 2 GB (``M_TRIM_THRESHOLD``), and one arena for every
+    thread (``M_ARENA_MAX`` 1: another thread's arena grows in heaps of at most 64 MB, so its larger blocks would
+    still be mapped and unmapped each time; serving runs its searches on a worker thread). Call it before other
+    threads start. The process's resident memory then stays at its peak instead of shrinking between searches;
+    the peak itself does not grow (measured, ``benchmarks/allocator.py``). Returns True when the policy is in
+    force: False with ``ONEREC_MALLOC=system``, on a C library without ``mallopt`` (not glibc: macOS, musl), or if
+    glibc refuses. Idempotent."""
+    global _kept
+    if _kept:
+        return True
+    if os.environ.get("ONEREC_MALLOC", "").strip().lower() == "system":
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _kept = all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1)))
+    return _kept
+
+
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` has put its policy in force in this process."""
+    return _kept

@@ -45,6 +45,15 @@ def test_machine_info_records_the_machine_the_load_and_extras():
     assert machine.same_machine(info, machine.machine_info())  # the load and notes aside
 
 
+def test_machine_info_records_the_allocator_policy(monkeypatch):
+    from onerec import threads
+
+    monkeypatch.setattr(threads, "_kept", False)
+    assert machine.machine_info()["malloc"] == "system"
+    monkeypatch.setattr(threads, "_kept", True)  # what keep_freed_memory leaves when glibc took the policy
+    assert machine.machine_info()["malloc"] == "kept"
+
+
 def _amazon_part(seed: int, machine_: dict) -> dict:
     run = {"seed": seed, "models": {"onerec": {**{m: 0.1 for m in METRICS}, "train_seconds": 1.0, "steps": 5}}}
     return {"seeds": [seed], "models": ["onerec"], "onerec": {}, "runs": [run], "seconds": 1.0,

@@ -48,8 +48,11 @@ def cpu_has(*flags: str) -> bool:
 
 def machine_info(note: str = "", **extra: Any) -> dict[str, Any]:
     """Platform, CPU model and count, Python, torch, GPU (None without CUDA), torch threads, the
-    1-minute load average at the call (None where the OS has none), then ``note`` (free text: what
-    shared the machine) and ``extra`` (library versions, ...) when given."""
+    1-minute load average at the call (None where the OS has none), the allocator policy (``"kept"``:
+    :func:`onerec.threads.keep_freed_memory` is in force, as in the ``onerec`` command; else ``"system"``),
+    then ``note`` (free text: what shared the machine) and ``extra`` (library versions, ...) when given."""
+    from onerec.threads import freed_memory_kept
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     try:
         load: float | None = round(os.getloadavg()[0], 2)
@@ -59,6 +62,7 @@ def machine_info(note: str = "", **extra: Any) -> dict[str, Any]:
         "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__, "gpu": gpu,
         "threads": torch.get_num_threads(), "loadavg_1m": load,
+        "malloc": "kept" if freed_memory_kept() else "system",
     }
     if note:
         info["note"] = note

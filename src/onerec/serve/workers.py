@@ -39,7 +39,9 @@ def worker_app():
     """The application of one worker (uvicorn's ``factory``): the run loaded anew in this process."""
     from onerec.serve.app import create_app
     from onerec.serve.service import RecommendService
+    from onerec.threads import keep_freed_memory
 
+    keep_freed_memory()  # a fresh interpreter: the parent's allocator policy is not inherited
     run, cfg, device = _settings()
     if cfg.serve.torch_threads > 0:
         torch.set_num_threads(cfg.serve.torch_threads)

@@ -1,18 +1,20 @@
 """The beam search's decode step against its matrix-multiply floor (issue 43): the plain KV cache against the
-preallocated static one, interleaved in one process.
+preallocated static one, and eager against compiled, interleaved in one process.
 
 Variants, the same weights and inputs, timed in rounds (every variant and then its matrix products alone once per
 round, the order rotating), medians of ``--reps`` rounds; ratios are medians of the per-round ratios:
 
-* ``previous``: the code before issue 43, the plain cache (``beam_step_fn(static_cache=False)``: each layer's
-  keys and values concatenated anew every step and re-ordered by ``index_select``) and RMSNorm as its five-op
-  formula (``RMSNorm.fused_inference = False``, what inference ran before);
+* ``plain``: the plain cache (``beam_step_fn(static_cache=False)``: each layer's keys and values concatenated
+  anew every step and re-ordered by ``index_select``) and RMSNorm as its five-op formula
+  (``RMSNorm.fused_inference = False``): the default on CPU (the code before issue 43, and again since
+  2026-12-07, when it measured as fast or faster than the static cache);
 * ``static``: the preallocated, statically shaped cache (:class:`onerec.model.kv_cache.StaticKVCache`: written
-  and re-ordered in place), RMSNorm still the formula: the default on CPU now;
-* ``static_fused_norm``: the same with ``F.rms_norm`` (the default off CPU, ``RMSNorm.fused_inference``);
+  and re-ordered in place), RMSNorm still the formula (the default on CPU from 2026-12-06 to 2026-12-07);
+* ``static_fused_norm``: the same with ``F.rms_norm`` (the default off CPU: the static cache and
+  ``RMSNorm.fused_inference``);
 * ``compiled``: ``generate.compile=true``, the step through ``torch.compile`` (inductor's C++ kernels, the plain
   cache, :mod:`onerec.model.compiled`); compiled once before the rounds. Its matrix products are the
-  ``previous`` variant's (the same model and shapes; inductor calls the same GEMM kernels), so its floor is that
+  ``plain`` variant's (the same model and shapes; inductor calls the same GEMM kernels), so its floor is that
   one's replay.
 
 Per search (the encoder excluded: its output is computed once), ``search_s`` is the whole constrained beam
@@ -29,6 +31,13 @@ thread.
 
     python benchmarks/decode_step.py                        # batch 1, beam 128 (about a minute)
     python benchmarks/decode_step.py --batch 64 --beam 128
+    python benchmarks/decode_step.py --run RUN [--users 1024]  # a run's model and valid users: plain vs static cache
+
+``--run RUN`` times a trained (or training) run's own search as its evaluation runs it (``onerec eval`` / the
+per-epoch valid scoring: ``GenerativeRecommender.recommend`` over the first ``--users`` valid users, the run's
+beam and batch size, the encoder included) with the plain and the static cache, alternating, ``--reps`` rounds;
+reports seconds per 1,000 users, the paired ratio, and whether the two returned the same items. Writes
+``decode_step.run.json`` (``--out``).
 
 Writes ``benchmarks/results/generation/decode_step[.bB_beamK].json`` (batch 1, beam 128 without the suffix;
 ``--out``); at batch 1, beam 128 also the ``floor_ratio_b1_beam128`` keys of ``generation.json``.
@@ -60,9 +69,9 @@ from onerec.threads import keep_freed_memory
 from onerec.tokenizer.constraints import PrefixTable
 
 #: name: (static cache, F.rms_norm, torch.compile)
-VARIANTS = {"previous": (False, False, False), "static": (True, False, False), "static_fused_norm": (True, True, False),
+VARIANTS = {"plain": (False, False, False), "static": (True, False, False), "static_fused_norm": (True, True, False),
             "compiled": (False, False, True)}
-DEFAULT = "static"  # what the code runs by default on CPU
+DEFAULT = "plain"  # what the code runs by default on CPU
 
 
 def search(model: Generator, memory, mask, table: PrefixTable, beam: int, top_k: int, variant: str) -> dict:
@@ -97,6 +106,36 @@ def search(model: Generator, memory, mask, table: PrefixTable, beam: int, top_k:
     return {"search_s": total, "step_s": spent[0], "items": items, "scores": scores}
 
 
+def run_caches(run: Path, users: int, reps: int) -> dict:
+    """``--run``: a run's valid scoring with the plain and the static KV cache, alternating."""
+    from model_throughput import _run_data
+    from onerec.generate.generative import GenerativeRecommender
+    from onerec.model import build_generator
+    from onerec.pipeline import load_generator
+
+    cfg, codes, sizes, _, valid, feat = _run_data(run, 1 << 62)
+    trained = (run / "train" / "model.json").exists()  # a run still training: its architecture, random weights
+    model = load_generator(run, codes=codes) if trained else build_generator(cfg.model, sizes).eval()
+    table = valid.slice(0, users).drop_columns(["targets"])
+    recs = {name: GenerativeRecommender(model, codes, beam_size=cfg.generate.beam_size,
+                                        batch_size=cfg.generate.batch_size, featurizer=feat, static_cache=static)
+            for name, static in (("plain", False), ("static", True))}
+    items = {name: rec.recommend(table.slice(0, min(256, table.num_rows)), k=10) for name, rec in recs.items()}
+    times: dict[str, list[float]] = {name: [] for name in recs}
+    for r in range(reps):
+        for name in (list(recs) if r % 2 == 0 else list(recs)[::-1]):
+            t0 = time.perf_counter()
+            items[name] = recs[name].recommend(table, k=10)
+            times[name].append((time.perf_counter() - t0) * 1000 / table.num_rows)
+    return {"run": str(run), "arch": cfg.model.arch, "weights": "trained" if trained else "random",
+            "users": table.num_rows,
+            "beam": cfg.generate.beam_size, "batch_size": cfg.generate.batch_size, "rounds": reps,
+            "s_per_1000_users": {k: statistics.median(v) for k, v in times.items()},
+            "plain_over_static": statistics.median(s / p for p, s in zip(times["plain"], times["static"])),
+            "per_round": [s / p for p, s in zip(times["plain"], times["static"])],
+            "same_items": bool((items["plain"] == items["static"]).all())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=1)
@@ -106,9 +145,24 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=150, help="rounds (each variant and its matmuls once per round)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--note", default="torch.set_num_threads(1)", help="stored with the machine (e.g. its load)")
+    ap.add_argument("--run", type=Path, help="time this run's valid scoring with the plain and the static cache")
+    ap.add_argument("--users", type=int, default=1024, help="--run: valid users scored per round")
     args = ap.parse_args()
     keep_freed_memory()  # the allocator policy of the onerec command (onerec.threads); recorded in "machine"
     torch.set_num_threads(1)
+    if args.run:
+        with torch.no_grad():
+            result = run_caches(args.run, args.users, args.reps)
+        result = {"benchmark": "decode_step --run",
+                  "command": " ".join(["python", "benchmarks/decode_step.py", *sys.argv[1:]]),
+                  "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "machine": machine_info(note=args.note), **result}
+        out = args.out or RESULTS / "decode_step.run.json"
+        write_json(out, result)
+        print(f"{args.run}: plain {result['s_per_1000_users']['plain']:.3f} s, static "
+              f"{result['s_per_1000_users']['static']:.3f} s per 1,000 users; plain x{result['plain_over_static']:.2f}"
+              f"; same items: {result['same_items']}; wrote {out}")
+        return
     sizes = [256, 256, 256]
     codes = catalogue(sizes, args.items, seed=0)
     torch.manual_seed(0)
@@ -121,12 +175,12 @@ def main() -> None:
         memory, mask = model.encode_batch(batch)
         run = {v: (lambda v=v: search(model, memory, mask, table, args.beam, top_k, v)) for v in VARIANTS}
         first = {v: fn() for v, fn in run.items()}  # warm-up, and the answers must agree
-        ref = first["previous"]
+        ref = first["plain"]
         agree = {v: bool(torch.equal(r["items"], ref["items"])) and
                  float((r["scores"] - ref["scores"]).abs().max()) for v, r in first.items()}
         replays, n_calls = {}, {}
         for v in VARIANTS:  # each variant's matrix products, recorded once, replayed alone in the rounds below
-            calls = _gemm_calls(run["previous" if VARIANTS[v][2] else v])
+            calls = _gemm_calls(run["plain" if VARIANTS[v][2] else v])
             replays[v], n_calls[v] = _gemm_replay(calls), len(calls)
             replays[v]()
         times = {v: {"search_s": [], "step_s": [], "gemm_s": []} for v in VARIANTS}
@@ -146,15 +200,15 @@ def main() -> None:
 
     rows = {}
     for v in VARIANTS:
-        tv, prev = times[v], times["previous"]
+        tv, prev = times[v], times["static"]
         rows[v] = {key: statistics.median(tv[key]) for key in ("step_s", "search_s", "gemm_s")}
         rows[v].update(gemm_calls=n_calls[v], floor_ratio=paired(tv["step_s"], tv["gemm_s"]),
-                       step_speedup_over_previous=paired(prev["step_s"], tv["step_s"]),
-                       search_speedup_over_previous=paired(prev["search_s"], tv["search_s"]),
-                       same_items_as_previous=agree[v] is not False, max_score_diff=agree[v] or 0.0)
+                       step_speedup_over_static=paired(prev["step_s"], tv["step_s"]),
+                       search_speedup_over_static=paired(prev["search_s"], tv["search_s"]),
+                       same_items_as_plain=agree[v] is not False, max_score_diff=agree[v] or 0.0)
         print(f"{v:>18}: step {rows[v]['step_s'] * 1e3:7.2f} ms  search {rows[v]['search_s'] * 1e3:7.2f} ms  "
               f"matmuls alone {rows[v]['gemm_s'] * 1e3:6.2f} ms  floor ratio {rows[v]['floor_ratio']:.2f}  "
-              f"step x{rows[v]['step_speedup_over_previous']:.3f} over previous", flush=True)
+              f"search x{rows[v]['search_speedup_over_static']:.3f} over static", flush=True)
     key = f"b{args.batch}_beam{args.beam}"
     result = {
         "benchmark": "decode_step", "command": " ".join(["python", "benchmarks/decode_step.py", *sys.argv[1:]]),
@@ -165,9 +219,9 @@ def main() -> None:
         "batch": args.batch, "beam": args.beam, "top_k": top_k, "rounds": args.reps, "variants": rows,
         "default": DEFAULT,
         f"floor_ratio_{key}": rows[DEFAULT]["floor_ratio"],
-        f"floor_ratio_{key}_previous": rows["previous"]["floor_ratio"],
-        f"step_speedup_{key}": rows[DEFAULT]["step_speedup_over_previous"],
-        f"search_speedup_{key}": rows[DEFAULT]["search_speedup_over_previous"],
+        f"floor_ratio_{key}_static": rows["static"]["floor_ratio"],
+        # the default (plain cache) against the static cache, paired per round
+        f"search_plain_over_static_{key}": rows[DEFAULT]["search_speedup_over_static"],
         # generate.compile=true against the eager default, paired per round
         f"floor_ratio_{key}_compiled": rows["compiled"]["floor_ratio"],
         f"compiled_over_eager_step_{key}": paired(times[DEFAULT]["step_s"], times["compiled"]["step_s"]),
@@ -179,8 +233,9 @@ def main() -> None:
         update_json(RESULTS / "generation.json",
                     {**{k: result[k] for k in ("floor_ratio_b1_beam128", "floor_ratio_b1_beam128_compiled")},
                      "floor_ratio_source": f"benchmarks/decode_step.py -> decode_step.json, {result['date']}"})
-    print(f"floor_ratio_{key} {result[f'floor_ratio_{key}']:.2f} (previous {result[f'floor_ratio_{key}_previous']:.2f})"
-          f", step x{result[f'step_speedup_{key}']:.2f}, search x{result[f'search_speedup_{key}']:.2f}; compiled over "
+    print(f"floor_ratio_{key} {result[f'floor_ratio_{key}']:.2f} "
+          f"(static cache {result[f'floor_ratio_{key}_static']:.2f})"
+          f"; search, plain over static cache x{result[f'search_plain_over_static_{key}']:.2f}; compiled over "
           f"eager: search x{result[f'compiled_over_eager_search_{key}']:.2f}; wrote {out}")
 
 

@@ -46,6 +46,8 @@ class GenerativeRecommender:
             ``history`` (all of it, not only the ``max_history`` items the encoder reads).
         compile: decode with the step through ``torch.compile`` (``generate.compile``,
             :mod:`onerec.model.compiled`); the first search per semantic-ID level compiles (seconds).
+        static_cache: the decoder's KV cache: True the preallocated one, False the plain one, None (default) the
+            device's choice (plain on CPU; :meth:`Generator.beam_step_fn`). The same items either way.
     """
 
     name = "onerec"
@@ -54,7 +56,8 @@ class GenerativeRecommender:
                  device: str | torch.device = "cpu", progress: bool = False,
                  featurizer: HistoryFeaturizer | None = None, prior: Succession | None = None,
                  prior_weight: float = 0.0, prior_pool: int = 20, prior_window: int = 10,
-                 prior_decay: float = 0.1, exclude_seen: bool = False, compile: bool = False) -> None:
+                 prior_decay: float = 0.1, exclude_seen: bool = False, compile: bool = False,
+                 static_cache: bool | None = None) -> None:
         self.model = model.to(device).eval()
         self.codes = np.asarray(codes, dtype=np.int64)
         self.device = torch.device(device)
@@ -68,6 +71,7 @@ class GenerativeRecommender:
         self.prior_window, self.prior_decay = prior_window, prior_decay
         self.exclude_seen = exclude_seen
         self.compile = compile
+        self.static_cache = static_cache  # the KV cache: None = the device's default (Generator.beam_step_fn)
 
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:
         """Training happens in :func:`onerec.train.train_generator`; nothing to do here."""
@@ -280,7 +284,8 @@ class GenerativeRecommender:
         b = memory.shape[0]
         beam = max(self.beam_size, k) if beam_size is None else beam_size
         if cached:
-            step_fn, state = self.model.beam_step_fn(memory, memory_mask, beam, compiled=self.compile)
+            step_fn, state = self.model.beam_step_fn(memory, memory_mask, beam, compiled=self.compile,
+                                                     static_cache=self.static_cache)
         else:
             state = {"memory": memory.repeat_interleave(beam, dim=0),
                      "mask": memory_mask.repeat_interleave(beam, dim=0)}

@@ -318,14 +318,18 @@ class SemanticIDModel(nn.Module):
             new_cache = [(k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)) for k, v in new_cache]
         return log_probs, new_cache
 
-    def beam_step_fn(self, memory: Tensor, memory_mask: Tensor, beams: int, *, static_cache: bool = True,
+    def beam_step_fn(self, memory: Tensor, memory_mask: Tensor, beams: int, *, static_cache: bool | None = None,
                      compiled: bool = False):
         """A ``step_fn`` for :func:`onerec.generate.beam_search` over this model with the KV cache:
         -> (step_fn, initial state). The state is the self-attention cache (U*beams rows, so beam search
-        re-orders it): a preallocated :class:`StaticKVCache`, re-ordered in place, or with
-        ``static_cache=False`` the plain cache grown by concatenation (the reference). The per-user
-        cross-attention K/V live in the closure. ``compiled``: the step through ``torch.compile``
-        (``generate.compile``, :mod:`onerec.model.compiled`), with the plain cache."""
+        re-orders it): with ``static_cache=True`` a preallocated :class:`StaticKVCache`, re-ordered in place;
+        with ``False`` the plain cache grown by concatenation (the reference, state None). ``None`` (the default)
+        picks the plain cache on CPU, where it measured as fast or faster (attention reads contiguous keys;
+        ``benchmarks/decode_step.py``), and the static one on other devices. The per-user cross-attention K/V
+        live in the closure. ``compiled``: the step through ``torch.compile`` (``generate.compile``,
+        :mod:`onerec.model.compiled`), with the plain cache."""
+        if static_cache is None:
+            static_cache = memory.device.type != "cpu"
         ctx = self.start_decoding(memory, memory_mask, beams)
         step_call = self.decode_step
         if compiled:

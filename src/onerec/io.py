@@ -23,11 +23,27 @@ import yaml
 from onerec.errors import DataError
 
 
+def _new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file under this process's umask (0o666 & ~umask). Linux tells the
+    umask in /proc; elsewhere it is read by setting it and putting it back (a moment another thread could see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` keeps its old content.
+    On an exception the temporary file is removed and ``path`` keeps its old content. The file ends with the
+    permissions of the one it replaces, or those of a plainly created file (``mkstemp``'s own are 0o600, which
+    would hide a run's results and model from the other users of a shared machine or a service's account).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +52,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = _new_file_mode()
+        if tmp_path.exists():  # a writer may have replaced or removed it
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

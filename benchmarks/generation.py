@@ -52,6 +52,7 @@ from onerec.generate.generative import GenerativeRecommender
 from onerec.io import update_json
 from onerec.model.generator import Generator
 from onerec.model.layers import ffn_hidden
+from onerec.threads import keep_freed_memory
 from onerec.tokenizer.constraints import PrefixTable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation"
@@ -144,8 +145,8 @@ def run_onerec(model: Generator, codes: np.ndarray, batch: dict, beam: int, top_
         rec.table = TimedTable.wrap(rec.table)
         step_orig = model.beam_step_fn
 
-        def timed_step_fn(memory, mask, beams):
-            fn, state = step_orig(memory, mask, beams)
+        def timed_step_fn(memory, mask, beams, **options):  # options: compiled, static_cache
+            fn, state = step_orig(memory, mask, beams, **options)
             return timed(fn, "model"), state
 
         model.beam_step_fn = timed_step_fn
@@ -294,6 +295,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: both sides run there (results file "
                     "generation.cuda.json)")
     args = ap.parse_args()
+    keep_freed_memory()  # the allocator policy of the onerec command (onerec.threads); recorded in "machine"
     global DEVICE
     DEVICE = torch.device(args.device)
     gpu = DEVICE.type == "cuda"

@@ -52,6 +52,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -106,34 +107,60 @@ def search(model: Generator, memory, mask, table: PrefixTable, beam: int, top_k:
     return {"search_s": total, "step_s": spent[0], "items": items, "scores": scores}
 
 
-def run_caches(run: Path, users: int, reps: int) -> dict:
-    """``--run``: a run's valid scoring with the plain and the static KV cache, alternating."""
+def run_caches(run: Path, users: int, reps: int, weights: Path | None = None, bf16: bool = False) -> dict:
+    """``--run``: a run's valid scoring with the plain and the static KV cache (and with ``bf16`` the plain cache
+    under ``generate.precision=bf16``), taking turns; with trained weights also each variant's Recall@10 and
+    NDCG@10 over the timed users (the valid split: read freely)."""
     from model_throughput import _run_data
+    from onerec.eval.metrics import per_user_metrics
     from onerec.generate.generative import GenerativeRecommender
     from onerec.model import build_generator
-    from onerec.pipeline import load_generator
+    from onerec.train.checkpoint import build_checked, load_state, read_model_meta
 
     cfg, codes, sizes, _, valid, feat = _run_data(run, 1 << 62)
-    trained = (run / "train" / "model.json").exists()  # a run still training: its architecture, random weights
-    model = load_generator(run, codes=codes) if trained else build_generator(cfg.model, sizes).eval()
-    table = valid.slice(0, users).drop_columns(["targets"])
+    folder = weights or run / "train"
+    trained = (folder / "model.json").exists()  # a run still training: its architecture, random weights
+    if trained:
+        mcfg, msizes, _ = read_model_meta(folder)
+        model = build_checked(folder, lambda: build_generator(mcfg, msizes))
+        load_state(folder, model)
+        model.eval()
+    else:
+        model = build_generator(cfg.model, sizes).eval()
+    rows = valid.slice(0, users) if users else valid
+    table = rows.drop_columns(["targets"])
+    variants = {"plain": {"static_cache": False}, "static": {"static_cache": True}}
+    if bf16:
+        variants["plain_bf16"] = {"static_cache": False, "precision": "bf16"}
     recs = {name: GenerativeRecommender(model, codes, beam_size=cfg.generate.beam_size,
-                                        batch_size=cfg.generate.batch_size, featurizer=feat, static_cache=static)
-            for name, static in (("plain", False), ("static", True))}
+                                        batch_size=cfg.generate.batch_size, featurizer=feat, **options)
+            for name, options in variants.items()}
     items = {name: rec.recommend(table.slice(0, min(256, table.num_rows)), k=10) for name, rec in recs.items()}
     times: dict[str, list[float]] = {name: [] for name in recs}
+    names = list(recs)
     for r in range(reps):
-        for name in (list(recs) if r % 2 == 0 else list(recs)[::-1]):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate which goes first
             t0 = time.perf_counter()
             items[name] = recs[name].recommend(table, k=10)
             times[name].append((time.perf_counter() - t0) * 1000 / table.num_rows)
-    return {"run": str(run), "arch": cfg.model.arch, "weights": "trained" if trained else "random",
-            "users": table.num_rows,
-            "beam": cfg.generate.beam_size, "batch_size": cfg.generate.batch_size, "rounds": reps,
-            "s_per_1000_users": {k: statistics.median(v) for k, v in times.items()},
-            "plain_over_static": statistics.median(s / p for p, s in zip(times["plain"], times["static"])),
-            "per_round": [s / p for p, s in zip(times["plain"], times["static"])],
-            "same_items": bool((items["plain"] == items["static"]).all())}
+    out = {"run": str(run), "arch": cfg.model.arch, "weights": str(folder) if trained else "random",
+           "users": table.num_rows, "beam": cfg.generate.beam_size, "batch_size": cfg.generate.batch_size,
+           "rounds": reps, "s_per_1000_users": {k: statistics.median(v) for k, v in times.items()},
+           "plain_over_static": statistics.median(s / p for p, s in zip(times["plain"], times["static"])),
+           "per_round": [s / p for p, s in zip(times["plain"], times["static"])],
+           "same_items": bool((items["plain"] == items["static"]).all())}
+    if bf16:
+        out["bf16_over_plain"] = statistics.median(p / b for p, b in zip(times["plain"], times["plain_bf16"]))
+        out["bf16_per_round"] = [p / b for p, b in zip(times["plain"], times["plain_bf16"])]
+        out["bf16_same_top10_share"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in
+                                                      zip(items["plain"].tolist(), items["plain_bf16"].tolist())]))
+    if trained:
+        targets = [np.asarray(t, dtype=np.int64) for t in rows.column("targets").to_pylist()]
+        out["valid_metrics"] = {}
+        for name in recs:
+            m = per_user_metrics(items[name], targets, ks=(10,))
+            out["valid_metrics"][name] = {key: float(np.mean(v)) for key, v in m.items()}
+    return out
 
 
 def main() -> None:
@@ -146,13 +173,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--note", default="torch.set_num_threads(1)", help="stored with the machine (e.g. its load)")
     ap.add_argument("--run", type=Path, help="time this run's valid scoring with the plain and the static cache")
-    ap.add_argument("--users", type=int, default=1024, help="--run: valid users scored per round")
+    ap.add_argument("--users", type=int, default=1024, help="--run: valid users scored per round (0: all)")
+    ap.add_argument("--weights", type=Path, help="--run: a model folder (model.json + model.safetensors; default "
+                                                 "RUN/train, e.g. a checkpoint of a run still training)")
+    ap.add_argument("--bf16", action="store_true", help="--run: also the plain cache under generate.precision=bf16")
     args = ap.parse_args()
     keep_freed_memory()  # the allocator policy of the onerec command (onerec.threads); recorded in "machine"
     torch.set_num_threads(1)
     if args.run:
         with torch.no_grad():
-            result = run_caches(args.run, args.users, args.reps)
+            result = run_caches(args.run, args.users, args.reps, args.weights, args.bf16)
         result = {"benchmark": "decode_step --run",
                   "command": " ".join(["python", "benchmarks/decode_step.py", *sys.argv[1:]]),
                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

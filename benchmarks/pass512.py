@@ -17,8 +17,10 @@ requests per second (batch / latency), and with ``--compile`` the same search wi
 
     python benchmarks/pass512.py                                  # 0.015B and 0.121B, batch 1 and 8 (~10 min)
     python benchmarks/pass512.py --presets onerec-0.015b --batches 1 --reps 3 --compile
+    python benchmarks/pass512.py --presets lazy-10m onerec-v2-0.1b --out .../pass512.lazy.json   # the lazy decoder
 
-Writes ``benchmarks/results/generation/pass512.json`` and the ``pass512_1m`` key of ``generation.json``.
+Writes ``benchmarks/results/generation/pass512.json`` (``--out``) and, per preset, the ``pass512_1m`` key of
+``generation.json`` (the presets of earlier runs stay, each with its source).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from generation import HISTORY, RESULTS, catalogue, histories
 from onerec.bench.machine import machine_info
 from onerec.config import ModelConfig, load_config
 from onerec.generate.generative import GenerativeRecommender
-from onerec.io import update_json, write_json
+from onerec.io import read_json, update_json, write_json
 from onerec.model import build_generator
 from onerec.threads import keep_freed_memory
 
@@ -70,7 +72,7 @@ def one(preset: str, items: int, batches: list[int], reps: int, compile: bool) -
     table_s = time.perf_counter() - t0
     table = rec.table
     modes = {"eager": False, **({"compiled": True} if compile else {})}  # rec.compile per timing: one prefix table
-    out = {"preset": preset, "parameters": sum(p.numel() for p in model.parameters()),
+    out = {"preset": preset, "arch": cfg.arch, "parameters": sum(p.numel() for p in model.parameters()),
            "d_model": cfg.d_model, "layers": [cfg.enc_layers, cfg.dec_layers], "moe_experts": cfg.moe_experts,
            "table_mb": round(sum(t.numel() * t.element_size() for t in (
                table.codes, table.leaf_item, *table.child_ptr, *table.child_tok, *table.child_key)) / 1e6, 1),
@@ -112,6 +114,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="also time generate.compile=true, interleaved")
     ap.add_argument("--note", default="torch.set_num_threads(1)", help="stored with the machine (e.g. its load)")
+    ap.add_argument("--out", type=Path, help="results file (default benchmarks/results/generation/pass512.json)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one preset in this process
     args = ap.parse_args()
     keep_freed_memory()  # the allocator policy of the onerec command (onerec.threads); recorded in "machine"
@@ -129,13 +132,20 @@ def main() -> None:
               "machine": machine_info(note=args.note),
               "catalogue": {"items": args.items, "codebook_sizes": SIZES, "history": HISTORY},
               "beam": 512, "top_k": 512, "presets": results}
-    write_json(RESULTS / "pass512.json", result)
+    out = args.out or RESULTS / "pass512.json"
+    write_json(out, result)
     gen_path = RESULTS / "generation.json"
+    # generation.json keeps every preset measured so far, each with the run it came from
     summary = {r["preset"]: {"latency_s_b1": next((x["latency_s"] for x in r["rows"] if x["batch"] == 1), None),
-                             "rows": r["rows"], "peak_rss_mib": r["peak_rss_mib"]} for r in results}
-    update_json(gen_path, {"pass512_1m": {**summary, "source": "benchmarks/pass512.py -> pass512.json, "
-                                                                + result["date"]}})
-    print(f"wrote {RESULTS / 'pass512.json'} and the pass512_1m key of {gen_path}")
+                             "rows": r["rows"], "peak_rss_mib": r["peak_rss_mib"],
+                             "source": f"benchmarks/pass512.py -> {out.name}, {result['date']}"} for r in results}
+    before = read_json(gen_path).get("pass512_1m", {}) if gen_path.exists() else {}
+    source = before.pop("source", None)  # the key of the earlier layout: one source for every preset
+    for row in before.values():
+        if isinstance(row, dict) and source is not None:
+            row.setdefault("source", source)
+    update_json(gen_path, {"pass512_1m": {**before, **summary}})
+    print(f"wrote {out} and the pass512_1m key of {gen_path}")
 
 
 if __name__ == "__main__":

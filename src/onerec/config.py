@@ -351,6 +351,12 @@ class GenerateConfig:
                                "compiles (a minute or more on a CPU), later ones run faster (CPU, beam 128-512: "
                                "1.1-1.3x, docs/benchmarks/generation.md); serve compiles before it listens; without a "
                                "C++ compiler it warns and decodes eagerly")
+    precision: str = opt("fp32", "decoding arithmetic in eval, generate, serve and tune-prior: fp32 | bf16 "
+                                 "(torch.autocast: the encoder's and decoder's matrix multiplies in bfloat16; "
+                                 "log-probabilities and beam scores stay float32). bf16 pays on a GPU and on a CPU "
+                                 "with bfloat16 matrix units at large batch x beam (docs/benchmarks/generation.md); "
+                                 "scores move by ~1e-2, so near-tied items can change places",
+                         choices=["fp32", "bf16"])
 
 
 # ---------------------------------------------------------------------------- serve

@@ -562,7 +562,8 @@ def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cp
     return GenerativeRecommender(model, codes, beam_size=beam_size or g.beam_size, batch_size=g.batch_size,
                                  device=device, featurizer=feat, prior=counts, prior_weight=g.succession_prior,
                                  prior_pool=g.succession_pool, prior_window=g.succession_window,
-                                 prior_decay=g.succession_decay, exclude_seen=exclude_seen, compile=g.compile)
+                                 prior_decay=g.succession_decay, exclude_seen=exclude_seen, compile=g.compile,
+                                 precision=g.precision)
 
 
 # ------------------------------------------------------------------------------ eval

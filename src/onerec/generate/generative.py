@@ -13,6 +13,8 @@ the constrained beam search itself masks them (:func:`~onerec.generate.beam.beam
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -48,6 +50,8 @@ class GenerativeRecommender:
             :mod:`onerec.model.compiled`); the first search per semantic-ID level compiles (seconds).
         static_cache: the decoder's KV cache: True the preallocated one, False the plain one, None (default) the
             device's choice (plain on CPU; :meth:`Generator.beam_step_fn`). The same items either way.
+        precision: ``"bf16"`` runs the encoder and the decoder under ``torch.autocast`` in bfloat16
+            (``generate.precision``); log-probabilities and beam scores stay float32. ``"fp32"``: exact.
     """
 
     name = "onerec"
@@ -57,7 +61,7 @@ class GenerativeRecommender:
                  featurizer: HistoryFeaturizer | None = None, prior: Succession | None = None,
                  prior_weight: float = 0.0, prior_pool: int = 20, prior_window: int = 10,
                  prior_decay: float = 0.1, exclude_seen: bool = False, compile: bool = False,
-                 static_cache: bool | None = None) -> None:
+                 static_cache: bool | None = None, precision: str = "fp32") -> None:
         self.model = model.to(device).eval()
         self.codes = np.asarray(codes, dtype=np.int64)
         self.device = torch.device(device)
@@ -72,6 +76,9 @@ class GenerativeRecommender:
         self.exclude_seen = exclude_seen
         self.compile = compile
         self.static_cache = static_cache  # the KV cache: None = the device's default (Generator.beam_step_fn)
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r} (generate.precision)")
+        self.precision = precision
 
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:
         """Training happens in :func:`onerec.train.train_generator`; nothing to do here."""
@@ -221,10 +228,16 @@ class GenerativeRecommender:
         cross-attention keys and values once per user, a self-attention cache), so a beam item gets exactly
         the beam's score; each row's items are packed to the left first, so padding costs only up to the
         longest row. ``cached=False`` is the plain reference: the full decoder (:meth:`Generator.decode`)
-        over the user's memory repeated per item."""
-        b, m = items.shape
+        over the user's memory repeated per item. With ``precision="bf16"`` the decoder runs under the search's autocast
+        (the scores then agree with the search's to bf16's rounding, not exactly)."""
         if encoded is None:
             encoded = self._encode(batch)
+        with self._arithmetic():
+            return self._log_probs(items, encoded, cached)
+
+    def _log_probs(self, items: np.ndarray, encoded: tuple[torch.Tensor, torch.Tensor], cached: bool) -> np.ndarray:
+        """:meth:`log_probs` from the encoder's output."""
+        b, m = items.shape
         memory, mask = encoded
         out = np.full((b, m), -np.inf)
         if not cached:
@@ -273,9 +286,16 @@ class GenerativeRecommender:
         """
         return self._search(*self._encode(batch), k, beam_size=beam_size, cached=cached, exclude=exclude)
 
+    def _arithmetic(self) -> contextlib.AbstractContextManager:
+        """The model's arithmetic: bfloat16 autocast with ``precision="bf16"``, else unchanged."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's (memory, mask) for a featurized batch, on this recommender's device."""
-        return self.model.encode_batch({key: v.to(self.device) for key, v in batch.items()})
+        with self._arithmetic():
+            return self.model.encode_batch({key: v.to(self.device) for key, v in batch.items()})
 
     def _search(self, memory: torch.Tensor, memory_mask: torch.Tensor, k: int, *, beam_size: int | None = None,
                 cached: bool = True, exclude: list[np.ndarray] | None = None
@@ -293,8 +313,9 @@ class GenerativeRecommender:
             def step_fn(tokens: torch.Tensor, step: int, st: dict[str, torch.Tensor]):
                 return self.model.step_log_probs(tokens, step, st["memory"], st["mask"]), st
 
-        return beam_search(step_fn, batch_size=b, table=self.table, beam_size=beam, top_k=k, state=state,
-                           return_codes=True, exclude=exclude)
+        with self._arithmetic():
+            return beam_search(step_fn, batch_size=b, table=self.table, beam_size=beam, top_k=k, state=state,
+                               return_codes=True, exclude=exclude)
 
 
 def check_prior_grid(weights, rules) -> None:

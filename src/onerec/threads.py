@@ -7,8 +7,9 @@ cores it may run on, unless ``train.threads`` (or ``OMP_NUM_THREADS``) says othe
 torch on CPU allocates every tensor with the C library's ``malloc``. glibc serves a large block (from 128 KB up to
 32 MB, a threshold it moves as blocks come and go) by a fresh ``mmap`` and unmaps it on ``free``, and returns free
 memory at the top of its heap to the kernel: the next search then touches new pages, and the kernel zeroes each one
-on its first touch (about 0.5 ms a MB here). Beam search at batch 64, beam 128 allocates ~100 MB blocks every step
-(the KV cache, its re-order, the logits), so a quarter of its time went to page faults.
+on its first touch (about 0.5 ms a MB here). Beam search at batch 64, beam 128 allocates blocks of several MB at
+every step (the cache's keys and values, the logits) and, with the static KV cache, two of ~100 MB a search: a fifth
+of its time went to page faults.
 :func:`keep_freed_memory` tells glibc to keep what is freed for the next allocation; the ``onerec`` command calls it
 at start (``ONEREC_MALLOC=system`` keeps glibc's defaults). Measured: ``benchmarks/allocator.py``.
 """

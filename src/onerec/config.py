@@ -351,7 +351,8 @@ class GenerateConfig:
                                "compiles (a minute or more on a CPU), later ones run faster (CPU, beam 128-512: "
                                "1.1-1.3x, docs/benchmarks/generation.md); serve compiles before it listens; without a "
                                "C++ compiler it warns and decodes eagerly")
-    precision: str = opt("fp32", "decoding arithmetic in eval, generate, serve and tune-prior: fp32 | bf16 "
+    precision: str = opt("fp32", "decoding arithmetic in eval, generate, serve, tune-prior and train's per-epoch "
+                                 "valid scoring: fp32 | bf16 "
                                  "(torch.autocast: the encoder's and decoder's matrix multiplies in bfloat16; "
                                  "log-probabilities and beam scores stay float32). bf16 pays on a GPU and on a CPU "
                                  "with bfloat16 matrix units at large batch x beam (docs/benchmarks/generation.md); "

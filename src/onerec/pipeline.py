@@ -486,8 +486,8 @@ def resumable_checkpoint(run: Path) -> Path | None:
 
 def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=None):
     """``score(model) -> float``: ``cfg.train.early_stop_metric`` on the valid split (or a fixed random
-    subset of ``cfg.train.valid_users`` rows), by the same beam search, featurizer (the training one:
-    see :func:`make_featurizer`) and harness as the test score."""
+    subset of ``cfg.train.valid_users`` rows), by the same beam search (``generate.precision`` included),
+    featurizer (the training one: see :func:`make_featurizer`) and harness as the test score."""
     from onerec.eval.harness import evaluate_shared
     from onerec.generate.generative import GenerativeRecommender
     from onerec.train.distributed import current
@@ -502,7 +502,8 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=
         # several processes (torchrun): each scores a share of the users with its own whole copy of the model (DDP)
         d = current()
         gen = GenerativeRecommender(model, codes, beam_size=max(cfg.generate.beam_size, k),
-                                    batch_size=cfg.generate.batch_size, device=device, featurizer=featurizer)
+                                    batch_size=cfg.generate.batch_size, device=device, featurizer=featurizer,
+                                    precision=cfg.generate.precision)
         return evaluate_shared(gen, valid, rank=d.rank, world=d.world, sum_over_ranks=d.sum, ks=(k,),
                                batch_size=cfg.generate.batch_size)[metric]
 

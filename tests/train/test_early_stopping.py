@@ -56,3 +56,27 @@ def test_default_is_unchanged(tiny_train, tmp_path):
     meta = read_json(tmp_path / "model.json")
     assert "best_epoch" not in meta and "stopped" not in meta
     assert RunConfig().train.early_stop_metric is None and RunConfig().train.time_budget_s is None
+
+
+def test_valid_scoring_decodes_with_generate_precision(monkeypatch):
+    """The per-epoch valid score searches under ``generate.precision`` (what eval and serving will use)."""
+    import pyarrow as pa
+
+    import onerec.eval.harness as harness
+    import onerec.generate.generative as generative
+    from onerec.pipeline import valid_scorer
+
+    made = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+
+    monkeypatch.setattr(generative, "GenerativeRecommender", Recorder)
+    monkeypatch.setattr(harness, "evaluate_shared", lambda *a, **k: {"ndcg@10": 0.5})
+    valid = pa.table({"user": [0, 1], "history": [[1], [2]], "targets": [[3], [4]]})
+    for precision in ("fp32", "bf16"):
+        cfg = RunConfig()
+        cfg.train.early_stop_metric, cfg.train.device, cfg.generate.precision = "ndcg@10", "cpu", precision
+        assert valid_scorer(np.zeros((5, 2), dtype=np.int64), valid, cfg)(None) == 0.5
+        assert made[-1]["precision"] == precision

@@ -34,9 +34,11 @@ thread.
     python benchmarks/decode_step.py --run RUN [--users 1024]  # a run's model and valid users: plain vs static cache
 
 ``--run RUN`` times a trained (or training) run's own search as its evaluation runs it (``onerec eval`` / the
-per-epoch valid scoring: ``GenerativeRecommender.recommend`` over the first ``--users`` valid users, the run's
-beam and batch size, the encoder included) with the plain and the static cache, alternating, ``--reps`` rounds;
-reports seconds per 1,000 users, the paired ratio, and whether the two returned the same items. Writes
+per-epoch valid scoring: ``GenerativeRecommender.recommend`` over the first ``--users`` valid users, 0 for all, the
+run's beam and batch size, the encoder included) with the plain and the static cache and, with ``--bf16``, the plain
+cache under ``generate.precision=bf16``, taking turns, ``--reps`` rounds (3 by default in this mode); reports
+seconds per 1,000 users, the paired ratios, whether the variants returned the same items and, with trained weights
+(RUN/train, or a checkpoint folder given by ``--weights``), each variant's valid Recall@10 / NDCG@10. Writes
 ``decode_step.run.json`` (``--out``).
 
 Writes ``benchmarks/results/generation/decode_step[.bB_beamK].json`` (batch 1, beam 128 without the suffix;
@@ -169,7 +171,8 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=128)
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--items", type=int, default=50_000)
-    ap.add_argument("--reps", type=int, default=150, help="rounds (each variant and its matmuls once per round)")
+    ap.add_argument("--reps", type=int, default=None, help="rounds (each variant and its matmuls once per round; "
+                                                           "default 150, with --run 3)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--note", default="torch.set_num_threads(1)", help="stored with the machine (e.g. its load)")
     ap.add_argument("--run", type=Path, help="time this run's valid scoring with the plain and the static cache")
@@ -180,6 +183,8 @@ def main() -> None:
     args = ap.parse_args()
     keep_freed_memory()  # the allocator policy of the onerec command (onerec.threads); recorded in "machine"
     torch.set_num_threads(1)
+    if args.reps is None:
+        args.reps = 3 if args.run else 150
     if args.run:
         with torch.no_grad():
             result = run_caches(args.run, args.users, args.reps, args.weights, args.bf16)

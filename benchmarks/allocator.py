@@ -123,7 +123,7 @@ def _run_case(case: str, run: Path | None):
 
 def worker(case: str, run: Path | None, reps: int) -> dict:
     """One process's measurement (its allocator policy from ``ONEREC_MALLOC``, set by the parent)."""
-    kept = keep_freed_memory()
+    kept = keep_freed_memory(one_arena=case.endswith("_thread"))  # as onerec serve, whose searches run on a thread
     torch.set_num_threads(1)
     torch.manual_seed(0)
     call, scale = _run_case(case, run)

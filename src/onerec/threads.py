@@ -57,30 +57,43 @@ def set_threads(requested: int | None = None) -> int:
 #: glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _kept = False
+_one_arena = False
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc's ``malloc`` keep freed memory in this process for reuse: no ``mmap`` per large block
-    (``M_MMAP_MAX`` 0: blocks come from the heap, and a block no heap can hold still falls back to ``mmap``), no
-    returning of the heap's free top to the kernel below 2 GB (``M_TRIM_THRESHOLD``), and one arena for every
-    thread (``M_ARENA_MAX`` 1: another thread's arena grows in heaps of at most 64 MB, so its larger blocks would
-    still be mapped and unmapped each time; serving runs its searches on a worker thread). Call it before other
-    threads start. The process's resident memory then stays at its peak instead of shrinking between searches;
-    the peak itself does not grow (measured, ``benchmarks/allocator.py``). Returns True when the policy is in
-    force: False with ``ONEREC_MALLOC=system``, on a C library without ``mallopt`` (not glibc: macOS, musl), or if
-    glibc refuses. Idempotent."""
-    global _kept
-    if _kept:
-        return True
-    if os.environ.get("ONEREC_MALLOC", "").strip().lower() == "system":
-        return False
+def _mallopt():
+    """glibc's ``mallopt`` through ctypes, or None (another C library: macOS, musl's no-op, Windows)."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
-        return False
+        return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _kept = all(mallopt(param, value) == 1 for param, value in (
-        (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1)))
+    return mallopt
+
+
+def keep_freed_memory(*, one_arena: bool = False) -> bool:
+    """Make glibc's ``malloc`` keep freed memory in this process for reuse: no ``mmap`` per large block
+    (``M_MMAP_MAX`` 0: blocks come from the heap, and a block no heap can hold still falls back to ``mmap``) and no
+    returning of the heap's free top to the kernel below 2 GB (``M_TRIM_THRESHOLD``). The process's resident memory
+    then stays at its peak instead of shrinking between searches; the peak itself does not grow (measured,
+    ``benchmarks/allocator.py``).
+
+    ``one_arena``: also one arena for every thread (``M_ARENA_MAX`` 1), for a process whose large searches run on a
+    worker thread (``onerec serve``): another thread's arena grows in heaps of at most 64 MB, so its larger blocks
+    would still be mapped and unmapped each time. Off by default, because threads that allocate at the same moment
+    then take turns on one lock. Call it before the threads start (a thread keeps the arena it first used).
+
+    Returns True when the policy is in force: False with ``ONEREC_MALLOC=system``, on a C library without
+    ``mallopt``, or if glibc refuses. Calling it again changes nothing but may add ``one_arena``."""
+    global _kept, _one_arena
+    if os.environ.get("ONEREC_MALLOC", "").strip().lower() == "system":
+        return False
+    mallopt = None if _kept and (_one_arena or not one_arena) else _mallopt()
+    if not _kept:
+        if mallopt is None:
+            return False
+        _kept = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    if _kept and one_arena and not _one_arena and mallopt is not None:
+        _one_arena = mallopt(_M_ARENA_MAX, 1) == 1
     return _kept
 
 

@@ -383,6 +383,9 @@ def serve(run: Path, cfg: RunConfig, device: str = "cpu") -> None:
         from onerec.serve.workers import serve_workers
 
         return serve_workers(run, cfg, device)
+    from onerec.threads import keep_freed_memory
+
+    keep_freed_memory(one_arena=True)  # the batcher searches on a worker thread: one arena keeps its blocks too
     if cfg.serve.torch_threads > 0:
         torch.set_num_threads(cfg.serve.torch_threads)
     app = create_app(RecommendService(run, cfg, device), cfg)

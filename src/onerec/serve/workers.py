@@ -41,7 +41,7 @@ def worker_app():
     from onerec.serve.service import RecommendService
     from onerec.threads import keep_freed_memory
 
-    keep_freed_memory()  # a fresh interpreter: the parent's allocator policy is not inherited
+    keep_freed_memory(one_arena=True)  # a fresh interpreter: the parent's policy is not inherited; searches on a thread
     run, cfg, device = _settings()
     if cfg.serve.torch_threads > 0:
         torch.set_num_threads(cfg.serve.torch_threads)

@@ -50,18 +50,11 @@ from onerec.io import write_json
 from onerec.model import build_generator
 from onerec.model.generator import Generator
 from onerec.threads import keep_freed_memory
+from pass512 import peak_rss_mib
 
 SIZES = [256, 256, 256]
 CASES = ["search_b1_beam128", "search_b64_beam128", "search_b64_beam128_thread", "pass512_b4"]
 RUN_CASES = ["train_step", "valid_per_1000"]
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (Linux ``VmHWM``), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _search(users: int, beam: int, top_k: int, items: int, preset: str | None):

@@ -117,18 +117,12 @@ def run_caches(run: Path, users: int, reps: int, weights: Path | None = None, bf
     from onerec.eval.metrics import per_user_metrics
     from onerec.generate.generative import GenerativeRecommender
     from onerec.model import build_generator
-    from onerec.train.checkpoint import build_checked, load_state, read_model_meta
+    from onerec.pipeline import load_generator
 
     cfg, codes, sizes, _, valid, feat = _run_data(run, 1 << 62)
     folder = weights or run / "train"
     trained = (folder / "model.json").exists()  # a run still training: its architecture, random weights
-    if trained:
-        mcfg, msizes, _ = read_model_meta(folder)
-        model = build_checked(folder, lambda: build_generator(mcfg, msizes))
-        load_state(folder, model)
-        model.eval()
-    else:
-        model = build_generator(cfg.model, sizes).eval()
+    model = load_generator(run, codes=codes, folder=folder) if trained else build_generator(cfg.model, sizes).eval()
     rows = valid.slice(0, users) if users else valid
     table = rows.drop_columns(["targets"])
     variants = {"plain": {"static_cache": False}, "static": {"static_cache": True}}

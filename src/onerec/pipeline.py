@@ -510,14 +510,14 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=
     return score
 
 
-def load_generator(run: Path, device: str = "cpu", codes: np.ndarray | None = None):
-    """The trained generator of RUN/train, its config and sizes checked against
-    the weights file's header, and against the run's semantic IDs ``codes`` when given, before anything is
+def load_generator(run: Path, device: str = "cpu", codes: np.ndarray | None = None, folder: Path | None = None):
+    """The trained generator of RUN/train (or of a model ``folder``: a checkpoint), its config and sizes checked
+    against the weights file's header, and against the run's semantic IDs ``codes`` when given, before anything is
     allocated (:func:`onerec.train.checkpoint.build_checked`)."""
     from onerec.model import build_generator
     from onerec.train.checkpoint import build_checked, load_state, read_model_meta
 
-    folder = _require(run / "train" / "model.json", "train").parent
+    folder = _require(run / "train" / "model.json", "train").parent if folder is None else Path(folder)
     mcfg, sizes, _ = read_model_meta(folder)
     if codes is not None:
         check_codebook_sizes(folder / "model.json", sizes, codes)

@@ -291,11 +291,18 @@ class TrainConfig:
                                     "them, divided among the processes torchrun starts on the machine; or "
                                     "OMP_NUM_THREADS when set)")
     seed: int = opt(0, "random seed of initialisation and shuffling")
-    early_stop_metric: str | None = opt(None, "valid metric scored every epoch with the eval harness (beam search, "
-                                              "full ranking); the best epoch's weights are kept and training stops "
-                                              "after `patience` epochs without improvement. None: off",
+    early_stop_metric: str | None = opt(None, "valid metric scored every epoch (every valid_every epochs) with "
+                                              "the eval harness (beam search, full ranking); the best scored "
+                                              "epoch's weights are kept and training stops after `patience` "
+                                              "scorings without improvement. None: off",
                                         choices=[None, "ndcg@10", "recall@10", "ndcg@5", "recall@5"])
-    patience: int = opt(3, "early stopping: epochs without valid improvement before training stops")
+    patience: int = opt(3, "early stopping: valid scorings without improvement before training stops (epochs, "
+                           "with valid_every 1)")
+    valid_every: int = opt(1, "early stopping: score the valid split every N epochs, and at the end of training; "
+                              "the valid loss is still computed every epoch. On Amazon an epoch's beam search over "
+                              "every valid user takes about as long as its training steps (docs/benchmarks/lazy.md), "
+                              "so 2 saves about a quarter of a run, at the price of picking the best among every "
+                              "other epoch")
     valid_users: int | None = opt(None, "early stopping: score only this many valid users (a fixed random subset; "
                                         "None: all)")
     time_budget_s: float | None = opt(None, "stop training after this many seconds, keeping the best (or last) "

@@ -2,10 +2,12 @@
 wall-time budget; the default (both off) trains every planned step and saves the last weights."""
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from onerec.config import RunConfig, TrainConfig
+from onerec.errors import ConfigError
 from onerec.io import read_json
 from onerec.model.generator import Generator
 from onerec.train import train_generator
@@ -35,6 +37,38 @@ def test_keeps_best_epoch_and_stops_after_patience(tiny_train, scripted_scorer, 
     meta = read_json(tmp_path / "model.json")
     assert meta["best_epoch"] == 2.0 and meta["stopped"] == "patience"
     assert [r["ndcg@10"] for r in res.valid] == [0.1, 0.3, 0.2, 0.25]
+
+
+def test_valid_every_scores_every_nth_epoch_and_the_last(tiny_train, scripted_scorer, tmp_path):
+    mcfg, sizes, ex = tiny_train
+    steps_per_epoch = int(np.ceil(len(ex) / 128))
+    # 5 epochs, scored at epochs 2, 4 and at the last step (5): patience counts scorings, not epochs
+    tcfg = TrainConfig(epochs=5, batch_size=128, warmup_steps=2, checkpoint_every=1000, device="cpu",
+                       early_stop_metric="ndcg@10", patience=2, valid_every=2)
+    score, seen = scripted_scorer([0.3, 0.2, 0.25])
+    torch.manual_seed(0)
+    res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path / "a", meta=model_meta(mcfg, sizes),
+                          progress=False, score_valid=score)
+    assert len(seen) == 3 and res.stopped is None and res.best_epoch == 2.0
+    scored = [r for r in res.valid if "ndcg@10" in r]
+    assert [r["epoch"] for r in scored] == [2.0, 4.0, 5.0] and [r["ndcg@10"] for r in scored] == [0.3, 0.2, 0.25]
+    saved = load_file(str(tmp_path / "a" / "model.safetensors"))
+    for k, v in seen[0].items():  # the weights scored at epoch 2
+        assert torch.equal(saved[k], v), k
+    assert len(res.loss) == 5 * steps_per_epoch
+    # stopped after epoch 3 and resumed: the same epochs are scored, the same result
+    score2, seen2 = scripted_scorer([0.3, 0.2, 0.25])
+    torch.manual_seed(0)
+    train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path / "b", meta=model_meta(mcfg, sizes), progress=False,
+                    score_valid=score2, stop_at=3 * steps_per_epoch)
+    assert len(seen2) == 1
+    res2 = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path / "b", meta=model_meta(mcfg, sizes),
+                           progress=False, score_valid=score2, resume=True)
+    assert len(seen2) == 3 and res2.best_epoch == 2.0
+    assert [r.get("ndcg@10") for r in res2.valid] == [r.get("ndcg@10") for r in res.valid]
+    with pytest.raises(ConfigError, match=r"train\.valid_every=0"):
+        train_generator(Generator(mcfg, sizes), ex, TrainConfig(valid_every=0, device="cpu"), tmp_path / "c",
+                        meta=model_meta(mcfg, sizes), progress=False)
 
 
 def test_time_budget_stops_and_saves(tiny_train, tmp_path):

@@ -245,7 +245,8 @@ def train_generator(
         if valid is not None and epoch_end:
             result.valid.append({"step": step, "epoch": step / steps_per_epoch,
                                  "loss": validation_loss(scored, valid, device, d=d)})
-        if select and epoch_end:
+        # every valid_every epochs and at the last step (a resumed run scores the same epochs as an unbroken one)
+        if select and epoch_end and (math.ceil(step / steps_per_epoch) % cfg.valid_every == 0 or step == total):
             score = float(score_valid(scored))  # several processes: each scores a share, combined (the same score)
             model.train()
             if result.valid and result.valid[-1]["step"] == step:
@@ -309,6 +310,9 @@ def _check_config(cfg: TrainConfig, strategy: str) -> None:
     if cfg.grad_accum < 1:
         raise ConfigError(f"train.grad_accum={cfg.grad_accum}: must be at least 1 (micro-batches per optimizer "
                           "step). Fix: train.grad_accum=1")
+    if cfg.valid_every < 1:
+        raise ConfigError(f"train.valid_every={cfg.valid_every}: must be at least 1 (epochs between valid "
+                          "scorings). Fix: train.valid_every=1")
     if strategy == "fsdp":
         for key, value in (("ema_decay", cfg.ema_decay), ("early_stop_metric", cfg.early_stop_metric)):
             if value is not None:

@@ -144,9 +144,15 @@ def plot_online(result: dict[str, Any], path: Path, key: str = "online") -> None
     plt.close(fig)
 
 
+def uncertainty(args: argparse.Namespace) -> dict[str, Any]:
+    """The explore keys of ``--uncertainty`` and ``--count-sigma``."""
+    return {"uncertainty": args.uncertainty, "count_sigma": args.count_sigma}
+
+
 def replay_part(args: argparse.Namespace) -> dict[str, Any]:
     """The replay and its ablation (the keys replay.*, ablation.*, curves_seed0)."""
-    base = ExploreConfig(events=args.events, seeds=list(args.seeds), max_impressions=args.max_impressions)
+    base = ExploreConfig(events=args.events, seeds=list(args.seeds), max_impressions=args.max_impressions,
+                         **uncertainty(args))
     variants = {**{f"replay.{k}": v for k, v in POLICIES.items()}, **{f"ablation.{k}": v for k, v in ABLATION.items()}}
     if args.policies:  # these replay policies only, no ablation
         variants = {f"replay.{k}": POLICIES[k] for k in args.policies}
@@ -221,7 +227,8 @@ def online_ablation_part(args: argparse.Namespace) -> dict[str, Any]:
     from onerec.config import ContentConfig
     from onerec.explore.online import build_catalogue, content_vectors, online_policy, summarise_online, warm_start
 
-    cfg = ExploreConfig(seeds=list(args.seeds), online_explore_budget=args.budget, online_days=args.online_days)
+    cfg = ExploreConfig(seeds=list(args.seeds), online_explore_budget=args.budget, online_days=args.online_days,
+                        **uncertainty(args))
     if args.quick:
         cfg = dataclasses.replace(cfg, online_days=3, online_requests=400, online_warmup=5000)
     check_online(cfg, WORLD.n_items)
@@ -254,11 +261,13 @@ def online_part(args: argparse.Namespace, key: str = "online") -> dict[str, Any]
     reserved slot, the policy ranks every candidate; keys online_rank.*, online_rank_run) or ``online_budget``
     (one slot with the exploration budget :data:`BUDGET`; keys online_budget.*, online_budget_run)."""
     if key == "online":
-        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(POLICIES))
+        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(POLICIES), **uncertainty(args))
     elif key == "online_rank":
-        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(RANK_POLICIES), online_explore_slots=0)
+        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(RANK_POLICIES), online_explore_slots=0,
+                            **uncertainty(args))
     else:
-        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(BUDGET_POLICIES), online_explore_budget=args.budget)
+        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(BUDGET_POLICIES), online_explore_budget=args.budget,
+                            **uncertainty(args))
     cfg = dataclasses.replace(cfg, online_days=args.online_days)
     if args.quick:
         cfg = dataclasses.replace(cfg, online_days=3, online_requests=400, online_warmup=5000)
@@ -368,6 +377,11 @@ def main() -> None:
     ap.add_argument("--max-impressions", type=int, default=None,
                     help="explore.max_impressions of the replay: ucb, thompson and AGE explore only items accepted "
                          "fewer times than this")
+    ap.add_argument("--uncertainty", choices=["mc_dropout", "count"], default="mc_dropout",
+                    help="explore.uncertainty of the replay and the online settings: count = count_sigma / "
+                         "sqrt(1 + showings)")
+    ap.add_argument("--count-sigma", type=float, default=ExploreConfig.count_sigma,
+                    help="explore.count_sigma (with --uncertainty count)")
     ap.add_argument("--policies", nargs="+", choices=list(POLICIES), default=None,
                     help="replay only these policies (and no ablation)")
     ap.add_argument("--out", type=Path, default=None)

@@ -561,6 +561,13 @@ class ExploreConfig:
     ucb_stat: str = opt("std", "spread over the N passes used as uncertainty by ucb and age_ucb: std | var",
                         choices=["std", "var"])
     ucb_alpha: float = opt(1.0, "ucb: score = mean + alpha * spread over the N passes")
+    uncertainty: str = opt("mc_dropout", "where the policies' uncertainty comes from: mc_dropout (the AGE paper's: "
+                                         "the spread over N dropout passes, or one mask for the Thompson forms) | "
+                                         "count (an uncertainty that shrinks with the item's data: count_sigma / "
+                                         "sqrt(1 + n), n = the item's showings so far as max_impressions counts "
+                                         "them; the Thompson forms draw count_sigma / sqrt(1 + n) x a standard "
+                                         "normal)", choices=["mc_dropout", "count"])
+    count_sigma: float = opt(0.1, "uncertainty=count: the spread of an item never shown, in predicted probability")
     epsilon: float = opt(0.1, "epsilon: share of events given a uniformly random pick")
     age_lambda: float = opt(10.0, "AGE: lambda in h' = h + lambda * delta_y * g / ||g|| (h: the item representation, "
                                   "g: the gradient of the predicted CTR at h, delta_y: the uncertainty); 10 was the "

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from onerec.explore.age import (
+    count_spread,
     fgm,
     gate_mask,
     gated_scores,
@@ -96,6 +97,11 @@ def test_ucb_scores():
     samples = torch.tensor([[0.1], [0.3]])
     assert torch.allclose(ucb_scores(samples, 2.0, "std"), torch.tensor([0.4]))
     assert torch.allclose(ucb_scores(samples, 2.0, "var"), torch.tensor([0.22]))
+
+
+def test_count_spread_shrinks_with_the_items_data():
+    spread = count_spread(torch.tensor([0, 3, 99]), 0.1)
+    assert torch.allclose(spread, torch.tensor([0.1, 0.05, 0.01]))
 
 
 def test_thompson_delta_is_one_mask_minus_plain():

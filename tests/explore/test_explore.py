@@ -120,25 +120,54 @@ def test_max_impressions_explores_only_fresh_items(log):
             assert share == pytest.approx(fresh.float().mean().item())
 
 
+def test_count_uncertainty_scores_by_each_items_showings(log):
+    """explore.uncertainty=count: ucb = plain + alpha * sigma / sqrt(1 + n); thompson = plain + that spread x one
+    normal draw; AGE moves h by lambda times the spread (a row shown often moves less); no dropout is read."""
+    model, gate = _models(log)
+    b = _batch(log)
+    n = b["item"].shape[0]
+    counts = torch.arange(n) % 4 * 10  # 0, 10, 20, 30 showings
+    cfg = dataclasses.replace(CFG, uncertainty="count", count_sigma=0.2, ucb_alpha=2.0, gate=False,
+                              age_lambda=50.0)
+    greedy, _ = score_candidates("greedy", model, gate, b, cfg, torch.Generator())
+    spread = 0.2 / torch.sqrt(1.0 + counts.float())
+    ucb, _ = score_candidates("ucb", model, gate, b, cfg, torch.Generator(), counts=counts)
+    assert torch.allclose(ucb, greedy + 2.0 * spread, atol=1e-6)
+    torch.manual_seed(5)
+    ts, _ = score_candidates("thompson", model, gate, b, cfg, torch.Generator(), counts=counts)
+    torch.manual_seed(5)
+    assert torch.allclose(ts, greedy + spread * torch.randn(n), atol=1e-6)
+    age, share = score_candidates("age_ucb", model, gate, b, cfg, torch.Generator(), counts=counts)
+    assert share == 1.0
+    up = age - greedy
+    assert (up > 0).all() and up[counts == 0].mean() > 2 * up[counts == 30].mean()  # the less shown, the more
+    fresh = counts < 15  # the cap still applies
+    capped, _ = score_candidates("ucb", model, gate, b, cfg, torch.Generator(), fresh, counts)
+    assert torch.allclose(capped, torch.where(fresh, ucb, greedy))
+    with pytest.raises(ValueError, match="counts"):
+        score_candidates("ucb", model, gate, b, cfg, torch.Generator())
+
+
 def test_replay_counts_an_items_accepted_events_for_max_impressions(log, monkeypatch):
     seen = []
 
-    def first(policy, model, gate, b, cfg, gen, fresh=None):  # always picks candidate 0
-        seen.append((b["item"].numpy().copy(), fresh.numpy().copy()))
+    def first(policy, model, gate, b, cfg, gen, fresh=None, counts=None):  # always picks candidate 0
+        seen.append((b["item"].numpy().copy(), fresh.numpy().copy(), counts.numpy().copy()))
         return (torch.arange(b["item"].shape[0]) % CFG.candidates == 0).float(), None
 
     monkeypatch.setattr(replay_module, "score_candidates", first)
     replay_policy(log, "ucb", dataclasses.replace(CFG, max_impressions=2), seed=0)
     counts = np.zeros(len(log.featurizer.side.cat), np.int64)
-    for start, (items, fresh) in zip(range(0, len(log), CFG.block), seen):
+    for start, (items, fresh, shown) in zip(range(0, len(log), CFG.block), seen):
         assert np.array_equal(fresh, counts[items] < 2)
+        assert np.array_equal(shown, counts[items])  # what explore.uncertainty=count reads
         ev = np.arange(start, min(len(log), start + CFG.block))
         np.add.at(counts, log.logged_item[ev[log.logged[ev] == 0]], 1)
     assert (counts >= 2).any()  # the cap was reached
 
 
 def test_replay_counts_only_events_whose_pick_is_the_logged_item(log, monkeypatch):
-    def first(policy, model, gate, b, cfg, gen, fresh=None):  # always picks candidate 0
+    def first(policy, model, gate, b, cfg, gen, fresh=None, counts=None):  # always picks candidate 0
         n = b["item"].shape[0]
         return (torch.arange(n) % CFG.candidates == 0).float(), None
 
@@ -188,6 +217,7 @@ def test_replay_learns_online_and_summarises_over_seeds(world):
     ("policies", ["greedy", "age"], r"explore\.policies"), ("candidates", 1, r"explore\.candidates"),
     ("pool", 3, r"explore\.pool"), ("dropout", 0.0, r"explore\.dropout"), ("epsilon", 1.5, r"explore\.epsilon"),
     ("max_impressions", 0, r"explore\.max_impressions"),
+    ("count_sigma", 0.0, r"explore\.count_sigma"),
 ])
 def test_bad_settings_name_the_key_and_the_fix(key, value, needle):
     with pytest.raises(ConfigError, match=needle) as e:

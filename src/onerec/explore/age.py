@@ -12,6 +12,10 @@ scored as if exploring had shown it to be worse. FGM takes the one step above (:
 shorter ones, re-reading the gradient at each point and staying inside the ball of radius
 ``lambda * |delta_y|`` (:func:`pgd`).
 
+onerec adds an uncertainty that shrinks with the item's data (``explore.uncertainty=count``,
+:func:`count_spread`): MC dropout in the towers stays as wide for an item shown a hundred times as for a new one,
+which the paper's online deployment answered with a cap on impressions.
+
 Dynamic gating (Sec. 3.4): only items whose predicted CTR ``f(h)`` beats a threshold, which a shallow
 item-only model predicts, are explored (:func:`gate_mask`, :func:`gated_scores`).
 
@@ -83,6 +87,15 @@ def mc_spread(samples: Tensor, stat: str = "std") -> Tensor:
         raise ValueError(f"stat must be 'std' or 'var', not {stat!r}")
     var = samples.var(dim=0, correction=0)
     return var if stat == "var" else var.sqrt()
+
+
+def count_spread(counts: Tensor, sigma: float) -> Tensor:
+    """An uncertainty [B] that shrinks with an item's data: sigma / sqrt(1 + n), n = ``counts`` [B] (the item's
+    showings so far): what a Beta-Bernoulli posterior's standard deviation does, up to its scale.
+
+    Example: sigma 0.1, counts 0, 3, 99 -> 0.1, 0.05, 0.01.
+    """
+    return sigma / torch.sqrt(1.0 + counts.to(torch.float32))
 
 
 def ucb_scores(samples: Tensor, alpha: float, stat: str = "std") -> Tensor:

@@ -56,7 +56,7 @@ from onerec.config import ContentConfig, ExploreConfig, TokenizerConfig
 from onerec.data.schema import SIGNALS
 from onerec.errors import ConfigError
 from onerec.explore.model import OBJECTIVES, ExplorationCTR, ItemGate
-from onerec.explore.policies import POLICIES, fresh_rows, score_candidates
+from onerec.explore.policies import POLICIES, fresh_rows, row_counts, score_candidates
 from onerec.reward.data import ItemSide, Positives, RankFeaturizer, duration_bucket
 
 #: arrival day of the initial catalogue (live before day 0, with a warm-up history)
@@ -297,7 +297,8 @@ def _serve(policy: str, model: ExplorationCTR, gate: ItemGate, feat: RankFeaturi
         r = np.arange(s, min(R, s + SCORE_CHUNK))
         b = feat.batch(np.repeat(req["user"][r], K), req["cand"][r].ravel(), np.repeat(req["ts"][r], K))
         fresh = fresh_rows(shows, req["cand"][r].ravel(), cfg.max_impressions)
-        plain_t, share = score_candidates(policy if whole else "greedy", model, gate, b, cfg, gen, fresh)
+        counts = row_counts(shows, req["cand"][r].ravel())
+        plain_t, share = score_candidates(policy if whole else "greedy", model, gate, b, cfg, gen, fresh, counts)
         plain = plain_t.view(len(r), K).numpy()
         if share is not None:
             shares.append(share)
@@ -305,7 +306,7 @@ def _serve(policy: str, model: ExplorationCTR, gate: ItemGate, feat: RankFeaturi
         if slots and policy != NONE:
             rows = (np.arange(len(r))[:, None] * K + np.arange(C, K)[None, :]).ravel()
             ex, share = score_candidates(policy, model, gate, _take(b, torch.from_numpy(rows)), cfg, gen,
-                                         None if fresh is None else fresh[rows])
+                                         None if fresh is None else fresh[rows], counts[rows])
             if share is not None:
                 shares.append(share)
             explore = ex.view(len(r), K - C).numpy()

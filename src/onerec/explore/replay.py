@@ -40,7 +40,7 @@ from onerec.config import ExploreConfig, RunConfig
 from onerec.data.schema import SIGNALS
 from onerec.errors import ConfigError, DataError
 from onerec.explore.model import OBJECTIVES, ExplorationCTR, ItemGate
-from onerec.explore.policies import MC_POLICIES, POLICIES, fresh_rows, score_candidates
+from onerec.explore.policies import MC_POLICIES, POLICIES, fresh_rows, row_counts, score_candidates
 from onerec.reward.data import ItemSide, Positives, RankFeaturizer, duration_bucket
 
 EVENT_GAP_S = 30  # seconds between consecutive events of the stream
@@ -105,16 +105,16 @@ def check_explore(cfg: ExploreConfig, n_items: int | None = None) -> None:
         raise bad("pool", f"more live items than the world's {n_items}", f"set explore.pool <= {n_items}")
     if not 0.0 <= cfg.epsilon <= 1.0:
         raise bad("epsilon", "must be in [0, 1]", "e.g. explore.epsilon=0.1")
-    mc = [p for p in cfg.policies if p in MC_POLICIES]
+    mc = [p for p in cfg.policies if p in MC_POLICIES] if cfg.uncertainty == "mc_dropout" else []
     if not 0.0 <= cfg.dropout < 1.0 or (mc and cfg.dropout == 0.0):
         raise bad("dropout", f"must be in (0, 1){' for ' + mc[0] + ' (MC dropout)' if mc else ''}",
                   "e.g. explore.dropout=0.1")
     if cfg.max_impressions is not None and cfg.max_impressions < 1:
         raise bad("max_impressions", "must be at least 1 (or null: explore every item)",
                   "e.g. explore.max_impressions=50")
-    if cfg.pgd_step <= 0.0 or cfg.lr <= 0.0:
-        key = "pgd_step" if cfg.pgd_step <= 0.0 else "lr"
-        raise bad(key, "must be positive", f"e.g. explore.{key}={0.5 if key == 'pgd_step' else 5e-3}")
+    for key, example in (("pgd_step", 0.5), ("lr", 5e-3), ("count_sigma", 0.1)):
+        if getattr(cfg, key) <= 0.0:
+            raise bad(key, "must be positive", f"e.g. explore.{key}={example}")
 
 
 def item_side(world: Any) -> ItemSide:
@@ -183,7 +183,8 @@ def replay_policy(log: ReplayLog, policy: str, cfg: ExploreConfig, seed: int) ->
         b = log.featurizer.batch(np.repeat(log.user[ev], K), log.cand[ev].ravel(), np.repeat(log.ts[ev], K))
         model.eval()
         fresh = fresh_rows(shown, log.cand[ev].ravel(), cfg.max_impressions)
-        scores, share = score_candidates(policy, model, gate, b, cfg, gen, fresh)
+        scores, share = score_candidates(policy, model, gate, b, cfg, gen, fresh,
+                                         row_counts(shown, log.cand[ev].ravel()))
         if share is not None:
             explored.append(share)
         pick = scores.view(len(ev), K).argmax(dim=1).numpy()

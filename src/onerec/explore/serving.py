@@ -32,7 +32,7 @@ from onerec.config import RunConfig
 from onerec.errors import ConfigError
 from onerec.explore.model import OBJECTIVES, ExplorationCTR, ItemGate
 from onerec.explore.online import _train
-from onerec.explore.policies import score_candidates
+from onerec.explore.policies import row_counts, score_candidates
 from onerec.reward.data import ItemSide, Positives, RankFeaturizer
 
 #: most new items scored per request (the least shown first)
@@ -95,7 +95,7 @@ def check_serve_explore(cfg: RunConfig, inter: pa.Table | None = None) -> None:
     if sc.explore_policy not in ("age_ucb", "age_ts"):
         raise ConfigError(f"serve.explore_policy={sc.explore_policy!r}: one of age_ucb, age_ts. Fix: "
                           "serve.explore_policy=age_ucb")
-    if cfg.explore.dropout <= 0.0 or cfg.explore.dropout >= 1.0:
+    if cfg.explore.uncertainty == "mc_dropout" and not 0.0 < cfg.explore.dropout < 1.0:
         raise ConfigError(f"explore.dropout={cfg.explore.dropout}: AGE's uncertainty needs MC dropout in (0, 1). "
                           "Fix: e.g. explore.dropout=0.1")
     if inter is not None:
@@ -116,6 +116,7 @@ class Explorer:
     new_items: np.ndarray  # int64, the least shown first
     cfg: RunConfig
     anonymous: int  # the user index of explicit histories (a zero embedding)
+    shows: np.ndarray  # int64 [N], each item's exposures in the run's log (explore.uncertainty=count reads them)
 
     @classmethod
     def fit(cls, inter: pa.Table, n_users: int, codes: np.ndarray, items: pa.Table | None, cfg: RunConfig, *,
@@ -137,7 +138,7 @@ class Explorer:
         feat = RankFeaturizer(Positives.from_interactions(inter, n_users, cfg.data.positive), side, cfg.explore.history)
         _train(model, gate, opt, feat, log, max(1, cfg.explore.online_epochs), np.random.default_rng([seed, 48]))
         model.eval()
-        return cls(model, gate, side, new.astype(np.int64), cfg, n_users)
+        return cls(model, gate, side, new.astype(np.int64), cfg, n_users, shows.astype(np.int64))
 
     def candidates(self, shown: list[int], history: np.ndarray | None) -> np.ndarray:
         """The new items not in ``shown`` (nor in ``history`` when given), the least shown first, at most
@@ -156,7 +157,7 @@ class Explorer:
                        ends=np.full(C, L, np.int64))  # the whole given history, whatever its timestamps
         b["user"] = torch.full((C,), self.anonymous if query.user is None else int(query.user), dtype=torch.long)
         out, _ = score_candidates(policy or self.cfg.serve.explore_policy, self.model, self.gate, b,
-                                  self.cfg.explore, torch.Generator())
+                                  self.cfg.explore, torch.Generator(), counts=row_counts(self.shows, cand))
         return out.numpy()
 
     def fill(self, query: Any, items: list[int], scores: list[float]) -> tuple[list[int], list[float], list[bool]]:

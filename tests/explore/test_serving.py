@@ -103,3 +103,27 @@ def test_served_answers_end_with_marked_new_items_chosen_by_age(run):
     m = sum(flags)
     assert m <= 2 and flags == [False] * (6 - m) + [True] * m  # budget 0: at most the 2 slots, always last
     assert [it["item_index"] for it in some[:6 - m]] == [it["item_index"] for it in before[:6 - m]]
+
+
+def test_served_exploration_with_the_count_uncertainty_reads_the_logs_showings(run):
+    """explore.uncertainty=count in serving: the spread comes from each item's exposures in the run's log, so the
+    same item scores higher under a larger count_sigma only by sigma / sqrt(1 + its showings), and a dropout of 0
+    (no MC dropout) is accepted."""
+    from onerec.serve import RecommendService
+
+    path, cfg = run
+    explore = dataclasses.replace(cfg.explore, uncertainty="count", dropout=0.0)
+    serve = dataclasses.replace(cfg.serve, explore_slots=2, explore_new=40, explore_policy="age_ucb")
+    service = RecommendService(path, dataclasses.replace(cfg, explore=explore, serve=serve))
+    ex = service.explorer
+    assert ex.shows.sum() > 0 and len(ex.shows) == service.n_items
+    cand = ex.new_items[:8]
+    user = next(iter(service.user_index))
+    query = type("Q", (), {"items": [0, 1, 2], "ts": [1, 2, 3], "flags": [0, 0, 0], "request_ts": 4,
+                           "user": service.user_index[user]})()
+    greedy = ex.scores(query, cand, "greedy")
+    age = ex.scores(query, cand)
+    assert (age >= greedy - 1e-6).all()  # AGE-UCB's step is towards a higher prediction
+    ucb = ex.scores(query, cand, "ucb")
+    expected = greedy + explore.ucb_alpha * explore.count_sigma / (1.0 + ex.shows[cand]) ** 0.5
+    assert ucb == pytest.approx(expected, abs=1e-6)

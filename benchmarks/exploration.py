@@ -144,15 +144,15 @@ def plot_online(result: dict[str, Any], path: Path, key: str = "online") -> None
     plt.close(fig)
 
 
-def uncertainty(args: argparse.Namespace) -> dict[str, Any]:
-    """The explore keys of ``--uncertainty`` and ``--count-sigma``."""
-    return {"uncertainty": args.uncertainty, "count_sigma": args.count_sigma}
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The explore keys of ``--uncertainty``, ``--count-sigma`` and ``--online-initial``."""
+    return {"uncertainty": args.uncertainty, "count_sigma": args.count_sigma, "online_initial": args.online_initial}
 
 
 def replay_part(args: argparse.Namespace) -> dict[str, Any]:
     """The replay and its ablation (the keys replay.*, ablation.*, curves_seed0)."""
     base = ExploreConfig(events=args.events, seeds=list(args.seeds), max_impressions=args.max_impressions,
-                         **uncertainty(args))
+                         **overrides(args))
     variants = {**{f"replay.{k}": v for k, v in POLICIES.items()}, **{f"ablation.{k}": v for k, v in ABLATION.items()}}
     if args.policies:  # these replay policies only, no ablation
         variants = {f"replay.{k}": POLICIES[k] for k in args.policies}
@@ -228,7 +228,7 @@ def online_ablation_part(args: argparse.Namespace) -> dict[str, Any]:
     from onerec.explore.online import build_catalogue, content_vectors, online_policy, summarise_online, warm_start
 
     cfg = ExploreConfig(seeds=list(args.seeds), online_explore_budget=args.budget, online_days=args.online_days,
-                        **uncertainty(args))
+                        **overrides(args))
     if args.quick:
         cfg = dataclasses.replace(cfg, online_days=3, online_requests=400, online_warmup=5000)
     check_online(cfg, WORLD.n_items)
@@ -261,13 +261,13 @@ def online_part(args: argparse.Namespace, key: str = "online") -> dict[str, Any]
     reserved slot, the policy ranks every candidate; keys online_rank.*, online_rank_run) or ``online_budget``
     (one slot with the exploration budget :data:`BUDGET`; keys online_budget.*, online_budget_run)."""
     if key == "online":
-        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(POLICIES), **uncertainty(args))
+        cfg = ExploreConfig(seeds=list(args.seeds), policies=list(POLICIES), **overrides(args))
     elif key == "online_rank":
         cfg = ExploreConfig(seeds=list(args.seeds), policies=list(RANK_POLICIES), online_explore_slots=0,
-                            **uncertainty(args))
+                            **overrides(args))
     else:
         cfg = ExploreConfig(seeds=list(args.seeds), policies=list(BUDGET_POLICIES), online_explore_budget=args.budget,
-                            **uncertainty(args))
+                            **overrides(args))
     cfg = dataclasses.replace(cfg, online_days=args.online_days)
     if args.quick:
         cfg = dataclasses.replace(cfg, online_days=3, online_requests=400, online_warmup=5000)
@@ -382,6 +382,8 @@ def main() -> None:
                          "sqrt(1 + showings)")
     ap.add_argument("--count-sigma", type=float, default=ExploreConfig.count_sigma,
                     help="explore.count_sigma (with --uncertainty count)")
+    ap.add_argument("--online-initial", type=int, default=ExploreConfig.online_initial,
+                    help="explore.online_initial: videos in the catalogue before day 0 (the online settings)")
     ap.add_argument("--policies", nargs="+", choices=list(POLICIES), default=None,
                     help="replay only these policies (and no ablation)")
     ap.add_argument("--out", type=Path, default=None)

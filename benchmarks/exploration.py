@@ -145,8 +145,9 @@ def plot_online(result: dict[str, Any], path: Path, key: str = "online") -> None
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The explore keys of ``--uncertainty``, ``--count-sigma`` and ``--online-initial``."""
-    return {"uncertainty": args.uncertainty, "count_sigma": args.count_sigma, "online_initial": args.online_initial}
+    """The explore keys of ``--uncertainty``, ``--count-sigma``, ``--online-initial`` and ``--new-appeal``."""
+    return {"uncertainty": args.uncertainty, "count_sigma": args.count_sigma, "online_initial": args.online_initial,
+            "online_new_appeal": args.new_appeal}
 
 
 def replay_part(args: argparse.Namespace) -> dict[str, Any]:
@@ -384,6 +385,8 @@ def main() -> None:
                     help="explore.count_sigma (with --uncertainty count)")
     ap.add_argument("--online-initial", type=int, default=ExploreConfig.online_initial,
                     help="explore.online_initial: videos in the catalogue before day 0 (the online settings)")
+    ap.add_argument("--new-appeal", type=float, default=0.0,
+                    help="explore.online_new_appeal: > 0 makes the arriving videos better on average (freshness)")
     ap.add_argument("--policies", nargs="+", choices=list(POLICIES), default=None,
                     help="replay only these policies (and no ablation)")
     ap.add_argument("--out", type=Path, default=None)

@@ -621,6 +621,12 @@ class ExploreConfig:
                                   "over a fixed sample of users, World.expected) that count as good")
     online_codebook: int = opt(32, "online: codes per level of the two-level cold-start tokenizer fitted on the "
                                    "initial catalogue's content vectors (at most explore.online_initial)")
+    online_new_appeal: float = opt(0.0, "online: how much better the new videos are than the catalogue (a "
+                                        "freshness effect; the world has none of its own): 0 = the videos that "
+                                        "arrive are a random draw of the world's, like the catalogue; s > 0 draws "
+                                        "them with weights exp(s * z), z = a video's standardised ground-truth "
+                                        "appeal, so better videos arrive more often (the catalogue stays a random "
+                                        "draw)")
 
 
 @dataclass

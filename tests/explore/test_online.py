@@ -148,6 +148,18 @@ def test_catalogue_new_videos_get_cold_start_semantic_ids(world, vectors, cat):
     assert same_code[same_topic & pair].mean() > same_code[~same_topic].mean()
 
 
+def test_new_appeal_brings_better_new_videos_and_leaves_the_catalogue(world, vectors, cat):
+    """explore.online_new_appeal = s > 0: the arriving videos are drawn with weights exp(s z) (z: standardised
+    appeal), so they are better on average; the initial catalogue and the day sizes are as with s = 0."""
+    better = build_catalogue(world, vectors, dataclasses.replace(CFG, online_new_appeal=3.0), seed=0)
+    assert np.array_equal(better.arrival == INITIAL, cat.arrival == INITIAL)
+    assert np.bincount(better.arrival[better.new_items()]).tolist() == [CFG.online_new_per_day] * CFG.online_days
+    old = cat.appeal[cat.arrival == INITIAL].mean()
+    assert better.appeal[better.new_items()].mean() > cat.appeal[cat.new_items()].mean()
+    assert better.appeal[better.new_items()].mean() > 1.2 * old
+    assert not set(better.new_items()) & set(np.flatnonzero(cat.arrival == INITIAL))
+
+
 def test_appeal_is_the_mean_expected_watch_time_over_a_fixed_user_sample(world):
     items = np.array([3, 7, 11])
     a = appeal(world, items, seed=5, n_users=50)

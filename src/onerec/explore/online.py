@@ -9,6 +9,8 @@ What runs (``onerec explore RUN`` with ``explore.evaluations`` holding ``online`
   the new videos get theirs from :meth:`~onerec.tokenizer.ResidualKMeansTokenizer.encode`, the generator's
   cold-start path. The CTR model reads the first SID level as the category (as the ranker of the pipeline does,
   ``ItemSide.build``), so a new video is scored from its SID, author and duration until its own embedding learns.
+  The catalogue and the arrivals are random draws of the world's videos; ``explore.online_new_appeal`` > 0 draws
+  the arrivals with weights growing with their appeal instead (a freshness effect: new videos better on average).
 * **Serving: a cascade, not the generator.** Per request (a user drawn by activity, with a current interest drawn
   from their interests): candidates = ``explore.online_candidates`` older videos retrieved by popularity (1 +
   clicks so far, drawn without replacement) + ``explore.online_new_candidates`` videos drawn uniformly from the new
@@ -165,7 +167,15 @@ def build_catalogue(world: Any, vectors: np.ndarray, cfg: ExploreConfig, seed: i
     rng = np.random.default_rng([seed, 41, 4])
     n, n0 = world.n_items, cfg.online_initial
     order = rng.permutation(n)
-    used = order[:n0 + cfg.online_days * cfg.online_new_per_day]
+    n_new = cfg.online_days * cfg.online_new_per_day
+    if cfg.online_new_appeal != 0.0:  # better videos arrive more often: weights exp(s * z) over the rest
+        rest = order[n0:]
+        z = appeal(world, rest, seed)
+        z = (z - z.mean()) / max(float(z.std()), 1e-12)
+        w = np.exp(cfg.online_new_appeal * (z - z.max()))
+        pick = np.random.default_rng([seed, 41, 6]).choice(len(rest), size=n_new, replace=False, p=w / w.sum())
+        order = np.concatenate([order[:n0], rest[np.sort(pick)]])  # arrival order: the permutation's
+    used = order[:n0 + n_new]
     arrival = np.full(n, NEVER, np.int64)
     arrival[order[:n0]] = INITIAL
     arrival[used[n0:]] = np.repeat(np.arange(cfg.online_days), cfg.online_new_per_day)

@@ -33,7 +33,8 @@ def test_budget_keeps_the_picks_worth_their_displaced_items():
                                              ("serve.explore_budget=-1", "serve.explore_budget"),
                                              ("serve.explore_slots=500", "serve.explore_slots"),
                                              ("serve.explore_new=0", "serve.explore_new"),
-                                             ("explore.dropout=0", "explore.dropout")])
+                                             ("explore.dropout=0", "explore.dropout"),
+                                             ("explore.count_sigma=0", "explore.count_sigma")])
 def test_bad_serving_settings_name_the_key_and_the_fix(override, needle):
     cfg = load_config(overrides=[override])
     with pytest.raises(ConfigError, match=needle) as e:

@@ -95,9 +95,13 @@ def check_serve_explore(cfg: RunConfig, inter: pa.Table | None = None) -> None:
     if sc.explore_policy not in ("age_ucb", "age_ts"):
         raise ConfigError(f"serve.explore_policy={sc.explore_policy!r}: one of age_ucb, age_ts. Fix: "
                           "serve.explore_policy=age_ucb")
-    if cfg.explore.uncertainty == "mc_dropout" and not 0.0 < cfg.explore.dropout < 1.0:
-        raise ConfigError(f"explore.dropout={cfg.explore.dropout}: AGE's uncertainty needs MC dropout in (0, 1). "
-                          "Fix: e.g. explore.dropout=0.1")
+    drop, mc = cfg.explore.dropout, cfg.explore.uncertainty == "mc_dropout"
+    if not 0.0 <= drop < 1.0 or (mc and drop == 0.0):
+        raise ConfigError(f"explore.dropout={drop}: " + ("AGE's uncertainty needs MC dropout in (0, 1)" if mc else
+                                                          "must be in [0, 1)") + ". Fix: e.g. explore.dropout=0.1")
+    if cfg.explore.count_sigma <= 0.0:
+        raise ConfigError(f"explore.count_sigma={cfg.explore.count_sigma}: must be positive. Fix: e.g. "
+                          "explore.count_sigma=0.1")
     if inter is not None:
         missing = [c for c in OBJECTIVES if c not in inter.column_names]
         if missing:

@@ -87,12 +87,14 @@ def keep_freed_memory(*, one_arena: bool = False) -> bool:
     global _kept, _one_arena
     if os.environ.get("ONEREC_MALLOC", "").strip().lower() == "system":
         return False
-    mallopt = None if _kept and (_one_arena or not one_arena) else _mallopt()
+    if _kept and (_one_arena or not one_arena):
+        return True  # already in force, as asked
+    mallopt = _mallopt()
+    if mallopt is None:
+        return _kept
     if not _kept:
-        if mallopt is None:
-            return False
         _kept = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
-    if _kept and one_arena and not _one_arena and mallopt is not None:
+    if _kept and one_arena:
         _one_arena = mallopt(_M_ARENA_MAX, 1) == 1
     return _kept
 

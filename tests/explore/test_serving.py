@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,6 +112,7 @@ def test_served_exploration_with_the_count_uncertainty_reads_the_logs_showings(r
     same item scores higher under a larger count_sigma only by sigma / sqrt(1 + its showings), and a dropout of 0
     (no MC dropout) is accepted."""
     from onerec.serve import RecommendService
+    from onerec.serve.service import Query
 
     path, cfg = run
     explore = dataclasses.replace(cfg.explore, uncertainty="count", dropout=0.0)
@@ -120,8 +122,8 @@ def test_served_exploration_with_the_count_uncertainty_reads_the_logs_showings(r
     assert ex.shows.sum() > 0 and len(ex.shows) == service.n_items
     cand = ex.new_items[:8]
     user = next(iter(service.user_index))
-    query = type("Q", (), {"items": [0, 1, 2], "ts": [1, 2, 3], "flags": [0, 0, 0], "request_ts": 4,
-                           "user": service.user_index[user]})()
+    query = Query(items=np.array([0, 1, 2]), ts=np.array([1, 2, 3]), flags=np.zeros(3, np.int64), request_ts=4, k=6,
+                  user=service.user_index[user])
     greedy = ex.scores(query, cand, "greedy")
     age = ex.scores(query, cand)
     assert (age >= greedy - 1e-6).all()  # AGE-UCB's step is towards a higher prediction

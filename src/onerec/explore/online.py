@@ -168,10 +168,12 @@ def build_catalogue(world: Any, vectors: np.ndarray, cfg: ExploreConfig, seed: i
     n, n0 = world.n_items, cfg.online_initial
     order = rng.permutation(n)
     n_new = cfg.online_days * cfg.online_new_per_day
+    worth = None  # every video's appeal, when the arrivals depend on it
     if cfg.online_new_appeal != 0.0:  # better videos arrive more often: weights exp(s * z) over the rest
+        worth = np.empty(n)
+        worth[order] = appeal(world, order, seed)
         rest = order[n0:]
-        z = appeal(world, rest, seed)
-        z = (z - z.mean()) / max(float(z.std()), 1e-12)
+        z = (worth[rest] - worth[rest].mean()) / max(float(worth[rest].std()), 1e-12)
         w = np.exp(cfg.online_new_appeal * (z - z.max()))
         pick = np.random.default_rng([seed, 41, 6]).choice(len(rest), size=n_new, replace=False, p=w / w.sum())
         order = np.concatenate([order[:n0], rest[np.sort(pick)]])  # arrival order: the permutation's
@@ -188,7 +190,7 @@ def build_catalogue(world: Any, vectors: np.ndarray, cfg: ExploreConfig, seed: i
                     dur=duration_bucket(world.item_duration_ms), n_cats=cfg.online_codebook,
                     n_authors=int(world.item_author.max()) + 2)
     value = np.full(n, np.nan)
-    value[used] = appeal(world, used, seed)
+    value[used] = appeal(world, used, seed) if worth is None else worth[used]
     return Catalogue(arrival, codes, side, value)
 
 
@@ -305,9 +307,9 @@ def _serve(policy: str, model: ExplorationCTR, gate: ItemGate, feat: RankFeaturi
     model.eval()
     for s in range(0, R, SCORE_CHUNK):
         r = np.arange(s, min(R, s + SCORE_CHUNK))
-        b = feat.batch(np.repeat(req["user"][r], K), req["cand"][r].ravel(), np.repeat(req["ts"][r], K))
-        fresh = fresh_rows(shows, req["cand"][r].ravel(), cfg.max_impressions)
-        counts = row_counts(shows, req["cand"][r].ravel())
+        items = req["cand"][r].ravel()
+        b = feat.batch(np.repeat(req["user"][r], K), items, np.repeat(req["ts"][r], K))
+        fresh, counts = fresh_rows(shows, items, cfg.max_impressions), row_counts(shows, items)
         plain_t, share = score_candidates(policy if whole else "greedy", model, gate, b, cfg, gen, fresh, counts)
         plain = plain_t.view(len(r), K).numpy()
         if share is not None:

@@ -180,11 +180,11 @@ def replay_policy(log: ReplayLog, policy: str, cfg: ExploreConfig, seed: int) ->
     t0 = time.perf_counter()
     for start in range(0, E, cfg.block):
         ev = np.arange(start, min(E, start + cfg.block))
-        b = log.featurizer.batch(np.repeat(log.user[ev], K), log.cand[ev].ravel(), np.repeat(log.ts[ev], K))
+        items = log.cand[ev].ravel()
+        b = log.featurizer.batch(np.repeat(log.user[ev], K), items, np.repeat(log.ts[ev], K))
         model.eval()
-        fresh = fresh_rows(shown, log.cand[ev].ravel(), cfg.max_impressions)
-        scores, share = score_candidates(policy, model, gate, b, cfg, gen, fresh,
-                                         row_counts(shown, log.cand[ev].ravel()))
+        fresh = fresh_rows(shown, items, cfg.max_impressions)
+        scores, share = score_candidates(policy, model, gate, b, cfg, gen, fresh, row_counts(shown, items))
         if share is not None:
             explored.append(share)
         pick = scores.view(len(ev), K).argmax(dim=1).numpy()

@@ -18,6 +18,7 @@ targets).
     python benchmarks/scaling.py --workdir DIR --resume --first-seed 1 --sizes lazy-0.1m,lazy-0.3m  # seed 1, added
     python benchmarks/scaling.py --quick           # a tiny world and 8 steps a size (0.5-2 minutes)
     python benchmarks/scaling.py --n-events 10000000 --n-users 100000 --device cuda   # a larger world, on a GPU
+    python benchmarks/scaling.py --workdir DIR --sizes ''   # only build (simulate, tokenize) the world in DIR
 
 Writes ``benchmarks/results/scaling.json`` (``scaling.quick.json`` with --quick, or ``--out``) after every trained
 point, so ``--resume`` keeps the points already measured on the same world and settings and trains only the
@@ -397,13 +398,16 @@ def main() -> None:
                   f"({p['targets_per_s']:.0f} targets/s)", flush=True)
             save()
     save()
-    plot(result, png)
+    if points:
+        plot(result, png)
+    else:  # e.g. --sizes '' to build and tokenize the world ahead of the training runs
+        print(f"no point trained or kept: no plot; the world is in {args.workdir / 'world'}")
     for name in ("total", "non_embedding"):
         f = result["fit"].get(name, {})
         if f.get("ok"):
             print(f"fit ({name} parameters): L = {f['a']:.4f} + {f['b']:.4g} / N^{f['alpha']:.4f}, "
                   f"residuals {f['residuals']}")
-    print(f"wall {time.perf_counter() - t_all:.0f} s; wrote {out} and {png}")
+    print(f"wall {time.perf_counter() - t_all:.0f} s; wrote {out}" + (f" and {png}" if points else ""))
     if tmp is not None:
         tmp.cleanup()
 

@@ -18,7 +18,7 @@ targets).
     python benchmarks/scaling.py --workdir DIR --resume --first-seed 1 --sizes lazy-0.1m,lazy-0.3m  # seed 1, added
     python benchmarks/scaling.py --quick           # a tiny world and 8 steps a size (0.5-2 minutes)
     python benchmarks/scaling.py --n-events 10000000 --n-users 100000 --device cuda   # a larger world, on a GPU
-    python benchmarks/scaling.py --workdir DIR --sizes ''   # only build (simulate, tokenize) the world in DIR
+    python benchmarks/scaling.py --workdir DIR --sizes ''   # only build (simulate, tokenize) the world; no results
 
 Writes ``benchmarks/results/scaling.json`` (``scaling.quick.json`` with --quick, or ``--out``) after every trained
 point, so ``--resume`` keeps the points already measured on the same world and settings and trains only the
@@ -343,6 +343,9 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     world_info = build_world(args.workdir / "world", world)
+    if not sizes and not args.resume:  # only the world: no results file written (none overwritten)
+        print(f"--sizes '': the world is in {args.workdir / 'world'}; nothing trained, no results written")
+        return
     points, commands = [], [command]
     if args.resume and out.exists():
         old = json.loads(out.read_text())
@@ -400,8 +403,6 @@ def main() -> None:
     save()
     if points:
         plot(result, png)
-    else:  # e.g. --sizes '' to build and tokenize the world ahead of the training runs
-        print(f"no point trained or kept: no plot; the world is in {args.workdir / 'world'}")
     for name in ("total", "non_embedding"):
         f = result["fit"].get(name, {})
         if f.get("ok"):

@@ -170,8 +170,7 @@ def build_catalogue(world: Any, vectors: np.ndarray, cfg: ExploreConfig, seed: i
     n_new = cfg.online_days * cfg.online_new_per_day
     worth = None  # every video's appeal, when the arrivals depend on it
     if cfg.online_new_appeal != 0.0:  # better videos arrive more often: weights exp(s * z) over the rest
-        worth = np.empty(n)
-        worth[order] = appeal(world, order, seed)
+        worth = appeal(world, np.arange(n), seed)
         rest = order[n0:]
         z = (worth[rest] - worth[rest].mean()) / max(float(worth[rest].std()), 1e-12)
         w = np.exp(cfg.online_new_appeal * (z - z.max()))
@@ -309,7 +308,8 @@ def _serve(policy: str, model: ExplorationCTR, gate: ItemGate, feat: RankFeaturi
         r = np.arange(s, min(R, s + SCORE_CHUNK))
         items = req["cand"][r].ravel()
         b = feat.batch(np.repeat(req["user"][r], K), items, np.repeat(req["ts"][r], K))
-        fresh, counts = fresh_rows(shows, items, cfg.max_impressions), row_counts(shows, items)
+        counts = row_counts(shows, items)
+        fresh = fresh_rows(counts, cfg.max_impressions)
         plain_t, share = score_candidates(policy if whole else "greedy", model, gate, b, cfg, gen, fresh, counts)
         plain = plain_t.view(len(r), K).numpy()
         if share is not None:

@@ -88,10 +88,10 @@ def score_candidates(policy: str, model: ExplorationCTR, gate: ItemGate, b: dict
     return gated_scores(plain, explored, explore), float(explore.float().mean())
 
 
-def fresh_rows(shows: np.ndarray, items: np.ndarray, cap: int | None) -> Tensor | None:
-    """``score_candidates``' ``fresh`` mask [B] for candidate ``items`` [B]: shown (``shows`` [N], per item) fewer
-    than ``cap`` times; None without a cap."""
-    return None if cap is None else torch.from_numpy(shows[items] < cap)
+def fresh_rows(counts: Tensor, cap: int | None) -> Tensor | None:
+    """``score_candidates``' ``fresh`` mask [B] from the candidates' showings so far ``counts`` [B]
+    (:func:`row_counts`): shown fewer than ``cap`` times; None without a cap."""
+    return None if cap is None else counts < cap
 
 
 def row_counts(shows: np.ndarray, items: np.ndarray) -> Tensor:

@@ -183,8 +183,9 @@ def replay_policy(log: ReplayLog, policy: str, cfg: ExploreConfig, seed: int) ->
         items = log.cand[ev].ravel()
         b = log.featurizer.batch(np.repeat(log.user[ev], K), items, np.repeat(log.ts[ev], K))
         model.eval()
-        fresh = fresh_rows(shown, items, cfg.max_impressions)
-        scores, share = score_candidates(policy, model, gate, b, cfg, gen, fresh, row_counts(shown, items))
+        counts = row_counts(shown, items)
+        scores, share = score_candidates(policy, model, gate, b, cfg, gen, fresh_rows(counts, cfg.max_impressions),
+                                         counts)
         if share is not None:
             explored.append(share)
         pick = scores.view(len(ev), K).argmax(dim=1).numpy()

@@ -3,6 +3,7 @@ any spelling, ISO or Unix times, and one clear error per bad input."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -78,6 +79,29 @@ def test_other_column_names_are_named_by_options(tmp_path: Path) -> None:
     ds = load("table", folder, user_column="visitor", item_column="product", time_column="ts")
     assert [r["timestamp"] for r in rows(ds)] == [5, 9]
     assert ds.meta["ignored_columns"] == {"interactions": ["event"]}  # not a canonical signal: listed, not read
+
+
+def test_a_missing_column_names_the_fix_the_header_suggests(tmp_path: Path) -> None:
+    # every required column under a name holding its role: one message with all three options, which then read
+    folder = write_table(tmp_path / "alike", "User,ItemId,event_time\na,x,5\na,y,9\n")
+    options = "data.options.user_column=User data.options.item_column=ItemId data.options.time_column=event_time"
+    with pytest.raises(DataError, match=r"missing column 'user_id' \(header has: User, ItemId, event_time\)\. Fix: "
+                                        "name the columns with " + options):
+        load("table", folder)
+    ds = load("table", folder, user_column="User", item_column="ItemId", time_column="event_time")
+    assert [r["timestamp"] for r in rows(ds)] == [5, 9]
+    # only the missing roles are named
+    folder = write_table(tmp_path / "one", "user_id,item,timestamp\na,x,5\n")
+    with pytest.raises(DataError, match=r"missing column 'item_id'.*Fix: name the columns with "
+                                        r"data.options.item_column=item \(or rename them to 'item_id'\)$"):
+        load("table", folder)
+    # a header of one field holding another delimiter: the separator is the fix, not the column names
+    for sep, name, ending in ((";", "semicolons", ".csv"), (",", "commas", ".tsv"), ("|", "'|'", ".csv")):
+        folder = write_table(tmp_path / f"sep{ending}{name}", f"user_id{sep}item_id{sep}timestamp\na{sep}x{sep}5\n",
+                             ending=ending)
+        with pytest.raises(DataError, match=re.escape(f"the fields look separated by {name}, and onerec reads .csv "
+                                                      "files as comma-separated and .tsv files as tab-separated")):
+            load("table", folder)
 
 
 def test_without_a_time_column_the_file_order_is_the_order(tmp_path: Path) -> None:

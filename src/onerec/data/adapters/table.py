@@ -147,6 +147,24 @@ def load_table(path: str | Path, name: str | None = None, *, user_column: str = 
 _OPTION = {"user": "user_column", "item": "item_column", "time": "time_column"}
 
 
+def _missing_column_fix(missing: dict[str, str], header: list[str], delimiter: str | None) -> str:
+    """The fix for the required columns (role -> name) that the header lacks: another delimiter when the header
+    reads as one field holding one; else the options naming, for every missing role, the one column whose name
+    holds the role (``User``, ``userId``, ``item``, ``time``) when each has one; else the general fix."""
+    others = {";": "semicolons", "|": "'|'", "\t": "tabs", ",": "commas"}
+    if delimiter is not None and len(header) == 1:
+        used = next((d for d in others if d != delimiter and d in header[0]), None)
+        if used is not None:
+            return (f"the fields look separated by {others[used]}, and onerec reads .csv files as comma-separated "
+                    "and .tsv files as tab-separated: save the table as one of those")
+    alike = {role: [h for h in header if role in h.lower().replace("_", "")] for role in missing}
+    if all(len(names) == 1 for names in alike.values()):
+        options = " ".join(f"data.options.{_OPTION[role]}={names[0]}" for role, names in alike.items())
+        return f"name the columns with {options} (or rename them to {', '.join(map(repr, missing.values()))})"
+    role, col = next(iter(missing.items()))
+    return f"rename the column that holds the {role} to '{col}', or name it with data.options.{_OPTION[role]}=..."
+
+
 def _read(path: Path, required: dict[str, str]) -> pa.Table:
     """A whole table; ``required`` maps role (user, item, time) -> column, read as text from a delimited file
     (so ids keep their spelling)."""
@@ -158,11 +176,11 @@ def _read(path: Path, required: dict[str, str]) -> pa.Table:
     else:
         header = read_header(path, delimiter)
     check_header(header, path=path)
-    for role, col in required.items():
-        if col not in header:
-            raise DataError(f"missing column '{col}' (header has: {', '.join(header)})", path=str(path), column=col,
-                            fix=f"rename the column that holds the {role} to '{col}', or name it with "
-                                f"data.options.{_OPTION[role]}=...")
+    missing = {role: col for role, col in required.items() if col not in header}
+    if missing:
+        col = next(iter(missing.values()))
+        raise DataError(f"missing column '{col}' (header has: {', '.join(header)})", path=str(path), column=col,
+                        fix=_missing_column_fix(missing, header, delimiter))
     if delimiter is None:  # read_csv checks a delimited file's rows, by line
         if table.num_rows == 0:
             raise DataError("the file has no rows", path=str(path), fix="check the source file")

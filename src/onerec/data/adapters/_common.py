@@ -162,6 +162,8 @@ def read_csv(
     wanted = header if optional is None else [c for c in header if c in {*required, *optional}]
     types = {c: t for c, t in (types or {}).items() if c in wanted}
     table = _read(path, data, wanted, types, delimiter, quoted, multiline, header)
+    if quoted:
+        _check_quotes_closed(path, data, table, delimiter, multiline)
     for col in table.column_names:  # pyarrow infers binary for an untyped column holding invalid UTF-8
         if pa.types.is_binary(table[col].type) or pa.types.is_large_binary(table[col].type):
             row = first_bad_cast(table[col], pa.string())
@@ -196,6 +198,43 @@ def _read(path: Path, data: bytes | None, wanted: list[str], types: dict[str, pa
             _raise_bad_cell(path, data, types, delimiter, quoted, multiline)
         raise DataError(f"cannot parse the file ({e})", path=str(path),
                         fix="check for a stray delimiter, an unclosed quote or a truncated last line") from None
+
+
+def _check_quotes_closed(path: Path, data: bytes | None, table: pa.Table, delimiter: str, multiline: bool) -> None:
+    """pyarrow reads a quote that is never closed as one value running to the end of the file, without an error:
+    the rows after it vanish and later checks blame something else (ids missing from items.csv, say). That value
+    is in the last row: the sign is a line break in one of its values (a file read line by line has none), or, where
+    values may hold line breaks, a value ending in the file's final line break (which otherwise ends the row); the
+    last record is then read again strictly, and the line named is where it starts."""
+    text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if not text or table.num_rows == 0:
+        return
+    last = [v for v in (table[c][table.num_rows - 1].as_py() for c in text) if v is not None]
+    if any(v.endswith("\n") if multiline else "\n" in v for v in last):
+        line = unclosed_quote_line(data if data is not None else path.read_bytes(), delimiter)
+        if line is not None:
+            raise DataError(f"line {line}: a quote opens here and is never closed, so the rest of the file would be "
+                            "read as one value", path=str(path),
+                            fix='close the quote (a quote inside a quoted value is written twice: "")')
+
+
+def unclosed_quote_line(raw: bytes, delimiter: str = ",") -> int | None:
+    """The line (1-based, the header is line 1) where the file's last record starts when that record ends inside
+    an open ``"``-quoted value (a quote never closed); None when it ends well. Records are read as CSV, quoted
+    values may hold line breaks; only the last record is read strictly, so other oddities earlier in the file
+    (a quote inside an unquoted value, say) do not count."""
+    lines = io.StringIO(raw.decode("utf-8", errors="replace"), newline="").readlines()
+    reader = csv.reader(lines, delimiter=delimiter)
+    start = line = 1
+    for _ in reader:
+        start, line = line, reader.line_num + 1
+    try:
+        for _ in csv.reader(lines[start - 1:], delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            return start
+    return None
 
 
 def _raise_bad_cell(path: Path, data: bytes | None, types: dict[str, pa.DataType], delimiter: str,

@@ -134,7 +134,10 @@ def test_parquet_tables_with_integer_ids_and_a_timestamp_column(tmp_path: Path) 
      r"line 3: cannot read 'yesterday' as a time.*ISO 8601"),
     ("user_id,item_id,timestamp,click\na,x,1,1\na,y,2,2\n", None,
      r"column 'click': line 3: signal value 2: a binary signal must be 0 or 1"),
-    ("user_id,item_id,timestamp,rating\na,x,1,good\n", None, r"line 2: cannot read 'good' as a number"),
+    ("user_id,item_id,timestamp,rating\na,x,1,good\n", None,
+     r"line 2: cannot read 'good' as a number\. Fix: 'rating' must hold numbers"),
+    ("user_id,item_id,timestamp,like\na,x,1,yes\n", None,
+     r"column 'like': line 2: cannot read 'yes' as a number\. Fix: 'like' is a 0/1 signal: write 1 or 0"),
     ("user_id,item_id,timestamp\na,,1\n", None, r"column 'item_id': line 2: empty value in a required column"),
     ("user_id,item_id,timestamp\na,x,1\na,y,2\n", "item_id,title\nx,X\n",
      r"interactions.csv, column 'item_id': line 3: unknown id 'y', not in items.csv"),
@@ -165,3 +168,8 @@ def test_onerec_data_reads_a_table_folder(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     saved = Dataset.load(tmp_path / "run" / "data")
     assert saved.meta["source"] == "table" and saved.n_items == 5
+
+
+def test_signals_written_true_and_false_read_as_one_and_zero(tmp_path: Path) -> None:
+    folder = write_table(tmp_path / "t", "user_id,item_id,timestamp,click\na,x,1,true\na,y,2,false\nb,x,3,TRUE\n")
+    assert [r["click"] for r in rows(load("table", folder))] == [1, 0, 1]

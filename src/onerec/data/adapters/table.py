@@ -231,8 +231,9 @@ def _number(col: pa.ChunkedArray, path: Path, name: str, where) -> pa.ChunkedArr
         return col.cast(pa.int8()) if pa.types.is_boolean(col.type) else col
     bad = first_bad_cast(col, pa.float64())
     if bad is not None:
-        raise fail(f"cannot read {col[bad].as_py()!r} as a number", bad, path=path, column=name,
-                   fix=f"'{name}' must hold numbers; fix or drop that row", where=where)
+        fix = (f"'{name}' is a 0/1 signal: write 1 or 0 (true / false also read)" if name in SIGNALS
+               else f"'{name}' must hold numbers; fix or drop that row")
+        raise fail(f"cannot read {col[bad].as_py()!r} as a number", bad, path=path, column=name, fix=fix, where=where)
     return col.cast(pa.int64() if first_bad_cast(col, pa.int64()) is None else pa.float64())
 
 

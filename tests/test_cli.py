@@ -151,3 +151,31 @@ def test_config_of_a_run_and_overrides_saved_in_it(tmp_path, capsys):
     assert "note: train.max_steps=15 comes from" in capsys.readouterr().out
     assert run_config(run, overrides=["train.max_steps=null"]).train.max_steps is None
     assert "note:" not in capsys.readouterr().out
+
+
+def test_progress_bars_written_to_a_log_update_every_30_seconds() -> None:
+    """stderr a file or a pipe: TQDM_MININTERVAL set for the process (a user's own value kept); a terminal: not."""
+    import io
+    import subprocess
+    import sys
+
+    from onerec.cli import LOGGED_PROGRESS_INTERVAL, pace_progress_for_logs
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    env: dict[str, str] = {}
+    pace_progress_for_logs(Terminal(), env)
+    assert env == {}
+    pace_progress_for_logs(io.StringIO(), env)
+    assert env == {"TQDM_MININTERVAL": str(LOGGED_PROGRESS_INTERVAL)}
+    env = {"TQDM_MININTERVAL": "2"}
+    pace_progress_for_logs(io.StringIO(), env)
+    assert env == {"TQDM_MININTERVAL": "2"}
+    # tqdm reads TQDM_* once, when it is imported (torch imports it): main() must set the variable before that
+    code = ("import io, os, sys; os.environ.pop('TQDM_MININTERVAL', None); sys.argv = ['onerec', '--version']; "
+            "from onerec.cli import main; assert 'tqdm' not in sys.modules, 'onerec.cli imports tqdm'; main(); "
+            "assert 'tqdm' in sys.modules; from tqdm import tqdm; print(tqdm(total=1, file=io.StringIO()).mininterval)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)  # stderr: a pipe
+    assert float(out.stdout.split()[-1]) == LOGGED_PROGRESS_INTERVAL

@@ -23,6 +23,7 @@ KEY=VALUE overrides use dotted config keys (``train.lr=3e-4``, ``data.sim.n_user
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -380,7 +381,24 @@ from onerec.bench.cli import bench  # noqa: E402  (the `onerec bench` group live
 cli.add_command(bench)
 
 
+#: seconds between progress-bar updates when stderr is a file or a pipe (a log), not a terminal
+LOGGED_PROGRESS_INTERVAL = 30
+
+
+def pace_progress_for_logs(stream=None, environ=None) -> None:
+    """Progress bars redraw several times a second; written to a log (``onerec train RUN > log 2>&1``, nohup,
+    CI) that is thousands of carriage-return updates an epoch. When ``stream`` (stderr) is not a terminal, every
+    tqdm bar of the process updates every :data:`LOGGED_PROGRESS_INTERVAL` seconds instead (tqdm reads
+    ``TQDM_MININTERVAL``); a value the user set is kept."""
+    stream = sys.stderr if stream is None else stream
+    environ = os.environ if environ is None else environ
+    isatty = getattr(stream, "isatty", None)
+    if not (callable(isatty) and isatty()):
+        environ.setdefault("TQDM_MININTERVAL", str(LOGGED_PROGRESS_INTERVAL))
+
+
 def main() -> None:
+    pace_progress_for_logs()  # first: tqdm reads TQDM_* when it is imported (torch imports it, onerec.threads torch)
     from onerec.threads import keep_freed_memory
 
     keep_freed_memory()  # glibc keeps freed blocks for the next search instead of unmapping them (onerec.threads)

@@ -243,7 +243,7 @@ def align_vectors(tokens: np.ndarray, train: pa.Table, cfg: ContentAlignConfig, 
         opt.step()
         losses.append(float(loss.detach()))
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
     vectors = encode_items(model, all_tokens)
     if cfg.residual > 0:
         if content.shape[1] != vectors.shape[1]:

@@ -69,7 +69,7 @@ def train_pscore(model: PScoreModel, train: Exposures, cfg: RewardConfig, *, log
             losses.append(d.sum([float(loss.detach()) * (len(mine) / total)])[0])
             bar.update(1)
             if log_every and len(losses) % log_every == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.4f}")
+                bar.set_postfix(loss=f"{np.mean(losses[-log_every:]):.4f}", refresh=False)
     bar.close()
     model.eval()
     return losses

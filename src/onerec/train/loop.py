@@ -226,7 +226,7 @@ def train_generator(
         bar.update(1)
         if step % cfg.log_every == 0:
             recent = float(np.mean(result.loss[-cfg.log_every:]))
-            bar.set_postfix(loss=f"{recent:.3f}")
+            bar.set_postfix(loss=f"{recent:.3f}", refresh=False)  # shown by the next update, at its pace
             now = time.perf_counter()
             rate = (step - tick_step) / max(now - tick, 1e-9)
             scalars = {"loss": recent, "lr": opt.param_groups[0]["lr"], "steps_per_s": rate,

@@ -49,6 +49,37 @@ def test_stage_verbs_rerun_on_the_run_directory(quick_run):
     assert res.output.count("item sim_v") == 5 and res.output.count("(index ") == 5  # the dataset's ids first
 
 
+def test_a_killed_training_with_other_model_settings_is_named_and_the_trained_model_scored(quick_run, tmp_path):
+    """A training saves RUN/config.yaml first (so --resume continues with it): killed, the config names model
+    settings that RUN/train's model was not trained with. Scoring says so, scores the trained model and records
+    that model's settings in RUN/eval/config.yaml."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
+    trained = yaml.safe_load((run / "train" / "config.yaml").read_text())["model"]["d_model"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["d_model"] = trained * 2  # what a killed `onerec train RUN model.d_model=...` leaves
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "train.staging").mkdir()
+    user = pq.read_table(run / "data" / "users.parquet")["raw_id"][0].as_py()
+    res = _ok(CliRunner().invoke(cli, ["generate", str(run), "--user", user, "-k", "3"]))
+    assert (f"holds a model trained with model.d_model={trained}, and that model is what is scored here; the run's "
+            f"config (with this call's overrides) has model.d_model={trained * 2} (a later training with those "
+            f"settings did not finish: `onerec train {run} --resume` finishes it)") in " ".join(res.output.split())
+    assert res.output.count("(index ") == 3
+    shutil.rmtree(run / "train.staging")
+    res = _ok(CliRunner().invoke(cli, ["eval", str(run), "eval.baselines=[]"]))
+    assert f"model settings change a model only by training it again: `onerec train {run}`" in res.output
+    assert yaml.safe_load((run / "eval" / "config.yaml").read_text())["model"]["d_model"] == trained
+    # overriding the model settings back to the trained ones: nothing to say
+    res = _ok(CliRunner().invoke(cli, ["generate", str(run), "--user", user, "-k", "3", f"model.d_model={trained}"]))
+    assert "holds a model trained with" not in res.output
+
+
 def test_errors_are_one_clear_line(tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["train", str(tmp_path / "nowhere")], standalone_mode=False)

@@ -24,6 +24,7 @@ Run directory layout::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -526,6 +527,35 @@ def load_generator(run: Path, device: str = "cpu", codes: np.ndarray | None = No
     return model.to(device).eval()
 
 
+def trained_config(run: Path, cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the model section of the model RUN/train holds (see :func:`model_config_drift`)."""
+    from onerec.train.checkpoint import read_model_meta
+
+    meta = run / "train" / "model.json"
+    return dataclasses.replace(cfg, model=read_model_meta(meta.parent)[0]) if meta.is_file() else cfg
+
+
+def model_config_drift(run: Path, cfg: RunConfig, trained) -> str | None:
+    """Why ``cfg.model`` (RUN/config.yaml and this call's overrides) differs from the model RUN/train holds
+    (``trained``: its ModelConfig), or None. It differs after a training with other model settings was killed (it
+    saves RUN/config.yaml first, so that ``--resume`` continues with them) or when model.* keys are overridden at
+    scoring time; either way the trained model is what gets scored, and the message says so."""
+    have, want = to_dict(trained), to_dict(cfg.model)
+    keys = [k for k in sorted(set(have) & set(want)) if have[k] != want[k]]
+    if not keys:
+        return None
+    more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+    trained_as = ", ".join(f"model.{k}={have[k]!r}" for k in keys[:4]) + more
+    config_as = ", ".join(f"model.{k}={want[k]!r}" for k in keys[:4]) + more
+    if staging_folder(run, "train").is_dir():
+        why = (f"a later training with those settings did not finish: `{command('train', run)} --resume` "
+               "finishes it")
+    else:
+        why = f"model settings change a model only by training it again: `{command('train', run)}`"
+    return (f"{run / 'train'} holds a model trained with {trained_as}, and that model is what is scored here; the "
+            f"run's config (with this call's overrides) has {config_as} ({why})")
+
+
 def check_codebook_sizes(path: Path, sizes: list[int], codes: np.ndarray) -> None:
     """A model's semantic-ID vocabulary (``codebook_sizes`` in its model.json) must cover the run's codes."""
     if len(sizes) != codes.shape[1]:
@@ -555,6 +585,9 @@ def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cp
     check_inputs(run, "eval")  # data, tokenizer and train, made one from the other
     codes = load_codes(run) if codes is None else codes
     model = load_generator(run, str(device), codes=codes)
+    drift = model_config_drift(run, cfg, model.cfg)
+    if drift:
+        log(f"note: {drift}")
     feat = make_featurizer(run, model.cfg, codes, dataset, splits)
     g = cfg.generate
     counts = None
@@ -585,7 +618,7 @@ def stage_eval(run: Path, cfg: RunConfig, *, progress: bool = True) -> dict[str,
             _score_generator(run, cfg, codes, splits, device, False)
             return {}
         metrics, curves = _evaluate(run, out, cfg, codes, splits, device, progress)
-        save_config(out, cfg)
+        save_config(out, trained_config(run, cfg))  # what was scored: the model RUN/train holds
     write_json(run / "metrics.json", metrics)
     history = read_json(run / "train" / "history.json") if (run / "train" / "history.json").exists() else {}
     write_report(run, metrics, history, curves, sorted(cfg.eval.ks))

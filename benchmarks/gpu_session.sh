@@ -11,6 +11,9 @@
 #           presets under torchrun over every GPU: benchmarks/distributed.py --parts gpu (issue 38; ~5 min)
 #   amazon  the generator at a size a CPU cannot train, on Amazon 2014 (issue 37): SEEDS in parallel on the one
 #           GPU, the TIGER protocol of `onerec bench amazon`, each run capped at BUDGET seconds of training
+#   scaling the lazy decoder's scaling curve on the 10M-event world (issue 37): SIZES trained one epoch each on the
+#           GPU, valid loss against parameters and the fitted L(N) (benchmarks/scaling.py; the world is built there
+#           first, ~2 min of CPU; --resume continues an interrupted call on the same machine)
 #   decode  Pass@512 over 1M items with CUDA graphs and bf16 against eager (issue 43): benchmarks/pass512.py
 #
 # Everything a part measures is copied to $OUT (on the device machine: the folder that comes back; at most 8
@@ -27,6 +30,8 @@
 #   MODEL ["model.arch=lazy model.dec_layers=4 model.d_model=256 model.dropout=0.25 train.valid_every=5"]
 #                            amazon: the overrides (the lazy decoder at width 256 with dropout 0.25: what helped the
 #                            encoder-decoder on Scientific's GPU study; valid scored every 5th epoch and the last)
+#   SIZES ["lazy-0.1m,lazy-0.3m,lazy-1m,lazy-3m,lazy-10m"]  SCALING_ARGS ["--n-events 10000000 --n-users 100000
+#                            --epochs 1"]  scaling: the presets and the world (--quick: a tiny world, for a smoke run)
 #   PRESETS ["onerec-0.015b onerec-0.121b lazy-10m onerec-v2-0.1b"]  decode: the presets
 #
 # A device call (the `device` tool), for example:
@@ -45,7 +50,8 @@ stamp() { date -u +%H:%M:%S; }
 [ $# -gt 0 ] || { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 2; }
 DEVICE=${DEVICE:-cuda}
 for part in "$@"; do
-  case $part in tests|mfu|amazon|decode) ;; *) echo "unknown part '$part': choose tests, mfu, amazon, decode" >&2; exit 2;; esac
+  case $part in tests|mfu|amazon|scaling|decode) ;;
+    *) echo "unknown part '$part': choose tests, mfu, amazon, scaling, decode" >&2; exit 2;; esac
 done
 if [ "$DEVICE" = cpu ]; then
   for part in "$@"; do
@@ -90,6 +96,12 @@ for part in "$@"; do
       done
       for p in "${pids[@]}"; do wait "$p" || status=1; done
       tail -n 3 "$OUT"/amazon-seed*.log
+      ;;
+    scaling)
+      # shellcheck disable=SC2086  # SCALING_ARGS holds several options
+      "$PY" benchmarks/scaling.py ${SCALING_ARGS:---n-events 10000000 --n-users 100000 --epochs 1} --resume \
+        --sizes "${SIZES:-lazy-0.1m,lazy-0.3m,lazy-1m,lazy-3m,lazy-10m}" --workdir runs/gpu-scaling --device "$DEVICE" \
+        --out "$OUT/scaling.$DEVICE.json" 2>&1 | tee "$OUT/scaling.log" || status=1
       ;;
     decode)
       # shellcheck disable=SC2086

@@ -700,6 +700,24 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "",
+                       skip: tuple[str, ...] = ()) -> list[str]:
+    """Dotted names (under ``prefix``) of the fields whose values differ between two config dicts (:func:`to_dict`
+    of a config or a section, or a saved config.yaml), sections compared field by field; top-level sections in
+    ``skip`` left out. A field that only one side has was added to onerec after the other was written (new fields
+    default to the old behaviour), so it is not a difference."""
+    out = []
+    for key in sorted(set(a) & set(b)):
+        if not prefix and key in skip:
+            continue
+        va, vb = a[key], b[key]
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(prefix + key)
+    return out
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

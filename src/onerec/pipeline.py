@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from onerec.config import RunConfig, check_choices, config_get, load_config, to_dict
+from onerec.config import RunConfig, check_choices, config_differences, config_get, load_config, to_dict
 from onerec.data.schema import Dataset, positive_mask
 from onerec.data.splits import item_counts, load_splits, make_splits, save_splits
 from onerec.errors import ConfigError, DataError
@@ -541,7 +541,7 @@ def model_config_drift(run: Path, cfg: RunConfig, trained) -> str | None:
     saves RUN/config.yaml first, so that ``--resume`` continues with them) or when model.* keys are overridden at
     scoring time; either way the trained model is what gets scored, and the message says so."""
     have, want = to_dict(trained), to_dict(cfg.model)
-    keys = [k for k in sorted(set(have) & set(want)) if have[k] != want[k]]
+    keys = config_differences(have, want)  # ModelConfig is flat: the keys are its fields
     if not keys:
         return None
     more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""

@@ -37,6 +37,7 @@ import torch
 
 from onerec.bench.machine import machine_info, record_machines
 from onerec.config import RunConfig, load_config, to_dict
+from onerec.config import config_differences as _config_differences
 from onerec.errors import ConfigError, DataError
 from onerec.io import read_json, read_yaml, write_json
 from onerec.threads import set_threads
@@ -538,18 +539,8 @@ UNREAD_SECTIONS = ("serve", "reward", "align", "explore", "edge")
 
 def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted names of the config fields whose values differ between two results files (or run configs), the
-    sections in :data:`UNREAD_SECTIONS` left out. A field that only one file has was added to onerec after the
-    other was written (new fields default to the old behaviour), so it is not a difference."""
-    out = []
-    for key in sorted(set(a) & set(b)):
-        if not prefix and key in UNREAD_SECTIONS:
-            continue
-        va, vb = a[key], b[key]
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_differences(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(prefix + key)
-    return out
+    sections in :data:`UNREAD_SECTIONS` left out (:func:`onerec.config.config_differences`)."""
+    return _config_differences(a, b, prefix, skip=UNREAD_SECTIONS)
 
 
 def config_value(config: dict[str, Any], dotted: str) -> Any:

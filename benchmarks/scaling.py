@@ -19,12 +19,15 @@ targets).
     python benchmarks/scaling.py --quick           # a tiny world and 8 steps a size (0.5-2 minutes)
     python benchmarks/scaling.py --n-events 10000000 --n-users 100000 --device cuda   # a larger world, on a GPU
     python benchmarks/scaling.py --workdir DIR --sizes ''   # only build (simulate, tokenize) the world; no results
+    python benchmarks/scaling.py --workdir DIR --resume ...  # the same call again after a stop: goes on where it was
 
 Writes ``benchmarks/results/scaling.json`` (``scaling.quick.json`` with --quick, or ``--out``) after every trained
 point, so ``--resume`` keeps the points already measured on the same world and settings and trains only the
-missing ones (it refuses a file measured otherwise), and the plot ``docs/benchmarks/scaling.png``
-(``benchmarks/results/scaling.quick.png``; beside ``--out`` when that is given). ``--workdir`` keeps the world
-(simulated and tokenized once) for later calls; without it, a temporary folder.
+missing ones (it refuses a file measured otherwise); a point whose training was stopped continues from its latest
+checkpoint (every ``--checkpoint-every`` steps, in ``DIR/<size>-s<seed>/checkpoints``), which is how a size that takes
+longer than a session (lazy-3m and lazy-10m at 10M events on a CPU) is trained; and the plot
+``docs/benchmarks/scaling.png`` (``benchmarks/results/scaling.quick.png``; beside ``--out`` when that is given).
+``--workdir`` keeps the world (simulated and tokenized once) for later calls; without it, a temporary folder.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from onerec.io import read_json
 from onerec.model import build_generator
 from onerec.pipeline import load_codes, make_featurizer, training_data
 from onerec.train import train_generator
-from onerec.train.checkpoint import model_meta
+from onerec.train.checkpoint import latest_checkpoint, model_meta
 from onerec.train.loop import validation_loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,15 +135,43 @@ def code_state() -> dict:
             "src_changed": [line[3:] for line in git("status", "--porcelain", "src/onerec").splitlines()]}
 
 
+def training_parts(out: Path, plan: dict, resume: bool) -> tuple[list[dict], int | None]:
+    """The parts a point's training ran in so far (``out/parts.json``: each part's first step, date and code) and the
+    step a resumed part continues from (None: a fresh start). A point resumes only with ``--resume``, from the latest
+    checkpoint in ``out/checkpoints``, and only under the plan (seed, lr, schedule, batch, steps) its checkpoints
+    were made with; a fresh start forgets the old parts."""
+    ckpt = latest_checkpoint(out) if resume else None
+    record = out / "parts.json"
+    if ckpt is None or not record.exists():
+        return [], None
+    old = read_json(record)
+    if old.get("plan") != plan:
+        sys.exit(f"{out}: its checkpoints were made under {old.get('plan')}, this call asks {plan}. Fix: the same "
+                 f"settings as its first call, or delete {out / 'checkpoints'} to train the point from the start")
+    return old["parts"], int(ckpt.name.split("-")[-1])
+
+
 def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Namespace, out: Path) -> dict:
-    """Train one size on the run's world; its whole-valid-split loss, parameters, seconds and targets."""
-    code = code_state()  # at the start: the model code this point was trained with
+    """Train one size on the run's world; its whole-valid-split loss, parameters, seconds and targets.
+
+    With ``--checkpoint-every`` the training writes checkpoints, and with ``--resume`` a point whose training was
+    stopped (a session's end) continues from its latest one: the train loop restores weights, optimizer, RNG, loss
+    history and seconds, so the resumed point is the uninterrupted one (``tests/train/test_resume.py``)."""
     overrides = [f"train.seed={seed}", f"train.lr={lr}", f"train.epochs={args.epochs}",
                  f"train.batch_size={args.batch_size}", f"train.warmup_steps={args.warmup}",
                  f"model.dropout={args.dropout}", "train.objective=auto", "train.threads=1", "train.logger=none",
-                 "train.checkpoint_every=1000000", f"train.device={args.device}"]
+                 f"train.checkpoint_every={args.checkpoint_every or 1_000_000_000}", f"train.device={args.device}"]
     if args.max_steps:
         overrides.append(f"train.max_steps={args.max_steps}")
+    plan = {"preset": preset, "seed": seed, "lr": lr, "epochs": args.epochs, "batch_size": args.batch_size,
+            "warmup": args.warmup, "dropout": args.dropout, "max_steps": args.max_steps}
+    parts, from_step = training_parts(out, plan, args.resume)
+    # the model code each part was trained with (others may edit the tree between sessions)
+    parts.append({"from_step": from_step or 0, "date": dt.date.today().isoformat(), "code": code_state()})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "parts.json").write_text(json.dumps({"plan": plan, "parts": parts}, indent=1) + "\n")
+    if from_step is not None:
+        print(f"{preset} seed {seed}: resuming at step {from_step} (part {len(parts)})", flush=True)
     cfg = load_config(preset, overrides=overrides)
     codes, _, sizes, _, train_ex, valid_ex = training_data(run, cfg)
     torch.manual_seed(cfg.train.seed)
@@ -148,7 +179,7 @@ def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Nam
     total = model.num_parameters()
     non_emb = sum(p.numel() for n, p in model.named_parameters() if n.startswith(NON_EMBEDDING))
     result = train_generator(model, train_ex, cfg.train, out, meta=model_meta(cfg.model, sizes, n_items=len(codes)),
-                             progress=False)
+                             progress=False, resume=from_step is not None)
     steps = len(result.loss)
     rows_per_step = train_ex.rows_per_batch(cfg.train.batch_size)
     epochs_done = min(steps * rows_per_step / len(train_ex), float(args.epochs))
@@ -167,7 +198,7 @@ def train_point(run: Path, preset: str, seed: int, lr: float, args: argparse.Nam
             "steps": steps, "epochs": round(epochs_done, 4), "targets_seen": targets, "tokens_seen": targets * depth,
             "train_seconds": round(result.seconds, 1), "valid_seconds": round(valid_s, 1),
             "targets_per_s": round(targets / result.seconds, 1),
-            "code": code, "train_loss_curve": curve}
+            "code": parts[0]["code"], "parts": parts, "train_loss_curve": curve}
 
 
 def train_flops_per_target(run: Path, preset: str, batch_size: int) -> float:
@@ -315,7 +346,11 @@ def main() -> None:
     ap.add_argument("--n-events", type=int, default=None, help="the world's exposures (default 1M; --quick 20,000)")
     ap.add_argument("--device", default="cpu", help="torch device of training and validation, e.g. cuda")
     ap.add_argument("--workdir", type=Path, default=None, help="run folder of the world (default: a temp folder)")
-    ap.add_argument("--resume", action="store_true", help="keep the results file's points of the same settings")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the results file's points of the same settings, and continue a point whose training "
+                         "was stopped from its latest checkpoint")
+    ap.add_argument("--checkpoint-every", type=int, default=500,
+                    help="steps between a point's checkpoints (0: none), for --resume across sessions")
     ap.add_argument("--out", type=Path, default=None, help="results file")
     ap.add_argument("--plot", type=Path, default=None, help="PNG (default: docs/benchmarks/scaling.png; beside --out)")
     args = ap.parse_args()

@@ -80,6 +80,34 @@ def test_a_killed_training_with_other_model_settings_is_named_and_the_trained_mo
     assert "holds a model trained with" not in res.output
 
 
+def test_serve_workers_name_a_model_drift_once_in_the_parent(quick_run, tmp_path, monkeypatch, capsys):
+    """`serve --workers N`: the parent prints the drift note once; its N workers load the run without it."""
+    import shutil
+
+    import uvicorn
+    import yaml
+
+    from onerec.pipeline import run_config
+    from onerec.serve.service import RecommendService
+    from onerec.serve.workers import ENV, serve_workers
+
+    monkeypatch.delenv(ENV, raising=False)  # serve_workers sets it for its workers: undone after the test
+    run = tmp_path / "run"
+    shutil.copytree(quick_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["d_model"] *= 2
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    cfg = run_config(run, overrides=["serve.workers=3"])
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw["workers"]))
+    serve_workers(run, cfg)
+    assert started == [3] and capsys.readouterr().out.count("holds a model trained with") == 1
+    RecommendService(run, cfg, note_drift=False)  # what each worker builds
+    assert "holds a model trained with" not in capsys.readouterr().out
+    RecommendService(run, cfg)  # a single-process `onerec serve` still says it
+    assert "holds a model trained with" in capsys.readouterr().out
+
+
 def test_errors_are_one_clear_line(tmp_path):
     runner = CliRunner()
     res = runner.invoke(cli, ["train", str(tmp_path / "nowhere")], standalone_mode=False)

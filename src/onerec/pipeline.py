@@ -572,20 +572,22 @@ def check_codebook_sizes(path: Path, sizes: list[int], codes: np.ndarray) -> Non
 
 def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cpu", *, beam_size: int | None = None,
                      codes: np.ndarray | None = None, dataset: Dataset | None = None,
-                     splits: dict[str, pa.Table] | None = None, prior: bool = False, exclude_seen: bool = False):
+                     splits: dict[str, pa.Table] | None = None, prior: bool = False, exclude_seen: bool = False,
+                     note_drift: bool = True):
     """The run's trained generator behind constrained beam search (a
     :class:`~onerec.generate.generative.GenerativeRecommender`), with the featurizer it was trained
     with (side information from RUN/data where its pathways need it); ``beam_size`` defaults to
     ``cfg.generate.beam_size``; ``codes`` / ``dataset`` / ``splits``: the run's, when the caller has them loaded.
     The succession counts of the prior (from the train split) are built when ``generate.succession_prior`` > 0 or
     ``prior`` (to choose it). ``exclude_seen``: its ``recommend`` leaves out each row's history (the caller picks
-    the setting: ``eval.exclude_seen`` to evaluate, ``generate.exclude_seen`` to recommend)."""
+    the setting: ``eval.exclude_seen`` to evaluate, ``generate.exclude_seen`` to recommend). ``note_drift``: print
+    :func:`model_config_drift`'s note when the run's config and its trained model differ."""
     from onerec.generate.generative import GenerativeRecommender
 
     check_inputs(run, "eval")  # data, tokenizer and train, made one from the other
     codes = load_codes(run) if codes is None else codes
     model = load_generator(run, str(device), codes=codes)
-    drift = model_config_drift(run, cfg, model.cfg)
+    drift = model_config_drift(run, cfg, model.cfg) if note_drift else None
     if drift:
         log(f"note: {drift}")
     feat = make_featurizer(run, model.cfg, codes, dataset, splits)

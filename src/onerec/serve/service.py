@@ -79,9 +79,12 @@ class RecommendService:
         run: the run directory (needs data/, tokenizer/, train/).
         cfg: the run's config (``generate.beam_size``, ``serve.*``, ``data.positive``).
         device: torch device for the model.
+        note_drift: print the note of :func:`onerec.pipeline.model_config_drift` (``serve --workers`` prints it
+            once in its parent process, not once per worker).
     """
 
-    def __init__(self, run: Path, cfg: RunConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, run: Path, cfg: RunConfig, device: str | torch.device = "cpu", *,
+                 note_drift: bool = True) -> None:
         from onerec.data.schema import Dataset
         from onerec.data.splits import Sequences, load_splits
         from onerec.pipeline import _item_titles, _require, load_recommender, raw_ids
@@ -98,7 +101,8 @@ class RecommendService:
         splits = load_splits(_require(data / "split", "data"), n_items=ds.items.num_rows)
         # prior=True: the train split's succession counts, so the prior can be compared even where the run ranks
         # without it (generate.succession_prior = 0 keeps rank() the generator alone)
-        self.rec = load_recommender(run, cfg, device, dataset=ds, splits=splits, prior=True)
+        self.rec = load_recommender(run, cfg, device, dataset=ds, splits=splits, prior=True,
+                                    note_drift=note_drift)
         self.n_items = len(self.rec.codes)
         self.prior_weight = cfg.generate.succession_prior or UI_PRIOR_WEIGHT
         self.baselines = self._fit_baselines(splits)

@@ -45,7 +45,7 @@ def worker_app():
     run, cfg, device = _settings()
     if cfg.serve.torch_threads > 0:
         torch.set_num_threads(cfg.serve.torch_threads)
-    return create_app(RecommendService(run, cfg, device), cfg)
+    return create_app(RecommendService(run, cfg, device, note_drift=False), cfg)  # the parent printed it
 
 
 def __getattr__(name: str) -> Any:
@@ -64,8 +64,12 @@ def serve_workers(run: Path, cfg: RunConfig, device: str = "cpu") -> None:
     """Serve ``run`` with ``serve.workers`` processes on ``serve.host:serve.port`` until interrupted."""
     import uvicorn
 
+    from onerec.pipeline import log, model_config_drift, trained_config
     from onerec.serve.http import uvicorn_options
 
+    drift = model_config_drift(run, cfg, trained_config(run, cfg).model)  # once here, not in every worker
+    if drift:
+        log(f"note: {drift}")
     os.environ[ENV] = json.dumps({"run": str(Path(run).resolve()), "config": to_dict(cfg), "device": device})
     uvicorn.run(f"{__name__}:worker_app", factory=True, workers=cfg.serve.workers,
                 http=f"{__name__}:WorkerProtocol", **uvicorn_options(cfg))

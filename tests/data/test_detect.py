@@ -4,6 +4,7 @@ ambiguous or unknown layouts are one clear DataError, and the README's ml-100k c
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,19 @@ def test_readme_ml100k_command_reads_movielens(dataset, tmp_path: Path) -> None:
         assert (summary["source"], summary["name"], summary["users"], summary["items"], summary["interactions"]) \
             == ("recbole", "ml-100k", 943, 1682, 100_000)
         assert not (run / "data" / "world").exists()
+
+
+def test_a_folder_with_one_table_of_its_own_name_is_pointed_at_it(tmp_path: Path) -> None:
+    """A newcomer's folder holding ratings.csv (not interactions.csv): the fix names the file as data.path first."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,4.0,5\n")
+    with pytest.raises(DataError, match=re.escape(f"Fix: if ratings.csv holds the interactions (one row per user and "
+                                                  f"item), point data.path at it: data.path={folder / 'ratings.csv'} "
+                                                  "(or name it interactions.csv); else")):
+        detect_source(folder)
+    assert detect_source(folder / "ratings.csv") == ("table", None)  # which then reads as the table
+    (folder / "movies.csv").write_text("movieId,title\n2,x\n")
+    with pytest.raises(DataError, match=re.escape("if one of movies.csv, ratings.csv holds the interactions, point "
+                                                  f"data.path at it (data.path={folder}/<that file>)")):
+        detect_source(folder)

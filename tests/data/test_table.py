@@ -74,7 +74,9 @@ def test_millisecond_times_need_the_unit_and_then_read(tmp_path: Path) -> None:
 def test_other_column_names_are_named_by_options(tmp_path: Path) -> None:
     folder = write_table(tmp_path / "t", "visitor,product,ts,event\n7,100,5,view\n7,101,9,buy\n")
     with pytest.raises(DataError, match=r"interactions.csv, column 'user_id': missing column 'user_id' \(header "
-                                        r"has: visitor, product, ts, event\).*data.options.user_column=\.\.\."):
+                                        r"has: visitor, product, ts, event\)\. Fix: name the columns with "
+                                        r"data.options.user_column=visitor data.options.item_column=product "
+                                        r"data.options.time_column=ts \(or rename"):
         load("table", folder)
     ds = load("table", folder, user_column="visitor", item_column="product", time_column="ts")
     assert [r["timestamp"] for r in rows(ds)] == [5, 9]
@@ -95,6 +97,22 @@ def test_a_missing_column_names_the_fix_the_header_suggests(tmp_path: Path) -> N
     with pytest.raises(DataError, match=r"missing column 'item_id'.*Fix: name the columns with "
                                         r"data.options.item_column=item \(or rename them to 'item_id'\)$"):
         load("table", folder)
+    # the headers of common exported logs (MovieLens' ratings.csv, a shop's events): every missing role in one fix
+    for header, fix in (("userId,movieId,rating,timestamp",
+                         "data.options.user_column=userId data.options.item_column=movieId (or rename"),
+                        ("timestamp,visitorid,event,itemid,transactionid",
+                         "data.options.user_column=visitorid data.options.item_column=itemid (or rename"),
+                        ("customer_id,product_id,product_name,order_date",
+                         "data.options.user_column=customer_id data.options.item_column=<one of product_id, "
+                         "product_name> data.options.time_column=order_date (or rename"),
+                        ("a,b,c", "data.options.user_column=<the column holding the user> data.options.item_column="
+                                  "<the column holding the item> data.options.time_column=<the column holding the "
+                                  "time> (or rename them to 'user_id', 'item_id', 'timestamp'); without a time "
+                                  "column, data.options.time_column=null orders each user's rows as in the file")):
+        folder = write_table(tmp_path / header.replace(",", "-"), header + "\n" + ",".join("1" * len(header.split(",")))
+                             + "\n")
+        with pytest.raises(DataError, match=re.escape("Fix: name the columns with " + fix)):
+            load("table", folder)
     # a header of one field holding another delimiter: the separator is the fix, not the column names
     for sep, name, ending in ((";", "semicolons", ".csv"), (",", "commas", ".tsv"), ("|", "'|'", ".csv")):
         folder = write_table(tmp_path / f"sep{ending}{name}", f"user_id{sep}item_id{sep}timestamp\na{sep}x{sep}5\n",

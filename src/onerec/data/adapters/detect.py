@@ -82,9 +82,17 @@ def detect_source(path: str | Path, name: str | None = None) -> tuple[str, str |
         named = [m for m in matches if _pick(m.names, name)]
         matches = named or matches
     if not matches:
+        tables = sorted(f.name for f in p.iterdir() if f.is_file() and f.suffix in ENDINGS) if p.is_dir() else []
+        lead = ""
+        if len(tables) == 1:  # one table of its own naming (ratings.csv, events.csv): most likely the interactions
+            lead = (f"if {tables[0]} holds the interactions (one row per user and item), point data.path at it: "
+                    f"data.path={p / tables[0]} (or name it interactions{Path(tables[0]).suffix}); else ")
+        elif tables:
+            lead = (f"if one of {', '.join(tables)} holds the interactions, point data.path at it "
+                    f"(data.path={p}/<that file>) or name it interactions.csv; else ")
         raise DataError(f"no known dataset layout (found: {_listing(p)})", path=str(p),
-                        fix="point data.path at the dataset's files, or pass the source whose files are there: "
-                            + "; ".join(f"data.source={s} ({lay})" for s, lay in LAYOUTS.items()))
+                        fix=lead + "point data.path at the dataset's files, or pass the source whose files are "
+                            "there: " + "; ".join(f"data.source={s} ({lay})" for s, lay in LAYOUTS.items()))
     if len(matches) > 1:
         found = "; ".join(f"{m.source} ({', '.join(m.names) or LAYOUTS[m.source]})" for m in matches)
         raise DataError(f"several dataset layouts match: {found}", path=str(p),

@@ -145,24 +145,52 @@ def load_table(path: str | Path, name: str | None = None, *, user_column: str = 
 # ------------------------------------------------------------------------------ reading
 #: the option that names each required column, for the fix of a missing one
 _OPTION = {"user": "user_column", "item": "item_column", "time": "time_column"}
+#: words that name each role in exported logs (``userId``, ``visitorid``, ``movie_id``, ``product``, ``ts``, ...):
+#: a column whose name starts or ends with one (an ``id`` at its end aside) is suggested for the role
+_ROLE_WORDS = {
+    "user": ("user", "visitor", "customer", "member", "client", "account", "buyer", "reader", "viewer", "listener",
+             "uid"),
+    "item": ("item", "product", "movie", "video", "song", "track", "book", "article", "asin", "sku", "content",
+             "iid", "isbn", "post", "listing", "offer", "news", "app", "game", "recipe", "business", "poi"),
+    "time": ("time", "timestamp", "date", "datetime", "ts", "created", "when"),
+}
+
+
+def _role_candidates(role: str, header: list[str]) -> list[str]:
+    """The header's columns whose names say they hold ``role``."""
+    out = []
+    for h in header:
+        n = "".join(ch for ch in h.lower() if ch.isalnum())
+        base = n[:-2] if n.endswith("id") and len(n) > 2 else n
+        if role in n or any(w in (n, base) or base.startswith(w) or base.endswith(w) for w in _ROLE_WORDS[role]):
+            out.append(h)
+    return out
 
 
 def _missing_column_fix(missing: dict[str, str], header: list[str], delimiter: str | None) -> str:
     """The fix for the required columns (role -> name) that the header lacks: another delimiter when the header
-    reads as one field holding one; else the options naming, for every missing role, the one column whose name
-    holds the role (``User``, ``userId``, ``item``, ``time``) when each has one; else the general fix."""
+    reads as one field holding one; else one option for every missing role, naming the column whose name says it
+    holds the role (``User``, ``userId``, ``visitorid``, ``movie_id``, ``ts``) where there is one, the candidates
+    where there are several, and a placeholder where there is none."""
     others = {";": "semicolons", "|": "'|'", "\t": "tabs", ",": "commas"}
     if delimiter is not None and len(header) == 1:
         used = next((d for d in others if d != delimiter and d in header[0]), None)
         if used is not None:
             return (f"the fields look separated by {others[used]}, and onerec reads .csv files as comma-separated "
                     "and .tsv files as tab-separated: save the table as one of those")
-    alike = {role: [h for h in header if role in h.lower().replace("_", "")] for role in missing}
-    if all(len(names) == 1 for names in alike.values()):
-        options = " ".join(f"data.options.{_OPTION[role]}={names[0]}" for role, names in alike.items())
-        return f"name the columns with {options} (or rename them to {', '.join(map(repr, missing.values()))})"
-    role, col = next(iter(missing.items()))
-    return f"rename the column that holds the {role} to '{col}', or name it with data.options.{_OPTION[role]}=..."
+    options, placeholder = [], False
+    for role in missing:
+        names = _role_candidates(role, header)
+        if len(names) == 1:
+            value = names[0]
+        else:
+            value = f"<one of {', '.join(names)}>" if names else f"<the column holding the {role}>"
+            placeholder = True
+        options.append(f"data.options.{_OPTION[role]}={value}")
+    fix = f"name the columns with {' '.join(options)} (or rename them to {', '.join(map(repr, missing.values()))})"
+    if placeholder and "time" in missing:
+        fix += "; without a time column, data.options.time_column=null orders each user's rows as in the file"
+    return fix
 
 
 def _read(path: Path, required: dict[str, str]) -> pa.Table:

@@ -79,6 +79,9 @@ def data(run: Path, preset: str | None, config_file: str | None, overrides: tupl
     _summary("data", summary)
     for note in summary.get("normalised", []):  # what loading changed in the input
         click.echo(f"  normalised: {note}")
+    for table, cols in summary.get("ignored_columns", {}).items():  # what it left out
+        click.echo(f"  not read: the {table} table's column{'s' if len(cols) > 1 else ''} {', '.join(cols)} (neither "
+                   "an id, the time, nor a known signal: docs/data.md)")
 
 
 @cli.command()

@@ -83,7 +83,8 @@ class DataConfig:
     valid_frac: float = opt(0.1, "time split: share of the timeline held out for validation")
     test_frac: float = opt(0.1, "time split: share of the timeline held out for test")
     positive: str = opt("auto", "which events count as positive behaviour: auto | all | a '|'-joined list of "
-                                "signal columns, e.g. 'long_view|like|follow'")
+                                "signal columns and numeric thresholds, any of which counts, e.g. "
+                                "'long_view|like|follow' or 'rating>=4' (quote it in a shell)")
     options: dict[str, Any] = opt({}, "adapter options, e.g. data.options.text_path=DIR (amazon2014 titles), "
                                   "data.options.matrix=big (kuairec), data.options.logs=random (kuairand), "
                                   "data.options.time_unit=ms / user_column / item_column / time_column / "

@@ -35,7 +35,7 @@ import pyarrow as pa
 import torch
 
 from onerec.config import RunConfig, check_choices, config_differences, config_get, load_config, to_dict
-from onerec.data.schema import Dataset, positive_mask
+from onerec.data.schema import Dataset, describe_positive, positive_mask
 from onerec.data.splits import item_counts, load_splits, make_splits, save_splits
 from onerec.errors import ConfigError, DataError
 from onerec.io import read_json, read_parquet, write_json, write_parquet, write_yaml
@@ -146,10 +146,12 @@ def dataset_summary(ds: Dataset, splits: dict[str, pa.Table], rule: str) -> dict
     s: dict[str, Any] = {
         "name": ds.meta.get("name"), "source": ds.meta.get("source"),
         "users": ds.n_users, "items": ds.n_items, "interactions": ds.interactions.num_rows,
-        "positives": int(pos.sum()),
+        "positives": int(pos.sum()), "positive_rule": describe_positive(ds.interactions, rule),
         "train_users": splits["train"].num_rows,
         "valid_examples": splits["valid"].num_rows, "test_examples": splits["test"].num_rows,
     }
+    if ds.meta.get("ignored_columns"):  # columns of the input that no stage reads, by table
+        s["ignored_columns"] = {k: list(v) for k, v in ds.meta["ignored_columns"].items()}
     if ds.meta.get("normalised"):  # what loading changed in the input and says so (e.g. rows sorted by user, time)
         s["normalised"] = list(ds.meta["normalised"])
     inter = ds.interactions

@@ -44,6 +44,7 @@ users (required: user_id, raw_id; any other columns are user features)
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,27 +390,61 @@ def signal_flags(interactions: pa.Table) -> np.ndarray:
     return flags
 
 
+def describe_positive(interactions: pa.Table, rule: str = "auto") -> str:
+    """What :func:`positive_mask` counts as positive under ``rule``, in words (``onerec data`` prints it)."""
+    if rule == "all":
+        return "every row (data.positive=all)"
+    if rule != "auto":
+        return f"rows with any of: {', '.join(t.strip() for t in rule.split('|') if t.strip())}"
+    found = [s for s in AUTO_POSITIVE if s in interactions.column_names]
+    if not found:
+        hint = ("; data.positive='rating>=4' would keep only high ratings"
+                if "rating" in interactions.column_names else "")
+        return ("every row (data.positive=auto, and the table has none of the signals "
+                f"{', '.join(AUTO_POSITIVE)}{hint})")
+    veto = ", without hate" if "hate" in interactions.column_names else ""
+    return f"rows with any of: {', '.join(found)}{veto} (data.positive=auto)"
+
+
+#: a threshold term of ``data.positive``: a numeric column, ``>=`` or ``>``, a number (``rating>=4``)
+_THRESHOLD = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(>=|>)(-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)$")
+
+
 def positive_mask(interactions: pa.Table, rule: str = "auto") -> np.ndarray:
     """Which rows are positive behaviour.
 
     ``all``: every row (implicit-feedback datasets such as Amazon reviews).
     ``auto``: any of AUTO_POSITIVE present in the table and not ``hate``; ``all`` when the
-    table has none of those columns. Otherwise a '|'-joined list of signal columns.
+    table has none of those columns. Otherwise a '|'-joined list of terms, any of which makes a row positive: a
+    0/1 signal column (``like``), or a numeric column over a threshold (``rating>=4``, ``watch_time_ms>30000``;
+    empty values are not positive).
     """
     cols = interactions.column_names
     if rule == "all":
         return np.ones(interactions.num_rows, dtype=bool)
-    names = [s for s in AUTO_POSITIVE if s in cols] if rule == "auto" else [s for s in rule.split("|") if s]
-    if not names:
+    terms = [s for s in AUTO_POSITIVE if s in cols] if rule == "auto" else [s.strip() for s in rule.split("|")]
+    terms = [s for s in terms if s]
+    if not terms:
         return np.ones(interactions.num_rows, dtype=bool)
-    for s in names:
-        if s not in cols:
-            raise DataError(f"positive rule names '{s}', which the interactions table lacks "
-                            f"(has: {', '.join(cols)})", column=s,
-                            fix="use data.positive=auto, all, or signals the table has")
     mask = np.zeros(interactions.num_rows, dtype=bool)
-    for s in names:
-        mask |= interactions[s].fill_null(0).to_numpy().astype(bool)
+    for s in terms:
+        m = _THRESHOLD.match(s.replace(" ", ""))
+        name = m.group(1) if m else s
+        if name not in cols:
+            raise DataError(f"positive rule names '{name}', which the interactions table lacks "
+                            f"(has: {', '.join(cols)})", column=name,
+                            fix="use data.positive=auto, all, or signals the table has (e.g. 'like|follow'), or "
+                                "a numeric column over a threshold (e.g. 'rating>=4')")
+        col = interactions[name]
+        if m is None:
+            mask |= col.fill_null(0).to_numpy().astype(bool)
+            continue
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            raise DataError(f"positive rule '{s}' compares column '{name}', which holds {col.type}, not numbers",
+                            column=name, fix="compare a numeric column (e.g. 'rating>=4'), or name 0/1 signals")
+        value, threshold = col.to_numpy(zero_copy_only=False).astype(np.float64), float(m.group(3))
+        with np.errstate(invalid="ignore"):  # empty values (NaN) are not positive
+            mask |= (value >= threshold) if m.group(2) == ">=" else (value > threshold)
     if rule == "auto" and "hate" in cols:
         mask &= ~interactions["hate"].fill_null(0).to_numpy().astype(bool)
     return mask

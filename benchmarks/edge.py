@@ -18,8 +18,10 @@ centralised: the same number of steps on the pooled data with batches of 16 x de
 parallel, the same samples).
 E-Tree: groups of 10 devices (KMA, distance-only or random), groups average every 5 local steps, the root
 every 20; FedAvg and gossip (one random peer) exchange every 5 local steps; ``fedavg_root``: FedAvg every 20,
-``fedavg_10``: every 10, ``fedavg_1``: after every local step. Faults (non-IID): after half the
-local steps the aggregator of group 0 dies; E-Tree re-attaches its devices to the root, FedAvg loses its server.
+``fedavg_10``: every 10, ``fedavg_1``: after every local step; ``etree_10``: E-Tree at half the rate (groups
+every 10, the root every 40), about fedavg_10's raw bytes (the equal-bytes pair). Faults (non-IID): after half the
+local steps the aggregator of group 0 dies; E-Tree re-attaches its devices to the root, FedAvg loses its server;
+``etree_root_fault``: E-Tree's root aggregator dies instead, and its groups go on without global rounds.
 Metrics: recall@10 / ndcg@10 on the test split (``--split valid`` to choose settings), each user scored by their
 own device's model. Bytes and the
 wall-clock are *simulated* from the cost model in ``onerec.edge.tree`` (latency 5 ms + 100 ms per unit of
@@ -61,11 +63,16 @@ SCHEMES = {"etree": ("etree", "kma", None), "etree_distance": ("etree", "distanc
            "fedavg_root": ("fedavg", "kma", "root"),
            # FedAvg every 10 local steps: between the two in rounds, bytes and byte-distance
            "fedavg_10": ("fedavg", "kma", [10]),
+           # E-Tree at half the rate (groups every 10 steps, the root every 40): about the raw bytes of fedavg_10,
+           # so the two compare at equal bytes as etree and fedavg do at equal local steps
+           "etree_10": ("etree", "kma", [10, 40]),
            # FedAvg after every local step: what is left of the gap to centralised training is the local optimizer
            "fedavg_1": ("fedavg", "kma", [1]),
            "gossip": ("gossip", "kma", None), "local": ("local", "kma", None), "central": ("central", "kma", None),
            # faults (non-IID only): after half the local steps the aggregator of level-1 group 0 dies
-           "etree_fault": ("etree", "kma", None), "fedavg_fault": ("fedavg", "kma", None)}
+           "etree_fault": ("etree", "kma", None), "fedavg_fault": ("fedavg", "kma", None),
+           # the same step, E-Tree's root aggregator dies: its groups go on alone
+           "etree_root_fault": ("etree", "kma", None)}
 METRICS = ("ndcg@10", "recall@10", "bytes", "byte_distance", "sim_s")
 
 
@@ -150,7 +157,8 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             devices = partition_iid(n_users, args.devices, seed=seed)
         data = device_data(devices, splits["train"], splits[args.split], MODEL.max_len, spec)
         names = [n for n in SCHEMES if n in args.schemes
-                 and not (part == "iid" and n in ("etree_distance", "etree_random", "etree_fault", "fedavg_fault"))]
+                 and not (part == "iid" and n in ("etree_distance", "etree_random", "etree_fault", "fedavg_fault",
+                                                  "etree_root_fault"))]
         # the grouping and fault comparisons are non-IID questions; IID is the control
         groups = {g: make_groups(devices, data, n_items, model, dataclasses.replace(settings, grouping=g))
                   for g in {SCHEMES[n][1] for n in names if SCHEMES[n][0] == "etree"}}
@@ -159,8 +167,10 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             periods = settings.periods[-1:] if periods == "root" else periods or settings.periods
             t0 = time.monotonic()
             fail = args.steps // 2 if name.endswith("_fault") else None
+            level = len(periods) if name == "etree_root_fault" else 1  # the top level: the root
             run = run_scheme(scheme, devices, data, n_items, model,
-                             dataclasses.replace(settings, grouping=grouping, fail_step=fail, periods=periods),
+                             dataclasses.replace(settings, grouping=grouping, fail_step=fail, fail_level=level,
+                                                 periods=periods),
                              groups=groups[grouping] if scheme == "etree" else None)
             out[f"{part}.{name}"] = run
             f = run["final"]

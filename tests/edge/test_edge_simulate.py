@@ -11,7 +11,7 @@ import torch
 
 from onerec.config import SasrecConfig
 from onerec.edge.devices import partition_dirichlet
-from onerec.edge.simulate import EdgeSettings, _Fleet, device_data, run_scheme
+from onerec.edge.simulate import EdgeSettings, _Fleet, device_data, make_groups, run_scheme
 from onerec.edge.tree import Link, server_tree, tree_aggregate
 from onerec.errors import ConfigError
 
@@ -117,6 +117,23 @@ def test_a_dead_aggregator_stops_fedavg_but_not_etree(world) -> None:
     etree = run_scheme("etree", devices, data, N_ITEMS, CFG, faulty, keep_states=True)
     assert etree["final"]["exchanges"] == 10  # the groups' devices now average at the root's head
     assert all(torch.equal(s["item_emb.weight"], etree["states"][0]["item_emb.weight"]) for s in etree["states"])
+
+
+def test_a_dead_root_leaves_etree_its_groups(world) -> None:
+    """The root's aggregator dies: E-Tree's groups go on averaging inside (every group round still moves bytes),
+    no global round follows, and the groups' models drift apart."""
+    devices, data = world
+    faulty = dataclasses.replace(FAST, fail_step=9, fail_level=2, grouping="distance")
+    etree = run_scheme("etree", devices, data, N_ITEMS, CFG, faulty, keep_states=True)
+    whole = run_scheme("etree", devices, data, N_ITEMS, CFG, dataclasses.replace(faulty, fail_step=None))
+    assert etree["final"]["exchanges"] == whole["final"]["exchanges"] == 10  # steps 2, 4, .., 20 (4, 8, .. at the top)
+    assert etree["final"]["top_rounds"] == 2 and whole["final"]["top_rounds"] == 5  # steps 4 and 8 only
+    groups = make_groups(devices, data, N_ITEMS, CFG, faulty)
+    heads = [etree["states"][int(np.flatnonzero(groups == g)[0])]["item_emb.weight"] for g in np.unique(groups)]
+    for g in np.unique(groups):  # inside a group one model (the last exchange was a group round, step 20)
+        for d in np.flatnonzero(groups == g):
+            assert torch.equal(etree["states"][int(d)]["item_emb.weight"], heads[int(g)])
+    assert not torch.equal(heads[0], heads[1])  # across groups: apart
 
 
 def test_server_adam_steps_at_global_rounds_only(world, monkeypatch) -> None:

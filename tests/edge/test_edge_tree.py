@@ -126,6 +126,42 @@ def test_dead_group_aggregator_reattaches_its_devices_to_the_root() -> None:
     assert reattach(server_tree(5, np.zeros(2), 1), pos, group=0) is None  # FedAvg's server: nothing left
 
 
+def test_dead_aggregators_above_the_groups() -> None:
+    """A middle node's aggregator dies: its groups move up to the root, one node each. The root's dies: the groups
+    go on averaging inside, nothing mixes them; the nodes' indices and a bad level are checked."""
+    # devices 0..5 in groups {0,1}, {2,3}, {4,5}; level 2: node 0 over groups 0 and 1, node 1 over group 2; a root
+    tree = Tree(children=[[np.array([0, 1]), np.array([2, 3]), np.array([4, 5])], [np.array([0, 1]), np.array([2])],
+                          [np.array([0, 1])]],
+                heads=[np.array([[0.0, 0], [1, 0], [5, 0]]), np.array([[0.0, 0], [5, 0]]), np.array([[0.0, 0]])],
+                periods=[1, 2, 4])
+    pos = np.array([[0.0, 0], [0, 1], [1, 0], [1, 1], [5, 0], [5, 1]])
+    samples, states = np.array([1, 1, 1, 1, 2, 2]), _states([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    after = reattach(tree, pos, group=0, level=2)  # node 0 of level 2 loses its aggregator
+    assert [c.tolist() for c in after.children[0]] == [[0, 1], [2, 3], [4, 5]]  # the groups stay as they were
+    assert [c.tolist() for c in after.children[1]] == [[0], [2], [1]]  # group 1 its own node, appended
+    assert after.children[2][0].tolist() == [0, 1, 2] and after.heads[1].tolist() == [[0, 0], [5, 0], [1, 0]]
+    # level-2 rounds no longer mix groups 0 and 1; the root still averages everybody (weighted: 32 / 8)
+    assert [float(s["w"][0, 0]) for s in tree_aggregate(after, states, samples, 2)] == pytest.approx(
+        [1.5, 1.5, 3.5, 3.5, 5.5, 5.5])
+    assert [float(s["w"][0, 0]) for s in tree_aggregate(after, states, samples, 3)] == pytest.approx([4.0] * 6)
+    # group 1's head now sends straight to the root's head at (0, 0): 2 links each way from level 2 up, as before
+    assert tree_cost(after, pos, 3, 10, Link())[0] == tree_cost(tree, pos, 3, 10, Link())[0]
+    root_dead = reattach(tree, pos, group=0, level=3)
+    assert root_dead.depth == 2 and root_dead.periods == [1, 2] and len(root_dead.children[1]) == 2
+    # its top rounds average each level-2 subtree apart: {0,1,2,3} and {4,5}
+    assert [float(s["w"][0, 0]) for s in tree_aggregate(root_dead, states, samples, 2)] == pytest.approx(
+        [2.5, 2.5, 2.5, 2.5, 5.5, 5.5])
+    # the toy tree's root dies, then group B's aggregator: group A still averages, B's devices are alone
+    twice = reattach(reattach(_toy_tree(), pos[:5], group=0, level=2), pos[:5], group=1, level=1)
+    assert twice.depth == 1 and [c.tolist() for c in twice.children[0]] == [[0, 1], [2], [3], [4]]
+    assert [float(s["w"][0, 0]) for s in tree_aggregate(twice, states[:5], samples[:5], 1)] == pytest.approx(
+        [1.5, 1.5, 3.0, 4.0, 5.0])
+    with pytest.raises(ConfigError, match=r"a fault at level 4: the tree has levels 1..3"):
+        reattach(tree, pos, group=0, level=4)
+    with pytest.raises(ConfigError, match=r"a fault in node 2 of level 2, which has 2 nodes"):
+        reattach(tree, pos, group=2, level=2)
+
+
 def test_server_adam_follows_its_formula() -> None:
     """Two global rounds by hand: g = w - average; Adam's bias-corrected step on g from the round before's model."""
     lr, b1, b2, eps = 0.1, 0.9, 0.99, 1e-6

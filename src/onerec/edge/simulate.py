@@ -17,9 +17,10 @@ scheme exchanges models:
   sequences: the same sequential updates and the same training samples as all devices together, i.e.
   perfectly synchronous data-parallel training, the upper bound the averaging schemes approximate.
 
-Faults (``fail_step``): after that local step the aggregator of one level-1 node dies
-(:func:`onerec.edge.tree.reattach`): E-Tree re-attaches the group's devices to the level above, while FedAvg,
-whose only aggregator is the server, has nothing left and its devices train on alone.
+Faults (``fail_step``): after that local step the aggregator of one node of ``fail_level`` dies
+(:func:`onerec.edge.tree.reattach`): E-Tree re-attaches the node's children to the level above (at its root, the
+subtrees below go on without it), while FedAvg, whose only aggregator is the server, has nothing left and its
+devices train on alone.
 
 A scheme's schedule (:func:`schedule`: exchanges, fault, costs, curve) is shared with the multi-process mode
 (:mod:`onerec.edge.distributed`, one device a process), which holds the devices differently (:class:`Exchanges`).
@@ -92,8 +93,9 @@ class EdgeSettings:
     gossip_peers: int = 1
     eval_every: int = 20  # local steps between points of the accuracy curve
     step_ms: float = 20.0  # simulated compute time of one local step
-    fail_step: int | None = None  # after this local step the aggregator of level-1 group ``fail_group`` dies
-    fail_group: int = 0  # (E-Tree re-attaches its devices to the level above; FedAvg's one server is gone)
+    fail_step: int | None = None  # after this local step the aggregator of node ``fail_group`` of ``fail_level`` dies
+    fail_group: int = 0  # (E-Tree re-attaches its children to the level above; FedAvg's one server is gone)
+    fail_level: int = 1  # 1: a device group's; the top level: E-Tree's root (its subtrees go on alone)
     link: Link = field(default_factory=Link)
     seed: int = 0
 
@@ -414,6 +416,7 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
     total_bytes, sim_ms, byte_distance, exchanges, top_rounds = 0, 0.0, 0.0, 0, 0
     curve = []
     adam = None
+    depth = tree.depth if tree is not None else 0  # the top: a round up to it is global (none after the root dies)
     if tree is not None and (s.server_lr is not None or s.group_lr is not None):
         adam = AggregatorAdam(s.server_lr, s.group_lr, devices.weights(), tree)
     for step in range(1, s.local_steps + 1):
@@ -421,7 +424,8 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
         sim_ms += s.step_ms
         cost = None
         if tree is not None and step == s.fail_step:
-            tree = reattach(tree, positions, s.fail_group)
+            # FedAvg's tree has one level: its server dies whatever the level named
+            tree = reattach(tree, positions, s.fail_group, min(s.fail_level, tree.depth))
         if tree is not None and (level := tree.fired(step)):
             devices.tree_exchange(tree, level)
             if adam is not None:  # the averages, read as steps, through the aggregators' Adam
@@ -430,7 +434,7 @@ def schedule(scheme: str, devices: Exchanges, positions: np.ndarray, tree: Tree 
                 if adam.rate(tree, level) is not None:
                     devices.set_node_models(tree, level, stepped)
             cost = tree_cost(tree, positions, level, n_bytes, s.link)
-            top_rounds += level == tree.depth
+            top_rounds += level == depth
         elif scheme == "gossip" and step % s.periods[0] == 0:
             picked = gossip_peers(len(positions), rng, s.gossip_peers)
             devices.gossip_exchange(picked)

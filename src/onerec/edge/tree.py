@@ -345,26 +345,41 @@ def head_devices(tree: Tree, positions: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def reattach(tree: Tree, positions: np.ndarray, group: int) -> Tree | None:
-    """The tree after level-1 node ``group``'s aggregator dies (the device keeps training; its aggregator role is
-    gone): E-Tree re-attaches the group's devices straight to the next level up, each as a one-device node headed
-    by itself. With no level above (FedAvg's server, or a one-level tree's root) nothing aggregates any more:
-    returns None, and the devices train on alone.
+def reattach(tree: Tree, positions: np.ndarray, group: int, level: int = 1) -> Tree | None:
+    """The tree after the aggregator of node ``group`` of ``level`` (1: a device group) dies; the device that ran it
+    keeps training, and keeps heading the nodes below that it headed: only this aggregator role is gone.
 
-    Node indices of level 1 stay valid: ``group`` keeps its first device, the others are appended.
+    * Below the top, E-Tree re-attaches the node's children straight to the next level up, each as a one-child node
+      headed by its own head (a level-1 node's devices become one-device nodes). Node indices of ``level`` stay
+      valid: ``group`` keeps its first child, the others are appended.
+    * At the top (E-Tree's root) there is no level above: the nodes below it go on aggregating, each the top of its
+      own subtree, and no round mixes them any more (the returned tree has one level less, several nodes at its top).
+      A top node of such a rootless tree that dies leaves its children alone, each its own top.
+    * With one level and one node (FedAvg's server) nothing aggregates any more: returns None, and the devices train
+      on alone.
     """
-    if tree.depth == 1:
-        return None
-    positions = np.asarray(positions, dtype=np.float64)
-    level1 = [c.copy() for c in tree.children[0]]
-    heads1 = list(tree.heads[0])
-    devices = level1[group]
-    level1[group] = devices[:1]
-    heads1[group] = positions[devices[0]]
-    new_nodes = list(range(len(level1), len(level1) + len(devices) - 1))
-    level1 += [np.array([d]) for d in devices[1:]]
-    heads1 += [positions[d] for d in devices[1:]]
-    level2 = [c.copy() for c in tree.children[1]]
-    parent = next(i for i, c in enumerate(level2) if group in c)
-    level2[parent] = np.concatenate([level2[parent], np.array(new_nodes, dtype=np.int64)])
-    return Tree([level1, level2, *tree.children[2:]], [np.stack(heads1), *tree.heads[1:]], list(tree.periods))
+    if not 1 <= level <= tree.depth:
+        raise ConfigError(f"a fault at level {level}: the tree has levels 1..{tree.depth}. Fix: pick one of those")
+    if not 0 <= group < len(tree.children[level - 1]):
+        raise ConfigError(f"a fault in node {group} of level {level}, which has {len(tree.children[level - 1])} "
+                          "nodes. Fix: pick one of those")
+    top = level == tree.depth
+    if top and len(tree.children[-1]) == 1:  # the root, or FedAvg's server
+        return None if tree.depth == 1 else Tree(tree.children[:-1], tree.heads[:-1], list(tree.periods[:-1]))
+    li = level - 1
+    below = np.asarray(positions, dtype=np.float64) if li == 0 else tree.heads[li - 1]
+    nodes = [c.copy() for c in tree.children[li]]
+    heads = list(tree.heads[li])
+    kids = nodes[group]
+    nodes[group] = kids[:1]
+    heads[group] = below[kids[0]]
+    new_nodes = list(range(len(nodes), len(nodes) + len(kids) - 1))
+    nodes += [np.array([k]) for k in kids[1:]]
+    heads += [below[k] for k in kids[1:]]
+    if top:  # a top node of a rootless tree: its children go on alone, each its own top
+        return Tree([*tree.children[:li], nodes], [*tree.heads[:li], np.stack(heads)], list(tree.periods))
+    parents = [c.copy() for c in tree.children[li + 1]]
+    parent = next(i for i, c in enumerate(parents) if group in c)
+    parents[parent] = np.concatenate([parents[parent], np.array(new_nodes, dtype=np.int64)])
+    return Tree([*tree.children[:li], nodes, parents, *tree.children[li + 2:]],
+                [*tree.heads[:li], np.stack(heads), *tree.heads[li + 1:]], list(tree.periods))

@@ -41,6 +41,8 @@ def test_a_bad_rule_names_the_column_and_the_fix() -> None:
         positive_mask(t, "stars>=4")
     with pytest.raises(DataError, match=r"positive rule 'event>=1' compares column 'event', which holds string"):
         positive_mask(t, "event>=1")
+    with pytest.raises(DataError, match=r"positive rule 'event' names as a 0/1 signal column 'event', which holds"):
+        positive_mask(t, "like|event")
     with pytest.raises(DataError, match=r"positive rule names 'rating=>4'"):  # not a threshold: read as a name
         positive_mask(t, "rating=>4")
 

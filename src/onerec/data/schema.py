@@ -436,12 +436,13 @@ def positive_mask(interactions: pa.Table, rule: str = "auto") -> np.ndarray:
                             fix="use data.positive=auto, all, or signals the table has (e.g. 'like|follow'), or "
                                 "a numeric column over a threshold (e.g. 'rating>=4')")
         col = interactions[name]
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
+            what = "compares" if m else "names as a 0/1 signal"
+            raise DataError(f"positive rule '{s}' {what} column '{name}', which holds {col.type}, not numbers",
+                            column=name, fix="compare a numeric column (e.g. 'rating>=4'), or name 0/1 signals")
         if m is None:
             mask |= col.fill_null(0).to_numpy().astype(bool)
             continue
-        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
-            raise DataError(f"positive rule '{s}' compares column '{name}', which holds {col.type}, not numbers",
-                            column=name, fix="compare a numeric column (e.g. 'rating>=4'), or name 0/1 signals")
         value, threshold = col.to_numpy(zero_copy_only=False).astype(np.float64), float(m.group(3))
         with np.errstate(invalid="ignore"):  # empty values (NaN) are not positive
             mask |= (value >= threshold) if m.group(2) == ">=" else (value > threshold)

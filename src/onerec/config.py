@@ -88,7 +88,7 @@ class DataConfig:
     options: dict[str, Any] = opt({}, "adapter options, e.g. data.options.text_path=DIR (amazon2014 titles), "
                                   "data.options.matrix=big (kuairec), data.options.logs=random (kuairand), "
                                   "data.options.time_unit=ms / user_column / item_column / time_column / "
-                                  "tag_separator (table)")
+                                  "tag_separator / keep_events=[a,b] + event_column (table)")
     min_positives: int = opt(3, "users with fewer positive events are left out of the split (leave-one-out needs 3)")
     sim: SimConfig = section(SimConfig, "simulated world settings (source=simulate)")
 

@@ -58,6 +58,7 @@ def test_onerec_data_says_what_counted_and_what_it_did_not_read(tmp_path: Path) 
     assert res.exit_code == 0, res.output
     assert "positives        36" in res.output and "would keep only high ratings" in res.output
     assert "not read: the interactions table's column event (neither an id, the time, nor a known signal" in res.output
+    assert "every event type was read alike: data.options.keep_events=[...]" in res.output
     res = CliRunner().invoke(cli, [*args, "data.positive=rating>=4"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     expected = int(np.sum([(u + i) % 5 + 1 >= 4 for u in range(6) for i in range(6)]))

@@ -191,3 +191,26 @@ def test_onerec_data_reads_a_table_folder(tmp_path: Path) -> None:
 def test_signals_written_true_and_false_read_as_one_and_zero(tmp_path: Path) -> None:
     folder = write_table(tmp_path / "t", "user_id,item_id,timestamp,click\na,x,1,true\na,y,2,false\nb,x,3,TRUE\n")
     assert [r["click"] for r in rows(load("table", folder))] == [1, 0, 1]
+
+
+def test_keep_events_reads_only_those_rows_and_names_the_files_lines(tmp_path: Path) -> None:
+    """An event log (view / addtocart / transaction rows): keep_events keeps some types; its errors name the event
+    values the column holds, and a bad row after the filter is still named by its line in the file."""
+    log = ("user_id,item_id,timestamp,event\n"
+           "a,x,1,view\na,y,2,transaction\nb,x,3,addtocart\nb,z,4,view\nb,y,5,transaction\n")
+    folder = write_table(tmp_path / "log", log)
+    ds = load("table", folder, keep_events=["transaction", "addtocart"])
+    assert [(r["timestamp"]) for r in rows(ds)] == [2, 3, 5]
+    assert ds.meta["normalised"] == ["kept the 3 of 5 interactions whose event is transaction or addtocart "
+                                     "(data.options.keep_events)"]
+    assert "ignored_columns" not in ds.meta  # the event column was read, by the filter
+    assert [r["timestamp"] for r in rows(load("table", folder, keep_events="view"))] == [1, 4]
+    with pytest.raises(DataError, match=re.escape("keep_events names 'purchase', which column 'event' never holds "
+                                                  "(it holds: view (2), transaction (2), addtocart (1))")):
+        load("table", folder, keep_events=["purchase"])
+    with pytest.raises(DataError, match=r"needs the event column 'action'.*data.options.event_column"):
+        load("table", folder, keep_events=["view"], event_column="action")
+    # a bad time on the file's line 6 (the 5th row): named so though the kept table's row is the 3rd
+    bad = write_table(tmp_path / "bad", log.replace("b,y,5,", "b,y,soon,"))
+    with pytest.raises(DataError, match=r"line 6"):
+        load("table", bad, keep_events=["transaction", "addtocart"])

@@ -17,7 +17,9 @@ The layout most exported logs already have, so a data set needs no conversion fi
 * **Feedback**: the canonical 0/1 signals (``click``, ``long_view``, ``like``, ... see
   :data:`onerec.data.schema.SIGNALS`), ``watch_time_ms``, ``rating`` and ``policy`` are kept where present; other
   columns are left out and listed in the data set's ``meta["ignored_columns"]``. Without signals every row is
-  a positive (``data.positive=auto``).
+  a positive (``data.positive=auto``); ``data.positive='rating>=4'`` keeps high ratings. An event log with a type
+  column (``event``: ``view``, ``addtocart``, ``transaction``) can be read for some types only:
+  ``data.options.keep_events=[transaction,addtocart]`` (``data.options.event_column`` names another column).
 * **Items**: ``title``, ``text``, ``category``, ``brand``, ``author_id``, ``duration_ms`` as in the canonical
   table; ``tags`` as a list (Parquet) or as text split on ``data.options.tag_separator`` (default ``|``); every
   other column is kept under its own name. Item text feeds the tokenizer's content vectors.
@@ -99,7 +101,8 @@ def table_files(folder: Path) -> dict[str, Path]:
 
 def load_table(path: str | Path, name: str | None = None, *, user_column: str = "user_id",
                item_column: str = "item_id", time_column: str | None = "timestamp", time_unit: str = "s",
-               tag_separator: str = "|", keep_unused: bool = False) -> Dataset:
+               tag_separator: str = "|", keep_unused: bool = False, keep_events: list[str] | str | None = None,
+               event_column: str = "event") -> Dataset:
     """Load plain interaction / item / user tables (see the module docstring for the layout).
 
     Args:
@@ -111,6 +114,9 @@ def load_table(path: str | Path, name: str | None = None, *, user_column: str = 
         time_unit: ``s`` or ``ms``, for a numeric time column.
         tag_separator: what separates the tags of a text ``tags`` column of the items table.
         keep_unused: keep items / users of the side tables that have no interaction.
+        keep_events: read only the interactions whose ``event_column`` holds one of these values (an event log's
+            ``transaction`` / ``addtocart`` among its ``view`` rows); None: every row.
+        event_column: the column ``keep_events`` reads.
     """
     if time_unit not in TIME_UNITS:
         raise DataError(f"time_unit={time_unit!r} is not a unit this reader knows",
@@ -132,14 +138,18 @@ def load_table(path: str | Path, name: str | None = None, *, user_column: str = 
                             fix="name the file interactions.csv (or .tsv, .parquet), or point data.path at it")
     ids = {"user": user_column, "item": item_column}
     inter_path = files["interactions"]
-    inter, ignored = _interactions(inter_path, ids, time_column, time_unit)
+    events = [keep_events] if isinstance(keep_events, str) else keep_events
+    inter, ignored, kept = _interactions(inter_path, ids, time_column, time_unit, events, event_column)
     items = _side(files.get("items"), item_column, inter["item_id"], inter_path, keep_unused, tag_separator)
     users = _side(files.get("users"), user_column, inter["user_id"], inter_path, keep_unused, None)
     meta = {"raw_path": str(inter_path), "time": time_column or "file order"}
     if ignored:
         meta["ignored_columns"] = ignored
-    return make_dataset(name=name or folder.resolve().name, source="table", interactions=inter, items=items,
-                        users=users, path=str(inter_path), meta=meta)
+    ds = make_dataset(name=name or folder.resolve().name, source="table", interactions=inter, items=items,
+                      users=users, path=str(inter_path), meta=meta)
+    if kept is not None:
+        ds.note(kept)
+    return ds
 
 
 # ------------------------------------------------------------------------------ reading
@@ -219,11 +229,43 @@ def _read(path: Path, required: dict[str, str]) -> pa.Table:
                     optional=None, delimiter=delimiter)
 
 
-def _interactions(path: Path, ids: dict[str, str], time_column: str | None, time_unit: str
-                  ) -> tuple[pa.Table, dict[str, list[str]]]:
+def _through(where, rows: np.ndarray):
+    """``where`` for a table of the file's rows ``rows``: its index i is the file's row ``rows[i]``."""
+    return lambda i: where(int(rows[i]))
+
+
+def _keep_events(t: pa.Table, path: Path, events: list[str], column: str) -> tuple[pa.Table, str, np.ndarray]:
+    """The rows whose ``column`` holds one of ``events``, the note that says what was kept, and their indices."""
+    if column not in t.column_names:
+        raise DataError(f"data.options.keep_events needs the event column '{column}' (header has: "
+                        f"{', '.join(t.column_names)})", path=str(path), column=column,
+                        fix="name the column that holds the event type with data.options.event_column=...")
+    values = t[column].cast(pa.string())
+    counts = {r["values"]: r["counts"] for r in pc.value_counts(values).to_pylist() if r["values"] is not None}
+    found = ", ".join(f"{v} ({n:,})" for v, n in sorted(counts.items(), key=lambda kv: -kv[1])[:12])
+    missing = [e for e in events if e not in counts]
+    if missing:
+        raise DataError(f"data.options.keep_events names {', '.join(map(repr, missing))}, which column '{column}' "
+                        f"never holds (it holds: {found})", path=str(path), column=column,
+                        fix="name event types the column holds, spelt as there")
+    mask = pc.fill_null(pc.is_in(values, pa.array(events, pa.string())), False)
+    kept = t.filter(mask)
+    return kept, (f"kept the {kept.num_rows:,} of {t.num_rows:,} interactions whose {column} is "
+                  f"{' or '.join(events)} (data.options.keep_events)"), np.flatnonzero(mask.to_numpy(
+                      zero_copy_only=False))
+
+
+def _interactions(path: Path, ids: dict[str, str], time_column: str | None, time_unit: str,
+                  events: list[str] | None = None, event_column: str = "event"
+                  ) -> tuple[pa.Table, dict[str, list[str]], str | None]:
     user, item = ids["user"], ids["item"]
     t = _read(path, {"user": user, "item": item, **({"time": time_column} if time_column else {})})
     where = where_fn() if ENDINGS[path.suffix] is not None else None
+    kept = None
+    if events is not None:  # the checks below name the file's own lines: through the kept rows' indices
+        t, kept, rows = _keep_events(t, path, list(events), event_column)
+        if where is not None:
+            where = _through(where, rows)
     for col in (user, item):
         check_id_text(t[col], path=path, column=col, where=where)
     cols: dict[str, pa.Array | pa.ChunkedArray] = {"user_id": t[user], "item_id": t[item]}
@@ -242,8 +284,9 @@ def _interactions(path: Path, ids: dict[str, str], time_column: str | None, time
         elif col == "watch_time_ms":
             check_finite(value, path=path, column=col, where=where, what="watch time", lo=0, hi=2.0**53)
         cols[col] = value
-    ignored = [c for c in t.column_names if c not in {user, item, time_column, *_KEPT}]
-    return pa.table(cols), ({"interactions": ignored} if ignored else {})
+    ignored = [c for c in t.column_names if c not in {user, item, time_column, *_KEPT}
+               and not (events is not None and c == event_column)]
+    return pa.table(cols), ({"interactions": ignored} if ignored else {}), kept
 
 
 def _no_nulls(col: pa.ChunkedArray, path: Path, name: str) -> None:

@@ -16,7 +16,8 @@ interest, at least 10 users a device, devices placed near their main cluster) an
 scheme starts from the same weights and gives every device ``--steps`` local Adam steps (batch 16, lr 1e-2);
 centralised: the same number of steps on the pooled data with batches of 16 x devices (synchronous data
 parallel, the same samples).
-E-Tree: groups of 10 devices (KMA, distance-only or random), groups average every 5 local steps, the root
+E-Tree: groups of 10 devices (KMA, distance-only, random, or ``similar``: near devices with alike models, see
+:func:`onerec.edge.grouping.similar_groups`), groups average every 5 local steps, the root
 every 20; FedAvg and gossip (one random peer) exchange every 5 local steps; ``fedavg_root``: FedAvg every 20,
 ``fedavg_10``: every 10, ``fedavg_1``: after every local step; ``etree_10``: E-Tree at half the rate (groups
 every 10, the root every 40), about fedavg_10's raw bytes (the equal-bytes pair). Faults (non-IID): after half the
@@ -58,7 +59,9 @@ WORLD = SimConfig(n_users=2000, n_items=400, n_events=80_000, n_topics=12, calib
 MODEL = SasrecConfig(d_model=32, n_layers=1, n_heads=1, dropout=0.2, max_len=20)
 #: result name -> (scheme, grouping, periods: None for EdgeSettings' own, or "root" for its last (top) one)
 SCHEMES = {"etree": ("etree", "kma", None), "etree_distance": ("etree", "distance", None),
-           "etree_random": ("etree", "random", None), "fedavg": ("fedavg", "kma", None),
+           "etree_random": ("etree", "random", None),
+           # groups of near devices with alike models (a third party's reading of the paper's KMA)
+           "etree_similar": ("etree", "similar", None), "fedavg": ("fedavg", "kma", None),
            # FedAvg at E-Tree's root period: as many global (server / root) rounds as E-Tree at every step
            "fedavg_root": ("fedavg", "kma", "root"),
            # FedAvg every 10 local steps: between the two in rounds, bytes and byte-distance
@@ -157,8 +160,8 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             devices = partition_iid(n_users, args.devices, seed=seed)
         data = device_data(devices, splits["train"], splits[args.split], MODEL.max_len, spec)
         names = [n for n in SCHEMES if n in args.schemes
-                 and not (part == "iid" and n in ("etree_distance", "etree_random", "etree_fault", "fedavg_fault",
-                                                  "etree_root_fault"))]
+                 and not (part == "iid" and n in ("etree_distance", "etree_random", "etree_similar", "etree_fault",
+                                                  "fedavg_fault", "etree_root_fault"))]
         # the grouping and fault comparisons are non-IID questions; IID is the control
         groups = {g: make_groups(devices, data, n_items, model, dataclasses.replace(settings, grouping=g))
                   for g in {SCHEMES[n][1] for n in names if SCHEMES[n][0] == "etree"}}

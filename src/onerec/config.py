@@ -649,8 +649,9 @@ class EdgeConfig:
     alpha: float = opt(0.3, "noniid: Dirichlet concentration (smaller: each device holds fewer clusters)")
     n_clusters: int = opt(6, "noniid: user clusters (dominant topic mod n_clusters)")
     min_users: int = opt(5, "noniid: users every device holds at least")
-    grouping: str = opt("kma", "E-Tree's level-1 groups: kma (network distance + model similarity) | distance | "
-                               "random", choices=["kma", "distance", "random"])
+    grouping: str = opt("kma", "E-Tree's level-1 groups: kma (near devices, each group's data balanced by model "
+                               "signatures) | similar (near devices with alike models) | distance | random",
+                        choices=["kma", "distance", "random", "similar"])
     kma_balance: float = opt(1.0, "KMA: weight of the group-data-balance term against the distance term")
     group_size: int = opt(10, "devices per level-1 group")
     fanout: list[int] = opt([], "children per node on the levels between the groups and the root")

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from onerec.edge.grouping import grouping_cost, kma_groups, kmeans_groups, model_signature, random_groups
+from onerec.edge.grouping import (
+    grouping_cost,
+    kma_groups,
+    kmeans_groups,
+    model_signature,
+    random_groups,
+    similar_groups,
+)
 from onerec.errors import ConfigError
 
 
@@ -40,6 +47,30 @@ def test_kma_balances_data_and_keeps_groups_close() -> None:
     pos, sig, _, bottom = _rectangle()
     for seed in range(5):
         assert _same_partition(kma_groups(pos, sig, 2, balance=5.0, seed=seed), bottom)
+
+
+def test_similar_groups_pick_the_alike_centre_among_the_near_ones() -> None:
+    """similar: k random devices are centres; every other device joins, of the ceil(k/2) centres nearest to it,
+    the one with the closest signature (checked against a loop over the rule, and on a layout with a known answer)."""
+    rng = np.random.default_rng(3)
+    pos, sig = rng.random((30, 2)), rng.normal(size=(30, 4))
+    for k in (1, 2, 4, 5):
+        got = similar_groups(pos, sig, k, seed=7)
+        centres = np.random.default_rng(7).choice(30, k, replace=False)
+        for i in range(30):
+            if i in centres:
+                assert got[i] == list(centres).index(i)
+                continue
+            near = sorted(range(k), key=lambda g: (np.linalg.norm(pos[i] - pos[centres[g]]), g))[:-(-k // 2)]
+            assert got[i] == min(near, key=lambda g: np.linalg.norm(sig[i] - sig[centres[g]])), (k, i)
+    # with k = 2 a device has one candidate, its nearest centre, whatever its data
+    line = np.array([[0.0, 0], [0.1, 0], [0.2, 0], [0.3, 0]])
+    xy = np.array([[1.0, 0], [0, 1], [1, 0], [0, 1]])
+    assign = similar_groups(line, xy, 2, seed=0)
+    c = np.random.default_rng(0).choice(4, 2, replace=False)
+    assert all(assign[d] == assign[c[int(np.argmin(np.abs(line[c, 0] - line[d, 0])))]] for d in range(4))
+    with pytest.raises(ConfigError, match=r"edge\.n_groups"):
+        similar_groups(line, xy, 5)
 
 
 def test_grouping_cost_by_hand() -> None:

@@ -162,7 +162,7 @@ def rank_groups(devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec
     all of them are gathered (collective)."""
     _check_dense(cfg)
     signatures = None
-    if s.grouping == "kma":
+    if s.grouping in ("kma", "similar"):
         mine = device_signatures(_rank_fleet(n_items, cfg, s, stream=1), data, [dist.get_rank()], s)
         signatures = torch.cat(_gather(torch.from_numpy(mine))).numpy()
     return make_groups(devices, data, n_items, cfg, s, signatures=signatures)

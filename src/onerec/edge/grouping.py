@@ -18,6 +18,11 @@ this is our reading, stated so it can be checked against the paper:
    group aggregation help under non-IID data -- while the first keeps groups near each other.
    Swaps keep the group sizes. ``balance = 0`` is distance-only grouping.
 
+A second reading, :func:`similar_groups` (``edge.grouping=similar``), follows a third party's notes on the paper
+rather than our summary: ``k`` devices drawn at random are the groups' centres; every other device takes, among the
+``ceil(k / 2)`` centres nearest to it in the plane, the one whose model behaves most like its own. Its groups hold
+devices with *alike* data (KMA's "average" balances them instead), and their sizes are not fixed.
+
 A device's *signature* is any vector that reflects its data through its model, e.g. the (projected)
 change of its weights after a few local steps from a shared start (:func:`model_signature`).
 
@@ -148,6 +153,32 @@ def kma_groups(positions: np.ndarray, signatures: np.ndarray, n_groups: int, *, 
                 else:
                     assign[i], assign[j] = assign[j], assign[i]
     return assign
+
+
+def similar_groups(positions: np.ndarray, signatures: np.ndarray, n_groups: int, *, seed: int = 0) -> np.ndarray:
+    """Groups of near devices with alike models: ``n_groups`` devices drawn at random are the centres; every other
+    device joins, among the ``ceil(n_groups / 2)`` centres nearest to it, the one whose signature is closest to its
+    own (Euclidean; with one candidate, the nearest centre).
+
+    Args:
+        positions: float [N, 2] network positions.
+        signatures: float [N, S] model signatures (proxy for each device's data).
+        n_groups: K.
+
+    Returns:
+        int64 [N] the group of each device (0..K-1; group g's centre is the g-th device drawn).
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    signatures = np.asarray(signatures, dtype=np.float64).reshape(len(positions), -1)
+    _check_groups(len(positions), n_groups)
+    centres = np.random.default_rng(seed).choice(len(positions), n_groups, replace=False)
+    near = -(-n_groups // 2)
+    dist = np.linalg.norm(positions[:, None] - positions[centres][None], axis=-1)  # [N, K]
+    alike = np.linalg.norm(signatures[:, None] - signatures[centres][None], axis=-1)  # [N, K]
+    candidates = np.argsort(dist, axis=1, kind="stable")[:, :near]  # [N, near]
+    assign = candidates[np.arange(len(positions)), np.argmin(np.take_along_axis(alike, candidates, 1), axis=1)]
+    assign[centres] = np.arange(n_groups)
+    return assign.astype(np.int64)
 
 
 def model_signature(start: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], *, dim: int = 32,

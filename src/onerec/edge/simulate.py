@@ -50,7 +50,7 @@ from onerec.baselines.sasrec import SASRecRecommender, _left_pad, _trim
 from onerec.config import SasrecConfig
 from onerec.data.splits import list_column
 from onerec.edge.devices import Devices
-from onerec.edge.grouping import kma_groups, kmeans_groups, model_signature, random_groups
+from onerec.edge.grouping import kma_groups, kmeans_groups, model_signature, random_groups, similar_groups
 from onerec.edge.tree import (
     AggregatorAdam,
     Link,
@@ -70,7 +70,7 @@ from onerec.eval.harness import evaluate
 
 SCHEMES = ("etree", "fedavg", "gossip", "local", "central")
 METRICS = ("recall@10", "ndcg@10")
-GROUPINGS = ("kma", "distance", "random")
+GROUPINGS = ("kma", "distance", "random", "similar")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -302,6 +302,8 @@ def make_groups(devices: Devices, data: DeviceData, n_items: int, cfg: ModelSpec
     if signatures is None:
         fleet = _Fleet(devices.n, n_items, cfg, s.lr, s.seed, stream=1, optimizer=s.optimizer)
         signatures = device_signatures(fleet, data, list(range(devices.n)), s)
+    if s.grouping == "similar":
+        return similar_groups(devices.positions, signatures, n_groups, seed=s.seed)
     return kma_groups(devices.positions, signatures, n_groups, samples=data.samples, balance=s.kma_balance,
                       seed=s.seed)
 

@@ -265,7 +265,9 @@ def merge(files: list[Path], out: Path | None) -> None:
     parts = [read_json(f) for f in files]
     first = parts[0]
     def same(p: dict[str, Any]) -> dict[str, Any]:  # what must agree (files may hold other schemes or partitions)
-        return {k: p.get(k) if k != "settings" else {**p[k], "schemes": None, "partitions": None}
+        # a file from before EdgeSettings.fail_level had the level-1 fault it names now (fail_level 1)
+        return {k: p.get(k) if k != "settings" else {**p[k], "schemes": None, "partitions": None,
+                                                     "fail_level": p[k].get("fail_level") or 1}
                 for k in ("dataset", "split", "model", "settings")}
 
     for f, p in zip(files[1:], parts[1:]):

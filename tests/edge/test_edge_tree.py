@@ -162,6 +162,16 @@ def test_dead_aggregators_above_the_groups() -> None:
         reattach(tree, pos, group=2, level=2)
 
 
+def test_a_dead_root_takes_its_adam_along() -> None:
+    """With Adam at the root only (server_lr), the groups of a tree whose root died keep plain averaging."""
+    tree = _toy_tree()
+    adam = AggregatorAdam(server_lr=0.1, group_lr=None, start=[torch.zeros(2)], tree=tree)
+    rootless = reattach(tree, np.zeros((5, 2)), group=0, level=2)
+    assert adam.rate(tree, 2) == 0.1 and adam.rate(rootless, rootless.depth) is None
+    averages = {0: [torch.ones(2)], 1: [torch.full((2,), 2.0)]}
+    assert all(torch.equal(adam.step(rootless, 1, averages)[n][0], averages[n][0]) for n in averages)
+
+
 def test_server_adam_follows_its_formula() -> None:
     """Two global rounds by hand: g = w - average; Adam's bias-corrected step on g from the round before's model."""
     lr, b1, b2, eps = 0.1, 0.9, 0.99, 1e-6

@@ -109,7 +109,8 @@ class AggregatorAdam:
         self.nodes: dict[tuple[int, tuple[int, ...]], ServerAdam] = {}
 
     def rate(self, tree: Tree, level: int) -> float | None:
-        return self.server_lr if level == tree.depth else self.group_lr
+        # the top is the run's first tree's: when the root dies, its groups keep their own rate, not the root's
+        return self.server_lr if level == self.tree.depth else self.group_lr
 
     def step(self, tree: Tree, level: int, models: dict[int, list[torch.Tensor]]) -> dict[int, list[torch.Tensor]]:
         """Level ``level``'s nodes' new models from their averages ``models`` (node index -> tensors; the nodes

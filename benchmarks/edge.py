@@ -22,7 +22,9 @@ every 20; FedAvg and gossip (one random peer) exchange every 5 local steps; ``fe
 ``fedavg_10``: every 10, ``fedavg_1``: after every local step; ``etree_10``: E-Tree at half the rate (groups
 every 10, the root every 40), about fedavg_10's raw bytes (the equal-bytes pair). Faults (non-IID): after half the
 local steps the aggregator of group 0 dies; E-Tree re-attaches its devices to the root, FedAvg loses its server;
-``etree_root_fault``: E-Tree's root aggregator dies instead, and its groups go on without global rounds.
+``etree_root_fault``: E-Tree's root aggregator dies instead, and its groups go on without global rounds;
+``etree_public``: E-Tree with public nodes (each group also takes in the 2 devices of other groups nearest to its
+head).
 Metrics: recall@10 / ndcg@10 on the test split (``--split valid`` to choose settings), each user scored by their
 own device's model. Bytes and the
 wall-clock are *simulated* from the cost model in ``onerec.edge.tree`` (latency 5 ms + 100 ms per unit of
@@ -61,7 +63,9 @@ MODEL = SasrecConfig(d_model=32, n_layers=1, n_heads=1, dropout=0.2, max_len=20)
 SCHEMES = {"etree": ("etree", "kma", None), "etree_distance": ("etree", "distance", None),
            "etree_random": ("etree", "random", None),
            # groups of near devices with alike models (a third party's reading of the paper's KMA)
-           "etree_similar": ("etree", "similar", None), "fedavg": ("fedavg", "kma", None),
+           "etree_similar": ("etree", "similar", None),
+           # E-Tree's public nodes: each group also takes in the 2 devices of other groups nearest to its head
+           "etree_public": ("etree", "kma", None), "fedavg": ("fedavg", "kma", None),
            # FedAvg at E-Tree's root period: as many global (server / root) rounds as E-Tree at every step
            "fedavg_root": ("fedavg", "kma", "root"),
            # FedAvg every 10 local steps: between the two in rounds, bytes and byte-distance
@@ -171,9 +175,10 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             t0 = time.monotonic()
             fail = args.steps // 2 if name.endswith("_fault") else None
             level = len(periods) if name == "etree_root_fault" else 1  # the top level: the root
+            public = 2 if name == "etree_public" else 0
             run = run_scheme(scheme, devices, data, n_items, model,
                              dataclasses.replace(settings, grouping=grouping, fail_step=fail, fail_level=level,
-                                                 periods=periods),
+                                                 periods=periods, public_nodes=public),
                              groups=groups[grouping] if scheme == "etree" else None)
             out[f"{part}.{name}"] = run
             f = run["final"]

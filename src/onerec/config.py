@@ -654,6 +654,8 @@ class EdgeConfig:
                         choices=["kma", "distance", "random", "similar"])
     kma_balance: float = opt(1.0, "KMA: weight of the group-data-balance term against the distance term")
     group_size: int = opt(10, "devices per level-1 group")
+    public_nodes: int = opt(0, "E-Tree's public nodes: devices of other groups that each level-1 group also takes "
+                               "in (the nearest to its head), carrying models between groups; 0: none")
     fanout: list[int] = opt([], "children per node on the levels between the groups and the root")
     periods: list[int] = opt([5, 20], "local steps between aggregations, per tree level (each a multiple of the "
                                       "one below); FedAvg and gossip exchange every periods[0] steps")

@@ -34,7 +34,8 @@ SETTINGS = EdgeSettings(local_steps=8, batch_size=4, periods=[2, 4], group_size=
                         eval_every=8, link=Link())
 # etree-fault: group 0's aggregator dies after step 3; etree-server: Adam at the root (edge.server_lr);
 # etree-adam: Adam at every aggregator (edge.group_lr too), with the fault; etree-root: the root's dies after step 3
-KINDS = ("etree", "fedavg", "gossip", "etree-fault", "etree-server", "etree-adam", "etree-root")
+# etree-public: each group also takes in a device of the other (E-Tree's public nodes)
+KINDS = ("etree", "fedavg", "gossip", "etree-fault", "etree-server", "etree-adam", "etree-root", "etree-public")
 POSITIONS = np.array([[0.0, 0.0], [0.1, 0.0], [0.9, 1.0], [1.0, 1.0]])
 GROUPS = np.array([0, 0, 1, 1])
 
@@ -70,6 +71,8 @@ def _scheme(kind: str) -> tuple[str, EdgeSettings]:
         return "etree", dataclasses.replace(SETTINGS, fail_step=3, fail_group=0)
     if kind == "etree-server":
         return "etree", dataclasses.replace(SETTINGS, server_lr=0.005)
+    if kind == "etree-public":
+        return "etree", dataclasses.replace(SETTINGS, public_nodes=1)
     if kind == "etree-root":
         return "etree", dataclasses.replace(SETTINGS, fail_step=3, fail_level=2)
     if kind == "etree-adam":

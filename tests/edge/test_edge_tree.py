@@ -12,6 +12,7 @@ from onerec.edge.tree import (
     Link,
     ServerAdam,
     Tree,
+    add_public_nodes,
     build_tree,
     gossip_cost,
     gossip_round,
@@ -160,6 +161,34 @@ def test_dead_aggregators_above_the_groups() -> None:
         reattach(tree, pos, group=0, level=4)
     with pytest.raises(ConfigError, match=r"a fault in node 2 of level 2, which has 2 nodes"):
         reattach(tree, pos, group=2, level=2)
+
+
+def test_public_nodes_by_hand() -> None:
+    """E-Tree's public nodes: group A (devices 0, 1) also takes in device 4, the one of group B nearest to A's
+    head and not B's head; a group round averages A over 0, 1, 4 and B over 2, 3, 4, and device 4 takes the mean of
+    the two by their samples; the root counts every device once."""
+    tree, samples = _toy_tree(), np.array([1, 1, 2, 2, 4])
+    pos = np.array([[0.0, 0.0], [0.0, 2.0], [1.0, 0.0], [1.0, 1.0], [0.5, 0.0]])
+    pub = add_public_nodes(tree, pos, 1)
+    assert [p.tolist() for p in pub.public] == [[4], [1]]  # B takes in device 1 (A's head is device 0)
+    assert pub.memberships() == {1: [0, 1], 4: [1, 0]}
+    states = _states([1.0, 2.0, 3.0, 4.0, 5.0])
+    a = (1 * 1 + 1 * 2 + 4 * 5) / 6  # A: devices 0, 1 and the public 4
+    b = (1 * 2 + 2 * 3 + 2 * 4 + 4 * 5) / 9  # B: devices 2, 3, 4 and the public 1
+    got = [float(s["w"][0, 0]) for s in tree_aggregate(pub, states, samples, 1)]
+    assert got == pytest.approx([a, (6 * a + 9 * b) / 15, b, b, (9 * b + 6 * a) / 15])
+    # a root round: every device the root's average of the two groups, each weighted by its own devices' samples
+    assert [float(s["w"][0, 0]) for s in tree_aggregate(pub, states, samples, 2)] == pytest.approx(
+        [(2 * a + 8 * b) / 10] * 5)
+    # bytes: each public device sends to its second group's head and back, besides the tree's own links
+    link = Link()
+    assert tree_cost(pub, pos, 1, 10, link)[0] == tree_cost(tree, pos, 1, 10, link)[0] + 2 * 2 * 10
+    assert add_public_nodes(tree, pos, 0) is tree
+    # group B's aggregator dies: its public device goes, A keeps its own
+    after = reattach(pub, pos, group=1)
+    assert [p.tolist() for p in after.public] == [[4], [], [], []]
+    with pytest.raises(ConfigError, match=r"edge\.public_nodes=-1"):
+        add_public_nodes(tree, pos, -1)
 
 
 def test_a_dead_root_takes_its_adam_along() -> None:

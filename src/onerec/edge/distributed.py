@@ -85,7 +85,9 @@ def node_groups(tree: Tree, positions: np.ndarray, samples: np.ndarray) -> NodeG
     rank = dist.get_rank()
     for lvl, kids in enumerate(tree.children):
         g_lvl, m_lvl, w_lvl = [], [], []
-        for ch in kids:
+        for node, ch in enumerate(kids):
+            if lvl == 0:  # a level-1 node's public devices take part in its rounds too
+                ch = tree.members(node)
             ranks = below[ch]
             pg = dist.new_group(ranks=sorted(int(r) for r in ranks))
             g_lvl.append(pg if rank in ranks else None)
@@ -94,7 +96,7 @@ def node_groups(tree: Tree, positions: np.ndarray, samples: np.ndarray) -> NodeG
         groups.append(g_lvl)
         members.append(m_lvl)
         weights.append(w_lvl)
-        under = np.array([under[ch].sum() for ch in kids])
+        under = np.array([under[ch].sum() for ch in kids])  # above level 1 every device counts once
         below = heads[lvl]
     return NodeGroups(groups, members, heads, weights)
 
@@ -118,11 +120,19 @@ def aggregate(model: torch.nn.Module, ng: NodeGroups, level: int) -> None:
     rank = dist.get_rank()
     params = _weights(model)
     for lvl in range(level):  # up: average within each node this rank takes part in
-        for node, pg in enumerate(ng.groups[lvl]):
-            if pg is None:
-                continue
+        mine = [node for node, pg in enumerate(ng.groups[lvl]) if pg is not None]
+        before = [t.clone() for t in params] if len(mine) > 1 else None  # a public device: in several groups
+        averages, totals = [], []
+        for node in mine:  # in node order on every rank, so that no two ranks wait on each other
             ranks, w = ng.members[lvl][node], ng.weights[lvl][node]
-            _weighted_sum(params, float(w[int(np.flatnonzero(ranks == rank)[0])] / w.sum()), pg)
+            work = params if before is None else [t.clone() for t in before]
+            _weighted_sum(work, float(w[int(np.flatnonzero(ranks == rank)[0])] / w.sum()), ng.groups[lvl][node])
+            averages.append(work)
+            totals.append(float(w.sum()))
+        if before is not None:  # the sample-weighted mean of its groups' averages (onerec.edge.tree.tree_aggregate)
+            share = np.asarray(totals) / np.sum(totals)
+            for i, t in enumerate(params):
+                t.copy_(sum(float(c) * a[i] for c, a in zip(share, averages)))
     for lvl in range(level - 2, -1, -1):  # down: each lower node's head hands the result to its group
         for node, pg in enumerate(ng.groups[lvl]):
             if pg is None:

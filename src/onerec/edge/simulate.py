@@ -55,6 +55,7 @@ from onerec.edge.tree import (
     AggregatorAdam,
     Link,
     Tree,
+    add_public_nodes,
     build_tree,
     gossip_average,
     gossip_cost,
@@ -96,6 +97,7 @@ class EdgeSettings:
     fail_step: int | None = None  # after this local step the aggregator of node ``fail_group`` of ``fail_level`` dies
     fail_group: int = 0  # (E-Tree re-attaches its children to the level above; FedAvg's one server is gone)
     fail_level: int = 1  # 1: a device group's; the top level: E-Tree's root (its subtrees go on alone)
+    public_nodes: int = 0  # E-Tree: devices of other groups that each group also takes in (add_public_nodes)
     link: Link = field(default_factory=Link)
     seed: int = 0
 
@@ -111,6 +113,11 @@ def check_settings(s: EdgeSettings, scheme: str) -> None:
                               "averaging)")
     if s.grouping not in GROUPINGS:
         raise ConfigError(f"edge.grouping='{s.grouping}' is not one of {', '.join(GROUPINGS)}. Fix: pick one")
+    if s.public_nodes < 0:
+        raise ConfigError(f"edge.public_nodes={s.public_nodes} must be >= 0. Fix: 0 (none) or a few devices a group")
+    if s.public_nodes and (s.server_lr is not None or s.group_lr is not None):
+        raise ConfigError("edge.public_nodes with edge.server_lr / edge.group_lr: an aggregator's Adam steps from its "
+                          "group's average, which a public device (in two groups) does not hold. Fix: one or the other")
     for key in ("local_steps", "batch_size", "group_size", "eval_every"):
         if getattr(s, key) < 1:
             raise ConfigError(f"edge.{key}={getattr(s, key)} must be >= 1. Fix: use a positive integer")
@@ -312,7 +319,8 @@ def scheme_tree(scheme: str, devices: Devices, s: EdgeSettings, groups: np.ndarr
     """The aggregation tree of ``scheme``: E-Tree over ``groups``, FedAvg's one server at the plane's centre, or
     None (gossip, local)."""
     if scheme == "etree":
-        return build_tree(devices.positions, groups, fanout=s.fanout, periods=s.periods, seed=s.seed)
+        tree = build_tree(devices.positions, groups, fanout=s.fanout, periods=s.periods, seed=s.seed)
+        return add_public_nodes(tree, devices.positions, s.public_nodes)
     if scheme == "fedavg":
         return server_tree(devices.n, np.array([0.5, 0.5]), s.periods[0])
     return None

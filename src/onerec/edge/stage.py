@@ -31,7 +31,8 @@ def settings_from(cfg: RunConfig) -> EdgeSettings:
     lr = ecfg.lr if ecfg.lr is not None else cfg.train.lr if ecfg.model == "generator" else EdgeSettings.lr
     return EdgeSettings(local_steps=ecfg.local_steps, batch_size=ecfg.batch_size, lr=lr, optimizer=ecfg.optimizer,
                         server_lr=ecfg.server_lr, group_lr=ecfg.group_lr,
-                        group_size=ecfg.group_size, fanout=list(ecfg.fanout), periods=list(ecfg.periods),
+                        group_size=ecfg.group_size, public_nodes=ecfg.public_nodes, fanout=list(ecfg.fanout),
+                        periods=list(ecfg.periods),
                         grouping=ecfg.grouping, kma_balance=ecfg.kma_balance, gossip_peers=ecfg.gossip_peers,
                         eval_every=ecfg.eval_every, step_ms=ecfg.step_ms, seed=ecfg.seed)
 

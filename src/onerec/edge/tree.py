@@ -164,11 +164,31 @@ class Tree:
             (devices for level 1).
         heads: per level, float [nodes, 2] the position of each node's head.
         periods: per level, local steps between its aggregations.
+        public: per level-1 node, devices of other groups that also take part in its rounds (E-Tree's *public
+            nodes*, :func:`add_public_nodes`); None: none. A public device sends its model to each of its groups
+            and takes their averages' sample-weighted mean; above level 1 every device counts once, in its own
+            group.
     """
 
     children: list[list[np.ndarray]]
     heads: list[np.ndarray]
     periods: list[int]
+    public: list[np.ndarray] | None = None
+
+    def members(self, node: int) -> np.ndarray:
+        """The devices that take part in level-1 node ``node``'s rounds: its own, then its public ones."""
+        own = self.children[0][node]
+        return own if not self.public else np.concatenate([own, self.public[node]]).astype(np.int64)
+
+    def memberships(self) -> dict[int, list[int]]:
+        """Per device in more than one level-1 group (a public device): its groups, its own first."""
+        if not self.public:
+            return {}
+        out = {int(d): [g] for g, ch in enumerate(self.children[0]) for d in ch}
+        for g, extra in enumerate(self.public):
+            for d in extra:
+                out[int(d)].append(g)
+        return {d: gs for d, gs in out.items() if len(gs) > 1}
 
     @property
     def depth(self) -> int:
@@ -242,6 +262,26 @@ def server_tree(n_devices: int, server: np.ndarray, period: int) -> Tree:
     return Tree([[np.arange(n_devices)]], [np.asarray(server, dtype=np.float64)[None]], [period])
 
 
+def add_public_nodes(tree: Tree, positions: np.ndarray, per_group: int) -> Tree:
+    """``tree`` with E-Tree's *public nodes*: each level-1 group also takes in the ``per_group`` devices of other
+    groups nearest to its head (no group's head among them), so that models travel between groups between the
+    rounds of the levels above. E-Tree's paper picks them by distance and then keeps those that do not hurt accuracy
+    (as a third party's notes on it tell); here distance alone picks them."""
+    if per_group < 0:
+        raise ConfigError(f"edge.public_nodes={per_group} must be >= 0. Fix: 0 (none) or a few devices a group")
+    if per_group == 0:
+        return tree
+    positions = np.asarray(positions, dtype=np.float64)
+    heads = set(head_devices(tree, positions)[0].tolist())
+    public = []
+    for g, own in enumerate(tree.children[0]):
+        others = np.array([d for d in range(len(positions)) if d not in set(own.tolist()) and d not in heads],
+                          dtype=np.int64)
+        near = np.argsort(np.linalg.norm(positions[others] - tree.heads[0][g], axis=-1), kind="stable")
+        public.append(np.sort(others[near[:per_group]]))
+    return Tree(tree.children, tree.heads, list(tree.periods), public)
+
+
 def tree_aggregate(tree: Tree, states: list[State], samples: np.ndarray, level: int) -> list[State]:
     """Aggregate levels 1..``level`` bottom-up, then hand each device its level-``level`` node's model.
 
@@ -253,14 +293,21 @@ def tree_aggregate(tree: Tree, states: list[State], samples: np.ndarray, level: 
         per device, its new model (devices under one level-``level`` node share one state object).
     """
     values, weights = states, np.asarray(samples, dtype=np.float64)
+    first = None  # level 1's averages and the samples behind each (its public devices' included)
     for lvl in range(level):
         kids = tree.children[lvl]
-        values = [weighted_average([values[c] for c in ch], weights[ch]) for ch in kids]
-        weights = np.array([weights[ch].sum() for ch in kids])
+        groups = [tree.members(g) for g in range(len(kids))] if lvl == 0 else kids
+        values = [weighted_average([values[c] for c in ch], weights[ch]) for ch in groups]
+        if lvl == 0:
+            first = (values, np.array([weights[ch].sum() for ch in groups]))
+        weights = np.array([weights[ch].sum() for ch in kids])  # above level 1 every device counts once
     out: list[State] = list(states)
     for node, devs in enumerate(tree.leaves(level)):
         for d in devs:
             out[d] = values[node]
+    if level == 1 and first is not None:  # a public device: the mean of its groups' averages, by their samples
+        for d, gs in tree.memberships().items():
+            out[d] = weighted_average([first[0][g] for g in gs], first[1][gs])
     return out
 
 
@@ -280,6 +327,8 @@ def tree_cost(tree: Tree, positions: np.ndarray, level: int, n_bytes: int, link:
     for lvl in range(level):
         slowest = 0.0
         for node, ch in enumerate(tree.children[lvl]):
+            if lvl == 0:  # a public device sends to (and hears from) every group it is in
+                ch = tree.members(node)
             # the head's own model (a child at the head's position) never leaves its device
             dist = np.linalg.norm(below[ch] - tree.heads[lvl][node], axis=-1)
             away = below[ch][dist > 0]
@@ -366,7 +415,8 @@ def reattach(tree: Tree, positions: np.ndarray, group: int, level: int = 1) -> T
                           "nodes. Fix: pick one of those")
     top = level == tree.depth
     if top and len(tree.children[-1]) == 1:  # the root, or FedAvg's server
-        return None if tree.depth == 1 else Tree(tree.children[:-1], tree.heads[:-1], list(tree.periods[:-1]))
+        return None if tree.depth == 1 else Tree(tree.children[:-1], tree.heads[:-1], list(tree.periods[:-1]),
+                                                 tree.public)
     li = level - 1
     below = np.asarray(positions, dtype=np.float64) if li == 0 else tree.heads[li - 1]
     nodes = [c.copy() for c in tree.children[li]]
@@ -377,10 +427,14 @@ def reattach(tree: Tree, positions: np.ndarray, group: int, level: int = 1) -> T
     new_nodes = list(range(len(nodes), len(nodes) + len(kids) - 1))
     nodes += [np.array([k]) for k in kids[1:]]
     heads += [below[k] for k in kids[1:]]
+    public = tree.public
+    if public and li == 0:  # the dead group's public devices have no group round left; the new nodes none
+        public = [*public[:group], np.zeros(0, np.int64), *public[group + 1:],
+                  *[np.zeros(0, np.int64) for _ in new_nodes]]
     if top:  # a top node of a rootless tree: its children go on alone, each its own top
-        return Tree([*tree.children[:li], nodes], [*tree.heads[:li], np.stack(heads)], list(tree.periods))
+        return Tree([*tree.children[:li], nodes], [*tree.heads[:li], np.stack(heads)], list(tree.periods), public)
     parents = [c.copy() for c in tree.children[li + 1]]
     parent = next(i for i, c in enumerate(parents) if group in c)
     parents[parent] = np.concatenate([parents[parent], np.array(new_nodes, dtype=np.int64)])
     return Tree([*tree.children[:li], nodes, parents, *tree.children[li + 2:]],
-                [*tree.heads[:li], np.stack(heads), *tree.heads[li + 1:]], list(tree.periods))
+                [*tree.heads[:li], np.stack(heads), *tree.heads[li + 1:]], list(tree.periods), public)

@@ -11,7 +11,9 @@ from click.testing import CliRunner
 
 from onerec.cli import cli
 from onerec.config import load_config
+from onerec.edge.simulate import check_settings
 from onerec.edge.stage import settings_from
+from onerec.errors import ConfigError
 from onerec.io import read_json
 from onerec.pipeline import run_config
 
@@ -75,3 +77,10 @@ def test_edge_lr_defaults_to_the_models_own() -> None:
     assert cfg.edge.lr is None and settings_from(cfg).lr == 1e-2  # SASRec: the edge studies' rate
     assert settings_from(load_config(preset="tiny", overrides=["edge.model=generator"])).lr == cfg.train.lr
     assert settings_from(load_config(preset="tiny", overrides=["edge.model=generator", "edge.lr=0.05"])).lr == 0.05
+
+
+def test_edge_public_nodes_reach_the_settings_and_are_checked() -> None:
+    assert settings_from(load_config(preset="tiny", overrides=["edge.public_nodes=2"])).public_nodes == 2
+    bad = settings_from(load_config(preset="tiny", overrides=["edge.public_nodes=1", "edge.server_lr=0.05"]))
+    with pytest.raises(ConfigError, match=r"edge\.public_nodes with edge\.server_lr"):
+        check_settings(bad, "etree")

@@ -81,6 +81,8 @@ SCHEMES = {"etree": ("etree", "kma", None), "etree_distance": ("etree", "distanc
            # the same step, E-Tree's root aggregator dies: its groups go on alone
            "etree_root_fault": ("etree", "kma", None)}
 METRICS = ("ndcg@10", "recall@10", "bytes", "byte_distance", "sim_s")
+#: EdgeSettings fields added after results files were written, with the value those runs had
+LATER_SETTINGS = {"fail_level": 1, "public_nodes": 0}
 
 
 def generator_world(seed: int, preset: str, workdir: Path) -> tuple[Any, int, int, dict[str, Any], np.ndarray]:
@@ -270,9 +272,8 @@ def merge(files: list[Path], out: Path | None) -> None:
     parts = [read_json(f) for f in files]
     first = parts[0]
     def same(p: dict[str, Any]) -> dict[str, Any]:  # what must agree (files may hold other schemes or partitions)
-        # a file from before EdgeSettings.fail_level had the level-1 fault it names now (fail_level 1)
-        return {k: p.get(k) if k != "settings" else {**p[k], "schemes": None, "partitions": None,
-                                                     "fail_level": p[k].get("fail_level") or 1}
+        # a file from before a setting existed ran with its default (LATER_SETTINGS)
+        return {k: p.get(k) if k != "settings" else {**LATER_SETTINGS, **p[k], "schemes": None, "partitions": None}
                 for k in ("dataset", "split", "model", "settings")}
 
     for f, p in zip(files[1:], parts[1:]):

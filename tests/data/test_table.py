@@ -210,6 +210,9 @@ def test_keep_events_reads_only_those_rows_and_names_the_files_lines(tmp_path: P
         load("table", folder, keep_events=["purchase"])
     with pytest.raises(DataError, match=r"needs the event column 'action'.*data.options.event_column"):
         load("table", folder, keep_events=["view"], event_column="action")
+    # numeric event codes, as a YAML list gives them (keep_events=[2]), against a column read as text
+    coded = write_table(tmp_path / "coded", log.replace("view", "1").replace("transaction", "2"))
+    assert [r["timestamp"] for r in rows(load("table", coded, keep_events=[2]))] == [2, 5]
     # a bad time on the file's line 6 (the 5th row): named so though the kept table's row is the 3rd
     bad = write_table(tmp_path / "bad", log.replace("b,y,5,", "b,y,soon,"))
     with pytest.raises(DataError, match=r"line 6"):

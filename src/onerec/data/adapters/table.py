@@ -138,7 +138,9 @@ def load_table(path: str | Path, name: str | None = None, *, user_column: str = 
                             fix="name the file interactions.csv (or .tsv, .parquet), or point data.path at it")
     ids = {"user": user_column, "item": item_column}
     inter_path = files["interactions"]
-    events = [keep_events] if isinstance(keep_events, str) else keep_events
+    # event types as text, as the column is compared (a YAML list may give numbers: keep_events=[2, 3])
+    events = None if keep_events is None else [str(e) for e in (
+        [keep_events] if isinstance(keep_events, (str, int)) else keep_events)]
     inter, ignored, kept = _interactions(inter_path, ids, time_column, time_unit, events, event_column)
     items = _side(files.get("items"), item_column, inter["item_id"], inter_path, keep_unused, tag_separator)
     users = _side(files.get("users"), user_column, inter["user_id"], inter_path, keep_unused, None)

@@ -20,6 +20,7 @@ targets).
     python benchmarks/scaling.py --n-events 10000000 --n-users 100000 --device cuda   # a larger world, on a GPU
     python benchmarks/scaling.py --workdir DIR --sizes ''   # only build (simulate, tokenize) the world; no results
     python benchmarks/scaling.py --workdir DIR --resume ...  # the same call again after a stop: goes on where it was
+    python benchmarks/scaling.py --workdir DIR --resume --sizes '' --merge OTHER.json --out FILE  # join, refit
 
 Writes ``benchmarks/results/scaling.json`` (``scaling.quick.json`` with --quick, or ``--out``) after every trained
 point, so ``--resume`` keeps the points already measured on the same world and settings and trains only the
@@ -349,6 +350,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="keep the results file's points of the same settings, and continue a point whose training "
                          "was stopped from its latest checkpoint")
+    ap.add_argument("--merge", type=Path, nargs="+", default=[],
+                    help="results files of the same world and settings whose points join --out's (e.g. another "
+                         "seed, trained in another process); with --resume --sizes '' nothing is trained")
     ap.add_argument("--checkpoint-every", type=int, default=500,
                     help="steps between a point's checkpoints (0: none), for --resume across sessions")
     ap.add_argument("--out", type=Path, default=None, help="results file")
@@ -382,13 +386,13 @@ def main() -> None:
         print(f"--sizes '': the world is in {args.workdir / 'world'}; nothing trained, no results written")
         return
     points, commands = [], [command]
+    free = ("lr_by_size", "device")  # may differ between the calls of one study
+
+    def same(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in free}
+
     if args.resume and out.exists():
         old = json.loads(out.read_text())
-        free = ("lr_by_size", "device")  # may differ between the calls of one study
-
-        def same(d: dict) -> dict:
-            return {k: v for k, v in d.items() if k not in free}
-
         if old["world"]["settings"] == world and same(old["settings"]) == same(settings):
             points = old["points"]
             commands = [*old.get("commands", []), command]
@@ -397,6 +401,16 @@ def main() -> None:
         else:
             sys.exit(f"{out} was measured on another world or with other settings; --resume would overwrite it. "
                      "Fix: the same world and settings as its commands, or another --out")
+    for other in args.merge:  # points measured apart (another process, e.g. another seed) on the same world
+        part = json.loads(other.read_text())
+        if part["world"]["settings"] != world or same(part["settings"]) != same(settings):
+            sys.exit(f"{other} was measured on another world or with other settings than {out}. Fix: merge files "
+                     "of one study only")
+        have = {(p["preset"], p["seed"]) for p in points}
+        points.extend(p for p in part["points"] if (p["preset"], p["seed"]) not in have)
+        commands.extend(c for c in part.get("commands", []) if c not in commands)
+        settings["lr_by_size"] = {**part["settings"].get("lr_by_size", {}), **settings["lr_by_size"]}
+        print(f"merge: {len(part['points'])} points of {other}", flush=True)
     result = {}
 
     def save() -> None:

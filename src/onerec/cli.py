@@ -72,6 +72,7 @@ def cli() -> None:
 def data(run: Path, preset: str | None, config_file: str | None, overrides: tuple[str, ...]) -> None:
     """Simulate a world or load a dataset (data.source, data.path, data.name) and split it
     (data.split=loo|time). Writes RUN/data and RUN/config.yaml."""
+    from onerec.data.adapters.table import event_type_columns
     from onerec.pipeline import run_config, stage_data
 
     cfg = run_config(run, preset, config_file, overrides)
@@ -82,8 +83,7 @@ def data(run: Path, preset: str | None, config_file: str | None, overrides: tupl
     for table, cols in summary.get("ignored_columns", {}).items():  # what it left out
         click.echo(f"  not read: the {table} table's column{'s' if len(cols) > 1 else ''} {', '.join(cols)} (neither "
                    "an id, the time, nor a known signal: docs/data.md)")
-        typed = [c for c in cols if c.lower().replace("_", "") in ("event", "eventtype", "action", "behavior",
-                                                                   "behaviour", "type")]
+        typed = event_type_columns(cols)
         if table == "interactions" and typed:  # an event log read whole: every type counted alike
             click.echo(f"  every {typed[0]} type was read alike: data.options.keep_events=[...] "
                        f"data.options.event_column={typed[0]} reads only the types you name")

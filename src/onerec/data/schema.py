@@ -390,13 +390,21 @@ def signal_flags(interactions: pa.Table) -> np.ndarray:
     return flags
 
 
+def _positive_terms(interactions: pa.Table, rule: str) -> list[str]:
+    """The terms of ``rule`` (not ``all``), any of which makes a row positive: ``auto``'s signals the table has, or
+    the rule's own '|'-joined terms; none: every row is positive."""
+    if rule == "auto":
+        return [s for s in AUTO_POSITIVE if s in interactions.column_names]
+    return [t.strip() for t in rule.split("|") if t.strip()]
+
+
 def describe_positive(interactions: pa.Table, rule: str = "auto") -> str:
     """What :func:`positive_mask` counts as positive under ``rule``, in words (``onerec data`` prints it)."""
     if rule == "all":
         return "every row (data.positive=all)"
+    found = _positive_terms(interactions, rule)
     if rule != "auto":
-        return f"rows with any of: {', '.join(t.strip() for t in rule.split('|') if t.strip())}"
-    found = [s for s in AUTO_POSITIVE if s in interactions.column_names]
+        return f"rows with any of: {', '.join(found)}"
     if not found:
         hint = ("; data.positive='rating>=4' would keep only high ratings"
                 if "rating" in interactions.column_names else "")
@@ -422,8 +430,7 @@ def positive_mask(interactions: pa.Table, rule: str = "auto") -> np.ndarray:
     cols = interactions.column_names
     if rule == "all":
         return np.ones(interactions.num_rows, dtype=bool)
-    terms = [s for s in AUTO_POSITIVE if s in cols] if rule == "auto" else [s.strip() for s in rule.split("|")]
-    terms = [s for s in terms if s]
+    terms = _positive_terms(interactions, rule)
     if not terms:
         return np.ones(interactions.num_rows, dtype=bool)
     mask = np.zeros(interactions.num_rows, dtype=bool)

@@ -275,8 +275,8 @@ def add_public_nodes(tree: Tree, positions: np.ndarray, per_group: int) -> Tree:
     heads = set(head_devices(tree, positions)[0].tolist())
     public = []
     for g, own in enumerate(tree.children[0]):
-        others = np.array([d for d in range(len(positions)) if d not in set(own.tolist()) and d not in heads],
-                          dtype=np.int64)
+        skip = heads | set(own.tolist())
+        others = np.array([d for d in range(len(positions)) if d not in skip], dtype=np.int64)
         near = np.argsort(np.linalg.norm(positions[others] - tree.heads[0][g], axis=-1), kind="stable")
         public.append(np.sort(others[near[:per_group]]))
     return Tree(tree.children, tree.heads, list(tree.periods), public)

@@ -260,9 +260,12 @@ def _where(row: int, multiline: bool = False) -> str:
     return f"record {row + 1}" if multiline else f"line {row + 2}"
 
 
-def where_fn(multiline: bool = False, first_row: int = 0) -> Callable[[int], str]:
-    """``where`` for :mod:`onerec.data.checks`: index -> line (or record) of a file with a header."""
-    return lambda i: _where(i + first_row, multiline)
+def where_fn(multiline: bool = False, first_row: int = 0, rows: np.ndarray | None = None) -> Callable[[int], str]:
+    """``where`` for :mod:`onerec.data.checks`: index -> line (or record) of a file with a header. ``rows``: the
+    checked table holds only these rows of the file (a filter ran first): its index i is the file's ``rows[i]``."""
+    if rows is None:
+        return lambda i: _where(i + first_row, multiline)
+    return lambda i: _where(int(rows[i]) + first_row, multiline)
 
 
 def _no_nulls(table: pa.Table, col: str, path: Path, multiline: bool) -> None:

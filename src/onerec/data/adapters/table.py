@@ -168,6 +168,15 @@ _ROLE_WORDS = {
 }
 
 
+#: names an event-type column goes by in exported logs (the one ``keep_events`` reads)
+EVENT_COLUMNS = ("event", "eventtype", "action", "behavior", "behaviour", "type")
+
+
+def event_type_columns(columns: list[str]) -> list[str]:
+    """The columns whose names say they hold an event type (``event``, ``event_type``, ``action``, ...)."""
+    return [c for c in columns if c.lower().replace("_", "") in EVENT_COLUMNS]
+
+
 def _role_candidates(role: str, header: list[str]) -> list[str]:
     """The header's columns whose names say they hold ``role``."""
     out = []
@@ -231,11 +240,6 @@ def _read(path: Path, required: dict[str, str]) -> pa.Table:
                     optional=None, delimiter=delimiter)
 
 
-def _through(where, rows: np.ndarray):
-    """``where`` for a table of the file's rows ``rows``: its index i is the file's row ``rows[i]``."""
-    return lambda i: where(int(rows[i]))
-
-
 def _keep_events(t: pa.Table, path: Path, events: list[str], column: str) -> tuple[pa.Table, str, np.ndarray]:
     """The rows whose ``column`` holds one of ``events``, the note that says what was kept, and their indices."""
     if column not in t.column_names:
@@ -262,12 +266,10 @@ def _interactions(path: Path, ids: dict[str, str], time_column: str | None, time
                   ) -> tuple[pa.Table, dict[str, list[str]], str | None]:
     user, item = ids["user"], ids["item"]
     t = _read(path, {"user": user, "item": item, **({"time": time_column} if time_column else {})})
-    where = where_fn() if ENDINGS[path.suffix] is not None else None
-    kept = None
+    kept, rows = None, None
     if events is not None:  # the checks below name the file's own lines: through the kept rows' indices
         t, kept, rows = _keep_events(t, path, list(events), event_column)
-        if where is not None:
-            where = _through(where, rows)
+    where = where_fn(rows=rows) if ENDINGS[path.suffix] is not None else None
     for col in (user, item):
         check_id_text(t[col], path=path, column=col, where=where)
     cols: dict[str, pa.Array | pa.ChunkedArray] = {"user_id": t[user], "item_id": t[item]}

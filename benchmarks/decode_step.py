@@ -15,7 +15,10 @@ round, the order rotating), medians of ``--reps`` rounds; ratios are medians of 
 * ``compiled``: ``generate.compile=true``, the step through ``torch.compile`` (inductor's C++ kernels, the plain
   cache, :mod:`onerec.model.compiled`); compiled once before the rounds. Its matrix products are the
   ``plain`` variant's (the same model and shapes; inductor calls the same GEMM kernels), so its floor is that
-  one's replay.
+  one's replay;
+* ``plain_sdpa``, ``compiled_sdpa``: ``plain`` and ``compiled`` with the step's one-query self-attention through
+  ``F.scaled_dot_product_attention`` (the reference, and the code before 2026-12-07's
+  :func:`onerec.model.layers.single_query_attention`): what that fast path buys.
 
 Per search (the encoder excluded: its output is computed once), ``search_s`` is the whole constrained beam
 search and ``step_s`` the model's share of it: the step function (the decoder over the new token, the cache
@@ -67,20 +70,24 @@ from onerec.config import ModelConfig
 from onerec.generate.beam import beam_search
 from onerec.io import update_json, write_json
 from onerec.model.generator import Generator
-from onerec.model.layers import RMSNorm
+from onerec.model.layers import Attention, RMSNorm
 from onerec.threads import keep_freed_memory
 from onerec.tokenizer.constraints import PrefixTable
 
-#: name: (static cache, F.rms_norm, torch.compile)
-VARIANTS = {"plain": (False, False, False), "static": (True, False, False), "static_fused_norm": (True, True, False),
-            "compiled": (False, False, True)}
+#: name: (static cache, F.rms_norm, torch.compile, SDPA for the step's one-query self-attention)
+VARIANTS = {"plain": (False, False, False, False), "static": (True, False, False, False),
+            "static_fused_norm": (True, True, False, False), "compiled": (False, False, True, False),
+            "plain_sdpa": (False, False, False, True), "compiled_sdpa": (False, False, True, True)}
 DEFAULT = "plain"  # what the code runs by default on CPU
 
 
 def search(model: Generator, memory, mask, table: PrefixTable, beam: int, top_k: int, variant: str) -> dict:
     """One beam search of ``variant``: {"search_s", "step_s", "items"}."""
-    static, fused, compiled = VARIANTS[variant]
+    static, fused, compiled, sdpa = VARIANTS[variant]
     RMSNorm.fused_inference = fused
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fast = not sdpa  # in eval only attend's one-query path reads it
     step_fn, state = model.beam_step_fn(memory, mask, beam, static_cache=static, compiled=compiled)
     spent = [0.0]
 
@@ -209,7 +216,7 @@ def main() -> None:
                  float((r["scores"] - ref["scores"]).abs().max()) for v, r in first.items()}
         replays, n_calls = {}, {}
         for v in VARIANTS:  # each variant's matrix products, recorded once, replayed alone in the rounds below
-            calls = _gemm_calls(run["plain" if VARIANTS[v][2] else v])
+            calls = _gemm_calls(run[("plain_sdpa" if VARIANTS[v][3] else "plain") if VARIANTS[v][2] else v])
             replays[v], n_calls[v] = _gemm_replay(calls), len(calls)
             replays[v]()
         times = {v: {"search_s": [], "step_s": [], "gemm_s": []} for v in VARIANTS}
@@ -255,6 +262,10 @@ def main() -> None:
         f"floor_ratio_{key}_compiled": rows["compiled"]["floor_ratio"],
         f"compiled_over_eager_step_{key}": paired(times[DEFAULT]["step_s"], times["compiled"]["step_s"]),
         f"compiled_over_eager_search_{key}": paired(times[DEFAULT]["search_s"], times["compiled"]["search_s"]),
+        # the step's one-query self-attention by single_query_attention against SDPA, eager and compiled
+        f"single_query_over_sdpa_step_{key}": paired(times["plain_sdpa"]["step_s"], times["plain"]["step_s"]),
+        f"single_query_over_sdpa_step_{key}_compiled": paired(times["compiled_sdpa"]["step_s"],
+                                                               times["compiled"]["step_s"]),
     }
     out = args.out or RESULTS / ("decode_step.json" if key == "b1_beam128" else f"decode_step.{key}.json")
     write_json(out, result)
@@ -265,7 +276,9 @@ def main() -> None:
     print(f"floor_ratio_{key} {result[f'floor_ratio_{key}']:.2f} "
           f"(static cache {result[f'floor_ratio_{key}_static']:.2f})"
           f"; search, plain over static cache x{result[f'search_plain_over_static_{key}']:.2f}; compiled over "
-          f"eager: search x{result[f'compiled_over_eager_search_{key}']:.2f}; wrote {out}")
+          f"eager: search x{result[f'compiled_over_eager_search_{key}']:.2f}; one-query self-attention over SDPA: "
+          f"step x{result[f'single_query_over_sdpa_step_{key}']:.2f} eager, "
+          f"x{result[f'single_query_over_sdpa_step_{key}_compiled']:.2f} compiled; wrote {out}")
 
 
 if __name__ == "__main__":

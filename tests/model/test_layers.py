@@ -162,6 +162,36 @@ def test_attention_module_fast_equals_reference():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("keys", [1, 2, 3, 7])
+def test_single_query_attention_equals_sdpa(keys: int):
+    """A decode step's self-attention (one query, every key visible) by elementwise sums against SDPA, also on
+    keys that are strided views of a larger buffer (the static cache's slots); and Attention.attend takes that
+    path only in eval, for one query without a mask (on CPU), and agrees with the reference module there."""
+    torch.manual_seed(keys)
+    q = torch.randn(6, 4, 1, 8) * 3
+    buf = torch.randn(2, 6, 4, keys + 5, 8) * 3
+    for k, v in ((buf[0, :, :, :keys].contiguous(), buf[1, :, :, :keys].contiguous()),
+                 (buf[0, :, :, :keys], buf[1, :, :, :keys])):
+        want = F.scaled_dot_product_attention(q, k, v)[..., 0, :]
+        torch.testing.assert_close(layers.single_query_attention(q, k, v), want, rtol=1e-5, atol=1e-6)
+    fast = Attention(32, 4).eval()
+    ref = copy.deepcopy(fast)
+    use_reference(ref)
+    x, kk, vv = torch.randn(6, 1, 32), buf[0, :, :, :keys], buf[1, :, :, :keys]
+    calls = []
+    real = layers.single_query_attention
+    layers.single_query_attention = lambda *a: calls.append(1) or real(*a)
+    try:
+        torch.testing.assert_close(fast.attend(x, kk, vv), ref.attend(x, kk, vv), rtol=1e-5, atol=1e-6)
+        assert calls == [1]
+        fast.attend(torch.randn(6, 2, 32), kk, vv)  # two queries: SDPA
+        fast.attend(x, kk, vv, torch.ones(6, 1, 1, keys, dtype=torch.bool))  # a mask: SDPA
+        fast.train().attend(x, kk, vv)  # training: SDPA (its dropout)
+        assert calls == [1]
+    finally:
+        layers.single_query_attention = real
+
+
 def test_generator_fast_equals_reference_in_eval_and_without_dropout():
     sizes = [6, 5, 4]
     h, n = 9, 23

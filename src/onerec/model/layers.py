@@ -97,6 +97,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropo
     return out if dead is None else out.masked_fill(dead, 0.0)
 
 
+def single_query_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attention of one query per row over every key, no mask, no dropout: q [..., 1, dk], k and v [..., S, dk]
+    -> [..., dk]. The same as ``F.scaled_dot_product_attention(q, k, v)[..., 0, :]`` (the reference), by
+    elementwise products and sums: a decode step's self-attention has one query and only a few keys (one per
+    semantic-ID level so far), where SDPA's kernel costs ~2x these few small ops on CPU (issue 43), and
+    ``torch.compile`` fuses them into one loop. Used on CPU only: on a GPU SDPA's one kernel is unmeasured
+    against them."""
+    w = ((q * q.shape[-1] ** -0.5) * k).sum(-1, keepdim=True).softmax(dim=-2)  # [..., S, 1]
+    return (w * v).sum(-2)
+
+
 class _RMSNormFn(torch.autograd.Function):
     """RMSNorm with its backward written out: saves x and the [..., 1] reciprocal rms instead of autograd's
     four full-size intermediates, and takes the rms from one reduction (``vector_norm``) instead of a
@@ -215,9 +226,10 @@ class Attention(nn.Module):
     ``mask``: bool [B, 1 or T, S] or [B, 1, 1, S]-broadcastable, True = may attend; ``causal``: apply a
     causal mask (self-attention only, T == S).
 
-    ``fast`` (the default): a self-attention projects queries, keys and values in one matrix product, and
-    attention-weight dropout in training goes through :func:`attention`'s own path; ``fast = False`` is the
-    reference (separate projections, ``F.scaled_dot_product_attention`` with its own dropout).
+    ``fast`` (the default): a self-attention projects queries, keys and values in one matrix product,
+    attention-weight dropout in training goes through :func:`attention`'s own path, and :meth:`attend` with one
+    query and no mask in eval on CPU (a decode step's self-attention) through :func:`single_query_attention`;
+    ``fast = False`` is the reference (separate projections, ``F.scaled_dot_product_attention`` throughout).
     """
 
     fast = True
@@ -292,6 +304,8 @@ class Attention(nn.Module):
         :meth:`DecoderBlock.step`)."""
         b, t, _ = x.shape
         q = self.q(x).view(b, t, self.h, self.dk).transpose(1, 2)
+        if t == 1 and mask is None and self.fast and not self.training and x.device.type == "cpu":
+            return self.o(single_query_attention(q, k, v).view(b, 1, self.h * self.dk))
         return self.o(self._heads(q, k, v, mask))
 
 

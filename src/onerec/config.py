@@ -266,7 +266,8 @@ class ModelConfig:
 class TrainConfig:
     """Next-token pretraining (``onerec.train``)."""
 
-    epochs: int = opt(10, "passes over the training examples")
+    epochs: int = opt(60, "passes over the training examples (at most: with early_stop_metric set, training stops "
+                          "once the valid metric has not improved for `patience` scorings)")
     max_steps: int | None = opt(None, "stop after this many optimizer steps (overrides epochs)")
     batch_size: int = opt(256, "examples per optimizer step (with several processes or grad_accum: per process "
                                "and micro-batch)")
@@ -292,13 +293,14 @@ class TrainConfig:
                                     "them, divided among the processes torchrun starts on the machine; or "
                                     "OMP_NUM_THREADS when set)")
     seed: int = opt(0, "random seed of initialisation and shuffling")
-    early_stop_metric: str | None = opt(None, "valid metric scored every epoch (every valid_every epochs) with "
-                                              "the eval harness (beam search, full ranking); the best scored "
-                                              "epoch's weights are kept and training stops after `patience` "
-                                              "scorings without improvement. None: off",
+    early_stop_metric: str | None = opt("ndcg@10", "valid metric scored every epoch (every valid_every epochs) "
+                                                   "with the eval harness (beam search, full ranking); the best "
+                                                   "scored epoch's weights are kept and training stops after "
+                                                   "`patience` scorings without improvement, as SASRec's baseline "
+                                                   "is trained. None: off (the last epoch's weights)",
                                         choices=[None, "ndcg@10", "recall@10", "ndcg@5", "recall@5"])
-    patience: int = opt(3, "early stopping: valid scorings without improvement before training stops (epochs, "
-                           "with valid_every 1)")
+    patience: int = opt(10, "early stopping: valid scorings without improvement before training stops (epochs, "
+                            "with valid_every 1)")
     valid_every: int = opt(1, "early stopping: score the valid split every N epochs, and at the end of training; "
                               "the valid loss is still computed every epoch. On Amazon an epoch's beam search over "
                               "every valid user takes about as long as its training steps (docs/benchmarks/lazy.md), "

@@ -104,6 +104,10 @@ def _worker(rank: int, world: int, port: int, out: str, cfg: TrainConfig, kw: di
         Path(out, "rank1-writes.json").write_text(json.dumps(written))
 
 
+def _no_scoring(model) -> float:
+    raise AssertionError("valid scoring under fsdp: train.early_stop_metric should not apply there")
+
+
 def _spawn(out: Path, cfg: TrainConfig, **kw) -> tuple[list[float], list[str]]:
     mp.spawn(_worker, args=(2, _free_port(), str(out), cfg, kw), nprocs=2)
     return json.loads((out / "loss.json").read_text()), json.loads((out / "rank1-writes.json").read_text())
@@ -114,7 +118,9 @@ def test_ddp_and_fsdp_give_the_one_process_curve(tmp_path):
     here since the routing counts each micro-batch), two processes x 16 under DDP and under FSDP."""
     one = _train(tmp_path / "one", _cfg(32))
     ddp, ddp_writes = _spawn(tmp_path / "ddp", _cfg(16, strategy="ddp"))
-    fsdp, fsdp_writes = _spawn(tmp_path / "fsdp", _cfg(16, strategy="fsdp"))
+    # early_stop_metric (the default) with fsdp: no selection (no valid scoring), the last weights, a note
+    fsdp, fsdp_writes = _spawn(tmp_path / "fsdp", _cfg(16, strategy="fsdp", early_stop_metric="ndcg@10"),
+                               score_valid=_no_scoring)
     np.testing.assert_allclose(ddp, one.loss, rtol=RTOL)
     np.testing.assert_allclose(fsdp, one.loss, rtol=RTOL)
     # the exported model is one whole model.safetensors either way, with the one process's weights

@@ -1,5 +1,5 @@
-"""Model selection on the valid split in ``train_generator`` (``train.early_stop_metric``) and the
-wall-time budget; the default (both off) trains every planned step and saves the last weights."""
+"""Model selection on the valid split in ``train_generator`` (``train.early_stop_metric``, on by default) and the
+wall-time budget; without selection training runs every planned step and saves the last weights."""
 
 import numpy as np
 import pytest
@@ -80,16 +80,28 @@ def test_time_budget_stops_and_saves(tiny_train, tmp_path):
     assert (tmp_path / "model.safetensors").exists()
 
 
-def test_default_is_unchanged(tiny_train, tmp_path):
+def test_without_selection_trains_every_step_and_keeps_the_last(tiny_train, tmp_path):
     mcfg, sizes, ex = tiny_train
-    tcfg = TrainConfig(max_steps=6, batch_size=32, warmup_steps=2, checkpoint_every=1000, device="cpu")
+    tcfg = TrainConfig(max_steps=6, batch_size=32, warmup_steps=2, checkpoint_every=1000, device="cpu",
+                       early_stop_metric=None)
     calls = []
     res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path, meta=model_meta(mcfg, sizes), progress=False,
                           score_valid=lambda m: calls.append(1) or 0.0)  # ignored: early_stop_metric is None
     assert not calls and res.stopped is None and res.best_epoch is None and len(res.loss) == 6
     meta = read_json(tmp_path / "model.json")
     assert "best_epoch" not in meta and "stopped" not in meta
-    assert RunConfig().train.early_stop_metric is None and RunConfig().train.time_budget_s is None
+
+
+def test_defaults_select_on_valid_and_the_small_presets_do_not():
+    """Own data (no preset) trains up to 60 epochs and keeps the best valid NDCG@10, patience 10 (the amazon preset's
+    schedule, as SASRec's baseline is trained); the quickstart and tiny presets keep their fixed epochs."""
+    from onerec.config import load_config
+
+    train = RunConfig().train
+    assert (train.epochs, train.early_stop_metric, train.patience, train.valid_users) == (60, "ndcg@10", 10, None)
+    assert train.time_budget_s is None
+    for preset in ("quickstart", "tiny"):
+        assert load_config(preset=preset).train.early_stop_metric is None, preset
 
 
 def test_valid_scoring_decodes_with_generate_precision(monkeypatch):

@@ -4,11 +4,12 @@ The order of examples is a pure function of (seed, epoch), and every checkpoint 
 optimizer moments and the torch RNG state, so a run resumed from a checkpoint reproduces the
 loss curve of the uninterrupted run step for step (see tests/train/test_resume.py).
 
-Optional model selection on the valid split (``train.early_stop_metric``, off by default): after
-every epoch a caller-supplied ``score_valid(model) -> float`` (the eval harness: beam search,
-full ranking, see :func:`onerec.pipeline.valid_scorer`) scores the model; the best epoch's
-weights are kept and written as the final model, and training stops after ``train.patience``
-epochs without improvement. ``train.time_budget_s`` stops a run early on wall time (counted over
+Model selection on the valid split (``train.early_stop_metric``: NDCG@10 by default, off in the quickstart
+and tiny presets; not with fsdp, whose sharded weights are not beam-searched per epoch): after every
+epoch a caller-supplied ``score_valid(model) -> float`` (the eval harness: beam search, full ranking,
+see :func:`onerec.pipeline.valid_scorer`) scores the model; the best epoch's weights are kept and
+written as the final model, and training stops after ``train.patience`` epochs without improvement.
+``train.time_budget_s`` stops a run early on wall time (counted over
 every resumed part). Each checkpoint also stores the best weights so far (``best.safetensors``);
 with the valid history it already holds, that restores the selection (best score, epochs since), so a
 run stopped and resumed, e.g. across machine sessions, keeps the same epoch and weights as the
@@ -30,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,14 @@ def train_generator(
     check_choices(cfg, "train.")
     strategy = distributed.resolve_strategy(cfg.strategy, model, d.world)
     _check_config(cfg, strategy)
+    if strategy == "fsdp" and cfg.early_stop_metric is not None:
+        # on by default; sharded weights are not beam-searched per epoch, so fsdp trains without selection
+        if d.main:
+            print(f"note: train.early_stop_metric={cfg.early_stop_metric} does not apply with train.strategy=fsdp "
+                  "(sharded weights): every planned epoch runs and the last weights are kept. Set "
+                  "train.strategy=ddp to select on valid, or train.early_stop_metric=null to silence this note",
+                  flush=True)
+        cfg = replace(cfg, early_stop_metric=None)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     average = None
@@ -203,6 +212,7 @@ def train_generator(
         best_score, best_state, bad_epochs = load_selection(ckpt, result.valid, cfg.early_stop_metric)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress or not d.main,
                dynamic_ncols=True)
+    postfix: dict[str, str] = {}
     logger = logger or ScalarLogger()
     tick, tick_step = time.perf_counter(), step
     order, order_epoch = None, -1
@@ -226,7 +236,8 @@ def train_generator(
         bar.update(1)
         if step % cfg.log_every == 0:
             recent = float(np.mean(result.loss[-cfg.log_every:]))
-            bar.set_postfix(loss=f"{recent:.3f}", refresh=False)  # shown by the next update, at its pace
+            postfix["loss"] = f"{recent:.3f}"
+            bar.set_postfix(postfix, refresh=False)  # shown by the next update, at its pace
             now = time.perf_counter()
             rate = (step - tick_step) / max(now - tick, 1e-9)
             scalars = {"loss": recent, "lr": opt.param_groups[0]["lr"], "steps_per_s": rate,
@@ -260,6 +271,9 @@ def train_generator(
                 bad_epochs += 1
             if bad_epochs >= max(cfg.patience, 1) and step < total:
                 result.stopped = "patience"
+            # the bar shows the valid metric and the best epoch so far beside the loss
+            postfix[f"valid {cfg.early_stop_metric}"] = f"{score:.4f}"
+            postfix["best"] = f"{best_score:.4f}@{result.best_epoch:.4g}"
         if epoch_end and result.valid and result.valid[-1]["step"] == step:
             logger.scalars({k: v for k, v in result.valid[-1].items() if k not in ("step", "epoch")}, step,
                            prefix="valid/")
@@ -313,11 +327,9 @@ def _check_config(cfg: TrainConfig, strategy: str) -> None:
     if cfg.valid_every < 1:
         raise ConfigError(f"train.valid_every={cfg.valid_every}: must be at least 1 (epochs between valid "
                           "scorings). Fix: train.valid_every=1")
-    if strategy == "fsdp":
-        for key, value in (("ema_decay", cfg.ema_decay), ("early_stop_metric", cfg.early_stop_metric)):
-            if value is not None:
-                raise ConfigError(f"train.{key}={value} is not supported with train.strategy=fsdp (sharded "
-                                  f"weights). Fix: train.strategy=ddp, or train.{key}=null")
+    if strategy == "fsdp" and cfg.ema_decay is not None:
+        raise ConfigError(f"train.ema_decay={cfg.ema_decay} is not supported with train.strategy=fsdp (sharded "
+                          "weights). Fix: train.strategy=ddp, or train.ema_decay=null")
 
 
 def _step(net: torch.nn.Module, train: TrainExamples | SequenceExamples, idx: np.ndarray, d: Dist,

@@ -433,7 +433,8 @@ def _train_into(run: Path, cfg: RunConfig, out: Path, *, resume: bool, progress:
                                  progress=progress, score_valid=scorer, log=log, logger=logger)
     finally:
         logger.close()
-    return _train_summary(model, train_ex, result, scorer is not None)
+    # selected: scored on valid (not under fsdp, where train_generator makes no selection)
+    return _train_summary(model, train_ex, result, scorer is not None and result.best_epoch is not None)
 
 
 def training_data(run: Path, cfg: RunConfig):

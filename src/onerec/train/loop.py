@@ -273,7 +273,8 @@ def train_generator(
                 result.stopped = "patience"
             # the bar shows the valid metric and the best epoch so far beside the loss
             postfix[f"valid {cfg.early_stop_metric}"] = f"{score:.4f}"
-            postfix["best"] = f"{best_score:.4f}@{result.best_epoch:.4g}"
+            if result.best_epoch is not None:  # None while every score so far was NaN
+                postfix["best"] = f"{best_score:.4f}@{result.best_epoch:.4g}"
         if epoch_end and result.valid and result.valid[-1]["step"] == step:
             logger.scalars({k: v for k, v in result.valid[-1].items() if k not in ("step", "epoch")}, step,
                            prefix="valid/")

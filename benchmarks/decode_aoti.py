@@ -33,15 +33,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generation import HISTORY, RESULTS, catalogue, histories
+from decode_step import setup, timed
+from generation import RESULTS
 from model_throughput import _gemm_calls, _gemm_replay
 from onerec.bench.machine import machine_info
-from onerec.config import ModelConfig
 from onerec.generate.beam import beam_search
 from onerec.io import write_json
 from onerec.model.generator import DecodingContext, Generator
 from onerec.threads import keep_freed_memory
-from onerec.tokenizer.constraints import PrefixTable
 
 
 class _Level(torch.nn.Module):
@@ -70,13 +69,7 @@ def main() -> None:
     keep_freed_memory()  # the allocator policy of the onerec command, as decode_step.py
     from torch._inductor import aoti_compile_and_package, aoti_load_package
 
-    sizes = [256, 256, 256]
-    codes = catalogue(sizes, args.items, seed=0)
-    torch.manual_seed(0)
-    model = Generator(ModelConfig(d_model=128, n_heads=4, enc_layers=4, dec_layers=4, ffn_mult=3.0, dropout=0.0,
-                                  max_history=HISTORY), sizes).eval()
-    table = PrefixTable.from_codes(torch.from_numpy(codes), sizes)
-    batch, _ = histories(codes, 1, seed=1)
+    model, table, batch = setup([256, 256, 256], args.items, 1)
     with torch.no_grad():
         memory, mask = model.encode_batch(batch)
         ctx = model.start_decoding(memory, mask, args.beam)
@@ -93,14 +86,8 @@ def main() -> None:
 
         def search(step_fn):
             spent = [0.0]
-
-            def timed(tokens, step, cache):
-                t0 = time.perf_counter()
-                out = step_fn(tokens, step, cache)
-                spent[0] += time.perf_counter() - t0
-                return out
-
-            items, scores = beam_search(timed, batch_size=1, table=table, beam_size=args.beam, top_k=10, state=None)
+            items, scores = beam_search(timed(step_fn, spent), batch_size=1, table=table, beam_size=args.beam,
+                                        top_k=10, state=None)
             return items, scores, spent[0]
 
         ref_items, ref_scores, _ = search(recording)

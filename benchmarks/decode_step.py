@@ -81,6 +81,29 @@ VARIANTS = {"plain": (False, False, False, False), "static": (True, False, False
 DEFAULT = "plain"  # what the code runs by default on CPU
 
 
+def setup(sizes: list[int], items: int, users: int) -> tuple[Generator, PrefixTable, dict]:
+    """This page's model (random weights, seed 0), catalogue of ``items`` over ``sizes`` codes, and ``users``
+    histories of ``HISTORY`` items: (model in eval, the prefix table, the batch)."""
+    codes = catalogue(sizes, items, seed=0)
+    torch.manual_seed(0)
+    model = Generator(ModelConfig(d_model=128, n_heads=4, enc_layers=4, dec_layers=4, ffn_mult=3.0, dropout=0.0,
+                                  max_history=HISTORY), sizes).eval()
+    batch, _ = histories(codes, users, seed=users)
+    return model, PrefixTable.from_codes(torch.from_numpy(codes), sizes), batch
+
+
+def timed(fn, spent: list[float]):
+    """``fn``, adding the wall time of each call to ``spent[0]``."""
+
+    def call(*args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    return call
+
+
 def search(model: Generator, memory, mask, table: PrefixTable, beam: int, top_k: int, variant: str) -> dict:
     """One beam search of ``variant``: {"search_s", "step_s", "items"}."""
     static, fused, compiled, sdpa = VARIANTS[variant]
@@ -90,22 +113,9 @@ def search(model: Generator, memory, mask, table: PrefixTable, beam: int, top_k:
             m.fast = not sdpa  # in eval only attend's one-query path reads it
     step_fn, state = model.beam_step_fn(memory, mask, beam, static_cache=static, compiled=compiled)
     spent = [0.0]
-
-    def timed_step(tokens, step, st):
-        t0 = time.perf_counter()
-        out = step_fn(tokens, step, st)
-        spent[0] += time.perf_counter() - t0
-        return out
-
+    timed_step = timed(step_fn, spent)
     reorder = beam_module.reorder_state
-
-    def timed_reorder(st, rows, n):
-        t0 = time.perf_counter()
-        out = reorder(st, rows, n)
-        spent[0] += time.perf_counter() - t0
-        return out
-
-    beam_module.reorder_state = timed_reorder
+    beam_module.reorder_state = timed(reorder, spent)
     try:
         t0 = time.perf_counter()
         items, scores = beam_search(timed_step, batch_size=memory.shape[0], table=table, beam_size=beam, top_k=top_k,
@@ -200,12 +210,7 @@ def main() -> None:
               f"; same items: {result['same_items']}; wrote {out}")
         return
     sizes = [256, 256, 256]
-    codes = catalogue(sizes, args.items, seed=0)
-    torch.manual_seed(0)
-    model = Generator(ModelConfig(d_model=128, n_heads=4, enc_layers=4, dec_layers=4, ffn_mult=3.0, dropout=0.0,
-                                  max_history=HISTORY), sizes).eval()
-    table = PrefixTable.from_codes(torch.from_numpy(codes), sizes)
-    batch, _ = histories(codes, args.batch, seed=args.batch)
+    model, table, batch = setup(sizes, args.items, args.batch)
     top_k = min(args.top_k, args.beam)
     with torch.no_grad():
         memory, mask = model.encode_batch(batch)

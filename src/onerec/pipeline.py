@@ -433,8 +433,7 @@ def _train_into(run: Path, cfg: RunConfig, out: Path, *, resume: bool, progress:
                                  progress=progress, score_valid=scorer, log=log, logger=logger)
     finally:
         logger.close()
-    # selected: scored on valid (not under fsdp, where train_generator makes no selection)
-    return _train_summary(model, train_ex, result, scorer is not None and result.best_epoch is not None)
+    return _train_summary(model, train_ex, result)
 
 
 def training_data(run: Path, cfg: RunConfig):
@@ -465,7 +464,9 @@ def train_examples(train: pa.Table, featurizer, cfg: RunConfig):
     return TrainExamples(train, featurizer)
 
 
-def _train_summary(model, train_ex, result, selected: bool) -> dict[str, Any]:
+def _train_summary(model, train_ex, result) -> dict[str, Any]:
+    """What ``onerec train`` prints and saves; the selection's fields where one was made (a best epoch: scored on
+    valid, which fsdp skips)."""
     summary = {
         "parameters": model.num_parameters(), "examples": train_ex.targets,
         "steps": len(result.loss),
@@ -473,7 +474,7 @@ def _train_summary(model, train_ex, result, selected: bool) -> dict[str, Any]:
         "valid_loss": result.valid[-1]["loss"] if result.valid else None,
         "seconds": round(result.seconds, 1),
     }
-    if selected:
+    if result.best_epoch is not None:
         summary.update(best_epoch=result.best_epoch, stopped=result.stopped,
                        valid_curve=[{k: v for k, v in r.items() if k != "loss"} for r in result.valid])
     return summary

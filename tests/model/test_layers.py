@@ -163,7 +163,7 @@ def test_attention_module_fast_equals_reference():
 
 
 @pytest.mark.parametrize("keys", [1, 2, 3, 7])
-def test_single_query_attention_equals_sdpa(keys: int):
+def test_single_query_attention_equals_sdpa(keys: int, monkeypatch):
     """A decode step's self-attention (one query, every key visible) by elementwise sums against SDPA, also on
     keys that are strided views of a larger buffer (the static cache's slots); and Attention.attend takes that
     path only in eval, for one query without a mask (on CPU), and agrees with the reference module there."""
@@ -180,16 +180,13 @@ def test_single_query_attention_equals_sdpa(keys: int):
     x, kk, vv = torch.randn(6, 1, 32), buf[0, :, :, :keys], buf[1, :, :, :keys]
     calls = []
     real = layers.single_query_attention
-    layers.single_query_attention = lambda *a: calls.append(1) or real(*a)
-    try:
-        torch.testing.assert_close(fast.attend(x, kk, vv), ref.attend(x, kk, vv), rtol=1e-5, atol=1e-6)
-        assert calls == [1]
-        fast.attend(torch.randn(6, 2, 32), kk, vv)  # two queries: SDPA
-        fast.attend(x, kk, vv, torch.ones(6, 1, 1, keys, dtype=torch.bool))  # a mask: SDPA
-        fast.train().attend(x, kk, vv)  # training: SDPA (its dropout)
-        assert calls == [1]
-    finally:
-        layers.single_query_attention = real
+    monkeypatch.setattr(layers, "single_query_attention", lambda *a: calls.append(1) or real(*a))
+    torch.testing.assert_close(fast.attend(x, kk, vv), ref.attend(x, kk, vv), rtol=1e-5, atol=1e-6)
+    assert calls == [1]
+    fast.attend(torch.randn(6, 2, 32), kk, vv)  # two queries: SDPA
+    fast.attend(x, kk, vv, torch.ones(6, 1, 1, keys, dtype=torch.bool))  # a mask: SDPA
+    fast.train().attend(x, kk, vv)  # training: SDPA (its dropout)
+    assert calls == [1]
 
 
 def test_generator_fast_equals_reference_in_eval_and_without_dropout():

@@ -16,6 +16,9 @@ round, the order rotating), medians of ``--reps`` rounds; ratios are medians of 
   cache, :mod:`onerec.model.compiled`); compiled once before the rounds. Its matrix products are the
   ``plain`` variant's (the same model and shapes; inductor calls the same GEMM kernels), so its floor is that
   one's replay;
+* ``aot``: ``generate.compile=aot``, the step's AOTInductor packages (:mod:`onerec.model.aot`: one per level,
+  dynamic users, beams and history length, the plain cache), compiled once into a temporary folder before the
+  rounds; its floor is ``plain``'s replay, as ``compiled``'s;
 * ``plain_sdpa``, ``compiled_sdpa``: ``plain`` and ``compiled`` with the step's one-query self-attention through
   ``F.scaled_dot_product_attention`` (the reference, and the code before 2026-12-07's
   :func:`onerec.model.layers.single_query_attention`): what that fast path buys.
@@ -54,6 +57,7 @@ import argparse
 import datetime as dt
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,13 +78,16 @@ from onerec.model.layers import Attention, RMSNorm
 from onerec.threads import keep_freed_memory
 from onerec.tokenizer.constraints import PrefixTable
 
-#: name: (static cache, F.rms_norm, torch.compile, SDPA for the step's one-query self-attention)
+#: name: (static cache, F.rms_norm, generate.compile (False, True or "aot"), SDPA for the step's one-query
+#: self-attention)
 VARIANTS = {"plain": (False, False, False, False), "static": (True, False, False, False),
             "static_fused_norm": (True, True, False, False), "compiled": (False, False, True, False),
+            "aot": (False, False, "aot", False),
             "plain_sdpa": (False, False, False, True), "compiled_sdpa": (False, False, True, True)}
 DEFAULT = "plain"  # what the code runs by default on CPU
 #: a compiled variant's matrix products are its eager twin's (the same model and shapes, the same GEMM kernels)
-EAGER_TWIN = {"compiled": "plain", "compiled_sdpa": "plain_sdpa"}
+EAGER_TWIN = {"compiled": "plain", "aot": "plain", "compiled_sdpa": "plain_sdpa"}
+AOT_DIR = tempfile.TemporaryDirectory(prefix="decode-step-aot-")  # the aot variant's packages, for this process
 
 
 def setup(sizes: list[int], items: int, users: int) -> tuple[Generator, PrefixTable, dict]:
@@ -113,7 +120,8 @@ def search(model: Generator, memory, mask, table: PrefixTable, beam: int, top_k:
     for m in model.modules():
         if isinstance(m, Attention):
             m.fast = not sdpa  # in eval only attend's one-query path reads it
-    step_fn, state = model.beam_step_fn(memory, mask, beam, static_cache=static, compiled=compiled)
+    step_fn, state = model.beam_step_fn(memory, mask, beam, static_cache=static, compiled=compiled,
+                                        aot_dir=AOT_DIR.name)
     spent = [0.0]
     timed_step = timed(step_fn, spent)
     reorder = beam_module.reorder_state
@@ -217,6 +225,9 @@ def main() -> None:
     with torch.no_grad():
         memory, mask = model.encode_batch(batch)
         run = {v: (lambda v=v: search(model, memory, mask, table, args.beam, top_k, v)) for v in VARIANTS}
+        t0 = time.perf_counter()
+        run["aot"]()  # compiles every level's package
+        aot_compile_s = time.perf_counter() - t0
         first = {v: fn() for v, fn in run.items()}  # warm-up, and the answers must agree
         ref = first["plain"]
         agree = {v: bool(torch.equal(r["items"], ref["items"])) and
@@ -269,6 +280,12 @@ def main() -> None:
         f"floor_ratio_{key}_compiled": rows["compiled"]["floor_ratio"],
         f"compiled_over_eager_step_{key}": paired(times[DEFAULT]["step_s"], times["compiled"]["step_s"]),
         f"compiled_over_eager_search_{key}": paired(times[DEFAULT]["search_s"], times["compiled"]["search_s"]),
+        # generate.compile=aot against the eager default and against generate.compile=true, paired per round
+        f"floor_ratio_{key}_aot": rows["aot"]["floor_ratio"],
+        f"aot_over_eager_step_{key}": paired(times[DEFAULT]["step_s"], times["aot"]["step_s"]),
+        f"aot_over_eager_search_{key}": paired(times[DEFAULT]["search_s"], times["aot"]["search_s"]),
+        f"aot_over_compiled_step_{key}": paired(times["compiled"]["step_s"], times["aot"]["step_s"]),
+        "aot_compile_s": aot_compile_s,
         # the step's one-query self-attention by single_query_attention against SDPA, eager and compiled
         f"single_query_over_sdpa_step_{key}": paired(times["plain_sdpa"]["step_s"], times["plain"]["step_s"]),
         f"single_query_over_sdpa_step_{key}_compiled": paired(times["compiled_sdpa"]["step_s"],
@@ -278,12 +295,15 @@ def main() -> None:
     write_json(out, result)
     if key == "b1_beam128" and args.out is None:  # issue 43's key, beside the others in generation.json
         update_json(RESULTS / "generation.json",
-                    {**{k: result[k] for k in ("floor_ratio_b1_beam128", "floor_ratio_b1_beam128_compiled")},
+                    {**{k: result[k] for k in ("floor_ratio_b1_beam128", "floor_ratio_b1_beam128_compiled",
+                                               "floor_ratio_b1_beam128_aot")},
                      "floor_ratio_source": f"benchmarks/decode_step.py -> decode_step.json, {result['date']}"})
     print(f"floor_ratio_{key} {result[f'floor_ratio_{key}']:.2f} "
           f"(static cache {result[f'floor_ratio_{key}_static']:.2f})"
           f"; search, plain over static cache x{result[f'search_plain_over_static_{key}']:.2f}; compiled over "
-          f"eager: search x{result[f'compiled_over_eager_search_{key}']:.2f}; one-query self-attention over SDPA: "
+          f"eager: search x{result[f'compiled_over_eager_search_{key}']:.2f}; aot over eager: step "
+          f"x{result[f'aot_over_eager_step_{key}']:.2f}, search x{result[f'aot_over_eager_search_{key}']:.2f} (floor "
+          f"ratio {result[f'floor_ratio_{key}_aot']:.2f}); one-query self-attention over SDPA: "
           f"step x{result[f'single_query_over_sdpa_step_{key}']:.2f} eager, "
           f"x{result[f'single_query_over_sdpa_step_{key}_compiled']:.2f} compiled; wrote {out}")
 

@@ -12,11 +12,12 @@ process, so that its peak resident memory (``VmHWM``; on a GPU also ``peak_gpu_m
 torch, the model, the prefix tables and the search's activations.
 
 Per preset and batch (requests decoded together): the median latency of ``--reps`` searches after one warm-up,
-requests per second (batch / latency), and with ``--compile`` the same search with ``generate.compile=true``
-(interleaved with the eager one, paired ratio).
+requests per second (batch / latency), and with ``--compile`` / ``--aot`` the same search with
+``generate.compile=true`` / ``generate.compile=aot`` (interleaved with the eager one, paired ratios; the AOT packages
+compiled into a temporary folder, their compile time reported).
 
     python benchmarks/pass512.py                                  # 0.015B and 0.121B, batch 1 and 8 (~10 min)
-    python benchmarks/pass512.py --presets onerec-0.015b --batches 1 --reps 3 --compile
+    python benchmarks/pass512.py --presets onerec-0.015b --batches 1 --reps 3 --compile --aot
     python benchmarks/pass512.py --presets lazy-10m onerec-v2-0.1b --out .../pass512.lazy.json   # the lazy decoder
     python benchmarks/pass512.py --device cuda --compile [--precision bf16]   # a GPU: CUDA graphs, bf16
 
@@ -66,7 +67,7 @@ def _sync(device: torch.device) -> None:
 
 
 def one(preset: str, items: int, batches: list[int], reps: int, compile: bool, device: str = "cpu",
-        precision: str = "fp32") -> dict:
+        precision: str = "fp32", aot: bool = False) -> dict:
     """Every measurement of one preset, in this process."""
     torch.set_num_threads(1)
     dev = torch.device(device)
@@ -80,7 +81,8 @@ def one(preset: str, items: int, batches: list[int], reps: int, compile: bool, d
     rec = GenerativeRecommender(model, codes, beam_size=512, device=dev, precision=precision)
     table_s = time.perf_counter() - t0
     table = rec.table
-    modes = {"eager": False, **({"compiled": True} if compile else {})}  # rec.compile per timing: one prefix table
+    # rec.compile per timing: one prefix table
+    modes = {"eager": False, **({"compiled": True} if compile else {}), **({"aot": "aot"} if aot else {})}
     out = {"preset": preset, "arch": cfg.arch, "device": str(dev), "precision": precision,
            "parameters": sum(p.numel() for p in model.parameters()),
            "d_model": cfg.d_model, "layers": [cfg.enc_layers, cfg.dec_layers], "moe_experts": cfg.moe_experts,
@@ -96,8 +98,9 @@ def one(preset: str, items: int, batches: list[int], reps: int, compile: bool, d
                 t0 = time.perf_counter()
                 items_, _, _ = rec.generate(batch, 512, beam_size=512)
                 _sync(dev)
-                if name == "compiled":
-                    out["compile_s"] = round(time.perf_counter() - t0, 1)
+                if name != "eager":
+                    out.setdefault("compile_s" if name == "compiled" else "aot_compile_s",
+                                   round(time.perf_counter() - t0, 1))
                 assert int((items_ >= 0).sum(1).min()) == 512  # 512 distinct valid items per request
             for _ in range(reps):
                 for name, compiled in modes.items():
@@ -109,12 +112,14 @@ def one(preset: str, items: int, batches: list[int], reps: int, compile: bool, d
                     times[name].append(time.perf_counter() - t0)
         row = {"batch": b, "latency_s": statistics.median(times["eager"]),
                "requests_per_s": b / statistics.median(times["eager"]), "reps": reps}
-        if compile:
-            row["compiled_latency_s"] = statistics.median(times["compiled"])
-            row["compiled_over_eager"] = statistics.median(e / c for e, c in zip(times["eager"], times["compiled"]))
+        for name in modes:
+            if name != "eager":
+                row[f"{name}_latency_s"] = statistics.median(times[name])
+                row[f"{name}_over_eager"] = statistics.median(e / c for e, c in zip(times["eager"], times[name]))
         out["rows"].append(row)
         print(f"{preset} batch {b}: {row['latency_s']:.3f} s per search, {row['requests_per_s']:.2f} requests/s"
-              + (f", compiled x{row['compiled_over_eager']:.2f}" if compile else ""), file=sys.stderr, flush=True)
+              + "".join(f", {name} x{row[f'{name}_over_eager']:.2f}" for name in modes if name != "eager"),
+              file=sys.stderr, flush=True)
     out["peak_rss_mib"] = round(peak_rss_mib(), 1)
     if dev.type == "cuda":
         out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
@@ -128,6 +133,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 8])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="also time generate.compile=true, interleaved")
+    ap.add_argument("--aot", action="store_true", help="also time generate.compile=aot, interleaved")
     ap.add_argument("--note", default="torch.set_num_threads(1)", help="stored with the machine (e.g. its load)")
     ap.add_argument("--out", type=Path, help="results file (default benchmarks/results/generation/pass512.json, "
                                              "pass512.cuda.json on a GPU)")
@@ -138,13 +144,13 @@ def main() -> None:
     keep_freed_memory()  # the allocator policy of the onerec command (onerec.threads); recorded in "machine"
     if args.one:
         print(json.dumps(one(args.one, args.items, args.batches, args.reps, args.compile, args.device,
-                             args.precision)))
+                             args.precision, args.aot)))
         return
     results = []
     for preset in args.presets:
         cmd = [sys.executable, __file__, "--one", preset, "--items", str(args.items), "--reps", str(args.reps),
                "--batches", *map(str, args.batches), "--device", args.device, "--precision", args.precision]
-        cmd += ["--compile"] if args.compile else []
+        cmd += (["--compile"] if args.compile else []) + (["--aot"] if args.aot else [])
         done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     result = {"benchmark": "pass512", "command": " ".join(["python", "benchmarks/pass512.py", *sys.argv[1:]]),

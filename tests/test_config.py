@@ -30,6 +30,17 @@ def test_bad_values_are_errors():
         apply_overrides(RunConfig(), ["train.epochs"])
 
 
+def test_generate_compile_reads_booleans_as_before_and_aot(tmp_path):
+    """generate.compile was a boolean: run configs and overrides that say true/false keep meaning the same."""
+    for raw, want in [("true", "true"), ("True", "true"), ("false", "false"), ("aot", "aot"), ("on", "true")]:
+        assert apply_overrides(RunConfig(), [f"generate.compile={raw}"]).generate.compile == want
+    old = tmp_path / "config.yaml"
+    old.write_text("generate:\n  compile: true\n")
+    assert load_config(file=old).generate.compile == "true"
+    with pytest.raises(ConfigError, match="not one of"):
+        apply_overrides(RunConfig(), ["generate.compile=ahead"])
+
+
 def test_presets_load_and_every_field_documented():
     assert {"quickstart", "tiny"} <= set(preset_names())
     for name in preset_names():

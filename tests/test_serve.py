@@ -76,13 +76,43 @@ def test_a_compiled_service_warms_up_at_start_and_answers_as_the_eager_one(run, 
     monkeypatch.setattr(torch, "compile", fake_compile)
     path, cfg = run
     cfg = copy.deepcopy(cfg)
-    cfg.generate.compile = True
+    cfg.generate.compile = "true"
     fast = RecommendService(path, cfg)
     assert sorted(set(calls)) == [1, 2]  # warmed up at start: one user, then two
     users = list(service.user_index)[:3]
     for queries in ([service.user_query(users[0], 5)], [service.user_query(u, 5) for u in users]):
         assert fast.recommend(queries) == service.recommend(queries)
     assert 3 in calls  # the requests went through the compiled step
+
+
+def test_an_aot_service_loads_its_packages_from_the_run_at_start_and_answers_as_the_eager_one(run, service,
+                                                                                               monkeypatch):
+    """generate.compile=aot reaches the service's searches through the run's aot/ folder, and every level is
+    ready before the service listens. The packages are replaced by the exported module run eagerly (same inputs,
+    same layout): their C++ compilation and equality are tests/generate/test_aot.py's."""
+    import copy
+
+    from onerec.model import aot
+
+    made = []
+
+    def eager_runner(self, step):
+        made.append((self.root, step))
+        self.runners[step] = aot._Level(self.model, step)
+        return self.runners[step]
+
+    monkeypatch.setattr(aot.AOTDecodeStep, "_runner", eager_runner)
+    path, cfg = run
+    cfg = copy.deepcopy(cfg)
+    cfg.generate.compile = "aot"
+    fast = RecommendService(path, cfg)
+    levels = len(fast.rec.model.codebook_sizes)
+    assert sorted(step for _, step in made) == list(range(levels))  # every level at start, each once
+    assert {root for root, _ in made} == {path / "aot"}
+    users = list(service.user_index)[:3]
+    for queries in ([service.user_query(users[0], 5)], [service.user_query(u, 5) for u in users]):
+        assert fast.recommend(queries) == service.recommend(queries)
+    assert len(made) == levels  # the requests reused them
 
 
 def test_a_model_with_every_pathway_serves_known_users_as_evaluated(tmp_path):

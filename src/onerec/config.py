@@ -356,11 +356,14 @@ class GenerateConfig:
                                     "(the beam search masks them, so k unseen items still come back); `onerec "
                                     "generate --exclude-seen/--include-seen` and a request's exclude_seen override it. "
                                     "Evaluation has its own setting, eval.exclude_seen")
-    compile: bool = opt(False, "decode with the beam search's step through torch.compile (inductor's C++ kernels on "
-                               "CPU, CUDA graphs on GPU) in eval, generate, serve and tune-prior: the first search "
-                               "compiles (a minute or more on a CPU), later ones run faster (CPU, beam 128-512: "
-                               "1.1-1.3x, docs/benchmarks/generation.md); serve compiles before it listens; without a "
-                               "C++ compiler it warns and decodes eagerly")
+    compile: str = opt("false", "how eval, generate, serve and tune-prior run the beam search's decode step: false "
+                                "(eagerly) | true (torch.compile: inductor's C++ kernels on CPU, CUDA graphs on GPU; "
+                                "the first search of each process compiles, a minute or more on a CPU) | aot "
+                                "(AOTInductor: compiled ahead of time once per model architecture into the run's "
+                                "aot/ folder, then loaded in under a second by every later command; fp32 only). "
+                                "CPU speed-ups of the step in docs/benchmarks/generation.md; serve compiles before "
+                                "it listens; without a C++ compiler both warn and decode eagerly",
+                       choices=["false", "true", "aot"])
     precision: str = opt("fp32", "decoding arithmetic in eval, generate, serve, tune-prior and train's per-epoch "
                                  "valid scoring: fp32 | bf16 "
                                  "(torch.autocast: the encoder's and decoder's matrix multiplies in bfloat16; "
@@ -772,7 +775,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if tp is float:
             return float(value)
         if tp is str:
-            return str(value)
+            return str(value).lower() if isinstance(value, bool) else str(value)  # YAML's `on: true`, read as text
     except (TypeError, ValueError):
         raise ConfigError(f"config key '{key}': cannot read {value!r} as {tp.__name__}") from None
     return value

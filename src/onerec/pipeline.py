@@ -603,7 +603,7 @@ def load_recommender(run: Path, cfg: RunConfig, device: str | torch.device = "cp
                                  device=device, featurizer=feat, prior=counts, prior_weight=g.succession_prior,
                                  prior_pool=g.succession_pool, prior_window=g.succession_window,
                                  prior_decay=g.succession_decay, exclude_seen=exclude_seen, compile=g.compile,
-                                 precision=g.precision)
+                                 precision=g.precision, aot_dir=str(run / "aot"))
 
 
 # ------------------------------------------------------------------------------ eval

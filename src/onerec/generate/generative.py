@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from onerec.data.splits import list_column
+from onerec.errors import ConfigError
 from onerec.eval.metrics import per_user_metrics
 from onerec.features.history import EvalExamples, HistoryFeaturizer, default_featurizer
 from onerec.features.succession import Succession
@@ -35,6 +36,16 @@ PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 PRIOR_RULES = ((10, 0.1), (10, 0.5))
 
 
+def compile_mode(compile: bool | str) -> bool | str:
+    """``generate.compile`` as the decode step takes it: False (eager), True (``torch.compile``) or ``"aot"``
+    (AOTInductor); the strings "false" and "true" as their booleans."""
+    mode = {"false": False, "true": True, "aot": "aot"}.get(compile.lower()) if isinstance(compile, str) \
+        else bool(compile)
+    if mode is None:
+        raise ValueError(f"compile must be false, true or 'aot', not {compile!r} (generate.compile)")
+    return mode
+
+
 class GenerativeRecommender:
     """The trained generator behind the same ``recommend`` interface as the baselines.
 
@@ -46,8 +57,10 @@ class GenerativeRecommender:
             side information; refused for a model that needs it, see :func:`onerec.pipeline.make_featurizer`).
         exclude_seen: :meth:`recommend` (and :meth:`rank_by_priors`) never return an item of the row's
             ``history`` (all of it, not only the ``max_history`` items the encoder reads).
-        compile: decode with the step through ``torch.compile`` (``generate.compile``,
-            :mod:`onerec.model.compiled`); the first search per semantic-ID level compiles (seconds).
+        compile: how the decode step runs (``generate.compile``): False (or ``"false"``) eagerly; True (``"true"``)
+            through ``torch.compile`` (:mod:`onerec.model.compiled`), the first search per semantic-ID level
+            compiling (seconds); ``"aot"`` through AOTInductor packages (:mod:`onerec.model.aot`), compiled once
+            per architecture and kept under ``aot_dir`` (a temporary folder when None).
         static_cache: the decoder's KV cache: True the preallocated one, False the plain one, None (default) the
             device's choice (plain on CPU; :meth:`Generator.beam_step_fn`). The same items either way.
         precision: ``"bf16"`` runs the encoder and the decoder under ``torch.autocast`` in bfloat16
@@ -60,8 +73,8 @@ class GenerativeRecommender:
                  device: str | torch.device = "cpu", progress: bool = False,
                  featurizer: HistoryFeaturizer | None = None, prior: Succession | None = None,
                  prior_weight: float = 0.0, prior_pool: int = 20, prior_window: int = 10,
-                 prior_decay: float = 0.1, exclude_seen: bool = False, compile: bool = False,
-                 static_cache: bool | None = None, precision: str = "fp32") -> None:
+                 prior_decay: float = 0.1, exclude_seen: bool = False, compile: bool | str = False,
+                 static_cache: bool | None = None, precision: str = "fp32", aot_dir: str | None = None) -> None:
         self.model = model.to(device).eval()
         self.codes = np.asarray(codes, dtype=np.int64)
         self.device = torch.device(device)
@@ -74,10 +87,14 @@ class GenerativeRecommender:
         self.prior, self.prior_weight, self.prior_pool = prior, prior_weight, prior_pool
         self.prior_window, self.prior_decay = prior_window, prior_decay
         self.exclude_seen = exclude_seen
-        self.compile = compile
+        self.compile = compile_mode(compile)
+        self.aot_dir = aot_dir
         self.static_cache = static_cache  # the KV cache: None = the device's default (Generator.beam_step_fn)
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r} (generate.precision)")
+        if precision == "bf16" and self.compile == "aot":
+            raise ConfigError("generate.compile=aot compiles the float32 step, not bf16 autocast: set "
+                             "generate.compile=true (torch.compile) with generate.precision=bf16, or keep fp32")
         self.precision = precision
 
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:
@@ -305,7 +322,7 @@ class GenerativeRecommender:
         beam = max(self.beam_size, k) if beam_size is None else beam_size
         if cached:
             step_fn, state = self.model.beam_step_fn(memory, memory_mask, beam, compiled=self.compile,
-                                                     static_cache=self.static_cache)
+                                                     static_cache=self.static_cache, aot_dir=self.aot_dir)
         else:
             state = {"memory": memory.repeat_interleave(beam, dim=0),
                      "mask": memory_mask.repeat_interleave(beam, dim=0)}

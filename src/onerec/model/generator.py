@@ -91,6 +91,11 @@ class SemanticIDModel(nn.Module):
     memory_mask) -> hidden [B, t+1, E]``, plus the KV-cached ``start_decoding`` / ``decode_step``.
     """
 
+    @property
+    def memory_width(self) -> int:
+        """The last dimension of ``encode_batch``'s memory."""
+        return self.cfg.d_model
+
     def _build_inputs(self, cfg: ModelConfig, codebook_sizes: list[int], features: list[str]) -> tuple[int, int]:
         """The semantic-ID embedding and the pathways' behaviour tokens; sets ``pathways``, ``enc_len``
         (context tokens) and ``lengths`` -> (dense feed-forward width, feature width)."""
@@ -319,20 +324,25 @@ class SemanticIDModel(nn.Module):
         return log_probs, new_cache
 
     def beam_step_fn(self, memory: Tensor, memory_mask: Tensor, beams: int, *, static_cache: bool | None = None,
-                     compiled: bool = False):
+                     compiled: bool | str = False, aot_dir: str | None = None):
         """A ``step_fn`` for :func:`onerec.generate.beam_search` over this model with the KV cache:
         -> (step_fn, initial state). The state is the self-attention cache (U*beams rows, so beam search
         re-orders it): with ``static_cache=True`` a preallocated :class:`StaticKVCache`, re-ordered in place;
         with ``False`` the plain cache grown by concatenation (the reference, state None). ``None`` (the default)
         picks the plain cache on CPU, where it measured as fast or faster (attention reads contiguous keys;
         ``benchmarks/decode_step.py``), and the static one on other devices. The per-user cross-attention K/V
-        live in the closure. ``compiled``: the step through ``torch.compile`` (``generate.compile``,
-        :mod:`onerec.model.compiled`), with the plain cache."""
+        live in the closure. ``compiled``: True, the step through ``torch.compile`` (``generate.compile=true``,
+        :mod:`onerec.model.compiled`); ``"aot"``, through AOTInductor packages (``generate.compile=aot``,
+        :mod:`onerec.model.aot`, kept under ``aot_dir``); both with the plain cache."""
         if static_cache is None:
             static_cache = memory.device.type != "cpu"
         ctx = self.start_decoding(memory, memory_mask, beams)
         step_call = self.decode_step
-        if compiled:
+        if compiled == "aot":
+            from onerec.model.aot import aot_decode_step
+
+            step_call, static_cache = aot_decode_step(self, aot_dir), False
+        elif compiled:
             from onerec.model.compiled import compiled_decode_step
 
             step_call, static_cache = compiled_decode_step(self), False

@@ -225,6 +225,11 @@ class LazyGenerator(SemanticIDModel):
             bias = bias + self.age_bias(age.clamp_min(0)) * (age >= 0).unsqueeze(-1)
         return self.drop(x), mask, bias.expand(x.shape[0], -1, -1)
 
+    @property
+    def memory_width(self) -> int:
+        """The context states and the attention bias of every query head, side by side (:meth:`encode_batch`)."""
+        return self.context.dim + self.cfg.n_heads
+
     def encode_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """A featurized batch -> (memory [B, S, d_context + H]: the context processor's states and each token's
         attention bias per head, memory_mask [B, S] bool, True = real token). The one entry point of training,

@@ -145,8 +145,11 @@ class MoE(nn.Module):
         n = x.shape[0]
         order, e_sorted, tok, counts = self._sorted(chosen)
         starts = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(len(order), device=x.device) - starts[e_sorted]  # rank within its expert
-        cap = int(counts.max()) if n else 0
+        pos = torch.arange(order.shape[0], device=x.device) - starts[e_sorted]  # rank within its expert
+        # at least 2 (an extra row of zeros at most): under torch.export the capacity is a data-dependent size,
+        # which inductor cannot compile while it might be 1 (generate.compile=aot, onerec.model.aot)
+        cap = counts.max().clamp(min=2).item() if n else 0
+        torch._check(cap != 1)
         buf = x.new_zeros(self.n, cap, self.d)
         buf[e_sorted, pos] = x[tok]
         h = F.silu(torch.bmm(buf, self.w1)) * torch.bmm(buf, self.w3)

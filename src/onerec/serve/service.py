@@ -115,8 +115,10 @@ class RecommendService:
 
             self.explorer = Explorer.fit(ds.interactions, ds.n_users, np.asarray(self.rec.codes), ds.items, cfg)
         self.explore_lock = threading.Lock()
-        if cfg.generate.compile:  # compile the decode step before serving, not on the first requests' clock
-            for n in (1, 2):  # one user is a graph of its own (sizes of 1 are specialised); two or more share one
+        if cfg.generate.compile != "false":  # compile the decode step before serving, not on the first requests'
+            # clock. torch.compile: one user is a graph of its own (sizes of 1 are specialised), two or more share
+            # one; aot: the first search compiles or loads every level's package, which serves every shape
+            for n in (1, 2):
                 self.recommend([self.history_query([0], 1) for _ in range(n)])
 
     def _fit_baselines(self, splits: dict) -> dict[tuple[str, bool], Any]:

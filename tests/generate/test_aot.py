@@ -1,0 +1,174 @@
+"""generate.compile=aot: the decode step compiled ahead of time with AOTInductor gives the eager step's search
+(issue 43), from packages that serve every number of users, beams and history lengths, are kept on disk per
+architecture and are loaded only when signed here.
+
+Each level's package costs ~10 s of C++ compilation, so the tests share one package folder per architecture: the
+encoder-decoder (3 levels, dense) and the lazy model with a mixture-of-experts decoder (2 levels)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import assert_search_matches_reference, compile_unavailable, history_batch, random_codes
+from onerec.config import ModelConfig
+from onerec.errors import ConfigError
+from onerec.generate.generative import GenerativeRecommender
+from onerec.model import build_generator
+from onerec.model.aot import AOTDecodeStep, aot_decode_step
+
+_WHY = compile_unavailable()
+pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+
+SIZES = {"encdec": [5, 4, 3], "lazy": [6, 4]}
+
+
+def _build(arch: str, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(arch=arch, d_model=16, n_heads=2, enc_layers=1, dec_layers=1, max_history=6, dropout=0.0,
+                      moe_experts=4 if arch == "lazy" else 0)
+    return build_generator(cfg, SIZES[arch]).eval()
+
+
+@functools.cache
+def _folder(arch: str) -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"onerec-test-aot-{arch}-"))  # one per architecture for the module
+
+
+#: one model per architecture whose packages are compiled once for the module
+_model = functools.cache(_build)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _signing_key_outside_home(tmp_path_factory):
+    """Packages are signed with a key kept in the user's cache folder: the tests' key lives in a folder of theirs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
+def _search(model, codes, batch, k: int, beam: int, compile, folder: Path | None = None):
+    rec = GenerativeRecommender(model, codes, beam_size=beam, compile=compile, aot_dir=folder)
+    return rec.generate(batch, k, beam_size=beam)
+
+
+def _batch(codes, users: int, seed: int):
+    return history_batch(codes, users, seed, max_history=6, longest=10)
+
+
+@pytest.mark.parametrize("arch", ["encdec", "lazy"])
+def test_aot_search_equals_the_eager_search(arch: str) -> None:
+    """One package per level serves every shape: several users and beams, one user, one beam, and a longer
+    history than the export's example, all equal to the eager search (the lazy model's experts included)."""
+    model, sizes = _model(arch), SIZES[arch]
+    codes = random_codes(sizes, 20, seed=1).numpy()
+    for users, beam in [(3, 6), (1, 9), (2, 1), (5, 4)]:
+        batch = _batch(codes, users, seed=users)
+        eager = _search(model, codes, batch, min(5, beam), beam, compile=False)
+        fast = _search(model, codes, batch, min(5, beam), beam, compile="aot", folder=_folder(arch))
+        torch.testing.assert_close(fast[1], eager[1], atol=1e-5, rtol=0)
+        same = fast[0] == eager[0]
+        assert same.all() or bool(((fast[1] - eager[1]).abs() < 1e-5)[~same].all())  # near-ties only
+    step = aot_decode_step(model, _folder(arch))
+    assert step.failed is None  # it did compile, not fall back
+    assert sorted(step.runners) == list(range(len(sizes)))
+    assert not any("aot" in key for key in model.state_dict())  # never saved with the weights
+
+
+def test_packages_are_reused_by_another_model_of_the_same_architecture_and_weights_are_read_at_load() -> None:
+    """A package holds code, not weights: another model of the same config (other weights, as a retrained
+    checkpoint) loads the folder's packages without compiling and searches as its own eager step; weights
+    changed in place after loading are seen."""
+    _search(_model("encdec"), random_codes(SIZES["encdec"], 20, seed=1).numpy(),
+            _batch(random_codes(SIZES["encdec"], 20, seed=1).numpy(), 2, 0), 3, 4, "aot", _folder("encdec"))
+    other = _build("encdec", seed=7)
+    codes = random_codes(SIZES["encdec"], 25, seed=3).numpy()
+    batch = _batch(codes, 3, seed=4)
+    step = aot_decode_step(other, _folder("encdec"))  # the step the recommender below will use
+    eager = _search(other, codes, batch, 4, 6, compile=False)
+    fast = _search(other, codes, batch, 4, 6, compile="aot", folder=_folder("encdec"))
+    assert step.compiled == [] and sorted(step.runners) == [0, 1, 2]  # loaded, not compiled
+    torch.testing.assert_close(fast[1], eager[1], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        for head in other.heads:
+            head.weight.mul_(-1.5)  # the packages read the model's own parameters
+    eager = _search(other, codes, batch, 4, 6, compile=False)
+    fast = _search(other, codes, batch, 4, 6, compile="aot", folder=_folder("encdec"))
+    torch.testing.assert_close(fast[1], eager[1], atol=1e-5, rtol=0)
+    assert step.compiled == []
+
+
+def test_a_package_that_was_not_signed_here_is_never_loaded(caplog) -> None:
+    """A package is a shared library: one whose signature does not verify under this user's key (a run folder
+    from elsewhere, a changed file) is refused with a warning, and compiled anew instead of loaded."""
+    model = _model("encdec")
+    step = aot_decode_step(model, _folder("encdec"))
+    _search(model, random_codes(SIZES["encdec"], 20, seed=1).numpy(),
+            _batch(random_codes(SIZES["encdec"], 20, seed=1).numpy(), 2, 0), 3, 4, "aot", _folder("encdec"))
+    package = step.directory() / "level0.pt2"
+    assert AOTDecodeStep._verified(package) is not None
+    signature = package.with_suffix(".sig")
+    good = signature.read_text()
+    try:
+        signature.write_text("0" * len(good))
+        with caplog.at_level("WARNING", logger="onerec.generate"):
+            assert AOTDecodeStep._verified(package) is None
+        assert any("not signed by this user's key" in r.message for r in caplog.records)
+        data = package.read_bytes()
+        signature.write_text(good)
+        package.write_bytes(data + b"\0")  # the right signature, other bytes
+        assert AOTDecodeStep._verified(package) is None
+        package.write_bytes(data)
+        assert AOTDecodeStep._verified(package) is not None
+    finally:
+        signature.write_text(good)
+
+
+@settings(max_examples=5, deadline=None)
+@given(n=st.integers(1, 60), beam=st.integers(2, 12), users=st.integers(1, 4), seed=st.integers(0, 2**16),
+       data=st.data())
+def test_aot_search_matches_the_reference(n, beam, users, seed, data) -> None:
+    """The AOT search == the plain reference search (uncached decoder, Python trie) on random catalogues, the
+    property test of the eager path (tests/model/test_decode_cache.py) on the compiled packages."""
+    model, sizes = _model("encdec"), SIZES["encdec"]
+    n = min(n, math.prod(sizes))
+    codes = random_codes(sizes, n, seed)
+    top_k = data.draw(st.integers(1, beam))
+    batch = _batch(codes.numpy(), users, seed)
+    got = _search(model, codes.numpy(), batch, top_k, beam, compile="aot", folder=_folder("encdec"))
+    assert_search_matches_reference(model, codes, sizes, batch, beam, top_k, got)
+
+
+def test_a_machine_that_cannot_compile_decodes_eagerly_with_one_warning(caplog, monkeypatch, tmp_path) -> None:
+    model = _build("encdec", seed=3)
+    codes = random_codes(SIZES["encdec"], 30, seed=2).numpy()
+    batch = _batch(codes, 2, seed=3)
+    eager = _search(model, codes, batch, 4, 5, compile=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch.export, "export", broken)
+    with caplog.at_level("WARNING", logger="onerec.generate"):
+        got = _search(model, codes, batch, 4, 5, compile="aot", folder=tmp_path)
+        again = _search(model, codes, batch, 4, 5, compile="aot", folder=tmp_path)
+    step = aot_decode_step(model, tmp_path)
+    assert step.failed and "no C++ compiler" in step.failed
+    assert sum("generate.compile=true or false" in r.message for r in caplog.records) == 1
+    for out in (got, again):
+        assert torch.equal(out[0], eager[0]) and torch.equal(out[1], eager[1])
+
+
+def test_aot_and_bf16_are_refused_together() -> None:
+    model = _model("encdec")
+    with pytest.raises(ConfigError, match=r"generate\.compile=true"):
+        GenerativeRecommender(model, random_codes(SIZES["encdec"], 10, seed=0).numpy(), compile="aot",
+                              precision="bf16")

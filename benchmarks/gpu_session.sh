@@ -71,7 +71,7 @@ for part in "$@"; do
   t0=$SECONDS
   case $part in
     tests)
-      "$PY" -m pytest -q -rs -p no:cacheprovider -k "cuda or CUDA" tests/generate/test_compiled.py \
+      "$PY" -m pytest -q -rs -p no:cacheprovider -k "cuda or CUDA" tests/generate/test_compiled.py tests/generate/test_aot.py \
         tests/generate/test_beam.py tests/tokenizer/test_constraints.py tests/tokenizer/test_kmeans.py \
         tests/baselines/test_sasrec.py 2>&1 | tee "$OUT/tests.log" || status=1
       ;;

@@ -83,6 +83,21 @@ def test_aot_search_equals_the_eager_search(arch: str) -> None:
     assert not any("aot" in key for key in model.state_dict())  # never saved with the weights
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (AOTInductor's CUDA packages)")
+def test_cuda_aot_search_equals_the_eager_search(tmp_path) -> None:
+    """On a GPU the packages are compiled for it (another key than the CPU's): the same items and scores as the
+    eager search on the same GPU, for two shapes."""
+    model = _build("encdec").cuda()
+    codes = random_codes(SIZES["encdec"], 20, seed=1).numpy()
+    for users, beam in [(3, 6), (1, 9)]:
+        batch = _batch(codes, users, seed=users)
+        eager = GenerativeRecommender(model, codes, beam_size=beam, device="cuda").generate(batch, 5, beam_size=beam)
+        fast = GenerativeRecommender(model, codes, beam_size=beam, device="cuda", compile="aot",
+                                     aot_dir=tmp_path).generate(batch, 5, beam_size=beam)
+        torch.testing.assert_close(fast[1], eager[1], atol=1e-4, rtol=0)
+    assert aot_decode_step(model, tmp_path).failed is None
+
+
 def test_packages_are_reused_by_another_model_of_the_same_architecture_and_weights_are_read_at_load() -> None:
     """A package holds code, not weights: another model of the same config (other weights, as a retrained
     checkpoint) loads the folder's packages without compiling and searches as its own eager step; weights

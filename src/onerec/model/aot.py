@@ -228,8 +228,8 @@ class AOTDecodeStep:
                 if data is None:
                     data = self._compile(step, path)
                     self.compiled.append(step)
-        # the verified bytes, not the file again; one model instance without the runner's own pool and locking
-        # (measured ~4% faster a step at batch 1): this object's lock makes concurrent searches take turns
+        # the verified bytes, not the file again; one model instance, not a pool of them (as fast as the default
+        # runner within the noise at batch 1): this object's lock makes concurrent searches take turns
         runner = aoti_load_package(io.BytesIO(data), run_single_threaded=True)
         constants = _constants(self.model)
         runner.load_constants({name: constants[name] for name in runner.get_constant_fqns()},

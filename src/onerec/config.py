@@ -360,7 +360,7 @@ class GenerateConfig:
                                 "(eagerly) | true (torch.compile: inductor's C++ kernels on CPU, CUDA graphs on GPU; "
                                 "the first search of each process compiles, a minute or more on a CPU) | aot "
                                 "(AOTInductor: compiled ahead of time once per model architecture into the run's "
-                                "aot/ folder, then loaded in under a second by every later command; fp32 only). "
+                                "aot/ folder, then loaded by every later command, ~0.3 s a level; fp32 only). "
                                 "CPU speed-ups of the step in docs/benchmarks/generation.md; serve compiles before "
                                 "it listens; without a C++ compiler both warn and decode eagerly",
                        choices=["false", "true", "aot"])

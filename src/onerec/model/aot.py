@@ -16,7 +16,7 @@ step measured ~1.6x the eager one against ~1.1x for ``torch.compile`` (docs/benc
   names and shapes, the model code and torch's version, and a retrained model of the same config reuses it.
 * **Cached on disk, signed.** ``cache_dir`` (a run's ``aot/`` folder under ``onerec``; a temporary folder
   otherwise) keeps one folder per key with ``level<N>.pt2``; the first search compiles what is missing (15-35 s a
-  level at d_model 128 on a CPU), later processes load it in well under a second. A package is a shared library,
+  level at d_model 128 on a CPU), later processes load it (~0.3 s a level). A package is a shared library,
   i.e. code that runs when loaded: each is signed with an HMAC under a key kept in the user's cache folder
   (``~/.cache/onerec/aot-signing.key``, mode 0600), and one that does not verify, say a run folder copied from
   elsewhere, is compiled anew instead of loaded. Writes go to a temporary file and are renamed; a lock file per

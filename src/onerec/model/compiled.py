@@ -15,6 +15,9 @@ preallocated :class:`~onerec.model.kv_cache.StaticKVCache` writes its buffer in 
 that mutation made the step 1.3-2.4x slower than eager on CPU (measured at batch 1 and 64, beam 128), so it is
 only used by the eager step.
 
+``generate.compile=aot`` (:mod:`onerec.model.aot`) compiles the same step ahead of time instead, once per model
+architecture, without Dynamo's per-step guard checks.
+
 The eager step stays the reference: ``tests/generate/test_compiled.py`` checks that both return the same items
 (and scores to float tolerance) for the encoder-decoder and the lazy model. Where ``torch.compile`` cannot run (no
 C++ compiler for inductor, an unsupported platform), the first call warns once and the step runs eagerly.

@@ -147,6 +147,18 @@ def test_a_package_that_was_not_signed_here_is_never_loaded(caplog) -> None:
         signature.write_text(good)
 
 
+def test_a_folder_that_cannot_be_written_compiles_into_a_temporary_one_with_one_warning(tmp_path, caplog) -> None:
+    """A read-only run folder (here: a path under a regular file, which nobody can create) keeps serving: packages
+    are compiled into a temporary folder instead, with one warning that names the folder and the fix."""
+    (tmp_path / "run").write_text("a file, not a folder")
+    step = AOTDecodeStep(_model("encdec"), tmp_path / "run" / "aot")
+    with caplog.at_level("WARNING", logger="onerec.generate"):
+        first, again = step._writable(), step._writable()
+    assert first == again and first.is_dir() and first.name == step.directory().name
+    assert not str(first).startswith(str(tmp_path))
+    assert sum("cannot write packages" in r.message and "Fix:" in r.message for r in caplog.records) == 1
+
+
 @settings(max_examples=5, deadline=None)
 @given(n=st.integers(1, 60), beam=st.integers(2, 12), users=st.integers(1, 4), seed=st.integers(0, 2**16),
        data=st.data())

@@ -195,6 +195,7 @@ class AOTDecodeStep:
         self.runners: dict[int, Any] = {}
         self.compiled: list[int] = []  # levels this object compiled (the others were loaded from cache_dir)
         self.failed: str | None = None
+        self._fallback: tempfile.TemporaryDirectory | None = None  # where to compile when root is read-only
         self.lock = threading.Lock()  # a package runs one call at a time (run_single_threaded)
 
     def __call__(self, prefix: Tensor, step: int, ctx: Any, cache: Any) -> tuple[Tensor, Any]:
@@ -218,15 +219,14 @@ class AOTDecodeStep:
     def _runner(self, step: int):
         from torch._inductor import aoti_load_package
 
-        folder = self.directory()
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"level{step}.pt2"
-        data = self._verified(path)
+        name = f"level{step}.pt2"
+        data = self._verified(self.directory() / name)
         if data is None:
+            folder = self._writable()
             with _locked(folder / ".lock"):
-                data = self._verified(path)  # another process may have compiled it while this one waited
+                data = self._verified(folder / name)  # another process may have compiled it while this one waited
                 if data is None:
-                    data = self._compile(step, path)
+                    data = self._compile(step, folder / name)
                     self.compiled.append(step)
         # the verified bytes, not the file again; one model instance, not a pool of them (as fast as the default
         # runner within the noise at batch 1): this object's lock makes concurrent searches take turns
@@ -236,6 +236,25 @@ class AOTDecodeStep:
                               check_full_update=True, user_managed=True)
         self.runners[step] = runner
         return runner
+
+    def _writable(self) -> Path:
+        """Where this object compiles: :meth:`directory`, made if missing, or where that cannot be written (a
+        read-only run folder) the same key's folder in a temporary one that lives as long as this object, with
+        one warning. Packages already in :meth:`directory` are still loaded from it."""
+        folder = self.directory()
+        if self._fallback is None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with open(folder / ".lock", "a+b"):
+                    return folder
+            except OSError as e:
+                self._fallback = tempfile.TemporaryDirectory(prefix="onerec-aot-")
+                log.warning("generate.compile=aot: cannot write packages to %s (%s); compiling into a temporary "
+                            "folder, so every process compiles anew. Fix: make it writable, or run one command "
+                            "with generate.compile=aot where it is, before it becomes read-only", folder, e)
+        fallback = Path(self._fallback.name) / folder.name
+        fallback.mkdir(exist_ok=True)
+        return fallback
 
     @staticmethod
     def _verified(path: Path) -> bytes | None:

@@ -42,9 +42,10 @@ thread.
 ``--run RUN`` times a trained (or training) run's own search as its evaluation runs it (``onerec eval`` / the
 per-epoch valid scoring: ``GenerativeRecommender.recommend`` over the first ``--users`` valid users, 0 for all, the
 run's beam and batch size, the encoder included) with the plain and the static cache and, with ``--bf16``, the plain
-cache under ``generate.precision=bf16``, taking turns, ``--reps`` rounds (3 by default in this mode); reports
-seconds per 1,000 users, the paired ratios, whether the variants returned the same items and, with trained weights
-(RUN/train, or a checkpoint folder given by ``--weights``), each variant's valid Recall@10 / NDCG@10. Writes
+cache under ``generate.precision=bf16``, with ``--aot`` the plain cache under ``generate.compile=aot``, taking
+turns, ``--reps`` rounds (3 by default in this mode); reports seconds per 1,000 users, the paired ratios, whether
+the variants returned the same items and, with trained weights (RUN/train, or a checkpoint folder given by
+``--weights``), each variant's valid Recall@10 / NDCG@10. Writes
 ``decode_step.run.json`` (``--out``).
 
 Writes ``benchmarks/results/generation/decode_step[.bB_beamK].json`` (batch 1, beam 128 without the suffix;
@@ -136,10 +137,12 @@ def search(model: Generator, memory, mask, table: PrefixTable, beam: int, top_k:
     return {"search_s": total, "step_s": spent[0], "items": items, "scores": scores}
 
 
-def run_caches(run: Path, users: int, reps: int, weights: Path | None = None, bf16: bool = False) -> dict:
-    """``--run``: a run's valid scoring with the plain and the static KV cache (and with ``bf16`` the plain cache
-    under ``generate.precision=bf16``), taking turns; with trained weights also each variant's Recall@10 and
-    NDCG@10 over the timed users (the valid split: read freely)."""
+def run_caches(run: Path, users: int, reps: int, weights: Path | None = None, bf16: bool = False,
+               aot: bool = False) -> dict:
+    """``--run``: a run's valid scoring with the plain and the static KV cache (with ``bf16`` also the plain cache
+    under ``generate.precision=bf16``, with ``aot`` the plain cache under ``generate.compile=aot``), taking turns;
+    with trained weights also each variant's Recall@10 and NDCG@10 over the timed users (the valid split: read
+    freely)."""
     from model_throughput import _run_data
     from onerec.eval.metrics import per_user_metrics
     from onerec.generate.generative import GenerativeRecommender
@@ -155,6 +158,8 @@ def run_caches(run: Path, users: int, reps: int, weights: Path | None = None, bf
     variants = {"plain": {"static_cache": False}, "static": {"static_cache": True}}
     if bf16:
         variants["plain_bf16"] = {"static_cache": False, "precision": "bf16"}
+    if aot:  # its packages compile on the warm-up below, into a temporary folder
+        variants["plain_aot"] = {"static_cache": False, "compile": "aot"}
     recs = {name: GenerativeRecommender(model, codes, beam_size=cfg.generate.beam_size,
                                         batch_size=cfg.generate.batch_size, featurizer=feat, **options)
             for name, options in variants.items()}
@@ -177,6 +182,10 @@ def run_caches(run: Path, users: int, reps: int, weights: Path | None = None, bf
         out["bf16_per_round"] = [p / b for p, b in zip(times["plain"], times["plain_bf16"])]
         out["bf16_same_top10_share"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in
                                                       zip(items["plain"].tolist(), items["plain_bf16"].tolist())]))
+    if aot:
+        out["aot_over_plain"] = statistics.median(p / a for p, a in zip(times["plain"], times["plain_aot"]))
+        out["aot_per_round"] = [p / a for p, a in zip(times["plain"], times["plain_aot"])]
+        out["aot_same_items"] = bool((items["plain"] == items["plain_aot"]).all())
     if trained:
         targets = [np.asarray(t, dtype=np.int64) for t in rows.column("targets").to_pylist()]
         out["valid_metrics"] = {}
@@ -201,6 +210,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, help="--run: a model folder (model.json + model.safetensors; default "
                                                  "RUN/train, e.g. a checkpoint of a run still training)")
     ap.add_argument("--bf16", action="store_true", help="--run: also the plain cache under generate.precision=bf16")
+    ap.add_argument("--aot", action="store_true", help="--run: also the plain cache under generate.compile=aot")
     args = ap.parse_args()
     keep_freed_memory()  # the allocator policy of the onerec command (onerec.threads); recorded in "machine"
     torch.set_num_threads(1)
@@ -208,7 +218,7 @@ def main() -> None:
         args.reps = 3 if args.run else 150
     if args.run:
         with torch.no_grad():
-            result = run_caches(args.run, args.users, args.reps, args.weights, args.bf16)
+            result = run_caches(args.run, args.users, args.reps, args.weights, args.bf16, args.aot)
         result = {"benchmark": "decode_step --run",
                   "command": " ".join(["python", "benchmarks/decode_step.py", *sys.argv[1:]]),
                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -217,7 +227,9 @@ def main() -> None:
         write_json(out, result)
         print(f"{args.run}: plain {result['s_per_1000_users']['plain']:.3f} s, static "
               f"{result['s_per_1000_users']['static']:.3f} s per 1,000 users; plain x{result['plain_over_static']:.2f}"
-              f"; same items: {result['same_items']}; wrote {out}")
+              f"; same items: {result['same_items']}"
+              + (f"; aot x{result['aot_over_plain']:.2f} (same items: {result['aot_same_items']})" if args.aot else "")
+              + f"; wrote {out}")
         return
     sizes = [256, 256, 256]
     model, table, batch = setup(sizes, args.items, args.batch)

@@ -101,7 +101,7 @@ def test_cuda_aot_search_equals_the_eager_search(tmp_path) -> None:
 def test_packages_are_reused_by_another_model_of_the_same_architecture_and_weights_are_read_at_load() -> None:
     """A package holds code, not weights: another model of the same config (other weights, as a retrained
     checkpoint) loads the folder's packages without compiling and searches as its own eager step; weights
-    changed in place after loading are seen."""
+    changed in place after loading are seen, and so are weights replaced by other tensors."""
     _search(_model("encdec"), random_codes(SIZES["encdec"], 20, seed=1).numpy(),
             _batch(random_codes(SIZES["encdec"], 20, seed=1).numpy(), 2, 0), 3, 4, "aot", _folder("encdec"))
     other = _build("encdec", seed=7)
@@ -115,6 +115,11 @@ def test_packages_are_reused_by_another_model_of_the_same_architecture_and_weigh
     with torch.no_grad():
         for head in other.heads:
             head.weight.mul_(-1.5)  # the packages read the model's own parameters
+    eager = _search(other, codes, batch, 4, 6, compile=False)
+    fast = _search(other, codes, batch, 4, 6, compile="aot", folder=_folder("encdec"))
+    torch.testing.assert_close(fast[1], eager[1], atol=1e-5, rtol=0)
+    # weights replaced by other tensors (not written in place): the packages are loaded again and read the new ones
+    other.load_state_dict(_build("encdec", seed=11).state_dict(), assign=True)
     eager = _search(other, codes, batch, 4, 6, compile=False)
     fast = _search(other, codes, batch, 4, 6, compile="aot", folder=_folder("encdec"))
     torch.testing.assert_close(fast[1], eager[1], atol=1e-5, rtol=0)

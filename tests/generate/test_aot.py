@@ -7,6 +7,7 @@ encoder-decoder (3 levels, dense) and the lazy model with a mixture-of-experts d
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from pathlib import Path
@@ -124,6 +125,25 @@ def test_packages_are_reused_by_another_model_of_the_same_architecture_and_weigh
     fast = _search(other, codes, batch, 4, 6, compile="aot", folder=_folder("encdec"))
     torch.testing.assert_close(fast[1], eager[1], atol=1e-5, rtol=0)
     assert step.compiled == []
+
+
+def test_a_deep_copy_of_the_model_searches_with_its_own_weights() -> None:
+    """A model that already decoded through its packages can be deep-copied (alignment's policy, an edge device's
+    model): the copy gets its own step (the same folder's packages, loaded for its weights), and both search as
+    their own eager steps after the copy's weights change."""
+    model = _build("encdec", seed=5)
+    codes = random_codes(SIZES["encdec"], 25, seed=3).numpy()
+    batch = _batch(codes, 3, seed=4)
+    before = _search(model, codes, batch, 4, 6, compile="aot", folder=_folder("encdec"))
+    twin = copy.deepcopy(model)  # raised TypeError (the step's lock) before the step stayed behind
+    with torch.no_grad():
+        for head in twin.heads:
+            head.weight.mul_(-1.5)
+    fast = _search(twin, codes, batch, 4, 6, compile="aot", folder=_folder("encdec"))
+    torch.testing.assert_close(fast[1], _search(twin, codes, batch, 4, 6, compile=False)[1], atol=1e-5, rtol=0)
+    assert aot_decode_step(twin, _folder("encdec")) is not aot_decode_step(model, _folder("encdec"))
+    torch.testing.assert_close(_search(model, codes, batch, 4, 6, compile="aot", folder=_folder("encdec"))[1],
+                               before[1])
 
 
 def test_a_package_that_was_not_signed_here_is_never_loaded(caplog) -> None:

@@ -6,6 +6,7 @@ and the number of users without recompiling."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -62,6 +63,24 @@ def test_compiled_search_equals_the_eager_search(arch: str) -> None:
     assert isinstance(step, CompiledDecodeStep) and step.failed is None  # it did compile, not fall back
     assert compiled_decode_step(model) is step  # made once per model
     assert not any("compiled" in key for key in model.state_dict())  # never saved with the weights
+
+
+def test_a_deep_copy_of_the_model_searches_with_its_own_weights() -> None:
+    """A model that already decoded through torch.compile, deep-copied (alignment's policy, an edge device's model)
+    and its copy's weights changed: the copy searches with its own weights (its compiled step ran the original's
+    before the step stayed behind in a copy), and the original is unchanged."""
+    model = _build("encdec")
+    codes = random_codes(SIZES, 40, seed=1).numpy()
+    batch = _batch(codes, 3, seed=3)
+    before = _search(model, codes, batch, 5, 6, compile=True)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for head in twin.heads:
+            head.weight.mul_(-1.5)
+    torch.testing.assert_close(_search(twin, codes, batch, 5, 6, compile=True)[1],
+                               _search(twin, codes, batch, 5, 6, compile=False)[1], atol=1e-5, rtol=0)
+    assert compiled_decode_step(twin) is not compiled_decode_step(model)
+    torch.testing.assert_close(_search(model, codes, batch, 5, 6, compile=True)[1], before[1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CUDA graphs: mode='reduce-overhead')")

@@ -214,6 +214,12 @@ class AOTDecodeStep:
         self._directory: Path | None = None  # directory(), kept with the runners (model_key reads the model code)
         self.lock = threading.Lock()  # a package runs one call at a time (run_single_threaded)
 
+    def __deepcopy__(self, memo: dict) -> None:
+        # kept on the model: a deep copy of the model (alignment's policy, an edge device's model) must not take
+        # this step along, whose graphs or packages read the original's weights; the copy makes its own
+        # step at its first search
+        return None
+
     def __call__(self, prefix: Tensor, step: int, ctx: Any, cache: Any) -> tuple[Tensor, Any]:
         if step == 0:
             # the packages read the parameters they were given at load: weights changed in place are seen, but a

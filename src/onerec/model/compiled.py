@@ -74,6 +74,12 @@ class CompiledDecodeStep:
         if getattr(dynamo, "recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
             dynamo.recompile_limit = RECOMPILE_LIMIT
 
+    def __deepcopy__(self, memo: dict) -> None:
+        # kept on the model: a deep copy of the model (alignment's policy, an edge device's model) must not take
+        # this step along, whose graphs or packages read the original's weights; the copy makes its own
+        # step at its first search
+        return None
+
     def __call__(self, prefix: Tensor, step: int, ctx: Any, cache: Any) -> tuple[Tensor, Any]:
         if self.failed is None:
             if step == 0 and self.cuda_graphs:

@@ -356,7 +356,8 @@ class GenerateConfig:
                                     "(the beam search masks them, so k unseen items still come back); `onerec "
                                     "generate --exclude-seen/--include-seen` and a request's exclude_seen override it. "
                                     "Evaluation has its own setting, eval.exclude_seen")
-    compile: str = opt("false", "how eval, generate, serve and tune-prior run the beam search's decode step: false "
+    compile: str = opt("false", "how eval, generate, serve, tune-prior and train's per-epoch valid scoring run the "
+                                "beam search's decode step: false "
                                 "(eagerly) | true (torch.compile: inductor's C++ kernels on CPU, CUDA graphs on GPU; "
                                 "the first search of each process compiles, a minute or more on a CPU) | aot "
                                 "(AOTInductor: compiled ahead of time once per model architecture into the run's "

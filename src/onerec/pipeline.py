@@ -424,7 +424,8 @@ def _train_into(run: Path, cfg: RunConfig, out: Path, *, resume: bool, progress:
     if main:
         save_config(run, cfg)  # before training: a killed run's `--resume` continues with the same config
         save_config(out, cfg)
-    scorer = valid_scorer(codes, splits["valid"], cfg, feat) if cfg.train.early_stop_metric else None
+    scorer = valid_scorer(codes, splits["valid"], cfg, feat, aot_dir=run / "aot") if cfg.train.early_stop_metric \
+        else None
     logger = make_logger(cfg.train.logger if main else "none", run, "train")
     if progress and logger.watch_hint():
         print(f"watch training: {logger.watch_hint()}", flush=True)
@@ -489,10 +490,12 @@ def resumable_checkpoint(run: Path) -> Path | None:
     return latest_checkpoint(staging if staging.is_dir() else run / "train")
 
 
-def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=None):
+def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=None, aot_dir: Path | None = None):
     """``score(model) -> float``: ``cfg.train.early_stop_metric`` on the valid split (or a fixed random
-    subset of ``cfg.train.valid_users`` rows), by the same beam search (``generate.precision`` included),
-    featurizer (the training one: see :func:`make_featurizer`) and harness as the test score."""
+    subset of ``cfg.train.valid_users`` rows), by the same beam search (``generate.precision`` and
+    ``generate.compile`` included: with ``aot`` the packages are kept under ``aot_dir``, compiled at the first
+    scoring and reading the training weights as they change), featurizer (the training one: see
+    :func:`make_featurizer`) and harness as the test score."""
     from onerec.eval.harness import evaluate_shared
     from onerec.generate.generative import GenerativeRecommender
     from onerec.train.distributed import current
@@ -508,7 +511,8 @@ def valid_scorer(codes: np.ndarray, valid: pa.Table, cfg: RunConfig, featurizer=
         d = current()
         gen = GenerativeRecommender(model, codes, beam_size=max(cfg.generate.beam_size, k),
                                     batch_size=cfg.generate.batch_size, device=device, featurizer=featurizer,
-                                    precision=cfg.generate.precision)
+                                    precision=cfg.generate.precision, compile=cfg.generate.compile,
+                                    aot_dir=None if aot_dir is None else str(aot_dir))
         return evaluate_shared(gen, valid, rank=d.rank, world=d.world, sum_over_ranks=d.sum, ks=(k,),
                                batch_size=cfg.generate.batch_size)[metric]
 

@@ -12,6 +12,7 @@ import functools
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -144,6 +145,41 @@ def test_a_deep_copy_of_the_model_searches_with_its_own_weights() -> None:
     assert aot_decode_step(twin, _folder("encdec")) is not aot_decode_step(model, _folder("encdec"))
     torch.testing.assert_close(_search(model, codes, batch, 4, 6, compile="aot", folder=_folder("encdec"))[1],
                                before[1])
+
+
+def test_training_scores_valid_through_the_packages_as_the_weights_train(tiny_train, cyclic, tmp_path) -> None:
+    """``generate.compile=aot`` in train's per-epoch valid scoring: the packages are compiled once, at the first
+    scoring, into the run's aot folder, and read the training weights as they change (updated in place by the
+    optimizer), also those of a moving average (``train.ema_decay``: the average is what is scored): the valid
+    curve is the eager scoring's, and compiling leaves the random state (dropout's masks) as it was."""
+    from onerec.config import RunConfig, TrainConfig
+    from onerec.model.generator import Generator
+    from onerec.pipeline import valid_scorer
+    from onerec.train import train_generator
+    from onerec.train.checkpoint import model_meta
+
+    mcfg, sizes, ex = tiny_train
+    valid = cyclic[1]["valid"]
+    curves, losses = {}, {}
+    for ema in (None, 0.5):
+        for mode in ("false", "aot"):
+            cfg = RunConfig()
+            cfg.train.early_stop_metric, cfg.train.device, cfg.generate.compile = "ndcg@10", "cpu", mode
+            scorer = valid_scorer(ex.f.codes, valid, cfg, ex.f, aot_dir=tmp_path / "aot")
+            tcfg = TrainConfig(epochs=4, batch_size=128, warmup_steps=2, checkpoint_every=1000, device="cpu",
+                               early_stop_metric="ndcg@10", patience=10, ema_decay=ema)
+            torch.manual_seed(0)
+            res = train_generator(Generator(mcfg, sizes), ex, tcfg, tmp_path / f"{mode}-{ema}",
+                                  meta=model_meta(mcfg, sizes), progress=False, score_valid=scorer)
+            curves[mode, ema] = [r["ndcg@10"] for r in res.valid]
+            losses[mode, ema] = res.loss
+        assert len(set(curves["false", ema])) > 1  # the weights moved between scorings
+        # compiling at the first scoring leaves the random state alone: the same dropout masks, the same training
+        assert losses["aot", ema] == losses["false", ema]
+        # equal but for a near-tie flipped by the kernels' rounding (at most one user's NDCG)
+        np.testing.assert_allclose(curves["aot", ema], curves["false", ema], atol=1.0 / valid.num_rows, rtol=0)
+    assert curves["false", None] != curves["false", 0.5]
+    assert sorted(p.name for p in (tmp_path / "aot").glob("*/level*.pt2")) == ["level0.pt2", "level1.pt2"]
 
 
 def test_a_package_that_was_not_signed_here_is_never_loaded(caplog) -> None:

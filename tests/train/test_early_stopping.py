@@ -1,6 +1,8 @@
 """Model selection on the valid split in ``train_generator`` (``train.early_stop_metric``, on by default) and the
 wall-time budget; without selection training runs every planned step and saves the last weights."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -105,7 +107,8 @@ def test_defaults_select_on_valid_and_the_small_presets_do_not():
 
 
 def test_valid_scoring_decodes_with_generate_precision(monkeypatch):
-    """The per-epoch valid score searches under ``generate.precision`` (what eval and serving will use)."""
+    """The per-epoch valid score searches under ``generate.precision`` and ``generate.compile`` (what eval and
+    serving will use; aot packages in the run's folder)."""
     import pyarrow as pa
 
     import onerec.eval.harness as harness
@@ -121,8 +124,10 @@ def test_valid_scoring_decodes_with_generate_precision(monkeypatch):
     monkeypatch.setattr(generative, "GenerativeRecommender", Recorder)
     monkeypatch.setattr(harness, "evaluate_shared", lambda *a, **k: {"ndcg@10": 0.5})
     valid = pa.table({"user": [0, 1], "history": [[1], [2]], "targets": [[3], [4]]})
-    for precision in ("fp32", "bf16"):
+    for precision, compile in (("fp32", "aot"), ("bf16", "true"), ("fp32", "false")):
         cfg = RunConfig()
         cfg.train.early_stop_metric, cfg.train.device, cfg.generate.precision = "ndcg@10", "cpu", precision
-        assert valid_scorer(np.zeros((5, 2), dtype=np.int64), valid, cfg)(None) == 0.5
-        assert made[-1]["precision"] == precision
+        cfg.generate.compile = compile
+        assert valid_scorer(np.zeros((5, 2), dtype=np.int64), valid, cfg, aot_dir=Path("RUN/aot"))(None) == 0.5
+        assert made[-1]["precision"] == precision and made[-1]["compile"] == compile
+        assert made[-1]["aot_dir"] == str(Path("RUN/aot"))

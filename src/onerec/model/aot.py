@@ -246,7 +246,7 @@ class AOTDecodeStep:
         """This model's folder under the root: :func:`model_key`, worked out once for the loaded runners (again
         when a parameter is replaced: another dtype or device is another key)."""
         if self._directory is None:
-            self._directory = self.root / model_key(self.model, next(self.model.parameters()).device)
+            self._directory = self.root / model_key(self.model, self._device())
         return self._directory
 
     def _runner(self, step: int):
@@ -259,7 +259,11 @@ class AOTDecodeStep:
             with _locked(folder / ".lock"):
                 data = self._verified(folder / name)  # another process may have compiled it while this one waited
                 if data is None:
-                    data = self._compile(step, folder / name)
+                    # the global random state as it was: a training run that scores valid through the packages
+                    # (generate.compile=aot) draws the same dropout masks whether this compiles or loads them
+                    device = self._device()
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        data = self._compile(step, folder / name)
                     self.compiled.append(step)
         # the verified bytes, not the file again; one model instance, not a pool of them (as fast as the default
         # runner within the noise at batch 1): this object's lock makes concurrent searches take turns
@@ -301,11 +305,13 @@ class AOTDecodeStep:
             return None
         return data
 
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def _compile(self, step: int, path: Path) -> bytes:
         from torch._inductor import aoti_compile_and_package
 
-        model = self.model
-        device = next(model.parameters()).device
+        model, device = self.model, self._device()
         layers = len(model.decoder)
         with torch.no_grad():
             memory = torch.randn(_USERS, _HISTORY, model.memory_width, device=device)

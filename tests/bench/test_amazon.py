@@ -408,6 +408,7 @@ def test_resume_refuses_another_experiment_but_not_a_changed_default_it_never_re
     run = tmp_path / "seed0"
     run.mkdir()
     write_yaml(run / "config.yaml", to_dict(load_config(overrides=["edge.lr=0.01"])))
-    check_resumable(run, load_config(overrides=["edge.lr=0.5", "align.method=dpo", "train.threads=2"]))
+    check_resumable(run, load_config(overrides=["edge.lr=0.5", "align.method=dpo", "train.threads=2",
+                                                 "generate.compile=aot"]))
     with pytest.raises(ConfigError, match=r"cannot resume.*train\.lr"):
         check_resumable(run, load_config(overrides=["train.lr=0.5"]))

@@ -231,6 +231,7 @@ def _check_codes_and_truncation(codes: np.ndarray, test: pa.Table, full: list[np
 # --------------------------------------------------------------------------- runs
 # fields a resumed run may change: where and how fast it runs, and how long it may train in all
 RESUMABLE_CHANGES = ("train.time_budget_s", "eval.sasrec.time_budget_s", "train.threads", "train.device",
+                     "generate.compile",  # how the decode step runs (the same search up to float rounding)
                      # decoding only (onerec_prior's weight; the onerec row ranks by the generator alone)
                      "generate.succession_prior", "generate.succession_pool", "generate.succession_window",
                      "generate.succession_decay")

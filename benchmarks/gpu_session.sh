@@ -15,12 +15,15 @@
 #           GPU, valid loss against parameters and the fitted L(N) (benchmarks/scaling.py; the world is built there
 #           first, ~2 min of CPU; --resume continues an interrupted call on the same machine)
 #   decode  Pass@512 over 1M items with CUDA graphs and bf16 against eager (issue 43): benchmarks/pass512.py
+#   decode-aot  the same in fp32 with generate.compile=aot (AOTInductor's CUDA packages) and CUDA graphs against
+#           eager, interleaved (issue 43; the packages compile first, ~1 min a preset)
 #
 # Everything a part measures is copied to $OUT (on the device machine: the folder that comes back; at most 8
 # files), with a log per part. Environment (defaults in brackets):
 #   OUT [runs/gpu-session]   PYTHON [python3]
 #   DEVICE [cuda]            cpu: a smoke run of the parts' commands on a machine without a GPU (tests skip, amazon
-#                            trains on the CPU: use a tiny BUDGET; mfu and decode need CUDA and are refused)
+#                            trains on the CPU: use a tiny BUDGET; mfu, decode and decode-aot need CUDA and are
+#                            refused)
 #   DATASETS [.gpudata]      amazon: a folder holding amazon2014_s3rec/ and amazon2014_text/. ../shared does not
 #                            travel to the device machine; copy them into the checkout first, ignored by git:
 #                              mkdir -p .gpudata && cp -r ../shared/datasets/amazon2014_s3rec \
@@ -32,7 +35,7 @@
 #                            encoder-decoder on Scientific's GPU study; valid scored every 5th epoch and the last)
 #   SIZES ["lazy-0.1m,lazy-0.3m,lazy-1m,lazy-3m,lazy-10m"]  SCALING_ARGS ["--n-events 10000000 --n-users 100000
 #                            --epochs 1"]  scaling: the presets and the world (--quick: a tiny world, for a smoke run)
-#   PRESETS ["onerec-0.015b onerec-0.121b lazy-10m onerec-v2-0.1b"]  decode: the presets
+#   PRESETS ["onerec-0.015b onerec-0.121b lazy-10m onerec-v2-0.1b"]  decode, decode-aot: the presets
 #
 # A device call (the `device` tool), for example:
 #   run(command="bash benchmarks/gpu_session.sh tests mfu", timeout_s=540)
@@ -50,12 +53,12 @@ stamp() { date -u +%H:%M:%S; }
 [ $# -gt 0 ] || { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 2; }
 DEVICE=${DEVICE:-cuda}
 for part in "$@"; do
-  case $part in tests|mfu|amazon|scaling|decode) ;;
-    *) echo "unknown part '$part': choose tests, mfu, amazon, scaling, decode" >&2; exit 2;; esac
+  case $part in tests|mfu|amazon|scaling|decode|decode-aot) ;;
+    *) echo "unknown part '$part': choose tests, mfu, amazon, scaling, decode, decode-aot" >&2; exit 2;; esac
 done
 if [ "$DEVICE" = cpu ]; then
   for part in "$@"; do
-    case $part in mfu|decode) echo "$part needs CUDA: not run with DEVICE=cpu" >&2; exit 2;; esac
+    case $part in mfu|decode|decode-aot) echo "$part needs CUDA: not run with DEVICE=cpu" >&2; exit 2;; esac
   done
 elif ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)'; then
   echo "no CUDA device here: nothing measured (these parts need a GPU; DEVICE=cpu for a smoke run)" >&2
@@ -108,6 +111,12 @@ for part in "$@"; do
       "$PY" benchmarks/pass512.py --device cuda --compile --precision bf16 --batches 1 8 --reps 5 \
         --presets ${PRESETS:-onerec-0.015b onerec-0.121b lazy-10m onerec-v2-0.1b} --out "$OUT/pass512.cuda.json" \
         2>&1 | tee "$OUT/decode.log" || status=1
+      ;;
+    decode-aot)
+      # shellcheck disable=SC2086
+      "$PY" benchmarks/pass512.py --device cuda --compile --aot --batches 1 8 --reps 5 \
+        --presets ${PRESETS:-onerec-0.015b onerec-0.121b lazy-10m onerec-v2-0.1b} --out "$OUT/pass512.cuda-aot.json" \
+        2>&1 | tee "$OUT/decode-aot.log" || status=1
       ;;
   esac
   echo "[$(stamp)] $part done in $((SECONDS - t0)) s"

@@ -141,6 +141,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="generate.precision")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one preset in this process
     args = ap.parse_args()
+    if args.aot and args.precision == "bf16":
+        ap.error("--aot compiles the float32 step (generate.compile=aot refuses bf16): run it with --precision fp32")
     keep_freed_memory()  # the allocator policy of the onerec command (onerec.threads); recorded in "machine"
     if args.one:
         print(json.dumps(one(args.one, args.items, args.batches, args.reps, args.compile, args.device,

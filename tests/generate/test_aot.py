@@ -256,7 +256,18 @@ def test_a_machine_that_cannot_compile_decodes_eagerly_with_one_warning(caplog, 
 
 
 def test_aot_and_bf16_are_refused_together() -> None:
+    """At construction, and when either is set afterwards (a benchmark switching modes on one recommender); the
+    strings a config holds read as their modes there too."""
     model = _model("encdec")
+    codes = random_codes(SIZES["encdec"], 10, seed=0).numpy()
     with pytest.raises(ConfigError, match=r"generate\.compile=true"):
-        GenerativeRecommender(model, random_codes(SIZES["encdec"], 10, seed=0).numpy(), compile="aot",
-                              precision="bf16")
+        GenerativeRecommender(model, codes, compile="aot", precision="bf16")
+    rec = GenerativeRecommender(model, codes, precision="bf16")
+    with pytest.raises(ConfigError, match=r"generate\.compile=true"):
+        rec.compile = "aot"
+    rec.compile = "false"
+    assert rec.compile is False  # a string read as its mode, not a truthy string
+    rec = GenerativeRecommender(model, codes, compile="aot")
+    rec.precision = "bf16"
+    with pytest.raises(ConfigError, match=r"generate\.compile=true"):
+        rec.generate(_batch(codes, 1, seed=0), 2, beam_size=2)

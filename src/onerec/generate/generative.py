@@ -46,6 +46,13 @@ def compile_mode(compile: bool | str) -> bool | str:
     return mode
 
 
+def _check_modes(compile: bool | str, precision: str) -> None:
+    """``generate.compile=aot`` with ``generate.precision=bf16`` is refused, with the fix."""
+    if compile == "aot" and precision == "bf16":
+        raise ConfigError("generate.compile=aot compiles the float32 step, not bf16 autocast: set "
+                          "generate.compile=true (torch.compile) with generate.precision=bf16, or keep fp32")
+
+
 class GenerativeRecommender:
     """The trained generator behind the same ``recommend`` interface as the baselines.
 
@@ -87,15 +94,24 @@ class GenerativeRecommender:
         self.prior, self.prior_weight, self.prior_pool = prior, prior_weight, prior_pool
         self.prior_window, self.prior_decay = prior_window, prior_decay
         self.exclude_seen = exclude_seen
-        self.compile = compile_mode(compile)
         self.aot_dir = aot_dir
         self.static_cache = static_cache  # the KV cache: None = the device's default (Generator.beam_step_fn)
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r} (generate.precision)")
-        if precision == "bf16" and self.compile == "aot":
-            raise ConfigError("generate.compile=aot compiles the float32 step, not bf16 autocast: set "
-                             "generate.compile=true (torch.compile) with generate.precision=bf16, or keep fp32")
         self.precision = precision
+        self.compile = compile
+
+    @property
+    def compile(self) -> bool | str:
+        """How the decode step runs: False, True or ``"aot"`` (set with any form :func:`compile_mode` reads, also
+        after construction, as benchmarks switching modes on one recommender do)."""
+        return self._compile
+
+    @compile.setter
+    def compile(self, value: bool | str) -> None:
+        mode = compile_mode(value)
+        _check_modes(mode, self.precision)
+        self._compile = mode
 
     def fit(self, train: pa.Table, *, n_items: int, valid: pa.Table | None = None) -> None:
         """Training happens in :func:`onerec.train.train_generator`; nothing to do here."""
@@ -320,6 +336,7 @@ class GenerativeRecommender:
         """:meth:`generate` from the encoder's output."""
         b = memory.shape[0]
         beam = max(self.beam_size, k) if beam_size is None else beam_size
+        _check_modes(self.compile, self.precision)  # also when either was set after construction
         if cached:
             step_fn, state = self.model.beam_step_fn(memory, memory_mask, beam, compiled=self.compile,
                                                      static_cache=self.static_cache, aot_dir=self.aot_dir)

@@ -341,7 +341,8 @@ def quickstart(run: Path, preset: str, overrides: tuple[str, ...]) -> None:
 @_preset_option()
 @click.option("--stage", type=click.Choice(["data", "tokenizer", "train", "eval", "reward", "align", "explore"]),
               help="with RUN: the config that stage ran with (RUN/<stage>/config.yaml).")
-@click.option("--changed", is_flag=True, help="only the keys whose value differs from the defaults.")
+@click.option("--changed", is_flag=True, help="only the keys whose value differs from today's defaults, each with "
+                                             "the default (a run keeps the defaults of the day it was made).")
 def config_cmd(run: Path | None, preset: str | None, stage: str | None, changed: bool) -> None:
     """List every config key with its value and help: the defaults (or a preset's), or with RUN the run's
     resolved config. KEY=VALUE overrides given to a verb are saved into RUN/config.yaml and hold for the verbs
@@ -363,7 +364,8 @@ def config_cmd(run: Path | None, preset: str | None, stage: str | None, changed:
         value = config_get(cfg, key)
         if changed and repr(value) == default:
             continue
-        click.echo(f"{key} = {value!r}\n    {help_}")
+        # --changed: each key beside today's default (a run keeps the defaults of the day it was made)
+        click.echo(f"{key} = {value!r}" + (f"  (default: {default})" if changed else "") + f"\n    {help_}")
 
 
 @cli.command(name="model-info")

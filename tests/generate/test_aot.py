@@ -147,7 +147,7 @@ def test_a_deep_copy_of_the_model_searches_with_its_own_weights() -> None:
                                before[1])
 
 
-def test_training_scores_valid_through_the_packages_as_the_weights_train(tiny_train, cyclic, tmp_path) -> None:
+def test_training_scores_valid_through_the_packages_as_the_weights_train(tiny_train, cyclic, tmp_path, capsys) -> None:
     """``generate.compile=aot`` in train's per-epoch valid scoring: the packages are compiled once, at the first
     scoring, into the run's aot folder, and read the training weights as they change (updated in place by the
     optimizer), also those of a moving average (``train.ema_decay``: the average is what is scored): the valid
@@ -180,6 +180,9 @@ def test_training_scores_valid_through_the_packages_as_the_weights_train(tiny_tr
         np.testing.assert_allclose(curves["aot", ema], curves["false", ema], atol=1.0 / valid.num_rows, rtol=0)
     assert curves["false", None] != curves["false", 0.5]
     assert sorted(p.name for p in (tmp_path / "aot").glob("*/level*.pt2")) == ["level0.pt2", "level1.pt2"]
+    said = capsys.readouterr().err  # the pause says what it is, once a level (the second run loaded them)
+    assert said.count("generate.compile=aot: compiling the decode step of level 0") == 1
+    assert said.count("of level 1 into") == 1
 
 
 def test_a_package_that_was_not_signed_here_is_never_loaded(caplog) -> None:

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -262,6 +263,9 @@ class AOTDecodeStep:
                     # the global random state as it was: a training run that scores valid through the packages
                     # (generate.compile=aot) draws the same dropout masks whether this compiles or loads them
                     device = self._device()
+                    # a pause of seconds to a minute in the middle of a command: say what it is (once a level)
+                    print(f"generate.compile=aot: compiling the decode step of level {step} into {folder} (once per "
+                          "model architecture; later commands load it)", file=sys.stderr, flush=True)
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                         data = self._compile(step, folder / name)
                     self.compiled.append(step)

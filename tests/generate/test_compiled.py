@@ -65,7 +65,7 @@ def test_compiled_search_equals_the_eager_search(arch: str) -> None:
     assert not any("compiled" in key for key in model.state_dict())  # never saved with the weights
 
 
-def test_a_deep_copy_of_the_model_searches_with_its_own_weights() -> None:
+def test_a_deep_copy_of_the_model_searches_with_its_own_weights(capsys) -> None:
     """A model that already decoded through torch.compile, deep-copied (alignment's policy, an edge device's model)
     and its copy's weights changed: the copy searches with its own weights (its compiled step ran the original's
     before the step stayed behind in a copy), and the original is unchanged."""
@@ -77,8 +77,11 @@ def test_a_deep_copy_of_the_model_searches_with_its_own_weights() -> None:
     with torch.no_grad():
         for head in twin.heads:
             head.weight.mul_(-1.5)
+    capsys.readouterr()
     torch.testing.assert_close(_search(twin, codes, batch, 5, 6, compile=True)[1],
                                _search(twin, codes, batch, 5, 6, compile=False)[1], atol=1e-5, rtol=0)
+    # its own step, which says once that the first searches compile
+    assert capsys.readouterr().err.count("generate.compile=true: the first searches compile") == 1
     assert compiled_decode_step(twin) is not compiled_decode_step(model)
     torch.testing.assert_close(_search(model, codes, batch, 5, 6, compile=True)[1], before[1])
 

@@ -26,6 +26,7 @@ C++ compiler for inductor, an unsupported platform), the first call warns once a
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import torch
@@ -67,6 +68,7 @@ class CompiledDecodeStep:
         self.fn = torch.compile(model.decode_step, mode="reduce-overhead" if cuda_graphs else None,
                                 dynamic=False if cuda_graphs else None)
         self.failed: str | None = None
+        self.announced = False  # the first call says that searches compile (see __call__)
         # Dynamo keeps its graphs per code object: every model of a process (two architectures, a policy and its
         # reference in alignment) shares decode_step's, ~3-4 graphs each (the levels); past the default limit of 8
         # it would silently decode eagerly
@@ -82,6 +84,11 @@ class CompiledDecodeStep:
 
     def __call__(self, prefix: Tensor, step: int, ctx: Any, cache: Any) -> tuple[Tensor, Any]:
         if self.failed is None:
+            if not self.announced:  # a pause of a minute or more in the middle of a command: say what it is, once
+                self.announced = True
+                print("generate.compile=true: the first searches compile the decode step, a graph per level (a "
+                      "minute or more on a CPU; generate.compile=aot keeps them for later commands)", file=sys.stderr,
+                      flush=True)
             if step == 0 and self.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()  # a new search: the last one's graph outputs are free
             if not self.cuda_graphs:

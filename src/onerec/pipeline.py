@@ -424,8 +424,9 @@ def _train_into(run: Path, cfg: RunConfig, out: Path, *, resume: bool, progress:
     if main:
         save_config(run, cfg)  # before training: a killed run's `--resume` continues with the same config
         save_config(out, cfg)
-    scorer = valid_scorer(codes, splits["valid"], cfg, feat, aot_dir=run / "aot") if cfg.train.early_stop_metric \
-        else None
+    scorer = None
+    if cfg.train.early_stop_metric:  # generate.compile=aot keeps its packages where eval and serve will look
+        scorer = valid_scorer(codes, splits["valid"], cfg, feat, aot_dir=run / "aot")
     logger = make_logger(cfg.train.logger if main else "none", run, "train")
     if progress and logger.watch_hint():
         print(f"watch training: {logger.watch_hint()}", flush=True)

@@ -260,12 +260,12 @@ class AOTDecodeStep:
             with _locked(folder / ".lock"):
                 data = self._verified(folder / name)  # another process may have compiled it while this one waited
                 if data is None:
-                    # the global random state as it was: a training run that scores valid through the packages
-                    # (generate.compile=aot) draws the same dropout masks whether this compiles or loads them
-                    device = self._device()
                     # a pause of seconds to a minute in the middle of a command: say what it is (once a level)
                     print(f"generate.compile=aot: compiling the decode step of level {step} into {folder} (once per "
                           "model architecture; later commands load it)", file=sys.stderr, flush=True)
+                    # the global random state as it was: a training run that scores valid through the packages
+                    # (generate.compile=aot) draws the same dropout masks whether this compiles or loads them
+                    device = self._device()
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                         data = self._compile(step, folder / name)
                     self.compiled.append(step)

@@ -10,6 +10,7 @@ on any real difference (a wrong shard, a missing sync or a mis-scaled loss moves
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import re
@@ -75,6 +76,7 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, out: str, cfg: TrainConfig, kw: dict) -> None:
     """One rank: join the job, train, and report (rank 0: the loss curve; rank 1: every file it wrote)."""
+    faulthandler.enable(all_threads=True)  # a rank that aborts (SIGABRT) prints where its threads were
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     written: list[str] = []

@@ -74,11 +74,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn_ranks(fn, *args) -> None:
+    """``mp.spawn(fn, args=(2, port, *args), nprocs=2)`` with the job's store hosted here, as torchrun's agent
+    hosts it (``TORCHELASTIC_USE_AGENT_STORE``: every rank a client), not in rank 0, whose exit would take the
+    store away from a rank still leaving the group."""
+    port = _free_port()
+    store = dist.TCPStore("127.0.0.1", port, world_size=2, is_master=True, wait_for_workers=False)
+    try:
+        mp.spawn(fn, args=(2, port, *args), nprocs=2)
+    finally:
+        del store
+
+
 def _worker(rank: int, world: int, port: int, out: str, cfg: TrainConfig, kw: dict) -> None:
     """One rank: join the job, train, and report (rank 0: the loss curve; rank 1: every file it wrote)."""
     faulthandler.enable(all_threads=True)  # a rank that aborts (SIGABRT) prints where its threads were
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), TORCHELASTIC_USE_AGENT_STORE="True")
     written: list[str] = []
     recording = [True]
 
@@ -109,7 +121,7 @@ def _no_scoring(model) -> float:
 
 
 def _spawn(out: Path, cfg: TrainConfig, **kw) -> tuple[list[float], list[str]]:
-    mp.spawn(_worker, args=(2, _free_port(), str(out), cfg, kw), nprocs=2)
+    _spawn_ranks(_worker, str(out), cfg, kw)
     return json.loads((out / "loss.json").read_text()), json.loads((out / "rank1-writes.json").read_text())
 
 
@@ -360,7 +372,7 @@ def test_torchrun_reward_and_align(tiny_run, tmp_path):
 
 
 def test_average_gradients_is_the_mean_over_processes(tmp_path):
-    mp.spawn(_average_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    _spawn_ranks(_average_worker, str(tmp_path))
     from safetensors.torch import load_file
 
     got = [load_file(str(tmp_path / f"grad{r}.safetensors")) for r in range(2)]
@@ -372,7 +384,8 @@ def test_average_gradients_is_the_mean_over_processes(tmp_path):
 def _average_worker(rank: int, world: int, port: int, out: str) -> None:
     from onerec.align.loop import average_gradients
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      TORCHELASTIC_USE_AGENT_STORE="True")
     with process_group("cpu"):
         model = torch.nn.Module()
         model.w = torch.nn.Parameter(torch.zeros(2))

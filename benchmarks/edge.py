@@ -24,7 +24,8 @@ every 10, the root every 40), about fedavg_10's raw bytes (the equal-bytes pair)
 local steps the aggregator of group 0 dies; E-Tree re-attaches its devices to the root, FedAvg loses its server;
 ``etree_root_fault``: E-Tree's root aggregator dies instead, and its groups go on without global rounds;
 ``etree_public``: E-Tree with public nodes (each group also takes in the 2 devices of other groups nearest to its
-head).
+head); ``etree3``: three levels (regions of up to 3 near groups between groups and root, every 5 / 10 / 20 local
+steps), ``etree3_mid_fault``: the same with region 0's aggregator dying after half the steps.
 Metrics: recall@10 / ndcg@10 on the test split (``--split valid`` to choose settings), each user scored by their
 own device's model. Bytes and the
 wall-clock are *simulated* from the cost model in ``onerec.edge.tree`` (latency 5 ms + 100 ms per unit of
@@ -79,7 +80,12 @@ SCHEMES = {"etree": ("etree", "kma", None), "etree_distance": ("etree", "distanc
            # faults (non-IID only): after half the local steps the aggregator of level-1 group 0 dies
            "etree_fault": ("etree", "kma", None), "fedavg_fault": ("fedavg", "kma", None),
            # the same step, E-Tree's root aggregator dies: its groups go on alone
-           "etree_root_fault": ("etree", "kma", None)}
+           "etree_root_fault": ("etree", "kma", None),
+           # a three-level tree (THREE_LEVEL: groups every 5 steps, regions of up to 3 near groups every 10, the
+           # root every 20), and the same with region 0's aggregator dying after half the steps (its groups are
+           # re-attached to the root)
+           "etree3": ("etree", "kma", [5, 10, 20]), "etree3_mid_fault": ("etree", "kma", [5, 10, 20])}
+THREE_LEVEL = {"fanout": [3]}  # the level between groups and root of etree3*: up to 3 groups a node
 METRICS = ("ndcg@10", "recall@10", "bytes", "byte_distance", "sim_s")
 #: EdgeSettings fields added after results files were written, with the value those runs had
 LATER_SETTINGS = {"fail_level": 1, "public_nodes": 0}
@@ -167,7 +173,7 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         data = device_data(devices, splits["train"], splits[args.split], MODEL.max_len, spec)
         names = [n for n in SCHEMES if n in args.schemes
                  and not (part == "iid" and n in ("etree_distance", "etree_random", "etree_similar", "etree_fault",
-                                                  "fedavg_fault", "etree_root_fault"))]
+                                                  "fedavg_fault", "etree_root_fault", "etree3_mid_fault"))]
         # the grouping and fault comparisons are non-IID questions; IID is the control
         groups = {g: make_groups(devices, data, n_items, model, dataclasses.replace(settings, grouping=g))
                   for g in {SCHEMES[n][1] for n in names if SCHEMES[n][0] == "etree"}}
@@ -176,11 +182,13 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             periods = settings.periods[-1:] if periods == "root" else periods or settings.periods
             t0 = time.monotonic()
             fail = args.steps // 2 if name.endswith("_fault") else None
-            level = len(periods) if name == "etree_root_fault" else 1  # the top level: the root
+            # the top level (the root) for etree_root_fault, the middle one for etree3_mid_fault, else the groups'
+            level = len(periods) if name == "etree_root_fault" else 2 if name == "etree3_mid_fault" else 1
             public = 2 if name == "etree_public" else 0
+            shape = THREE_LEVEL if name.startswith("etree3") else {}
             run = run_scheme(scheme, devices, data, n_items, model,
                              dataclasses.replace(settings, grouping=grouping, fail_step=fail, fail_level=level,
-                                                 periods=periods, public_nodes=public),
+                                                 periods=periods, public_nodes=public, **shape),
                              groups=groups[grouping] if scheme == "etree" else None)
             out[f"{part}.{name}"] = run
             f = run["final"]

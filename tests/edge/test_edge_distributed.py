@@ -92,7 +92,7 @@ def _worker(rank: int, store: str, out: str) -> None:
                 save_file(res["state"], os.path.join(out, f"{model}-{kind}{rank}.safetensors"))
                 with open(os.path.join(out, f"{model}-{kind}{rank}.json"), "w") as f:
                     json.dump(res["final"], f)
-        dist.barrier()  # the ranks leave together (a rank tearing down while another still works may abort under gloo)
+        dist.barrier()  # the ranks leave together, as the product's process_group has them
     finally:
         dist.destroy_process_group()
 

@@ -107,7 +107,7 @@ def _worker(rank: int, world: int, port: int, out: str, cfg: TrainConfig, kw: di
             written.append(f"{event} {args[0]}")
 
     sys.addaudithook(audit)
-    with process_group("cpu"):  # the product's join and leave (the ranks leave together: no abort at exit)
+    with process_group("cpu"):  # the product's join and leave (a barrier, then destroy)
         result = _train(Path(out), cfg, **kw)
     recording[0] = False
     if rank == 0:

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from onerec.io import atomic_path
+from onerec.model.compiled import StepOnModel
 
 log = logging.getLogger("onerec.generate")
 
@@ -192,7 +193,7 @@ def _locked(path: Path):
 
 
 # ------------------------------------------------------------------------------------------------ the step
-class AOTDecodeStep:
+class AOTDecodeStep(StepOnModel):
     """``model.decode_step`` through AOTInductor packages, one per semantic-ID level; called like it, with the
     plain cache (None at step 0).
 
@@ -214,12 +215,6 @@ class AOTDecodeStep:
         self._binding: list[int] = []  # where the parameters the loaded runners read live (see _binding)
         self._directory: Path | None = None  # directory(), kept with the runners (model_key reads the model code)
         self.lock = threading.Lock()  # a package runs one call at a time (run_single_threaded)
-
-    def __deepcopy__(self, memo: dict) -> None:
-        # kept on the model: a deep copy of the model (alignment's policy, an edge device's model) must not take
-        # this step along, whose graphs or packages read the original's weights; the copy makes its own
-        # step at its first search
-        return None
 
     def __call__(self, prefix: Tensor, step: int, ctx: Any, cache: Any) -> tuple[Tensor, Any]:
         if step == 0:

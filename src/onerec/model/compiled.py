@@ -48,7 +48,16 @@ def _compile_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-class CompiledDecodeStep:
+class StepOnModel:
+    """A decode step kept on its model (in ``model.__dict__``: not a submodule, never in the state dict) and reused
+    by every later search. A deep copy of the model (alignment's policy, an edge device's model) does not take it
+    along, since its graphs or packages read the original's weights: the copy makes its own at its first search."""
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+
+class CompiledDecodeStep(StepOnModel):
     """``model.decode_step`` through ``torch.compile``; called like it, with the plain cache (None at step 0).
 
     Args:
@@ -75,12 +84,6 @@ class CompiledDecodeStep:
         dynamo = torch._dynamo.config
         if getattr(dynamo, "recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
             dynamo.recompile_limit = RECOMPILE_LIMIT
-
-    def __deepcopy__(self, memo: dict) -> None:
-        # kept on the model: a deep copy of the model (alignment's policy, an edge device's model) must not take
-        # this step along, whose graphs or packages read the original's weights; the copy makes its own
-        # step at its first search
-        return None
 
     def __call__(self, prefix: Tensor, step: int, ctx: Any, cache: Any) -> tuple[Tensor, Any]:
         if self.failed is None:
